@@ -1,0 +1,203 @@
+//! Record-order and limit checks shared by the slice and stream drivers.
+//!
+//! What is an error and what is a warning follows rbd's readers: anything that makes
+//! `rbd merge-diff` or `rbd import-diff` fail or misbehave is an error (unknown v1 tag,
+//! zero-length or unordered data records, metadata after data, missing `s`, extents past
+//! the image size); what they accept silently is a warning (duplicate metadata, a v2
+//! length field that disagrees with a known record's body, unknown v2 tags, bytes after `e`).
+
+use crate::error::{Error, ErrorKind, Result, Warning, WarningKind};
+use crate::format::{tag, Extent, Metadata, Version};
+use crate::parse::{Head, ParsedHead};
+
+/// What a head turned out to be, without borrowing the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    Meta,
+    Write(Extent),
+    Zero(Extent),
+    Unknown { tag: u8, len: u64 },
+    End,
+}
+
+/// Validation state of one diff stream.
+#[derive(Debug, Clone)]
+pub(crate) struct Checker {
+    pub version: Version,
+    pub meta: Metadata,
+    /// Byte offset and tag of every metadata record seen.
+    pub meta_records: Vec<(u64, u8)>,
+    pub warnings: Vec<Warning>,
+    /// Index of the next record.
+    pub index: u64,
+    in_data: bool,
+    prev_end: u64,
+    pub ended: bool,
+}
+
+impl Checker {
+    pub fn new(version: Version) -> Self {
+        Checker {
+            version,
+            meta: Metadata::default(),
+            meta_records: Vec::new(),
+            warnings: Vec::new(),
+            index: 0,
+            in_data: false,
+            prev_end: 0,
+            ended: false,
+        }
+    }
+
+    pub fn err(&self, kind: ErrorKind, offset: u64) -> Error {
+        Error::at(kind, offset, Some(self.index))
+    }
+
+    fn warn(&mut self, offset: u64, kind: WarningKind) {
+        self.warnings.push(Warning {
+            offset,
+            record: Some(self.index),
+            kind,
+        });
+    }
+
+    /// Checks one head found at `offset` and advances the record index.
+    pub fn head(&mut self, ph: &ParsedHead<'_>, offset: u64) -> Result<Step> {
+        let step = self.check(ph, offset)?;
+        self.index += 1;
+        Ok(step)
+    }
+
+    fn check(&mut self, ph: &ParsedHead<'_>, offset: u64) -> Result<Step> {
+        let head = &ph.head;
+        let t = head.tag();
+        if let (Some(declared), false) = (ph.declared, matches!(head, Head::Unknown { .. })) {
+            let expected = head.body_len();
+            if declared != expected {
+                self.warn(
+                    offset,
+                    WarningKind::LengthMismatch {
+                        tag: t as char,
+                        declared,
+                        expected,
+                    },
+                );
+            }
+        }
+        match *head {
+            Head::FromSnap(_) | Head::ToSnap(_) | Head::Protected(_) | Head::Size(_) => {
+                if self.in_data {
+                    return Err(self.err(ErrorKind::MetadataAfterData(t), offset));
+                }
+                let dup = self.meta_records.iter().any(|&(_, seen)| seen == t);
+                if dup {
+                    self.warn(offset, WarningKind::DuplicateMetadata { tag: t as char });
+                }
+                self.meta_records.push((offset, t));
+                match *head {
+                    Head::FromSnap(n) => self.meta.from_snap = Some(n.to_vec()),
+                    Head::ToSnap(n) => self.meta.to_snap = Some(n.to_vec()),
+                    Head::Protected(p) => self.meta.protected = Some(p),
+                    Head::Size(s) => self.meta.image_size = Some(s),
+                    _ => {}
+                }
+                Ok(Step::Meta)
+            }
+            Head::Write(e) | Head::Zero(e) => {
+                self.in_data = true;
+                let size = self
+                    .meta
+                    .image_size
+                    .ok_or_else(|| self.err(ErrorKind::MissingSize, offset))?;
+                if e.len == 0 {
+                    return Err(self.err(
+                        ErrorKind::ZeroLength {
+                            tag: t,
+                            offset: e.offset,
+                        },
+                        offset,
+                    ));
+                }
+                let end = e.end().ok_or_else(|| {
+                    self.err(
+                        ErrorKind::ExtentOverflow {
+                            tag: t,
+                            offset: e.offset,
+                            len: e.len,
+                        },
+                        offset,
+                    )
+                })?;
+                if e.offset < self.prev_end {
+                    return Err(self.err(
+                        ErrorKind::OutOfOrder {
+                            tag: t,
+                            offset: e.offset,
+                            prev_end: self.prev_end,
+                        },
+                        offset,
+                    ));
+                }
+                if end > size {
+                    return Err(self.err(
+                        ErrorKind::ExtentPastSize {
+                            tag: t,
+                            offset: e.offset,
+                            len: e.len,
+                            size,
+                        },
+                        offset,
+                    ));
+                }
+                self.prev_end = end;
+                Ok(if t == tag::WRITE {
+                    Step::Write(e)
+                } else {
+                    Step::Zero(e)
+                })
+            }
+            Head::Unknown { tag, len } => {
+                self.warn(offset, WarningKind::UnknownTagSkipped { tag, len });
+                Ok(Step::Unknown { tag, len })
+            }
+            Head::End => {
+                if self.meta.image_size.is_none() {
+                    return Err(self.err(ErrorKind::MissingSize, offset));
+                }
+                self.ended = true;
+                Ok(Step::End)
+            }
+        }
+    }
+
+    /// Adds the "bytes after `e`" warning.
+    pub fn trailing(&mut self, offset: u64, len: u64) {
+        if len > 0 {
+            self.warnings.push(Warning {
+                offset,
+                record: None,
+                kind: WarningKind::TrailingBytes { len },
+            });
+        }
+    }
+}
+
+/// The error for input that ends at `offset` while `need` is being read.
+pub(crate) fn eof_error(checker: &Checker, offset: u64, partial: &[u8]) -> Error {
+    let kind = match partial.first() {
+        None => ErrorKind::MissingEnd,
+        Some(&t) => ErrorKind::Truncated {
+            what: record_name(t),
+        },
+    };
+    checker.err(kind, offset)
+}
+
+/// "'w' record" or "record with tag 0x.." for messages.
+pub(crate) fn record_name(t: u8) -> String {
+    if t.is_ascii_graphic() {
+        format!("'{}' record", t as char)
+    } else {
+        format!("record with tag byte 0x{t:02x}")
+    }
+}

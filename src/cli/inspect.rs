@@ -1,0 +1,50 @@
+//! `rbddiff inspect`.
+
+use std::io::{self, Write};
+
+use rbddiff::input::Input;
+use rbddiff::inspect::{inspect_input, render_text};
+use rbddiff::{Error, Result};
+
+use super::Status;
+
+/// Show what a diff (or image export) holds: snapshots, size, record counts and ranges.
+///
+/// Exit status 0 when the file is valid, 2 when it is not (the report still shows what was
+/// read before the problem). Payloads are never read from a file, so this is fast.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Diff files (`-` for stdin).
+    #[arg(required = true)]
+    files: Vec<String>,
+    /// List every record with its byte position.
+    #[arg(long)]
+    records: bool,
+    /// Print one JSON document (an array with one report per file).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<Status> {
+    let mut reports = Vec::new();
+    for f in &a.files {
+        let input = Input::open(f)?;
+        reports.push(inspect_input(input, a.records));
+    }
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &reports)
+            .map_err(|e| Error::from(io::Error::from(e)))?;
+        writeln!(out)?;
+    } else {
+        for r in &reports {
+            render_text(r, &mut out)?;
+        }
+    }
+    out.flush()?;
+    match reports.iter().find_map(|r| r.error.clone()) {
+        Some(e) => Err(Error::invalid(e)),
+        None => Ok(Status::Ok),
+    }
+}

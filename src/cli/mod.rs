@@ -1,0 +1,56 @@
+//! Command-line front end. Each command module parses its flags, calls one library
+//! function and prints the result. Exit codes: 0 ok, 1 problems found (verify), 2 error.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod inspect;
+
+/// Offline toolkit for Ceph RBD export-diff backup files.
+///
+/// Reads `rbd diff v1` (what `rbd export-diff` writes), `rbd diff v2` and the
+/// `rbd export --export-format 2` image stream. `-` means stdin/stdout.
+#[derive(Parser, Debug)]
+#[command(name = "rbddiff", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Inspect(inspect::Args),
+}
+
+/// Exit status of a command.
+pub enum Status {
+    /// Everything fine.
+    Ok,
+    /// The command ran and found problems (exit 1).
+    #[allow(dead_code)]
+    Problems,
+}
+
+/// Runs the command line.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+    };
+    match result {
+        Ok(Status::Ok) => ExitCode::SUCCESS,
+        Ok(Status::Problems) => ExitCode::from(1),
+        Err(e) => {
+            // A closed pipe on stdout (e.g. `| head`) is not an error.
+            if let rbddiff::ErrorKind::Io(io) = e.kind() {
+                if io.kind() == io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            let _ = writeln!(io::stderr(), "rbddiff: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! `rbddiff inspect`: a summary of a diff or image stream, as text or JSON.
+
+use std::io::{self, Read, Write};
+
+use serde::Serialize;
+
+use crate::error::{Error, Warning};
+use crate::format::Extent;
+use crate::input::{Input, Kind};
+use crate::stream::{ItemKind, RecordSource};
+use crate::{DiffReader, DiffSlice, ImageReader, ImageSlice};
+
+/// One record in a `--records` listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordInfo {
+    /// Byte offset of the record in the file.
+    pub pos: u64,
+    /// Tag as a character (`f t p s w z e`, or `?` for a non-printable unknown tag).
+    pub tag: char,
+    /// Image offset (data records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Length: extent length for `w`/`z`, body length for unknown tags.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub len: Option<u64>,
+}
+
+/// Summary of one diff.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DiffSummary {
+    /// Byte offset of the banner in the file.
+    pub start: u64,
+    /// `v1` or `v2` (absent when the banner could not be read).
+    pub version: Option<crate::Version>,
+    /// Start snapshot; `None` for a full diff.
+    pub from_snap: Option<String>,
+    /// End snapshot; `None` for a diff to HEAD.
+    pub to_snap: Option<String>,
+    /// Protection flag (v2).
+    pub protected: Option<bool>,
+    /// Image size from `s`.
+    pub image_size: Option<u64>,
+    /// Number of records after the banner, `e` included.
+    pub records: u64,
+    /// `w` records.
+    pub writes: u64,
+    /// Payload bytes of `w` records.
+    pub write_bytes: u64,
+    /// `z` records.
+    pub zeros: u64,
+    /// Bytes covered by `z` records.
+    pub zero_bytes: u64,
+    /// Unknown (skipped) v2 records.
+    pub unknown: u64,
+    /// First image offset touched.
+    pub first_offset: Option<u64>,
+    /// One past the last image byte touched.
+    pub last_end: Option<u64>,
+    /// Covered image ranges (`w` and `z`), adjacent ones joined.
+    pub covered: Vec<Extent>,
+    /// Byte offset just past `e` (when reached).
+    pub end: Option<u64>,
+    /// Tolerated problems.
+    pub warnings: Vec<Warning>,
+    /// The error that stopped the walk, if any.
+    pub error: Option<String>,
+    /// Every record, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_list: Option<Vec<RecordInfo>>,
+}
+
+impl DiffSummary {
+    /// Total bytes covered by data records.
+    pub fn covered_bytes(&self) -> u64 {
+        self.covered.iter().map(|e| e.len).sum()
+    }
+}
+
+/// Header of an image stream, for display.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImageInfo {
+    /// Object order.
+    pub order: Option<u64>,
+    /// Feature bits.
+    pub features: Option<u64>,
+    /// Stripe unit.
+    pub stripe_unit: Option<u64>,
+    /// Stripe count.
+    pub stripe_count: Option<u64>,
+    /// Image-meta pairs.
+    pub meta: Vec<(String, String)>,
+    /// Announced number of diffs.
+    pub diff_count: u64,
+    /// Header warnings.
+    pub warnings: Vec<Warning>,
+}
+
+/// What `inspect` found in one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// File name (`-` for stdin).
+    pub file: String,
+    /// `diff` or `image`.
+    pub kind: &'static str,
+    /// The image header (image streams only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageInfo>,
+    /// The diff, or each embedded diff of an image stream.
+    pub diffs: Vec<DiffSummary>,
+    /// The error that stopped the walk, if any (also set on the diff concerned).
+    pub error: Option<String>,
+}
+
+impl Report {
+    /// True when no error was found.
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// Walks one diff, filling a summary; stops at the first error (recorded in the summary).
+pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> DiffSummary {
+    let meta = src.metadata().clone();
+    let mut s = DiffSummary {
+        start,
+        version: Some(src.version()),
+        ..Default::default()
+    };
+    let mut list = with_records.then(Vec::new);
+    if let Some(list) = list.as_mut() {
+        for &(pos, tag) in src.metadata_records() {
+            list.push(RecordInfo {
+                pos,
+                tag: tag as char,
+                offset: None,
+                len: None,
+            });
+        }
+    }
+    loop {
+        let item = match src.next_item() {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            Err(e) => {
+                s.error = Some(e.to_string());
+                break;
+            }
+        };
+        s.records = item.index + 1;
+        let (tag, ext, len) = match &item.kind {
+            ItemKind::Write { extent, .. } => {
+                s.writes += 1;
+                s.write_bytes += extent.len;
+                ('w', Some(*extent), extent.len)
+            }
+            ItemKind::Zero(e) => {
+                s.zeros += 1;
+                s.zero_bytes += e.len;
+                ('z', Some(*e), e.len)
+            }
+            ItemKind::Unknown { tag, len } => {
+                s.unknown += 1;
+                let c = if tag.is_ascii_graphic() {
+                    *tag as char
+                } else {
+                    '?'
+                };
+                (c, None, *len)
+            }
+            ItemKind::End => ('e', None, 0),
+        };
+        if let Some(e) = ext {
+            s.first_offset.get_or_insert(e.offset);
+            s.last_end = e.end();
+            match s.covered.last_mut() {
+                Some(last) if last.end() == Some(e.offset) => last.len += e.len,
+                _ => s.covered.push(e),
+            }
+        }
+        if let Some(list) = list.as_mut() {
+            list.push(RecordInfo {
+                pos: item.offset,
+                tag,
+                offset: ext.map(|e| e.offset),
+                len: (tag != 'e').then_some(len),
+            });
+        }
+        if tag == 'e' {
+            s.end = Some(src.position());
+        }
+    }
+    let meta_now = src.metadata();
+    let meta = if meta_now.image_size.is_some() {
+        meta_now.clone()
+    } else {
+        meta
+    };
+    s.from_snap = meta.from_snap.as_ref().map(|_| meta.from_name());
+    s.to_snap = meta.to_snap.as_ref().map(|_| meta.to_name());
+    s.protected = meta.protected;
+    s.image_size = meta.image_size;
+    s.warnings = src.warnings().to_vec();
+    s.record_list = list;
+    s
+}
+
+fn failed(file: &str, kind: &'static str, e: Error) -> Report {
+    let e = e.with_file(file);
+    Report {
+        file: file.to_string(),
+        kind,
+        image: None,
+        diffs: Vec::new(),
+        error: Some(e.to_string()),
+    }
+}
+
+fn image_info(h: &crate::ImageHeader, warnings: &[Warning]) -> ImageInfo {
+    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    ImageInfo {
+        order: h.order,
+        features: h.features,
+        stripe_unit: h.stripe_unit,
+        stripe_count: h.stripe_count,
+        meta: h.meta.iter().map(|(k, v)| (s(k), s(v))).collect(),
+        diff_count: h.diff_count,
+        warnings: warnings.to_vec(),
+    }
+}
+
+fn finish(mut r: Report) -> Report {
+    if r.error.is_none() {
+        r.error = r
+            .diffs
+            .iter()
+            .find_map(|d| d.error.as_ref().map(|e| format!("{}: {e}", r.file)));
+    }
+    r
+}
+
+/// Inspects a diff or image stream held in memory (e.g. a mapped file). Never reads payloads.
+pub fn inspect_bytes(file: &str, bytes: &[u8], with_records: bool) -> Report {
+    if crate::input::sniff(bytes) == Kind::Image {
+        let img = match ImageSlice::parse(bytes) {
+            Ok(i) => i,
+            Err(e) => return failed(file, "image", e),
+        };
+        let mut r = Report {
+            file: file.to_string(),
+            kind: "image",
+            image: Some(image_info(img.header(), img.warnings())),
+            diffs: Vec::new(),
+            error: None,
+        };
+        for d in img.diffs() {
+            match d {
+                Ok(d) => {
+                    let mut recs = d.records();
+                    r.diffs
+                        .push(summarize(&mut recs, d.start_offset(), with_records));
+                }
+                Err(e) => {
+                    r.error = Some(e.with_file(file).to_string());
+                    break;
+                }
+            }
+        }
+        return finish(r);
+    }
+    match DiffSlice::parse(bytes) {
+        Ok(d) => {
+            let mut recs = d.records();
+            let s = summarize(&mut recs, 0, with_records);
+            finish(Report {
+                file: file.to_string(),
+                kind: "diff",
+                image: None,
+                diffs: vec![s],
+                error: None,
+            })
+        }
+        Err(e) => failed(file, "diff", e),
+    }
+}
+
+/// Inspects a diff or image stream from a reader (stdin, pipes); payloads are skipped.
+pub fn inspect_reader(file: &str, kind: Kind, r: impl Read, with_records: bool) -> Report {
+    if kind == Kind::Image {
+        let mut img = match ImageReader::new(r) {
+            Ok(i) => i,
+            Err(e) => return failed(file, "image", e),
+        };
+        let mut out = Report {
+            file: file.to_string(),
+            kind: "image",
+            image: Some(image_info(img.header(), img.warnings())),
+            diffs: Vec::new(),
+            error: None,
+        };
+        loop {
+            match img.next_diff() {
+                Ok(Some(d)) => {
+                    let start = d.start_offset();
+                    let s = summarize(d, start, with_records);
+                    let stop = s.error.is_some();
+                    out.diffs.push(s);
+                    if stop {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    out.error = Some(e.with_file(file).to_string());
+                    break;
+                }
+            }
+        }
+        return finish(out);
+    }
+    match DiffReader::new(r) {
+        Ok(mut d) => {
+            let s = summarize(&mut d, 0, with_records);
+            finish(Report {
+                file: file.to_string(),
+                kind: "diff",
+                image: None,
+                diffs: vec![s],
+                error: None,
+            })
+        }
+        Err(e) => failed(file, "diff", e),
+    }
+}
+
+/// Inspects an opened input: mapped files through the slice driver, streams through the reader.
+pub fn inspect_input(input: Input, with_records: bool) -> Report {
+    let name = input.name().to_string();
+    if let Some(b) = input.bytes() {
+        return inspect_bytes(&name, b, with_records);
+    }
+    let kind = input.kind();
+    inspect_reader(&name, kind, input.into_reader(), with_records)
+}
+
+fn opt_name(n: &Option<String>, none: &str) -> String {
+    n.clone().unwrap_or_else(|| none.to_string())
+}
+
+/// Writes a human-readable report.
+///
+/// # Errors
+/// Writing to `out` fails.
+pub fn render_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "{}: {}",
+        r.file,
+        if r.kind == "image" {
+            "rbd image v2 (export format 2)"
+        } else {
+            "rbd diff"
+        }
+    )?;
+    if let Some(img) = &r.image {
+        let o = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        writeln!(
+            out,
+            "  order {}  features {}  stripe unit {}  stripe count {}  diffs {}",
+            o(img.order),
+            img.features.map_or("-".into(), |f| format!("0x{f:x}")),
+            o(img.stripe_unit),
+            o(img.stripe_count),
+            img.diff_count
+        )?;
+        for (k, v) in &img.meta {
+            writeln!(out, "  meta {k} = {v}")?;
+        }
+        for w in &img.warnings {
+            writeln!(out, "  warning: {w}")?;
+        }
+    }
+    for (i, d) in r.diffs.iter().enumerate() {
+        let indent = if r.kind == "image" {
+            writeln!(out, "  diff {} at byte {}:", i + 1, d.start)?;
+            "    "
+        } else {
+            "  "
+        };
+        let version = d.version.map_or("?".to_string(), |v| v.to_string());
+        writeln!(
+            out,
+            "{indent}format {version}  from {}  to {}  size {}{}",
+            opt_name(&d.from_snap, "(full)"),
+            opt_name(&d.to_snap, "(HEAD)"),
+            d.image_size.map_or("-".into(), |s| s.to_string()),
+            d.protected
+                .map_or(String::new(), |p| format!("  protected {p}"))
+        )?;
+        writeln!(
+            out,
+            "{indent}records {}  w {} ({} bytes)  z {} ({} bytes){}",
+            d.records,
+            d.writes,
+            d.write_bytes,
+            d.zeros,
+            d.zero_bytes,
+            if d.unknown > 0 {
+                format!("  unknown {}", d.unknown)
+            } else {
+                String::new()
+            }
+        )?;
+        match (d.first_offset, d.last_end) {
+            (Some(a), Some(b)) => writeln!(
+                out,
+                "{indent}covers {} bytes in {} ranges, image offsets {a}..{b}",
+                d.covered_bytes(),
+                d.covered.len()
+            )?,
+            _ => writeln!(out, "{indent}no data records")?,
+        }
+        if let Some(list) = &d.record_list {
+            for rec in list {
+                match (rec.offset, rec.len) {
+                    (Some(o), Some(l)) => {
+                        writeln!(out, "{indent}  @{:<10} {} {o:#x}+{l:#x}", rec.pos, rec.tag)?
+                    }
+                    (None, Some(l)) => writeln!(
+                        out,
+                        "{indent}  @{:<10} {} ({l} bytes skipped)",
+                        rec.pos, rec.tag
+                    )?,
+                    _ => writeln!(out, "{indent}  @{:<10} {}", rec.pos, rec.tag)?,
+                }
+            }
+        }
+        for w in &d.warnings {
+            writeln!(out, "{indent}warning: {w}")?;
+        }
+        if let Some(e) = &d.error {
+            writeln!(out, "{indent}error: {e}")?;
+        }
+    }
+    if let Some(e) = &r.error {
+        if r.diffs.iter().all(|d| d.error.is_none()) {
+            writeln!(out, "  error: {e}")?;
+        }
+    }
+    Ok(())
+}

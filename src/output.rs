@@ -1,0 +1,216 @@
+//! Crash-safe outputs: data goes to a temporary file beside the target, is fsynced, then
+//! renamed into place. An error, a drop or SIGINT/SIGTERM leaves the old state and no temp file.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
+
+use crate::error::{Error, Result};
+
+/// Temp files to remove if the process is interrupted.
+static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static HANDLER: Once = Once::new();
+
+fn install_signal_cleanup() {
+    HANDLER.call_once(|| {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+            std::thread::spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    if let Ok(paths) = PENDING.lock() {
+                        for p in paths.iter() {
+                            let _ = std::fs::remove_file(p);
+                        }
+                    }
+                    std::process::exit(128 + sig);
+                }
+            });
+        }
+    });
+}
+
+fn register(p: &Path) {
+    if let Ok(mut v) = PENDING.lock() {
+        v.push(p.to_path_buf());
+    }
+}
+
+fn unregister(p: &Path) {
+    if let Ok(mut v) = PENDING.lock() {
+        v.retain(|x| x != p);
+    }
+}
+
+/// A file being written atomically.
+#[derive(Debug)]
+pub struct AtomicFile {
+    tmp: Option<tempfile::NamedTempFile>,
+    dest: PathBuf,
+    force: bool,
+}
+
+impl AtomicFile {
+    /// Starts writing `dest`. Refuses an existing `dest` unless `force`.
+    ///
+    /// # Errors
+    /// `dest` exists (without `force`), or the directory is not writable.
+    pub fn create(dest: impl AsRef<Path>, force: bool) -> Result<Self> {
+        let dest = dest.as_ref().to_path_buf();
+        if !force && dest.exists() {
+            return Err(Error::from(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "output exists (use --force to replace it)",
+            ))
+            .with_file(&dest));
+        }
+        install_signal_cleanup();
+        let dir = match dest.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .map_err(|e| Error::from(e).with_file(&dest))?;
+        register(tmp.path());
+        Ok(AtomicFile {
+            tmp: Some(tmp),
+            dest,
+            force,
+        })
+    }
+
+    /// The open temporary file.
+    pub fn file(&mut self) -> &mut File {
+        // `tmp` is only taken by `commit`, which consumes self.
+        self.tmp
+            .as_mut()
+            .map(|t| t.as_file_mut())
+            .expect("temp file present until commit")
+    }
+
+    /// The final path.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Flushes, fsyncs and renames the file into place (and fsyncs the directory).
+    ///
+    /// # Errors
+    /// I/O errors, or `dest` created meanwhile (without `force`).
+    pub fn commit(mut self) -> Result<()> {
+        let Some(tmp) = self.tmp.take() else {
+            return Ok(());
+        };
+        let path = tmp.path().to_path_buf();
+        let wrap = |e: io::Error| Error::from(e).with_file(&self.dest);
+        tmp.as_file().sync_all().map_err(wrap)?;
+        let r = if self.force {
+            tmp.persist(&self.dest).map(|_| ())
+        } else {
+            tmp.persist_noclobber(&self.dest).map(|_| ())
+        };
+        unregister(&path);
+        r.map_err(|e| wrap(e.error))?;
+        if let Some(dir) = self.dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if let Some(t) = &self.tmp {
+            unregister(t.path());
+        }
+        // NamedTempFile removes the file itself.
+    }
+}
+
+/// Where a command writes: an atomic file, or stdout for `-`.
+#[derive(Debug)]
+pub enum Output {
+    /// A file written atomically.
+    File(BufWriter<AtomicFileWriter>),
+    /// Standard output.
+    Stdout(BufWriter<io::Stdout>),
+}
+
+/// `Write` adapter over an [`AtomicFile`].
+#[derive(Debug)]
+pub struct AtomicFileWriter(pub AtomicFile);
+
+impl Write for AtomicFileWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.file().write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.file().flush()
+    }
+}
+
+impl Output {
+    /// Opens `path` for writing (`-` = stdout).
+    ///
+    /// # Errors
+    /// As [`AtomicFile::create`].
+    pub fn create(path: &str, force: bool) -> Result<Output> {
+        if path == "-" {
+            return Ok(Output::Stdout(BufWriter::with_capacity(
+                1 << 20,
+                io::stdout(),
+            )));
+        }
+        let f = AtomicFile::create(path, force)?;
+        Ok(Output::File(BufWriter::with_capacity(
+            1 << 20,
+            AtomicFileWriter(f),
+        )))
+    }
+
+    /// Finishes the output: flush + fsync + rename for files, flush for stdout.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn commit(self) -> Result<()> {
+        match self {
+            Output::Stdout(mut w) => Ok(w.flush()?),
+            Output::File(w) => {
+                let inner = w.into_inner().map_err(|e| Error::from(e.into_error()))?;
+                inner.0.commit()
+            }
+        }
+    }
+
+    /// The underlying file when writing to a file (for `copy_file_range` and the like).
+    pub fn file_mut(&mut self) -> Option<&mut File> {
+        match self {
+            Output::File(w) => Some(w.get_mut().0.file()),
+            Output::Stdout(_) => None,
+        }
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Output::File(w) => w.write(buf),
+            Output::Stdout(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Output::File(w) => w.flush(),
+            Output::Stdout(w) => w.flush(),
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! Zero-copy driver over a byte slice (a memory-mapped file or a `Vec`).
+//!
+//! Payloads are borrowed sub-slices of the input; walking the records reads only the record
+//! heads, never the payload pages. Use [`crate::stream`] for pipes and stdin instead.
+
+use crate::check::{eof_error, record_name, Checker, Step};
+use crate::error::{Error, ErrorKind, Result, Warning};
+use crate::format::{ImageHeader, Metadata, Record, Version};
+use crate::image::{HStep, HeaderParser};
+use crate::parse::{self, PErr};
+
+/// A diff (v1 or v2) over borrowed bytes; metadata parsed eagerly, data records lazily.
+#[derive(Debug, Clone)]
+pub struct DiffSlice<'a> {
+    bytes: &'a [u8],
+    /// Absolute offset of `bytes[0]` in the file (non-zero for a diff inside an image stream).
+    base: u64,
+    data_start: usize,
+    checker: Checker,
+    standalone: bool,
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+impl<'a> DiffSlice<'a> {
+    /// Parses the banner and metadata records of a standalone diff.
+    ///
+    /// # Errors
+    /// A bad banner, a truncated or invalid metadata record.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self> {
+        Self::parse_at(bytes, 0, true)
+    }
+
+    /// Parses a diff that starts at absolute offset `base` (bytes start at the banner).
+    /// `standalone` diffs report bytes after `e` as a warning; embedded ones do not.
+    pub(crate) fn parse_at(bytes: &'a [u8], base: u64, standalone: bool) -> Result<Self> {
+        let (mut rest, version) = match parse::diff_banner(bytes) {
+            Ok(ok) => ok,
+            Err(nom::Err::Incomplete(_)) => {
+                return Err(Error::at(
+                    ErrorKind::Truncated {
+                        what: "banner".into(),
+                    },
+                    base,
+                    None,
+                ))
+            }
+            Err(nom::Err::Failure(PErr::Fatal(k))) => return Err(Error::at(k, base, None)),
+            Err(_) => {
+                return Err(Error::at(
+                    ErrorKind::Invalid("bad banner".into()),
+                    base,
+                    None,
+                ))
+            }
+        };
+        let mut checker = Checker::new(version);
+        loop {
+            let pos = bytes.len() - rest.len();
+            let offset = base + pos as u64;
+            let (next, ph) = head_at(&checker, rest, offset)?;
+            if !matches!(
+                ph.head,
+                parse::Head::FromSnap(_)
+                    | parse::Head::ToSnap(_)
+                    | parse::Head::Protected(_)
+                    | parse::Head::Size(_)
+            ) {
+                return Ok(DiffSlice {
+                    bytes,
+                    base,
+                    data_start: pos,
+                    checker,
+                    standalone,
+                });
+            }
+            checker.head(&ph, offset)?;
+            rest = next;
+        }
+    }
+
+    /// `v1` or `v2`.
+    pub fn version(&self) -> Version {
+        self.checker.version
+    }
+
+    /// Snapshot names, protection flag and image size.
+    pub fn metadata(&self) -> &Metadata {
+        &self.checker.meta
+    }
+
+    /// Warnings found in the header records.
+    pub fn warnings(&self) -> &[Warning] {
+        &self.checker.warnings
+    }
+
+    /// Byte offset (in the file) and tag of every metadata record.
+    pub fn metadata_records(&self) -> &[(u64, u8)] {
+        &self.checker.meta_records
+    }
+
+    /// Absolute offset of the banner.
+    pub fn start_offset(&self) -> u64 {
+        self.base
+    }
+
+    /// Iterator over the data records (`w`, `z`, unknown v2 tags) and the final `e`.
+    pub fn records(&self) -> Records<'a> {
+        Records {
+            bytes: self.bytes,
+            base: self.base,
+            pos: self.data_start,
+            checker: self.checker.clone(),
+            done: false,
+            standalone: self.standalone,
+        }
+    }
+
+    /// Walks every record, checking it, and returns the offset just past `e`.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn end_offset(&self) -> Result<u64> {
+        let mut recs = self.records();
+        for r in recs.by_ref() {
+            r?;
+        }
+        Ok(recs.offset())
+    }
+}
+
+/// Parses one head at `rest` (absolute `offset`), turning nom outcomes into errors.
+fn head_at<'b>(
+    checker: &Checker,
+    rest: &'b [u8],
+    offset: u64,
+) -> Result<(&'b [u8], parse::ParsedHead<'b>)> {
+    match parse::record_head(checker.version, rest) {
+        Ok(ok) => Ok(ok),
+        Err(nom::Err::Incomplete(_)) => Err(eof_error(checker, offset, rest)),
+        Err(nom::Err::Failure(PErr::Fatal(k))) | Err(nom::Err::Error(PErr::Fatal(k))) => {
+            Err(checker.err(k, offset))
+        }
+        Err(_) => Err(checker.err(ErrorKind::Invalid("unparsable record".into()), offset)),
+    }
+}
+
+/// Iterator over the data records of a [`DiffSlice`]: yields `(byte offset, record)`.
+///
+/// Stops after `e` or after the first error.
+#[derive(Debug, Clone)]
+pub struct Records<'a> {
+    bytes: &'a [u8],
+    base: u64,
+    pos: usize,
+    checker: Checker,
+    done: bool,
+    standalone: bool,
+}
+
+impl<'a> Records<'a> {
+    /// Absolute byte offset of the next record (after `e`: just past it).
+    pub fn offset(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    /// Index of the next record (0 = first record after the banner).
+    pub fn index(&self) -> u64 {
+        self.checker.index
+    }
+
+    /// Warnings found so far (header records included).
+    pub fn warnings(&self) -> &[Warning] {
+        &self.checker.warnings
+    }
+
+    /// True once `e` has been read.
+    pub fn ended(&self) -> bool {
+        self.checker.ended
+    }
+
+    fn step(&mut self) -> Result<(u64, Record<'a>)> {
+        let rest = self.bytes.get(self.pos..).unwrap_or_default();
+        let offset = self.offset();
+        let (next, ph) = head_at(&self.checker, rest, offset)?;
+        let step = self.checker.head(&ph, offset)?;
+        let head_len = rest.len() - next.len();
+        let body = |n: u64| -> Result<&'a [u8]> {
+            let start = self.pos + head_len;
+            let end = start
+                .checked_add(to_usize(n))
+                .filter(|&e| e <= self.bytes.len());
+            match end {
+                Some(end) => Ok(self.bytes.get(start..end).unwrap_or_default()),
+                None => Err(Error::at(
+                    ErrorKind::Truncated {
+                        what: format!("{} payload ({n} bytes)", record_name(ph.head.tag())),
+                    },
+                    offset,
+                    Some(self.checker.index - 1),
+                )),
+            }
+        };
+        let (rec, body_len) = match step {
+            Step::Meta => {
+                return Err(self
+                    .checker
+                    .err(ErrorKind::MetadataAfterData(ph.head.tag()), offset))
+            }
+            Step::Write(e) => (
+                Record::Write {
+                    offset: e.offset,
+                    data: body(e.len)?,
+                },
+                e.len,
+            ),
+            Step::Zero(e) => (Record::Zero(e), 0),
+            Step::Unknown { tag, len } => (
+                Record::Unknown {
+                    tag,
+                    data: body(len)?,
+                },
+                len,
+            ),
+            Step::End => (Record::End, 0),
+        };
+        self.pos += head_len + to_usize(body_len);
+        if rec == Record::End {
+            self.done = true;
+            if self.standalone {
+                let trailing = (self.bytes.len() - self.pos) as u64;
+                let at = self.offset();
+                self.checker.trailing(at, trailing);
+            }
+        }
+        Ok((offset, rec))
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<(u64, Record<'a>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let r = self.step();
+        if r.is_err() {
+            self.done = true;
+        }
+        Some(r)
+    }
+}
+
+/// An `rbd image v2` stream over borrowed bytes: the header and the embedded v2 diffs.
+#[derive(Debug, Clone)]
+pub struct ImageSlice<'a> {
+    bytes: &'a [u8],
+    header: ImageHeader,
+    diffs_start: usize,
+    warnings: Vec<Warning>,
+}
+
+impl<'a> ImageSlice<'a> {
+    /// Parses the image header up to and including the diff count.
+    ///
+    /// # Errors
+    /// A bad banner or a truncated/invalid header record.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self> {
+        let mut hp = HeaderParser::new();
+        let mut pos = 0usize;
+        loop {
+            let rest = bytes.get(pos..).unwrap_or_default();
+            match hp.step(rest, pos as u64)? {
+                HStep::Consumed { used, skip } => {
+                    pos += used;
+                    if skip > 0 {
+                        let end = pos
+                            .checked_add(to_usize(skip))
+                            .filter(|&e| e <= bytes.len());
+                        pos = end.ok_or_else(|| crate::image::body_truncated(pos as u64, skip))?;
+                    }
+                }
+                HStep::NeedMore => return Err(hp.eof_error(pos as u64, rest)),
+                HStep::Done => break,
+            }
+        }
+        let (header, warnings) = hp.finish();
+        Ok(ImageSlice {
+            bytes,
+            header,
+            diffs_start: pos,
+            warnings,
+        })
+    }
+
+    /// The image header.
+    pub fn header(&self) -> &ImageHeader {
+        &self.header
+    }
+
+    /// Warnings from the header (unknown tags, length mismatches).
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
+    /// The embedded diffs, each walked to its end to find the next.
+    pub fn diffs(&self) -> EmbeddedDiffs<'a> {
+        EmbeddedDiffs {
+            bytes: self.bytes,
+            pos: self.diffs_start,
+            remaining: self.header.diff_count,
+        }
+    }
+}
+
+/// Iterator over the diffs of an [`ImageSlice`]; stops after the first error.
+#[derive(Debug, Clone)]
+pub struct EmbeddedDiffs<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    remaining: u64,
+}
+
+impl<'a> Iterator for EmbeddedDiffs<'a> {
+    type Item = Result<DiffSlice<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let r = (|| {
+            let rest = self.bytes.get(self.pos..).unwrap_or_default();
+            let d = DiffSlice::parse_at(rest, self.pos as u64, false)?;
+            let end = d.end_offset()?;
+            self.pos = to_usize(end);
+            if d.version() != Version::V2 {
+                return Err(Error::at(
+                    ErrorKind::Invalid("an image stream may only embed 'rbd diff v2' diffs".into()),
+                    d.start_offset(),
+                    None,
+                ));
+            }
+            Ok(d)
+        })();
+        if r.is_err() {
+            self.remaining = 0;
+        }
+        Some(r)
+    }
+}
+
+impl Records<'_> {
+    pub(crate) fn checker_ref(&self) -> &Checker {
+        &self.checker
+    }
+}

@@ -1,0 +1,585 @@
+//! Streaming driver over any [`Read`] (stdin, pipes, decompressors).
+//!
+//! Memory is bounded: record heads go through a small buffer and a payload is never buffered
+//! whole; it is handed out as a [`Read`], and whatever the caller leaves unread is skipped.
+//! It yields the same records, errors and byte offsets as [`crate::slice`].
+
+use std::io::{self, Read};
+
+use crate::check::{eof_error, record_name, Checker, Step};
+use crate::error::{Error, ErrorKind, Result, Warning};
+use crate::format::{Extent, ImageHeader, Metadata, Version};
+use crate::image::{HStep, HeaderParser};
+use crate::parse::{self, PErr};
+
+const BUF_SIZE: usize = 64 * 1024;
+/// Largest item that must fit in the buffer at once (an image-meta pair is the biggest head).
+const MAX_HEAD: usize = 2 * (crate::format::MAX_META_LEN as usize) + 64;
+
+/// A buffered reader that counts absolute offsets.
+#[derive(Debug)]
+pub(crate) struct Source<R> {
+    inner: R,
+    buf: Vec<u8>,
+    lo: usize,
+    hi: usize,
+    /// Absolute offset of `buf[lo]`.
+    pos: u64,
+    eof: bool,
+}
+
+impl<R: Read> Source<R> {
+    fn new(inner: R) -> Self {
+        Source {
+            inner,
+            buf: vec![0; BUF_SIZE],
+            lo: 0,
+            hi: 0,
+            pos: 0,
+            eof: false,
+        }
+    }
+
+    fn avail(&self) -> &[u8] {
+        self.buf.get(self.lo..self.hi).unwrap_or_default()
+    }
+
+    fn consume(&mut self, n: usize) {
+        let n = n.min(self.hi - self.lo);
+        self.lo += n;
+        self.pos += n as u64;
+    }
+
+    /// Tries to have at least `need` bytes available; false when the input ends first.
+    fn fill(&mut self, need: usize) -> io::Result<bool> {
+        let need = need.min(MAX_HEAD);
+        while self.hi - self.lo < need {
+            if self.eof {
+                return Ok(false);
+            }
+            if self.lo + need > self.buf.len() {
+                self.buf.copy_within(self.lo..self.hi, 0);
+                self.hi -= self.lo;
+                self.lo = 0;
+                if need > self.buf.len() {
+                    self.buf.resize(need, 0);
+                }
+            }
+            let dst = self.buf.get_mut(self.hi..).unwrap_or_default();
+            match self.inner.read(dst) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.hi += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads up to `out.len()` bytes: buffered ones first, then straight from the input.
+    fn read_some(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let avail = self.hi - self.lo;
+        if avail > 0 {
+            let n = avail.min(out.len());
+            out[..n].copy_from_slice(&self.buf[self.lo..self.lo + n]);
+            self.consume(n);
+            return Ok(n);
+        }
+        if self.eof {
+            return Ok(0);
+        }
+        loop {
+            match self.inner.read(out) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(0);
+                }
+                Ok(n) => {
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Skips up to `n` bytes; returns how many were skipped (fewer at end of input).
+    fn skip(&mut self, n: u64) -> io::Result<u64> {
+        let mut left = n;
+        while left > 0 {
+            let avail = (self.hi - self.lo) as u64;
+            if avail == 0 && !self.fill(1)? {
+                break;
+            }
+            let step = left.min((self.hi - self.lo) as u64);
+            self.consume(step as usize);
+            left -= step;
+        }
+        Ok(n - left)
+    }
+}
+
+/// The payload of the current `w` record, as a reader.
+#[derive(Debug)]
+pub(crate) struct Body<R> {
+    src: Source<R>,
+    /// Payload bytes not yet read.
+    remaining: u64,
+    /// Where the record started, for errors.
+    rec_offset: u64,
+    rec_index: u64,
+    rec_tag: u8,
+}
+
+impl<R: Read> Body<R> {
+    fn truncated(&self) -> Error {
+        Error::at(
+            ErrorKind::Truncated {
+                what: format!("{} payload", record_name(self.rec_tag)),
+            },
+            self.rec_offset,
+            Some(self.rec_index),
+        )
+    }
+
+    /// Skips what is left of the current payload.
+    fn skip_rest(&mut self) -> Result<()> {
+        let left = self.remaining;
+        let done = self.src.skip(left)?;
+        self.remaining -= done;
+        if self.remaining > 0 {
+            return Err(self.truncated());
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Body<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 || out.is_empty() {
+            return Ok(0);
+        }
+        let want = out
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.src.read_some(&mut out[..want])?;
+        if n == 0 {
+            return Err(self.truncated().into());
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// One record from a [`RecordSource`].
+#[derive(Debug)]
+pub struct Item<'r> {
+    /// Byte offset of the record's tag.
+    pub offset: u64,
+    /// Record index (0 = first record after the banner).
+    pub index: u64,
+    /// The record.
+    pub kind: ItemKind<'r>,
+}
+
+/// What an [`Item`] holds.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ItemKind<'r> {
+    /// `w` with its payload.
+    Write {
+        /// Image extent.
+        extent: Extent,
+        /// The payload.
+        data: Payload<'r>,
+    },
+    /// `z`.
+    Zero(Extent),
+    /// v2 record with an unknown tag (already skipped).
+    Unknown {
+        /// Tag byte.
+        tag: u8,
+        /// Body length.
+        len: u64,
+    },
+    /// `e`.
+    End,
+}
+
+/// A `w` payload: borrowed bytes (slice driver) or a reader (stream driver).
+pub enum Payload<'r> {
+    /// Bytes borrowed from the input.
+    Bytes(&'r [u8]),
+    /// A reader limited to the payload; bytes left unread are skipped later.
+    Stream(&'r mut dyn Read),
+}
+
+impl std::fmt::Debug for Payload<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Payload::Bytes(b) => write!(f, "Payload::Bytes({} bytes)", b.len()),
+            Payload::Stream(_) => f.write_str("Payload::Stream"),
+        }
+    }
+}
+
+impl Read for Payload<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Payload::Bytes(b) => b.read(out),
+            Payload::Stream(r) => r.read(out),
+        }
+    }
+}
+
+/// One-pass access to the records of a diff, shared by [`crate::DiffSlice`] and [`DiffReader`],
+/// so that inspect, verify and apply are written once.
+pub trait RecordSource {
+    /// `v1` or `v2`.
+    fn version(&self) -> Version;
+    /// Header of the diff.
+    fn metadata(&self) -> &Metadata;
+    /// Byte offset and tag of every metadata record.
+    fn metadata_records(&self) -> &[(u64, u8)];
+    /// Warnings found so far.
+    fn warnings(&self) -> &[Warning];
+    /// Byte offset of the next record (after `e`: just past it).
+    fn position(&self) -> u64;
+    /// The next data record or `e`; `None` after `e`.
+    ///
+    /// # Errors
+    /// The first structural problem or I/O error; the source is finished after an error.
+    fn next_item(&mut self) -> Result<Option<Item<'_>>>;
+}
+
+impl<'a> RecordSource for crate::slice::Records<'a> {
+    fn version(&self) -> Version {
+        self.checker_ref().version
+    }
+    fn metadata(&self) -> &Metadata {
+        &self.checker_ref().meta
+    }
+    fn metadata_records(&self) -> &[(u64, u8)] {
+        &self.checker_ref().meta_records
+    }
+    fn warnings(&self) -> &[Warning] {
+        crate::slice::Records::warnings(self)
+    }
+    fn position(&self) -> u64 {
+        crate::slice::Records::offset(self)
+    }
+    fn next_item(&mut self) -> Result<Option<Item<'_>>> {
+        let index = self.index();
+        let Some(r) = self.next() else {
+            return Ok(None);
+        };
+        let (offset, rec) = r?;
+        let kind = match rec {
+            crate::Record::Write { offset, data } => ItemKind::Write {
+                extent: Extent::new(offset, data.len() as u64),
+                data: Payload::Bytes(data),
+            },
+            crate::Record::Zero(e) => ItemKind::Zero(e),
+            crate::Record::Unknown { tag, data } => ItemKind::Unknown {
+                tag,
+                len: data.len() as u64,
+            },
+            crate::Record::End => ItemKind::End,
+        };
+        Ok(Some(Item {
+            offset,
+            index,
+            kind,
+        }))
+    }
+}
+
+/// A diff read from a stream; see the module docs.
+#[derive(Debug)]
+pub struct DiffReader<R> {
+    body: Body<R>,
+    checker: Checker,
+    /// A data head parsed while reading the metadata, not yet returned.
+    pending: Option<(u64, Step)>,
+    standalone: bool,
+    done: bool,
+    start: u64,
+}
+
+impl<R: Read> DiffReader<R> {
+    /// Reads the banner and metadata records of a standalone diff.
+    ///
+    /// # Errors
+    /// A bad banner, a truncated or invalid metadata record, or an I/O error.
+    pub fn new(inner: R) -> Result<Self> {
+        Self::from_source(Source::new(inner), true)
+    }
+
+    pub(crate) fn from_source(mut src: Source<R>, standalone: bool) -> Result<Self> {
+        let start = src.pos;
+        let version = loop {
+            match parse::diff_banner(src.avail()) {
+                Ok((_, v)) => break v,
+                Err(nom::Err::Incomplete(_)) => {
+                    if !src.fill(12)? {
+                        return Err(Error::at(
+                            ErrorKind::Truncated {
+                                what: "banner".into(),
+                            },
+                            start,
+                            None,
+                        ));
+                    }
+                }
+                Err(nom::Err::Failure(PErr::Fatal(k))) => return Err(Error::at(k, start, None)),
+                Err(_) => return Err(Error::invalid("bad banner")),
+            }
+        };
+        src.consume(12);
+        let mut r = DiffReader {
+            body: Body {
+                src,
+                remaining: 0,
+                rec_offset: 0,
+                rec_index: 0,
+                rec_tag: 0,
+            },
+            checker: Checker::new(version),
+            pending: None,
+            standalone,
+            done: false,
+            start,
+        };
+        loop {
+            let offset = r.body.src.pos;
+            let step = r.read_head()?;
+            if step != Step::Meta {
+                r.pending = Some((offset, step));
+                return Ok(r);
+            }
+        }
+    }
+
+    /// Parses one head from the buffer, refilling as needed, and checks it.
+    fn read_head(&mut self) -> Result<Step> {
+        let src = &mut self.body.src;
+        let offset = src.pos;
+        loop {
+            let avail = src.avail();
+            match parse::record_head(self.checker.version, avail) {
+                Ok((rest, ph)) => {
+                    let used = avail.len() - rest.len();
+                    let step = self.checker.head(&ph, offset)?;
+                    let (trailing, tag) = (ph.head.trailing_len(), ph.head.tag());
+                    src.consume(used);
+                    self.body.remaining = trailing;
+                    self.body.rec_offset = offset;
+                    self.body.rec_index = self.checker.index - 1;
+                    self.body.rec_tag = tag;
+                    return Ok(step);
+                }
+                Err(nom::Err::Incomplete(needed)) => {
+                    let more = match needed {
+                        nom::Needed::Size(n) => n.get(),
+                        nom::Needed::Unknown => 1,
+                    };
+                    let have = src.avail().len();
+                    if !src.fill(have + more)? {
+                        return Err(eof_error(&self.checker, offset, src.avail()));
+                    }
+                }
+                Err(nom::Err::Failure(PErr::Fatal(k))) | Err(nom::Err::Error(PErr::Fatal(k))) => {
+                    return Err(self.checker.err(k, offset))
+                }
+                Err(_) => {
+                    return Err(self
+                        .checker
+                        .err(ErrorKind::Invalid("unparsable record".into()), offset))
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<Option<(u64, Step)>> {
+        if let Some(p) = self.pending.take() {
+            return Ok(Some(p));
+        }
+        if self.done {
+            return Ok(None);
+        }
+        self.body.skip_rest()?;
+        let offset = self.body.src.pos;
+        let step = self.read_head()?;
+        if step == Step::Meta {
+            let tag = self.body.rec_tag;
+            return Err(self.checker.err(ErrorKind::MetadataAfterData(tag), offset));
+        }
+        Ok(Some((offset, step)))
+    }
+
+    /// Reads to the end of the input and adds a warning when bytes follow `e`.
+    fn check_trailing(&mut self) -> Result<()> {
+        let at = self.body.src.pos;
+        let n = self.body.src.skip(u64::MAX)?;
+        self.checker.trailing(at, n);
+        Ok(())
+    }
+
+    pub(crate) fn into_source(self) -> Source<R> {
+        self.body.src
+    }
+
+    /// True once `e` has been read.
+    pub fn ended(&self) -> bool {
+        self.checker.ended
+    }
+
+    /// Absolute byte offset of the banner.
+    pub fn start_offset(&self) -> u64 {
+        self.start
+    }
+}
+
+impl<R: Read> RecordSource for DiffReader<R> {
+    fn version(&self) -> Version {
+        self.checker.version
+    }
+    fn metadata(&self) -> &Metadata {
+        &self.checker.meta
+    }
+    fn metadata_records(&self) -> &[(u64, u8)] {
+        &self.checker.meta_records
+    }
+    fn warnings(&self) -> &[Warning] {
+        &self.checker.warnings
+    }
+    fn position(&self) -> u64 {
+        self.pending
+            .map(|(o, _)| o)
+            .unwrap_or(self.body.src.pos + self.body.remaining)
+    }
+
+    fn next_item(&mut self) -> Result<Option<Item<'_>>> {
+        let r = self.step();
+        let (offset, step) = match r {
+            Ok(Some(x)) => x,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.done = true;
+                return Err(e);
+            }
+        };
+        let index = self.body.rec_index;
+        let kind = match step {
+            Step::Write(extent) => ItemKind::Write {
+                extent,
+                data: Payload::Stream(&mut self.body),
+            },
+            Step::Zero(e) => ItemKind::Zero(e),
+            Step::Unknown { tag, len } => {
+                if let Err(e) = self.body.skip_rest() {
+                    self.done = true;
+                    return Err(e);
+                }
+                ItemKind::Unknown { tag, len }
+            }
+            Step::Meta => return Err(Error::invalid("internal: metadata step after data")),
+            Step::End => {
+                self.done = true;
+                if self.standalone {
+                    self.check_trailing()?;
+                }
+                ItemKind::End
+            }
+        };
+        Ok(Some(Item {
+            offset,
+            index,
+            kind,
+        }))
+    }
+}
+
+/// An `rbd image v2` stream read from a [`Read`]: the header, then the embedded diffs in turn.
+#[derive(Debug)]
+pub struct ImageReader<R> {
+    header: ImageHeader,
+    warnings: Vec<Warning>,
+    src: Option<Source<R>>,
+    cur: Option<DiffReader<R>>,
+    remaining: u64,
+}
+
+impl<R: Read> ImageReader<R> {
+    /// Reads the image header up to the diff count.
+    ///
+    /// # Errors
+    /// A bad banner, a truncated or invalid header, or an I/O error.
+    pub fn new(inner: R) -> Result<Self> {
+        let mut src = Source::new(inner);
+        let mut hp = HeaderParser::new();
+        loop {
+            let offset = src.pos;
+            match hp.step(src.avail(), offset)? {
+                HStep::Consumed { used, skip } => {
+                    src.consume(used);
+                    if src.skip(skip)? < skip {
+                        return Err(crate::image::body_truncated(src.pos, skip));
+                    }
+                }
+                HStep::NeedMore => {
+                    let have = src.avail().len();
+                    if !src.fill(have + 1)? {
+                        return Err(hp.eof_error(offset, src.avail()));
+                    }
+                }
+                HStep::Done => break,
+            }
+        }
+        let (header, warnings) = hp.finish();
+        let remaining = header.diff_count;
+        Ok(ImageReader {
+            header,
+            warnings,
+            src: Some(src),
+            cur: None,
+            remaining,
+        })
+    }
+
+    /// The image header.
+    pub fn header(&self) -> &ImageHeader {
+        &self.header
+    }
+
+    /// Warnings from the header.
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
+    /// The next embedded diff; the previous one is read to its end first.
+    ///
+    /// # Errors
+    /// A problem in the previous or the next diff.
+    pub fn next_diff(&mut self) -> Result<Option<&mut DiffReader<R>>> {
+        if let Some(mut prev) = self.cur.take() {
+            while prev.next_item()?.is_some() {}
+            self.src = Some(prev.into_source());
+        }
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        let Some(src) = self.src.take() else {
+            return Ok(None);
+        };
+        self.remaining -= 1;
+        let d = DiffReader::from_source(src, false)?;
+        if d.version() != Version::V2 {
+            return Err(Error::invalid(
+                "an image stream may only embed 'rbd diff v2' diffs",
+            ));
+        }
+        Ok(Some(self.cur.insert(d)))
+    }
+}
