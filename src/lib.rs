@@ -17,6 +17,7 @@
 
 mod check;
 pub mod error;
+pub mod extent;
 pub mod format;
 mod image;
 pub mod input;
