@@ -22,6 +22,7 @@ pub mod format;
 mod image;
 pub mod input;
 pub mod inspect;
+pub mod merge;
 pub mod output;
 mod parse;
 pub mod slice;
