@@ -951,3 +951,61 @@ fn stdin_input_and_stdout_output() {
     let r = run(&["merge", "-", "-", "-o", "-"]);
     assert_eq!(r.status.code(), Some(2));
 }
+
+/// The `rbd merge-diff` results committed in testdata/real/*/rbd-merge: our N-way merge of the
+/// same span applies to the same image; and rbd merge-diff accepts our merged prefixes.
+#[test]
+fn real_chains_agree_with_rbd_merge_files() {
+    let files = manifest::diff_files();
+    let chains = manifest::chains();
+    let mut checked = 0;
+    for m in files.iter().filter(|d| d.kind == "rbd-merge") {
+        let c = chains.iter().find(|c| c.image == m.image).unwrap();
+        let i = c.v1.iter().position(|d| d.apply_to == m.apply_to).unwrap();
+        let j = c.v1.iter().position(|d| d.result == m.result).unwrap();
+        let data: Vec<Vec<u8>> = c.v1[i..=j].iter().map(|d| d.read()).collect();
+        let ours = merged(&data);
+        let start = state_before(&c.v1[i]);
+        let theirs = apply_all(&start, &[&m.read()]);
+        let got = apply_all(&start, &[&ours]);
+        assert!(got.data == theirs.data, "{}", m.rel);
+        assert_eq!(got.sha256(), m.expected().sha256, "{}", m.rel);
+        let (om, tm) = (
+            DiffSlice::parse(&ours).unwrap().metadata().clone(),
+            DiffSlice::parse(&m.read()).unwrap().metadata().clone(),
+        );
+        assert_eq!(
+            (om.from_snap, om.to_snap, om.image_size),
+            (tm.from_snap, tm.to_snap, tm.image_size)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10);
+    if !rbd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for c in &chains {
+        let data: Vec<Vec<u8>> = c.v1.iter().map(|d| d.read()).collect();
+        let start = state_before(&c.v1[0]);
+        for j in 1..data.len() - 1 {
+            let ours = merged(&data[..=j]);
+            let (r, out) = rbd_merge(dir.path(), &ours, &data[j + 1], "real");
+            let out = out.unwrap_or_else(|| {
+                panic!(
+                    "rbd refused our merge of {}: {}",
+                    c.image,
+                    String::from_utf8_lossy(&r.stderr)
+                )
+            });
+            let img = apply_all(&start, &[&out]);
+            assert_eq!(
+                img.sha256(),
+                c.v1[j + 1].expected().sha256,
+                "{} 0..={}",
+                c.image,
+                j + 1
+            );
+        }
+    }
+}
