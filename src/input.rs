@@ -44,7 +44,7 @@ pub fn sniff(prefix: &[u8]) -> Kind {
 }
 
 enum Data {
-    Map(Mmap),
+    Map(Mmap, File),
     Empty,
     Stream(Box<dyn Read + Send>),
 }
@@ -99,7 +99,7 @@ impl Input {
         Ok(Input {
             name: path.to_string(),
             kind: sniff(&m),
-            data: Data::Map(m),
+            data: Data::Map(m, file),
         })
     }
 
@@ -142,7 +142,7 @@ impl Input {
         Ok(Input {
             name: name.to_string(),
             kind: sniff(&m),
-            data: Data::Map(m),
+            data: Data::Map(m, file),
         })
     }
 
@@ -171,16 +171,24 @@ impl Input {
     /// The whole content, when it is a mapped file.
     pub fn bytes(&self) -> Option<&[u8]> {
         match &self.data {
-            Data::Map(m) => Some(m),
+            Data::Map(m, _) => Some(m),
             Data::Empty => Some(&[]),
             Data::Stream(_) => None,
+        }
+    }
+
+    /// The mapped file (for in-kernel copies such as `copy_file_range`), when mapped.
+    pub fn file(&self) -> Option<&File> {
+        match &self.data {
+            Data::Map(_, f) => Some(f),
+            _ => None,
         }
     }
 
     /// The content as a reader (a mapped file is read from memory).
     pub fn into_reader(self) -> Box<dyn Read + Send + 'static> {
         match self.data {
-            Data::Map(m) => Box::new(Cursor::new(m)),
+            Data::Map(m, _) => Box::new(Cursor::new(m)),
             Data::Empty => Box::new(io::empty()),
             Data::Stream(r) => r,
         }

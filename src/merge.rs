@@ -7,16 +7,19 @@
 //! reads as zeros after import, whatever the target held there. Merging `d1 … dn` in one call
 //! therefore gives the same image as `rbd merge-diff` applied pairwise along the chain.
 //!
-//! How: [`plan`] walks only the record heads of every input, building an [`ExtentMap`] in
-//! which later extents clip earlier ones; then [`Plan::write`] streams the surviving payload
-//! ranges straight from the mapped inputs to the output. Payloads are never buffered: memory is
-//! the map (about 30–40 bytes per extent). Every input is fully validated (chain, records,
-//! truncation) before the first output byte is written.
+//! How: [`plan`] walks only the record heads of every (memory-mapped) input, building an
+//! [`ExtentMap`] in which later extents clip earlier ones; then the surviving payload ranges
+//! are streamed, in image order, to the output: [`Plan::write`] from the mapped bytes,
+//! [`Plan::write_from_files`] (what [`merge_files`] uses) with `pread` through one 1 MiB
+//! buffer. Payloads are never held whole: memory is the map (about 30–40 bytes per extent)
+//! plus that buffer. Every input is fully validated (chain, records, truncation) before the
+//! first output byte is written.
 //!
 //! Streams (stdin, pipes) and zstd-compressed inputs are first copied to an anonymous
 //! temporary file ([`Input::spill`]) and mapped, which costs their size in `$TMPDIR` disk
 //! space but no memory.
 
+use std::fs::File;
 use std::io::Write;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -31,6 +34,9 @@ use crate::write::DiffWriter;
 /// object size, the largest record `rbd export-diff` writes for default images): `rbd
 /// import-diff` holds a whole record in memory. Larger input records are never split.
 pub const COALESCE_MAX: u64 = 4 << 20;
+
+/// Size of the copy buffer of [`Plan::write_from_files`].
+pub const COPY_BUF: usize = 1 << 20;
 
 /// One input of a merge: its name (for messages) and its whole content.
 #[derive(Clone, Copy, Debug)]
@@ -205,6 +211,9 @@ pub fn plan<'a>(inputs: &[MergeInput<'a>], opts: &MergeOptions) -> Result<Plan<'
     })
 }
 
+/// Copies one payload piece `(out, input, source offset, bytes)` to the output.
+type CopyFn<'c, W> = dyn FnMut(&mut W, u32, u64, &[u8]) -> std::io::Result<()> + 'c;
+
 /// A run of adjacent extents to be written as one record.
 enum Run {
     None,
@@ -254,6 +263,60 @@ impl<'a> Plan<'a> {
         version: Version,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<(W, MergeStats)> {
+        self.write_with(out, version, progress, &mut |o: &mut W, _, _, data| {
+            o.write_all(data)
+        })
+    }
+
+    /// [`Plan::write`], reading payloads with `pread` from `sources[input]` (the file each
+    /// input was mapped from) into one reused buffer of [`COPY_BUF`] bytes instead of copying
+    /// from the mapping: measured faster than both the mapping (no page-table work for the
+    /// payload pages) and `copy_file_range` (which ext4 without reflinks runs through splice).
+    /// Inputs without a file are copied from their bytes.
+    ///
+    /// # Errors
+    /// As [`Plan::write`].
+    pub fn write_from_files<W: Write>(
+        &self,
+        out: W,
+        sources: &[Option<&File>],
+        version: Version,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(W, MergeStats)> {
+        use std::os::unix::fs::FileExt;
+        let mut buf: Vec<u8> = Vec::new();
+        self.write_with(
+            out,
+            version,
+            progress,
+            &mut |o: &mut W, input, src, data| {
+                let Some(f) = sources.get(input as usize).copied().flatten() else {
+                    return o.write_all(data);
+                };
+                if buf.is_empty() {
+                    buf = vec![0; COPY_BUF];
+                }
+                let (mut off, mut left) = (src, data.len());
+                while left > 0 {
+                    let n = left.min(buf.len());
+                    let chunk = &mut buf[..n];
+                    f.read_exact_at(chunk, off)?;
+                    o.write_all(chunk)?;
+                    off += n as u64;
+                    left -= n;
+                }
+                Ok(())
+            },
+        )
+    }
+
+    fn write_with<W: Write>(
+        &self,
+        out: W,
+        version: Version,
+        progress: &mut dyn FnMut(u64, u64),
+        copy: &mut CopyFn<'_, W>,
+    ) -> Result<(W, MergeStats)> {
         let mut w = DiffWriter::new(out, version, &self.meta)?;
         let mut stats = MergeStats {
             inputs: self.inputs.len(),
@@ -282,7 +345,9 @@ impl<'a> Plan<'a> {
                     w.begin_data(crate::Extent::new(s, e - s))?;
                     for &(ps, pe, p) in pieces.iter() {
                         let data = self.payload(ps, pe, p)?;
-                        w.get_mut().write_all(data)?;
+                        if let Piece::Data { input, src_offset } = p {
+                            copy(w.get_mut(), input, src_offset, data)?;
+                        }
                         w.add_written(data.len() as u64);
                     }
                     stats.write_records += 1;
@@ -408,7 +473,10 @@ pub fn merge_files(
             e.with_file(out)
         }
     };
-    let (output, stats) = p.write(output, opts.version, progress).map_err(wrap)?;
+    let sources: Vec<Option<&File>> = opened.iter().map(Input::file).collect();
+    let (output, stats) = p
+        .write_from_files(output, &sources, opts.version, progress)
+        .map_err(wrap)?;
     output.commit().map_err(wrap)?;
     Ok(stats)
 }
