@@ -101,6 +101,15 @@ impl ExtentMap {
         if start >= end {
             return;
         }
+        // Fast path: appending past the last extent (the whole first input, typically).
+        let appends = match self.map.last_key_value() {
+            None => true,
+            Some((_, &(e, _))) => e <= start,
+        };
+        if appends {
+            self.map.insert(start, (end, piece.pack()));
+            return;
+        }
         // An extent starting before `start` that reaches into the new one.
         if let Some((&s, v)) = self.map.range_mut(..start).next_back() {
             let (e, p) = *v;
