@@ -130,13 +130,19 @@ pub(crate) struct Body<R> {
     rec_offset: u64,
     rec_index: u64,
     rec_tag: u8,
+    /// Payload (or skipped body) length of the current record, for errors.
+    rec_len: u64,
 }
 
 impl<R: Read> Body<R> {
     fn truncated(&self) -> Error {
         Error::at(
             ErrorKind::Truncated {
-                what: format!("{} payload", record_name(self.rec_tag)),
+                what: format!(
+                    "{} payload ({} bytes)",
+                    record_name(self.rec_tag),
+                    self.rec_len
+                ),
             },
             self.rec_offset,
             Some(self.rec_index),
@@ -344,6 +350,7 @@ impl<R: Read> DiffReader<R> {
                 rec_offset: 0,
                 rec_index: 0,
                 rec_tag: 0,
+                rec_len: 0,
             },
             checker: Checker::new(version),
             pending: None,
@@ -374,6 +381,7 @@ impl<R: Read> DiffReader<R> {
                     let (trailing, tag) = (ph.head.trailing_len(), ph.head.tag());
                     src.consume(used);
                     self.body.remaining = trailing;
+                    self.body.rec_len = trailing;
                     self.body.rec_offset = offset;
                     self.body.rec_index = self.checker.index - 1;
                     self.body.rec_tag = tag;
@@ -457,7 +465,7 @@ impl<R: Read> RecordSource for DiffReader<R> {
     fn position(&self) -> u64 {
         self.pending
             .map(|(o, _)| o)
-            .unwrap_or(self.body.src.pos + self.body.remaining)
+            .unwrap_or(self.body.src.pos.saturating_add(self.body.remaining))
     }
 
     fn next_item(&mut self) -> Result<Option<Item<'_>>> {
@@ -525,7 +533,7 @@ impl<R: Read> ImageReader<R> {
                 HStep::Consumed { used, skip } => {
                     src.consume(used);
                     if src.skip(skip)? < skip {
-                        return Err(crate::image::body_truncated(src.pos, skip));
+                        return Err(hp.body_truncated(offset, skip));
                     }
                 }
                 HStep::NeedMore => {
@@ -576,9 +584,7 @@ impl<R: Read> ImageReader<R> {
         self.remaining -= 1;
         let d = DiffReader::from_source(src, false)?;
         if d.version() != Version::V2 {
-            return Err(Error::invalid(
-                "an image stream may only embed 'rbd diff v2' diffs",
-            ));
+            return Err(crate::image::not_v2(d.start_offset()));
         }
         Ok(Some(self.cur.insert(d)))
     }
