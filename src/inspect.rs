@@ -123,6 +123,7 @@ pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> 
     let meta = src.metadata().clone();
     let mut s = DiffSummary {
         start,
+        records: src.metadata_records().len() as u64,
         version: Some(src.version()),
         ..Default::default()
     };

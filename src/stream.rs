@@ -306,11 +306,14 @@ impl<'a> RecordSource for crate::slice::Records<'a> {
 pub struct DiffReader<R> {
     body: Body<R>,
     checker: Checker,
-    /// A data head parsed while reading the metadata, not yet returned.
-    pending: Option<(u64, Step)>,
+    /// The head that ended the metadata, not yet returned, with its check result: like the
+    /// slice driver, a problem with the first data record is reported by `next_item`.
+    pending: Option<(u64, Result<Step>)>,
     standalone: bool,
     done: bool,
     start: u64,
+    /// Offset just past `e`, once read (the trailing-bytes check reads further).
+    after_end: Option<u64>,
 }
 
 impl<R: Read> DiffReader<R> {
@@ -357,19 +360,24 @@ impl<R: Read> DiffReader<R> {
             standalone,
             done: false,
             start,
+            after_end: None,
         };
         loop {
             let offset = r.body.src.pos;
-            let step = r.read_head()?;
-            if step != Step::Meta {
-                r.pending = Some((offset, step));
+            let (is_meta, checked) = r.read_head()?;
+            if is_meta {
+                checked?;
+            } else {
+                r.pending = Some((offset, checked));
                 return Ok(r);
             }
         }
     }
 
-    /// Parses one head from the buffer, refilling as needed, and checks it.
-    fn read_head(&mut self) -> Result<Step> {
+    /// Parses one head from the buffer, refilling as needed, and checks it. Parse errors are
+    /// returned as errors; the check result is returned alongside whether the head is a
+    /// metadata record, so that the caller can defer it.
+    fn read_head(&mut self) -> Result<(bool, Result<Step>)> {
         let src = &mut self.body.src;
         let offset = src.pos;
         loop {
@@ -377,7 +385,17 @@ impl<R: Read> DiffReader<R> {
             match parse::record_head(self.checker.version, avail) {
                 Ok((rest, ph)) => {
                     let used = avail.len() - rest.len();
-                    let step = self.checker.head(&ph, offset)?;
+                    let is_meta = matches!(
+                        ph.head,
+                        parse::Head::FromSnap(_)
+                            | parse::Head::ToSnap(_)
+                            | parse::Head::Protected(_)
+                            | parse::Head::Size(_)
+                    );
+                    let step = match self.checker.head(&ph, offset) {
+                        Ok(step) => step,
+                        Err(e) => return Ok((is_meta, Err(e))),
+                    };
                     let (trailing, tag) = (ph.head.trailing_len(), ph.head.tag());
                     src.consume(used);
                     self.body.remaining = trailing;
@@ -385,7 +403,7 @@ impl<R: Read> DiffReader<R> {
                     self.body.rec_offset = offset;
                     self.body.rec_index = self.checker.index - 1;
                     self.body.rec_tag = tag;
-                    return Ok(step);
+                    return Ok((is_meta, Ok(step)));
                 }
                 Err(nom::Err::Incomplete(needed)) => {
                     let more = match needed {
@@ -410,15 +428,15 @@ impl<R: Read> DiffReader<R> {
     }
 
     fn step(&mut self) -> Result<Option<(u64, Step)>> {
-        if let Some(p) = self.pending.take() {
-            return Ok(Some(p));
+        if let Some((offset, checked)) = self.pending.take() {
+            return checked.map(|step| Some((offset, step)));
         }
         if self.done {
             return Ok(None);
         }
         self.body.skip_rest()?;
         let offset = self.body.src.pos;
-        let step = self.read_head()?;
+        let step = self.read_head()?.1?;
         if step == Step::Meta {
             let tag = self.body.rec_tag;
             return Err(self.checker.err(ErrorKind::MetadataAfterData(tag), offset));
@@ -463,8 +481,12 @@ impl<R: Read> RecordSource for DiffReader<R> {
         &self.checker.warnings
     }
     fn position(&self) -> u64 {
+        if let Some(end) = self.after_end {
+            return end;
+        }
         self.pending
-            .map(|(o, _)| o)
+            .as_ref()
+            .map(|(o, _)| *o)
             .unwrap_or(self.body.src.pos.saturating_add(self.body.remaining))
     }
 
@@ -495,6 +517,7 @@ impl<R: Read> RecordSource for DiffReader<R> {
             Step::Meta => return Err(Error::invalid("internal: metadata step after data")),
             Step::End => {
                 self.done = true;
+                self.after_end = Some(self.body.src.pos);
                 if self.standalone {
                     self.check_trailing()?;
                 }
