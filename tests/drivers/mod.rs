@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod gen;
+
 use std::io::{self, Read};
 
 use rand::rngs::StdRng;
