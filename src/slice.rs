@@ -302,6 +302,11 @@ impl<'a> ImageSlice<'a> {
         &self.header
     }
 
+    /// Offset of the first embedded diff.
+    pub(crate) fn diffs_start(&self) -> usize {
+        self.diffs_start
+    }
+
     /// Warnings from the header (unknown tags, length mismatches).
     pub fn warnings(&self) -> &[Warning] {
         &self.warnings
