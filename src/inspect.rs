@@ -177,7 +177,6 @@ pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> 
                 (c, None, len)
             }
             ItemKind::End => ('e', None, 0),
-            _ => ('?', None, 0),
         };
         s.records = index + 1;
         if let Some(e) = ext {
