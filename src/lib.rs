@@ -17,10 +17,12 @@
 
 mod check;
 pub mod error;
+pub mod extent;
 pub mod format;
 mod image;
 pub mod input;
 pub mod inspect;
+pub mod merge;
 pub mod output;
 mod parse;
 pub mod slice;
