@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod apply;
 mod check;
 pub mod error;
 pub mod format;
@@ -25,6 +26,7 @@ pub mod output;
 mod parse;
 pub mod slice;
 pub mod stream;
+pub mod sums;
 pub mod write;
 
 pub use error::{Error, ErrorKind, Result, Warning, WarningKind};

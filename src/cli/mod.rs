@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod apply;
 mod inspect;
 
 /// Offline toolkit for Ceph RBD export-diff backup files.
@@ -22,6 +23,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Inspect(inspect::Args),
+    Apply(apply::Args),
 }
 
 /// Exit status of a command.
@@ -38,6 +40,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),
+        Command::Apply(a) => apply::run(a),
     };
     match result {
         Ok(Status::Ok) => ExitCode::SUCCESS,
