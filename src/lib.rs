@@ -27,6 +27,7 @@ mod parse;
 pub mod slice;
 pub mod stream;
 pub mod sums;
+pub mod verify;
 pub mod write;
 
 pub use error::{Error, ErrorKind, Result, Warning, WarningKind};

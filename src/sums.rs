@@ -209,8 +209,9 @@ pub fn write_sums_for(path: &Path) -> Result<PathBuf> {
 pub struct Mismatch {
     /// Byte offset in the file of the damaged record (or of the length change).
     pub offset: u64,
-    /// Index in the sidecar's record list (0 = banner).
-    pub record: Option<usize>,
+    /// Record index as in errors (0 = first record after the banner; `None` for the
+    /// banner, trailing bytes or a length change).
+    pub record: Option<u64>,
     /// What differs.
     pub message: String,
 }
@@ -259,11 +260,15 @@ pub fn check_sums_with(path: &Path, bytes: &[u8], digest: bool) -> Result<Vec<Mi
                 '-' => "trailing bytes".to_string(),
                 t => format!("'{t}' record"),
             };
+            let record = match r.tag {
+                'B' | '-' => None,
+                _ => Some(i as u64 - 1),
+            };
             out.push(Mismatch {
                 offset: r.offset,
-                record: Some(i),
+                record,
                 message: format!(
-                    "checksum mismatch in {what} #{i} ({} bytes at byte {})",
+                    "checksum mismatch in {what} ({} bytes at byte {})",
                     r.len, r.offset
                 ),
             });

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod apply;
 mod inspect;
+mod verify;
 
 /// Offline toolkit for Ceph RBD export-diff backup files.
 ///
@@ -24,6 +25,7 @@ pub struct Cli {
 enum Command {
     Inspect(inspect::Args),
     Apply(apply::Args),
+    Verify(verify::Args),
 }
 
 /// Exit status of a command.
@@ -31,7 +33,6 @@ pub enum Status {
     /// Everything fine.
     Ok,
     /// The command ran and found problems (exit 1).
-    #[allow(dead_code)]
     Problems,
 }
 
@@ -41,6 +42,7 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Apply(a) => apply::run(a),
+        Command::Verify(a) => verify::run(a),
     };
     match result {
         Ok(Status::Ok) => ExitCode::SUCCESS,
