@@ -17,6 +17,7 @@
 
 pub mod apply;
 mod check;
+pub mod create;
 pub mod error;
 pub mod format;
 mod image;

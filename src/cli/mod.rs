@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod apply;
+mod create;
 mod inspect;
 mod verify;
 
@@ -26,6 +27,7 @@ enum Command {
     Inspect(inspect::Args),
     Apply(apply::Args),
     Verify(verify::Args),
+    Create(create::Args),
 }
 
 /// Exit status of a command.
@@ -43,6 +45,7 @@ pub fn run() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Apply(a) => apply::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Create(a) => create::run(a),
     };
     match result {
         Ok(Status::Ok) => ExitCode::SUCCESS,
