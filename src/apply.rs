@@ -439,14 +439,6 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
         .unwrap_or_else(|| state_path(target));
     let mut state = read_state(&sp)?;
     let exists = target.exists();
-    if opts.create && exists && !matches!(state, Some(TargetState::Applying { .. })) && !opts.force
-    {
-        return Err(Error::from(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            "target exists (--create makes a new image; drop it to apply onto this one)",
-        ))
-        .with_file(target));
-    }
     if !exists && !opts.create {
         return Err(Error::from(io::Error::new(
             io::ErrorKind::NotFound,
@@ -541,11 +533,12 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
         Some(TargetState::At { snap }) => {
             if let Some(i) = metas
                 .iter()
-                .position(|m| m.from_snap.is_some() && name(&m.from_snap) == *snap)
+                .rposition(|m| snap.is_some() && name(&m.to_snap) == *snap)
             {
-                start = i;
+                // The target already holds the result of diffs ..=i.
+                start = i + 1;
             } else if let Some(from) = metas.first().and_then(|m| name(&m.from_snap)) {
-                if !opts.force {
+                if !opts.force && Some(&from) != snap.as_ref() {
                     return Err(Error::invalid(format!(
                         "start snapshot '{from}' of {} does not match the target, which holds {} \
                          (like rbd import-diff's \"start snapshot does not exist\"); use --force to apply anyway",
@@ -578,6 +571,20 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
         }
     }
 
+    // `--create` onto an existing target is only a resume of an earlier run of this chain.
+    let resuming = match &state {
+        Some(TargetState::Applying { .. }) => true,
+        Some(TargetState::At { .. }) => start > 0,
+        None => false,
+    };
+    if opts.create && exists && !resuming && !opts.force {
+        return Err(Error::from(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "target exists (--create makes a new image; drop it to apply onto this one)",
+        ))
+        .with_file(target));
+    }
+
     let mut report_diffs: Vec<AppliedDiff> = metas
         .iter()
         .zip(files)
@@ -591,7 +598,22 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
         })
         .collect();
 
-    let first = &report_diffs[start];
+    let Some(first) = report_diffs.get(start) else {
+        // Nothing left to apply: the target already holds the end of the chain.
+        let size = std::fs::metadata(target).map(|m| m.len()).unwrap_or(0);
+        let block_device = std::fs::metadata(target)
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false);
+        let snap = report_diffs.last().and_then(|d| d.to.clone());
+        return Ok(ApplyReport {
+            target: target.to_path_buf(),
+            state_file: sp,
+            block_device,
+            diffs: report_diffs,
+            snap,
+            size,
+        });
+    };
     write_state(
         &sp,
         &TargetState::Applying {
