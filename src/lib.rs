@@ -15,7 +15,9 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod apply;
 mod check;
+pub mod create;
 pub mod error;
 pub mod extent;
 pub mod format;
@@ -27,6 +29,8 @@ pub mod output;
 mod parse;
 pub mod slice;
 pub mod stream;
+pub mod sums;
+pub mod verify;
 pub mod write;
 
 pub use error::{Error, ErrorKind, Result, Warning, WarningKind};

@@ -6,8 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod apply;
+mod create;
 mod inspect;
 mod merge;
+mod verify;
 
 /// Offline toolkit for Ceph RBD export-diff backup files.
 ///
@@ -24,6 +27,9 @@ pub struct Cli {
 enum Command {
     Inspect(inspect::Args),
     Merge(merge::Args),
+    Apply(apply::Args),
+    Verify(verify::Args),
+    Create(create::Args),
 }
 
 /// Exit status of a command.
@@ -31,7 +37,6 @@ pub enum Status {
     /// Everything fine.
     Ok,
     /// The command ran and found problems (exit 1).
-    #[allow(dead_code)]
     Problems,
 }
 
@@ -41,6 +46,9 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Merge(a) => merge::run(a),
+        Command::Apply(a) => apply::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::Create(a) => create::run(a),
     };
     match result {
         Ok(Status::Ok) => ExitCode::SUCCESS,
