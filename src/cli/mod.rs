@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod compress;
 mod inspect;
 
 /// Offline toolkit for Ceph RBD export-diff backup files.
@@ -22,6 +23,8 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Inspect(inspect::Args),
+    Compress(compress::CompressArgs),
+    Decompress(compress::DecompressArgs),
 }
 
 /// Exit status of a command.
@@ -38,6 +41,8 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),
+        Command::Compress(a) => compress::run_compress(a),
+        Command::Decompress(a) => compress::run_decompress(a),
     };
     match result {
         Ok(Status::Ok) => ExitCode::SUCCESS,
