@@ -435,7 +435,16 @@ pub fn inspect_input(input: Input, with_records: bool) -> Report {
         return inspect_bytes(&name, b, with_records);
     }
     let kind = input.kind();
-    inspect_reader(&name, kind, input.into_reader(), with_records)
+    let compressed = input.is_compressed();
+    let mut r = input.into_reader();
+    let mut report = inspect_reader(&name, kind, &mut r, with_records);
+    if compressed && report.error.is_none() {
+        // Read what follows the diff so that a truncated or corrupt archive is noticed.
+        if let Err(e) = io::copy(&mut r, &mut io::sink()) {
+            report.error = Some(Error::from(e).with_file(&name).to_string());
+        }
+    }
+    report
 }
 
 fn opt_name(n: &Option<String>, none: &str) -> String {

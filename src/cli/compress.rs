@@ -27,6 +27,9 @@ pub struct CompressArgs {
     /// Compression threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Diff bytes per zstd frame (frames end at the first record boundary after this).
+    #[arg(long, default_value_t = compress::DEFAULT_FRAME_TARGET)]
+    frame_size: u64,
     /// Replace an existing output file.
     #[arg(long)]
     force: bool,
@@ -66,7 +69,7 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
     let opts = CompressOptions {
         level: a.level,
         threads: a.threads.unwrap_or_else(compress::default_threads),
-        ..CompressOptions::default()
+        frame_target: a.frame_size,
     };
     let stats = compress::compress(input, &mut out, &opts)?;
     out.commit()?;
