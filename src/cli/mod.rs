@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod apply;
+mod compress;
 mod create;
 mod inspect;
 mod merge;
@@ -30,6 +31,8 @@ enum Command {
     Apply(apply::Args),
     Verify(verify::Args),
     Create(create::Args),
+    Compress(compress::CompressArgs),
+    Decompress(compress::DecompressArgs),
 }
 
 /// Exit status of a command.
@@ -49,6 +52,8 @@ pub fn run() -> ExitCode {
         Command::Apply(a) => apply::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Create(a) => create::run(a),
+        Command::Compress(a) => compress::run_compress(a),
+        Command::Decompress(a) => compress::run_decompress(a),
     };
     match result {
         Ok(Status::Ok) => ExitCode::SUCCESS,
