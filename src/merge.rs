@@ -409,28 +409,19 @@ pub fn merge<W: Write>(
     Ok(stats)
 }
 
-/// Opens an input for merging: files are mapped; stdin, pipes and zstd-compressed inputs are
-/// spilled to an anonymous temporary file first.
+/// Opens an input for merging: plain files are mapped; stdin, pipes and zstd-compressed
+/// inputs are decoded and spilled to an anonymous temporary file first ([`Input::into_mapped`]).
 ///
 /// # Errors
 /// Opening, reading or decompressing fails, or the input is an image export.
 pub fn open_input(path: &str) -> Result<Input> {
     let input = Input::open(path)?.into_mapped()?;
     match input.kind() {
-        Kind::Zstd => {
-            let name = input.name().to_string();
-            let dec = zstd::stream::read::Decoder::new(input.into_reader())
-                .map_err(|e| Error::from(e).with_file(&name))?;
-            let out = Input::spill(&name, dec)?;
-            if out.kind() == Kind::Zstd {
-                return Err(Error::invalid("doubly compressed input").with_file(&name));
-            }
-            Ok(out)
-        }
         Kind::Image => Err(Error::invalid(
             "an 'rbd image v2' export cannot be merged as a diff (merge its diffs instead)",
         )
         .with_file(path)),
+        Kind::Zstd => Err(Error::invalid("doubly compressed input").with_file(path)),
         _ => Ok(input),
     }
 }
