@@ -1009,3 +1009,36 @@ fn real_chains_agree_with_rbd_merge_files() {
         }
     }
 }
+
+/// zstd-compressed inputs and stdin are decoded/spilled and merge like the plain files.
+#[test]
+fn compressed_and_stdin_inputs() {
+    let chains = manifest::chains();
+    let c = chains.iter().find(|c| c.image == "img64k").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let zst = dir.path().join("v1_v2.diff.zst");
+    fs::write(&zst, zstd::encode_all(&c.v1[1].read()[..], 3).unwrap()).unwrap();
+    let out = dir.path().join("out.diff");
+    let mut child = Command::new(exe())
+        .args([
+            "merge",
+            c.v1[0].path.to_str().unwrap(),
+            zst.to_str().unwrap(),
+            "-",
+        ])
+        .args(["-o", out.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&c.v1[2].read())
+        .unwrap();
+    let r = child.wait_with_output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let img = apply_all(&Image::new(), &[&fs::read(&out).unwrap()]);
+    assert_eq!(img.sha256(), c.v1[2].expected().sha256);
+}
