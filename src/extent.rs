@@ -3,8 +3,9 @@
 //! [`ExtentMap::insert`] lets a later extent clip earlier ones (splitting them and moving
 //! their source offsets along), which is exactly "apply the diffs in order". Each entry is a
 //! `BTreeMap<u64, (u64, u64)>` slot: start, end and a packed [`Piece`], 24 bytes of payload
-//! plus B-tree node overhead: about 50 bytes per extent in total (measured by `benches/merge.rs`). Every insert removes
-//! each clipped entry at most once, so a build costs O(log n) amortized per insert.
+//! plus B-tree node overhead: about 50 bytes per extent in total (measured by
+//! `benches/merge.rs`). Every insert removes each clipped entry at most once, so a build costs
+//! O(log n) amortized per insert; appends past the last extent take a fast path.
 
 use std::collections::BTreeMap;
 

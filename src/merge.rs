@@ -11,8 +11,8 @@
 //! [`ExtentMap`] in which later extents clip earlier ones; then the surviving payload ranges
 //! are streamed, in image order, to the output: [`Plan::write`] from the mapped bytes,
 //! [`Plan::write_from_files`] (what [`merge_files`] uses) with `pread` through one 1 MiB
-//! buffer. Payloads are never held whole: memory is the map (about 50 bytes per extent, measured by `benches/merge.rs`)
-//! plus that buffer. Every input is fully validated (chain, records, truncation) before the
+//! buffer. Payloads are never held whole: memory is the map (about 50 bytes per extent,
+//! measured by `benches/merge.rs`) plus that buffer. Every input is fully validated (chain, records, truncation) before the
 //! first output byte is written.
 //!
 //! Streams (stdin, pipes) and zstd-compressed inputs are first copied to an anonymous
