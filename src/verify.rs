@@ -429,6 +429,11 @@ fn chain_findings(files: &[Checked], full: bool) -> Vec<Finding> {
 /// comparison image cannot be read. Problems in the files are findings, not errors.
 pub fn verify(paths: &[String], opts: &VerifyOptions) -> Result<VerifyReport> {
     let (files, dir) = expand(paths)?;
+    if opts.against.is_some() && files.iter().any(|f| f == "-") {
+        return Err(Error::invalid(
+            "--against needs diff files (stdin can only be read once)",
+        ));
+    }
     if files.is_empty() {
         return Err(Error::invalid("no files to verify"));
     }
