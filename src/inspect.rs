@@ -7,7 +7,8 @@ use serde::Serialize;
 use crate::error::{Error, Warning};
 use crate::format::Extent;
 use crate::input::{Input, Kind};
-use crate::stream::{ItemKind, RecordSource};
+use crate::stream::{ItemKind, Payload, RecordSource};
+use crate::zst::ZstArchive;
 use crate::{DiffReader, DiffSlice, ImageReader, ImageSlice};
 
 /// One record in a `--records` listing.
@@ -123,6 +124,7 @@ pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> 
     let meta = src.metadata().clone();
     let mut s = DiffSummary {
         start,
+        records: src.metadata_records().len() as u64,
         version: Some(src.version()),
         ..Default::default()
     };
@@ -146,29 +148,38 @@ pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> 
                 break;
             }
         };
-        s.records = item.index + 1;
-        let (tag, ext, len) = match &item.kind {
-            ItemKind::Write { extent, .. } => {
+        let (pos, index) = (item.offset, item.index);
+        let (tag, ext, len) = match item.kind {
+            ItemKind::Write { extent, data } => {
+                // A streamed payload is skipped here, so that a truncated one is reported
+                // at its own record, as the slice driver does (mapped payloads are not read).
+                if let Payload::Stream(r) = data {
+                    if let Err(e) = io::copy(r, &mut io::sink()) {
+                        s.error = Some(Error::from(e).to_string());
+                        break;
+                    }
+                }
                 s.writes += 1;
                 s.write_bytes += extent.len;
-                ('w', Some(*extent), extent.len)
+                ('w', Some(extent), extent.len)
             }
             ItemKind::Zero(e) => {
                 s.zeros += 1;
                 s.zero_bytes += e.len;
-                ('z', Some(*e), e.len)
+                ('z', Some(e), e.len)
             }
             ItemKind::Unknown { tag, len } => {
                 s.unknown += 1;
                 let c = if tag.is_ascii_graphic() {
-                    *tag as char
+                    tag as char
                 } else {
                     '?'
                 };
-                (c, None, *len)
+                (c, None, len)
             }
             ItemKind::End => ('e', None, 0),
         };
+        s.records = index + 1;
         if let Some(e) = ext {
             s.first_offset.get_or_insert(e.offset);
             s.last_end = e.end();
@@ -179,7 +190,7 @@ pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> 
         }
         if let Some(list) = list.as_mut() {
             list.push(RecordInfo {
-                pos: item.offset,
+                pos,
                 tag,
                 offset: ext.map(|e| e.offset),
                 len: (tag != 'e').then_some(len),
@@ -252,17 +263,32 @@ pub fn inspect_bytes(file: &str, bytes: &[u8], with_records: bool) -> Report {
             diffs: Vec::new(),
             error: None,
         };
-        for d in img.diffs() {
-            match d {
-                Ok(d) => {
-                    let mut recs = d.records();
-                    r.diffs
-                        .push(summarize(&mut recs, d.start_offset(), with_records));
+        // Walked here rather than through `ImageSlice::diffs` so that a diff that fails
+        // still shows what was read before the problem, as with the stream driver.
+        let mut pos = img.diffs_start();
+        for _ in 0..img.header().diff_count {
+            let rest = bytes.get(pos..).unwrap_or_default();
+            let d = DiffSlice::parse_at(rest, pos as u64, false).and_then(|d| {
+                if d.version() == crate::Version::V2 {
+                    Ok(d)
+                } else {
+                    Err(crate::image::not_v2(d.start_offset()))
                 }
+            });
+            let d = match d {
+                Ok(d) => d,
                 Err(e) => {
                     r.error = Some(e.with_file(file).to_string());
                     break;
                 }
+            };
+            let mut recs = d.records();
+            let s = summarize(&mut recs, d.start_offset(), with_records);
+            let stop = s.error.is_some();
+            pos = usize::try_from(recs.offset()).unwrap_or(usize::MAX);
+            r.diffs.push(s);
+            if stop {
+                break;
             }
         }
         return finish(r);
@@ -332,14 +358,118 @@ pub fn inspect_reader(file: &str, kind: Kind, r: impl Read, with_records: bool) 
     }
 }
 
-/// Inspects an opened input: mapped files through the slice driver, streams through the reader.
+/// Inspects an indexed zstd archive from its record index alone: no frame is decompressed.
+pub fn inspect_archive(file: &str, a: &ZstArchive<'_>, with_records: bool) -> Report {
+    let idx = a.index();
+    let mut r = Report {
+        file: file.to_string(),
+        kind: if idx.kind == Kind::Image {
+            "image"
+        } else {
+            "diff"
+        },
+        image: idx.image.as_ref().map(|(h, w)| image_info(h, w)),
+        diffs: Vec::new(),
+        error: None,
+    };
+    for d in &idx.diffs {
+        let mut s = DiffSummary {
+            start: d.start,
+            version: Some(d.version),
+            records: d.record_count,
+            ..Default::default()
+        };
+        let mut list = with_records.then(|| {
+            d.metadata_records
+                .iter()
+                .map(|&(pos, tag)| RecordInfo {
+                    pos,
+                    tag: tag as char,
+                    offset: None,
+                    len: None,
+                })
+                .collect::<Vec<_>>()
+        });
+        for rec in &d.records {
+            let (tag, ext) = match rec.tag {
+                b'w' => {
+                    s.writes += 1;
+                    s.write_bytes += rec.len;
+                    ('w', Some(Extent::new(rec.offset, rec.len)))
+                }
+                b'z' => {
+                    s.zeros += 1;
+                    s.zero_bytes += rec.len;
+                    ('z', Some(Extent::new(rec.offset, rec.len)))
+                }
+                b'e' => ('e', None),
+                t => {
+                    s.unknown += 1;
+                    (if t.is_ascii_graphic() { t as char } else { '?' }, None)
+                }
+            };
+            if let Some(e) = ext {
+                s.first_offset.get_or_insert(e.offset);
+                s.last_end = e.end();
+                match s.covered.last_mut() {
+                    Some(last) if last.end() == Some(e.offset) => last.len += e.len,
+                    _ => s.covered.push(e),
+                }
+            }
+            if let Some(list) = list.as_mut() {
+                list.push(RecordInfo {
+                    pos: rec.pos,
+                    tag,
+                    offset: ext.map(|e| e.offset),
+                    len: (tag != 'e').then_some(rec.len),
+                });
+            }
+            if tag == 'e' {
+                s.end = Some(d.end);
+            }
+        }
+        let meta = &d.metadata;
+        s.from_snap = meta.from_snap.as_ref().map(|_| meta.from_name());
+        s.to_snap = meta.to_snap.as_ref().map(|_| meta.to_name());
+        s.protected = meta.protected;
+        s.image_size = meta.image_size;
+        s.warnings = d.warnings.clone();
+        s.record_list = list;
+        r.diffs.push(s);
+    }
+    finish(r)
+}
+
+/// Inspects an opened input: mapped files through the slice driver, indexed zstd archives
+/// through their record index, streams (and zstd files without an index) through the reader.
 pub fn inspect_input(input: Input, with_records: bool) -> Report {
     let name = input.name().to_string();
+    match input.archive() {
+        Ok(Some(a)) => return inspect_archive(&name, &a, with_records),
+        Ok(None) => {}
+        Err(e) => {
+            let kind = if input.kind() == Kind::Image {
+                "image"
+            } else {
+                "diff"
+            };
+            return failed(&name, kind, e);
+        }
+    }
     if let Some(b) = input.bytes() {
         return inspect_bytes(&name, b, with_records);
     }
     let kind = input.kind();
-    inspect_reader(&name, kind, input.into_reader(), with_records)
+    let compressed = input.is_compressed();
+    let mut r = input.into_reader();
+    let mut report = inspect_reader(&name, kind, &mut r, with_records);
+    if compressed && report.error.is_none() {
+        // Read what follows the diff so that a truncated or corrupt archive is noticed.
+        if let Err(e) = io::copy(&mut r, &mut io::sink()) {
+            report.error = Some(Error::from(e).with_file(&name).to_string());
+        }
+    }
+    report
 }
 
 fn opt_name(n: &Option<String>, none: &str) -> String {

@@ -7,8 +7,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod apply;
+mod compress;
 mod create;
 mod inspect;
+mod merge;
 mod verify;
 
 /// Offline toolkit for Ceph RBD export-diff backup files.
@@ -25,9 +27,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Inspect(inspect::Args),
+    Merge(merge::Args),
     Apply(apply::Args),
     Verify(verify::Args),
     Create(create::Args),
+    Compress(compress::CompressArgs),
+    Decompress(compress::DecompressArgs),
 }
 
 /// Exit status of a command.
@@ -43,9 +48,12 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),
+        Command::Merge(a) => merge::run(a),
         Command::Apply(a) => apply::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Create(a) => create::run(a),
+        Command::Compress(a) => compress::run_compress(a),
+        Command::Decompress(a) => compress::run_decompress(a),
     };
     match result {
         Ok(Status::Ok) => ExitCode::SUCCESS,
