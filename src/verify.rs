@@ -252,9 +252,8 @@ fn check_file(path: &str, opts: &VerifyOptions) -> Result<Checked> {
             Err(e) => findings.push(problem("structure", path, &e)),
         },
         (Kind::Zstd, _) => {
-            let dec = zstd::stream::read::Decoder::new(input.into_reader())
-                .map_err(|e| Error::from(e).with_file(path))?;
-            match DiffReader::new(dec) {
+            let dec = crate::zst::ZstdReader::new(input.into_reader());
+            match dec.and_then(DiffReader::new) {
                 Ok(mut rd) => {
                     findings.extend(walk(&mut rd, path, true));
                     meta = Some(rd.metadata().clone());
