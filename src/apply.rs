@@ -166,33 +166,6 @@ pub struct Applier<'f> {
     punch_ok: bool,
     stats: ApplyStats,
     buf: Vec<u8>,
-    flusher: Option<Flusher>,
-    unflushed: u64,
-}
-
-/// Write-behind: a thread that flushes the target while more data is being written, so the
-/// final fsync only waits for the tail.
-#[derive(Debug)]
-struct Flusher {
-    tx: std::sync::mpsc::SyncSender<()>,
-    handle: std::thread::JoinHandle<()>,
-}
-
-/// Bytes written between two write-behind flushes.
-const FLUSH_EVERY: u64 = 64 << 20;
-
-impl Flusher {
-    fn start(file: &File) -> Option<Flusher> {
-        let f = file.try_clone().ok()?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let handle = std::thread::spawn(move || {
-            while rx.recv().is_ok() {
-                // Errors surface in the final, checked fsync.
-                let _ = rustix::fs::fdatasync(&f);
-            }
-        });
-        Some(Flusher { tx, handle })
-    }
 }
 
 fn io_at(e: io::Error, what: &str, off: u64) -> Error {
@@ -216,8 +189,6 @@ impl<'f> Applier<'f> {
             punch_ok: true,
             stats: ApplyStats::default(),
             buf: Vec::new(),
-            flusher: None,
-            unflushed: 0,
         })
     }
 
@@ -334,17 +305,6 @@ impl<'f> Applier<'f> {
             self.zero_range(at, (b - a) as u64)
         } else {
             self.stats.bytes_written += (b - a) as u64;
-            self.unflushed += (b - a) as u64;
-            if self.unflushed >= FLUSH_EVERY && !self.block_device {
-                self.unflushed = 0;
-                if self.flusher.is_none() {
-                    self.flusher = Flusher::start(self.file);
-                }
-                if let Some(fl) = &self.flusher {
-                    // Busy flushing: skip this round.
-                    let _ = fl.tx.try_send(());
-                }
-            }
             self.file
                 .write_all_at(&data[a..b], at)
                 .map_err(|e| io_at(e, "write", at))
@@ -404,11 +364,7 @@ impl<'f> Applier<'f> {
     ///
     /// # Errors
     /// I/O errors.
-    pub fn sync(&mut self) -> Result<()> {
-        if let Some(fl) = self.flusher.take() {
-            drop(fl.tx);
-            let _ = fl.handle.join();
-        }
+    pub fn sync(&self) -> Result<()> {
         Ok(self.file.sync_all()?)
     }
 }
