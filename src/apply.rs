@@ -380,22 +380,45 @@ fn show(n: &Option<String>) -> String {
     }
 }
 
-/// An input diff, opened and (when mapped) fully checked.
+/// An input diff: a mapped file (fully checked when opened) or a stream (stdin, pipes,
+/// zstd-compressed files), checked while it is applied.
+enum Src {
+    Mapped(Input),
+    Stream(Box<DiffReader<Box<dyn Read>>>),
+}
+
 struct Opened {
-    input: Input,
+    src: Src,
     meta: Metadata,
+}
+
+impl Opened {
+    fn apply(&mut self, ap: &mut Applier<'_>) -> Result<()> {
+        match &mut self.src {
+            Src::Mapped(inp) => match inp.bytes().map(DiffSlice::parse) {
+                Some(Ok(d)) => ap.apply_source(&mut d.records()),
+                Some(Err(e)) => Err(e),
+                None => Err(Error::invalid("input is not mapped")),
+            },
+            Src::Stream(rd) => ap.apply_source(rd.as_mut()),
+        }
+    }
 }
 
 fn open_diff(path: &str) -> Result<Opened> {
     let input = Input::open(path)?;
     let wrap = |e: Error| e.with_file(path);
+    let stream = |r: Box<dyn Read>| -> Result<Opened> {
+        let rd = DiffReader::new(r).map_err(wrap)?;
+        Ok(Opened {
+            meta: rd.metadata().clone(),
+            src: Src::Stream(Box::new(rd)),
+        })
+    };
     match input.kind() {
-        Kind::DiffV1 | Kind::DiffV2 => {}
         Kind::Zstd => {
-            return Err(Error::invalid(
-                "zstd-compressed diff: decompress it first (zstd -d) or pipe it to `-`",
-            )
-            .with_file(path))
+            let z = crate::zst::ZstdReader::new(input.into_reader()).map_err(wrap)?;
+            return stream(Box::new(z));
         }
         Kind::Image => {
             return Err(Error::invalid(
@@ -403,26 +426,30 @@ fn open_diff(path: &str) -> Result<Opened> {
             )
             .with_file(path))
         }
-        Kind::Unknown => {}
+        Kind::DiffV1 | Kind::DiffV2 | Kind::Unknown => {}
     }
-    let meta = match input.bytes() {
+    match input.bytes() {
         Some(b) => {
             let d = DiffSlice::parse(b).map_err(wrap)?;
             // Check every record before anything is written (heads only: payload pages
             // are not read).
             d.end_offset().map_err(wrap)?;
-            d.metadata().clone()
+            let meta = d.metadata().clone();
+            Ok(Opened {
+                src: Src::Mapped(input),
+                meta,
+            })
         }
-        None => Metadata::default(),
-    };
-    Ok(Opened { input, meta })
+        None => stream(input.into_reader()),
+    }
 }
 
 /// Applies `files` in order to `target`; see the module docs.
 ///
 /// Mapped files are fully checked (structure and chain links) before the first write, so bad
-/// input leaves the target as it was. A bad stream (`-`) is only found while applying: the
-/// target is then left "applying" and the same command resumes it.
+/// input leaves the target as it was. Streams (`-`, pipes, zstd-compressed files) are checked
+/// while they are applied: a bad one leaves the target "applying", and the same command with
+/// good input resumes it.
 ///
 /// # Errors
 /// Bad input, a start snapshot that does not match the target, I/O errors.
@@ -455,9 +482,10 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
     for f in files {
         let o = open_diff(f)?;
         if opts.check_sums {
-            match o.input.bytes() {
-                Some(b) => {
-                    let findings = crate::sums::check_sums(Path::new(f), b)?;
+            match &o.src {
+                Src::Mapped(inp) => {
+                    let findings =
+                        crate::sums::check_sums(Path::new(f), inp.bytes().unwrap_or_default())?;
                     if let Some(first) = findings.first() {
                         return Err(Error::invalid(format!(
                             "checksum mismatch, not applying: {first}"
@@ -465,29 +493,17 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
                         .with_file(f));
                     }
                 }
-                None => {
-                    return Err(Error::invalid("--sums needs a file, not a stream").with_file(f))
+                Src::Stream(_) => {
+                    return Err(Error::invalid(
+                        "--sums needs a plain diff file, not a stream or a compressed file",
+                    )
+                    .with_file(f))
                 }
             }
         }
         opened.push(o);
     }
-    // Streams get their metadata now (the banner and header records are read here).
-    let mut readers: Vec<Option<DiffReader<Box<dyn Read + Send>>>> = Vec::new();
-    let mut metas = Vec::with_capacity(opened.len());
-    let mut inputs = Vec::with_capacity(opened.len());
-    for (o, f) in opened.into_iter().zip(files) {
-        if o.input.bytes().is_some() {
-            metas.push(o.meta);
-            inputs.push(Some(o.input));
-            readers.push(None);
-        } else {
-            let r = DiffReader::new(o.input.into_reader()).map_err(|e| e.with_file(f))?;
-            metas.push(r.metadata().clone());
-            inputs.push(None);
-            readers.push(Some(r));
-        }
-    }
+    let metas: Vec<Metadata> = opened.iter().map(|o| o.meta.clone()).collect();
     for (i, m) in metas.iter().enumerate() {
         if m.image_size.is_none() {
             return Err(Error::new(ErrorKind::MissingSize).with_file(&files[i]));
@@ -644,15 +660,7 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
         }
         let before = ap.stats().clone();
         let f = &files[i];
-        let r = match (&inputs[i], &mut readers[i]) {
-            (Some(inp), _) => match inp.bytes().map(DiffSlice::parse) {
-                Some(Ok(d)) => ap.apply_source(&mut d.records()),
-                Some(Err(e)) => Err(e),
-                None => Err(Error::invalid("input vanished")),
-            },
-            (None, Some(rd)) => ap.apply_source(rd),
-            (None, None) => Err(Error::invalid("input vanished")),
-        };
+        let r = opened[i].apply(&mut ap);
         r.map_err(|e| {
             if e.is_io() && e.file().is_none() && e.offset().is_none() {
                 e.with_file(target)
@@ -692,14 +700,8 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
 pub fn apply_files_to(file: &File, files: &[String]) -> Result<ApplyStats> {
     let mut ap = Applier::new(file)?;
     for f in files {
-        let o = open_diff(f)?;
-        let r = match o.input.bytes() {
-            Some(b) => DiffSlice::parse(b).and_then(|d| ap.apply_source(&mut d.records())),
-            None => {
-                DiffReader::new(o.input.into_reader()).and_then(|mut rd| ap.apply_source(&mut rd))
-            }
-        };
-        r.map_err(|e| e.with_file(f))?;
+        let mut o = open_diff(f)?;
+        o.apply(&mut ap).map_err(|e| e.with_file(f))?;
     }
     Ok(ap.stats().clone())
 }

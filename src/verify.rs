@@ -252,9 +252,8 @@ fn check_file(path: &str, opts: &VerifyOptions) -> Result<Checked> {
             Err(e) => findings.push(problem("structure", path, &e)),
         },
         (Kind::Zstd, _) => {
-            let dec = zstd::stream::read::Decoder::new(input.into_reader())
-                .map_err(|e| Error::from(e).with_file(path))?;
-            match DiffReader::new(dec) {
+            let dec = crate::zst::ZstdReader::new(input.into_reader());
+            match dec.and_then(DiffReader::new) {
                 Ok(mut rd) => {
                     findings.extend(walk(&mut rd, path, true));
                     meta = Some(rd.metadata().clone());
@@ -429,6 +428,11 @@ fn chain_findings(files: &[Checked], full: bool) -> Vec<Finding> {
 /// comparison image cannot be read. Problems in the files are findings, not errors.
 pub fn verify(paths: &[String], opts: &VerifyOptions) -> Result<VerifyReport> {
     let (files, dir) = expand(paths)?;
+    if opts.against.is_some() && files.iter().any(|f| f == "-") {
+        return Err(Error::invalid(
+            "--against needs diff files (stdin can only be read once)",
+        ));
+    }
     if files.is_empty() {
         return Err(Error::invalid("no files to verify"));
     }

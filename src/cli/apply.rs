@@ -15,7 +15,7 @@ use super::Status;
 /// same command again.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Diff files, in chain order (`-` for stdin).
+    /// Diff files, in chain order (`-` for stdin; zstd-compressed files are decompressed on the fly).
     #[arg(required = true)]
     files: Vec<String>,
     /// Raw image file or block device to apply to.
