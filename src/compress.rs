@@ -173,6 +173,29 @@ where
     })
 }
 
+/// Reusable frame buffers, so that big buffers are not allocated (and faulted in) per frame.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Vec<u8>>>);
+
+impl Pool {
+    fn take(&self) -> Vec<u8> {
+        let mut v = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_default();
+        v.clear();
+        v
+    }
+
+    fn put(&self, v: Vec<u8>) {
+        if let Ok(mut p) = self.0.lock() {
+            p.push(v);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Frame cutting
 
@@ -493,14 +516,19 @@ fn compress_from(
     let level = opts.level;
     let mut frames: Vec<FrameEntry> = Vec::new();
     let (mut c_off, mut d_off) = (0u64, 0u64);
+    let pool = Pool::default();
     let index = pipeline(
         opts.threads,
         || {
             let mut c = compressor(level);
+            let pool = &pool;
             move |chunk: Chunk<'_>| -> Result<(Vec<u8>, u32)> {
                 let c = c.as_mut().map_err(|e| Error::invalid(e.to_string()))?;
                 let data = chunk.bytes();
-                Ok((c.compress(data)?, data.len() as u32))
+                let mut z = pool.take();
+                z.reserve(zstd::zstd_safe::compress_bound(data.len()));
+                c.compress_to_buffer(data, &mut z)?;
+                Ok((z, data.len() as u32))
             }
         },
         |feed| walk(kind, slice, stream, opts, feed),
@@ -520,6 +548,7 @@ fn compress_from(
             });
             c_off += n as u64;
             d_off += u64::from(d_len);
+            pool.put(z);
             Ok(())
         },
     )?;
@@ -584,13 +613,17 @@ fn decompress_frames(
     threads: usize,
 ) -> Result<Stats> {
     let mut total = 0u64;
+    let pool = Pool::default();
     pipeline(
         threads,
         || {
             let mut d = zstd::bulk::Decompressor::new();
+            let pool = &pool;
             move |(i, f): (usize, FrameEntry)| -> Result<Vec<u8>> {
                 let d = d.as_mut().map_err(|e| Error::invalid(e.to_string()))?;
-                decompress_frame(d, raw, i, &f)
+                let mut buf = pool.take();
+                decompress_frame(d, raw, i, &f, &mut buf)?;
+                Ok(buf)
             }
         },
         |feed| {
@@ -602,6 +635,7 @@ fn decompress_frames(
         |data| {
             out.write_all(&data)?;
             total += data.len() as u64;
+            pool.put(data);
             Ok(())
         },
     )?;

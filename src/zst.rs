@@ -747,7 +747,8 @@ pub(crate) fn decompress_frame(
     bytes: &[u8],
     i: usize,
     f: &FrameEntry,
-) -> Result<Vec<u8>> {
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let fail = |why: &str| corrupt_frame(Some(i as u64), f.c_offset, f.d_offset, why);
     if u64::from(f.d_len) > MAX_FRAME_LEN {
         return Err(fail("frame larger than 1 GiB in the seek table"));
@@ -757,9 +758,10 @@ pub(crate) fn decompress_frame(
         .checked_add(f.c_len as usize)
         .and_then(|end| bytes.get(start..end))
         .ok_or_else(|| fail("frame runs past the end of the file"))?;
-    let mut out = Vec::with_capacity(f.d_len as usize);
+    out.clear();
+    out.reserve(f.d_len as usize);
     let n = dctx
-        .decompress_to_buffer(src, &mut out)
+        .decompress_to_buffer(src, out)
         .map_err(|e| fail(&e.to_string()))?;
     if n != f.d_len as usize {
         return Err(fail(&format!(
@@ -767,7 +769,7 @@ pub(crate) fn decompress_frame(
             f.d_len
         )));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Random access to an indexed archive held in memory (e.g. a mapped file).
@@ -892,11 +894,13 @@ impl<'a> ZstArchive<'a> {
                 .frames
                 .get(i)
                 .ok_or_else(|| Error::invalid(format!("no zstd frame {i} in the archive")))?;
-            let data = decompress_frame(&mut self.dctx, self.bytes, i, &f)?;
+            let mut data = if self.cache.len() >= CACHE_FRAMES {
+                self.cache.remove(0).1
+            } else {
+                Vec::new()
+            };
+            decompress_frame(&mut self.dctx, self.bytes, i, &f, &mut data)?;
             self.decompressed += 1;
-            if self.cache.len() >= CACHE_FRAMES {
-                self.cache.remove(0);
-            }
             self.cache.push((i, data));
         }
         Ok(self
