@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use zstd::stream::raw::CParameter;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::{tag, Version};
 use crate::input::{Input, Kind};
 use crate::stream::{ItemKind, Payload, RecordSource};
@@ -645,5 +645,126 @@ fn decompress_frames(
         compressed_bytes: raw.len() as u64,
         frames: frames.len() as u64,
         records: 0,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compressed output for writers of diffs
+
+const CHANNEL_CHUNK: usize = 1 << 20;
+
+/// The writing end handed to the producer of [`compress_stream`].
+struct ChannelWriter {
+    tx: Option<SyncSender<Vec<u8>>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHANNEL_CHUNK));
+        match &self.tx {
+            Some(tx) => tx
+                .send(chunk)
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "compressor stopped")),
+            None => Err(io::Error::new(io::ErrorKind::BrokenPipe, "closed")),
+        }
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + data.len() > CHANNEL_CHUNK {
+            self.send()?;
+        }
+        if data.len() >= CHANNEL_CHUNK {
+            self.buf.extend_from_slice(data);
+            self.send()?;
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The reading end used by the compressor thread of [`compress_stream`].
+struct ChannelReader {
+    rx: Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(v) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Compresses a diff while it is being written: `produce` writes a diff (v1, v2 or image
+/// stream, e.g. through a [`crate::DiffWriter`]) to the writer it is given, and the archive
+/// (frames on record boundaries, record index, seek table) goes to `out`. Memory stays
+/// bounded: the producer blocks while the compressor is behind.
+///
+/// Returns what `produce` returned and the compression statistics. An error from `produce`
+/// wins over the compressor's (which then only sees a truncated diff).
+///
+/// # Errors
+/// `produce` fails, the diff it writes is invalid, or writing `out` fails.
+pub fn compress_stream<R>(
+    out: &mut (dyn Write + Send),
+    opts: &CompressOptions,
+    produce: impl FnOnce(&mut dyn Write) -> Result<R>,
+) -> Result<(R, Stats)> {
+    let (tx, rx) = sync_channel::<Vec<u8>>(4);
+    std::thread::scope(|s| {
+        let worker = s.spawn(move || -> Result<Stats> {
+            let reader = ChannelReader {
+                rx,
+                cur: Vec::new(),
+                pos: 0,
+            };
+            let input = Input::from_reader("-", Box::new(reader))?;
+            compress(input, out, opts)
+        });
+        let mut w = ChannelWriter {
+            tx: Some(tx),
+            buf: Vec::with_capacity(CHANNEL_CHUNK),
+        };
+        let produced = produce(&mut w).and_then(|r| {
+            w.send()?;
+            Ok(r)
+        });
+        w.tx = None;
+        drop(w);
+        let compressed = worker
+            .join()
+            .map_err(|_| Error::invalid("internal: compressor thread panicked"))?;
+        match (produced, compressed) {
+            (Ok(r), Ok(stats)) => Ok((r, stats)),
+            (Err(pe), Err(ce)) => {
+                // The producer only saw the compressor go away: report why it did.
+                let broken = matches!(pe.kind(), ErrorKind::Io(io) if io.kind() == io::ErrorKind::BrokenPipe);
+                Err(if broken { ce } else { pe })
+            }
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+        }
     })
 }

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use common::manifest::{self, diff_files, export_format2_stream, sha256_hex};
 use common::model::Image;
 use proptest::prelude::*;
-use rbddiff::compress::{compress, decompress, CompressOptions};
+use rbddiff::compress::{compress, compress_stream, decompress, CompressOptions};
 use rbddiff::input::{Input, Kind};
 use rbddiff::inspect::inspect_input;
 use rbddiff::zst::ZstArchive;
@@ -41,7 +41,7 @@ fn compress_file(dir: &Path, bytes: &[u8], o: &CompressOptions) -> Vec<u8> {
 }
 
 /// Compresses `bytes` through the streaming path.
-fn compress_stream(bytes: &[u8], o: &CompressOptions) -> Vec<u8> {
+fn compress_streamed(bytes: &[u8], o: &CompressOptions) -> Vec<u8> {
     let input = Input::from_reader("-", Box::new(Cursor::new(bytes.to_vec()))).unwrap();
     assert!(input.bytes().is_none());
     let mut out = Vec::new();
@@ -153,7 +153,7 @@ fn real_corpus_round_trips_byte_exact() {
         for target in [1024, 64 << 10, 4 << 20] {
             let o = opts(target);
             let z = compress_file(dir.path(), &plain, &o);
-            let zs = compress_stream(&plain, &o);
+            let zs = compress_streamed(&plain, &o);
             assert_eq!(
                 z,
                 zs,
@@ -498,7 +498,7 @@ proptest! {
         let plain = build(v2, &ops);
         let o = CompressOptions { level: 1, threads, frame_target: target };
         let z = compress_file(dir.path(), &plain, &o);
-        prop_assert_eq!(&z, &compress_stream(&plain, &o));
+        prop_assert_eq!(&z, &compress_streamed(&plain, &o));
         check_archive(&plain, &z, dir.path());
         // Applying the archive gives the same image as applying the plain diff.
         let mut want = Image::new();
@@ -509,5 +509,57 @@ proptest! {
         got.apply(&mut DiffReader::new(input.into_reader()).unwrap());
         prop_assert_eq!(got.sha256(), want.sha256());
         prop_assert_eq!(sha256_hex(&plain), sha256_hex(&zstd_cli_decompress(&zp)));
+    }
+}
+
+#[test]
+fn compress_stream_equals_compressing_the_written_diff() {
+    let ops: Vec<(u64, Op)> = (0..60u64)
+        .map(|i| {
+            let op = match i % 3 {
+                0 => Op::Write(vec![i as u8; 5000 + i as usize]),
+                1 => Op::Zero(7000),
+                _ => Op::Write((0..9000u32).map(|x| (x * 7 + i as u32) as u8).collect()),
+            };
+            (i * 11, op)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for v2 in [false, true] {
+        let plain = build(v2, &ops);
+        let o = opts(16384);
+        let want = compress_file(dir.path(), &plain, &o);
+        let mut got = Vec::new();
+        let (n, stats) = compress_stream(&mut got, &o, |w| {
+            // Written in odd-sized pieces, as a diff writer would.
+            for piece in plain.chunks(777) {
+                w.write_all(piece)?;
+            }
+            Ok(plain.len())
+        })
+        .unwrap();
+        assert_eq!(n, plain.len());
+        assert_eq!(stats.diff_bytes, plain.len() as u64);
+        assert_eq!(got, want);
+        // A producer error wins; an invalid diff is the compressor's error.
+        let mut sink = Vec::new();
+        let e = compress_stream(&mut sink, &o, |w| {
+            w.write_all(&plain[..plain.len() / 2])?;
+            Err::<(), _>(rbddiff::Error::invalid("producer failed"))
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("producer failed"), "{e}");
+        let e = compress_stream(&mut sink, &o, |w| {
+            w.write_all(&plain[..plain.len() / 2])?;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        let e = compress_stream(&mut sink, &o, |w| {
+            w.write_all(&vec![b'x'; 10 << 20])?;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("not an rbd diff"), "{e}");
     }
 }
