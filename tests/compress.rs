@@ -122,9 +122,32 @@ fn check_archive(plain: &[u8], z: &[u8], dir: &Path) {
             }
         }
     }
-    // Frames start on record boundaries (unless a payload was split).
+    // Frames start on record boundaries, or inside a payload too big for one frame.
     let n = a.frames().len();
     assert!(n >= 1);
+    let mut starts = std::collections::BTreeSet::from([0u64]);
+    let mut bodies = Vec::new();
+    for d in &a.index().diffs {
+        starts.insert(d.start);
+        starts.extend(d.metadata_records.iter().map(|&(p, _)| p));
+        for r in &d.records {
+            starts.insert(r.pos);
+            if r.tag != b'z' && r.tag != b'e' {
+                bodies.push((d.payload_pos(r), d.payload_pos(r) + r.len));
+            }
+        }
+        starts.insert(d.end);
+    }
+    for f in a.frames() {
+        let inside = bodies
+            .iter()
+            .any(|&(b, e)| b < f.d_offset && f.d_offset < e);
+        assert!(
+            starts.contains(&f.d_offset) || inside,
+            "frame at diff byte {} cuts a record head",
+            f.d_offset
+        );
+    }
     let before = a.frames_decompressed();
     let mid = plain.len() as u64 / 2;
     let mut one = [0u8; 1];
