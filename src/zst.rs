@@ -966,3 +966,107 @@ impl<'a> ZstArchive<'a> {
         Ok(())
     }
 }
+
+/// A `w` payload of an archive, read through [`ZstArchive::read_range`] only when asked.
+pub struct ArchivePayload<'s, 'a> {
+    arch: &'s mut ZstArchive<'a>,
+    pos: u64,
+    remaining: u64,
+}
+
+impl Read for ArchivePayload<'_, '_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(out.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        self.arch.read_range(self.pos, &mut out[..n])?;
+        self.pos += n as u64;
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The records of one diff of an archive as a [`crate::RecordSource`], straight from the
+/// index: walking it decompresses nothing; reading a payload decompresses only the frames
+/// that hold it (through the archive's frame cache).
+pub struct ArchiveRecords<'s, 'a> {
+    payload: ArchivePayload<'s, 'a>,
+    diff: usize,
+    next: usize,
+    record_base: u64,
+}
+
+impl<'a> ZstArchive<'a> {
+    /// Diff `i` of the archive (0 for a plain diff; one per embedded diff of an image stream)
+    /// as a record source.
+    pub fn diff_source(&mut self, i: usize) -> Option<ArchiveRecords<'_, 'a>> {
+        let d = self.index.diffs.get(i)?;
+        let record_base = d.record_count - d.records.len() as u64;
+        Some(ArchiveRecords {
+            payload: ArchivePayload {
+                arch: self,
+                pos: 0,
+                remaining: 0,
+            },
+            diff: i,
+            next: 0,
+            record_base,
+        })
+    }
+}
+
+impl ArchiveRecords<'_, '_> {
+    fn diff(&self) -> &IndexedDiff {
+        &self.payload.arch.index.diffs[self.diff]
+    }
+}
+
+impl crate::RecordSource for ArchiveRecords<'_, '_> {
+    fn version(&self) -> Version {
+        self.diff().version
+    }
+    fn metadata(&self) -> &Metadata {
+        &self.diff().metadata
+    }
+    fn metadata_records(&self) -> &[(u64, u8)] {
+        &self.diff().metadata_records
+    }
+    fn warnings(&self) -> &[Warning] {
+        &self.diff().warnings
+    }
+    fn position(&self) -> u64 {
+        let d = self.diff();
+        d.records.get(self.next).map_or(d.end, |r| r.pos)
+    }
+    fn next_item(&mut self) -> Result<Option<crate::Item<'_>>> {
+        let d = &self.payload.arch.index.diffs[self.diff];
+        let Some(r) = d.records.get(self.next).copied() else {
+            return Ok(None);
+        };
+        let body = d.payload_pos(&r);
+        let index = self.record_base + self.next as u64;
+        self.next += 1;
+        let extent = crate::Extent::new(r.offset, r.len);
+        let kind = match r.tag {
+            crate::format::tag::WRITE => {
+                self.payload.pos = body;
+                self.payload.remaining = r.len;
+                crate::ItemKind::Write {
+                    extent,
+                    data: crate::Payload::Stream(&mut self.payload),
+                }
+            }
+            crate::format::tag::ZERO => crate::ItemKind::Zero(extent),
+            crate::format::tag::END => crate::ItemKind::End,
+            tag => crate::ItemKind::Unknown { tag, len: r.len },
+        };
+        Ok(Some(crate::Item {
+            offset: r.pos,
+            index,
+            kind,
+        }))
+    }
+}

@@ -15,7 +15,7 @@ use rbddiff::compress::{compress, compress_stream, decompress, CompressOptions};
 use rbddiff::input::{Input, Kind};
 use rbddiff::inspect::inspect_input;
 use rbddiff::zst::ZstArchive;
-use rbddiff::{DiffReader, DiffSlice, DiffWriter, Extent, Metadata, Record, Version};
+use rbddiff::{DiffReader, DiffSlice, DiffWriter, Extent, Metadata, Record, RecordSource, Version};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rbddiff"))
@@ -585,4 +585,73 @@ fn compress_stream_equals_compressing_the_written_diff() {
         .unwrap_err();
         assert!(e.to_string().contains("not an rbd diff"), "{e}");
     }
+}
+
+#[test]
+fn archive_record_source_reads_only_the_frames_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in diff_files() {
+        let plain = f.read();
+        let z = compress_file(dir.path(), &plain, &opts(4096));
+        let mut a = ZstArchive::open(&z).unwrap().unwrap();
+        // Walking without reading payloads decompresses nothing.
+        {
+            let mut src = a.diff_source(0).unwrap();
+            let mut plain_src = DiffReader::new(Cursor::new(&plain)).unwrap();
+            assert_eq!(src.metadata(), plain_src.metadata());
+            loop {
+                let (x, y) = (src.next_item().unwrap(), plain_src.next_item().unwrap());
+                match (x, y) {
+                    (None, None) => break,
+                    (Some(x), Some(y)) => {
+                        assert_eq!((x.offset, x.index), (y.offset, y.index));
+                        assert_eq!(
+                            format!("{:?}", x.kind).split('{').next(),
+                            format!("{:?}", y.kind).split('{').next()
+                        );
+                    }
+                    (x, y) => panic!("{}: {x:?} vs {y:?}", f.rel),
+                }
+            }
+            assert_eq!(src.position(), plain_src.position());
+            assert_eq!(src.warnings(), plain_src.warnings());
+        }
+        assert_eq!(a.frames_decompressed(), 0);
+        // Applying from the archive source gives the plain diff's image.
+        let mut want = Image::new();
+        if f.apply_to == "empty" {
+            want.apply_bytes(&plain);
+            let mut got = Image::new();
+            got.apply(&mut a.diff_source(0).unwrap());
+            assert_eq!(got.sha256(), want.sha256(), "{}", f.rel);
+        }
+    }
+    // One payload: only the frames holding it.
+    let f = diff_files()
+        .into_iter()
+        .max_by_key(|f| f.read().len())
+        .unwrap();
+    let plain = f.read();
+    let z = compress_file(dir.path(), &plain, &opts(4096));
+    let mut a = ZstArchive::open(&z).unwrap().unwrap();
+    let diff = a.index().diffs[0].clone();
+    let w = diff.records.iter().rfind(|r| r.tag == b'w').unwrap();
+    let (from, to) = (diff.payload_pos(w), diff.payload_pos(w) + w.len);
+    let needed = a
+        .frames()
+        .iter()
+        .filter(|fr| fr.d_offset < to && fr.d_offset + u64::from(fr.d_len) > from)
+        .count() as u64;
+    let mut src = a.diff_source(0).unwrap();
+    let mut got = Vec::new();
+    while let Some(item) = src.next_item().unwrap() {
+        if item.offset == w.pos {
+            if let rbddiff::ItemKind::Write { mut data, .. } = item.kind {
+                data.read_to_end(&mut got).unwrap();
+            }
+        }
+    }
+    assert_eq!(got, plain[from as usize..to as usize]);
+    assert_eq!(a.frames_decompressed(), needed);
+    assert!(needed < a.frames().len() as u64);
 }
