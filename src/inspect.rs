@@ -334,7 +334,7 @@ pub fn inspect_reader(file: &str, kind: Kind, r: impl Read, with_records: bool) 
 }
 
 /// Inspects an indexed zstd archive from its record index alone: no frame is decompressed.
-pub fn inspect_archive(file: &str, a: &ZstArchive<'_>, with_records: bool) -> Report {
+pub fn inspect_archive(file: &str, a: &mut ZstArchive<'_>, with_records: bool) -> Report {
     let idx = a.index();
     let mut r = Report {
         file: file.to_string(),
@@ -347,70 +347,11 @@ pub fn inspect_archive(file: &str, a: &ZstArchive<'_>, with_records: bool) -> Re
         diffs: Vec::new(),
         error: None,
     };
-    for d in &idx.diffs {
-        let mut s = DiffSummary {
-            start: d.start,
-            version: Some(d.version),
-            records: d.record_count,
-            ..Default::default()
-        };
-        let mut list = with_records.then(|| {
-            d.metadata_records
-                .iter()
-                .map(|&(pos, tag)| RecordInfo {
-                    pos,
-                    tag: tag as char,
-                    offset: None,
-                    len: None,
-                })
-                .collect::<Vec<_>>()
-        });
-        for rec in &d.records {
-            let (tag, ext) = match rec.tag {
-                b'w' => {
-                    s.writes += 1;
-                    s.write_bytes += rec.len;
-                    ('w', Some(Extent::new(rec.offset, rec.len)))
-                }
-                b'z' => {
-                    s.zeros += 1;
-                    s.zero_bytes += rec.len;
-                    ('z', Some(Extent::new(rec.offset, rec.len)))
-                }
-                b'e' => ('e', None),
-                t => {
-                    s.unknown += 1;
-                    (if t.is_ascii_graphic() { t as char } else { '?' }, None)
-                }
-            };
-            if let Some(e) = ext {
-                s.first_offset.get_or_insert(e.offset);
-                s.last_end = e.end();
-                match s.covered.last_mut() {
-                    Some(last) if last.end() == Some(e.offset) => last.len += e.len,
-                    _ => s.covered.push(e),
-                }
-            }
-            if let Some(list) = list.as_mut() {
-                list.push(RecordInfo {
-                    pos: rec.pos,
-                    tag,
-                    offset: ext.map(|e| e.offset),
-                    len: (tag != 'e').then_some(rec.len),
-                });
-            }
-            if tag == 'e' {
-                s.end = Some(d.end);
-            }
+    let starts: Vec<u64> = idx.diffs.iter().map(|d| d.start).collect();
+    for (i, start) in starts.into_iter().enumerate() {
+        if let Some(mut src) = a.diff_source(i) {
+            r.diffs.push(summarize(&mut src, start, with_records));
         }
-        let meta = &d.metadata;
-        s.from_snap = meta.from_snap.as_ref().map(|_| meta.from_name());
-        s.to_snap = meta.to_snap.as_ref().map(|_| meta.to_name());
-        s.protected = meta.protected;
-        s.image_size = meta.image_size;
-        s.warnings = d.warnings.clone();
-        s.record_list = list;
-        r.diffs.push(s);
     }
     finish(r)
 }
@@ -420,7 +361,7 @@ pub fn inspect_archive(file: &str, a: &ZstArchive<'_>, with_records: bool) -> Re
 pub fn inspect_input(input: Input, with_records: bool) -> Report {
     let name = input.name().to_string();
     match input.archive() {
-        Ok(Some(a)) => return inspect_archive(&name, &a, with_records),
+        Ok(Some(mut a)) => return inspect_archive(&name, &mut a, with_records),
         Ok(None) => {}
         Err(e) => {
             let kind = if input.kind() == Kind::Image {
