@@ -24,7 +24,7 @@ THEIRS=$WORK/theirs.zst
 cargo build --release --quiet --bin rbddiff
 RBD=target/release/rbddiff
 if [ ! -s "$DIFF" ]; then
-    cargo bench --quiet --bench synth -- "$DIFF" "$MIB"
+    cargo bench --quiet --bench synth_mixed -- "$DIFF" "$MIB"
 fi
 $RBD compress "$DIFF" -o "$OURS" --force --threads "$THREADS" --level "$LEVEL"
 zstd -q -f -T"$THREADS" -"$LEVEL" "$DIFF" -o "$THEIRS"

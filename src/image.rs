@@ -149,17 +149,27 @@ impl HeaderParser {
         self.fail(ErrorKind::Truncated { what }, offset)
     }
 
+    /// The error for an unknown header record at `offset` whose `len`-byte body runs past
+    /// the end of the input.
+    pub fn body_truncated(&self, offset: u64, len: u64) -> Error {
+        Error::at(
+            ErrorKind::Truncated {
+                what: format!("body of an unknown image header record ({len} bytes)"),
+            },
+            offset,
+            Some(self.index.saturating_sub(1)),
+        )
+    }
+
     pub fn finish(self) -> (ImageHeader, Vec<Warning>) {
         (self.header, self.warnings)
     }
 }
 
-/// The error for an unknown header record whose body runs past the end of the input.
-pub(crate) fn body_truncated(offset: u64, len: u64) -> Error {
+/// The error for an embedded diff that is not `rbd diff v2`.
+pub(crate) fn not_v2(offset: u64) -> Error {
     Error::at(
-        ErrorKind::Truncated {
-            what: format!("body of an unknown image header record ({len} bytes)"),
-        },
+        ErrorKind::Invalid("an image stream may only embed 'rbd diff v2' diffs".into()),
         offset,
         None,
     )

@@ -141,6 +141,46 @@ impl Input {
         })
     }
 
+    /// Copies a stream into an anonymous temporary file (in `$TMPDIR`, removed when closed)
+    /// and maps it, so that callers needing random access can treat it as a file. Costs disk
+    /// space equal to the stream's length, no anonymous memory.
+    ///
+    /// # Errors
+    /// Creating, writing or mapping the temporary file, or reading `r`.
+    pub fn spill(name: &str, mut r: impl Read) -> Result<Input> {
+        let wrap = |e: io::Error| Error::from(e).with_file(name);
+        let mut file = tempfile::tempfile().map_err(wrap)?;
+        let n = io::copy(&mut r, &mut file).map_err(wrap)?;
+        if n == 0 {
+            return Ok(Input {
+                name: name.to_string(),
+                kind: Kind::Unknown,
+                data: Data::Empty,
+                compressed: false,
+            });
+        }
+        let m = map(&file).map_err(wrap)?;
+        Ok(Input {
+            name: name.to_string(),
+            kind: sniff(&m),
+            data: Data::Map(m),
+            compressed: false,
+        })
+    }
+
+    /// This input with random access: a mapped plain file as is; a stream or a compressed
+    /// file decoded and spilled with [`Input::spill`].
+    ///
+    /// # Errors
+    /// As [`Input::spill`].
+    pub fn into_mapped(self) -> Result<Input> {
+        if self.compressed || matches!(self.data, Data::Stream(_)) {
+            let name = self.name.clone();
+            return Self::spill(&name, self.into_reader());
+        }
+        Ok(self)
+    }
+
     /// True when the input is zstd-compressed (and is decompressed transparently).
     pub fn is_compressed(&self) -> bool {
         self.compressed

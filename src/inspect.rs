@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::error::{Error, Warning};
 use crate::format::Extent;
 use crate::input::{Input, Kind};
-use crate::stream::{ItemKind, RecordSource};
+use crate::stream::{ItemKind, Payload, RecordSource};
 use crate::zst::ZstArchive;
 use crate::{DiffReader, DiffSlice, ImageReader, ImageSlice};
 
@@ -124,6 +124,7 @@ pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> 
     let meta = src.metadata().clone();
     let mut s = DiffSummary {
         start,
+        records: src.metadata_records().len() as u64,
         version: Some(src.version()),
         ..Default::default()
     };
@@ -147,29 +148,38 @@ pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> 
                 break;
             }
         };
-        s.records = item.index + 1;
-        let (tag, ext, len) = match &item.kind {
-            ItemKind::Write { extent, .. } => {
+        let (pos, index) = (item.offset, item.index);
+        let (tag, ext, len) = match item.kind {
+            ItemKind::Write { extent, data } => {
+                // A streamed payload is skipped here, so that a truncated one is reported
+                // at its own record, as the slice driver does (mapped payloads are not read).
+                if let Payload::Stream(r) = data {
+                    if let Err(e) = io::copy(r, &mut io::sink()) {
+                        s.error = Some(Error::from(e).to_string());
+                        break;
+                    }
+                }
                 s.writes += 1;
                 s.write_bytes += extent.len;
-                ('w', Some(*extent), extent.len)
+                ('w', Some(extent), extent.len)
             }
             ItemKind::Zero(e) => {
                 s.zeros += 1;
                 s.zero_bytes += e.len;
-                ('z', Some(*e), e.len)
+                ('z', Some(e), e.len)
             }
             ItemKind::Unknown { tag, len } => {
                 s.unknown += 1;
                 let c = if tag.is_ascii_graphic() {
-                    *tag as char
+                    tag as char
                 } else {
                     '?'
                 };
-                (c, None, *len)
+                (c, None, len)
             }
             ItemKind::End => ('e', None, 0),
         };
+        s.records = index + 1;
         if let Some(e) = ext {
             s.first_offset.get_or_insert(e.offset);
             s.last_end = e.end();
@@ -180,7 +190,7 @@ pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> 
         }
         if let Some(list) = list.as_mut() {
             list.push(RecordInfo {
-                pos: item.offset,
+                pos,
                 tag,
                 offset: ext.map(|e| e.offset),
                 len: (tag != 'e').then_some(len),
@@ -253,17 +263,32 @@ pub fn inspect_bytes(file: &str, bytes: &[u8], with_records: bool) -> Report {
             diffs: Vec::new(),
             error: None,
         };
-        for d in img.diffs() {
-            match d {
-                Ok(d) => {
-                    let mut recs = d.records();
-                    r.diffs
-                        .push(summarize(&mut recs, d.start_offset(), with_records));
+        // Walked here rather than through `ImageSlice::diffs` so that a diff that fails
+        // still shows what was read before the problem, as with the stream driver.
+        let mut pos = img.diffs_start();
+        for _ in 0..img.header().diff_count {
+            let rest = bytes.get(pos..).unwrap_or_default();
+            let d = DiffSlice::parse_at(rest, pos as u64, false).and_then(|d| {
+                if d.version() == crate::Version::V2 {
+                    Ok(d)
+                } else {
+                    Err(crate::image::not_v2(d.start_offset()))
                 }
+            });
+            let d = match d {
+                Ok(d) => d,
                 Err(e) => {
                     r.error = Some(e.with_file(file).to_string());
                     break;
                 }
+            };
+            let mut recs = d.records();
+            let s = summarize(&mut recs, d.start_offset(), with_records);
+            let stop = s.error.is_some();
+            pos = usize::try_from(recs.offset()).unwrap_or(usize::MAX);
+            r.diffs.push(s);
+            if stop {
+                break;
             }
         }
         return finish(r);

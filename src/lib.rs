@@ -18,17 +18,23 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod apply;
 mod check;
 pub mod compress;
+pub mod create;
 pub mod error;
+pub mod extent;
 pub mod format;
 mod image;
 pub mod input;
 pub mod inspect;
+pub mod merge;
 pub mod output;
 mod parse;
 pub mod slice;
 pub mod stream;
+pub mod sums;
+pub mod verify;
 pub mod write;
 pub mod zst;
 

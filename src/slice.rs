@@ -273,14 +273,15 @@ impl<'a> ImageSlice<'a> {
         let mut pos = 0usize;
         loop {
             let rest = bytes.get(pos..).unwrap_or_default();
-            match hp.step(rest, pos as u64)? {
+            let offset = pos as u64;
+            match hp.step(rest, offset)? {
                 HStep::Consumed { used, skip } => {
                     pos += used;
                     if skip > 0 {
                         let end = pos
                             .checked_add(to_usize(skip))
                             .filter(|&e| e <= bytes.len());
-                        pos = end.ok_or_else(|| crate::image::body_truncated(pos as u64, skip))?;
+                        pos = end.ok_or_else(|| hp.body_truncated(offset, skip))?;
                     }
                 }
                 HStep::NeedMore => return Err(hp.eof_error(pos as u64, rest)),
@@ -299,6 +300,11 @@ impl<'a> ImageSlice<'a> {
     /// The image header.
     pub fn header(&self) -> &ImageHeader {
         &self.header
+    }
+
+    /// Offset of the first embedded diff.
+    pub(crate) fn diffs_start(&self) -> usize {
+        self.diffs_start
     }
 
     /// Warnings from the header (unknown tags, length mismatches).
@@ -335,15 +341,12 @@ impl<'a> Iterator for EmbeddedDiffs<'a> {
         let r = (|| {
             let rest = self.bytes.get(self.pos..).unwrap_or_default();
             let d = DiffSlice::parse_at(rest, self.pos as u64, false)?;
+            // Checked before walking the records, as the stream driver does.
+            if d.version() != Version::V2 {
+                return Err(crate::image::not_v2(d.start_offset()));
+            }
             let end = d.end_offset()?;
             self.pos = to_usize(end);
-            if d.version() != Version::V2 {
-                return Err(Error::at(
-                    ErrorKind::Invalid("an image stream may only embed 'rbd diff v2' diffs".into()),
-                    d.start_offset(),
-                    None,
-                ));
-            }
             Ok(d)
         })();
         if r.is_err() {

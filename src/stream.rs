@@ -130,13 +130,19 @@ pub(crate) struct Body<R> {
     rec_offset: u64,
     rec_index: u64,
     rec_tag: u8,
+    /// Payload (or skipped body) length of the current record, for errors.
+    rec_len: u64,
 }
 
 impl<R: Read> Body<R> {
     fn truncated(&self) -> Error {
         Error::at(
             ErrorKind::Truncated {
-                what: format!("{} payload", record_name(self.rec_tag)),
+                what: format!(
+                    "{} payload ({} bytes)",
+                    record_name(self.rec_tag),
+                    self.rec_len
+                ),
             },
             self.rec_offset,
             Some(self.rec_index),
@@ -300,11 +306,14 @@ impl<'a> RecordSource for crate::slice::Records<'a> {
 pub struct DiffReader<R> {
     body: Body<R>,
     checker: Checker,
-    /// A data head parsed while reading the metadata, not yet returned.
-    pending: Option<(u64, Step)>,
+    /// The head that ended the metadata, not yet returned, with its check result: like the
+    /// slice driver, a problem with the first data record is reported by `next_item`.
+    pending: Option<(u64, Result<Step>)>,
     standalone: bool,
     done: bool,
     start: u64,
+    /// Offset just past `e`, once read (the trailing-bytes check reads further).
+    after_end: Option<u64>,
 }
 
 impl<R: Read> DiffReader<R> {
@@ -344,25 +353,31 @@ impl<R: Read> DiffReader<R> {
                 rec_offset: 0,
                 rec_index: 0,
                 rec_tag: 0,
+                rec_len: 0,
             },
             checker: Checker::new(version),
             pending: None,
             standalone,
             done: false,
             start,
+            after_end: None,
         };
         loop {
             let offset = r.body.src.pos;
-            let step = r.read_head()?;
-            if step != Step::Meta {
-                r.pending = Some((offset, step));
+            let (is_meta, checked) = r.read_head()?;
+            if is_meta {
+                checked?;
+            } else {
+                r.pending = Some((offset, checked));
                 return Ok(r);
             }
         }
     }
 
-    /// Parses one head from the buffer, refilling as needed, and checks it.
-    fn read_head(&mut self) -> Result<Step> {
+    /// Parses one head from the buffer, refilling as needed, and checks it. Parse errors are
+    /// returned as errors; the check result is returned alongside whether the head is a
+    /// metadata record, so that the caller can defer it.
+    fn read_head(&mut self) -> Result<(bool, Result<Step>)> {
         let src = &mut self.body.src;
         let offset = src.pos;
         loop {
@@ -370,14 +385,25 @@ impl<R: Read> DiffReader<R> {
             match parse::record_head(self.checker.version, avail) {
                 Ok((rest, ph)) => {
                     let used = avail.len() - rest.len();
-                    let step = self.checker.head(&ph, offset)?;
+                    let is_meta = matches!(
+                        ph.head,
+                        parse::Head::FromSnap(_)
+                            | parse::Head::ToSnap(_)
+                            | parse::Head::Protected(_)
+                            | parse::Head::Size(_)
+                    );
+                    let step = match self.checker.head(&ph, offset) {
+                        Ok(step) => step,
+                        Err(e) => return Ok((is_meta, Err(e))),
+                    };
                     let (trailing, tag) = (ph.head.trailing_len(), ph.head.tag());
                     src.consume(used);
                     self.body.remaining = trailing;
+                    self.body.rec_len = trailing;
                     self.body.rec_offset = offset;
                     self.body.rec_index = self.checker.index - 1;
                     self.body.rec_tag = tag;
-                    return Ok(step);
+                    return Ok((is_meta, Ok(step)));
                 }
                 Err(nom::Err::Incomplete(needed)) => {
                     let more = match needed {
@@ -402,15 +428,15 @@ impl<R: Read> DiffReader<R> {
     }
 
     fn step(&mut self) -> Result<Option<(u64, Step)>> {
-        if let Some(p) = self.pending.take() {
-            return Ok(Some(p));
+        if let Some((offset, checked)) = self.pending.take() {
+            return checked.map(|step| Some((offset, step)));
         }
         if self.done {
             return Ok(None);
         }
         self.body.skip_rest()?;
         let offset = self.body.src.pos;
-        let step = self.read_head()?;
+        let step = self.read_head()?.1?;
         if step == Step::Meta {
             let tag = self.body.rec_tag;
             return Err(self.checker.err(ErrorKind::MetadataAfterData(tag), offset));
@@ -455,9 +481,13 @@ impl<R: Read> RecordSource for DiffReader<R> {
         &self.checker.warnings
     }
     fn position(&self) -> u64 {
+        if let Some(end) = self.after_end {
+            return end;
+        }
         self.pending
-            .map(|(o, _)| o)
-            .unwrap_or(self.body.src.pos + self.body.remaining)
+            .as_ref()
+            .map(|(o, _)| *o)
+            .unwrap_or(self.body.src.pos.saturating_add(self.body.remaining))
     }
 
     fn next_item(&mut self) -> Result<Option<Item<'_>>> {
@@ -487,6 +517,7 @@ impl<R: Read> RecordSource for DiffReader<R> {
             Step::Meta => return Err(Error::invalid("internal: metadata step after data")),
             Step::End => {
                 self.done = true;
+                self.after_end = Some(self.body.src.pos);
                 if self.standalone {
                     self.check_trailing()?;
                 }
@@ -525,7 +556,7 @@ impl<R: Read> ImageReader<R> {
                 HStep::Consumed { used, skip } => {
                     src.consume(used);
                     if src.skip(skip)? < skip {
-                        return Err(crate::image::body_truncated(src.pos, skip));
+                        return Err(hp.body_truncated(offset, skip));
                     }
                 }
                 HStep::NeedMore => {
@@ -576,9 +607,7 @@ impl<R: Read> ImageReader<R> {
         self.remaining -= 1;
         let d = DiffReader::from_source(src, false)?;
         if d.version() != Version::V2 {
-            return Err(Error::invalid(
-                "an image stream may only embed 'rbd diff v2' diffs",
-            ));
+            return Err(crate::image::not_v2(d.start_offset()));
         }
         Ok(Some(self.cur.insert(d)))
     }

@@ -143,15 +143,15 @@ impl<W: Write> DiffWriter<W> {
                 prev_end: self.prev_end,
             }));
         }
-        if let Some(size) = self.size {
-            if end > size {
-                return Err(at(ErrorKind::ExtentPastSize {
-                    tag: t,
-                    offset: e.offset,
-                    len: e.len,
-                    size,
-                }));
-            }
+        // The parser rejects data records without a preceding `s`, so the writer does too.
+        let size = self.size.ok_or_else(|| at(ErrorKind::MissingSize))?;
+        if end > size {
+            return Err(at(ErrorKind::ExtentPastSize {
+                tag: t,
+                offset: e.offset,
+                len: e.len,
+                size,
+            }));
         }
         self.prev_end = end;
         Ok(())
@@ -256,8 +256,15 @@ impl<W: Write> DiffWriter<W> {
     /// Writes `e`, flushes, and returns the inner writer.
     ///
     /// # Errors
-    /// I/O errors.
+    /// I/O errors, or metadata without an image size (a diff without `s` is invalid).
     pub fn finish(mut self) -> Result<W> {
+        if self.size.is_none() {
+            return Err(Error::at(
+                ErrorKind::MissingSize,
+                self.written,
+                Some(self.records),
+            ));
+        }
         self.inner.write_all(&[tag::END])?;
         self.written += 1;
         self.inner.flush()?;

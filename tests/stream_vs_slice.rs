@@ -1,0 +1,165 @@
+//! The slice and the stream driver give identical records, payload bytes, errors, byte
+//! offsets and warnings — on the real Ceph files, the hand-made broken files, generated
+//! diffs and image streams, and random corruptions and truncations of them. The stream
+//! driver is fed through a reader that returns random short reads.
+
+mod common;
+mod drivers;
+
+use std::path::PathBuf;
+
+use drivers::gen::{damage, image_spec, spec};
+use drivers::{slice_any, stream_any, PayloadReads};
+use proptest::prelude::*;
+use rbddiff::WriteOptions;
+
+/// Compares the slice driver with the stream driver under several read patterns.
+fn assert_same(name: &str, bytes: &[u8], seeds: &[(u64, usize)]) {
+    let want = slice_any(bytes, PayloadReads::All);
+    for &(seed, max) in seeds {
+        let got = stream_any(bytes, PayloadReads::All, seed, max);
+        assert_eq!(got, want, "{name}: stream (seed {seed}, reads <= {max})");
+        // Reading only part of each payload: the driver skips the rest itself.
+        let got = stream_any(bytes, PayloadReads::Prefix(seed), seed, max);
+        let want_p = slice_any(bytes, PayloadReads::Prefix(seed));
+        assert_eq!(
+            got, want_p,
+            "{name}: stream, partial payloads (seed {seed})"
+        );
+    }
+}
+
+fn real_files() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = common::manifest::diff_files()
+        .into_iter()
+        .map(|d| d.path)
+        .collect();
+    v.push(common::manifest::export_format2_stream());
+    v
+}
+
+#[test]
+fn real_files_agree() {
+    for path in real_files() {
+        let bytes = std::fs::read(&path).unwrap();
+        let out = slice_any(&bytes, PayloadReads::All);
+        assert_eq!(out.error, None, "{}", path.display());
+        assert_same(
+            &path.display().to_string(),
+            &bytes,
+            &[(1, 3), (2, 61), (3, 4096), (4, 200_000)],
+        );
+    }
+}
+
+#[test]
+fn real_files_agree_with_one_byte_reads() {
+    // The smallest files, one byte at a time.
+    let mut files = real_files();
+    files.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    for path in files.iter().take(10) {
+        let bytes = std::fs::read(path).unwrap();
+        assert_same(&path.display().to_string(), &bytes, &[(9, 1)]);
+    }
+}
+
+#[test]
+fn real_files_truncated_everywhere_agree() {
+    // Every truncation point of a small real diff and of the head of the image stream.
+    let small = common::manifest::diff_file("img64k/v3_v4.diff").read();
+    for n in 0..small.len() {
+        assert_same(&format!("v3_v4.diff[..{n}]"), &small[..n], &[(n as u64, 5)]);
+    }
+    let img = std::fs::read(common::manifest::export_format2_stream()).unwrap();
+    for n in (0..2000).chain((0..img.len()).step_by(997)) {
+        let n = n.min(img.len());
+        assert_same(&format!("image[..{n}]"), &img[..n], &[(n as u64, 300)]);
+    }
+}
+
+#[test]
+fn err_files_agree() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/err");
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "md") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let out = slice_any(&bytes, PayloadReads::All);
+        assert!(
+            out.error.is_some() || !out.warnings.is_empty(),
+            "{}: neither error nor warning",
+            path.display()
+        );
+        assert_same(
+            &path.display().to_string(),
+            &bytes,
+            &[(1, 1), (2, 5), (3, 64 << 10)],
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn generated_diffs_agree(s in spec(), seed in any::<u64>(), max in 1usize..5000) {
+        let bytes = s.encode(WriteOptions::default());
+        let out = slice_any(&bytes, PayloadReads::All);
+        prop_assert_eq!(&out.error, &None);
+        assert_same("generated", &bytes, &[(seed, max)]);
+    }
+
+    #[test]
+    fn damaged_diffs_agree(
+        s in spec(),
+        dmg in proptest::collection::vec(damage(), 1..4),
+        seed in any::<u64>(),
+        max in 1usize..300,
+    ) {
+        let mut bytes = s.encode(WriteOptions { ceph16_p_length: seed % 2 == 0 });
+        for d in &dmg {
+            d.apply(&mut bytes);
+        }
+        assert_same("damaged", &bytes, &[(seed, max)]);
+    }
+
+    #[test]
+    fn generated_images_agree(img in image_spec(), seed in any::<u64>(), max in 1usize..5000) {
+        let bytes = img.encode();
+        let out = slice_any(&bytes, PayloadReads::All);
+        prop_assert_eq!(&out.error, &None);
+        assert_same("image", &bytes, &[(seed, max)]);
+    }
+
+    #[test]
+    fn damaged_images_agree(
+        img in image_spec(),
+        dmg in proptest::collection::vec(damage(), 1..4),
+        seed in any::<u64>(),
+        max in 1usize..300,
+    ) {
+        let mut bytes = img.encode();
+        for d in &dmg {
+            d.apply(&mut bytes);
+        }
+        assert_same("damaged image", &bytes, &[(seed, max)]);
+    }
+
+    #[test]
+    fn arbitrary_bytes_agree(
+        prefix in prop_oneof![
+            Just(b"rbd diff v1\n".to_vec()),
+            Just(b"rbd diff v2\n".to_vec()),
+            Just(b"rbd image v2\n".to_vec()),
+            Just(Vec::new()),
+        ],
+        tail in proptest::collection::vec(any::<u8>(), 0..200),
+        seed in any::<u64>(),
+    ) {
+        let mut bytes = prefix;
+        bytes.extend(tail);
+        assert_same("arbitrary", &bytes, &[(seed, 7)]);
+    }
+}
