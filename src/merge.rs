@@ -385,6 +385,22 @@ pub fn merge_files(
     opts: &MergeOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<MergeStats> {
+    merge_files_to(paths, out, force, opts, None, progress)
+}
+
+/// [`merge_files`], writing a compressed archive (see [`crate::compress`]) when `compress`
+/// is given: the merged diff is compressed while it is written, never stored uncompressed.
+///
+/// # Errors
+/// As [`merge_files`] and [`crate::compress::compress_stream`].
+pub fn merge_files_to(
+    paths: &[String],
+    out: &str,
+    force: bool,
+    opts: &MergeOptions,
+    compress: Option<&crate::compress::CompressOptions>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<MergeStats> {
     if paths.iter().filter(|p| *p == "-").count() > 1 {
         return Err(Error::invalid("stdin ('-') can be given only once"));
     }
@@ -400,7 +416,7 @@ pub fn merge_files(
         })
         .collect();
     let p = plan(&inputs, opts)?;
-    let output = Output::create(out, force)?;
+    let mut output = Output::create(out, force)?;
     let wrap = |e: Error| {
         if out == "-" {
             e
@@ -408,7 +424,20 @@ pub fn merge_files(
             e.with_file(out)
         }
     };
-    let (output, stats) = p.write(output, opts.version, progress).map_err(wrap)?;
+    let stats = match compress {
+        Some(c) => {
+            let (stats, _) = crate::compress::compress_stream(&mut output, c, |w| {
+                p.write(w, opts.version, progress).map(|(_, s)| s)
+            })
+            .map_err(wrap)?;
+            stats
+        }
+        None => {
+            let (o, stats) = p.write(output, opts.version, progress).map_err(wrap)?;
+            output = o;
+            stats
+        }
+    };
     output.commit().map_err(wrap)?;
     Ok(stats)
 }

@@ -483,9 +483,13 @@ fn diff_strategy() -> impl Strategy<Value = (bool, Vec<(u64, Op)>)> {
 }
 
 fn build(v2: bool, ops: &[(u64, Op)]) -> Vec<u8> {
+    build_named(v2, ops, "a", "b")
+}
+
+fn build_named(v2: bool, ops: &[(u64, Op)], from: &str, to: &str) -> Vec<u8> {
     let meta = Metadata {
-        from_snap: Some(b"a".to_vec()),
-        to_snap: Some(b"b".to_vec()),
+        from_snap: Some(from.as_bytes().to_vec()),
+        to_snap: Some(to.as_bytes().to_vec()),
         protected: v2.then_some(false),
         image_size: Some(16 << 20),
     };
@@ -654,4 +658,110 @@ fn archive_record_source_reads_only_the_frames_it_needs() {
     assert_eq!(got, plain[from as usize..to as usize]);
     assert_eq!(a.frames_decompressed(), needed);
     assert!(needed < a.frames().len() as u64);
+}
+
+fn merge_to(paths: &[PathBuf], out: &Path, compress: bool) -> rbddiff::Result<()> {
+    let paths: Vec<String> = paths
+        .iter()
+        .map(|p| p.to_str().unwrap().to_string())
+        .collect();
+    let c = compress.then(|| opts(8192));
+    rbddiff::merge::merge_files_to(
+        &paths,
+        out.to_str().unwrap(),
+        true,
+        &rbddiff::merge::MergeOptions::default(),
+        c.as_ref(),
+        &mut |_, _| {},
+    )
+    .map(|_| ())
+}
+
+/// merge(.zst inputs) == merge(plain inputs), and `merge -o OUT.zst` restores (with stock
+/// zstd) to the plain merge output.
+fn check_merge_equivalence(plains: &[Vec<u8>], dir: &Path) {
+    let mut plain_paths = Vec::new();
+    let mut zst_paths = Vec::new();
+    for (i, p) in plains.iter().enumerate() {
+        let pp = dir.join(format!("d{i}.diff"));
+        std::fs::write(&pp, p).unwrap();
+        let z = compress_file(dir, p, &opts(4096));
+        let zp = dir.join(format!("d{i}.zst"));
+        std::fs::write(&zp, z).unwrap();
+        plain_paths.push(pp);
+        zst_paths.push(zp);
+    }
+    let reference = dir.join("ref.diff");
+    merge_to(&plain_paths, &reference, false).unwrap();
+    let want = std::fs::read(&reference).unwrap();
+    let out = dir.join("out.diff");
+    merge_to(&zst_paths, &out, false).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), want, "merge of .zst inputs");
+    for inputs in [&plain_paths, &zst_paths] {
+        let oz = dir.join("out.zst");
+        merge_to(inputs, &oz, true).unwrap();
+        assert_eq!(zstd_cli_decompress(&oz), want, "merge -o OUT.zst");
+        assert!(ZstArchive::open(&std::fs::read(&oz).unwrap())
+            .unwrap()
+            .is_some());
+    }
+}
+
+#[test]
+fn merge_of_real_chains_from_archives_and_to_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    for chain in manifest::chains() {
+        if chain.v1.len() < 2 {
+            continue;
+        }
+        let plains: Vec<Vec<u8>> = chain.v1.iter().map(|f| f.read()).collect();
+        check_merge_equivalence(&plains, dir.path());
+    }
+    // The CLI: an output named .zst is compressed, and nothing is left on error.
+    let chain = &manifest::chains()[0].v1;
+    let out = dir.path().join("cli.zst");
+    let o = run(bin()
+        .arg("merge")
+        .args(chain.iter().map(|f| &f.path))
+        .arg("-o")
+        .arg(&out));
+    assert!(o.status.success(), "{o:?}");
+    let reference = dir.path().join("cli.diff");
+    let o = run(bin()
+        .arg("merge")
+        .args(chain.iter().map(|f| &f.path))
+        .arg("-o")
+        .arg(&reference));
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        zstd_cli_decompress(&out),
+        std::fs::read(&reference).unwrap()
+    );
+    let bad = dir.path().join("bad.zst");
+    let o = run(bin()
+        .arg("merge")
+        .args(chain.iter().rev().map(|f| &f.path))
+        .arg("-o")
+        .arg(&bad));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!bad.exists());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    #[test]
+    fn merge_of_archives_equals_merge_of_plain(
+        chain in prop::collection::vec(diff_strategy(), 2..4),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let plains: Vec<Vec<u8>> = chain
+            .iter()
+            .enumerate()
+            .map(|(i, (v2, ops))| {
+                build_named(*v2, ops, &format!("s{i}"), &format!("s{}", i + 1))
+            })
+            .collect();
+        check_merge_equivalence(&plains, dir.path());
+    }
 }
