@@ -121,6 +121,17 @@ impl Report {
 
 /// Walks one diff, filling a summary; stops at the first error (recorded in the summary).
 pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> DiffSummary {
+    summarize_with(src, start, with_records, true)
+}
+
+/// [`summarize`]; `read_streams` = false leaves streamed payloads unread (for sources whose
+/// payloads are known complete, such as an archive's index, where reading would decompress).
+fn summarize_with(
+    src: &mut dyn RecordSource,
+    start: u64,
+    with_records: bool,
+    read_streams: bool,
+) -> DiffSummary {
     let meta = src.metadata().clone();
     let mut s = DiffSummary {
         start,
@@ -153,7 +164,7 @@ pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> 
             ItemKind::Write { extent, data } => {
                 // A streamed payload is skipped here, so that a truncated one is reported
                 // at its own record, as the slice driver does (mapped payloads are not read).
-                if let Payload::Stream(r) = data {
+                if let (Payload::Stream(r), true) = (data, read_streams) {
                     if let Err(e) = io::copy(r, &mut io::sink()) {
                         s.error = Some(Error::from(e).to_string());
                         break;
@@ -375,7 +386,8 @@ pub fn inspect_archive(file: &str, a: &mut ZstArchive<'_>, with_records: bool) -
     let starts: Vec<u64> = idx.diffs.iter().map(|d| d.start).collect();
     for (i, start) in starts.into_iter().enumerate() {
         if let Some(mut src) = a.diff_source(i) {
-            r.diffs.push(summarize(&mut src, start, with_records));
+            r.diffs
+                .push(summarize_with(&mut src, start, with_records, false));
         }
     }
     finish(r)
