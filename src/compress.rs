@@ -104,7 +104,9 @@ where
     C: FnMut(T) -> Result<()>,
 {
     let threads = threads.max(1);
-    let inflight = threads * 2 + 2;
+    // Results are written in order: with few frames in flight, one slow (text) frame would
+    // leave the other workers idle once they have raced through the fast (random, zero) ones.
+    let inflight = (threads * 8 + 8).min(64).max(threads * 2 + 2);
     let (job_tx, job_rx) = sync_channel::<(u64, J)>(inflight);
     let job_rx = Mutex::new(job_rx);
     std::thread::scope(|s| {

@@ -18,7 +18,7 @@ use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
 use crate::error::{Error, ErrorKind, Result, Warning, WarningKind};
 use crate::format::{ImageHeader, Metadata, Version};
-use crate::input::{Kind, ZSTD_MAGIC};
+use crate::input::Kind;
 
 /// Magic of the skippable frame holding the seek table (zstd seekable format).
 pub const SEEK_TABLE_MAGIC: u32 = 0x184D_2A5E;
@@ -681,8 +681,10 @@ impl<R: Read> ZstdReader<R> {
                 if self.lo == self.hi {
                     return Ok(0);
                 }
+                // Anything but a skippable frame counts as (an attempt at) a data frame.
                 let magic = self.buf.get(self.lo..self.lo + 4);
-                self.frame_is_data = magic == Some(&ZSTD_MAGIC[..]);
+                self.frame_is_data =
+                    !magic.is_some_and(|m| m[0] & 0xf0 == 0x50 && m[1..] == [0x2a, 0x4d, 0x18]);
                 self.in_frame = true;
                 self.frame_c_start = self.c_pos;
                 self.frame_d_start = self.d_pos;
