@@ -14,8 +14,9 @@
 //! truncation) before the first output byte is written.
 //!
 //! Streams (stdin, pipes) and zstd-compressed inputs are first copied to an anonymous
-//! temporary file ([`Input::spill`]) and mapped, which costs their size in `$TMPDIR` disk
-//! space but no memory.
+//! temporary file ([`Input::spill`]; archives are decompressed frame-parallel) and mapped,
+//! which costs their size in `$TMPDIR` disk space but no memory. [`merge_files_to`] writes a
+//! compressed archive directly (`merge … -o OUT.zst`).
 
 use std::io::Write;
 
