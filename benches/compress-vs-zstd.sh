@@ -4,6 +4,8 @@
 #
 #   benches/compress-vs-zstd.sh [MIB]      (default 1024; THREADS, LEVEL, RUNS, WORK override)
 #
+# Wall-clock medians decide the ratios; CPU-time ratios are printed too, since on a busy
+# machine wall-clock time depends on how many cores the other processes leave free.
 # Both tools write to stdout, which hyperfine discards, so neither pays for writing or
 # fsyncing the result. Prints the ratios checked against the targets.
 set -euo pipefail
@@ -41,6 +43,7 @@ python3 - "$json" "$DIFF" "$OURS" "$THEIRS" <<'PY'
 import json, os, sys
 j = json.load(open(sys.argv[1]))
 t = {r["command"]: r["median"] for r in j["results"]}
+cpu = {r["command"]: r["user"] + r["system"] for r in j["results"]}
 size = os.path.getsize(sys.argv[2])
 ours, theirs = os.path.getsize(sys.argv[3]), os.path.getsize(sys.argv[4])
 mib = size / 2**20
@@ -53,4 +56,7 @@ r = t["zstd-compress"] / t["ours-compress"]; row("compress throughput vs zstd (x
 r = ours / theirs; row("compressed size vs zstd (x)", r, "<= 1.02", r <= 1.02)
 r = t["zstd-decompress"] / t["ours-decompress"]; row("decompress throughput vs zstd -d (x)", r, ">= 0.9", r >= 0.9)
 r = t["ours-inspect"] / t["zstd-decompress-ours"]; row("inspect .zst / zstd -d of it (fraction)", r, "<= 0.01", r <= 0.01)
+print("CPU time (user+system), informative on a shared machine:")
+r = cpu["zstd-compress"] / cpu["ours-compress"]; print(f"  compress CPU efficiency vs zstd (x)        {r:8.3f}")
+r = cpu["zstd-decompress"] / cpu["ours-decompress"]; print(f"  decompress CPU efficiency vs zstd -d (x)   {r:8.3f}")
 PY

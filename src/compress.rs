@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use zstd::stream::raw::CParameter;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::{tag, Version};
 use crate::input::{Input, Kind};
 use crate::stream::{ItemKind, Payload, RecordSource};
@@ -104,7 +104,9 @@ where
     C: FnMut(T) -> Result<()>,
 {
     let threads = threads.max(1);
-    let inflight = threads * 2 + 2;
+    // Results are written in order: with few frames in flight, one slow (text) frame would
+    // leave the other workers idle once they have raced through the fast (random, zero) ones.
+    let inflight = (threads * 8 + 8).min(64).max(threads * 2 + 2);
     let (job_tx, job_rx) = sync_channel::<(u64, J)>(inflight);
     let job_rx = Mutex::new(job_rx);
     std::thread::scope(|s| {
@@ -171,6 +173,29 @@ where
         }
         Ok(r)
     })
+}
+
+/// Reusable frame buffers, so that big buffers are not allocated (and faulted in) per frame.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Vec<u8>>>);
+
+impl Pool {
+    fn take(&self) -> Vec<u8> {
+        let mut v = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_default();
+        v.clear();
+        v
+    }
+
+    fn put(&self, v: Vec<u8>) {
+        if let Ok(mut p) = self.0.lock() {
+            p.push(v);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -493,14 +518,19 @@ fn compress_from(
     let level = opts.level;
     let mut frames: Vec<FrameEntry> = Vec::new();
     let (mut c_off, mut d_off) = (0u64, 0u64);
+    let pool = Pool::default();
     let index = pipeline(
         opts.threads,
         || {
             let mut c = compressor(level);
+            let pool = &pool;
             move |chunk: Chunk<'_>| -> Result<(Vec<u8>, u32)> {
                 let c = c.as_mut().map_err(|e| Error::invalid(e.to_string()))?;
                 let data = chunk.bytes();
-                Ok((c.compress(data)?, data.len() as u32))
+                let mut z = pool.take();
+                z.reserve(zstd::zstd_safe::compress_bound(data.len()));
+                c.compress_to_buffer(data, &mut z)?;
+                Ok((z, data.len() as u32))
             }
         },
         |feed| walk(kind, slice, stream, opts, feed),
@@ -520,6 +550,7 @@ fn compress_from(
             });
             c_off += n as u64;
             d_off += u64::from(d_len);
+            pool.put(z);
             Ok(())
         },
     )?;
@@ -584,13 +615,17 @@ fn decompress_frames(
     threads: usize,
 ) -> Result<Stats> {
     let mut total = 0u64;
+    let pool = Pool::default();
     pipeline(
         threads,
         || {
             let mut d = zstd::bulk::Decompressor::new();
+            let pool = &pool;
             move |(i, f): (usize, FrameEntry)| -> Result<Vec<u8>> {
                 let d = d.as_mut().map_err(|e| Error::invalid(e.to_string()))?;
-                decompress_frame(d, raw, i, &f)
+                let mut buf = pool.take();
+                decompress_frame(d, raw, i, &f, &mut buf)?;
+                Ok(buf)
             }
         },
         |feed| {
@@ -602,6 +637,7 @@ fn decompress_frames(
         |data| {
             out.write_all(&data)?;
             total += data.len() as u64;
+            pool.put(data);
             Ok(())
         },
     )?;
@@ -611,5 +647,126 @@ fn decompress_frames(
         compressed_bytes: raw.len() as u64,
         frames: frames.len() as u64,
         records: 0,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compressed output for writers of diffs
+
+const CHANNEL_CHUNK: usize = 1 << 20;
+
+/// The writing end handed to the producer of [`compress_stream`].
+struct ChannelWriter {
+    tx: Option<SyncSender<Vec<u8>>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHANNEL_CHUNK));
+        match &self.tx {
+            Some(tx) => tx
+                .send(chunk)
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "compressor stopped")),
+            None => Err(io::Error::new(io::ErrorKind::BrokenPipe, "closed")),
+        }
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + data.len() > CHANNEL_CHUNK {
+            self.send()?;
+        }
+        if data.len() >= CHANNEL_CHUNK {
+            self.buf.extend_from_slice(data);
+            self.send()?;
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The reading end used by the compressor thread of [`compress_stream`].
+struct ChannelReader {
+    rx: Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(v) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Compresses a diff while it is being written: `produce` writes a diff (v1, v2 or image
+/// stream, e.g. through a [`crate::DiffWriter`]) to the writer it is given, and the archive
+/// (frames on record boundaries, record index, seek table) goes to `out`. Memory stays
+/// bounded: the producer blocks while the compressor is behind.
+///
+/// Returns what `produce` returned and the compression statistics. An error from `produce`
+/// wins over the compressor's (which then only sees a truncated diff).
+///
+/// # Errors
+/// `produce` fails, the diff it writes is invalid, or writing `out` fails.
+pub fn compress_stream<R>(
+    out: &mut (dyn Write + Send),
+    opts: &CompressOptions,
+    produce: impl FnOnce(&mut dyn Write) -> Result<R>,
+) -> Result<(R, Stats)> {
+    let (tx, rx) = sync_channel::<Vec<u8>>(4);
+    std::thread::scope(|s| {
+        let worker = s.spawn(move || -> Result<Stats> {
+            let reader = ChannelReader {
+                rx,
+                cur: Vec::new(),
+                pos: 0,
+            };
+            let input = Input::from_reader("-", Box::new(reader))?;
+            compress(input, out, opts)
+        });
+        let mut w = ChannelWriter {
+            tx: Some(tx),
+            buf: Vec::with_capacity(CHANNEL_CHUNK),
+        };
+        let produced = produce(&mut w).and_then(|r| {
+            w.send()?;
+            Ok(r)
+        });
+        w.tx = None;
+        drop(w);
+        let compressed = worker
+            .join()
+            .map_err(|_| Error::invalid("internal: compressor thread panicked"))?;
+        match (produced, compressed) {
+            (Ok(r), Ok(stats)) => Ok((r, stats)),
+            (Err(pe), Err(ce)) => {
+                // The producer only saw the compressor go away: report why it did.
+                let broken = matches!(pe.kind(), ErrorKind::Io(io) if io.kind() == io::ErrorKind::BrokenPipe);
+                Err(if broken { ce } else { pe })
+            }
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+        }
     })
 }

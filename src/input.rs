@@ -152,6 +152,12 @@ impl Input {
         let wrap = |e: io::Error| Error::from(e).with_file(name);
         let mut file = tempfile::tempfile().map_err(wrap)?;
         let n = io::copy(&mut r, &mut file).map_err(wrap)?;
+        Self::map_spilled(name, file, n)
+    }
+
+    /// Maps a spilled temporary file of `n` bytes.
+    fn map_spilled(name: &str, file: File, n: u64) -> Result<Input> {
+        let wrap = |e: io::Error| Error::from(e).with_file(name);
         if n == 0 {
             return Ok(Input {
                 name: name.to_string(),
@@ -175,6 +181,15 @@ impl Input {
     /// # Errors
     /// As [`Input::spill`].
     pub fn into_mapped(self) -> Result<Input> {
+        if self.compressed && matches!(self.data, Data::Map(..)) {
+            // A mapped archive is decompressed frame-parallel.
+            let name = self.name.clone();
+            let wrap = |e: io::Error| Error::from(e).with_file(&name);
+            let mut file = tempfile::tempfile().map_err(wrap)?;
+            let threads = crate::compress::default_threads();
+            let stats = crate::compress::decompress(self, &mut file, threads)?;
+            return Self::map_spilled(&name, file, stats.diff_bytes);
+        }
         if self.compressed || matches!(self.data, Data::Stream(_)) {
             let name = self.name.clone();
             return Self::spill(&name, self.into_reader());

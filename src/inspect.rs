@@ -121,6 +121,17 @@ impl Report {
 
 /// Walks one diff, filling a summary; stops at the first error (recorded in the summary).
 pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> DiffSummary {
+    summarize_with(src, start, with_records, true)
+}
+
+/// [`summarize`]; `read_streams` = false leaves streamed payloads unread (for sources whose
+/// payloads are known complete, such as an archive's index, where reading would decompress).
+fn summarize_with(
+    src: &mut dyn RecordSource,
+    start: u64,
+    with_records: bool,
+    read_streams: bool,
+) -> DiffSummary {
     let meta = src.metadata().clone();
     let mut s = DiffSummary {
         start,
@@ -153,7 +164,7 @@ pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> 
             ItemKind::Write { extent, data } => {
                 // A streamed payload is skipped here, so that a truncated one is reported
                 // at its own record, as the slice driver does (mapped payloads are not read).
-                if let Payload::Stream(r) = data {
+                if let (Payload::Stream(r), true) = (data, read_streams) {
                     if let Err(e) = io::copy(r, &mut io::sink()) {
                         s.error = Some(Error::from(e).to_string());
                         break;
@@ -359,7 +370,7 @@ pub fn inspect_reader(file: &str, kind: Kind, r: impl Read, with_records: bool) 
 }
 
 /// Inspects an indexed zstd archive from its record index alone: no frame is decompressed.
-pub fn inspect_archive(file: &str, a: &ZstArchive<'_>, with_records: bool) -> Report {
+pub fn inspect_archive(file: &str, a: &mut ZstArchive<'_>, with_records: bool) -> Report {
     let idx = a.index();
     let mut r = Report {
         file: file.to_string(),
@@ -372,70 +383,12 @@ pub fn inspect_archive(file: &str, a: &ZstArchive<'_>, with_records: bool) -> Re
         diffs: Vec::new(),
         error: None,
     };
-    for d in &idx.diffs {
-        let mut s = DiffSummary {
-            start: d.start,
-            version: Some(d.version),
-            records: d.record_count,
-            ..Default::default()
-        };
-        let mut list = with_records.then(|| {
-            d.metadata_records
-                .iter()
-                .map(|&(pos, tag)| RecordInfo {
-                    pos,
-                    tag: tag as char,
-                    offset: None,
-                    len: None,
-                })
-                .collect::<Vec<_>>()
-        });
-        for rec in &d.records {
-            let (tag, ext) = match rec.tag {
-                b'w' => {
-                    s.writes += 1;
-                    s.write_bytes += rec.len;
-                    ('w', Some(Extent::new(rec.offset, rec.len)))
-                }
-                b'z' => {
-                    s.zeros += 1;
-                    s.zero_bytes += rec.len;
-                    ('z', Some(Extent::new(rec.offset, rec.len)))
-                }
-                b'e' => ('e', None),
-                t => {
-                    s.unknown += 1;
-                    (if t.is_ascii_graphic() { t as char } else { '?' }, None)
-                }
-            };
-            if let Some(e) = ext {
-                s.first_offset.get_or_insert(e.offset);
-                s.last_end = e.end();
-                match s.covered.last_mut() {
-                    Some(last) if last.end() == Some(e.offset) => last.len += e.len,
-                    _ => s.covered.push(e),
-                }
-            }
-            if let Some(list) = list.as_mut() {
-                list.push(RecordInfo {
-                    pos: rec.pos,
-                    tag,
-                    offset: ext.map(|e| e.offset),
-                    len: (tag != 'e').then_some(rec.len),
-                });
-            }
-            if tag == 'e' {
-                s.end = Some(d.end);
-            }
+    let starts: Vec<u64> = idx.diffs.iter().map(|d| d.start).collect();
+    for (i, start) in starts.into_iter().enumerate() {
+        if let Some(mut src) = a.diff_source(i) {
+            r.diffs
+                .push(summarize_with(&mut src, start, with_records, false));
         }
-        let meta = &d.metadata;
-        s.from_snap = meta.from_snap.as_ref().map(|_| meta.from_name());
-        s.to_snap = meta.to_snap.as_ref().map(|_| meta.to_name());
-        s.protected = meta.protected;
-        s.image_size = meta.image_size;
-        s.warnings = d.warnings.clone();
-        s.record_list = list;
-        r.diffs.push(s);
     }
     finish(r)
 }
@@ -445,7 +398,7 @@ pub fn inspect_archive(file: &str, a: &ZstArchive<'_>, with_records: bool) -> Re
 pub fn inspect_input(input: Input, with_records: bool) -> Report {
     let name = input.name().to_string();
     match input.archive() {
-        Ok(Some(a)) => return inspect_archive(&name, &a, with_records),
+        Ok(Some(mut a)) => return inspect_archive(&name, &mut a, with_records),
         Ok(None) => {}
         Err(e) => {
             let kind = if input.kind() == Kind::Image {

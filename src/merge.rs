@@ -16,8 +16,9 @@
 //! first output byte is written.
 //!
 //! Streams (stdin, pipes) and zstd-compressed inputs are first copied to an anonymous
-//! temporary file ([`Input::spill`]) and mapped, which costs their size in `$TMPDIR` disk
-//! space but no memory.
+//! temporary file ([`Input::spill`]; archives are decompressed frame-parallel) and mapped,
+//! which costs their size in `$TMPDIR` disk space but no memory. [`merge_files_to`] writes a
+//! compressed archive directly (`merge … -o OUT.zst`).
 
 use std::fs::File;
 use std::io::Write;
@@ -441,6 +442,22 @@ pub fn merge_files(
     opts: &MergeOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<MergeStats> {
+    merge_files_to(paths, out, force, opts, None, progress)
+}
+
+/// [`merge_files`], writing a compressed archive (see [`crate::compress`]) when `compress`
+/// is given: the merged diff is compressed while it is written, never stored uncompressed.
+///
+/// # Errors
+/// As [`merge_files`] and [`crate::compress::compress_stream`].
+pub fn merge_files_to(
+    paths: &[String],
+    out: &str,
+    force: bool,
+    opts: &MergeOptions,
+    compress: Option<&crate::compress::CompressOptions>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<MergeStats> {
     if paths.iter().filter(|p| *p == "-").count() > 1 {
         return Err(Error::invalid("stdin ('-') can be given only once"));
     }
@@ -456,7 +473,7 @@ pub fn merge_files(
         })
         .collect();
     let p = plan(&inputs, opts)?;
-    let output = Output::create(out, force)?;
+    let mut output = Output::create(out, force)?;
     let wrap = |e: Error| {
         if out == "-" {
             e
@@ -465,9 +482,23 @@ pub fn merge_files(
         }
     };
     let sources: Vec<Option<&File>> = opened.iter().map(Input::file).collect();
-    let (output, stats) = p
-        .write_from_files(output, &sources, opts.version, progress)
-        .map_err(wrap)?;
+    let stats = match compress {
+        Some(c) => {
+            let (stats, _) = crate::compress::compress_stream(&mut output, c, |w| {
+                p.write_from_files(w, &sources, opts.version, progress)
+                    .map(|(_, s)| s)
+            })
+            .map_err(wrap)?;
+            stats
+        }
+        None => {
+            let (o, stats) = p
+                .write_from_files(output, &sources, opts.version, progress)
+                .map_err(wrap)?;
+            output = o;
+            stats
+        }
+    };
     output.commit().map_err(wrap)?;
     Ok(stats)
 }

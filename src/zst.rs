@@ -18,7 +18,7 @@ use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
 use crate::error::{Error, ErrorKind, Result, Warning, WarningKind};
 use crate::format::{ImageHeader, Metadata, Version};
-use crate::input::{Kind, ZSTD_MAGIC};
+use crate::input::Kind;
 
 /// Magic of the skippable frame holding the seek table (zstd seekable format).
 pub const SEEK_TABLE_MAGIC: u32 = 0x184D_2A5E;
@@ -681,8 +681,10 @@ impl<R: Read> ZstdReader<R> {
                 if self.lo == self.hi {
                     return Ok(0);
                 }
+                // Anything but a skippable frame counts as (an attempt at) a data frame.
                 let magic = self.buf.get(self.lo..self.lo + 4);
-                self.frame_is_data = magic == Some(&ZSTD_MAGIC[..]);
+                self.frame_is_data =
+                    !magic.is_some_and(|m| m[0] & 0xf0 == 0x50 && m[1..] == [0x2a, 0x4d, 0x18]);
                 self.in_frame = true;
                 self.frame_c_start = self.c_pos;
                 self.frame_d_start = self.d_pos;
@@ -747,7 +749,8 @@ pub(crate) fn decompress_frame(
     bytes: &[u8],
     i: usize,
     f: &FrameEntry,
-) -> Result<Vec<u8>> {
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let fail = |why: &str| corrupt_frame(Some(i as u64), f.c_offset, f.d_offset, why);
     if u64::from(f.d_len) > MAX_FRAME_LEN {
         return Err(fail("frame larger than 1 GiB in the seek table"));
@@ -757,9 +760,10 @@ pub(crate) fn decompress_frame(
         .checked_add(f.c_len as usize)
         .and_then(|end| bytes.get(start..end))
         .ok_or_else(|| fail("frame runs past the end of the file"))?;
-    let mut out = Vec::with_capacity(f.d_len as usize);
+    out.clear();
+    out.reserve(f.d_len as usize);
     let n = dctx
-        .decompress_to_buffer(src, &mut out)
+        .decompress_to_buffer(src, out)
         .map_err(|e| fail(&e.to_string()))?;
     if n != f.d_len as usize {
         return Err(fail(&format!(
@@ -767,7 +771,7 @@ pub(crate) fn decompress_frame(
             f.d_len
         )));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Random access to an indexed archive held in memory (e.g. a mapped file).
@@ -892,11 +896,13 @@ impl<'a> ZstArchive<'a> {
                 .frames
                 .get(i)
                 .ok_or_else(|| Error::invalid(format!("no zstd frame {i} in the archive")))?;
-            let data = decompress_frame(&mut self.dctx, self.bytes, i, &f)?;
+            let mut data = if self.cache.len() >= CACHE_FRAMES {
+                self.cache.remove(0).1
+            } else {
+                Vec::new()
+            };
+            decompress_frame(&mut self.dctx, self.bytes, i, &f, &mut data)?;
             self.decompressed += 1;
-            if self.cache.len() >= CACHE_FRAMES {
-                self.cache.remove(0);
-            }
             self.cache.push((i, data));
         }
         Ok(self
@@ -960,5 +966,109 @@ impl<'a> ZstArchive<'a> {
             done += n as u64;
         }
         Ok(())
+    }
+}
+
+/// A `w` payload of an archive, read through [`ZstArchive::read_range`] only when asked.
+pub struct ArchivePayload<'s, 'a> {
+    arch: &'s mut ZstArchive<'a>,
+    pos: u64,
+    remaining: u64,
+}
+
+impl Read for ArchivePayload<'_, '_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(out.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        self.arch.read_range(self.pos, &mut out[..n])?;
+        self.pos += n as u64;
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The records of one diff of an archive as a [`crate::RecordSource`], straight from the
+/// index: walking it decompresses nothing; reading a payload decompresses only the frames
+/// that hold it (through the archive's frame cache).
+pub struct ArchiveRecords<'s, 'a> {
+    payload: ArchivePayload<'s, 'a>,
+    diff: usize,
+    next: usize,
+    record_base: u64,
+}
+
+impl<'a> ZstArchive<'a> {
+    /// Diff `i` of the archive (0 for a plain diff; one per embedded diff of an image stream)
+    /// as a record source.
+    pub fn diff_source(&mut self, i: usize) -> Option<ArchiveRecords<'_, 'a>> {
+        let d = self.index.diffs.get(i)?;
+        let record_base = d.record_count - d.records.len() as u64;
+        Some(ArchiveRecords {
+            payload: ArchivePayload {
+                arch: self,
+                pos: 0,
+                remaining: 0,
+            },
+            diff: i,
+            next: 0,
+            record_base,
+        })
+    }
+}
+
+impl ArchiveRecords<'_, '_> {
+    fn diff(&self) -> &IndexedDiff {
+        &self.payload.arch.index.diffs[self.diff]
+    }
+}
+
+impl crate::RecordSource for ArchiveRecords<'_, '_> {
+    fn version(&self) -> Version {
+        self.diff().version
+    }
+    fn metadata(&self) -> &Metadata {
+        &self.diff().metadata
+    }
+    fn metadata_records(&self) -> &[(u64, u8)] {
+        &self.diff().metadata_records
+    }
+    fn warnings(&self) -> &[Warning] {
+        &self.diff().warnings
+    }
+    fn position(&self) -> u64 {
+        let d = self.diff();
+        d.records.get(self.next).map_or(d.end, |r| r.pos)
+    }
+    fn next_item(&mut self) -> Result<Option<crate::Item<'_>>> {
+        let d = &self.payload.arch.index.diffs[self.diff];
+        let Some(r) = d.records.get(self.next).copied() else {
+            return Ok(None);
+        };
+        let body = d.payload_pos(&r);
+        let index = self.record_base + self.next as u64;
+        self.next += 1;
+        let extent = crate::Extent::new(r.offset, r.len);
+        let kind = match r.tag {
+            crate::format::tag::WRITE => {
+                self.payload.pos = body;
+                self.payload.remaining = r.len;
+                crate::ItemKind::Write {
+                    extent,
+                    data: crate::Payload::Stream(&mut self.payload),
+                }
+            }
+            crate::format::tag::ZERO => crate::ItemKind::Zero(extent),
+            crate::format::tag::END => crate::ItemKind::End,
+            tag => crate::ItemKind::Unknown { tag, len: r.len },
+        };
+        Ok(Some(crate::Item {
+            offset: r.pos,
+            index,
+            kind,
+        }))
     }
 }

@@ -11,11 +11,11 @@ use std::process::{Command, Output};
 use common::manifest::{self, diff_files, export_format2_stream, sha256_hex};
 use common::model::Image;
 use proptest::prelude::*;
-use rbddiff::compress::{compress, decompress, CompressOptions};
+use rbddiff::compress::{compress, compress_stream, decompress, CompressOptions};
 use rbddiff::input::{Input, Kind};
 use rbddiff::inspect::inspect_input;
 use rbddiff::zst::ZstArchive;
-use rbddiff::{DiffReader, DiffSlice, DiffWriter, Extent, Metadata, Record, Version};
+use rbddiff::{DiffReader, DiffSlice, DiffWriter, Extent, Metadata, Record, RecordSource, Version};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rbddiff"))
@@ -41,7 +41,7 @@ fn compress_file(dir: &Path, bytes: &[u8], o: &CompressOptions) -> Vec<u8> {
 }
 
 /// Compresses `bytes` through the streaming path.
-fn compress_stream(bytes: &[u8], o: &CompressOptions) -> Vec<u8> {
+fn compress_streamed(bytes: &[u8], o: &CompressOptions) -> Vec<u8> {
     let input = Input::from_reader("-", Box::new(Cursor::new(bytes.to_vec()))).unwrap();
     assert!(input.bytes().is_none());
     let mut out = Vec::new();
@@ -122,9 +122,32 @@ fn check_archive(plain: &[u8], z: &[u8], dir: &Path) {
             }
         }
     }
-    // Frames start on record boundaries (unless a payload was split).
+    // Frames start on record boundaries, or inside a payload too big for one frame.
     let n = a.frames().len();
     assert!(n >= 1);
+    let mut starts = std::collections::BTreeSet::from([0u64]);
+    let mut bodies = Vec::new();
+    for d in &a.index().diffs {
+        starts.insert(d.start);
+        starts.extend(d.metadata_records.iter().map(|&(p, _)| p));
+        for r in &d.records {
+            starts.insert(r.pos);
+            if r.tag != b'z' && r.tag != b'e' {
+                bodies.push((d.payload_pos(r), d.payload_pos(r) + r.len));
+            }
+        }
+        starts.insert(d.end);
+    }
+    for f in a.frames() {
+        let inside = bodies
+            .iter()
+            .any(|&(b, e)| b < f.d_offset && f.d_offset < e);
+        assert!(
+            starts.contains(&f.d_offset) || inside,
+            "frame at diff byte {} cuts a record head",
+            f.d_offset
+        );
+    }
     let before = a.frames_decompressed();
     let mid = plain.len() as u64 / 2;
     let mut one = [0u8; 1];
@@ -153,7 +176,7 @@ fn real_corpus_round_trips_byte_exact() {
         for target in [1024, 64 << 10, 4 << 20] {
             let o = opts(target);
             let z = compress_file(dir.path(), &plain, &o);
-            let zs = compress_stream(&plain, &o);
+            let zs = compress_streamed(&plain, &o);
             assert_eq!(
                 z,
                 zs,
@@ -460,9 +483,13 @@ fn diff_strategy() -> impl Strategy<Value = (bool, Vec<(u64, Op)>)> {
 }
 
 fn build(v2: bool, ops: &[(u64, Op)]) -> Vec<u8> {
+    build_named(v2, ops, "a", "b")
+}
+
+fn build_named(v2: bool, ops: &[(u64, Op)], from: &str, to: &str) -> Vec<u8> {
     let meta = Metadata {
-        from_snap: Some(b"a".to_vec()),
-        to_snap: Some(b"b".to_vec()),
+        from_snap: Some(from.as_bytes().to_vec()),
+        to_snap: Some(to.as_bytes().to_vec()),
         protected: v2.then_some(false),
         image_size: Some(16 << 20),
     };
@@ -498,7 +525,7 @@ proptest! {
         let plain = build(v2, &ops);
         let o = CompressOptions { level: 1, threads, frame_target: target };
         let z = compress_file(dir.path(), &plain, &o);
-        prop_assert_eq!(&z, &compress_stream(&plain, &o));
+        prop_assert_eq!(&z, &compress_streamed(&plain, &o));
         check_archive(&plain, &z, dir.path());
         // Applying the archive gives the same image as applying the plain diff.
         let mut want = Image::new();
@@ -509,5 +536,232 @@ proptest! {
         got.apply(&mut DiffReader::new(input.into_reader()).unwrap());
         prop_assert_eq!(got.sha256(), want.sha256());
         prop_assert_eq!(sha256_hex(&plain), sha256_hex(&zstd_cli_decompress(&zp)));
+    }
+}
+
+#[test]
+fn compress_stream_equals_compressing_the_written_diff() {
+    let ops: Vec<(u64, Op)> = (0..60u64)
+        .map(|i| {
+            let op = match i % 3 {
+                0 => Op::Write(vec![i as u8; 5000 + i as usize]),
+                1 => Op::Zero(7000),
+                _ => Op::Write((0..9000u32).map(|x| (x * 7 + i as u32) as u8).collect()),
+            };
+            (i * 11, op)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for v2 in [false, true] {
+        let plain = build(v2, &ops);
+        let o = opts(16384);
+        let want = compress_file(dir.path(), &plain, &o);
+        let mut got = Vec::new();
+        let (n, stats) = compress_stream(&mut got, &o, |w| {
+            // Written in odd-sized pieces, as a diff writer would.
+            for piece in plain.chunks(777) {
+                w.write_all(piece)?;
+            }
+            Ok(plain.len())
+        })
+        .unwrap();
+        assert_eq!(n, plain.len());
+        assert_eq!(stats.diff_bytes, plain.len() as u64);
+        assert_eq!(got, want);
+        // A producer error wins; an invalid diff is the compressor's error.
+        let mut sink = Vec::new();
+        let e = compress_stream(&mut sink, &o, |w| {
+            w.write_all(&plain[..plain.len() / 2])?;
+            Err::<(), _>(rbddiff::Error::invalid("producer failed"))
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("producer failed"), "{e}");
+        let e = compress_stream(&mut sink, &o, |w| {
+            w.write_all(&plain[..plain.len() / 2])?;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        let e = compress_stream(&mut sink, &o, |w| {
+            w.write_all(&vec![b'x'; 10 << 20])?;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("not an rbd diff"), "{e}");
+    }
+}
+
+#[test]
+fn archive_record_source_reads_only_the_frames_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in diff_files() {
+        let plain = f.read();
+        let z = compress_file(dir.path(), &plain, &opts(4096));
+        let mut a = ZstArchive::open(&z).unwrap().unwrap();
+        // Walking without reading payloads decompresses nothing.
+        {
+            let mut src = a.diff_source(0).unwrap();
+            let mut plain_src = DiffReader::new(Cursor::new(&plain)).unwrap();
+            assert_eq!(src.metadata(), plain_src.metadata());
+            loop {
+                let (x, y) = (src.next_item().unwrap(), plain_src.next_item().unwrap());
+                match (x, y) {
+                    (None, None) => break,
+                    (Some(x), Some(y)) => {
+                        assert_eq!((x.offset, x.index), (y.offset, y.index));
+                        assert_eq!(
+                            format!("{:?}", x.kind).split('{').next(),
+                            format!("{:?}", y.kind).split('{').next()
+                        );
+                    }
+                    (x, y) => panic!("{}: {x:?} vs {y:?}", f.rel),
+                }
+            }
+            assert_eq!(src.position(), plain_src.position());
+            assert_eq!(src.warnings(), plain_src.warnings());
+        }
+        assert_eq!(a.frames_decompressed(), 0);
+        // Applying from the archive source gives the plain diff's image.
+        let mut want = Image::new();
+        if f.apply_to == "empty" {
+            want.apply_bytes(&plain);
+            let mut got = Image::new();
+            got.apply(&mut a.diff_source(0).unwrap());
+            assert_eq!(got.sha256(), want.sha256(), "{}", f.rel);
+        }
+    }
+    // One payload: only the frames holding it.
+    let f = diff_files()
+        .into_iter()
+        .max_by_key(|f| f.read().len())
+        .unwrap();
+    let plain = f.read();
+    let z = compress_file(dir.path(), &plain, &opts(4096));
+    let mut a = ZstArchive::open(&z).unwrap().unwrap();
+    let diff = a.index().diffs[0].clone();
+    let w = diff.records.iter().rfind(|r| r.tag == b'w').unwrap();
+    let (from, to) = (diff.payload_pos(w), diff.payload_pos(w) + w.len);
+    let needed = a
+        .frames()
+        .iter()
+        .filter(|fr| fr.d_offset < to && fr.d_offset + u64::from(fr.d_len) > from)
+        .count() as u64;
+    let mut src = a.diff_source(0).unwrap();
+    let mut got = Vec::new();
+    while let Some(item) = src.next_item().unwrap() {
+        if item.offset == w.pos {
+            if let rbddiff::ItemKind::Write { mut data, .. } = item.kind {
+                data.read_to_end(&mut got).unwrap();
+            }
+        }
+    }
+    assert_eq!(got, plain[from as usize..to as usize]);
+    assert_eq!(a.frames_decompressed(), needed);
+    assert!(needed < a.frames().len() as u64);
+}
+
+fn merge_to(paths: &[PathBuf], out: &Path, compress: bool) -> rbddiff::Result<()> {
+    let paths: Vec<String> = paths
+        .iter()
+        .map(|p| p.to_str().unwrap().to_string())
+        .collect();
+    let c = compress.then(|| opts(8192));
+    rbddiff::merge::merge_files_to(
+        &paths,
+        out.to_str().unwrap(),
+        true,
+        &rbddiff::merge::MergeOptions::default(),
+        c.as_ref(),
+        &mut |_, _| {},
+    )
+    .map(|_| ())
+}
+
+/// merge(.zst inputs) == merge(plain inputs), and `merge -o OUT.zst` restores (with stock
+/// zstd) to the plain merge output.
+fn check_merge_equivalence(plains: &[Vec<u8>], dir: &Path) {
+    let mut plain_paths = Vec::new();
+    let mut zst_paths = Vec::new();
+    for (i, p) in plains.iter().enumerate() {
+        let pp = dir.join(format!("d{i}.diff"));
+        std::fs::write(&pp, p).unwrap();
+        let z = compress_file(dir, p, &opts(4096));
+        let zp = dir.join(format!("d{i}.zst"));
+        std::fs::write(&zp, z).unwrap();
+        plain_paths.push(pp);
+        zst_paths.push(zp);
+    }
+    let reference = dir.join("ref.diff");
+    merge_to(&plain_paths, &reference, false).unwrap();
+    let want = std::fs::read(&reference).unwrap();
+    let out = dir.join("out.diff");
+    merge_to(&zst_paths, &out, false).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), want, "merge of .zst inputs");
+    for inputs in [&plain_paths, &zst_paths] {
+        let oz = dir.join("out.zst");
+        merge_to(inputs, &oz, true).unwrap();
+        assert_eq!(zstd_cli_decompress(&oz), want, "merge -o OUT.zst");
+        assert!(ZstArchive::open(&std::fs::read(&oz).unwrap())
+            .unwrap()
+            .is_some());
+    }
+}
+
+#[test]
+fn merge_of_real_chains_from_archives_and_to_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    for chain in manifest::chains() {
+        if chain.v1.len() < 2 {
+            continue;
+        }
+        let plains: Vec<Vec<u8>> = chain.v1.iter().map(|f| f.read()).collect();
+        check_merge_equivalence(&plains, dir.path());
+    }
+    // The CLI: an output named .zst is compressed, and nothing is left on error.
+    let chain = &manifest::chains()[0].v1;
+    let out = dir.path().join("cli.zst");
+    let o = run(bin()
+        .arg("merge")
+        .args(chain.iter().map(|f| &f.path))
+        .arg("-o")
+        .arg(&out));
+    assert!(o.status.success(), "{o:?}");
+    let reference = dir.path().join("cli.diff");
+    let o = run(bin()
+        .arg("merge")
+        .args(chain.iter().map(|f| &f.path))
+        .arg("-o")
+        .arg(&reference));
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        zstd_cli_decompress(&out),
+        std::fs::read(&reference).unwrap()
+    );
+    let bad = dir.path().join("bad.zst");
+    let o = run(bin()
+        .arg("merge")
+        .args(chain.iter().rev().map(|f| &f.path))
+        .arg("-o")
+        .arg(&bad));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!bad.exists());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    #[test]
+    fn merge_of_archives_equals_merge_of_plain(
+        chain in prop::collection::vec(diff_strategy(), 2..4),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let plains: Vec<Vec<u8>> = chain
+            .iter()
+            .enumerate()
+            .map(|(i, (v2, ops))| {
+                build_named(*v2, ops, &format!("s{i}"), &format!("s{}", i + 1))
+            })
+            .collect();
+        check_merge_equivalence(&plains, dir.path());
     }
 }

@@ -2,7 +2,8 @@
 
 use std::io::{self, IsTerminal, Write};
 
-use rbddiff::merge::{merge_files, MergeOptions};
+use rbddiff::compress::{self, CompressOptions};
+use rbddiff::merge::{merge_files_to, MergeOptions};
 use rbddiff::{Error, Result, Version};
 
 use super::Status;
@@ -33,6 +34,15 @@ pub struct Args {
     /// Print a JSON summary on stdout (or stderr when the output is stdout).
     #[arg(long)]
     json: bool,
+    /// Write a compressed, indexed zstd archive (implied by an output name ending in `.zst`).
+    #[arg(long)]
+    compress: bool,
+    /// zstd level for a compressed output.
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
+    level: i32,
+    /// Compression threads for a compressed output (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -71,7 +81,19 @@ pub fn run(a: Args) -> Result<Status> {
             b.set_position(done);
         }
     };
-    let stats = merge_files(&a.inputs, &a.output, a.force, &opts, &mut progress);
+    let copts = (a.compress || a.output.ends_with(".zst")).then(|| CompressOptions {
+        level: a.level,
+        threads: a.threads.unwrap_or_else(compress::default_threads),
+        ..CompressOptions::default()
+    });
+    let stats = merge_files_to(
+        &a.inputs,
+        &a.output,
+        a.force,
+        &opts,
+        copts.as_ref(),
+        &mut progress,
+    );
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
