@@ -140,6 +140,16 @@ impl Input {
         }
     }
 
+    /// Hints that a mapped file will be read only at scattered places (record heads, as
+    /// `inspect` does): the kernel then maps one page per access instead of reading ahead
+    /// and mapping the pages around it, which a head-only walk never uses. No-op for streams.
+    pub fn advise_heads_only(&self) {
+        if let Data::Map(m) = &self.data {
+            // Only a hint: a failure changes nothing but speed.
+            let _ = m.advise(memmap2::Advice::Random);
+        }
+    }
+
     /// The content as a reader (a mapped file is read from memory).
     pub fn into_reader(self) -> Box<dyn Read + Send + 'static> {
         match self.data {

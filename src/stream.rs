@@ -4,7 +4,7 @@
 //! whole; it is handed out as a [`Read`], and whatever the caller leaves unread is skipped.
 //! It yields the same records, errors and byte offsets as [`crate::slice`].
 
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 
 use crate::check::{eof_error, record_name, Checker, Step};
 use crate::error::{Error, ErrorKind, Result, Warning};
@@ -16,6 +16,17 @@ const BUF_SIZE: usize = 64 * 1024;
 /// Largest item that must fit in the buffer at once (an image-meta pair is the biggest head).
 const MAX_HEAD: usize = 2 * (crate::format::MAX_META_LEN as usize) + 64;
 
+/// Reads per refill of a seekable input: enough for several record heads, little enough
+/// that walking the heads of a file of large records reads almost nothing else.
+const SEEK_READ: usize = 512;
+
+/// Moves a seekable input to an absolute offset.
+type SeekFn<R> = fn(&mut R, u64) -> io::Result<()>;
+
+fn seek_to<R: Seek>(r: &mut R, pos: u64) -> io::Result<()> {
+    r.seek(SeekFrom::Start(pos)).map(|_| ())
+}
+
 /// A buffered reader that counts absolute offsets.
 #[derive(Debug)]
 pub(crate) struct Source<R> {
@@ -26,6 +37,8 @@ pub(crate) struct Source<R> {
     /// Absolute offset of `buf[lo]`.
     pos: u64,
     eof: bool,
+    /// For a seekable input (read from offset 0): how to seek, and its length.
+    seek: Option<(SeekFn<R>, u64)>,
 }
 
 impl<R: Read> Source<R> {
@@ -37,7 +50,19 @@ impl<R: Read> Source<R> {
             hi: 0,
             pos: 0,
             eof: false,
+            seek: None,
         }
+    }
+
+    /// A seekable input of `len` bytes, positioned at offset 0: skipped bytes are seeked
+    /// over and refills are small.
+    fn seekable(inner: R, len: u64) -> Self
+    where
+        R: Seek,
+    {
+        let mut s = Source::new(inner);
+        s.seek = Some((seek_to::<R>, len));
+        s
     }
 
     fn avail(&self) -> &[u8] {
@@ -65,7 +90,13 @@ impl<R: Read> Source<R> {
                     self.buf.resize(need, 0);
                 }
             }
-            let dst = self.buf.get_mut(self.hi..).unwrap_or_default();
+            let room = match self.seek {
+                // lo + need <= buf.len() here, so the bytes still needed always fit.
+                Some(_) => self.hi + (need - (self.hi - self.lo)).max(SEEK_READ),
+                None => self.buf.len(),
+            };
+            let room = room.min(self.buf.len());
+            let dst = self.buf.get_mut(self.hi..room).unwrap_or_default();
             match self.inner.read(dst) {
                 Ok(0) => self.eof = true,
                 Ok(n) => self.hi += n,
@@ -107,6 +138,24 @@ impl<R: Read> Source<R> {
     /// Skips up to `n` bytes; returns how many were skipped (fewer at end of input).
     fn skip(&mut self, n: u64) -> io::Result<u64> {
         let mut left = n;
+        if let Some((seek, len)) = self.seek {
+            let buffered = (self.hi - self.lo) as u64;
+            if left > buffered {
+                // Drop the buffer and seek past the rest, never beyond the end.
+                self.consume(buffered as usize);
+                left -= buffered;
+                let target = self.pos.saturating_add(left).min(len.max(self.pos));
+                seek(&mut self.inner, target)?;
+                left -= target - self.pos;
+                self.pos = target;
+                self.lo = 0;
+                self.hi = 0;
+                if left > 0 {
+                    self.eof = true;
+                }
+                return Ok(n - left);
+            }
+        }
         while left > 0 {
             let avail = (self.hi - self.lo) as u64;
             if avail == 0 && !self.fill(1)? {
@@ -323,6 +372,19 @@ impl<R: Read> DiffReader<R> {
     /// A bad banner, a truncated or invalid metadata record, or an I/O error.
     pub fn new(inner: R) -> Result<Self> {
         Self::from_source(Source::new(inner), true)
+    }
+
+    /// Like [`DiffReader::new`] for a seekable input of `len` bytes positioned at its start
+    /// (a regular file): payloads left unread are seeked over and heads are read in small
+    /// pieces, so walking the records costs O(records), not O(bytes).
+    ///
+    /// # Errors
+    /// As [`DiffReader::new`].
+    pub fn seekable(inner: R, len: u64) -> Result<Self>
+    where
+        R: Seek,
+    {
+        Self::from_source(Source::seekable(inner, len), true)
     }
 
     pub(crate) fn from_source(mut src: Source<R>, standalone: bool) -> Result<Self> {
@@ -548,7 +610,22 @@ impl<R: Read> ImageReader<R> {
     /// # Errors
     /// A bad banner, a truncated or invalid header, or an I/O error.
     pub fn new(inner: R) -> Result<Self> {
-        let mut src = Source::new(inner);
+        Self::from_source(Source::new(inner))
+    }
+
+    /// Like [`ImageReader::new`] for a seekable input of `len` bytes positioned at its
+    /// start; see [`DiffReader::seekable`].
+    ///
+    /// # Errors
+    /// As [`ImageReader::new`].
+    pub fn seekable(inner: R, len: u64) -> Result<Self>
+    where
+        R: Seek,
+    {
+        Self::from_source(Source::seekable(inner, len))
+    }
+
+    fn from_source(mut src: Source<R>) -> Result<Self> {
         let mut hp = HeaderParser::new();
         loop {
             let offset = src.pos;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use common::manifest::{self, DiffFile, Format};
 use common::model::Image;
 use rbddiff::input::Kind;
-use rbddiff::inspect::{inspect_bytes, inspect_reader, DiffSummary};
+use rbddiff::inspect::{inspect_bytes, inspect_file, inspect_reader, DiffSummary};
 use rbddiff::{DiffReader, ImageReader, ImageSlice, Version};
 
 /// Per file: counts of f t p s w z e, w_bytes, z_bytes, protected.
@@ -92,6 +92,8 @@ fn inspect_matches_the_manifest() {
         let kind = rbddiff::input::sniff(&bytes);
         let r = inspect_reader(&d.rel, kind, &bytes[..], true);
         check_summary(d, &r.diffs[0], c, "stream");
+        let r = inspect_file(d.path.to_str().unwrap(), true).unwrap();
+        check_summary(d, &r.diffs[0], c, "file, payloads seeked over");
     }
 }
 

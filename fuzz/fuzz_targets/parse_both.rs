@@ -143,14 +143,17 @@ fn image_slice(data: &[u8], partial: bool) -> Outcome {
 }
 
 fn image_stream(r: impl Read, partial: bool) -> Outcome {
+    match ImageReader::new(r) {
+        Ok(img) => image_walk(img, partial),
+        Err(e) => Outcome {
+            error: Some(sig(&e)),
+            ..Default::default()
+        },
+    }
+}
+
+fn image_walk<R: Read>(mut img: ImageReader<R>, partial: bool) -> Outcome {
     let mut out = Outcome::default();
-    let mut img = match ImageReader::new(r) {
-        Ok(i) => i,
-        Err(e) => {
-            out.error = Some(sig(&e));
-            return out;
-        }
-    };
     out.events.push(format!("image {:?}", img.header()));
     out.warnings
         .extend(img.warnings().iter().map(|w| w.to_string()));
@@ -178,9 +181,21 @@ fn image_stream(r: impl Read, partial: bool) -> Outcome {
 
 /// Returns the input in reads whose sizes cycle through `sizes` (each 1..=256).
 struct Chunked<'a> {
+    all: &'a [u8],
     data: &'a [u8],
     sizes: &'a [u8],
     n: usize,
+}
+
+impl io::Seek for Chunked<'_> {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        let io::SeekFrom::Start(p) = to else {
+            panic!("absolute seeks only");
+        };
+        let p = usize::try_from(p).unwrap_or(usize::MAX).min(self.all.len());
+        self.data = &self.all[p..];
+        Ok(p as u64)
+    }
 }
 
 impl Read for Chunked<'_> {
@@ -228,13 +243,38 @@ fuzz_target!(|input: &[u8]| {
         }
         _ => data,
     };
-    let reader = Chunked { data, sizes, n: 0 };
-    let (a, b) = if data.starts_with(rbddiff::format::IMAGE_BANNER) {
-        (image_slice(data, partial), image_stream(reader, partial))
+    let reader = || Chunked {
+        all: data,
+        data,
+        sizes,
+        n: 0,
+    };
+    let len = data.len() as u64;
+    let (a, b, c) = if data.starts_with(rbddiff::format::IMAGE_BANNER) {
+        let c = match ImageReader::seekable(reader(), len) {
+            Ok(img) => image_walk(img, partial),
+            Err(e) => Outcome {
+                error: Some(sig(&e)),
+                ..Default::default()
+            },
+        };
+        (
+            image_slice(data, partial),
+            image_stream(reader(), partial),
+            c,
+        )
     } else {
-        (diff_slice(data, partial), diff_stream(reader, partial))
+        let mut c = Outcome::default();
+        match DiffReader::seekable(reader(), len) {
+            Err(e) => c.error = Some(sig(&e)),
+            Ok(mut d) => walk(&mut d, partial, &mut c),
+        }
+        let i = last_index(&c);
+        settle(&mut c, i);
+        (diff_slice(data, partial), diff_stream(reader(), partial), c)
     };
     assert_eq!(a, b);
+    assert_eq!(a, c);
     // inspect never panics either, mapped or streamed.
     let r1 = rbddiff::inspect::inspect_bytes("f", data, true);
     let kind = rbddiff::input::sniff(data);
