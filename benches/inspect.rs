@@ -59,6 +59,21 @@ fn bench(c: &mut Criterion) {
             black_box(r)
         })
     });
+    g.bench_function("read_only", |b| {
+        let mut buf = vec![0u8; 1 << 20];
+        b.iter(|| {
+            let mut f = File::open(&p).unwrap();
+            let mut total = 0usize;
+            loop {
+                let n = f.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            black_box(total)
+        })
+    });
     g.bench_function("read_sum", |b| {
         let mut buf = vec![0u8; 1 << 20];
         b.iter(|| {

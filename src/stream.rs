@@ -20,11 +20,38 @@ const MAX_HEAD: usize = 2 * (crate::format::MAX_META_LEN as usize) + 64;
 /// that walking the heads of a file of large records reads almost nothing else.
 const SEEK_READ: usize = 512;
 
-/// Moves a seekable input to an absolute offset.
-type SeekFn<R> = fn(&mut R, u64) -> io::Result<()>;
+/// Reads from a positioned input at an absolute offset; the `u64` is where the input's
+/// own cursor is, so that a plain `Seek` input seeks only when it has to.
+type ReadAtFn<R> = fn(&mut R, &mut [u8], u64, &mut u64) -> io::Result<usize>;
 
-fn seek_to<R: Seek>(r: &mut R, pos: u64) -> io::Result<()> {
-    r.seek(SeekFrom::Start(pos)).map(|_| ())
+fn seek_read<R: Read + Seek>(
+    r: &mut R,
+    buf: &mut [u8],
+    at: u64,
+    cur: &mut u64,
+) -> io::Result<usize> {
+    if *cur != at {
+        r.seek(SeekFrom::Start(at))?;
+        *cur = at;
+    }
+    let n = r.read(buf)?;
+    *cur += n as u64;
+    Ok(n)
+}
+
+#[cfg(unix)]
+fn file_read_at(f: &mut std::fs::File, buf: &mut [u8], at: u64, _: &mut u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(f, buf, at)
+}
+
+#[cfg(not(unix))]
+fn file_read_at(
+    f: &mut std::fs::File,
+    buf: &mut [u8],
+    at: u64,
+    cur: &mut u64,
+) -> io::Result<usize> {
+    seek_read(f, buf, at, cur)
 }
 
 /// A buffered reader that counts absolute offsets.
@@ -37,8 +64,10 @@ pub(crate) struct Source<R> {
     /// Absolute offset of `buf[lo]`.
     pos: u64,
     eof: bool,
-    /// For a seekable input (read from offset 0): how to seek, and its length.
-    seek: Option<(SeekFn<R>, u64)>,
+    /// For a positioned input (read from offset 0): how to read at an offset, its
+    /// length, and where its own cursor is.
+    seek: Option<(ReadAtFn<R>, u64)>,
+    inner_pos: u64,
 }
 
 impl<R: Read> Source<R> {
@@ -51,6 +80,7 @@ impl<R: Read> Source<R> {
             pos: 0,
             eof: false,
             seek: None,
+            inner_pos: 0,
         }
     }
 
@@ -60,9 +90,21 @@ impl<R: Read> Source<R> {
     where
         R: Seek,
     {
+        Self::positioned(inner, len, seek_read::<R>)
+    }
+
+    fn positioned(inner: R, len: u64, read_at: ReadAtFn<R>) -> Self {
         let mut s = Source::new(inner);
-        s.seek = Some((seek_to::<R>, len));
+        s.seek = Some((read_at, len));
         s
+    }
+
+    /// One read into `dst` of the bytes at absolute offset `at`.
+    fn read_at(&mut self, dst: &mut [u8], at: u64) -> io::Result<usize> {
+        match self.seek {
+            Some((read_at, _)) => read_at(&mut self.inner, dst, at, &mut self.inner_pos),
+            None => self.inner.read(dst),
+        }
     }
 
     fn avail(&self) -> &[u8] {
@@ -96,8 +138,12 @@ impl<R: Read> Source<R> {
                 None => self.buf.len(),
             };
             let room = room.min(self.buf.len());
-            let dst = self.buf.get_mut(self.hi..room).unwrap_or_default();
-            match self.inner.read(dst) {
+            let at = self.pos + (self.hi - self.lo) as u64;
+            let mut buf = std::mem::take(&mut self.buf);
+            let dst = buf.get_mut(self.hi..room).unwrap_or_default();
+            let r = self.read_at(dst, at);
+            self.buf = buf;
+            match r {
                 Ok(0) => self.eof = true,
                 Ok(n) => self.hi += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -120,7 +166,7 @@ impl<R: Read> Source<R> {
             return Ok(0);
         }
         loop {
-            match self.inner.read(out) {
+            match self.read_at(out, self.pos) {
                 Ok(0) => {
                     self.eof = true;
                     return Ok(0);
@@ -138,14 +184,13 @@ impl<R: Read> Source<R> {
     /// Skips up to `n` bytes; returns how many were skipped (fewer at end of input).
     fn skip(&mut self, n: u64) -> io::Result<u64> {
         let mut left = n;
-        if let Some((seek, len)) = self.seek {
+        if let Some((_, len)) = self.seek {
             let buffered = (self.hi - self.lo) as u64;
             if left > buffered {
-                // Drop the buffer and seek past the rest, never beyond the end.
+                // Drop the buffer and move past the rest (no I/O), never beyond the end.
                 self.consume(buffered as usize);
                 left -= buffered;
                 let target = self.pos.saturating_add(left).min(len.max(self.pos));
-                seek(&mut self.inner, target)?;
                 left -= target - self.pos;
                 self.pos = target;
                 self.lo = 0;
@@ -386,7 +431,20 @@ impl<R: Read> DiffReader<R> {
     {
         Self::from_source(Source::seekable(inner, len), true)
     }
+}
 
+impl DiffReader<std::fs::File> {
+    /// [`DiffReader::seekable`] for a file of `len` bytes, read with positioned reads
+    /// (`pread`): one system call per record head, none to skip a payload.
+    ///
+    /// # Errors
+    /// As [`DiffReader::new`].
+    pub fn from_file(file: std::fs::File, len: u64) -> Result<Self> {
+        Self::from_source(Source::positioned(file, len, file_read_at), true)
+    }
+}
+
+impl<R: Read> DiffReader<R> {
     pub(crate) fn from_source(mut src: Source<R>, standalone: bool) -> Result<Self> {
         let start = src.pos;
         let version = loop {
@@ -624,7 +682,19 @@ impl<R: Read> ImageReader<R> {
     {
         Self::from_source(Source::seekable(inner, len))
     }
+}
 
+impl ImageReader<std::fs::File> {
+    /// [`ImageReader::seekable`] for a file of `len` bytes, read with positioned reads.
+    ///
+    /// # Errors
+    /// As [`ImageReader::new`].
+    pub fn from_file(file: std::fs::File, len: u64) -> Result<Self> {
+        Self::from_source(Source::positioned(file, len, file_read_at))
+    }
+}
+
+impl<R: Read> ImageReader<R> {
     fn from_source(mut src: Source<R>) -> Result<Self> {
         let mut hp = HeaderParser::new();
         loop {
