@@ -121,7 +121,7 @@ fn inspect_of_the_image_stream_matches_its_v2_diffs() {
         assert!(r.ok(), "{how}: {:?}", r.error);
         assert_eq!(r.kind, "image");
         let img = r.image.as_ref().unwrap();
-        // img64k: order 16, features 0x3d, no fancy striping (FORMAT.md §4.1 header order).
+        // img64k: order 16, features 0x3d, no fancy striping.
         assert_eq!(img.order, Some(16), "{how}");
         assert_eq!(img.features, Some(0x3d), "{how}");
         assert_eq!(img.stripe_unit, Some(65536), "{how}");
