@@ -14,7 +14,7 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/rbddiff-bench.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 file=$tmp/big.diff
 echo "synthesizing $size_mib MiB of 1 MiB 'w' records in $file"
-cargo bench --quiet --bench synth -- "$file" "$size_mib" 1024
+cargo bench --quiet --bench synth_inspect -- "$file" "$size_mib" 1024
 ls -l "$file"
 bin=target/release/rbddiff
 "$bin" inspect "$file"

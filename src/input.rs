@@ -1,5 +1,10 @@
 //! Opening inputs: files are memory-mapped (zero-copy), `-` is stdin (streamed); the kind of
 //! stream is detected by its first bytes, never by its name.
+//!
+//! zstd-compressed inputs (rbddiff archives or files written by `zstd`) are read
+//! transparently: [`Input::kind`] is the kind of the decompressed content,
+//! [`Input::into_reader`] decompresses, [`Input::bytes`] is `None` (compressed bytes are
+//! never parsed as a diff) and [`Input::archive`] gives random access to an indexed archive.
 
 use std::fs::File;
 use std::io::{self, Cursor, Read};
@@ -9,6 +14,7 @@ use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 use crate::format::{BANNER_V1, BANNER_V2, IMAGE_BANNER};
+use crate::zst::{ZstArchive, ZstdReader};
 
 /// zstd frame magic number, little-endian.
 pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
@@ -22,7 +28,7 @@ pub enum Kind {
     DiffV2,
     /// `rbd image v2` (export format 2).
     Image,
-    /// zstd-compressed data.
+    /// zstd-compressed data (only reported by [`sniff`], or for doubly compressed input).
     Zstd,
     /// Anything else.
     Unknown,
@@ -44,7 +50,8 @@ pub fn sniff(prefix: &[u8]) -> Kind {
 }
 
 enum Data {
-    Map(Mmap),
+    /// The mapping and the file it maps.
+    Map(Mmap, File),
     Empty,
     Stream(Box<dyn Read + Send>),
 }
@@ -54,6 +61,7 @@ pub struct Input {
     name: String,
     kind: Kind,
     data: Data,
+    compressed: bool,
 }
 
 impl std::fmt::Debug for Input {
@@ -93,13 +101,21 @@ impl Input {
                 name: path.to_string(),
                 kind: Kind::Unknown,
                 data: Data::Empty,
+                compressed: false,
             });
         }
         let m = map(&file).map_err(wrap)?;
+        let mut kind = sniff(&m);
+        let compressed = kind == Kind::Zstd;
+        if compressed {
+            let z = ZstdReader::new(&m[..]).map_err(|e| e.with_file(path))?;
+            kind = sniff(&prefix_of(path, z)?.0);
+        }
         Ok(Input {
             name: path.to_string(),
-            kind: sniff(&m),
-            data: Data::Map(m),
+            kind,
+            data: Data::Map(m, file),
+            compressed,
         })
     }
 
@@ -107,18 +123,90 @@ impl Input {
     ///
     /// # Errors
     /// Reading the first bytes fails.
-    pub fn from_reader(name: &str, mut r: Box<dyn Read + Send>) -> Result<Input> {
-        let mut prefix = Vec::with_capacity(13);
-        (&mut r)
-            .take(13)
-            .read_to_end(&mut prefix)
-            .map_err(|e| Error::from(e).with_file(name))?;
-        let kind = sniff(&prefix);
+    pub fn from_reader(name: &str, r: Box<dyn Read + Send>) -> Result<Input> {
+        let (prefix, r) = prefix_of(name, r)?;
+        let mut kind = sniff(&prefix);
+        let mut data: Box<dyn Read + Send> = Box::new(Cursor::new(prefix).chain(r));
+        let compressed = kind == Kind::Zstd;
+        if compressed {
+            let z = ZstdReader::new(data).map_err(|e| e.with_file(name))?;
+            let (prefix, z) = prefix_of(name, z)?;
+            kind = sniff(&prefix);
+            data = Box::new(Cursor::new(prefix).chain(z));
+        }
         Ok(Input {
             name: name.to_string(),
             kind,
-            data: Data::Stream(Box::new(Cursor::new(prefix).chain(r))),
+            data: Data::Stream(data),
+            compressed,
         })
+    }
+
+    /// Copies a stream into an anonymous temporary file (in `$TMPDIR`, removed when closed)
+    /// and maps it, so that callers needing random access can treat it as a file. Costs disk
+    /// space equal to the stream's length, no anonymous memory.
+    ///
+    /// # Errors
+    /// Creating, writing or mapping the temporary file, or reading `r`.
+    pub fn spill(name: &str, mut r: impl Read) -> Result<Input> {
+        let wrap = |e: io::Error| Error::from(e).with_file(name);
+        let mut file = tempfile::tempfile().map_err(wrap)?;
+        let n = io::copy(&mut r, &mut file).map_err(wrap)?;
+        if n == 0 {
+            return Ok(Input {
+                name: name.to_string(),
+                kind: Kind::Unknown,
+                data: Data::Empty,
+                compressed: false,
+            });
+        }
+        let m = map(&file).map_err(wrap)?;
+        Ok(Input {
+            name: name.to_string(),
+            kind: sniff(&m),
+            data: Data::Map(m, file),
+            compressed: false,
+        })
+    }
+
+    /// This input with random access: a mapped plain file as is; a stream or a compressed
+    /// file decoded and spilled with [`Input::spill`].
+    ///
+    /// # Errors
+    /// As [`Input::spill`].
+    pub fn into_mapped(self) -> Result<Input> {
+        if self.compressed || matches!(self.data, Data::Stream(_)) {
+            let name = self.name.clone();
+            return Self::spill(&name, self.into_reader());
+        }
+        Ok(self)
+    }
+
+    /// True when the input is zstd-compressed (and is decompressed transparently).
+    pub fn is_compressed(&self) -> bool {
+        self.compressed
+    }
+
+    /// The raw (possibly compressed) bytes of a mapped file.
+    pub fn raw_bytes(&self) -> Option<&[u8]> {
+        match &self.data {
+            Data::Map(m, _) => Some(m),
+            Data::Empty => Some(&[]),
+            Data::Stream(_) => None,
+        }
+    }
+
+    /// Random access to an indexed rbddiff archive in a mapped file (seek table and record
+    /// index parsed, nothing decompressed). `None` for anything else, including zstd files
+    /// without an index and compressed stdin: use [`Input::into_reader`] then.
+    ///
+    /// # Errors
+    /// The archive's seek table or index is corrupt.
+    pub fn archive(&self) -> Result<Option<ZstArchive<'_>>> {
+        match (&self.data, self.compressed) {
+            (Data::Map(m, _), true) => ZstArchive::open(m).map_err(|e| e.with_file(&self.name)),
+            _ => Ok(None),
+        }
     }
 
     /// The name given to [`Input::open`] (`-` for stdin).
@@ -131,31 +219,59 @@ impl Input {
         self.kind
     }
 
-    /// The whole content, when it is a mapped file.
+    /// The whole content, when it is a mapped, uncompressed file.
     pub fn bytes(&self) -> Option<&[u8]> {
+        if self.compressed {
+            return None;
+        }
         match &self.data {
-            Data::Map(m) => Some(m),
+            Data::Map(m, _) => Some(m),
             Data::Empty => Some(&[]),
             Data::Stream(_) => None,
         }
     }
 
-    /// Hints that a mapped file will be read only at scattered places (record heads, as
-    /// `inspect` does): the kernel then maps one page per access instead of reading ahead
-    /// and mapping the pages around it, which a head-only walk never uses. No-op for streams.
-    pub fn advise_heads_only(&self) {
-        if let Data::Map(m) = &self.data {
-            // Only a hint: a failure changes nothing but speed.
-            let _ = m.advise(memmap2::Advice::Random);
+    /// The mapped file, when this input is a mapped, uncompressed file (for positioned reads:
+    /// its bytes are [`Input::bytes`]).
+    pub fn file(&self) -> Option<&File> {
+        match (&self.data, self.compressed) {
+            (Data::Map(_, f), false) => Some(f),
+            _ => None,
         }
     }
 
-    /// The content as a reader (a mapped file is read from memory).
+    /// The content as a reader (a mapped file is read from memory; zstd is decompressed).
     pub fn into_reader(self) -> Box<dyn Read + Send + 'static> {
         match self.data {
-            Data::Map(m) => Box::new(Cursor::new(m)),
+            Data::Map(m, _) if self.compressed => match ZstdReader::new(Cursor::new(m)) {
+                Ok(z) => Box::new(z),
+                Err(e) => Box::new(Failed(Some(e))),
+            },
+            Data::Map(m, _) => Box::new(Cursor::new(m)),
             Data::Empty => Box::new(io::empty()),
             Data::Stream(r) => r,
+        }
+    }
+}
+
+/// Reads up to 13 bytes of `r`, returning them and the reader positioned after them.
+fn prefix_of<R: Read>(name: &str, mut r: R) -> Result<(Vec<u8>, R)> {
+    let mut prefix = Vec::with_capacity(13);
+    (&mut r)
+        .take(13)
+        .read_to_end(&mut prefix)
+        .map_err(|e| Error::from(e).with_file(name))?;
+    Ok((prefix, r))
+}
+
+/// A reader that fails with a stored error.
+struct Failed(Option<Error>);
+
+impl Read for Failed {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        match self.0.take() {
+            Some(e) => Err(e.into()),
+            None => Ok(0),
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::error::{Error, Warning};
 use crate::format::Extent;
 use crate::input::{Input, Kind};
 use crate::stream::{ItemKind, RecordSource};
+use crate::zst::ZstArchive;
 use crate::{DiffReader, DiffSlice, ImageReader, ImageSlice};
 
 /// One record in a `--records` listing.
@@ -372,6 +373,10 @@ pub fn inspect_file(path: &str, with_records: bool) -> crate::Result<Report> {
     (&mut f).take(13).read_to_end(&mut prefix).map_err(wrap)?;
     f.seek(SeekFrom::Start(0)).map_err(wrap)?;
     let kind = crate::input::sniff(&prefix);
+    if !matches!(kind, Kind::DiffV1 | Kind::DiffV2 | Kind::Image) {
+        // zstd archives (and anything unknown) go the usual way.
+        return Ok(inspect_input(Input::open(path)?, with_records));
+    }
     let len = meta.len();
     // Only the heads are read: no read-ahead of payloads (matters when the file is not
     // cached). A hint only; a failure changes nothing but speed.
@@ -441,15 +446,118 @@ fn inspect_with<R: Read>(
     }
 }
 
-/// Inspects an opened input: mapped files through the slice driver, streams through the reader.
+/// Inspects an indexed zstd archive from its record index alone: no frame is decompressed.
+pub fn inspect_archive(file: &str, a: &ZstArchive<'_>, with_records: bool) -> Report {
+    let idx = a.index();
+    let mut r = Report {
+        file: file.to_string(),
+        kind: if idx.kind == Kind::Image {
+            "image"
+        } else {
+            "diff"
+        },
+        image: idx.image.as_ref().map(|(h, w)| image_info(h, w)),
+        diffs: Vec::new(),
+        error: None,
+    };
+    for d in &idx.diffs {
+        let mut s = DiffSummary {
+            start: d.start,
+            version: Some(d.version),
+            records: d.record_count,
+            ..Default::default()
+        };
+        let mut list = with_records.then(|| {
+            d.metadata_records
+                .iter()
+                .map(|&(pos, tag)| RecordInfo {
+                    pos,
+                    tag: tag as char,
+                    offset: None,
+                    len: None,
+                })
+                .collect::<Vec<_>>()
+        });
+        for rec in &d.records {
+            let (tag, ext) = match rec.tag {
+                b'w' => {
+                    s.writes += 1;
+                    s.write_bytes += rec.len;
+                    ('w', Some(Extent::new(rec.offset, rec.len)))
+                }
+                b'z' => {
+                    s.zeros += 1;
+                    s.zero_bytes += rec.len;
+                    ('z', Some(Extent::new(rec.offset, rec.len)))
+                }
+                b'e' => ('e', None),
+                t => {
+                    s.unknown += 1;
+                    (if t.is_ascii_graphic() { t as char } else { '?' }, None)
+                }
+            };
+            if let Some(e) = ext {
+                s.first_offset.get_or_insert(e.offset);
+                s.last_end = e.end();
+                match s.covered.last_mut() {
+                    Some(last) if last.end() == Some(e.offset) => last.len += e.len,
+                    _ => s.covered.push(e),
+                }
+            }
+            if let Some(list) = list.as_mut() {
+                list.push(RecordInfo {
+                    pos: rec.pos,
+                    tag,
+                    offset: ext.map(|e| e.offset),
+                    len: (tag != 'e').then_some(rec.len),
+                });
+            }
+            if tag == 'e' {
+                s.end = Some(d.end);
+            }
+        }
+        let meta = &d.metadata;
+        s.from_snap = meta.from_snap.as_ref().map(|_| meta.from_name());
+        s.to_snap = meta.to_snap.as_ref().map(|_| meta.to_name());
+        s.protected = meta.protected;
+        s.image_size = meta.image_size;
+        s.warnings = d.warnings.clone();
+        s.record_list = list;
+        r.diffs.push(s);
+    }
+    finish(r)
+}
+
+/// Inspects an opened input: mapped files through the slice driver, indexed zstd archives
+/// through their record index, streams (and zstd files without an index) through the reader.
 pub fn inspect_input(input: Input, with_records: bool) -> Report {
     let name = input.name().to_string();
-    input.advise_heads_only();
+    match input.archive() {
+        Ok(Some(a)) => return inspect_archive(&name, &a, with_records),
+        Ok(None) => {}
+        Err(e) => {
+            let kind = if input.kind() == Kind::Image {
+                "image"
+            } else {
+                "diff"
+            };
+            return failed(&name, kind, e);
+        }
+    }
     if let Some(b) = input.bytes() {
         return inspect_bytes(&name, b, with_records);
     }
     let kind = input.kind();
-    inspect_reader(&name, kind, input.into_reader(), with_records)
+    let compressed = input.is_compressed();
+    let mut r = input.into_reader();
+    let mut report = inspect_reader(&name, kind, &mut r, with_records);
+    if compressed && report.error.is_none() {
+        // Read what follows the diff so that a truncated or corrupt archive is noticed.
+        if let Err(e) = io::copy(&mut r, &mut io::sink()) {
+            report.error = Some(Error::from(e).with_file(&name).to_string());
+        }
+    }
+    report
 }
 
 fn opt_name(n: &Option<String>, none: &str) -> String {

@@ -6,7 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod apply;
+mod compress;
+mod create;
 mod inspect;
+mod merge;
+mod verify;
 
 /// Offline toolkit for Ceph RBD export-diff backup files.
 ///
@@ -22,6 +27,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Inspect(inspect::Args),
+    Merge(merge::Args),
+    Apply(apply::Args),
+    Verify(verify::Args),
+    Create(create::Args),
+    Compress(compress::CompressArgs),
+    Decompress(compress::DecompressArgs),
 }
 
 /// Exit status of a command.
@@ -29,7 +40,6 @@ pub enum Status {
     /// Everything fine.
     Ok,
     /// The command ran and found problems (exit 1).
-    #[allow(dead_code)]
     Problems,
 }
 
@@ -38,6 +48,12 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),
+        Command::Merge(a) => merge::run(a),
+        Command::Apply(a) => apply::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::Create(a) => create::run(a),
+        Command::Compress(a) => compress::run_compress(a),
+        Command::Decompress(a) => compress::run_decompress(a),
     };
     match result {
         Ok(Status::Ok) => ExitCode::SUCCESS,

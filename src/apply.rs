@@ -1,0 +1,707 @@
+//! Applying a chain of diffs to a raw image file or a block device, offline, with the same
+//! result as `rbd import-diff` on an image (FORMAT.md §8 "offline equivalent").
+//!
+//! - `s` resizes a regular file (a block device must already be large enough);
+//! - `w` becomes positioned writes; all-zero 4 KiB blocks inside a payload are punched
+//!   instead of written, so the target stays sparse;
+//! - `z` punches a hole in a regular file (`fallocate(PUNCH_HOLE|KEEP_SIZE)`) or zeroes the
+//!   range of a block device (`fallocate(ZERO_RANGE)`, the `BLKZEROOUT` path of the kernel);
+//!   where that is unsupported, zeros are written.
+//!
+//! The target remembers which snapshot it holds in a sidecar `TARGET.rbddiff-state`
+//! (JSON, written atomically). A diff whose start snapshot differs from the target's is
+//! refused, as `rbd import-diff` refuses a missing start snapshot. Before the first write the
+//! state says "applying X→Y"; after the final fsync it says "at Y". All operations are
+//! idempotent, so re-running after a crash re-applies the interrupted diff and converges.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::FallocateFlags;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::Metadata;
+use crate::input::{Input, Kind};
+use crate::output::AtomicFile;
+use crate::slice::DiffSlice;
+use crate::stream::{DiffReader, ItemKind, Payload, RecordSource};
+
+/// Granularity of the all-zero check inside `w` payloads.
+pub const ZERO_BLOCK: u64 = 4096;
+const STREAM_BUF: usize = 1 << 20;
+static ZEROS: [u8; ZERO_BLOCK as usize] = [0; ZERO_BLOCK as usize];
+
+/// True when `b` holds only zero bytes.
+pub fn is_zero(b: &[u8]) -> bool {
+    b.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
+/// What the state sidecar records about a target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum TargetState {
+    /// The target holds this snapshot (`null`: a diff to the image HEAD was applied last).
+    At {
+        /// Snapshot name.
+        snap: Option<String>,
+    },
+    /// A diff was being applied; the target may be partly modified.
+    Applying {
+        /// Its start snapshot (`null` for a full diff).
+        from: Option<String>,
+        /// Its end snapshot.
+        to: Option<String>,
+        /// The diff file (for messages).
+        file: String,
+    },
+}
+
+/// The sidecar path for `target`: `TARGET.rbddiff-state`.
+pub fn state_path(target: &Path) -> PathBuf {
+    let mut s = target.as_os_str().to_os_string();
+    s.push(".rbddiff-state");
+    PathBuf::from(s)
+}
+
+/// Reads a state sidecar; `None` when it does not exist.
+///
+/// # Errors
+/// The file exists but cannot be read or is not a valid state document.
+pub fn read_state(path: &Path) -> Result<Option<TargetState>> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            Error::invalid(format!("not a valid rbddiff state file: {e}")).with_file(path)
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::from(e).with_file(path)),
+    }
+}
+
+/// Writes a state sidecar atomically (temp file, fsync, rename, directory fsync).
+///
+/// # Errors
+/// I/O errors.
+pub fn write_state(path: &Path, state: &TargetState) -> Result<()> {
+    let mut f = AtomicFile::create(path, true)?;
+    let mut text = serde_json::to_vec(state).map_err(|e| Error::from(io::Error::from(e)))?;
+    text.push(b'\n');
+    f.file()
+        .write_all(&text)
+        .map_err(|e| Error::from(e).with_file(path))?;
+    f.commit()
+}
+
+/// Options of [`apply_chain`].
+#[derive(Clone, Debug, Default)]
+pub struct ApplyOptions {
+    /// Create the target as a new sparse file (it must not exist, unless an interrupted
+    /// apply is being resumed).
+    pub create: bool,
+    /// Apply even when the start snapshot does not match the target's state.
+    pub force: bool,
+    /// Check every input against its `.sums` sidecar before the first write.
+    pub check_sums: bool,
+    /// Where the state sidecar lives (default: [`state_path`] of the target).
+    pub state_file: Option<PathBuf>,
+}
+
+/// Counters of one apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyStats {
+    /// Bytes written with positioned writes.
+    pub bytes_written: u64,
+    /// Bytes zeroed (`z` records and all-zero blocks of `w` payloads).
+    pub bytes_zeroed: u64,
+    /// `w` records applied.
+    pub writes: u64,
+    /// `z` records applied.
+    pub zeros: u64,
+}
+
+/// One diff of the chain, as applied.
+#[derive(Clone, Debug, Serialize)]
+pub struct AppliedDiff {
+    /// File name (`-` for stdin).
+    pub file: String,
+    /// Start snapshot.
+    pub from: Option<String>,
+    /// End snapshot.
+    pub to: Option<String>,
+    /// Image size after it.
+    pub size: u64,
+    /// False when skipped because the target already held its result.
+    pub applied: bool,
+    /// Counters.
+    pub stats: ApplyStats,
+}
+
+/// Result of [`apply_chain`].
+#[derive(Clone, Debug, Serialize)]
+pub struct ApplyReport {
+    /// The target.
+    pub target: PathBuf,
+    /// The state sidecar.
+    pub state_file: PathBuf,
+    /// True when the target is a block device.
+    pub block_device: bool,
+    /// Each diff of the chain.
+    pub diffs: Vec<AppliedDiff>,
+    /// Snapshot the target now holds.
+    pub snap: Option<String>,
+    /// Image size now.
+    pub size: u64,
+}
+
+/// Applies records to an open target. Used by [`apply_chain`] and by `verify --against`.
+#[derive(Debug)]
+pub struct Applier<'f> {
+    file: &'f File,
+    block_device: bool,
+    /// The target is known to read as zeros everywhere not written by the current diff
+    /// (a file that was empty before its `s` record), so zeros need no I/O at all.
+    fresh: bool,
+    punch_ok: bool,
+    stats: ApplyStats,
+    buf: Vec<u8>,
+}
+
+fn io_at(e: io::Error, what: &str, off: u64) -> Error {
+    Error::new(ErrorKind::Io(io::Error::new(
+        e.kind(),
+        format!("{what} at image offset {off}: {e}"),
+    )))
+}
+
+impl<'f> Applier<'f> {
+    /// An applier over `file` (opened for writing).
+    ///
+    /// # Errors
+    /// `fstat` fails.
+    pub fn new(file: &'f File) -> Result<Self> {
+        let block_device = file.metadata()?.file_type().is_block_device();
+        Ok(Applier {
+            file,
+            block_device,
+            fresh: false,
+            punch_ok: true,
+            stats: ApplyStats::default(),
+            buf: Vec::new(),
+        })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &ApplyStats {
+        &self.stats
+    }
+
+    /// Current size of the target (file length or device size).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn target_size(&self) -> Result<u64> {
+        if self.block_device {
+            let mut f = self.file;
+            Ok(f.seek(SeekFrom::End(0))?)
+        } else {
+            Ok(self.file.metadata()?.len())
+        }
+    }
+
+    /// The `s` record: resize a file; check a block device is large enough.
+    ///
+    /// # Errors
+    /// A block device smaller than `size`, or I/O errors.
+    pub fn resize(&mut self, size: u64) -> Result<()> {
+        let cur = self.target_size()?;
+        if self.block_device {
+            if cur < size {
+                return Err(Error::invalid(format!(
+                    "block device is {cur} bytes, the diff needs an image of {size} bytes"
+                )));
+            }
+            return Ok(());
+        }
+        self.fresh = cur == 0;
+        if cur != size {
+            self.file
+                .set_len(size)
+                .map_err(|e| io_at(e, "resize", size))?;
+        }
+        Ok(())
+    }
+
+    /// Makes `len` bytes at `off` read as zeros.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn zero_range(&mut self, off: u64, len: u64) -> Result<()> {
+        self.stats.bytes_zeroed += len;
+        if len == 0 || self.fresh {
+            return Ok(());
+        }
+        if self.punch_ok {
+            let flags = if self.block_device {
+                FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE
+            } else {
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE
+            };
+            match rustix::fs::fallocate(self.file, flags, off, len) {
+                Ok(()) => return Ok(()),
+                Err(rustix::io::Errno::OPNOTSUPP)
+                | Err(rustix::io::Errno::NOSYS)
+                | Err(rustix::io::Errno::INVAL) => {
+                    // Unsupported here (or an unaligned range on a device): write zeros.
+                    if !self.block_device {
+                        self.punch_ok = false;
+                    }
+                }
+                Err(e) => return Err(io_at(e.into(), "zeroing", off)),
+            }
+        }
+        let mut pos = off;
+        let end = off + len;
+        while pos < end {
+            let n = (end - pos).min(ZEROS.len() as u64) as usize;
+            self.file
+                .write_all_at(&ZEROS[..n], pos)
+                .map_err(|e| io_at(e, "write", pos))?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `off`, punching all-zero 4 KiB blocks instead of writing them.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn write_at(&mut self, off: u64, data: &[u8]) -> Result<()> {
+        let mut pos = 0usize;
+        let mut run_start = 0usize;
+        let mut run_zero = false;
+        while pos < data.len() {
+            let abs = off + pos as u64;
+            let step = (ZERO_BLOCK - abs % ZERO_BLOCK) as usize;
+            let next = data.len().min(pos + step);
+            let z = is_zero(&data[pos..next]);
+            if pos > run_start && z != run_zero {
+                self.flush_run(off, data, run_start, pos, run_zero)?;
+                run_start = pos;
+            }
+            run_zero = z;
+            pos = next;
+        }
+        if pos > run_start {
+            self.flush_run(off, data, run_start, pos, run_zero)?;
+        }
+        Ok(())
+    }
+
+    fn flush_run(&mut self, off: u64, data: &[u8], a: usize, b: usize, zero: bool) -> Result<()> {
+        let at = off + a as u64;
+        if zero {
+            self.zero_range(at, (b - a) as u64)
+        } else {
+            self.stats.bytes_written += (b - a) as u64;
+            self.file
+                .write_all_at(&data[a..b], at)
+                .map_err(|e| io_at(e, "write", at))
+        }
+    }
+
+    /// Applies every record of `src` (its `s` first), up to and including `e`.
+    ///
+    /// # Errors
+    /// The first structural problem of the diff or I/O error.
+    pub fn apply_source(&mut self, src: &mut dyn RecordSource) -> Result<()> {
+        let size = src
+            .metadata()
+            .image_size
+            .ok_or_else(|| Error::new(ErrorKind::MissingSize))?;
+        self.resize(size)?;
+        let mut buf = std::mem::take(&mut self.buf);
+        let r = self.walk(src, &mut buf);
+        self.buf = buf;
+        self.fresh = false;
+        r
+    }
+
+    fn walk(&mut self, src: &mut dyn RecordSource, buf: &mut Vec<u8>) -> Result<()> {
+        while let Some(item) = src.next_item()? {
+            match item.kind {
+                ItemKind::Write { extent, data } => {
+                    self.stats.writes += 1;
+                    match data {
+                        Payload::Bytes(b) => self.write_at(extent.offset, b)?,
+                        Payload::Stream(r) => {
+                            if buf.is_empty() {
+                                buf.resize(STREAM_BUF, 0);
+                            }
+                            let mut done = 0u64;
+                            while done < extent.len {
+                                let n = (extent.len - done).min(buf.len() as u64) as usize;
+                                r.read_exact(&mut buf[..n])?;
+                                self.write_at(extent.offset + done, &buf[..n])?;
+                                done += n as u64;
+                            }
+                        }
+                    }
+                }
+                ItemKind::Zero(e) => {
+                    self.stats.zeros += 1;
+                    self.zero_range(e.offset, e.len)?;
+                }
+                ItemKind::End => {}
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes the target to stable storage.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.file.sync_all()?)
+    }
+}
+
+fn name(n: &Option<Vec<u8>>) -> Option<String> {
+    n.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+fn show(n: &Option<String>) -> String {
+    match n {
+        Some(s) => format!("'{s}'"),
+        None => "(none: image HEAD)".to_string(),
+    }
+}
+
+/// An input diff: a mapped file (fully checked when opened) or a stream (stdin, pipes,
+/// zstd-compressed files), checked while it is applied.
+enum Src {
+    Mapped(Input),
+    Stream(Box<DiffReader<Box<dyn Read>>>),
+}
+
+struct Opened {
+    src: Src,
+    meta: Metadata,
+}
+
+impl Opened {
+    fn apply(&mut self, ap: &mut Applier<'_>) -> Result<()> {
+        match &mut self.src {
+            Src::Mapped(inp) => match inp.bytes().map(DiffSlice::parse) {
+                Some(Ok(d)) => ap.apply_source(&mut d.records()),
+                Some(Err(e)) => Err(e),
+                None => Err(Error::invalid("input is not mapped")),
+            },
+            Src::Stream(rd) => ap.apply_source(rd.as_mut()),
+        }
+    }
+}
+
+fn open_diff(path: &str) -> Result<Opened> {
+    let input = Input::open(path)?;
+    let wrap = |e: Error| e.with_file(path);
+    let stream = |r: Box<dyn Read>| -> Result<Opened> {
+        let rd = DiffReader::new(r).map_err(wrap)?;
+        Ok(Opened {
+            meta: rd.metadata().clone(),
+            src: Src::Stream(Box::new(rd)),
+        })
+    };
+    match input.kind() {
+        Kind::Zstd => {
+            let z = crate::zst::ZstdReader::new(input.into_reader()).map_err(wrap)?;
+            return stream(Box::new(z));
+        }
+        Kind::Image => {
+            return Err(Error::invalid(
+                "an `rbd export --export-format 2` image stream, not a diff",
+            )
+            .with_file(path))
+        }
+        Kind::DiffV1 | Kind::DiffV2 | Kind::Unknown => {}
+    }
+    match input.bytes() {
+        Some(b) => {
+            let d = DiffSlice::parse(b).map_err(wrap)?;
+            // Check every record before anything is written (heads only: payload pages
+            // are not read).
+            d.end_offset().map_err(wrap)?;
+            let meta = d.metadata().clone();
+            Ok(Opened {
+                src: Src::Mapped(input),
+                meta,
+            })
+        }
+        None => stream(input.into_reader()),
+    }
+}
+
+/// Applies `files` in order to `target`; see the module docs.
+///
+/// Mapped files are fully checked (structure and chain links) before the first write, so bad
+/// input leaves the target as it was. Streams (`-`, pipes, zstd-compressed files) are checked
+/// while they are applied: a bad one leaves the target "applying", and the same command with
+/// good input resumes it.
+///
+/// # Errors
+/// Bad input, a start snapshot that does not match the target, I/O errors.
+pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Result<ApplyReport> {
+    if files.is_empty() {
+        return Err(Error::invalid("no diff given"));
+    }
+    if files.iter().filter(|f| *f == "-").count() > 1 {
+        return Err(Error::invalid("stdin (`-`) can be given only once"));
+    }
+    let sp = opts
+        .state_file
+        .clone()
+        .unwrap_or_else(|| state_path(target));
+    let mut state = read_state(&sp)?;
+    let exists = target.exists();
+    if !exists && !opts.create {
+        return Err(Error::from(io::Error::new(
+            io::ErrorKind::NotFound,
+            "target does not exist (use --create to start a new image from a full diff)",
+        ))
+        .with_file(target));
+    }
+    if !exists {
+        // A new image: nothing applied yet.
+        state = None;
+    }
+
+    let mut opened = Vec::with_capacity(files.len());
+    for f in files {
+        let o = open_diff(f)?;
+        if opts.check_sums {
+            match &o.src {
+                Src::Mapped(inp) => {
+                    let findings =
+                        crate::sums::check_sums(Path::new(f), inp.bytes().unwrap_or_default())?;
+                    if let Some(first) = findings.first() {
+                        return Err(Error::invalid(format!(
+                            "checksum mismatch, not applying: {first}"
+                        ))
+                        .with_file(f));
+                    }
+                }
+                Src::Stream(_) => {
+                    return Err(Error::invalid(
+                        "--sums needs a plain diff file, not a stream or a compressed file",
+                    )
+                    .with_file(f))
+                }
+            }
+        }
+        opened.push(o);
+    }
+    let metas: Vec<Metadata> = opened.iter().map(|o| o.meta.clone()).collect();
+    for (i, m) in metas.iter().enumerate() {
+        if m.image_size.is_none() {
+            return Err(Error::new(ErrorKind::MissingSize).with_file(&files[i]));
+        }
+    }
+    // The chain itself must link up.
+    if !opts.force {
+        for i in 1..metas.len() {
+            let (a, b) = (&metas[i - 1], &metas[i]);
+            if b.from_snap.is_some() && (a.to_snap.is_none() || b.from_snap != a.to_snap) {
+                return Err(Error::new(ErrorKind::ChainBreak(format!(
+                    "{} starts at snapshot {} but {} ends at {}",
+                    files[i],
+                    show(&name(&b.from_snap)),
+                    files[i - 1],
+                    show(&name(&a.to_snap))
+                ))));
+            }
+        }
+    }
+
+    // Where to start: resume an interrupted diff, or skip diffs the target already holds.
+    let mut start = 0;
+    match &state {
+        Some(TargetState::Applying { from, to, file }) => {
+            match metas
+                .iter()
+                .position(|m| name(&m.from_snap) == *from && name(&m.to_snap) == *to)
+            {
+                Some(i) => start = i,
+                None if opts.force => {}
+                None => {
+                    return Err(Error::invalid(format!(
+                        "target was left half-way through applying {file} ({} -> {}); \
+                         give that diff again to finish it (or --force)",
+                        show(from),
+                        show(to)
+                    ))
+                    .with_file(target))
+                }
+            }
+        }
+        Some(TargetState::At { snap }) => {
+            if let Some(i) = metas
+                .iter()
+                .rposition(|m| snap.is_some() && name(&m.to_snap) == *snap)
+            {
+                // The target already holds the result of diffs ..=i.
+                start = i + 1;
+            } else if let Some(from) = metas.first().and_then(|m| name(&m.from_snap)) {
+                if !opts.force && Some(&from) != snap.as_ref() {
+                    return Err(Error::invalid(format!(
+                        "start snapshot '{from}' of {} does not match the target, which holds {} \
+                         (like rbd import-diff's \"start snapshot does not exist\"); use --force to apply anyway",
+                        files[0],
+                        show(snap)
+                    ))
+                    .with_file(target));
+                }
+            }
+        }
+        None => {
+            if let Some(from) = metas.first().and_then(|m| name(&m.from_snap)) {
+                if !opts.force {
+                    let what = if exists {
+                        format!(
+                            "the target has no state file {} saying it holds a snapshot",
+                            sp.display()
+                        )
+                    } else {
+                        "the target is a new, empty image".to_string()
+                    };
+                    return Err(Error::invalid(format!(
+                        "start snapshot '{from}' of {} does not exist in the target: {what}; \
+                         use --force to apply anyway",
+                        files[0]
+                    ))
+                    .with_file(target));
+                }
+            }
+        }
+    }
+
+    // `--create` onto an existing target is only a resume of an earlier run of this chain.
+    let resuming = match &state {
+        Some(TargetState::Applying { .. }) => true,
+        Some(TargetState::At { .. }) => start > 0,
+        None => false,
+    };
+    if opts.create && exists && !resuming && !opts.force {
+        return Err(Error::from(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "target exists (--create makes a new image; drop it to apply onto this one)",
+        ))
+        .with_file(target));
+    }
+
+    let mut report_diffs: Vec<AppliedDiff> = metas
+        .iter()
+        .zip(files)
+        .map(|(m, f)| AppliedDiff {
+            file: f.clone(),
+            from: name(&m.from_snap),
+            to: name(&m.to_snap),
+            size: m.image_size.unwrap_or(0),
+            applied: false,
+            stats: ApplyStats::default(),
+        })
+        .collect();
+
+    let Some(first) = report_diffs.get(start) else {
+        // Nothing left to apply: the target already holds the end of the chain.
+        let size = std::fs::metadata(target).map(|m| m.len()).unwrap_or(0);
+        let block_device = std::fs::metadata(target)
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false);
+        let snap = report_diffs.last().and_then(|d| d.to.clone());
+        return Ok(ApplyReport {
+            target: target.to_path_buf(),
+            state_file: sp,
+            block_device,
+            diffs: report_diffs,
+            snap,
+            size,
+        });
+    };
+    write_state(
+        &sp,
+        &TargetState::Applying {
+            from: first.from.clone(),
+            to: first.to.clone(),
+            file: first.file.clone(),
+        },
+    )?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(opts.create)
+        .truncate(false)
+        .open(target)
+        .map_err(|e| Error::from(e).with_file(target))?;
+    let mut ap = Applier::new(&file)?;
+    for i in start..metas.len() {
+        if i > start {
+            let d = &report_diffs[i];
+            write_state(
+                &sp,
+                &TargetState::Applying {
+                    from: d.from.clone(),
+                    to: d.to.clone(),
+                    file: d.file.clone(),
+                },
+            )?;
+        }
+        let before = ap.stats().clone();
+        let f = &files[i];
+        let r = opened[i].apply(&mut ap);
+        r.map_err(|e| {
+            if e.is_io() && e.file().is_none() && e.offset().is_none() {
+                e.with_file(target)
+            } else {
+                e.with_file(f)
+            }
+        })?;
+        ap.sync().map_err(|e| e.with_file(target))?;
+        let d = &mut report_diffs[i];
+        d.applied = true;
+        let s = ap.stats();
+        d.stats = ApplyStats {
+            bytes_written: s.bytes_written - before.bytes_written,
+            bytes_zeroed: s.bytes_zeroed - before.bytes_zeroed,
+            writes: s.writes - before.writes,
+            zeros: s.zeros - before.zeros,
+        };
+        write_state(&sp, &TargetState::At { snap: d.to.clone() })?;
+    }
+    let last = report_diffs.last().map(|d| (d.to.clone(), d.size));
+    let (snap, size) = last.unwrap_or((None, 0));
+    Ok(ApplyReport {
+        target: target.to_path_buf(),
+        state_file: sp,
+        block_device: ap.block_device,
+        diffs: report_diffs,
+        snap,
+        size,
+    })
+}
+
+/// Applies `files` in order to an already open file, without any state sidecar or snapshot
+/// checks (the caller owns the file; used for scratch copies).
+///
+/// # Errors
+/// Bad input or I/O errors.
+pub fn apply_files_to(file: &File, files: &[String]) -> Result<ApplyStats> {
+    let mut ap = Applier::new(file)?;
+    for f in files {
+        let mut o = open_diff(f)?;
+        o.apply(&mut ap).map_err(|e| e.with_file(f))?;
+    }
+    Ok(ap.stats().clone())
+}

@@ -1,0 +1,88 @@
+//! `rbddiff verify`.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use rbddiff::verify::{verify, VerifyOptions};
+use rbddiff::{Error, Result};
+
+use super::Status;
+
+/// Check diffs: structure, chain links, checksum sidecars, or the result against a raw image.
+///
+/// Exit status: 0 all good, 1 problems found (each listed), 2 could not run.
+/// Several files (or a directory) are checked as one chain.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Diff files or directories (`-` for stdin).
+    #[arg(required = true)]
+    files: Vec<String>,
+    /// Write a FILE.sums checksum sidecar for every valid file.
+    #[arg(long)]
+    write_sums: bool,
+    /// A missing FILE.sums sidecar is a problem.
+    #[arg(long)]
+    require_sums: bool,
+    /// Also compare the whole-file sha256 recorded in the sidecar.
+    #[arg(long)]
+    digest: bool,
+    /// The chain must start with a full diff.
+    #[arg(long)]
+    full: bool,
+    /// Check each file on its own, not as a chain.
+    #[arg(long)]
+    no_chain: bool,
+    /// Apply the chain to a scratch sparse file and compare it with this raw image.
+    #[arg(long, value_name = "RAW")]
+    against: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<Status> {
+    let opts = VerifyOptions {
+        full: a.full,
+        write_sums: a.write_sums,
+        require_sums: a.require_sums,
+        digest: a.digest,
+        no_chain: a.no_chain,
+        against: a.against,
+    };
+    let r = verify(&a.files, &opts)?;
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &r).map_err(|e| Error::from(io::Error::from(e)))?;
+        writeln!(out)?;
+    } else {
+        for f in &r.files {
+            let show = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+            writeln!(
+                out,
+                "{}: {} {} -> {} size {} structure {} sums {}",
+                f.file,
+                f.kind,
+                show(&f.from),
+                show(&f.to),
+                f.size.map_or("?".into(), |s| s.to_string()),
+                if f.valid { "ok" } else { "BAD" },
+                f.sums
+            )?;
+        }
+        for f in &r.findings {
+            writeln!(out, "{f}")?;
+        }
+        if r.chain {
+            let chain_ok = !r.findings.iter().any(|f| f.check == "chain");
+            writeln!(out, "chain: {}", if chain_ok { "ok" } else { "BROKEN" })?;
+        }
+        writeln!(
+            out,
+            "{}",
+            if r.ok() { "all good" } else { "PROBLEMS FOUND" }
+        )?;
+    }
+    out.flush()?;
+    Ok(if r.ok() { Status::Ok } else { Status::Problems })
+}

@@ -1,0 +1,553 @@
+//! `verify`: structural checks, chain checks, checksum sidecars and comparison with a raw
+//! image. The result is a list of findings; "problems" make the command exit 1.
+//!
+//! - Structure: a full parse with every rule of the format core, `e` present, every `w`
+//!   payload fully present, no bytes after `e`. O(records) on a mapped file: payload pages are
+//!   not touched unless sums are checked.
+//! - Chain: consecutive diffs must link (the `t` of one is the `f` of the next); a directory
+//!   is ordered by these links; `--full` asks for a full diff first.
+//! - Sums: a `FILE.sums` sidecar ([`crate::sums`]) is checked when present (or required).
+//! - Against: the chain is applied to a scratch sparse file and compared with a raw image.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result, WarningKind};
+use crate::format::Metadata;
+use crate::input::{Input, Kind};
+use crate::slice::{DiffSlice, ImageSlice};
+use crate::stream::{DiffReader, RecordSource};
+use crate::sums;
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Something is wrong: `verify` exits 1.
+    Problem,
+    /// Worth knowing, tolerated by rbd (e.g. Ceph 16's `p` length field).
+    Note,
+}
+
+/// One finding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Problem or note.
+    pub severity: Severity,
+    /// Which check: `structure`, `sums`, `chain` or `against`.
+    pub check: &'static str,
+    /// The file concerned (empty for chain-wide findings).
+    pub file: String,
+    /// Byte offset in the file (or in the image, for `against`).
+    pub offset: Option<u64>,
+    /// Record index (0 = first record after the banner; for sums: index in the sidecar).
+    pub record: Option<u64>,
+    /// What was found.
+    pub message: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sev = match self.severity {
+            Severity::Problem => "problem",
+            Severity::Note => "note",
+        };
+        write!(f, "{sev} [{}] ", self.check)?;
+        if !self.file.is_empty() {
+            write!(f, "{}: ", self.file)?;
+        }
+        match (self.offset, self.record) {
+            (Some(o), Some(r)) => write!(f, "byte {o}, record {r}: ")?,
+            (Some(o), None) => write!(f, "byte {o}: ")?,
+            _ => {}
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Options of [`verify`].
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// The chain must start with a full diff.
+    pub full: bool,
+    /// Write `FILE.sums` for every valid file (instead of checking existing ones).
+    pub write_sums: bool,
+    /// A missing sidecar is a problem.
+    pub require_sums: bool,
+    /// Also compare the whole-file sha256 of the sidecar (the CRCs already cover every byte).
+    pub digest: bool,
+    /// Do not check the files as a chain.
+    pub no_chain: bool,
+    /// Apply the chain to a scratch file and compare with this raw image.
+    pub against: Option<PathBuf>,
+}
+
+/// What was learnt about one file.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileInfo {
+    /// File name.
+    pub file: String,
+    /// `diff v1`, `diff v2`, `image v2`, ...
+    pub kind: String,
+    /// Start snapshot.
+    pub from: Option<String>,
+    /// End snapshot.
+    pub to: Option<String>,
+    /// Image size.
+    pub size: Option<u64>,
+    /// True when the structure is valid.
+    pub valid: bool,
+    /// `ok`, `mismatch`, `absent`, `written`, `damaged` or `skipped` (streams).
+    pub sums: &'static str,
+}
+
+/// The result of [`verify`].
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VerifyReport {
+    /// Files in the order checked (chain order for a directory).
+    pub files: Vec<FileInfo>,
+    /// True when the files were checked as a chain.
+    pub chain: bool,
+    /// Every finding.
+    pub findings: Vec<Finding>,
+    /// First differing image offset found by `against` (None when identical or not run).
+    pub first_difference: Option<u64>,
+}
+
+impl VerifyReport {
+    /// True when no finding is a problem.
+    pub fn ok(&self) -> bool {
+        !self
+            .findings
+            .iter()
+            .any(|f| f.severity == Severity::Problem)
+    }
+}
+
+fn problem(check: &'static str, file: &str, e: &Error) -> Finding {
+    // The error already names the position; keep the message without the file prefix.
+    let msg = e.kind().to_string();
+    Finding {
+        severity: Severity::Problem,
+        check,
+        file: file.to_string(),
+        offset: e.offset(),
+        record: e.record(),
+        message: msg,
+    }
+}
+
+fn name(n: &Option<Vec<u8>>) -> Option<String> {
+    n.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+/// Expands directories into their diff files (hidden files, `.sums` and state sidecars
+/// skipped), returning the list and whether a directory was given.
+fn expand(paths: &[String]) -> Result<(Vec<String>, bool)> {
+    let mut out = Vec::new();
+    let mut dir = false;
+    for p in paths {
+        let path = Path::new(p);
+        if p != "-" && path.is_dir() {
+            dir = true;
+            let mut v: Vec<String> = std::fs::read_dir(path)
+                .map_err(|e| Error::from(e).with_file(path))?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                .map(|e| e.path())
+                .filter(|p| {
+                    let n = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                    let n = n.unwrap_or_default();
+                    !n.starts_with('.') && !n.ends_with(".sums") && !n.ends_with(".rbddiff-state")
+                })
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            out.extend(v);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok((out, dir))
+}
+
+/// Structural check of one diff source; returns findings.
+fn walk(src: &mut dyn RecordSource, file: &str, standalone: bool) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let r = loop {
+        match src.next_item() {
+            Ok(Some(_)) => {}
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    for w in src.warnings() {
+        let sev = match w.kind {
+            WarningKind::TrailingBytes { .. } if standalone => Severity::Problem,
+            _ => Severity::Note,
+        };
+        out.push(Finding {
+            severity: sev,
+            check: "structure",
+            file: file.to_string(),
+            offset: Some(w.offset),
+            record: w.record,
+            message: w
+                .to_string()
+                .split_once(": ")
+                .map_or(w.to_string(), |x| x.1.to_string()),
+        });
+    }
+    if let Err(e) = r {
+        out.push(problem("structure", file, &e));
+    }
+    out
+}
+
+struct Checked {
+    info: FileInfo,
+    meta: Option<Metadata>,
+    findings: Vec<Finding>,
+}
+
+fn check_file(path: &str, opts: &VerifyOptions) -> Result<Checked> {
+    let input = Input::open(path)?;
+    let kind = input.kind();
+    let mut info = FileInfo {
+        file: path.to_string(),
+        kind: match kind {
+            Kind::DiffV1 => "diff v1",
+            Kind::DiffV2 => "diff v2",
+            Kind::Image => "image v2",
+            Kind::Zstd => "zstd",
+            Kind::Unknown => "unknown",
+        }
+        .to_string(),
+        from: None,
+        to: None,
+        size: None,
+        valid: false,
+        sums: "skipped",
+    };
+    let mut findings = Vec::new();
+    let mut meta = None;
+    match (kind, input.bytes()) {
+        (Kind::Image, Some(b)) => match ImageSlice::parse(b) {
+            Ok(img) => {
+                let mut ok = true;
+                for d in img.diffs() {
+                    match d {
+                        Ok(d) => findings.extend(walk(&mut d.records(), path, false)),
+                        Err(e) => {
+                            ok = false;
+                            findings.push(problem("structure", path, &e));
+                        }
+                    }
+                }
+                info.valid = ok;
+            }
+            Err(e) => findings.push(problem("structure", path, &e)),
+        },
+        (Kind::Zstd, _) => {
+            let dec = crate::zst::ZstdReader::new(input.into_reader());
+            match dec.and_then(DiffReader::new) {
+                Ok(mut rd) => {
+                    findings.extend(walk(&mut rd, path, true));
+                    meta = Some(rd.metadata().clone());
+                }
+                Err(e) => findings.push(problem("structure", path, &e)),
+            }
+        }
+        (_, Some(b)) => match DiffSlice::parse(b) {
+            Ok(d) => {
+                findings.extend(walk(&mut d.records(), path, true));
+                meta = Some(d.metadata().clone());
+            }
+            Err(e) => findings.push(problem("structure", path, &e)),
+        },
+        (_, None) => match DiffReader::new(input.into_reader()) {
+            Ok(mut rd) => {
+                findings.extend(walk(&mut rd, path, true));
+                meta = Some(rd.metadata().clone());
+            }
+            Err(e) => findings.push(problem("structure", path, &e)),
+        },
+    }
+    if kind != Kind::Image {
+        info.valid = !findings.iter().any(|f| f.severity == Severity::Problem);
+    }
+    if let Some(m) = &meta {
+        info.from = name(&m.from_snap);
+        info.to = name(&m.to_snap);
+        info.size = m.image_size;
+    }
+    if path != "-" {
+        let p = Path::new(path);
+        if opts.write_sums {
+            if info.valid && matches!(kind, Kind::DiffV1 | Kind::DiffV2) {
+                sums::write_sums_for(p)?;
+                info.sums = "written";
+            }
+        } else if sums::has_sums(p) {
+            // Re-open: the checks above may have consumed a stream.
+            let input = Input::open(path)?;
+            match input.bytes() {
+                Some(b) => match sums::check_sums_with(p, b, opts.digest) {
+                    Ok(m) if m.is_empty() => info.sums = "ok",
+                    Ok(m) => {
+                        info.sums = "mismatch";
+                        findings.extend(m.into_iter().map(|m| Finding {
+                            severity: Severity::Problem,
+                            check: "sums",
+                            file: path.to_string(),
+                            offset: Some(m.offset),
+                            record: m.record,
+                            message: m.message,
+                        }));
+                    }
+                    Err(e) => {
+                        info.sums = "damaged";
+                        findings.push(Finding {
+                            severity: Severity::Problem,
+                            check: "sums",
+                            file: sums::sums_path(p).to_string_lossy().into_owned(),
+                            offset: None,
+                            record: None,
+                            message: e.kind().to_string(),
+                        });
+                    }
+                },
+                None => info.sums = "skipped",
+            }
+        } else {
+            info.sums = "absent";
+            if opts.require_sums {
+                findings.push(Finding {
+                    severity: Severity::Problem,
+                    check: "sums",
+                    file: path.to_string(),
+                    offset: None,
+                    record: None,
+                    message: format!("no sidecar {}", sums::sums_path(p).display()),
+                });
+            }
+        }
+    }
+    Ok(Checked {
+        info,
+        meta,
+        findings,
+    })
+}
+
+/// Orders diffs by their links (full diff, or the one nobody leads to, first).
+fn chain_order(v: Vec<Checked>) -> Vec<Checked> {
+    let mut left = v;
+    let mut out: Vec<Checked> = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let next = match out.last().and_then(|c| c.info.to.clone()) {
+            Some(to) => left
+                .iter()
+                .position(|c| c.info.from.as_deref() == Some(to.as_str())),
+            None => None,
+        };
+        let i = next.unwrap_or_else(|| {
+            // A start: a full diff, else a diff whose start no remaining diff ends at.
+            left.iter()
+                .position(|c| c.info.from.is_none() && c.meta.is_some())
+                .or_else(|| {
+                    left.iter().position(|c| {
+                        !left
+                            .iter()
+                            .any(|o| o.info.to.is_some() && o.info.to == c.info.from)
+                    })
+                })
+                .unwrap_or(0)
+        });
+        out.push(left.remove(i));
+    }
+    out
+}
+
+fn chain_findings(files: &[Checked], full: bool) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let chain_problem = |file: &str, msg: String| Finding {
+        severity: Severity::Problem,
+        check: "chain",
+        file: file.to_string(),
+        offset: None,
+        record: None,
+        message: msg,
+    };
+    if full {
+        if let Some(f) = files.first() {
+            if f.info.from.is_some() || f.meta.is_none() {
+                out.push(chain_problem(
+                    &f.info.file,
+                    "the chain does not start with a full diff (it has a start snapshot)".into(),
+                ));
+            }
+        }
+    }
+    for w in files.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        if a.meta.is_none() || b.meta.is_none() {
+            continue;
+        }
+        let ok = b.info.from.is_some() && a.info.to == b.info.from;
+        if !ok {
+            let show = |s: &Option<String>| {
+                s.as_ref()
+                    .map_or("no snapshot (image HEAD / full)".into(), |s| {
+                        format!("'{s}'")
+                    })
+            };
+            out.push(chain_problem(
+                &b.info.file,
+                format!(
+                    "broken link: {} ends at {} but {} starts at {}",
+                    a.info.file,
+                    show(&a.info.to),
+                    b.info.file,
+                    show(&b.info.from)
+                ),
+            ));
+            break;
+        }
+    }
+    out
+}
+
+/// Verifies `paths` (files, `-`, or directories); see the module docs.
+///
+/// # Errors
+/// Only when it could not run: a file or sidecar cannot be opened or written, or the
+/// comparison image cannot be read. Problems in the files are findings, not errors.
+pub fn verify(paths: &[String], opts: &VerifyOptions) -> Result<VerifyReport> {
+    let (files, dir) = expand(paths)?;
+    if opts.against.is_some() && files.iter().any(|f| f == "-") {
+        return Err(Error::invalid(
+            "--against needs diff files (stdin can only be read once)",
+        ));
+    }
+    if files.is_empty() {
+        return Err(Error::invalid("no files to verify"));
+    }
+    let mut checked = Vec::with_capacity(files.len());
+    for f in &files {
+        checked.push(check_file(f, opts)?);
+    }
+    let chain = !opts.no_chain && (checked.len() > 1 || opts.full);
+    if chain && dir {
+        checked = chain_order(checked);
+    }
+    let mut report = VerifyReport {
+        chain,
+        ..VerifyReport::default()
+    };
+    for c in &mut checked {
+        report.findings.append(&mut c.findings);
+    }
+    if chain {
+        report.findings.extend(chain_findings(&checked, opts.full));
+    }
+    if let Some(raw) = &opts.against {
+        if report.ok() {
+            let order: Vec<String> = checked.iter().map(|c| c.info.file.clone()).collect();
+            let (diff, finding) = against(&order, raw)?;
+            report.first_difference = diff;
+            report.findings.extend(finding);
+        } else {
+            report.findings.push(Finding {
+                severity: Severity::Note,
+                check: "against",
+                file: raw.to_string_lossy().into_owned(),
+                offset: None,
+                record: None,
+                message: "not compared: the chain has problems".into(),
+            });
+        }
+    }
+    report.files = checked.into_iter().map(|c| c.info).collect();
+    Ok(report)
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// First offset where two readers differ (a length difference counts at the shorter end).
+///
+/// # Errors
+/// I/O errors.
+pub fn first_difference(mut a: impl Read, mut b: impl Read) -> io::Result<Option<u64>> {
+    let mut ba = vec![0u8; 1 << 20];
+    let mut bb = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    loop {
+        let na = read_full(&mut a, &mut ba)?;
+        let nb = read_full(&mut b, &mut bb)?;
+        let n = na.min(nb);
+        if ba[..n] != bb[..n] {
+            let i = ba[..n]
+                .iter()
+                .zip(&bb[..n])
+                .position(|(x, y)| x != y)
+                .unwrap_or(0);
+            return Ok(Some(pos + i as u64));
+        }
+        if na != nb {
+            return Ok(Some(pos + n as u64));
+        }
+        if na == 0 {
+            return Ok(None);
+        }
+        pos += n as u64;
+    }
+}
+
+/// Applies `files` to a scratch sparse file and compares it with `raw`.
+fn against(files: &[String], raw: &Path) -> Result<(Option<u64>, Vec<Finding>)> {
+    let rawf = File::open(raw).map_err(|e| Error::from(e).with_file(raw))?;
+    let dir = raw
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let scratch = tempfile::tempfile_in(dir)
+        .or_else(|_| tempfile::tempfile())
+        .map_err(Error::from)?;
+    crate::apply::apply_files_to(&scratch, files)?;
+    let mut s = &scratch;
+    io::Seek::seek(&mut s, io::SeekFrom::Start(0))?;
+    let diff = first_difference(&scratch, &rawf).map_err(|e| Error::from(e).with_file(raw))?;
+    let rlen = rawf.metadata()?.len();
+    let slen = scratch.metadata()?.len();
+    let findings = match diff {
+        None => vec![],
+        Some(off) => vec![Finding {
+            severity: Severity::Problem,
+            check: "against",
+            file: raw.to_string_lossy().into_owned(),
+            offset: Some(off),
+            record: None,
+            message: if off == rlen.min(slen) && rlen != slen {
+                format!("sizes differ: the chain gives {slen} bytes, the image has {rlen}")
+            } else {
+                format!("the chain's image differs from the raw image at byte {off}")
+            },
+        }],
+    };
+    Ok((diff, findings))
+}

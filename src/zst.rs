@@ -1,0 +1,964 @@
+//! The compressed archive format and its readers.
+//!
+//! An archive is a sequence of standard zstd frames (each with content size and content
+//! checksum) holding the diff bytes, cut on record boundaries; then a skippable frame with the
+//! record index; then the seek table of the zstd seekable format (a skippable frame ending with
+//! the seekable magic, so it is always the last 9 bytes of the file). Stock `zstd -d` skips
+//! both skippable frames and restores the exact diff.
+//!
+//! - [`ZstdReader`] decodes any zstd stream (ours or one written by `zstd`) frame by frame,
+//!   naming the frame and byte offsets when a frame is corrupt or truncated.
+//! - [`ZstArchive`] gives random access to an indexed archive held in memory: the record
+//!   index without decompressing anything, and byte ranges of the diff stream decompressing
+//!   only the frames needed.
+
+use std::io::{self, Read, Write};
+
+use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
+
+use crate::error::{Error, ErrorKind, Result, Warning, WarningKind};
+use crate::format::{ImageHeader, Metadata, Version};
+use crate::input::{Kind, ZSTD_MAGIC};
+
+/// Magic of the skippable frame holding the seek table (zstd seekable format).
+pub const SEEK_TABLE_MAGIC: u32 = 0x184D_2A5E;
+/// Magic of the skippable frame holding the rbddiff record index.
+pub const INDEX_FRAME_MAGIC: u32 = 0x184D_2A5C;
+/// Magic at the very end of a seekable zstd file.
+pub const SEEKABLE_MAGIC: u32 = 0x8F92_EAB1;
+/// Magic at the start of the record index body.
+const INDEX_MAGIC: &[u8; 8] = b"RBDZIDX1";
+/// Size of the seek table footer.
+const FOOTER_LEN: usize = 9;
+/// Largest decompressed frame the readers accept (the seekable format's limit).
+pub const MAX_FRAME_LEN: u64 = 1 << 30;
+
+/// One zstd frame of an archive, from the seek table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameEntry {
+    /// Offset of the frame in the compressed file.
+    pub c_offset: u64,
+    /// Compressed size.
+    pub c_len: u32,
+    /// Offset of its content in the diff stream.
+    pub d_offset: u64,
+    /// Decompressed size.
+    pub d_len: u32,
+    /// Low 32 bits of the XXH64 of the content (the frame's own content checksum).
+    pub checksum: u32,
+}
+
+/// Encodes the seek table skippable frame (with checksums) for `frames`.
+pub fn encode_seek_table(frames: &[FrameEntry]) -> Vec<u8> {
+    let body = frames.len() * 12 + FOOTER_LEN;
+    let mut out = Vec::with_capacity(8 + body);
+    out.extend_from_slice(&SEEK_TABLE_MAGIC.to_le_bytes());
+    out.extend_from_slice(&(body as u32).to_le_bytes());
+    for f in frames {
+        out.extend_from_slice(&f.c_len.to_le_bytes());
+        out.extend_from_slice(&f.d_len.to_le_bytes());
+        out.extend_from_slice(&f.checksum.to_le_bytes());
+    }
+    out.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+    out.push(0x80);
+    out.extend_from_slice(&SEEKABLE_MAGIC.to_le_bytes());
+    out
+}
+
+fn le32(b: &[u8], at: usize) -> Option<u32> {
+    let s = b.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+fn bad_archive(msg: impl std::fmt::Display) -> Error {
+    Error::invalid(format!("corrupt zstd archive: {msg}"))
+}
+
+/// Parses the seek table at the end of `bytes`.
+///
+/// Returns `None` when the file does not end with a seek table (e.g. a file written by
+/// `zstd`), else the frames and the offset where the seek table frame starts.
+///
+/// # Errors
+/// The footer is there but the table is inconsistent.
+pub fn parse_seek_table(bytes: &[u8]) -> Result<Option<(Vec<FrameEntry>, usize)>> {
+    let len = bytes.len();
+    if len < 8 + FOOTER_LEN || le32(bytes, len - 4) != Some(SEEKABLE_MAGIC) {
+        return Ok(None);
+    }
+    let n = le32(bytes, len - FOOTER_LEN).unwrap_or(0) as usize;
+    let desc = bytes[len - 5];
+    if desc & 0x7c != 0 {
+        return Err(bad_archive("seek table descriptor has reserved bits set"));
+    }
+    let entry = if desc & 0x80 != 0 { 12 } else { 8 };
+    let body = n
+        .checked_mul(entry)
+        .and_then(|x| x.checked_add(FOOTER_LEN))
+        .filter(|&b| b + 8 <= len)
+        .ok_or_else(|| bad_archive(format!("seek table of {n} frames larger than the file")))?;
+    let start = len - body - 8;
+    if le32(bytes, start) != Some(SEEK_TABLE_MAGIC) || le32(bytes, start + 4) != Some(body as u32) {
+        return Err(bad_archive(format!(
+            "seek table frame header at byte {start} does not match its footer"
+        )));
+    }
+    let mut frames = Vec::with_capacity(n);
+    let (mut c, mut d) = (0u64, 0u64);
+    for i in 0..n {
+        let at = start + 8 + i * entry;
+        let c_len = le32(bytes, at).unwrap_or(0);
+        let d_len = le32(bytes, at + 4).unwrap_or(0);
+        let checksum = if entry == 12 {
+            le32(bytes, at + 8).unwrap_or(0)
+        } else {
+            0
+        };
+        frames.push(FrameEntry {
+            c_offset: c,
+            c_len,
+            d_offset: d,
+            d_len,
+            checksum,
+        });
+        c += u64::from(c_len);
+        d += u64::from(d_len);
+    }
+    if c > start as u64 {
+        return Err(bad_archive(format!(
+            "seek table lists {c} compressed bytes but the frames end at byte {start}"
+        )));
+    }
+    Ok(Some((frames, start)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Record index
+
+/// One record in the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexRecord {
+    /// Byte offset of the record (its tag) in the diff stream.
+    pub pos: u64,
+    /// Tag byte (`w`, `z`, `e` or an unknown v2 tag).
+    pub tag: u8,
+    /// Image offset (`w`, `z`; 0 otherwise).
+    pub offset: u64,
+    /// Extent length (`w`, `z`), body length (unknown tags), 0 for `e`.
+    pub len: u64,
+    /// Frame holding the record's first byte.
+    pub frame: u32,
+    /// Offset of the record in that frame.
+    pub frame_offset: u32,
+}
+
+/// One diff of an archive, as indexed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexedDiff {
+    /// Offset of the banner in the diff stream.
+    pub start: u64,
+    /// Diff version.
+    pub version: Version,
+    /// Snapshot names, protection flag, image size.
+    pub metadata: Metadata,
+    /// Offset and tag of each metadata record.
+    pub metadata_records: Vec<(u64, u8)>,
+    /// Warnings found when the archive was written.
+    pub warnings: Vec<Warning>,
+    /// Number of records after the banner (`e` included).
+    pub record_count: u64,
+    /// Offset just past `e`.
+    pub end: u64,
+    /// Data records and `e`, in order.
+    pub records: Vec<IndexRecord>,
+}
+
+impl IndexedDiff {
+    /// Offset in the diff stream of the payload of a `w` record (or unknown record body).
+    pub fn payload_pos(&self, r: &IndexRecord) -> u64 {
+        match self.version {
+            Version::V1 => r.pos + 17,
+            Version::V2 => {
+                if r.tag == crate::format::tag::WRITE {
+                    r.pos + 25
+                } else {
+                    r.pos + 9
+                }
+            }
+        }
+    }
+}
+
+/// The record index of an archive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveIndex {
+    /// Length of the decompressed stream.
+    pub total_len: u64,
+    /// What the decompressed stream is (`DiffV1`, `DiffV2` or `Image`).
+    pub kind: Kind,
+    /// Image header and its warnings (image streams).
+    pub image: Option<(ImageHeader, Vec<Warning>)>,
+    /// The diff (or each embedded diff).
+    pub diffs: Vec<IndexedDiff>,
+}
+
+struct Enc(Vec<u8>);
+
+impl Enc {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+    fn opt_u64(&mut self, v: Option<u64>) {
+        match v {
+            Some(v) => {
+                self.u8(1);
+                self.u64(v);
+            }
+            None => self.u8(0),
+        }
+    }
+    fn opt_bytes(&mut self, v: Option<&[u8]>) {
+        match v {
+            Some(v) => {
+                self.u8(1);
+                self.bytes(v);
+            }
+            None => self.u8(0),
+        }
+    }
+    fn warnings(&mut self, ws: &[Warning]) {
+        self.u32(ws.len() as u32);
+        for w in ws {
+            self.u64(w.offset);
+            self.opt_u64(w.record);
+            match &w.kind {
+                WarningKind::DuplicateMetadata { tag } => {
+                    self.u8(0);
+                    self.u32(u32::from(*tag));
+                }
+                WarningKind::LengthMismatch {
+                    tag,
+                    declared,
+                    expected,
+                } => {
+                    self.u8(1);
+                    self.u32(u32::from(*tag));
+                    self.u64(*declared);
+                    self.u64(*expected);
+                }
+                WarningKind::UnknownTagSkipped { tag, len } => {
+                    self.u8(2);
+                    self.u8(*tag);
+                    self.u64(*len);
+                }
+                WarningKind::TrailingBytes { len } => {
+                    self.u8(3);
+                    self.u64(*len);
+                }
+            }
+        }
+    }
+}
+
+struct Dec<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Dec<'a> {
+    fn err(&self) -> Error {
+        bad_archive(format!(
+            "record index ends early or is malformed at index byte {}",
+            self.pos
+        ))
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len());
+        let end = end.ok_or_else(|| self.err())?;
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32> {
+        let s = self.take(4)?;
+        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        let s = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    fn flag(&mut self) -> Result<bool> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(self.err()),
+        }
+    }
+    fn opt_u64(&mut self) -> Result<Option<u64>> {
+        Ok(if self.flag()? {
+            Some(self.u64()?)
+        } else {
+            None
+        })
+    }
+    fn opt_bytes(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(if self.flag()? {
+            Some(self.bytes()?)
+        } else {
+            None
+        })
+    }
+    /// A count of items of at least `min` bytes each, checked against what is left.
+    fn count(&mut self, min: usize) -> Result<usize> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min) > self.b.len() - self.pos {
+            return Err(self.err());
+        }
+        Ok(n)
+    }
+    fn count64(&mut self, min: usize) -> Result<usize> {
+        let n = usize::try_from(self.u64()?).unwrap_or(usize::MAX);
+        if n.saturating_mul(min) > self.b.len() - self.pos {
+            return Err(self.err());
+        }
+        Ok(n)
+    }
+    fn ch(&mut self) -> Result<char> {
+        char::from_u32(self.u32()?).ok_or_else(|| self.err())
+    }
+    fn warnings(&mut self) -> Result<Vec<Warning>> {
+        let n = self.count(10)?;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let offset = self.u64()?;
+            let record = self.opt_u64()?;
+            let kind = match self.u8()? {
+                0 => WarningKind::DuplicateMetadata { tag: self.ch()? },
+                1 => WarningKind::LengthMismatch {
+                    tag: self.ch()?,
+                    declared: self.u64()?,
+                    expected: self.u64()?,
+                },
+                2 => WarningKind::UnknownTagSkipped {
+                    tag: self.u8()?,
+                    len: self.u64()?,
+                },
+                3 => WarningKind::TrailingBytes { len: self.u64()? },
+                _ => return Err(self.err()),
+            };
+            v.push(Warning {
+                offset,
+                record,
+                kind,
+            });
+        }
+        Ok(v)
+    }
+}
+
+/// Encodes the index into the body of its skippable frame (header not included).
+pub fn encode_index(idx: &ArchiveIndex) -> Vec<u8> {
+    let mut e = Enc(Vec::with_capacity(256));
+    e.0.extend_from_slice(INDEX_MAGIC);
+    e.u64(idx.total_len);
+    e.u8(match idx.kind {
+        Kind::DiffV1 => 1,
+        Kind::DiffV2 => 2,
+        _ => 3,
+    });
+    match &idx.image {
+        Some((h, w)) => {
+            e.u8(1);
+            e.opt_u64(h.order);
+            e.opt_u64(h.features);
+            e.opt_u64(h.stripe_unit);
+            e.opt_u64(h.stripe_count);
+            e.u32(h.meta.len() as u32);
+            for (k, v) in &h.meta {
+                e.bytes(k);
+                e.bytes(v);
+            }
+            e.u64(h.diff_count);
+            e.warnings(w);
+        }
+        None => e.u8(0),
+    }
+    e.u32(idx.diffs.len() as u32);
+    for d in &idx.diffs {
+        e.u64(d.start);
+        e.u8(match d.version {
+            Version::V1 => 1,
+            Version::V2 => 2,
+        });
+        let m = &d.metadata;
+        e.opt_bytes(m.from_snap.as_deref());
+        e.opt_bytes(m.to_snap.as_deref());
+        e.opt_u64(m.protected.map(u64::from));
+        e.opt_u64(m.image_size);
+        e.u32(d.metadata_records.len() as u32);
+        for &(pos, tag) in &d.metadata_records {
+            e.u64(pos);
+            e.u8(tag);
+        }
+        e.warnings(&d.warnings);
+        e.u64(d.record_count);
+        e.u64(d.end);
+        e.u64(d.records.len() as u64);
+        for r in &d.records {
+            e.u64(r.pos);
+            e.u8(r.tag);
+            e.u64(r.offset);
+            e.u64(r.len);
+            e.u32(r.frame);
+            e.u32(r.frame_offset);
+        }
+    }
+    let crc = crc32fast::hash(&e.0);
+    e.u32(crc);
+    e.0
+}
+
+/// Decodes an index body written by [`encode_index`].
+///
+/// # Errors
+/// A wrong magic, a bad checksum or a malformed body.
+pub fn decode_index(body: &[u8]) -> Result<ArchiveIndex> {
+    if body.len() < INDEX_MAGIC.len() + 4 || !body.starts_with(INDEX_MAGIC) {
+        return Err(bad_archive("record index has a wrong magic"));
+    }
+    let (data, crc) = body.split_at(body.len() - 4);
+    if crc32fast::hash(data).to_le_bytes() != crc {
+        return Err(bad_archive("record index checksum mismatch"));
+    }
+    let mut d = Dec {
+        b: data,
+        pos: INDEX_MAGIC.len(),
+    };
+    let total_len = d.u64()?;
+    let kind = match d.u8()? {
+        1 => Kind::DiffV1,
+        2 => Kind::DiffV2,
+        3 => Kind::Image,
+        _ => return Err(d.err()),
+    };
+    let image = if d.flag()? {
+        let mut h = ImageHeader {
+            order: d.opt_u64()?,
+            features: d.opt_u64()?,
+            stripe_unit: d.opt_u64()?,
+            stripe_count: d.opt_u64()?,
+            ..Default::default()
+        };
+        let n = d.count(8)?;
+        for _ in 0..n {
+            let k = d.bytes()?;
+            let v = d.bytes()?;
+            h.meta.push((k, v));
+        }
+        h.diff_count = d.u64()?;
+        let w = d.warnings()?;
+        Some((h, w))
+    } else {
+        None
+    };
+    let nd = d.count(40)?;
+    let mut diffs = Vec::with_capacity(nd);
+    for _ in 0..nd {
+        let start = d.u64()?;
+        let version = match d.u8()? {
+            1 => Version::V1,
+            2 => Version::V2,
+            _ => return Err(d.err()),
+        };
+        let metadata = Metadata {
+            from_snap: d.opt_bytes()?,
+            to_snap: d.opt_bytes()?,
+            protected: d.opt_u64()?.map(|p| p != 0),
+            image_size: d.opt_u64()?,
+        };
+        let nm = d.count(9)?;
+        let mut metadata_records = Vec::with_capacity(nm);
+        for _ in 0..nm {
+            metadata_records.push((d.u64()?, d.u8()?));
+        }
+        let warnings = d.warnings()?;
+        let record_count = d.u64()?;
+        let end = d.u64()?;
+        let nr = d.count64(33)?;
+        let mut records = Vec::with_capacity(nr);
+        for _ in 0..nr {
+            records.push(IndexRecord {
+                pos: d.u64()?,
+                tag: d.u8()?,
+                offset: d.u64()?,
+                len: d.u64()?,
+                frame: d.u32()?,
+                frame_offset: d.u32()?,
+            });
+        }
+        diffs.push(IndexedDiff {
+            start,
+            version,
+            metadata,
+            metadata_records,
+            warnings,
+            record_count,
+            end,
+            records,
+        });
+    }
+    if d.pos != data.len() {
+        return Err(d.err());
+    }
+    Ok(ArchiveIndex {
+        total_len,
+        kind,
+        image,
+        diffs,
+    })
+}
+
+/// Wraps an index body into its skippable frame.
+pub fn index_frame(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 8);
+    out.extend_from_slice(&INDEX_FRAME_MAGIC.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// The error for a frame that fails to decompress.
+pub(crate) fn corrupt_frame(frame: Option<u64>, c_offset: u64, d_offset: u64, why: &str) -> Error {
+    let which = match frame {
+        Some(f) => format!("zstd frame {f}"),
+        None => "zstd skippable frame".to_string(),
+    };
+    Error::new(ErrorKind::Invalid(format!(
+        "corrupt {which} at compressed byte {c_offset} (diff stream byte {d_offset}): {why}"
+    )))
+}
+
+fn truncated_frame(frame: Option<u64>, c_offset: u64, d_offset: u64) -> Error {
+    let which = match frame {
+        Some(f) => format!("zstd frame {f}"),
+        None => "zstd skippable frame".to_string(),
+    };
+    Error::new(ErrorKind::Truncated {
+        what: format!(
+            "{which} at compressed byte {c_offset} (diff stream byte {d_offset}): the compressed file ends inside it"
+        ),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming decoder
+
+const IN_BUF: usize = 256 * 1024;
+
+/// Frame-aware streaming zstd decoder over any reader.
+///
+/// Accepts any sequence of zstd and skippable frames. Errors name the data frame (counted
+/// from 0, skippable frames not counted), its offset in the compressed input and the offset
+/// of its content in the decompressed stream.
+pub struct ZstdReader<R> {
+    inner: R,
+    dec: Decoder<'static>,
+    buf: Vec<u8>,
+    lo: usize,
+    hi: usize,
+    eof: bool,
+    /// Compressed offset of `buf[lo]`.
+    c_pos: u64,
+    /// Decompressed bytes produced so far.
+    d_pos: u64,
+    in_frame: bool,
+    frame_is_data: bool,
+    data_frames: u64,
+    frame_c_start: u64,
+    frame_d_start: u64,
+    failed: bool,
+}
+
+impl<R> std::fmt::Debug for ZstdReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ZstdReader(frame {}, byte {})",
+            self.data_frames, self.c_pos
+        )
+    }
+}
+
+impl<R: Read> ZstdReader<R> {
+    /// A decoder reading compressed bytes from `inner`.
+    ///
+    /// # Errors
+    /// The zstd context cannot be created.
+    pub fn new(inner: R) -> Result<Self> {
+        Ok(ZstdReader {
+            inner,
+            dec: Decoder::new()?,
+            buf: vec![0; IN_BUF],
+            lo: 0,
+            hi: 0,
+            eof: false,
+            c_pos: 0,
+            d_pos: 0,
+            in_frame: false,
+            frame_is_data: false,
+            data_frames: 0,
+            frame_c_start: 0,
+            frame_d_start: 0,
+            failed: false,
+        })
+    }
+
+    /// Number of complete data frames decoded so far.
+    pub fn frames(&self) -> u64 {
+        self.data_frames
+    }
+
+    /// Compressed bytes consumed so far.
+    pub fn compressed_pos(&self) -> u64 {
+        self.c_pos
+    }
+
+    fn frame_id(&self) -> Option<u64> {
+        self.frame_is_data.then_some(self.data_frames)
+    }
+
+    /// Reads more compressed input, keeping at least the unread bytes.
+    fn refill(&mut self) -> io::Result<()> {
+        if self.lo > 0 {
+            self.buf.copy_within(self.lo..self.hi, 0);
+            self.hi -= self.lo;
+            self.lo = 0;
+        }
+        loop {
+            match self.inner.read(&mut self.buf[self.hi..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    self.hi += n;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn read_inner(&mut self, out: &mut [u8]) -> Result<usize> {
+        loop {
+            if !self.in_frame {
+                while self.hi - self.lo < 4 && !self.eof {
+                    self.refill()?;
+                }
+                if self.lo == self.hi {
+                    return Ok(0);
+                }
+                let magic = self.buf.get(self.lo..self.lo + 4);
+                self.frame_is_data = magic == Some(&ZSTD_MAGIC[..]);
+                self.in_frame = true;
+                self.frame_c_start = self.c_pos;
+                self.frame_d_start = self.d_pos;
+            } else if self.lo == self.hi && !self.eof {
+                self.refill()?;
+            }
+            let mut inb = InBuffer::around(&self.buf[self.lo..self.hi]);
+            let mut outb = OutBuffer::around(&mut *out);
+            let hint = self.dec.run(&mut inb, &mut outb).map_err(|e| {
+                corrupt_frame(
+                    self.frame_id(),
+                    self.frame_c_start,
+                    self.frame_d_start,
+                    &e.to_string(),
+                )
+            })?;
+            let used = inb.pos();
+            let n = outb.pos();
+            self.lo += used;
+            self.c_pos += used as u64;
+            self.d_pos += n as u64;
+            if hint == 0 {
+                self.in_frame = false;
+                if self.frame_is_data {
+                    self.data_frames += 1;
+                }
+            } else if n == 0 && used == 0 && self.eof && self.lo == self.hi {
+                return Err(truncated_frame(
+                    self.frame_id(),
+                    self.frame_c_start,
+                    self.frame_d_start,
+                ));
+            }
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+    }
+}
+
+impl<R: Read> Read for ZstdReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() || self.failed {
+            return Ok(0);
+        }
+        match self.read_inner(out) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                self.failed = true;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random access
+
+/// Decompresses frame `i` of `bytes` (described by `f`) into a new buffer.
+pub(crate) fn decompress_frame(
+    dctx: &mut zstd::bulk::Decompressor<'static>,
+    bytes: &[u8],
+    i: usize,
+    f: &FrameEntry,
+) -> Result<Vec<u8>> {
+    let fail = |why: &str| corrupt_frame(Some(i as u64), f.c_offset, f.d_offset, why);
+    if u64::from(f.d_len) > MAX_FRAME_LEN {
+        return Err(fail("frame larger than 1 GiB in the seek table"));
+    }
+    let start = usize::try_from(f.c_offset).map_err(|_| fail("offset out of range"))?;
+    let src = start
+        .checked_add(f.c_len as usize)
+        .and_then(|end| bytes.get(start..end))
+        .ok_or_else(|| fail("frame runs past the end of the file"))?;
+    let mut out = Vec::with_capacity(f.d_len as usize);
+    let n = dctx
+        .decompress_to_buffer(src, &mut out)
+        .map_err(|e| fail(&e.to_string()))?;
+    if n != f.d_len as usize {
+        return Err(fail(&format!(
+            "decompressed to {n} bytes, the seek table says {}",
+            f.d_len
+        )));
+    }
+    Ok(out)
+}
+
+/// Random access to an indexed archive held in memory (e.g. a mapped file).
+pub struct ZstArchive<'a> {
+    bytes: &'a [u8],
+    frames: Vec<FrameEntry>,
+    index: ArchiveIndex,
+    dctx: zstd::bulk::Decompressor<'static>,
+    /// Recently decompressed frames, most recent last.
+    cache: Vec<(usize, Vec<u8>)>,
+    decompressed: u64,
+}
+
+impl std::fmt::Debug for ZstArchive<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ZstArchive({} frames)", self.frames.len())
+    }
+}
+
+const CACHE_FRAMES: usize = 4;
+
+impl<'a> ZstArchive<'a> {
+    /// Opens an archive: reads the seek table and the record index, decompressing nothing.
+    ///
+    /// Returns `None` when `bytes` has no seek table or no rbddiff record index (a file
+    /// written by `zstd`, or a seekable file from another tool): stream it instead.
+    ///
+    /// # Errors
+    /// The seek table or index is present but corrupt or inconsistent.
+    pub fn open(bytes: &'a [u8]) -> Result<Option<Self>> {
+        let Some((frames, seek_start)) = parse_seek_table(bytes)? else {
+            return Ok(None);
+        };
+        let data_end = frames.last().map_or(0, |f| f.c_offset + u64::from(f.c_len));
+        let data_end = usize::try_from(data_end).unwrap_or(usize::MAX);
+        if data_end + 8 > seek_start || le32(bytes, data_end) != Some(INDEX_FRAME_MAGIC) {
+            return Ok(None);
+        }
+        let body_len = le32(bytes, data_end + 4).unwrap_or(0) as usize;
+        if data_end + 8 + body_len != seek_start {
+            return Err(bad_archive(format!(
+                "record index frame at byte {data_end} does not end where the seek table starts"
+            )));
+        }
+        let index = decode_index(&bytes[data_end + 8..seek_start])?;
+        let total: u64 = frames.iter().map(|f| u64::from(f.d_len)).sum();
+        if total != index.total_len {
+            return Err(bad_archive(format!(
+                "seek table frames hold {total} bytes, the record index says {}",
+                index.total_len
+            )));
+        }
+        let nframes = frames.len() as u64;
+        for d in &index.diffs {
+            for r in &d.records {
+                if u64::from(r.frame) >= nframes.max(1) || r.pos >= total {
+                    return Err(bad_archive(format!(
+                        "record at diff stream byte {} points outside the archive",
+                        r.pos
+                    )));
+                }
+            }
+        }
+        Ok(Some(ZstArchive {
+            bytes,
+            frames,
+            index,
+            dctx: zstd::bulk::Decompressor::new()?,
+            cache: Vec::new(),
+            decompressed: 0,
+        }))
+    }
+
+    /// The frames, from the seek table.
+    pub fn frames(&self) -> &[FrameEntry] {
+        &self.frames
+    }
+
+    /// The record index.
+    pub fn index(&self) -> &ArchiveIndex {
+        &self.index
+    }
+
+    /// Every indexed record of every diff, in stream order.
+    pub fn records(&self) -> impl Iterator<Item = &IndexRecord> + '_ {
+        self.index.diffs.iter().flat_map(|d| d.records.iter())
+    }
+
+    /// Length of the decompressed stream.
+    pub fn len(&self) -> u64 {
+        self.index.total_len
+    }
+
+    /// True when the decompressed stream is empty.
+    pub fn is_empty(&self) -> bool {
+        self.index.total_len == 0
+    }
+
+    /// Number of frames decompressed so far (cache misses).
+    pub fn frames_decompressed(&self) -> u64 {
+        self.decompressed
+    }
+
+    /// The frame holding diff stream byte `pos`.
+    pub fn frame_of(&self, pos: u64) -> Option<usize> {
+        let i = self.frames.partition_point(|f| f.d_offset <= pos);
+        let i = i.checked_sub(1)?;
+        let f = self.frames.get(i)?;
+        (pos < f.d_offset + u64::from(f.d_len)).then_some(i)
+    }
+
+    /// The decompressed content of frame `i` (cached).
+    ///
+    /// # Errors
+    /// The frame is corrupt (the error names the frame and its offsets).
+    pub fn frame(&mut self, i: usize) -> Result<&[u8]> {
+        if let Some(p) = self.cache.iter().position(|(n, _)| *n == i) {
+            let hit = self.cache.remove(p);
+            self.cache.push(hit);
+        } else {
+            let f = *self
+                .frames
+                .get(i)
+                .ok_or_else(|| Error::invalid(format!("no zstd frame {i} in the archive")))?;
+            let data = decompress_frame(&mut self.dctx, self.bytes, i, &f)?;
+            self.decompressed += 1;
+            if self.cache.len() >= CACHE_FRAMES {
+                self.cache.remove(0);
+            }
+            self.cache.push((i, data));
+        }
+        Ok(self
+            .cache
+            .last()
+            .map(|(_, d)| d.as_slice())
+            .unwrap_or_default())
+    }
+
+    /// Fills `out` with the diff stream bytes starting at `pos`, decompressing only the
+    /// frames that hold them.
+    ///
+    /// # Errors
+    /// The range runs past the end of the stream, or a frame is corrupt.
+    pub fn read_range(&mut self, pos: u64, out: &mut [u8]) -> Result<()> {
+        let mut done = 0usize;
+        while done < out.len() {
+            let at = pos + done as u64;
+            let i = self.frame_of(at).ok_or_else(|| {
+                Error::invalid(format!(
+                    "diff stream byte {at} is past the end of the archive ({} bytes)",
+                    self.index.total_len
+                ))
+            })?;
+            let d_offset = self.frames[i].d_offset;
+            let frame = self.frame(i)?;
+            let from = (at - d_offset) as usize;
+            let src = frame.get(from..).unwrap_or_default();
+            let n = src.len().min(out.len() - done);
+            if n == 0 {
+                return Err(Error::invalid("internal: empty frame slice"));
+            }
+            out[done..done + n].copy_from_slice(&src[..n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `len` diff stream bytes starting at `pos` to `w`, frame by frame.
+    ///
+    /// # Errors
+    /// As [`ZstArchive::read_range`], or writing fails.
+    pub fn copy_range(&mut self, pos: u64, len: u64, w: &mut dyn Write) -> Result<()> {
+        let mut done = 0u64;
+        while done < len {
+            let at = pos + done;
+            let i = self.frame_of(at).ok_or_else(|| {
+                Error::invalid(format!(
+                    "diff stream byte {at} is past the end of the archive ({} bytes)",
+                    self.index.total_len
+                ))
+            })?;
+            let d_offset = self.frames[i].d_offset;
+            let frame = self.frame(i)?;
+            let src = frame.get((at - d_offset) as usize..).unwrap_or_default();
+            let n = (src.len() as u64).min(len - done) as usize;
+            if n == 0 {
+                return Err(Error::invalid("internal: empty frame slice"));
+            }
+            w.write_all(&src[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,513 @@
+//! Compressed archives: byte-exact round trips (library, `rbddiff decompress` and the stock
+//! `zstd` CLI), index-only inspect, random access, transparent .zst input, and corrupt or
+//! truncated archives.
+
+mod common;
+
+use std::io::{Cursor, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::manifest::{self, diff_files, export_format2_stream, sha256_hex};
+use common::model::Image;
+use proptest::prelude::*;
+use rbddiff::compress::{compress, decompress, CompressOptions};
+use rbddiff::input::{Input, Kind};
+use rbddiff::inspect::inspect_input;
+use rbddiff::zst::ZstArchive;
+use rbddiff::{DiffReader, DiffSlice, DiffWriter, Extent, Metadata, Record, Version};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+}
+
+fn opts(frame_target: u64) -> CompressOptions {
+    CompressOptions {
+        level: 3,
+        threads: 3,
+        frame_target,
+    }
+}
+
+/// Compresses `bytes` through the mapped-file path.
+fn compress_file(dir: &Path, bytes: &[u8], o: &CompressOptions) -> Vec<u8> {
+    let p = dir.join("in.diff");
+    std::fs::write(&p, bytes).unwrap();
+    let input = Input::open(p.to_str().unwrap()).unwrap();
+    assert!(input.bytes().is_some());
+    let mut out = Vec::new();
+    compress(input, &mut out, o).unwrap();
+    out
+}
+
+/// Compresses `bytes` through the streaming path.
+fn compress_stream(bytes: &[u8], o: &CompressOptions) -> Vec<u8> {
+    let input = Input::from_reader("-", Box::new(Cursor::new(bytes.to_vec()))).unwrap();
+    assert!(input.bytes().is_none());
+    let mut out = Vec::new();
+    compress(input, &mut out, o).unwrap();
+    out
+}
+
+fn zstd_cli_decompress(path: &Path) -> Vec<u8> {
+    let out = Command::new("zstd")
+        .args(["-dcq"])
+        .arg(path)
+        .output()
+        .expect("the zstd CLI is installed");
+    assert!(out.status.success(), "zstd -dc failed: {out:?}");
+    out.stdout
+}
+
+/// Every check that does not need a file name: archive records against the slice driver,
+/// random access against the plain bytes, transparent reading, both decompressors.
+fn check_archive(plain: &[u8], z: &[u8], dir: &Path) {
+    let zp = dir.join("a.zst");
+    std::fs::write(&zp, z).unwrap();
+    // Stock zstd restores the exact bytes.
+    assert_eq!(zstd_cli_decompress(&zp), plain, "zstd -dc");
+    // Our decompressor: frame-parallel (mapped) and streamed.
+    let mut out = Vec::new();
+    decompress(Input::open(zp.to_str().unwrap()).unwrap(), &mut out, 2).unwrap();
+    assert_eq!(out, plain, "decompress (mapped)");
+    let mut out = Vec::new();
+    let inp = Input::from_reader("-", Box::new(Cursor::new(z.to_vec()))).unwrap();
+    decompress(inp, &mut out, 2).unwrap();
+    assert_eq!(out, plain, "decompress (stream)");
+    // Transparent input.
+    let input = Input::open(zp.to_str().unwrap()).unwrap();
+    assert!(input.is_compressed());
+    assert!(input.bytes().is_none());
+    assert_eq!(input.kind(), rbddiff::input::sniff(plain));
+    let mut dec = Vec::new();
+    input.into_reader().read_to_end(&mut dec).unwrap();
+    assert_eq!(dec, plain);
+    // The index agrees with the slice driver, and read_range with the bytes.
+    let mut a = ZstArchive::open(z).unwrap().expect("indexed archive");
+    assert_eq!(a.len(), plain.len() as u64);
+    if rbddiff::input::sniff(plain) != Kind::Image {
+        let d = DiffSlice::parse(plain).unwrap();
+        let want: Vec<(u64, u8, Option<Extent>)> = d
+            .records()
+            .map(|r| {
+                let (pos, rec) = r.unwrap();
+                (pos, rec.tag(), rec.extent())
+            })
+            .collect();
+        let diff = &a.index().diffs[0];
+        assert_eq!(&diff.metadata, d.metadata());
+        let got: Vec<(u64, u8, Option<Extent>)> = diff
+            .records
+            .iter()
+            .map(|r| {
+                let ext = matches!(r.tag, b'w' | b'z').then(|| Extent::new(r.offset, r.len));
+                (r.pos, r.tag, ext)
+            })
+            .collect();
+        assert_eq!(got, want);
+        // Payloads through random access, and frame/offset of every record.
+        for (r, (_, rec)) in diff
+            .records
+            .clone()
+            .iter()
+            .zip(d.records().map(|x| x.unwrap()))
+        {
+            let f = a.frames()[r.frame as usize];
+            assert_eq!(f.d_offset + u64::from(r.frame_offset), r.pos);
+            if let Record::Write { data, .. } = rec {
+                let at = a.index().diffs[0].payload_pos(r);
+                let mut buf = vec![0u8; data.len()];
+                a.read_range(at, &mut buf).unwrap();
+                assert_eq!(buf, data);
+            }
+        }
+    }
+    // Frames start on record boundaries (unless a payload was split).
+    let n = a.frames().len();
+    assert!(n >= 1);
+    let before = a.frames_decompressed();
+    let mid = plain.len() as u64 / 2;
+    let mut one = [0u8; 1];
+    a.read_range(mid, &mut one).unwrap();
+    assert_eq!(one[0], plain[mid as usize]);
+    assert!(a.frames_decompressed() <= before + 1);
+}
+
+fn inspect_json(input: Input, records: bool) -> serde_json::Value {
+    let mut v = serde_json::to_value(inspect_input(input, records)).unwrap();
+    v["file"] = serde_json::Value::Null;
+    v
+}
+
+fn real_inputs() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = diff_files().into_iter().map(|d| d.path).collect();
+    v.push(export_format2_stream());
+    v
+}
+
+#[test]
+fn real_corpus_round_trips_byte_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    for path in real_inputs() {
+        let plain = std::fs::read(&path).unwrap();
+        for target in [1024, 64 << 10, 4 << 20] {
+            let o = opts(target);
+            let z = compress_file(dir.path(), &plain, &o);
+            let zs = compress_stream(&plain, &o);
+            assert_eq!(
+                z,
+                zs,
+                "{}: mapped and streamed archives differ",
+                path.display()
+            );
+            check_archive(&plain, &z, dir.path());
+        }
+    }
+}
+
+#[test]
+fn inspect_of_archive_matches_plain_and_uses_the_index_only() {
+    let dir = tempfile::tempdir().unwrap();
+    for path in real_inputs() {
+        let plain = std::fs::read(&path).unwrap();
+        let z = compress_file(dir.path(), &plain, &opts(4096));
+        let zp = dir.path().join("i.zst");
+        std::fs::write(&zp, &z).unwrap();
+        // Corrupt every data frame's payload bytes: inspect must not notice (no frame is
+        // decompressed), while the same corruption breaks a real decompression.
+        let mut broken = z.clone();
+        let a = ZstArchive::open(&z).unwrap().unwrap();
+        for f in a.frames() {
+            let mid = (f.c_offset + u64::from(f.c_len) / 2) as usize;
+            broken[mid] ^= 0x55;
+        }
+        let bp = dir.path().join("b.zst");
+        std::fs::write(&bp, &broken).unwrap();
+        for records in [false, true] {
+            let want = inspect_json(Input::open(path.to_str().unwrap()).unwrap(), records);
+            let got = inspect_json(Input::open(zp.to_str().unwrap()).unwrap(), records);
+            assert_eq!(got, want, "{}", path.display());
+            let got = inspect_json(Input::open(bp.to_str().unwrap()).unwrap(), records);
+            assert_eq!(
+                got,
+                want,
+                "{}: inspect decompressed a frame",
+                path.display()
+            );
+            // Streamed (stdin) archives are inspected by decompressing: same report.
+            let inp = Input::from_reader("-", Box::new(Cursor::new(z.clone()))).unwrap();
+            assert_eq!(inspect_json(inp, records), want);
+        }
+        let mut sink = Vec::new();
+        let r = decompress(Input::open(bp.to_str().unwrap()).unwrap(), &mut sink, 1);
+        assert!(r.is_err());
+    }
+}
+
+#[test]
+fn real_chains_apply_from_archives_to_ground_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    for chain in manifest::chains() {
+        for files in [&chain.v1, &chain.v2] {
+            if files.is_empty() || files[0].apply_to != "empty" {
+                continue;
+            }
+            let mut img = Image::new();
+            for (i, f) in files.iter().enumerate() {
+                let z = compress_file(dir.path(), &f.read(), &opts(8192));
+                let zp = dir.path().join(format!("c{i}.zst"));
+                std::fs::write(&zp, &z).unwrap();
+                let input = Input::open(zp.to_str().unwrap()).unwrap();
+                let mut r = DiffReader::new(input.into_reader()).unwrap();
+                img.apply(&mut r);
+                let truth = f.expected();
+                assert_eq!(img.sha256(), truth.sha256, "{} from .zst", f.rel);
+            }
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run rbddiff")
+}
+
+#[test]
+fn cli_compress_decompress_and_stock_zstd() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = export_format2_stream();
+    let plain = std::fs::read(&src).unwrap();
+    let z = d.join("x.zst");
+    let o = run(bin().arg("compress").arg(&src).arg("-o").arg(&z).args([
+        "--threads",
+        "2",
+        "--frame-size",
+        "65536",
+    ]));
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(zstd_cli_decompress(&z), plain);
+    // Refuses to overwrite without --force.
+    let o = run(bin().arg("compress").arg(&src).arg("-o").arg(&z));
+    assert_eq!(o.status.code(), Some(2));
+    // Decompress to a file and to stdout; stdin to stdout.
+    let back = d.join("back");
+    let o = run(bin().arg("decompress").arg(&z).arg("-o").arg(&back));
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(std::fs::read(&back).unwrap(), plain);
+    let o = run(bin().arg("decompress").arg(&z).args(["-o", "-"]));
+    assert_eq!(o.stdout, plain);
+    let o = run(bin()
+        .args(["compress", "-", "-o", "-"])
+        .stdin(std::fs::File::open(&src).unwrap()));
+    assert!(o.status.success());
+    let z2 = d.join("y.zst");
+    std::fs::write(&z2, &o.stdout).unwrap();
+    assert_eq!(zstd_cli_decompress(&z2), plain);
+    // inspect --json: the same document on .zst and plain, except the file name.
+    let j = |p: &Path| {
+        let o = run(bin().args(["inspect", "--json", "--records"]).arg(p));
+        assert!(o.status.success(), "{o:?}");
+        let mut v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v[0]["file"] = serde_json::Value::Null;
+        v
+    };
+    assert_eq!(j(&z), j(&src));
+}
+
+#[test]
+fn plain_zstd_files_are_read_by_every_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for f in diff_files().iter().take(6) {
+        let plain = f.read();
+        let z = d.join("p.zst");
+        // Several frames, no index: written by the zstd CLI.
+        let status = Command::new("zstd")
+            .args(["-qf", "-3", "--no-check"])
+            .arg(&f.path)
+            .arg("-o")
+            .arg(&z)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let input = Input::open(z.to_str().unwrap()).unwrap();
+        assert!(input.is_compressed());
+        assert!(input.archive().unwrap().is_none());
+        assert_eq!(
+            inspect_json(input, true),
+            inspect_json(Input::open(f.path.to_str().unwrap()).unwrap(), true)
+        );
+        let o = run(bin().arg("decompress").arg(&z).args(["-o", "-"]));
+        assert!(o.status.success());
+        assert_eq!(o.stdout, plain);
+        // And re-compressing a plain .zst input gives an indexed archive of the same diff.
+        let ours = d.join("o.zst");
+        let o = run(bin()
+            .arg("compress")
+            .arg(&z)
+            .arg("-o")
+            .arg(&ours)
+            .arg("--force"));
+        assert!(o.status.success(), "{o:?}");
+        assert_eq!(zstd_cli_decompress(&ours), plain);
+        let img = {
+            let mut m = Image::new();
+            let input = Input::open(ours.to_str().unwrap()).unwrap();
+            m.apply(&mut DiffReader::new(input.into_reader()).unwrap());
+            m
+        };
+        let mut want = Image::new();
+        if f.apply_to == "empty" {
+            want.apply_bytes(&plain);
+            assert_eq!(img.sha256(), want.sha256());
+        }
+    }
+}
+
+/// An archive of the image stream with many frames, and its frame table.
+fn many_frames(d: &Path) -> (PathBuf, Vec<u8>, Vec<rbddiff::zst::FrameEntry>) {
+    let src = export_format2_stream();
+    let z = d.join("m.zst");
+    let o = run(bin().arg("compress").arg(&src).arg("-o").arg(&z).args([
+        "--frame-size",
+        "16384",
+        "--force",
+    ]));
+    assert!(o.status.success());
+    let bytes = std::fs::read(&z).unwrap();
+    let frames = ZstArchive::open(&bytes).unwrap().unwrap().frames().to_vec();
+    assert!(frames.len() > 4);
+    (z, bytes, frames)
+}
+
+#[test]
+fn corrupt_frame_is_named_with_both_offsets_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, bytes, frames) = many_frames(d);
+    let f = frames[3];
+    let mut bad = bytes.clone();
+    let at = (f.c_offset + u64::from(f.c_len) / 2) as usize;
+    for b in &mut bad[at..at + 8] {
+        *b ^= 0xa5;
+    }
+    let bp = d.join("bad.zst");
+    std::fs::write(&bp, &bad).unwrap();
+    let out = d.join("out.diff");
+    // Mapped (frame-parallel) and streamed decompression both name the frame.
+    let o = run(bin().arg("decompress").arg(&bp).arg("-o").arg(&out));
+    let o2 = run(bin()
+        .args(["decompress", "-", "-o"])
+        .arg(&out)
+        .stdin(std::fs::File::open(&bp).unwrap()));
+    for o in [o, o2] {
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("zstd frame 3"), "{err}");
+        assert!(
+            err.contains(&format!("compressed byte {}", f.c_offset)),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("diff stream byte {}", f.d_offset)),
+            "{err}"
+        );
+    }
+    assert!(!out.exists());
+    assert_eq!(
+        std::fs::read_dir(d).unwrap().count(),
+        2,
+        "no temp file is left"
+    );
+    // A command reading the diff through the archive fails the same way.
+    let mut a = ZstArchive::open(&bad).unwrap().unwrap();
+    let mut buf = vec![0u8; 10];
+    let e = a.read_range(f.d_offset, &mut buf).unwrap_err().to_string();
+    assert!(e.contains("zstd frame 3"), "{e}");
+    assert!(a.read_range(frames[2].d_offset, &mut buf).is_ok());
+}
+
+#[test]
+fn truncated_archives_are_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, bytes, frames) = many_frames(d);
+    let f = frames[2];
+    let out = d.join("out.diff");
+    // Cut inside a data frame, inside the seek table, and inside the index frame.
+    let cuts = [
+        (f.c_offset + 10) as usize,
+        bytes.len() - 3,
+        (frames
+            .last()
+            .map(|f| f.c_offset + u64::from(f.c_len))
+            .unwrap()
+            + 20) as usize,
+    ];
+    for (i, cut) in cuts.into_iter().enumerate() {
+        let tp = d.join(format!("t{i}.zst"));
+        std::fs::write(&tp, &bytes[..cut]).unwrap();
+        for cmd in ["decompress", "inspect"] {
+            let mut c = bin();
+            c.arg(cmd).arg(&tp);
+            if cmd == "decompress" {
+                c.arg("-o").arg(&out);
+            }
+            let o = run(&mut c);
+            assert_eq!(o.status.code(), Some(2), "{cmd} cut at {cut}: {o:?}");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("truncated"), "{cmd}: {err}");
+            assert!(!out.exists());
+        }
+    }
+    let o = run(bin().arg("inspect").arg(d.join("t0.zst")));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("zstd frame 2"), "{err}");
+    assert!(
+        err.contains(&format!("compressed byte {}", f.c_offset)),
+        "{err}"
+    );
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write(Vec<u8>),
+    Zero(u64),
+}
+
+fn payload() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        (1usize..20000).prop_map(|n| vec![0u8; n]),
+        prop::collection::vec(any::<u8>(), 1..20000),
+        (1usize..20000).prop_map(|n| b"rbd diff text block\n"
+            .iter()
+            .cycle()
+            .take(n)
+            .copied()
+            .collect()),
+    ]
+}
+
+fn diff_strategy() -> impl Strategy<Value = (bool, Vec<(u64, Op)>)> {
+    let op = prop_oneof![
+        payload().prop_map(Op::Write),
+        (1u64..100000).prop_map(Op::Zero),
+    ];
+    (
+        any::<bool>(),
+        prop::collection::vec((0u64..50000, op), 0..40),
+    )
+}
+
+fn build(v2: bool, ops: &[(u64, Op)]) -> Vec<u8> {
+    let meta = Metadata {
+        from_snap: Some(b"a".to_vec()),
+        to_snap: Some(b"b".to_vec()),
+        protected: v2.then_some(false),
+        image_size: Some(16 << 20),
+    };
+    let version = if v2 { Version::V2 } else { Version::V1 };
+    let mut w = DiffWriter::new(Vec::new(), version, &meta).unwrap();
+    let mut pos = 0u64;
+    for (gap, op) in ops {
+        pos += gap;
+        match op {
+            Op::Write(data) => {
+                w.write_data(pos, data).unwrap();
+                pos += data.len() as u64;
+            }
+            Op::Zero(len) => {
+                w.zero(Extent::new(pos, *len)).unwrap();
+                pos += len;
+            }
+        }
+    }
+    w.finish().unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn random_diffs_round_trip(
+        (v2, ops) in diff_strategy(),
+        target in 1024u64..40000,
+        threads in 1usize..4,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = build(v2, &ops);
+        let o = CompressOptions { level: 1, threads, frame_target: target };
+        let z = compress_file(dir.path(), &plain, &o);
+        prop_assert_eq!(&z, &compress_stream(&plain, &o));
+        check_archive(&plain, &z, dir.path());
+        // Applying the archive gives the same image as applying the plain diff.
+        let mut want = Image::new();
+        want.apply_bytes(&plain);
+        let zp = dir.path().join("a.zst");
+        let mut got = Image::new();
+        let input = Input::open(zp.to_str().unwrap()).unwrap();
+        got.apply(&mut DiffReader::new(input.into_reader()).unwrap());
+        prop_assert_eq!(got.sha256(), want.sha256());
+        prop_assert_eq!(sha256_hex(&plain), sha256_hex(&zstd_cli_decompress(&zp)));
+    }
+}
