@@ -16,9 +16,9 @@ const BUF_SIZE: usize = 64 * 1024;
 /// Largest item that must fit in the buffer at once (an image-meta pair is the biggest head).
 const MAX_HEAD: usize = 2 * (crate::format::MAX_META_LEN as usize) + 64;
 
-/// Reads per refill of a seekable input: enough for several record heads, little enough
-/// that walking the heads of a file of large records reads almost nothing else.
-const SEEK_READ: usize = 512;
+/// Bytes read per refill of a seekable input beyond what the parser asks for: a few record
+/// heads, so that walking the heads of a file of large records reads almost nothing else.
+const SEEK_READ: usize = 64;
 
 /// Reads from a positioned input at an absolute offset; the `u64` is where the input's
 /// own cursor is, so that a plain `Seek` input seeks only when it has to.
