@@ -7,6 +7,12 @@
 //! - `z` punches a hole in a regular file (`fallocate(PUNCH_HOLE|KEEP_SIZE)`) or zeroes the
 //!   range of a block device (`fallocate(ZERO_RANGE)`, the `BLKZEROOUT` path of the kernel);
 //!   where that is unsupported, zeros are written.
+//! - on a block device (which keeps its size and its old bytes), the area a diff adds to
+//!   the image — all of it for a full diff, the part past the previous size when a diff
+//!   grows the image — is zeroed where the diff writes nothing, so the first `size` bytes of
+//!   the device equal the image. The device must be large enough for every diff (checked
+//!   before anything is written), is opened `O_EXCL` (refused while mounted), needs an
+//!   explicit `--state-file`, and `--create` is refused.
 //!
 //! The target remembers which snapshot it holds in a sidecar `TARGET.rbddiff-state`
 //! (JSON, written atomically). A diff whose start snapshot differs from the target's is
@@ -16,7 +22,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::FallocateFlags;
@@ -47,6 +53,9 @@ pub enum TargetState {
     At {
         /// Snapshot name.
         snap: Option<String>,
+        /// Image size at that snapshot (absent in state files of older versions).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
     },
     /// A diff was being applied; the target may be partly modified.
     Applying {
@@ -56,6 +65,9 @@ pub enum TargetState {
         to: Option<String>,
         /// The diff file (for messages).
         file: String,
+        /// Image size before that diff (absent when unknown).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
     },
 }
 
@@ -163,9 +175,18 @@ pub struct Applier<'f> {
     /// The target is known to read as zeros everywhere not written by the current diff
     /// (a file that was empty before its `s` record), so zeros need no I/O at all.
     fresh: bool,
-    punch_ok: bool,
+    /// `fallocate` is used for zeroing (cleared when the target does not support it).
+    use_fallocate: bool,
+    /// Logical block size of a block device (1 for files): `fallocate` ranges are aligned to it.
+    block_size: u64,
+    /// Size of the image the target holds now, when known.
+    known_size: Option<u64>,
+    /// While a diff is applied: the part of the image that must read as zeros where the diff
+    /// writes nothing (`cursor`, `end`); see [`Applier::apply_source`].
+    fill: Option<(u64, u64)>,
     stats: ApplyStats,
     buf: Vec<u8>,
+    zbuf: Vec<u8>,
 }
 
 fn io_at(e: io::Error, what: &str, off: u64) -> Error {
@@ -182,14 +203,48 @@ impl<'f> Applier<'f> {
     /// `fstat` fails.
     pub fn new(file: &'f File) -> Result<Self> {
         let block_device = file.metadata()?.file_type().is_block_device();
+        let block_size = if block_device {
+            rustix::fs::ioctl_blksszget(file).map_or(512, |n| u64::from(n.max(1)))
+        } else {
+            1
+        };
         Ok(Applier {
             file,
             block_device,
             fresh: false,
-            punch_ok: true,
+            use_fallocate: true,
+            block_size,
+            known_size: None,
+            fill: None,
             stats: ApplyStats::default(),
             buf: Vec::new(),
+            zbuf: Vec::new(),
         })
+    }
+
+    /// True when the target is a block device.
+    pub fn is_block_device(&self) -> bool {
+        self.block_device
+    }
+
+    /// Whether zeroing may use `fallocate` (default) or must write zero bytes. Both give the
+    /// same content; turning it off exercises the fallback used where `fallocate` is not
+    /// supported.
+    pub fn set_fallocate(&mut self, on: bool) {
+        self.use_fallocate = on;
+    }
+
+    /// Tells the applier the size of the image the target holds now (`None`: unknown).
+    /// A block device keeps its size, so when a diff grows the image, the part past this
+    /// size that the diff does not write is zeroed (an image reads zeros there after a
+    /// shrink and a regrow, or in a freshly grown area).
+    pub fn set_image_size(&mut self, size: Option<u64>) {
+        self.known_size = size;
+    }
+
+    /// The image size after the last applied diff (or as set), when known.
+    pub fn image_size(&self) -> Option<u64> {
+        self.known_size
     }
 
     /// Counters so far.
@@ -242,34 +297,76 @@ impl<'f> Applier<'f> {
         if len == 0 || self.fresh {
             return Ok(());
         }
-        if self.punch_ok {
-            let flags = if self.block_device {
-                FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE
-            } else {
-                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE
-            };
-            match rustix::fs::fallocate(self.file, flags, off, len) {
-                Ok(()) => return Ok(()),
-                Err(rustix::io::Errno::OPNOTSUPP)
-                | Err(rustix::io::Errno::NOSYS)
-                | Err(rustix::io::Errno::INVAL) => {
-                    // Unsupported here (or an unaligned range on a device): write zeros.
-                    if !self.block_device {
-                        self.punch_ok = false;
+        self.zero_io(off, len)
+    }
+
+    /// Zeroes `len` bytes at `off`: `fallocate` on the block-aligned middle (files:
+    /// `PUNCH_HOLE`, keeping them sparse; block devices: `ZERO_RANGE`, which the kernel
+    /// turns into the same zero-out as the `BLKZEROOUT` ioctl, unmapping where the device
+    /// can), zero bytes written for unaligned edges or where `fallocate` is unsupported.
+    ///
+    /// `BLKZEROOUT` itself is not issued: rustix has no safe wrapper for it and a custom
+    /// ioctl needs `unsafe`, which the crate forbids outside the mmap in `input.rs`.
+    fn zero_io(&mut self, off: u64, len: u64) -> Result<()> {
+        let end = off + len;
+        if self.use_fallocate {
+            let bs = self.block_size;
+            let a = off.div_ceil(bs).saturating_mul(bs);
+            let b = end / bs * bs;
+            if a < b {
+                let flags = if self.block_device {
+                    FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE
+                } else {
+                    FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE
+                };
+                match rustix::fs::fallocate(self.file, flags, a, b - a) {
+                    Ok(()) => {
+                        self.write_zeros(off, a)?;
+                        return self.write_zeros(b, end);
                     }
+                    Err(rustix::io::Errno::OPNOTSUPP)
+                    | Err(rustix::io::Errno::NOSYS)
+                    | Err(rustix::io::Errno::INVAL) => self.use_fallocate = false,
+                    Err(e) => return Err(io_at(e.into(), "zeroing", a)),
                 }
-                Err(e) => return Err(io_at(e.into(), "zeroing", off)),
             }
         }
-        let mut pos = off;
-        let end = off + len;
+        self.write_zeros(off, end)
+    }
+
+    fn write_zeros(&mut self, mut pos: u64, end: u64) -> Result<()> {
+        if pos >= end {
+            return Ok(());
+        }
+        if (end - pos) as usize > ZEROS.len() && self.zbuf.is_empty() {
+            self.zbuf.resize(STREAM_BUF, 0);
+        }
         while pos < end {
-            let n = (end - pos).min(ZEROS.len() as u64) as usize;
+            let z: &[u8] = if self.zbuf.is_empty() {
+                &ZEROS
+            } else {
+                &self.zbuf
+            };
+            let n = (end - pos).min(z.len() as u64) as usize;
             self.file
-                .write_all_at(&ZEROS[..n], pos)
+                .write_all_at(&z[..n], pos)
                 .map_err(|e| io_at(e, "write", pos))?;
             pos += n as u64;
         }
+        Ok(())
+    }
+
+    /// Zeroes the part of the fill region before `upto`, then moves its cursor to `past`.
+    fn fill_gap(&mut self, upto: u64, past: u64) -> Result<()> {
+        let Some((cur, end)) = self.fill else {
+            return Ok(());
+        };
+        let stop = upto.min(end);
+        if cur < stop {
+            self.stats.bytes_zeroed += stop - cur;
+            self.zero_io(cur, stop - cur)?;
+        }
+        self.fill = Some((cur.max(stop).max(past.min(end)), end));
         Ok(())
     }
 
@@ -313,6 +410,13 @@ impl<'f> Applier<'f> {
 
     /// Applies every record of `src` (its `s` first), up to and including `e`.
     ///
+    /// The image must read as zeros wherever the diff writes nothing in the area it adds:
+    /// all of it for a full diff (an image starts empty), and past the previous image size
+    /// for a diff that grows the image. A regular file gets that from `ftruncate`, except
+    /// when a full diff is applied to a non-empty file; a block device keeps its old bytes.
+    /// In those cases the gaps between records are zeroed as the records go by (one pass,
+    /// nothing written twice).
+    ///
     /// # Errors
     /// The first structural problem of the diff or I/O error.
     pub fn apply_source(&mut self, src: &mut dyn RecordSource) -> Result<()> {
@@ -320,11 +424,22 @@ impl<'f> Applier<'f> {
             .metadata()
             .image_size
             .ok_or_else(|| Error::new(ErrorKind::MissingSize))?;
+        let full = src.metadata().from_snap.is_none();
+        let prev = if full { Some(0) } else { self.known_size };
         self.resize(size)?;
+        self.fill = match prev {
+            Some(p) if p < size && !self.fresh && (self.block_device || full) => Some((p, size)),
+            _ => None,
+        };
         let mut buf = std::mem::take(&mut self.buf);
         let r = self.walk(src, &mut buf);
         self.buf = buf;
+        let r = r.and_then(|()| self.fill_gap(size, size));
+        self.fill = None;
         self.fresh = false;
+        if r.is_ok() {
+            self.known_size = Some(size);
+        }
         r
     }
 
@@ -332,6 +447,7 @@ impl<'f> Applier<'f> {
         while let Some(item) = src.next_item()? {
             match item.kind {
                 ItemKind::Write { extent, data } => {
+                    self.fill_gap(extent.offset, extent.offset + extent.len)?;
                     self.stats.writes += 1;
                     match data {
                         Payload::Bytes(b) => self.write_at(extent.offset, b)?,
@@ -350,6 +466,7 @@ impl<'f> Applier<'f> {
                     }
                 }
                 ItemKind::Zero(e) => {
+                    self.fill_gap(e.offset, e.offset + e.len)?;
                     self.stats.zeros += 1;
                     self.zero_range(e.offset, e.len)?;
                 }
@@ -466,6 +583,26 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
         .unwrap_or_else(|| state_path(target));
     let mut state = read_state(&sp)?;
     let exists = target.exists();
+    let block_device = exists
+        && std::fs::metadata(target)
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false);
+    if block_device {
+        if opts.create {
+            return Err(Error::invalid(
+                "--create makes a new sparse image file, but the target is a block device; \
+                 drop --create to restore onto the device",
+            )
+            .with_file(target));
+        }
+        if opts.state_file.is_none() {
+            return Err(Error::invalid(
+                "the target is a block device: give --state-file PATH (a state file beside \
+                 the device node would live in /dev and vanish at reboot)",
+            )
+            .with_file(target));
+        }
+    }
     if !exists && !opts.create {
         return Err(Error::from(io::Error::new(
             io::ErrorKind::NotFound,
@@ -528,7 +665,7 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
     // Where to start: resume an interrupted diff, or skip diffs the target already holds.
     let mut start = 0;
     match &state {
-        Some(TargetState::Applying { from, to, file }) => {
+        Some(TargetState::Applying { from, to, file, .. }) => {
             match metas
                 .iter()
                 .position(|m| name(&m.from_snap) == *from && name(&m.to_snap) == *to)
@@ -546,7 +683,7 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
                 }
             }
         }
-        Some(TargetState::At { snap }) => {
+        Some(TargetState::At { snap, .. }) => {
             if let Some(i) = metas
                 .iter()
                 .rposition(|m| snap.is_some() && name(&m.to_snap) == *snap)
@@ -614,12 +751,14 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
         })
         .collect();
 
+    // The image size the target holds now (a block device's own size says nothing).
+    let known_size = match &state {
+        Some(TargetState::At { size, .. }) | Some(TargetState::Applying { size, .. }) => *size,
+        None => None,
+    };
     let Some(first) = report_diffs.get(start) else {
         // Nothing left to apply: the target already holds the end of the chain.
-        let size = std::fs::metadata(target).map(|m| m.len()).unwrap_or(0);
-        let block_device = std::fs::metadata(target)
-            .map(|m| m.file_type().is_block_device())
-            .unwrap_or(false);
+        let size = report_diffs.last().map_or(0, |d| d.size);
         let snap = report_diffs.last().and_then(|d| d.to.clone());
         return Ok(ApplyReport {
             target: target.to_path_buf(),
@@ -630,22 +769,44 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
             size,
         });
     };
+    if block_device {
+        // A device cannot grow: check it holds every image of the chain before anything
+        // (the state file included) is written.
+        let dev_size = File::open(target)
+            .and_then(|mut f| f.seek(SeekFrom::End(0)))
+            .map_err(|e| Error::from(e).with_file(target))?;
+        if let Some(d) = report_diffs[start..].iter().find(|d| d.size > dev_size) {
+            return Err(Error::invalid(format!(
+                "block device is {dev_size} bytes, but {} needs an image of {} bytes; \
+                 nothing was written",
+                d.file, d.size
+            ))
+            .with_file(target));
+        }
+    }
     write_state(
         &sp,
         &TargetState::Applying {
             from: first.from.clone(),
             to: first.to.clone(),
             file: first.file.clone(),
+            size: known_size,
         },
     )?;
-    let file = OpenOptions::new()
-        .read(true)
+    let mut oo = OpenOptions::new();
+    oo.read(true)
         .write(true)
         .create(opts.create)
-        .truncate(false)
+        .truncate(false);
+    if block_device {
+        // Exclusive: refused while the device is mounted or otherwise claimed.
+        oo.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
+    }
+    let file = oo
         .open(target)
         .map_err(|e| Error::from(e).with_file(target))?;
     let mut ap = Applier::new(&file)?;
+    ap.set_image_size(known_size);
     for i in start..metas.len() {
         if i > start {
             let d = &report_diffs[i];
@@ -655,6 +816,7 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
                     from: d.from.clone(),
                     to: d.to.clone(),
                     file: d.file.clone(),
+                    size: ap.image_size(),
                 },
             )?;
         }
@@ -678,7 +840,13 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
             writes: s.writes - before.writes,
             zeros: s.zeros - before.zeros,
         };
-        write_state(&sp, &TargetState::At { snap: d.to.clone() })?;
+        write_state(
+            &sp,
+            &TargetState::At {
+                snap: d.to.clone(),
+                size: Some(d.size),
+            },
+        )?;
     }
     let last = report_diffs.last().map(|d| (d.to.clone(), d.size));
     let (snap, size) = last.unwrap_or((None, 0));

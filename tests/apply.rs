@@ -58,7 +58,13 @@ fn real_chains_every_prefix_matches_ground_truth() {
                 assert_eq!(fs::metadata(&target).unwrap().len(), t.size, "{}", d.rel);
                 assert_eq!(sha256_file(&target), t.sha256, "after {}", d.rel);
                 let st = read_state(&state_path(&target)).unwrap().unwrap();
-                assert_eq!(st, TargetState::At { snap: d.to.clone() });
+                assert_eq!(
+                    st,
+                    TargetState::At {
+                        snap: d.to.clone(),
+                        size: Some(t.size)
+                    }
+                );
                 checked += 1;
             }
             // The whole chain in one command.
@@ -302,7 +308,8 @@ fn kill_at_random_points_then_resume() {
         assert_eq!(
             st,
             TargetState::At {
-                snap: Some("b".into())
+                snap: Some("b".into()),
+                size: Some(40 << 20)
             }
         );
     }
@@ -534,7 +541,7 @@ fn zstd_compressed_chain_applies() {
             assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"));
             match read_state(&state_path(&t)).unwrap().unwrap() {
                 TargetState::Applying { .. } => {}
-                TargetState::At { snap } => {
+                TargetState::At { snap, .. } => {
                     assert_eq!(snap.as_deref(), Some("v2"));
                     assert_eq!(sha256_file(&t), before);
                 }
