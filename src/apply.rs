@@ -14,6 +14,9 @@
 //!   before anything is written), is opened `O_EXCL` (refused while mounted), needs an
 //!   explicit `--state-file`, and `--create` is refused.
 //!
+//! An `rbd export --export-format 2` image stream is taken as the chain of its embedded
+//! diffs (full diff first, the image HEAD last).
+//!
 //! The target remembers which snapshot it holds in a sidecar `TARGET.rbddiff-state`
 //! (JSON, written atomically). A diff whose start snapshot differs from the target's is
 //! refused, as `rbd import-diff` refuses a missing start snapshot. Before the first write the
@@ -24,6 +27,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fs::FallocateFlags;
 use serde::{Deserialize, Serialize};
@@ -32,7 +36,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::Metadata;
 use crate::input::{Input, Kind};
 use crate::output::AtomicFile;
-use crate::slice::DiffSlice;
+use crate::slice::{DiffSlice, ImageSlice};
 use crate::stream::{DiffReader, ItemKind, Payload, RecordSource};
 
 /// Granularity of the all-zero check inside `w` payloads.
@@ -497,40 +501,59 @@ fn show(n: &Option<String>) -> String {
     }
 }
 
-/// An input diff: a mapped file (fully checked when opened) or a stream (stdin, pipes,
-/// zstd-compressed files), checked while it is applied.
+/// An input diff: a mapped file (fully checked when opened), one diff embedded in a mapped
+/// image stream (at this byte offset), or a stream (stdin, pipes, zstd-compressed files),
+/// checked while it is applied.
 enum Src {
-    Mapped(Input),
+    Mapped(Rc<Input>, Option<u64>),
     Stream(Box<DiffReader<Box<dyn Read>>>),
 }
 
 struct Opened {
     src: Src,
     meta: Metadata,
+    /// The file given (errors name it; offsets are in it).
+    path: String,
+    /// How the report and the state name this diff (the path, plus its place in an
+    /// image stream).
+    label: String,
 }
 
 impl Opened {
     fn apply(&mut self, ap: &mut Applier<'_>) -> Result<()> {
         match &mut self.src {
-            Src::Mapped(inp) => match inp.bytes().map(DiffSlice::parse) {
-                Some(Ok(d)) => ap.apply_source(&mut d.records()),
-                Some(Err(e)) => Err(e),
-                None => Err(Error::invalid("input is not mapped")),
-            },
+            Src::Mapped(inp, at) => {
+                let bytes = inp
+                    .bytes()
+                    .ok_or_else(|| Error::invalid("input is not mapped"))?;
+                let d = match *at {
+                    None => DiffSlice::parse(bytes)?,
+                    Some(o) => {
+                        let rest = usize::try_from(o).ok().and_then(|o| bytes.get(o..));
+                        DiffSlice::parse_at(rest.unwrap_or_default(), o, false)?
+                    }
+                };
+                ap.apply_source(&mut d.records())
+            }
             Src::Stream(rd) => ap.apply_source(rd.as_mut()),
         }
     }
 }
 
-fn open_diff(path: &str) -> Result<Opened> {
+/// Opens one input: a diff, or an `rbd export --export-format 2` image stream, which
+/// yields every embedded diff in order (a stream or compressed image is spilled to a
+/// temporary file first, so all of it is checked before anything is written).
+fn open_inputs(path: &str) -> Result<Vec<Opened>> {
     let input = Input::open(path)?;
     let wrap = |e: Error| e.with_file(path);
-    let stream = |r: Box<dyn Read>| -> Result<Opened> {
+    let stream = |r: Box<dyn Read>| -> Result<Vec<Opened>> {
         let rd = DiffReader::new(r).map_err(wrap)?;
-        Ok(Opened {
+        Ok(vec![Opened {
             meta: rd.metadata().clone(),
             src: Src::Stream(Box::new(rd)),
-        })
+            path: path.to_string(),
+            label: path.to_string(),
+        }])
     };
     match input.kind() {
         Kind::Zstd => {
@@ -538,10 +561,24 @@ fn open_diff(path: &str) -> Result<Opened> {
             return stream(Box::new(z));
         }
         Kind::Image => {
-            return Err(Error::invalid(
-                "an `rbd export --export-format 2` image stream, not a diff",
-            )
-            .with_file(path))
+            let input = Rc::new(input.into_mapped()?);
+            let bytes = input.bytes().unwrap_or_default();
+            let img = ImageSlice::parse(bytes).map_err(wrap)?;
+            let count = img.header().diff_count;
+            let mut out = Vec::new();
+            for (k, d) in img.diffs().enumerate() {
+                let d = d.map_err(wrap)?;
+                out.push(Opened {
+                    meta: d.metadata().clone(),
+                    src: Src::Mapped(Rc::clone(&input), Some(d.start_offset())),
+                    path: path.to_string(),
+                    label: format!("{path} (diff {} of {count})", k + 1),
+                });
+            }
+            if out.is_empty() {
+                return Err(Error::invalid("the image stream holds no diffs").with_file(path));
+            }
+            return Ok(out);
         }
         Kind::DiffV1 | Kind::DiffV2 | Kind::Unknown => {}
     }
@@ -552,10 +589,12 @@ fn open_diff(path: &str) -> Result<Opened> {
             // are not read).
             d.end_offset().map_err(wrap)?;
             let meta = d.metadata().clone();
-            Ok(Opened {
-                src: Src::Mapped(input),
+            Ok(vec![Opened {
+                src: Src::Mapped(Rc::new(input), None),
                 meta,
-            })
+                path: path.to_string(),
+                label: path.to_string(),
+            }])
         }
         None => stream(input.into_reader()),
     }
@@ -617,10 +656,10 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
 
     let mut opened = Vec::with_capacity(files.len());
     for f in files {
-        let o = open_diff(f)?;
+        let group = open_inputs(f)?;
         if opts.check_sums {
-            match &o.src {
-                Src::Mapped(inp) => {
+            match group.first().map(|o| &o.src) {
+                Some(Src::Mapped(inp, _)) if f != "-" && Path::new(f).is_file() => {
                     let findings =
                         crate::sums::check_sums(Path::new(f), inp.bytes().unwrap_or_default())?;
                     if let Some(first) = findings.first() {
@@ -630,7 +669,7 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
                         .with_file(f));
                     }
                 }
-                Src::Stream(_) => {
+                _ => {
                     return Err(Error::invalid(
                         "--sums needs a plain diff file, not a stream or a compressed file",
                     )
@@ -638,12 +677,13 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
                 }
             }
         }
-        opened.push(o);
+        opened.extend(group);
     }
+    let files: Vec<String> = opened.iter().map(|o| o.label.clone()).collect();
     let metas: Vec<Metadata> = opened.iter().map(|o| o.meta.clone()).collect();
     for (i, m) in metas.iter().enumerate() {
         if m.image_size.is_none() {
-            return Err(Error::new(ErrorKind::MissingSize).with_file(&files[i]));
+            return Err(Error::new(ErrorKind::MissingSize).with_file(&opened[i].path));
         }
     }
     // The chain itself must link up.
@@ -740,7 +780,7 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
 
     let mut report_diffs: Vec<AppliedDiff> = metas
         .iter()
-        .zip(files)
+        .zip(&files)
         .map(|(m, f)| AppliedDiff {
             file: f.clone(),
             from: name(&m.from_snap),
@@ -821,13 +861,13 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
             )?;
         }
         let before = ap.stats().clone();
-        let f = &files[i];
+        let f = opened[i].path.clone();
         let r = opened[i].apply(&mut ap);
         r.map_err(|e| {
             if e.is_io() && e.file().is_none() && e.offset().is_none() {
                 e.with_file(target)
             } else {
-                e.with_file(f)
+                e.with_file(&f)
             }
         })?;
         ap.sync().map_err(|e| e.with_file(target))?;
@@ -868,8 +908,9 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
 pub fn apply_files_to(file: &File, files: &[String]) -> Result<ApplyStats> {
     let mut ap = Applier::new(file)?;
     for f in files {
-        let mut o = open_diff(f)?;
-        o.apply(&mut ap).map_err(|e| e.with_file(f))?;
+        for mut o in open_inputs(f)? {
+            o.apply(&mut ap).map_err(|e| e.with_file(f))?;
+        }
     }
     Ok(ap.stats().clone())
 }
