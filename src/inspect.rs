@@ -250,14 +250,25 @@ pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> 
     s
 }
 
-fn failed(file: &str, kind: &'static str, e: Error) -> Report {
-    let e = e.with_file(file);
+fn report(
+    file: &str,
+    kind: &'static str,
+    image: Option<ImageInfo>,
+    diffs: Vec<DiffSummary>,
+) -> Report {
     Report {
         file: file.to_string(),
         kind,
-        image: None,
-        diffs: Vec::new(),
-        error: Some(e.to_string()),
+        image,
+        diffs,
+        error: None,
+    }
+}
+
+fn failed(file: &str, kind: &'static str, e: Error) -> Report {
+    Report {
+        error: Some(e.with_file(file).to_string()),
+        ..report(file, kind, None, Vec::new())
     }
 }
 
@@ -291,13 +302,12 @@ pub fn inspect_bytes(file: &str, bytes: &[u8], with_records: bool) -> Report {
             Ok(i) => i,
             Err(e) => return failed(file, "image", e),
         };
-        let mut r = Report {
-            file: file.to_string(),
-            kind: "image",
-            image: Some(image_info(img.header(), img.warnings())),
-            diffs: Vec::new(),
-            error: None,
-        };
+        let mut r = report(
+            file,
+            "image",
+            Some(image_info(img.header(), img.warnings())),
+            Vec::new(),
+        );
         // Walked here rather than through `ImageSlice::diffs` so that a diff that fails
         // still shows what was read before the problem, as with the stream driver.
         let mut pos = img.diffs_start();
@@ -332,13 +342,7 @@ pub fn inspect_bytes(file: &str, bytes: &[u8], with_records: bool) -> Report {
         Ok(d) => {
             let mut recs = d.records();
             let s = summarize(&mut recs, 0, with_records);
-            finish(Report {
-                file: file.to_string(),
-                kind: "diff",
-                image: None,
-                diffs: vec![s],
-                error: None,
-            })
+            finish(report(file, "diff", None, vec![s]))
         }
         Err(e) => failed(file, "diff", e),
     }
@@ -405,13 +409,12 @@ fn inspect_with<R: Read>(
             Ok(i) => i,
             Err(e) => return failed(file, "image", e),
         };
-        let mut out = Report {
-            file: file.to_string(),
-            kind: "image",
-            image: Some(image_info(img.header(), img.warnings())),
-            diffs: Vec::new(),
-            error: None,
-        };
+        let mut out = report(
+            file,
+            "image",
+            Some(image_info(img.header(), img.warnings())),
+            Vec::new(),
+        );
         loop {
             match img.next_diff() {
                 Ok(Some(d)) => {
@@ -435,13 +438,7 @@ fn inspect_with<R: Read>(
     match diff(r) {
         Ok(mut d) => {
             let s = summarize(&mut d, 0, with_records);
-            finish(Report {
-                file: file.to_string(),
-                kind: "diff",
-                image: None,
-                diffs: vec![s],
-                error: None,
-            })
+            finish(report(file, "diff", None, vec![s]))
         }
         Err(e) => failed(file, "diff", e),
     }

@@ -1,11 +1,11 @@
 //! `rbddiff compress` and `rbddiff decompress`.
 
-use std::io::{self, Write};
+use std::io;
 
 use rbddiff::compress::{self, CompressOptions, Stats};
 use rbddiff::input::Input;
 use rbddiff::output::Output;
-use rbddiff::{Error, Result};
+use rbddiff::Result;
 
 use super::Status;
 
@@ -57,8 +57,7 @@ pub struct DecompressArgs {
 fn report(s: &Stats, json: bool, to_stdout: bool) -> Result<()> {
     if json && !to_stdout {
         let mut out = io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, s).map_err(|e| Error::from(io::Error::from(e)))?;
-        writeln!(out)?;
+        super::write_json(&mut out, s)?;
     }
     Ok(())
 }

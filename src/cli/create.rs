@@ -4,7 +4,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use rbddiff::create::{create_diff, CreateOptions, DEFAULT_BLOCK, DEFAULT_MAX_RECORD};
-use rbddiff::{Error, Result};
+use rbddiff::Result;
 
 use super::Status;
 
@@ -58,8 +58,7 @@ pub fn run(a: Args) -> Result<Status> {
         Box::new(io::stdout())
     };
     if a.json {
-        serde_json::to_writer_pretty(&mut out, &r).map_err(|e| Error::from(io::Error::from(e)))?;
-        writeln!(out)?;
+        super::write_json(&mut out, &r)?;
     } else if a.output != "-" {
         writeln!(
             out,

@@ -40,9 +40,7 @@ pub fn run(a: Args) -> Result<Status> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     if a.json {
-        serde_json::to_writer_pretty(&mut out, &reports)
-            .map_err(|e| Error::from(io::Error::from(e)))?;
-        writeln!(out)?;
+        super::write_json(&mut out, &reports)?;
     } else {
         for r in &reports {
             render_text(r, &mut out)?;

@@ -35,6 +35,14 @@ enum Command {
     Decompress(compress::DecompressArgs),
 }
 
+/// Writes `value` as pretty JSON and a newline.
+pub fn write_json(out: &mut dyn Write, value: &impl serde::Serialize) -> rbddiff::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)
+        .map_err(|e| rbddiff::Error::from(io::Error::from(e)))?;
+    writeln!(out)?;
+    Ok(())
+}
+
 /// Exit status of a command.
 pub enum Status {
     /// Everything fine.

@@ -4,7 +4,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 
 use rbddiff::verify::{verify, VerifyOptions};
-use rbddiff::{Error, Result};
+use rbddiff::Result;
 
 use super::Status;
 
@@ -53,8 +53,7 @@ pub fn run(a: Args) -> Result<Status> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     if a.json {
-        serde_json::to_writer_pretty(&mut out, &r).map_err(|e| Error::from(io::Error::from(e)))?;
-        writeln!(out)?;
+        super::write_json(&mut out, &r)?;
     } else {
         for f in &r.files {
             let show = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
