@@ -22,13 +22,13 @@ use rbddiff::{DiffSlice, DiffWriter, Extent, Metadata, Version};
 
 fn merge_bytes(diffs: &[Vec<u8>], opts: &MergeOptions) -> rbddiff::Result<Vec<u8>> {
     let names: Vec<String> = (0..diffs.len()).map(|i| format!("in{i}.diff")).collect();
-    let inputs: Vec<MergeInput<'_>> = diffs
+    let mut inputs: Vec<MergeInput<'_>> = diffs
         .iter()
         .zip(&names)
-        .map(|(d, n)| MergeInput { name: n, bytes: d })
+        .map(|(d, n)| MergeInput::bytes(n, d))
         .collect();
     let mut out = Vec::new();
-    merge(&inputs, &mut out, opts)?;
+    merge(&mut inputs, &mut out, opts)?;
     Ok(out)
 }
 
