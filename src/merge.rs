@@ -135,6 +135,9 @@ pub struct MergeOptions {
     pub version: Version,
     /// Skip the snapshot-name continuity check (for renamed snapshots).
     pub force_chain: bool,
+    /// [`merge_files_to`]: write the checksum sidecar `OUT.sums` ([`crate::sums`]) once the
+    /// output is committed (refused for stdout).
+    pub sums: bool,
 }
 
 impl Default for MergeOptions {
@@ -142,6 +145,7 @@ impl Default for MergeOptions {
         MergeOptions {
             version: Version::V1,
             force_chain: false,
+            sums: false,
         }
     }
 }
@@ -720,6 +724,8 @@ pub fn merge_files(
 
 /// [`merge_files`], writing a compressed archive (see [`crate::compress`]) when `compress`
 /// is given: the merged diff is compressed while it is written, never stored uncompressed.
+/// With [`MergeOptions::sums`], `OUT.sums` is written after the output is committed (for an
+/// archive: sums of the merged diff stream, see [`crate::sums`]).
 ///
 /// # Errors
 /// As [`merge_files`] and [`crate::compress::compress_stream`].
@@ -733,6 +739,11 @@ pub fn merge_files_to(
 ) -> Result<MergeStats> {
     if paths.iter().filter(|p| *p == "-").count() > 1 {
         return Err(Error::invalid("stdin ('-') can be given only once"));
+    }
+    if opts.sums && out == "-" {
+        return Err(Error::invalid(
+            "--sums needs an output file (a sidecar cannot follow stdout)",
+        ));
     }
     let opened = paths
         .iter()
@@ -766,5 +777,8 @@ pub fn merge_files_to(
         }
     };
     output.commit().map_err(wrap)?;
+    if opts.sums {
+        crate::sums::write_sums_for(std::path::Path::new(out))?;
+    }
     Ok(stats)
 }

@@ -94,6 +94,15 @@ fn check_archive(plain: &[u8], z: &[u8], dir: &Path) {
                 (pos, rec.tag(), rec.extent())
             })
             .collect();
+        // Sums over the archive (boundaries from the index) equal those of the plain diff.
+        let want_sums = rbddiff::sums::compute(plain).unwrap();
+        let got_sums = rbddiff::sums::compute_archive(z, &a).unwrap();
+        assert_eq!(got_sums.records, want_sums.records);
+        assert_eq!(
+            (got_sums.sha256, got_sums.file_len),
+            (want_sums.sha256, want_sums.file_len)
+        );
+        assert_eq!(got_sums.compressed.unwrap().file_len, z.len() as u64);
         let diff = &a.index().diffs[0];
         assert_eq!(&diff.metadata, d.metadata());
         let got: Vec<(u64, u8, Option<Extent>)> = diff

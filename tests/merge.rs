@@ -204,6 +204,7 @@ proptest! {
         let opts = MergeOptions {
             version: if v2_out { Version::V2 } else { Version::V1 },
             force_chain: false,
+            sums: false,
         };
         let out = merge_bytes(&diffs, &opts).unwrap();
         assert_well_formed(&out);
