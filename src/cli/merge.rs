@@ -103,6 +103,13 @@ pub fn run(a: Args) -> Result<Status> {
         b.finish_and_clear();
     }
     let stats = stats?;
+    if !a.json {
+        // Tolerated by rbd, but worth knowing: the merged output no longer carries them.
+        let mut err = io::stderr().lock();
+        for w in &stats.warnings {
+            writeln!(err, "rbddiff: warning: {w}")?;
+        }
+    }
     if a.json {
         let text =
             serde_json::to_string_pretty(&stats).map_err(|e| Error::from(io::Error::from(e)))?;
