@@ -7,6 +7,15 @@
 //! - `z` punches a hole in a regular file (`fallocate(PUNCH_HOLE|KEEP_SIZE)`) or zeroes the
 //!   range of a block device (`fallocate(ZERO_RANGE)`, the `BLKZEROOUT` path of the kernel);
 //!   where that is unsupported, zeros are written.
+//! - on a block device (which keeps its size and its old bytes), the area a diff adds to
+//!   the image — all of it for a full diff, the part past the previous size when a diff
+//!   grows the image — is zeroed where the diff writes nothing, so the first `size` bytes of
+//!   the device equal the image. The device must be large enough for every diff (checked
+//!   before anything is written), is opened `O_EXCL` (refused while mounted), needs an
+//!   explicit `--state-file`, and `--create` is refused.
+//!
+//! An `rbd export --export-format 2` image stream is taken as the chain of its embedded
+//! diffs (full diff first, the image HEAD last).
 //!
 //! The target remembers which snapshot it holds in a sidecar `TARGET.rbddiff-state`
 //! (JSON, written atomically). A diff whose start snapshot differs from the target's is
@@ -16,8 +25,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use rustix::fs::FallocateFlags;
 use serde::{Deserialize, Serialize};
@@ -26,7 +36,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::Metadata;
 use crate::input::{Input, Kind};
 use crate::output::AtomicFile;
-use crate::slice::DiffSlice;
+use crate::slice::{DiffSlice, ImageSlice};
 use crate::stream::{DiffReader, ItemKind, Payload, RecordSource};
 
 /// Granularity of the all-zero check inside `w` payloads.
@@ -47,6 +57,9 @@ pub enum TargetState {
     At {
         /// Snapshot name.
         snap: Option<String>,
+        /// Image size at that snapshot (absent in state files of older versions).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
     },
     /// A diff was being applied; the target may be partly modified.
     Applying {
@@ -56,6 +69,9 @@ pub enum TargetState {
         to: Option<String>,
         /// The diff file (for messages).
         file: String,
+        /// Image size before that diff (absent when unknown).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
     },
 }
 
@@ -163,9 +179,18 @@ pub struct Applier<'f> {
     /// The target is known to read as zeros everywhere not written by the current diff
     /// (a file that was empty before its `s` record), so zeros need no I/O at all.
     fresh: bool,
-    punch_ok: bool,
+    /// `fallocate` is used for zeroing (cleared when the target does not support it).
+    use_fallocate: bool,
+    /// Logical block size of a block device (1 for files): `fallocate` ranges are aligned to it.
+    block_size: u64,
+    /// Size of the image the target holds now, when known.
+    known_size: Option<u64>,
+    /// While a diff is applied: the part of the image that must read as zeros where the diff
+    /// writes nothing (`cursor`, `end`); see [`Applier::apply_source`].
+    fill: Option<(u64, u64)>,
     stats: ApplyStats,
     buf: Vec<u8>,
+    zbuf: Vec<u8>,
 }
 
 fn io_at(e: io::Error, what: &str, off: u64) -> Error {
@@ -182,14 +207,48 @@ impl<'f> Applier<'f> {
     /// `fstat` fails.
     pub fn new(file: &'f File) -> Result<Self> {
         let block_device = file.metadata()?.file_type().is_block_device();
+        let block_size = if block_device {
+            rustix::fs::ioctl_blksszget(file).map_or(512, |n| u64::from(n.max(1)))
+        } else {
+            1
+        };
         Ok(Applier {
             file,
             block_device,
             fresh: false,
-            punch_ok: true,
+            use_fallocate: true,
+            block_size,
+            known_size: None,
+            fill: None,
             stats: ApplyStats::default(),
             buf: Vec::new(),
+            zbuf: Vec::new(),
         })
+    }
+
+    /// True when the target is a block device.
+    pub fn is_block_device(&self) -> bool {
+        self.block_device
+    }
+
+    /// Whether zeroing may use `fallocate` (default) or must write zero bytes. Both give the
+    /// same content; turning it off exercises the fallback used where `fallocate` is not
+    /// supported.
+    pub fn set_fallocate(&mut self, on: bool) {
+        self.use_fallocate = on;
+    }
+
+    /// Tells the applier the size of the image the target holds now (`None`: unknown).
+    /// A block device keeps its size, so when a diff grows the image, the part past this
+    /// size that the diff does not write is zeroed (an image reads zeros there after a
+    /// shrink and a regrow, or in a freshly grown area).
+    pub fn set_image_size(&mut self, size: Option<u64>) {
+        self.known_size = size;
+    }
+
+    /// The image size after the last applied diff (or as set), when known.
+    pub fn image_size(&self) -> Option<u64> {
+        self.known_size
     }
 
     /// Counters so far.
@@ -242,34 +301,76 @@ impl<'f> Applier<'f> {
         if len == 0 || self.fresh {
             return Ok(());
         }
-        if self.punch_ok {
-            let flags = if self.block_device {
-                FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE
-            } else {
-                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE
-            };
-            match rustix::fs::fallocate(self.file, flags, off, len) {
-                Ok(()) => return Ok(()),
-                Err(rustix::io::Errno::OPNOTSUPP)
-                | Err(rustix::io::Errno::NOSYS)
-                | Err(rustix::io::Errno::INVAL) => {
-                    // Unsupported here (or an unaligned range on a device): write zeros.
-                    if !self.block_device {
-                        self.punch_ok = false;
+        self.zero_io(off, len)
+    }
+
+    /// Zeroes `len` bytes at `off`: `fallocate` on the block-aligned middle (files:
+    /// `PUNCH_HOLE`, keeping them sparse; block devices: `ZERO_RANGE`, which the kernel
+    /// turns into the same zero-out as the `BLKZEROOUT` ioctl, unmapping where the device
+    /// can), zero bytes written for unaligned edges or where `fallocate` is unsupported.
+    ///
+    /// `BLKZEROOUT` itself is not issued: rustix has no safe wrapper for it and a custom
+    /// ioctl needs `unsafe`, which the crate forbids outside the mmap in `input.rs`.
+    fn zero_io(&mut self, off: u64, len: u64) -> Result<()> {
+        let end = off + len;
+        if self.use_fallocate {
+            let bs = self.block_size;
+            let a = off.div_ceil(bs).saturating_mul(bs);
+            let b = end / bs * bs;
+            if a < b {
+                let flags = if self.block_device {
+                    FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE
+                } else {
+                    FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE
+                };
+                match rustix::fs::fallocate(self.file, flags, a, b - a) {
+                    Ok(()) => {
+                        self.write_zeros(off, a)?;
+                        return self.write_zeros(b, end);
                     }
+                    Err(rustix::io::Errno::OPNOTSUPP)
+                    | Err(rustix::io::Errno::NOSYS)
+                    | Err(rustix::io::Errno::INVAL) => self.use_fallocate = false,
+                    Err(e) => return Err(io_at(e.into(), "zeroing", a)),
                 }
-                Err(e) => return Err(io_at(e.into(), "zeroing", off)),
             }
         }
-        let mut pos = off;
-        let end = off + len;
+        self.write_zeros(off, end)
+    }
+
+    fn write_zeros(&mut self, mut pos: u64, end: u64) -> Result<()> {
+        if pos >= end {
+            return Ok(());
+        }
+        if (end - pos) as usize > ZEROS.len() && self.zbuf.is_empty() {
+            self.zbuf.resize(STREAM_BUF, 0);
+        }
         while pos < end {
-            let n = (end - pos).min(ZEROS.len() as u64) as usize;
+            let z: &[u8] = if self.zbuf.is_empty() {
+                &ZEROS
+            } else {
+                &self.zbuf
+            };
+            let n = (end - pos).min(z.len() as u64) as usize;
             self.file
-                .write_all_at(&ZEROS[..n], pos)
+                .write_all_at(&z[..n], pos)
                 .map_err(|e| io_at(e, "write", pos))?;
             pos += n as u64;
         }
+        Ok(())
+    }
+
+    /// Zeroes the part of the fill region before `upto`, then moves its cursor to `past`.
+    fn fill_gap(&mut self, upto: u64, past: u64) -> Result<()> {
+        let Some((cur, end)) = self.fill else {
+            return Ok(());
+        };
+        let stop = upto.min(end);
+        if cur < stop {
+            self.stats.bytes_zeroed += stop - cur;
+            self.zero_io(cur, stop - cur)?;
+        }
+        self.fill = Some((cur.max(stop).max(past.min(end)), end));
         Ok(())
     }
 
@@ -313,6 +414,13 @@ impl<'f> Applier<'f> {
 
     /// Applies every record of `src` (its `s` first), up to and including `e`.
     ///
+    /// The image must read as zeros wherever the diff writes nothing in the area it adds:
+    /// all of it for a full diff (an image starts empty), and past the previous image size
+    /// for a diff that grows the image. A regular file gets that from `ftruncate`, except
+    /// when a full diff is applied to a non-empty file; a block device keeps its old bytes.
+    /// In those cases the gaps between records are zeroed as the records go by (one pass,
+    /// nothing written twice).
+    ///
     /// # Errors
     /// The first structural problem of the diff or I/O error.
     pub fn apply_source(&mut self, src: &mut dyn RecordSource) -> Result<()> {
@@ -320,11 +428,22 @@ impl<'f> Applier<'f> {
             .metadata()
             .image_size
             .ok_or_else(|| Error::new(ErrorKind::MissingSize))?;
+        let full = src.metadata().from_snap.is_none();
+        let prev = if full { Some(0) } else { self.known_size };
         self.resize(size)?;
+        self.fill = match prev {
+            Some(p) if p < size && !self.fresh && (self.block_device || full) => Some((p, size)),
+            _ => None,
+        };
         let mut buf = std::mem::take(&mut self.buf);
         let r = self.walk(src, &mut buf);
         self.buf = buf;
+        let r = r.and_then(|()| self.fill_gap(size, size));
+        self.fill = None;
         self.fresh = false;
+        if r.is_ok() {
+            self.known_size = Some(size);
+        }
         r
     }
 
@@ -332,6 +451,7 @@ impl<'f> Applier<'f> {
         while let Some(item) = src.next_item()? {
             match item.kind {
                 ItemKind::Write { extent, data } => {
+                    self.fill_gap(extent.offset, extent.offset + extent.len)?;
                     self.stats.writes += 1;
                     match data {
                         Payload::Bytes(b) => self.write_at(extent.offset, b)?,
@@ -350,6 +470,7 @@ impl<'f> Applier<'f> {
                     }
                 }
                 ItemKind::Zero(e) => {
+                    self.fill_gap(e.offset, e.offset + e.len)?;
                     self.stats.zeros += 1;
                     self.zero_range(e.offset, e.len)?;
                 }
@@ -380,40 +501,59 @@ fn show(n: &Option<String>) -> String {
     }
 }
 
-/// An input diff: a mapped file (fully checked when opened) or a stream (stdin, pipes,
-/// zstd-compressed files), checked while it is applied.
+/// An input diff: a mapped file (fully checked when opened), one diff embedded in a mapped
+/// image stream (at this byte offset), or a stream (stdin, pipes, zstd-compressed files),
+/// checked while it is applied.
 enum Src {
-    Mapped(Input),
+    Mapped(Rc<Input>, Option<u64>),
     Stream(Box<DiffReader<Box<dyn Read>>>),
 }
 
 struct Opened {
     src: Src,
     meta: Metadata,
+    /// The file given (errors name it; offsets are in it).
+    path: String,
+    /// How the report and the state name this diff (the path, plus its place in an
+    /// image stream).
+    label: String,
 }
 
 impl Opened {
     fn apply(&mut self, ap: &mut Applier<'_>) -> Result<()> {
         match &mut self.src {
-            Src::Mapped(inp) => match inp.bytes().map(DiffSlice::parse) {
-                Some(Ok(d)) => ap.apply_source(&mut d.records()),
-                Some(Err(e)) => Err(e),
-                None => Err(Error::invalid("input is not mapped")),
-            },
+            Src::Mapped(inp, at) => {
+                let bytes = inp
+                    .bytes()
+                    .ok_or_else(|| Error::invalid("input is not mapped"))?;
+                let d = match *at {
+                    None => DiffSlice::parse(bytes)?,
+                    Some(o) => {
+                        let rest = usize::try_from(o).ok().and_then(|o| bytes.get(o..));
+                        DiffSlice::parse_at(rest.unwrap_or_default(), o, false)?
+                    }
+                };
+                ap.apply_source(&mut d.records())
+            }
             Src::Stream(rd) => ap.apply_source(rd.as_mut()),
         }
     }
 }
 
-fn open_diff(path: &str) -> Result<Opened> {
+/// Opens one input: a diff, or an `rbd export --export-format 2` image stream, which
+/// yields every embedded diff in order (a stream or compressed image is spilled to a
+/// temporary file first, so all of it is checked before anything is written).
+fn open_inputs(path: &str) -> Result<Vec<Opened>> {
     let input = Input::open(path)?;
     let wrap = |e: Error| e.with_file(path);
-    let stream = |r: Box<dyn Read>| -> Result<Opened> {
+    let stream = |r: Box<dyn Read>| -> Result<Vec<Opened>> {
         let rd = DiffReader::new(r).map_err(wrap)?;
-        Ok(Opened {
+        Ok(vec![Opened {
             meta: rd.metadata().clone(),
             src: Src::Stream(Box::new(rd)),
-        })
+            path: path.to_string(),
+            label: path.to_string(),
+        }])
     };
     match input.kind() {
         Kind::Zstd => {
@@ -421,10 +561,24 @@ fn open_diff(path: &str) -> Result<Opened> {
             return stream(Box::new(z));
         }
         Kind::Image => {
-            return Err(Error::invalid(
-                "an `rbd export --export-format 2` image stream, not a diff",
-            )
-            .with_file(path))
+            let input = Rc::new(input.into_mapped()?);
+            let bytes = input.bytes().unwrap_or_default();
+            let img = ImageSlice::parse(bytes).map_err(wrap)?;
+            let count = img.header().diff_count;
+            let mut out = Vec::new();
+            for (k, d) in img.diffs().enumerate() {
+                let d = d.map_err(wrap)?;
+                out.push(Opened {
+                    meta: d.metadata().clone(),
+                    src: Src::Mapped(Rc::clone(&input), Some(d.start_offset())),
+                    path: path.to_string(),
+                    label: format!("{path} (diff {} of {count})", k + 1),
+                });
+            }
+            if out.is_empty() {
+                return Err(Error::invalid("the image stream holds no diffs").with_file(path));
+            }
+            return Ok(out);
         }
         Kind::DiffV1 | Kind::DiffV2 | Kind::Unknown => {}
     }
@@ -435,10 +589,12 @@ fn open_diff(path: &str) -> Result<Opened> {
             // are not read).
             d.end_offset().map_err(wrap)?;
             let meta = d.metadata().clone();
-            Ok(Opened {
-                src: Src::Mapped(input),
+            Ok(vec![Opened {
+                src: Src::Mapped(Rc::new(input), None),
                 meta,
-            })
+                path: path.to_string(),
+                label: path.to_string(),
+            }])
         }
         None => stream(input.into_reader()),
     }
@@ -466,6 +622,26 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
         .unwrap_or_else(|| state_path(target));
     let mut state = read_state(&sp)?;
     let exists = target.exists();
+    let block_device = exists
+        && std::fs::metadata(target)
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false);
+    if block_device {
+        if opts.create {
+            return Err(Error::invalid(
+                "--create makes a new sparse image file, but the target is a block device; \
+                 drop --create to restore onto the device",
+            )
+            .with_file(target));
+        }
+        if opts.state_file.is_none() {
+            return Err(Error::invalid(
+                "the target is a block device: give --state-file PATH (a state file beside \
+                 the device node would live in /dev and vanish at reboot)",
+            )
+            .with_file(target));
+        }
+    }
     if !exists && !opts.create {
         return Err(Error::from(io::Error::new(
             io::ErrorKind::NotFound,
@@ -480,10 +656,10 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
 
     let mut opened = Vec::with_capacity(files.len());
     for f in files {
-        let o = open_diff(f)?;
+        let group = open_inputs(f)?;
         if opts.check_sums {
-            match &o.src {
-                Src::Mapped(inp) => {
+            match group.first().map(|o| &o.src) {
+                Some(Src::Mapped(inp, _)) if f != "-" && Path::new(f).is_file() => {
                     let findings =
                         crate::sums::check_sums(Path::new(f), inp.bytes().unwrap_or_default())?;
                     if let Some(first) = findings.first() {
@@ -493,7 +669,7 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
                         .with_file(f));
                     }
                 }
-                Src::Stream(_) => {
+                _ => {
                     return Err(Error::invalid(
                         "--sums needs a plain diff file, not a stream or a compressed file",
                     )
@@ -501,12 +677,13 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
                 }
             }
         }
-        opened.push(o);
+        opened.extend(group);
     }
+    let files: Vec<String> = opened.iter().map(|o| o.label.clone()).collect();
     let metas: Vec<Metadata> = opened.iter().map(|o| o.meta.clone()).collect();
     for (i, m) in metas.iter().enumerate() {
         if m.image_size.is_none() {
-            return Err(Error::new(ErrorKind::MissingSize).with_file(&files[i]));
+            return Err(Error::new(ErrorKind::MissingSize).with_file(&opened[i].path));
         }
     }
     // The chain itself must link up.
@@ -528,7 +705,7 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
     // Where to start: resume an interrupted diff, or skip diffs the target already holds.
     let mut start = 0;
     match &state {
-        Some(TargetState::Applying { from, to, file }) => {
+        Some(TargetState::Applying { from, to, file, .. }) => {
             match metas
                 .iter()
                 .position(|m| name(&m.from_snap) == *from && name(&m.to_snap) == *to)
@@ -546,7 +723,7 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
                 }
             }
         }
-        Some(TargetState::At { snap }) => {
+        Some(TargetState::At { snap, .. }) => {
             if let Some(i) = metas
                 .iter()
                 .rposition(|m| snap.is_some() && name(&m.to_snap) == *snap)
@@ -603,7 +780,7 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
 
     let mut report_diffs: Vec<AppliedDiff> = metas
         .iter()
-        .zip(files)
+        .zip(&files)
         .map(|(m, f)| AppliedDiff {
             file: f.clone(),
             from: name(&m.from_snap),
@@ -614,12 +791,14 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
         })
         .collect();
 
+    // The image size the target holds now (a block device's own size says nothing).
+    let known_size = match &state {
+        Some(TargetState::At { size, .. }) | Some(TargetState::Applying { size, .. }) => *size,
+        None => None,
+    };
     let Some(first) = report_diffs.get(start) else {
         // Nothing left to apply: the target already holds the end of the chain.
-        let size = std::fs::metadata(target).map(|m| m.len()).unwrap_or(0);
-        let block_device = std::fs::metadata(target)
-            .map(|m| m.file_type().is_block_device())
-            .unwrap_or(false);
+        let size = report_diffs.last().map_or(0, |d| d.size);
         let snap = report_diffs.last().and_then(|d| d.to.clone());
         return Ok(ApplyReport {
             target: target.to_path_buf(),
@@ -630,22 +809,44 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
             size,
         });
     };
+    if block_device {
+        // A device cannot grow: check it holds every image of the chain before anything
+        // (the state file included) is written.
+        let dev_size = File::open(target)
+            .and_then(|mut f| f.seek(SeekFrom::End(0)))
+            .map_err(|e| Error::from(e).with_file(target))?;
+        if let Some(d) = report_diffs[start..].iter().find(|d| d.size > dev_size) {
+            return Err(Error::invalid(format!(
+                "block device is {dev_size} bytes, but {} needs an image of {} bytes; \
+                 nothing was written",
+                d.file, d.size
+            ))
+            .with_file(target));
+        }
+    }
     write_state(
         &sp,
         &TargetState::Applying {
             from: first.from.clone(),
             to: first.to.clone(),
             file: first.file.clone(),
+            size: known_size,
         },
     )?;
-    let file = OpenOptions::new()
-        .read(true)
+    let mut oo = OpenOptions::new();
+    oo.read(true)
         .write(true)
         .create(opts.create)
-        .truncate(false)
+        .truncate(false);
+    if block_device {
+        // Exclusive: refused while the device is mounted or otherwise claimed.
+        oo.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
+    }
+    let file = oo
         .open(target)
         .map_err(|e| Error::from(e).with_file(target))?;
     let mut ap = Applier::new(&file)?;
+    ap.set_image_size(known_size);
     for i in start..metas.len() {
         if i > start {
             let d = &report_diffs[i];
@@ -655,17 +856,18 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
                     from: d.from.clone(),
                     to: d.to.clone(),
                     file: d.file.clone(),
+                    size: ap.image_size(),
                 },
             )?;
         }
         let before = ap.stats().clone();
-        let f = &files[i];
+        let f = opened[i].path.clone();
         let r = opened[i].apply(&mut ap);
         r.map_err(|e| {
             if e.is_io() && e.file().is_none() && e.offset().is_none() {
                 e.with_file(target)
             } else {
-                e.with_file(f)
+                e.with_file(&f)
             }
         })?;
         ap.sync().map_err(|e| e.with_file(target))?;
@@ -678,7 +880,13 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
             writes: s.writes - before.writes,
             zeros: s.zeros - before.zeros,
         };
-        write_state(&sp, &TargetState::At { snap: d.to.clone() })?;
+        write_state(
+            &sp,
+            &TargetState::At {
+                snap: d.to.clone(),
+                size: Some(d.size),
+            },
+        )?;
     }
     let last = report_diffs.last().map(|d| (d.to.clone(), d.size));
     let (snap, size) = last.unwrap_or((None, 0));
@@ -700,8 +908,9 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
 pub fn apply_files_to(file: &File, files: &[String]) -> Result<ApplyStats> {
     let mut ap = Applier::new(file)?;
     for f in files {
-        let mut o = open_diff(f)?;
-        o.apply(&mut ap).map_err(|e| e.with_file(f))?;
+        for mut o in open_inputs(f)? {
+            o.apply(&mut ap).map_err(|e| e.with_file(f))?;
+        }
     }
     Ok(ap.stats().clone())
 }

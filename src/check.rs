@@ -1,10 +1,6 @@
 //! Record-order and limit checks shared by the slice and stream drivers.
 //!
-//! What is an error and what is a warning follows rbd's readers: anything that makes
-//! `rbd merge-diff` or `rbd import-diff` fail or misbehave is an error (unknown v1 tag,
-//! zero-length or unordered data records, metadata after data, missing `s`, extents past
-//! the image size); what they accept silently is a warning (duplicate metadata, a v2
-//! length field that disagrees with a known record's body, unknown v2 tags, bytes after `e`).
+//! Which problems are errors and which are warnings, and why: see the crate docs.
 
 use crate::error::{Error, ErrorKind, Result, Warning, WarningKind};
 use crate::format::{tag, Extent, Metadata, Version};

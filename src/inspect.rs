@@ -1,13 +1,13 @@
 //! `rbddiff inspect`: a summary of a diff or image stream, as text or JSON.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use serde::Serialize;
 
 use crate::error::{Error, Warning};
 use crate::format::Extent;
 use crate::input::{Input, Kind};
-use crate::stream::{ItemKind, Payload, RecordSource};
+use crate::stream::{ItemKind, RecordSource};
 use crate::zst::ZstArchive;
 use crate::{DiffReader, DiffSlice, ImageReader, ImageSlice};
 
@@ -119,19 +119,52 @@ impl Report {
     }
 }
 
-/// Walks one diff, filling a summary; stops at the first error (recorded in the summary).
-pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> DiffSummary {
-    summarize_with(src, start, with_records, true)
+/// One record as `summarize` counts it.
+struct Seen {
+    pos: u64,
+    index: u64,
+    tag: char,
+    ext: Option<Extent>,
+    len: u64,
 }
 
-/// [`summarize`]; `read_streams` = false leaves streamed payloads unread (for sources whose
-/// payloads are known complete, such as an archive's index, where reading would decompress).
-fn summarize_with(
-    src: &mut dyn RecordSource,
-    start: u64,
-    with_records: bool,
-    read_streams: bool,
-) -> DiffSummary {
+impl Seen {
+    fn count(self, s: &mut DiffSummary, list: Option<&mut Vec<RecordInfo>>) {
+        s.records = self.index + 1;
+        match self.tag {
+            'w' => {
+                s.writes += 1;
+                s.write_bytes += self.len;
+            }
+            'z' => {
+                s.zeros += 1;
+                s.zero_bytes += self.len;
+            }
+            'e' => {}
+            _ => s.unknown += 1,
+        }
+        if let Some(e) = self.ext {
+            s.first_offset.get_or_insert(e.offset);
+            s.last_end = e.end();
+            match s.covered.last_mut() {
+                Some(last) if last.end() == Some(e.offset) => last.len += e.len,
+                _ => s.covered.push(e),
+            }
+        }
+        if let Some(list) = list {
+            list.push(RecordInfo {
+                pos: self.pos,
+                tag: self.tag,
+                offset: self.ext.map(|e| e.offset),
+                len: (self.tag != 'e').then_some(self.len),
+            });
+        }
+    }
+}
+
+/// Walks one diff, filling a summary; stops at the first error (recorded in the summary).
+/// Payloads are left unread (a streamed one is skipped by the source).
+pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> DiffSummary {
     let meta = src.metadata().clone();
     let mut s = DiffSummary {
         start,
@@ -150,37 +183,30 @@ fn summarize_with(
             });
         }
     }
+    // A `w` record is counted once the walk has moved past it: the stream driver hands it
+    // out before its payload is skipped, and a truncated payload must not be counted (the
+    // slice driver reports it at the record itself).
+    let mut held: Option<Seen> = None;
     loop {
         let item = match src.next_item() {
             Ok(Some(item)) => item,
             Ok(None) => break,
             Err(e) => {
+                if held.as_ref().is_some_and(|h| Some(h.index) == e.record()) {
+                    held = None;
+                }
                 s.error = Some(e.to_string());
                 break;
             }
         };
+        if let Some(h) = held.take() {
+            h.count(&mut s, list.as_mut());
+        }
         let (pos, index) = (item.offset, item.index);
         let (tag, ext, len) = match item.kind {
-            ItemKind::Write { extent, data } => {
-                // A streamed payload is skipped here, so that a truncated one is reported
-                // at its own record, as the slice driver does (mapped payloads are not read).
-                if let (Payload::Stream(r), true) = (data, read_streams) {
-                    if let Err(e) = io::copy(r, &mut io::sink()) {
-                        s.error = Some(Error::from(e).to_string());
-                        break;
-                    }
-                }
-                s.writes += 1;
-                s.write_bytes += extent.len;
-                ('w', Some(extent), extent.len)
-            }
-            ItemKind::Zero(e) => {
-                s.zeros += 1;
-                s.zero_bytes += e.len;
-                ('z', Some(e), e.len)
-            }
+            ItemKind::Write { extent, .. } => ('w', Some(extent), extent.len),
+            ItemKind::Zero(e) => ('z', Some(e), e.len),
             ItemKind::Unknown { tag, len } => {
-                s.unknown += 1;
                 let c = if tag.is_ascii_graphic() {
                     tag as char
                 } else {
@@ -190,26 +216,24 @@ fn summarize_with(
             }
             ItemKind::End => ('e', None, 0),
         };
-        s.records = index + 1;
-        if let Some(e) = ext {
-            s.first_offset.get_or_insert(e.offset);
-            s.last_end = e.end();
-            match s.covered.last_mut() {
-                Some(last) if last.end() == Some(e.offset) => last.len += e.len,
-                _ => s.covered.push(e),
-            }
-        }
-        if let Some(list) = list.as_mut() {
-            list.push(RecordInfo {
-                pos,
-                tag,
-                offset: ext.map(|e| e.offset),
-                len: (tag != 'e').then_some(len),
-            });
+        let seen = Seen {
+            pos,
+            index,
+            tag,
+            ext,
+            len,
+        };
+        if tag == 'w' {
+            held = Some(seen);
+        } else {
+            seen.count(&mut s, list.as_mut());
         }
         if tag == 'e' {
             s.end = Some(src.position());
         }
+    }
+    if let Some(h) = held.take() {
+        h.count(&mut s, list.as_mut());
     }
     let meta_now = src.metadata();
     let meta = if meta_now.image_size.is_some() {
@@ -322,8 +346,62 @@ pub fn inspect_bytes(file: &str, bytes: &[u8], with_records: bool) -> Report {
 
 /// Inspects a diff or image stream from a reader (stdin, pipes); payloads are skipped.
 pub fn inspect_reader(file: &str, kind: Kind, r: impl Read, with_records: bool) -> Report {
+    inspect_with(
+        file,
+        kind,
+        with_records,
+        r,
+        ImageReader::new,
+        DiffReader::new,
+    )
+}
+
+/// Inspects a regular file without mapping it: record heads are read in small pieces and
+/// payloads are seeked over, so the cost is O(records) with no page mapped (for files of
+/// large records this is cheaper than mapping, where every head costs a page fault and
+/// the pages mapped around it).
+///
+/// # Errors
+/// The file cannot be opened or read.
+pub fn inspect_file(path: &str, with_records: bool) -> crate::Result<Report> {
+    let wrap = |e: io::Error| Error::from(e).with_file(path);
+    let mut f = std::fs::File::open(path).map_err(wrap)?;
+    let meta = f.metadata().map_err(wrap)?;
+    if !meta.is_file() {
+        return Ok(inspect_input(Input::open(path)?, with_records));
+    }
+    let mut prefix = Vec::with_capacity(13);
+    (&mut f).take(13).read_to_end(&mut prefix).map_err(wrap)?;
+    f.seek(SeekFrom::Start(0)).map_err(wrap)?;
+    let kind = crate::input::sniff(&prefix);
+    if !matches!(kind, Kind::DiffV1 | Kind::DiffV2 | Kind::Image) {
+        // zstd archives (and anything unknown) go the usual way.
+        return Ok(inspect_input(Input::open(path)?, with_records));
+    }
+    let len = meta.len();
+    // Only the heads are read: no read-ahead of payloads (matters when the file is not
+    // cached). A hint only; a failure changes nothing but speed.
+    let _ = rustix::fs::fadvise(&f, 0, 0, rustix::fs::Advice::Random);
+    Ok(inspect_with(
+        path,
+        kind,
+        with_records,
+        f,
+        |f| ImageReader::from_file(f, len),
+        |f| DiffReader::from_file(f, len),
+    ))
+}
+
+fn inspect_with<R: Read>(
+    file: &str,
+    kind: Kind,
+    with_records: bool,
+    r: R,
+    image: impl FnOnce(R) -> crate::Result<ImageReader<R>>,
+    diff: impl FnOnce(R) -> crate::Result<DiffReader<R>>,
+) -> Report {
     if kind == Kind::Image {
-        let mut img = match ImageReader::new(r) {
+        let mut img = match image(r) {
             Ok(i) => i,
             Err(e) => return failed(file, "image", e),
         };
@@ -354,7 +432,7 @@ pub fn inspect_reader(file: &str, kind: Kind, r: impl Read, with_records: bool) 
         }
         return finish(out);
     }
-    match DiffReader::new(r) {
+    match diff(r) {
         Ok(mut d) => {
             let s = summarize(&mut d, 0, with_records);
             finish(Report {
@@ -386,8 +464,7 @@ pub fn inspect_archive(file: &str, a: &mut ZstArchive<'_>, with_records: bool) -
     let starts: Vec<u64> = idx.diffs.iter().map(|d| d.start).collect();
     for (i, start) in starts.into_iter().enumerate() {
         if let Some(mut src) = a.diff_source(i) {
-            r.diffs
-                .push(summarize_with(&mut src, start, with_records, false));
+            r.diffs.push(summarize(&mut src, start, with_records));
         }
     }
     finish(r)

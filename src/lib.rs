@@ -14,7 +14,40 @@
 //!   is handed out as a reader and never buffered whole.
 //!
 //! Both drivers run the same nom grammar and the same checks, and give the same records,
-//! errors and byte offsets. [`RecordSource`] lets code walk either.
+//! errors and byte offsets. [`RecordSource`] lets code walk either. For a regular file whose
+//! records only need to be listed, [`DiffReader::from_file`] reads the heads with positioned
+//! reads and never reads a payload it is not asked for (`rbddiff inspect FILE` does this).
+//!
+//! ## Errors and warnings
+//!
+//! What is an error and what is a warning follows what rbd's readers do:
+//! anything that makes `rbd merge-diff` or `rbd import-diff` fail, or that would make them
+//! apply something other than what the file says, is an error; what they accept silently
+//! is a warning. Errors stop the walk and carry the byte offset of the offending record (or
+//! field) and its index (0 = first record after the banner); `testdata/err/README.md` has a
+//! file for each case.
+//!
+//! | case | result | why |
+//! |---|---|---|
+//! | unknown banner | error `BadBanner` | every reader compares the banner byte for byte |
+//! | input ends inside the banner or a record | error `Truncated` | the record cannot be read |
+//! | input ends at a record boundary before `e` | error `MissingEnd` | `e` is mandatory; a cut file often ends on a boundary |
+//! | unknown tag in v1 (including `p`) | error `UnknownTag` | v1 has no length fields: nothing after it can be parsed |
+//! | snapshot name > 4096 bytes | error `NameTooLong` | rbd refuses it (EINVAL); checked before the name is read |
+//! | `offset + length` overflows | error `ExtentOverflow` | not an extent |
+//! | `w`/`z` of length 0 | error `ZeroLength` | merge-diff rejects it |
+//! | data record starting before the end of the previous one | error `OutOfOrder` | merge-diff requires ascending, non-overlapping records; import-diff's result would depend on its concurrency |
+//! | `f`/`t`/`p`/`s` after a data record | error `MetadataAfterData` | merge-diff accepts only `w`/`z`/`e` there |
+//! | no `s` before the first data record or `e` | error `MissingSize` | the image size is needed to apply or merge (rbd always writes it) |
+//! | extent ending past `s` | error `ExtentPastSize` | export-diff clips to the size; import-diff would write past the end |
+//! | metadata record seen twice | warning `DuplicateMetadata` | import-diff applies each again; the later one wins |
+//! | v2 length field of a known record disagrees with its body | warning `LengthMismatch` | Ceph ignores it (Ceph 16.2 writes 8 for the 1-byte `p`) |
+//! | unknown v2 tag | warning `UnknownTagSkipped` | skipped by its length, as rbd import does |
+//! | bytes after `e` of a standalone diff | warning `TrailingBytes` | ignored by import-diff and merge-diff |
+//!
+//! An unknown v2 record ends the header section: metadata after it is reported as
+//! metadata after data. In an image stream the embedded diffs must be v2, and bytes after
+//! the last diff are ignored, as `rbd import` does.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

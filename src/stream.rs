@@ -4,7 +4,7 @@
 //! whole; it is handed out as a [`Read`], and whatever the caller leaves unread is skipped.
 //! It yields the same records, errors and byte offsets as [`crate::slice`].
 
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 
 use crate::check::{eof_error, record_name, Checker, Step};
 use crate::error::{Error, ErrorKind, Result, Warning};
@@ -16,6 +16,44 @@ const BUF_SIZE: usize = 64 * 1024;
 /// Largest item that must fit in the buffer at once (an image-meta pair is the biggest head).
 const MAX_HEAD: usize = 2 * (crate::format::MAX_META_LEN as usize) + 64;
 
+/// Bytes read per refill of a seekable input beyond what the parser asks for: a few record
+/// heads, so that walking the heads of a file of large records reads almost nothing else.
+const SEEK_READ: usize = 64;
+
+/// Reads from a positioned input at an absolute offset; the `u64` is where the input's
+/// own cursor is, so that a plain `Seek` input seeks only when it has to.
+type ReadAtFn<R> = fn(&mut R, &mut [u8], u64, &mut u64) -> io::Result<usize>;
+
+fn seek_read<R: Read + Seek>(
+    r: &mut R,
+    buf: &mut [u8],
+    at: u64,
+    cur: &mut u64,
+) -> io::Result<usize> {
+    if *cur != at {
+        r.seek(SeekFrom::Start(at))?;
+        *cur = at;
+    }
+    let n = r.read(buf)?;
+    *cur += n as u64;
+    Ok(n)
+}
+
+#[cfg(unix)]
+fn file_read_at(f: &mut std::fs::File, buf: &mut [u8], at: u64, _: &mut u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(f, buf, at)
+}
+
+#[cfg(not(unix))]
+fn file_read_at(
+    f: &mut std::fs::File,
+    buf: &mut [u8],
+    at: u64,
+    cur: &mut u64,
+) -> io::Result<usize> {
+    seek_read(f, buf, at, cur)
+}
+
 /// A buffered reader that counts absolute offsets.
 #[derive(Debug)]
 pub(crate) struct Source<R> {
@@ -26,6 +64,10 @@ pub(crate) struct Source<R> {
     /// Absolute offset of `buf[lo]`.
     pos: u64,
     eof: bool,
+    /// For a positioned input (read from offset 0): how to read at an offset, its
+    /// length, and where its own cursor is.
+    seek: Option<(ReadAtFn<R>, u64)>,
+    inner_pos: u64,
 }
 
 impl<R: Read> Source<R> {
@@ -37,6 +79,31 @@ impl<R: Read> Source<R> {
             hi: 0,
             pos: 0,
             eof: false,
+            seek: None,
+            inner_pos: 0,
+        }
+    }
+
+    /// A seekable input of `len` bytes, positioned at offset 0: skipped bytes are seeked
+    /// over and refills are small.
+    fn seekable(inner: R, len: u64) -> Self
+    where
+        R: Seek,
+    {
+        Self::positioned(inner, len, seek_read::<R>)
+    }
+
+    fn positioned(inner: R, len: u64, read_at: ReadAtFn<R>) -> Self {
+        let mut s = Source::new(inner);
+        s.seek = Some((read_at, len));
+        s
+    }
+
+    /// One read into `dst` of the bytes at absolute offset `at`.
+    fn read_at(&mut self, dst: &mut [u8], at: u64) -> io::Result<usize> {
+        match self.seek {
+            Some((read_at, _)) => read_at(&mut self.inner, dst, at, &mut self.inner_pos),
+            None => self.inner.read(dst),
         }
     }
 
@@ -65,8 +132,18 @@ impl<R: Read> Source<R> {
                     self.buf.resize(need, 0);
                 }
             }
-            let dst = self.buf.get_mut(self.hi..).unwrap_or_default();
-            match self.inner.read(dst) {
+            let room = match self.seek {
+                // lo + need <= buf.len() here, so the bytes still needed always fit.
+                Some(_) => self.hi + (need - (self.hi - self.lo)).max(SEEK_READ),
+                None => self.buf.len(),
+            };
+            let room = room.min(self.buf.len());
+            let at = self.pos + (self.hi - self.lo) as u64;
+            let mut buf = std::mem::take(&mut self.buf);
+            let dst = buf.get_mut(self.hi..room).unwrap_or_default();
+            let r = self.read_at(dst, at);
+            self.buf = buf;
+            match r {
                 Ok(0) => self.eof = true,
                 Ok(n) => self.hi += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -89,7 +166,7 @@ impl<R: Read> Source<R> {
             return Ok(0);
         }
         loop {
-            match self.inner.read(out) {
+            match self.read_at(out, self.pos) {
                 Ok(0) => {
                     self.eof = true;
                     return Ok(0);
@@ -107,6 +184,23 @@ impl<R: Read> Source<R> {
     /// Skips up to `n` bytes; returns how many were skipped (fewer at end of input).
     fn skip(&mut self, n: u64) -> io::Result<u64> {
         let mut left = n;
+        if let Some((_, len)) = self.seek {
+            let buffered = (self.hi - self.lo) as u64;
+            if left > buffered {
+                // Drop the buffer and move past the rest (no I/O), never beyond the end.
+                self.consume(buffered as usize);
+                left -= buffered;
+                let target = self.pos.saturating_add(left).min(len.max(self.pos));
+                left -= target - self.pos;
+                self.pos = target;
+                self.lo = 0;
+                self.hi = 0;
+                if left > 0 {
+                    self.eof = true;
+                }
+                return Ok(n - left);
+            }
+        }
         while left > 0 {
             let avail = (self.hi - self.lo) as u64;
             if avail == 0 && !self.fill(1)? {
@@ -325,6 +419,32 @@ impl<R: Read> DiffReader<R> {
         Self::from_source(Source::new(inner), true)
     }
 
+    /// Like [`DiffReader::new`] for a seekable input of `len` bytes positioned at its start
+    /// (a regular file): payloads left unread are seeked over and heads are read in small
+    /// pieces, so walking the records costs O(records), not O(bytes).
+    ///
+    /// # Errors
+    /// As [`DiffReader::new`].
+    pub fn seekable(inner: R, len: u64) -> Result<Self>
+    where
+        R: Seek,
+    {
+        Self::from_source(Source::seekable(inner, len), true)
+    }
+}
+
+impl DiffReader<std::fs::File> {
+    /// [`DiffReader::seekable`] for a file of `len` bytes, read with positioned reads
+    /// (`pread`): one system call per record head, none to skip a payload.
+    ///
+    /// # Errors
+    /// As [`DiffReader::new`].
+    pub fn from_file(file: std::fs::File, len: u64) -> Result<Self> {
+        Self::from_source(Source::positioned(file, len, file_read_at), true)
+    }
+}
+
+impl<R: Read> DiffReader<R> {
     pub(crate) fn from_source(mut src: Source<R>, standalone: bool) -> Result<Self> {
         let start = src.pos;
         let version = loop {
@@ -548,7 +668,34 @@ impl<R: Read> ImageReader<R> {
     /// # Errors
     /// A bad banner, a truncated or invalid header, or an I/O error.
     pub fn new(inner: R) -> Result<Self> {
-        let mut src = Source::new(inner);
+        Self::from_source(Source::new(inner))
+    }
+
+    /// Like [`ImageReader::new`] for a seekable input of `len` bytes positioned at its
+    /// start; see [`DiffReader::seekable`].
+    ///
+    /// # Errors
+    /// As [`ImageReader::new`].
+    pub fn seekable(inner: R, len: u64) -> Result<Self>
+    where
+        R: Seek,
+    {
+        Self::from_source(Source::seekable(inner, len))
+    }
+}
+
+impl ImageReader<std::fs::File> {
+    /// [`ImageReader::seekable`] for a file of `len` bytes, read with positioned reads.
+    ///
+    /// # Errors
+    /// As [`ImageReader::new`].
+    pub fn from_file(file: std::fs::File, len: u64) -> Result<Self> {
+        Self::from_source(Source::positioned(file, len, file_read_at))
+    }
+}
+
+impl<R: Read> ImageReader<R> {
+    fn from_source(mut src: Source<R>) -> Result<Self> {
         let mut hp = HeaderParser::new();
         loop {
             let offset = src.pos;

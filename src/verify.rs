@@ -5,7 +5,18 @@
 //!   payload fully present, no bytes after `e`. O(records) on a mapped file: payload pages are
 //!   not touched unless sums are checked.
 //! - Chain: consecutive diffs must link (the `t` of one is the `f` of the next); a directory
-//!   is ordered by these links; `--full` asks for a full diff first.
+//!   is ordered by these links; `--full` asks for a full diff first. The diffs embedded in an
+//!   `rbd export --export-format 2` stream are checked the same way (the first must be a full
+//!   diff, each next one must start where the previous ends), as `rbd import` needs.
+//!
+//!   Sizes are not checked across diffs, because nothing about them is checkable offline: a
+//!   diff's `s` record is the image size at its *end* snapshot, and the format records no
+//!   size for its start. Every record is already checked against the diff's own size; a
+//!   size that differs from the previous diff's is an ordinary resize (growth, or a shrink
+//!   that discards the tail, possibly followed by a regrow that reads zeros), and records
+//!   anywhere inside the new size are legitimate in both directions. A rule such as "an
+//!   incremental diff may not write past the previous size" would reject real Ceph chains
+//!   (the test data's v2→v3 diff grows the image and writes in the grown area).
 //! - Sums: a `FILE.sums` sidecar ([`crate::sums`]) is checked when present (or required); a
 //!   zstd-compressed file is checked against the sums of its decompressed stream.
 //! - Against: the chain is applied to a scratch sparse file and compared with a raw image.
@@ -239,9 +250,25 @@ fn check_file(path: &str, opts: &VerifyOptions) -> Result<Checked> {
         (Kind::Image, Some(b)) => match ImageSlice::parse(b) {
             Ok(img) => {
                 let mut ok = true;
-                for d in img.diffs() {
+                let mut prev: Option<Option<String>> = None;
+                for (k, d) in img.diffs().enumerate() {
                     match d {
-                        Ok(d) => findings.extend(walk(&mut d.records(), path, false)),
+                        Ok(d) => {
+                            let from = name(&d.metadata().from_snap);
+                            let to = name(&d.metadata().to_snap);
+                            if let Some(m) = embedded_link(k, prev.as_ref(), &from) {
+                                findings.push(Finding {
+                                    severity: Severity::Problem,
+                                    check: "chain",
+                                    file: path.to_string(),
+                                    offset: Some(d.start_offset()),
+                                    record: None,
+                                    message: m,
+                                });
+                            }
+                            prev = Some(to);
+                            findings.extend(walk(&mut d.records(), path, false));
+                        }
                         Err(e) => {
                             ok = false;
                             findings.push(problem("structure", path, &e));
@@ -349,6 +376,33 @@ fn check_file(path: &str, opts: &VerifyOptions) -> Result<Checked> {
         meta,
         findings,
     })
+}
+
+/// The link problem of embedded diff `k` (0-based) of an image stream, if any: the first
+/// must be a full diff, each next one must start at the snapshot the previous one ends at.
+fn embedded_link(
+    k: usize,
+    prev_to: Option<&Option<String>>,
+    from: &Option<String>,
+) -> Option<String> {
+    let show = |s: &Option<String>| {
+        s.as_ref()
+            .map_or("no snapshot (image HEAD)".into(), |s| format!("'{s}'"))
+    };
+    match prev_to {
+        None => from.as_ref().map(|f| {
+            format!(
+                "embedded diff 1 starts at snapshot '{f}': an image stream starts with a full diff"
+            )
+        }),
+        Some(to) if to.is_none() || to != from => Some(format!(
+            "broken link: embedded diff {} starts at {} but embedded diff {k} ends at {}",
+            k + 1,
+            show(from),
+            show(to)
+        )),
+        Some(_) => None,
+    }
 }
 
 /// Orders diffs by their links (full diff, or the one nobody leads to, first).

@@ -58,7 +58,13 @@ fn real_chains_every_prefix_matches_ground_truth() {
                 assert_eq!(fs::metadata(&target).unwrap().len(), t.size, "{}", d.rel);
                 assert_eq!(sha256_file(&target), t.sha256, "after {}", d.rel);
                 let st = read_state(&state_path(&target)).unwrap().unwrap();
-                assert_eq!(st, TargetState::At { snap: d.to.clone() });
+                assert_eq!(
+                    st,
+                    TargetState::At {
+                        snap: d.to.clone(),
+                        size: Some(t.size)
+                    }
+                );
                 checked += 1;
             }
             // The whole chain in one command.
@@ -302,7 +308,8 @@ fn kill_at_random_points_then_resume() {
         assert_eq!(
             st,
             TargetState::At {
-                snap: Some("b".into())
+                snap: Some("b".into()),
+                size: Some(40 << 20)
             }
         );
     }
@@ -534,7 +541,7 @@ fn zstd_compressed_chain_applies() {
             assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"));
             match read_state(&state_path(&t)).unwrap().unwrap() {
                 TargetState::Applying { .. } => {}
-                TargetState::At { snap } => {
+                TargetState::At { snap, .. } => {
                     assert_eq!(snap.as_deref(), Some("v2"));
                     assert_eq!(sha256_file(&t), before);
                 }
@@ -549,4 +556,80 @@ fn zstd_compressed_chain_applies() {
         apply_chain(&[s(&z)], &t, &o).unwrap();
         assert_eq!(sha256_file(&t), d.expected().sha256, "{}", d.rel);
     }
+}
+
+// ---------- image streams as input ----------
+
+/// `rbd export --export-format 2` streams: every embedded diff is applied in order, from a
+/// file and from stdin, giving the ground truth of the image HEAD; the state then holds
+/// the HEAD (no snapshot name) and its size.
+#[test]
+fn image_stream_applies_every_embedded_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = common::manifest::export_format2_stream();
+    let head = truth("img64k", "head");
+
+    let t = dir.path().join("from-file.raw");
+    let out = bin()
+        .args(["apply", &s(&img), "--create", "--to", &s(&t), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(sha256_file(&t), head.sha256);
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let diffs = rep["diffs"].as_array().unwrap();
+    assert_eq!(diffs.len(), 6);
+    assert!(diffs.iter().all(|d| d["applied"] == true));
+    assert!(rep["snap"].is_null());
+    assert_eq!(
+        read_state(&state_path(&t)).unwrap().unwrap(),
+        TargetState::At {
+            snap: None,
+            size: Some(head.size)
+        }
+    );
+
+    let t = dir.path().join("from-stdin.raw");
+    let mut child = bin()
+        .args(["apply", "-", "--create", "--to", &s(&t)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&fs::read(&img).unwrap())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(sha256_file(&t), head.sha256);
+
+    // A target already at v1 skips the stream's full diff and applies the rest.
+    let t = dir.path().join("at-v1.raw");
+    let full = diff_file("img64k/full_v1.diff");
+    apply_chain(&[s(&full.path)], &t, &create()).unwrap();
+    let r = apply_chain(&[s(&img)], &t, &ApplyOptions::default()).unwrap();
+    let applied: Vec<bool> = r.diffs.iter().map(|d| d.applied).collect();
+    assert_eq!(applied, [false, true, true, true, true, true]);
+    assert_eq!(sha256_file(&t), head.sha256);
+
+    // The stateless path (`verify --against`) takes image streams too.
+    let t = dir.path().join("stateless.raw");
+    let file = fs::File::create(&t).unwrap();
+    rbddiff::apply::apply_files_to(&file, &[s(&img)]).unwrap();
+    assert_eq!(sha256_file(&t), head.sha256);
+
+    // A truncated stream is refused before anything is written: no target, no state.
+    let bytes = fs::read(&img).unwrap();
+    let cut = dir.path().join("cut.rbdimg");
+    fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let t = dir.path().join("cut.raw");
+    let out = bin()
+        .args(["apply", &s(&cut), "--create", "--to", &s(&t)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cut.rbdimg"));
+    assert!(!t.exists() && !state_path(&t).exists());
 }

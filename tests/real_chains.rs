@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use common::manifest::{self, DiffFile, Format};
 use common::model::Image;
 use rbddiff::input::Kind;
-use rbddiff::inspect::{inspect_bytes, inspect_reader, DiffSummary};
+use rbddiff::inspect::{inspect_bytes, inspect_file, inspect_reader, DiffSummary};
 use rbddiff::{DiffReader, ImageReader, ImageSlice, Version};
 
 /// Per file: counts of f t p s w z e, w_bytes, z_bytes, protected.
@@ -92,6 +92,8 @@ fn inspect_matches_the_manifest() {
         let kind = rbddiff::input::sniff(&bytes);
         let r = inspect_reader(&d.rel, kind, &bytes[..], true);
         check_summary(d, &r.diffs[0], c, "stream");
+        let r = inspect_file(d.path.to_str().unwrap(), true).unwrap();
+        check_summary(d, &r.diffs[0], c, "file, payloads seeked over");
     }
 }
 
@@ -119,7 +121,7 @@ fn inspect_of_the_image_stream_matches_its_v2_diffs() {
         assert!(r.ok(), "{how}: {:?}", r.error);
         assert_eq!(r.kind, "image");
         let img = r.image.as_ref().unwrap();
-        // img64k: order 16, features 0x3d, no fancy striping (FORMAT.md §4.1 header order).
+        // img64k: order 16, features 0x3d, no fancy striping.
         assert_eq!(img.order, Some(16), "{how}");
         assert_eq!(img.features, Some(0x3d), "{how}");
         assert_eq!(img.stripe_unit, Some(65536), "{how}");

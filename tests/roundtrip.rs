@@ -89,7 +89,7 @@ fn real_image_stream_reencodes_byte_identically() {
 
 #[test]
 fn upstream_p_length_is_one() {
-    // Current upstream writes `p` with length 1 (FORMAT.md §3.1): the default.
+    // Current upstream writes `p` with length 1: the default.
     let meta = Metadata {
         to_snap: Some(b"s".to_vec()),
         protected: Some(true),

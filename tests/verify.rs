@@ -434,3 +434,42 @@ fn merge_and_compress_sums_are_verified() {
     assert_eq!(code, Some(1), "{v}");
     assert!(v.to_string().contains("compressed file's sha256"), "{v}");
 }
+
+/// The diffs embedded in an image stream must form a chain from a full diff: the real
+/// stream passes; the same bytes with the first two diffs swapped are a problem (exit 1)
+/// naming the embedded diffs, while every diff is still structurally valid.
+#[test]
+fn image_stream_embedded_diffs_must_link() {
+    let img = common::manifest::export_format2_stream();
+    let r = verify(&[s(&img)], &VerifyOptions::default()).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+
+    let bytes = fs::read(&img).unwrap();
+    // Byte ranges from testdata/real/img64k/v2/carve.txt: header, full_v1, v1_v2, rest.
+    let (head, full, v1v2, rest) = (
+        &bytes[..148],
+        &bytes[148..529349],
+        &bytes[529349..627898],
+        &bytes[627898..],
+    );
+    assert_eq!(
+        full,
+        &fs::read(img.with_file_name("v2/full_v1.diff")).unwrap()[..]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("swapped.rbdimg");
+    fs::write(&bad, [head, v1v2, full, rest].concat()).unwrap();
+    let r = verify(&[s(&bad)], &VerifyOptions::default()).unwrap();
+    assert!(!r.ok());
+    assert!(r.files[0].valid, "structure is fine");
+    let chain: Vec<_> = r.findings.iter().filter(|f| f.check == "chain").collect();
+    assert!(chain[0]
+        .message
+        .contains("embedded diff 1 starts at snapshot 'v1'"));
+    assert_eq!(chain[0].offset, Some(148));
+    assert!(chain[1]
+        .message
+        .contains("embedded diff 2 starts at no snapshot"));
+    let out = bin().args(["verify", &s(&bad)]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -15,7 +15,8 @@ use super::Status;
 /// same command again.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Diff files, in chain order (`-` for stdin; zstd-compressed files are decompressed on the fly).
+    /// Diff files, in chain order (`-` for stdin; zstd-compressed files are decompressed on the
+    /// fly). An `rbd export --export-format 2` image stream counts as its diffs in order.
     #[arg(required = true)]
     files: Vec<String>,
     /// Raw image file or block device to apply to.

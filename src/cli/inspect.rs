@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use rbddiff::input::Input;
-use rbddiff::inspect::{inspect_input, render_text};
+use rbddiff::inspect::{inspect_file, inspect_input, render_text};
 use rbddiff::{Error, Result};
 
 use super::Status;
@@ -28,8 +28,14 @@ pub struct Args {
 pub fn run(a: Args) -> Result<Status> {
     let mut reports = Vec::new();
     for f in &a.files {
-        let input = Input::open(f)?;
-        reports.push(inspect_input(input, a.records));
+        // A regular file is walked head by head (payloads seeked over); stdin and pipes
+        // are streamed.
+        let report = if f == "-" {
+            inspect_input(Input::open(f)?, a.records)
+        } else {
+            inspect_file(f, a.records)?
+        };
+        reports.push(report);
     }
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());

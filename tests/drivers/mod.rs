@@ -246,14 +246,17 @@ pub fn image_slice(bytes: &[u8], reads: PayloadReads) -> Outcome {
 /// An image stream through the stream driver. A diff that fails is reported as its error
 /// only (the slice driver validates each embedded diff before handing it out).
 pub fn image_stream(r: impl Read, reads: PayloadReads) -> Outcome {
+    match ImageReader::new(r) {
+        Err(e) => Outcome {
+            error: Some(ErrSig::of(&e)),
+            ..Default::default()
+        },
+        Ok(img) => image_walk(img, reads),
+    }
+}
+
+fn image_walk<R: Read>(mut img: ImageReader<R>, reads: PayloadReads) -> Outcome {
     let mut out = Outcome::default();
-    let mut img = match ImageReader::new(r) {
-        Err(e) => {
-            out.error = Some(ErrSig::of(&e));
-            return out;
-        }
-        Ok(i) => i,
-    };
     out.events.push(Ev::Image(img.header().clone()));
     out.warnings.extend_from_slice(img.warnings());
     let mut pre = Prefixes::new(reads);
@@ -288,13 +291,33 @@ pub fn slice_any(bytes: &[u8], reads: PayloadReads) -> Outcome {
     }
 }
 
-/// Stream driver for whatever `bytes` holds, fed through `RandomReader` short reads.
+/// Stream driver for whatever `bytes` holds, fed through `RandomReader` short reads; for
+/// odd seeds as a seekable input (payloads seeked over).
 pub fn stream_any(bytes: &[u8], reads: PayloadReads, seed: u64, max_read: usize) -> Outcome {
     let r = RandomReader::new(bytes, seed, max_read);
-    if bytes.starts_with(rbddiff::format::IMAGE_BANNER) {
-        image_stream(r, reads)
-    } else {
-        diff_stream(r, reads)
+    let image = bytes.starts_with(rbddiff::format::IMAGE_BANNER);
+    let len = bytes.len() as u64;
+    match (image, seed % 2 == 1) {
+        (true, false) => image_stream(r, reads),
+        (false, false) => diff_stream(r, reads),
+        (true, true) => match ImageReader::seekable(r, len) {
+            Ok(img) => image_walk(img, reads),
+            Err(e) => Outcome {
+                error: Some(ErrSig::of(&e)),
+                ..Default::default()
+            },
+        },
+        (false, true) => {
+            let mut out = Outcome::default();
+            match DiffReader::seekable(r, len) {
+                Err(e) => out.error = Some(ErrSig::of(&e)),
+                Ok(mut d) => {
+                    out.events.push(header_ev(d.start_offset(), &d));
+                    walk_records(&mut d, &mut Prefixes::new(reads), &mut out);
+                }
+            }
+            out
+        }
     }
 }
 
@@ -318,14 +341,27 @@ impl<'a> RandomReader<'a> {
     }
 }
 
+impl io::Seek for RandomReader<'_> {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        let io::SeekFrom::Start(p) = to else {
+            panic!("the drivers seek to absolute offsets only");
+        };
+        // Seeking past the end is allowed, as for files; reads there return 0.
+        self.pos = usize::try_from(p).unwrap_or(usize::MAX);
+        Ok(p)
+    }
+}
+
 impl Read for RandomReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.rng.gen_ratio(1, 50) {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
         }
-        let left = self.data.len() - self.pos;
+        let left = self.data.len().saturating_sub(self.pos);
         let n = self.rng.gen_range(1..=self.max).min(out.len()).min(left);
-        out[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        if n > 0 {
+            out[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        }
         self.pos += n;
         Ok(n)
     }
