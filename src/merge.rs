@@ -7,29 +7,34 @@
 //! reads as zeros after import, whatever the target held there. Merging `d1 … dn` in one call
 //! therefore gives the same image as `rbd merge-diff` applied pairwise along the chain.
 //!
-//! How: [`plan`] walks only the record heads of every (memory-mapped) input, building an
-//! [`ExtentMap`] in which later extents clip earlier ones; then the surviving payload ranges
-//! are streamed, in image order, to the output: [`Plan::write`] from the mapped bytes,
-//! [`Plan::write_from_files`] (what [`merge_files`] uses) with `pread` through one 1 MiB
-//! buffer. Payloads are never held whole: memory is the map (about 50 bytes per extent,
-//! measured by `benches/merge.rs`) plus that buffer. Every input is fully validated (chain, records, truncation) before the
-//! first output byte is written.
+//! How: [`plan`] walks only the record heads of every input (for an indexed archive, its
+//! record index: nothing is decompressed), building an [`ExtentMap`] in which later extents
+//! clip earlier ones; then [`Plan::write`] streams the surviving payload ranges, in image
+//! order, to the output: from mapped files with `pread` through one 1 MiB buffer, from
+//! archives with [`ZstArchive::copy_range`], which decompresses only the frames holding
+//! surviving data (a small frame cache makes consecutive pieces of one frame cheap).
+//! Payloads are never held whole: memory is the map (about 50 bytes per extent, measured by
+//! `benches/merge.rs`) plus that buffer and the cached frames. Every input is fully validated
+//! (chain, records, truncation) before the first output byte is written; a corrupt archive
+//! frame is only noticed when a surviving payload is read from it (a frame holding only
+//! overwritten data is never read), and fails the merge, leaving no output.
 //!
-//! Streams (stdin, pipes) and zstd-compressed inputs are first copied to an anonymous
-//! temporary file ([`Input::spill`]; archives are decompressed frame-parallel) and mapped,
-//! which costs their size in `$TMPDIR` disk space but no memory. [`merge_files_to`] writes a
-//! compressed archive directly (`merge … -o OUT.zst`).
+//! Streams (stdin, pipes) and zstd files without an rbddiff index (written by `zstd` itself)
+//! are first copied to an anonymous temporary file ([`Input::spill`]) and mapped, which costs
+//! their size in `$TMPDIR` disk space but no memory. [`merge_files_to`] writes a compressed
+//! archive directly (`merge … -o OUT.zst`).
 
 use std::fs::File;
 use std::io::Write;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, Warning, WarningKind};
 use crate::extent::{ExtentMap, Piece, MAX_INPUT, MAX_SRC_OFFSET};
-use crate::format::{Metadata, Record, Version};
+use crate::format::{tag, Metadata, Record, Version};
 use crate::input::{Input, Kind};
 use crate::output::Output;
 use crate::slice::DiffSlice;
 use crate::write::DiffWriter;
+use crate::zst::{IndexedDiff, ZstArchive};
 
 /// Adjacent data pieces are joined into one `w` record up to this length (the default RBD
 /// object size, the largest record `rbd export-diff` writes for default images): `rbd
@@ -39,13 +44,88 @@ pub const COALESCE_MAX: u64 = 4 << 20;
 /// Size of the copy buffer of [`Plan::write_from_files`].
 pub const COPY_BUF: usize = 1 << 20;
 
-/// One input of a merge: its name (for messages) and its whole content.
-#[derive(Clone, Copy, Debug)]
+/// Where the payloads of a merge input come from.
+pub enum Source<'a> {
+    /// A whole diff in memory (typically a memory-mapped file), with the file it was mapped
+    /// from, if any: payloads are then read from the file with `pread`.
+    Bytes {
+        /// The whole diff.
+        bytes: &'a [u8],
+        /// The file `bytes` maps.
+        file: Option<&'a File>,
+    },
+    /// An indexed archive ([`crate::zst`]): the plan is built from its record index without
+    /// decompressing anything, and only the frames holding surviving payloads are
+    /// decompressed while the output is written.
+    Archive(Box<ZstArchive<'a>>),
+}
+
+impl std::fmt::Debug for Source<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Bytes { bytes, file } => write!(
+                f,
+                "Bytes({} bytes{})",
+                bytes.len(),
+                if file.is_some() { ", file" } else { "" }
+            ),
+            Source::Archive(a) => write!(f, "{a:?}"),
+        }
+    }
+}
+
+/// One input of a merge: its name (for messages) and where its records and payloads are read.
+#[derive(Debug)]
 pub struct MergeInput<'a> {
     /// File name, as given by the user.
     pub name: &'a str,
-    /// The whole diff (typically a memory-mapped file).
-    pub bytes: &'a [u8],
+    /// The diff.
+    pub source: Source<'a>,
+}
+
+impl<'a> MergeInput<'a> {
+    /// A diff held in memory.
+    pub fn bytes(name: &'a str, bytes: &'a [u8]) -> Self {
+        MergeInput {
+            name,
+            source: Source::Bytes { bytes, file: None },
+        }
+    }
+
+    /// A diff mapped from `file` (payloads are read from the file with `pread`).
+    pub fn mapped(name: &'a str, bytes: &'a [u8], file: &'a File) -> Self {
+        MergeInput {
+            name,
+            source: Source::Bytes {
+                bytes,
+                file: Some(file),
+            },
+        }
+    }
+
+    /// An indexed archive.
+    pub fn archive(name: &'a str, archive: ZstArchive<'a>) -> Self {
+        MergeInput {
+            name,
+            source: Source::Archive(Box::new(archive)),
+        }
+    }
+
+    /// zstd frames decompressed so far (0 unless the input is an archive).
+    pub fn frames_decompressed(&self) -> u64 {
+        match &self.source {
+            Source::Archive(a) => a.frames_decompressed(),
+            Source::Bytes { .. } => 0,
+        }
+    }
+
+    /// Length of the (decompressed) diff.
+    fn len(&self) -> u64 {
+        match &self.source {
+            Source::Bytes { bytes, .. } => bytes.len() as u64,
+            Source::Archive(a) => a.len(),
+        }
+    }
 }
 
 /// Merge options.
@@ -55,6 +135,9 @@ pub struct MergeOptions {
     pub version: Version,
     /// Skip the snapshot-name continuity check (for renamed snapshots).
     pub force_chain: bool,
+    /// [`merge_files_to`]: write the checksum sidecar `OUT.sums` ([`crate::sums`]) once the
+    /// output is committed (refused for stdout).
+    pub sums: bool,
 }
 
 impl Default for MergeOptions {
@@ -62,6 +145,7 @@ impl Default for MergeOptions {
         MergeOptions {
             version: Version::V1,
             force_chain: false,
+            sums: false,
         }
     }
 }
@@ -95,16 +179,56 @@ pub struct MergeStats {
     pub to_snap: Option<String>,
     /// Image size of the result.
     pub image_size: u64,
+    /// Warnings found in the inputs (tolerated by rbd, e.g. duplicate metadata records,
+    /// unknown v2 tags, Ceph 16's `p` length field), in input order.
+    pub warnings: Vec<InputWarning>,
+    /// zstd frames decompressed from indexed archive inputs (only those holding surviving
+    /// payloads).
+    pub frames_decompressed: u64,
+}
+
+/// A warning found in one input of a merge.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct InputWarning {
+    /// The input, as named by the user.
+    pub file: String,
+    /// Byte offset in the (decompressed) diff.
+    pub offset: u64,
+    /// Record index, when the warning is about one record.
+    pub record: Option<u64>,
+    /// What was found.
+    pub kind: WarningKind,
+    /// Human-readable message (with offset and record).
+    pub message: String,
+}
+
+impl InputWarning {
+    fn new(file: &str, w: &Warning) -> Self {
+        InputWarning {
+            file: file.to_string(),
+            offset: w.offset,
+            record: w.record,
+            kind: w.kind.clone(),
+            message: w.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for InputWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file, self.message)
+    }
 }
 
 /// The merged extent map of a chain, ready to be written.
 #[derive(Debug)]
-pub struct Plan<'a> {
-    inputs: Vec<&'a [u8]>,
+pub struct Plan {
+    inputs: usize,
     meta: Metadata,
     map: ExtentMap,
     data_bytes: u64,
     input_bytes: u64,
+    warnings: Vec<InputWarning>,
 }
 
 fn show(n: Option<&[u8]>) -> String {
@@ -114,13 +238,127 @@ fn show(n: Option<&[u8]>) -> String {
     }
 }
 
-/// Checks the chain and builds the merged map from the record heads of every input.
+/// The headers of an input: a parsed diff in memory, or an archive's index.
+enum Parsed<'x> {
+    Slice(DiffSlice<'x>),
+    Index(&'x IndexedDiff, u64),
+}
+
+impl Parsed<'_> {
+    fn metadata(&self) -> &Metadata {
+        match self {
+            Parsed::Slice(d) => d.metadata(),
+            Parsed::Index(d, _) => &d.metadata,
+        }
+    }
+}
+
+fn parse_input<'x>(inp: &'x MergeInput<'_>) -> Result<Parsed<'x>> {
+    match &inp.source {
+        Source::Bytes { bytes, .. } => {
+            if bytes.len() as u64 > MAX_SRC_OFFSET {
+                return Err(Error::invalid("input larger than 256 TiB"));
+            }
+            Ok(Parsed::Slice(DiffSlice::parse(bytes)?))
+        }
+        Source::Archive(a) => {
+            let idx = a.index();
+            match (idx.kind, idx.diffs.as_slice()) {
+                (Kind::DiffV1 | Kind::DiffV2, [d]) if a.len() <= MAX_SRC_OFFSET => {
+                    Ok(Parsed::Index(d, a.len()))
+                }
+                (Kind::DiffV1 | Kind::DiffV2, [_]) => {
+                    Err(Error::invalid("input larger than 256 TiB"))
+                }
+                _ => Err(Error::invalid(
+                    "an 'rbd image v2' export cannot be merged as a diff (merge its diffs instead)",
+                )),
+            }
+        }
+    }
+}
+
+/// Adds the records of an archive's index to `map`, checking them as the record walk of a
+/// plain diff would (the index is checksummed, but may have been crafted): ascending,
+/// non-empty, inside the image size, payloads inside the stream, `e` present.
+fn insert_indexed(map: &mut ExtentMap, input: u32, d: &IndexedDiff, total: u64) -> Result<()> {
+    let size = d.metadata.image_size.ok_or_else(|| {
+        Error::at(
+            ErrorKind::MissingSize,
+            d.start,
+            Some(d.record_count.saturating_sub(d.records.len() as u64)),
+        )
+    })?;
+    let base = d.record_count.saturating_sub(d.records.len() as u64);
+    let (mut prev_end, mut prev_pos, mut ended) = (0u64, d.start, false);
+    for (k, r) in d.records.iter().enumerate() {
+        let at = |kind: ErrorKind| Error::at(kind, r.pos, Some(base + k as u64));
+        if ended || r.pos < prev_pos || (k > 0 && r.pos == prev_pos) {
+            return Err(at(ErrorKind::Invalid(
+                "record index: records out of stream order".into(),
+            )));
+        }
+        prev_pos = r.pos;
+        match r.tag {
+            tag::WRITE | tag::ZERO => {
+                if r.len == 0 {
+                    return Err(at(ErrorKind::ZeroLength {
+                        tag: r.tag,
+                        offset: r.offset,
+                    }));
+                }
+                if r.offset < prev_end {
+                    return Err(at(ErrorKind::OutOfOrder {
+                        tag: r.tag,
+                        offset: r.offset,
+                        prev_end,
+                    }));
+                }
+                let end = r.offset.checked_add(r.len).filter(|&e| e <= size);
+                let end = end.ok_or_else(|| {
+                    at(ErrorKind::ExtentPastSize {
+                        tag: r.tag,
+                        offset: r.offset,
+                        len: r.len,
+                        size,
+                    })
+                })?;
+                prev_end = end;
+                if r.tag == tag::ZERO {
+                    map.insert(r.offset, end, Piece::Zero);
+                    continue;
+                }
+                let src = d.payload_pos(r);
+                let limit = d.records.get(k + 1).map_or(d.end, |n| n.pos).min(total);
+                if src.checked_add(r.len).filter(|&e| e <= limit).is_none() {
+                    return Err(at(ErrorKind::Invalid(
+                        "record index: payload runs past the next record".into(),
+                    )));
+                }
+                let piece = Piece::Data {
+                    input,
+                    src_offset: src,
+                };
+                map.insert(r.offset, end, piece);
+            }
+            tag::END => ended = true,
+            _ => {}
+        }
+    }
+    if !ended {
+        return Err(Error::at(ErrorKind::MissingEnd, d.end, None));
+    }
+    Ok(())
+}
+
+/// Checks the chain and builds the merged map from the record heads of every input (for an
+/// archive: from its record index, decompressing nothing).
 ///
 /// # Errors
 /// An input that does not parse or has a bad record (named with file, byte offset and record);
 /// a broken chain (naming both files and snapshots); a full diff that is not first; more inputs
 /// or bigger files than the map can address.
-pub fn plan<'a>(inputs: &[MergeInput<'a>], opts: &MergeOptions) -> Result<Plan<'a>> {
+pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
     if inputs.is_empty() {
         return Err(Error::invalid("nothing to merge: no inputs"));
     }
@@ -131,15 +369,12 @@ pub fn plan<'a>(inputs: &[MergeInput<'a>], opts: &MergeOptions) -> Result<Plan<'
             MAX_INPUT as usize + 1
         )));
     }
-    let mut slices = Vec::with_capacity(inputs.len());
-    for inp in inputs {
-        if inp.bytes.len() as u64 > MAX_SRC_OFFSET {
-            return Err(Error::invalid("input larger than 256 TiB").with_file(inp.name));
-        }
-        slices.push(DiffSlice::parse(inp.bytes).map_err(|e| e.with_file(inp.name))?);
-    }
+    let parsed = inputs
+        .iter()
+        .map(|inp| parse_input(inp).map_err(|e| e.with_file(inp.name)))
+        .collect::<Result<Vec<_>>>()?;
     // Chain checks, on the headers only, before anything else.
-    for (i, pair) in slices.windows(2).enumerate() {
+    for (i, pair) in parsed.windows(2).enumerate() {
         let (a, b) = (pair[0].metadata(), pair[1].metadata());
         let (na, nb) = (inputs[i].name, inputs[i + 1].name);
         if b.from_snap.is_none() {
@@ -159,8 +394,9 @@ pub fn plan<'a>(inputs: &[MergeInput<'a>], opts: &MergeOptions) -> Result<Plan<'
     let mut map = ExtentMap::new();
     let mut size: Option<u64> = None;
     let mut input_bytes = 0u64;
-    for (i, (inp, d)) in inputs.iter().zip(&slices).enumerate() {
-        input_bytes += inp.bytes.len() as u64;
+    let mut warnings = Vec::new();
+    for (i, (inp, d)) in inputs.iter().zip(&parsed).enumerate() {
+        input_bytes += inp.len();
         let wrap = |e: Error| e.with_file(inp.name);
         // A missing `s` is reported by the record walk below.
         let s = d.metadata().image_size.unwrap_or(0);
@@ -170,30 +406,46 @@ pub fn plan<'a>(inputs: &[MergeInput<'a>], opts: &MergeOptions) -> Result<Plan<'
             _ => {}
         }
         size = Some(s);
-        let base = inp.bytes.as_ptr() as usize;
-        for r in d.records() {
-            let (_, rec) = r.map_err(wrap)?;
-            match rec {
-                Record::Write { offset, data } => {
-                    let src = (data.as_ptr() as usize).wrapping_sub(base) as u64;
-                    let piece = Piece::Data {
-                        input: i as u32,
-                        src_offset: src,
-                    };
-                    map.insert(offset, offset + data.len() as u64, piece);
+        match d {
+            Parsed::Slice(d) => {
+                let Source::Bytes { bytes, .. } = inp.source else {
+                    return Err(Error::invalid("internal: parsed input is not in memory"));
+                };
+                let base = bytes.as_ptr() as usize;
+                let mut recs = d.records();
+                for r in recs.by_ref() {
+                    let (_, rec) = r.map_err(wrap)?;
+                    match rec {
+                        Record::Write { offset, data } => {
+                            let src = (data.as_ptr() as usize).wrapping_sub(base) as u64;
+                            let piece = Piece::Data {
+                                input: i as u32,
+                                src_offset: src,
+                            };
+                            map.insert(offset, offset + data.len() as u64, piece);
+                        }
+                        Record::Zero(e) => map.insert(e.offset, e.offset + e.len, Piece::Zero),
+                        _ => {}
+                    }
                 }
-                Record::Zero(e) => map.insert(e.offset, e.offset + e.len, Piece::Zero),
-                Record::End => break,
-                _ => {}
+                warnings.extend(
+                    recs.warnings()
+                        .iter()
+                        .map(|w| InputWarning::new(inp.name, w)),
+                );
+            }
+            Parsed::Index(d, total) => {
+                insert_indexed(&mut map, i as u32, d, *total).map_err(wrap)?;
+                warnings.extend(d.warnings.iter().map(|w| InputWarning::new(inp.name, w)));
             }
         }
     }
-    let last = slices
+    let last = parsed
         .last()
         .map(|d| d.metadata().clone())
         .unwrap_or_default();
     let meta = Metadata {
-        from_snap: slices.first().and_then(|d| d.metadata().from_snap.clone()),
+        from_snap: parsed.first().and_then(|d| d.metadata().from_snap.clone()),
         to_snap: last.to_snap,
         protected: last.protected,
         image_size: size,
@@ -204,16 +456,14 @@ pub fn plan<'a>(inputs: &[MergeInput<'a>], opts: &MergeOptions) -> Result<Plan<'
         .map(|(s, e, _)| e - s)
         .sum();
     Ok(Plan {
-        inputs: inputs.iter().map(|i| i.bytes).collect(),
+        inputs: inputs.len(),
         meta,
         map,
         data_bytes,
         input_bytes,
+        warnings,
     })
 }
-
-/// Copies one payload piece `(out, input, source offset, bytes)` to the output.
-type CopyFn<'c, W> = dyn FnMut(&mut W, u32, u64, &[u8]) -> std::io::Result<()> + 'c;
 
 /// A run of adjacent extents to be written as one record.
 enum Run {
@@ -222,7 +472,61 @@ enum Run {
     Data(u64, u64),
 }
 
-impl<'a> Plan<'a> {
+/// Copies `len` payload bytes at `src` of `inp` to `out`: from the mapped bytes, with `pread`
+/// from the mapped file through `buf` (measured faster than both the mapping, with no
+/// page-table work for the payload pages, and `copy_file_range`, which ext4 without reflinks
+/// runs through splice), or through the archive's frame cache.
+fn copy_piece<W: Write>(
+    inp: &mut MergeInput<'_>,
+    src: u64,
+    len: u64,
+    out: &mut W,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let MergeInput { name, source } = inp;
+    match source {
+        Source::Bytes {
+            file: Some(f),
+            bytes,
+        } => {
+            if src
+                .checked_add(len)
+                .filter(|&e| e <= bytes.len() as u64)
+                .is_none()
+            {
+                return Err(Error::invalid("internal: payload range outside its input"));
+            }
+            if buf.is_empty() {
+                *buf = vec![0; COPY_BUF];
+            }
+            let (mut off, mut left) = (src, len);
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                let chunk = &mut buf[..n];
+                f.read_exact_at(chunk, off)
+                    .map_err(|e| Error::from(e).with_file(&**name))?;
+                out.write_all(chunk)?;
+                off += n as u64;
+                left -= n as u64;
+            }
+            Ok(())
+        }
+        Source::Bytes { bytes, file: None } => {
+            let data = usize::try_from(src)
+                .ok()
+                .zip(usize::try_from(src + len).ok())
+                .and_then(|(a, b)| bytes.get(a..b))
+                .ok_or_else(|| Error::invalid("internal: payload range outside its input"))?;
+            Ok(out.write_all(data)?)
+        }
+        Source::Archive(a) => a
+            .copy_range(src, len, out)
+            .map_err(|e| e.with_file(&**name)),
+    }
+}
+
+impl Plan {
     /// Header of the merged diff: start snapshot of the first input, end snapshot, protection
     /// flag and size of the last.
     pub fn metadata(&self) -> &Metadata {
@@ -239,95 +543,42 @@ impl<'a> Plan<'a> {
         self.data_bytes
     }
 
-    fn payload(&self, start: u64, end: u64, piece: Piece) -> Result<&'a [u8]> {
-        let Piece::Data { input, src_offset } = piece else {
-            return Ok(&[]);
-        };
-        let len = end - start;
-        let bytes = self.inputs.get(input as usize).copied().unwrap_or_default();
-        usize::try_from(src_offset)
-            .ok()
-            .zip(usize::try_from(src_offset + len).ok())
-            .and_then(|(a, b)| bytes.get(a..b))
-            .ok_or_else(|| Error::invalid("internal: payload range outside its input"))
+    /// Warnings found in the inputs.
+    pub fn warnings(&self) -> &[InputWarning] {
+        &self.warnings
     }
 
-    /// Writes the merged diff to `out` (adjacent `z` extents, and adjacent data extents up to
-    /// [`COALESCE_MAX`], become one record). `progress` is called with the payload bytes
-    /// written so far and [`Plan::data_bytes`].
+    /// Writes the merged diff to `out`, reading the surviving payloads from `inputs` (the
+    /// inputs the plan was made from, in the same order). Adjacent `z` extents, and adjacent
+    /// data extents up to [`COALESCE_MAX`], become one record. `progress` is called with the
+    /// payload bytes written so far and [`Plan::data_bytes`].
     ///
     /// # Errors
-    /// I/O errors from `out`.
+    /// I/O errors from `out` or the inputs; a corrupt archive frame holding a surviving
+    /// payload (named with the input, the frame and its offsets).
     pub fn write<W: Write>(
         &self,
+        inputs: &mut [MergeInput<'_>],
         out: W,
         version: Version,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<(W, MergeStats)> {
-        self.write_with(out, version, progress, &mut |o: &mut W, _, _, data| {
-            o.write_all(data)
-        })
-    }
-
-    /// [`Plan::write`], reading payloads with `pread` from `sources[input]` (the file each
-    /// input was mapped from) into one reused buffer of [`COPY_BUF`] bytes instead of copying
-    /// from the mapping: measured faster than both the mapping (no page-table work for the
-    /// payload pages) and `copy_file_range` (which ext4 without reflinks runs through splice).
-    /// Inputs without a file are copied from their bytes.
-    ///
-    /// # Errors
-    /// As [`Plan::write`].
-    pub fn write_from_files<W: Write>(
-        &self,
-        out: W,
-        sources: &[Option<&File>],
-        version: Version,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<(W, MergeStats)> {
-        use std::os::unix::fs::FileExt;
-        let mut buf: Vec<u8> = Vec::new();
-        self.write_with(
-            out,
-            version,
-            progress,
-            &mut |o: &mut W, input, src, data| {
-                let Some(f) = sources.get(input as usize).copied().flatten() else {
-                    return o.write_all(data);
-                };
-                if buf.is_empty() {
-                    buf = vec![0; COPY_BUF];
-                }
-                let (mut off, mut left) = (src, data.len());
-                while left > 0 {
-                    let n = left.min(buf.len());
-                    let chunk = &mut buf[..n];
-                    f.read_exact_at(chunk, off)?;
-                    o.write_all(chunk)?;
-                    off += n as u64;
-                    left -= n;
-                }
-                Ok(())
-            },
-        )
-    }
-
-    fn write_with<W: Write>(
-        &self,
-        out: W,
-        version: Version,
-        progress: &mut dyn FnMut(u64, u64),
-        copy: &mut CopyFn<'_, W>,
-    ) -> Result<(W, MergeStats)> {
+        if inputs.len() != self.inputs {
+            return Err(Error::invalid("internal: plan written with other inputs"));
+        }
+        let before: u64 = inputs.iter().map(MergeInput::frames_decompressed).sum();
         let mut w = DiffWriter::new(out, version, &self.meta)?;
         let mut stats = MergeStats {
-            inputs: self.inputs.len(),
+            inputs: self.inputs,
             input_bytes: self.input_bytes,
             extents: self.map.len() as u64,
             from_snap: self.meta.from_snap.as_deref().map(lossy),
             to_snap: self.meta.to_snap.as_deref().map(lossy),
             image_size: self.meta.image_size.unwrap_or(0),
+            warnings: self.warnings.clone(),
             ..MergeStats::default()
         };
+        let mut buf = Vec::new();
         let mut run = Run::None;
         let mut pieces: Vec<(u64, u64, Piece)> = Vec::new();
         let mut flush = |run: &mut Run,
@@ -345,11 +596,13 @@ impl<'a> Plan<'a> {
                 Run::Data(s, e) => {
                     w.begin_data(crate::Extent::new(s, e - s))?;
                     for &(ps, pe, p) in pieces.iter() {
-                        let data = self.payload(ps, pe, p)?;
                         if let Piece::Data { input, src_offset } = p {
-                            copy(w.get_mut(), input, src_offset, data)?;
+                            let inp = inputs.get_mut(input as usize).ok_or_else(|| {
+                                Error::invalid("internal: piece of an unknown input")
+                            })?;
+                            copy_piece(inp, src_offset, pe - ps, w.get_mut(), &mut buf)?;
+                            w.add_written(pe - ps);
                         }
-                        w.add_written(data.len() as u64);
                     }
                     stats.write_records += 1;
                     stats.data_bytes += e - s;
@@ -388,6 +641,8 @@ impl<'a> Plan<'a> {
         stats.bytes_written = w.bytes_written() + 1;
         let out = w.finish()?;
         stats.bytes_saved = stats.input_bytes as i64 - stats.bytes_written as i64;
+        let after: u64 = inputs.iter().map(MergeInput::frames_decompressed).sum();
+        stats.frames_decompressed = after - before;
         Ok((out, stats))
     }
 }
@@ -401,22 +656,26 @@ fn lossy(b: &[u8]) -> String {
 /// # Errors
 /// As [`plan`] and [`Plan::write`]; nothing is written when the inputs are invalid.
 pub fn merge<W: Write>(
-    inputs: &[MergeInput<'_>],
+    inputs: &mut [MergeInput<'_>],
     out: W,
     opts: &MergeOptions,
 ) -> Result<MergeStats> {
     let p = plan(inputs, opts)?;
-    let (_, stats) = p.write(out, opts.version, &mut |_, _| {})?;
+    let (_, stats) = p.write(inputs, out, opts.version, &mut |_, _| {})?;
     Ok(stats)
 }
 
-/// Opens an input for merging: plain files are mapped; stdin, pipes and zstd-compressed
-/// inputs are decoded and spilled to an anonymous temporary file first ([`Input::into_mapped`]).
+/// Opens an input for merging: plain files are mapped; indexed archives ([`crate::zst`]) are
+/// mapped as they are (read through their index, see [`Source::Archive`]); stdin, pipes and
+/// zstd files without an index are decoded and spilled to an anonymous temporary file first
+/// ([`Input::into_mapped`]).
 ///
 /// # Errors
 /// Opening, reading or decompressing fails, or the input is an image export.
 pub fn open_input(path: &str) -> Result<Input> {
-    let input = Input::open(path)?.into_mapped()?;
+    let input = Input::open(path)?;
+    let indexed = input.is_compressed() && input.raw_bytes().is_some_and(crate::zst::has_index);
+    let input = if indexed { input } else { input.into_mapped()? };
     match input.kind() {
         Kind::Image => Err(Error::invalid(
             "an 'rbd image v2' export cannot be merged as a diff (merge its diffs instead)",
@@ -425,6 +684,24 @@ pub fn open_input(path: &str) -> Result<Input> {
         Kind::Zstd => Err(Error::invalid("doubly compressed input").with_file(path)),
         _ => Ok(input),
     }
+}
+
+/// The merge input for an input opened with [`open_input`].
+///
+/// # Errors
+/// An archive's seek table or record index is corrupt.
+pub fn merge_input(input: &Input) -> Result<MergeInput<'_>> {
+    let name = input.name();
+    if let Some(a) = input.archive()? {
+        return Ok(MergeInput::archive(name, a));
+    }
+    let bytes = input
+        .bytes()
+        .ok_or_else(|| Error::invalid("internal: input not mapped").with_file(name))?;
+    Ok(match input.file() {
+        Some(f) => MergeInput::mapped(name, bytes, f),
+        None => MergeInput::bytes(name, bytes),
+    })
 }
 
 /// `rbddiff merge`: opens `paths` (at most one `-` = stdin), checks and plans the merge, then
@@ -447,6 +724,8 @@ pub fn merge_files(
 
 /// [`merge_files`], writing a compressed archive (see [`crate::compress`]) when `compress`
 /// is given: the merged diff is compressed while it is written, never stored uncompressed.
+/// With [`MergeOptions::sums`], `OUT.sums` is written after the output is committed (for an
+/// archive: sums of the merged diff stream, see [`crate::sums`]).
 ///
 /// # Errors
 /// As [`merge_files`] and [`crate::compress::compress_stream`].
@@ -461,17 +740,16 @@ pub fn merge_files_to(
     if paths.iter().filter(|p| *p == "-").count() > 1 {
         return Err(Error::invalid("stdin ('-') can be given only once"));
     }
+    if opts.sums && out == "-" {
+        return Err(Error::invalid(
+            "--sums needs an output file (a sidecar cannot follow stdout)",
+        ));
+    }
     let opened = paths
         .iter()
         .map(|p| open_input(p))
         .collect::<Result<Vec<_>>>()?;
-    let inputs: Vec<MergeInput<'_>> = opened
-        .iter()
-        .map(|i| MergeInput {
-            name: i.name(),
-            bytes: i.bytes().unwrap_or_default(),
-        })
-        .collect();
+    let mut inputs = opened.iter().map(merge_input).collect::<Result<Vec<_>>>()?;
     let p = plan(&inputs, opts)?;
     let mut output = Output::create(out, force)?;
     let wrap = |e: Error| {
@@ -481,11 +759,10 @@ pub fn merge_files_to(
             e.with_file(out)
         }
     };
-    let sources: Vec<Option<&File>> = opened.iter().map(Input::file).collect();
     let stats = match compress {
         Some(c) => {
             let (stats, _) = crate::compress::compress_stream(&mut output, c, |w| {
-                p.write_from_files(w, &sources, opts.version, progress)
+                p.write(&mut inputs, w, opts.version, progress)
                     .map(|(_, s)| s)
             })
             .map_err(wrap)?;
@@ -493,12 +770,15 @@ pub fn merge_files_to(
         }
         None => {
             let (o, stats) = p
-                .write_from_files(output, &sources, opts.version, progress)
+                .write(&mut inputs, output, opts.version, progress)
                 .map_err(wrap)?;
             output = o;
             stats
         }
     };
     output.commit().map_err(wrap)?;
+    if opts.sums {
+        crate::sums::write_sums_for(std::path::Path::new(out))?;
+    }
     Ok(stats)
 }

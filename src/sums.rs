@@ -6,18 +6,27 @@
 //! trailing bytes), so every byte is covered by exactly one CRC and a flipped byte is pinned
 //! to its record. The sidecar ends with `self_sha256`, a sha256 of the sidecar's own bytes
 //! (taken with that value set to 64 zeros), so bit rot in the sidecar is caught too.
+//!
+//! For a zstd-compressed file the sums cover the uncompressed diff stream (offsets, lengths,
+//! CRCs and sha256 are those of the decompressed diff, so the same sidecar content describes
+//! the diff compressed or not), plus a `compressed` section with the compressed file's
+//! length and sha256. zstd's content checksums cover each frame: checking a `.zst` file
+//! compares the compressed length and digest (any flipped byte, index and seek table
+//! included), then decompresses it, where a damaged frame fails its zstd checksum and is
+//! reported naming the frame and the record being read, and compares every record CRC.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::input::Input;
+use crate::input::{Input, Kind};
 use crate::output::AtomicFile;
 use crate::slice::DiffSlice;
 use crate::stream::{ItemKind, RecordSource};
+use crate::zst::{ZstArchive, ZstdReader};
 
 /// `format` value of a sidecar.
 pub const FORMAT: &str = "rbddiff-sums";
@@ -60,8 +69,21 @@ pub struct Sums {
     pub size: Option<u64>,
     /// Every record, in file order.
     pub records: Vec<RecordSum>,
+    /// For a zstd-compressed file: the compressed file's own length and sha256. The other
+    /// fields then describe the decompressed diff stream (offsets, lengths, CRCs, digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<CompressedSums>,
     /// sha256 of this document (see the module docs).
     pub self_sha256: String,
+}
+
+/// Length and digest of a compressed file (see [`Sums::compressed`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompressedSums {
+    /// Compressed file length in bytes.
+    pub file_len: u64,
+    /// sha256 of the compressed file (lowercase hex).
+    pub sha256: String,
 }
 
 /// The sidecar path of `file`: `FILE.sums`.
@@ -130,8 +152,154 @@ pub fn compute(bytes: &[u8]) -> Result<Sums> {
         to: m.to_snap.as_ref().map(|_| m.to_name()),
         size: m.image_size,
         records,
+        compressed: None,
         self_sha256: ZERO_HEX.into(),
     })
+}
+
+/// CRCs of consecutive segments of a stream fed in arbitrary chunks, and its sha256.
+struct Segments<'b> {
+    /// Segment starts and tags; the first starts at 0.
+    bounds: &'b [(u64, char)],
+    i: usize,
+    pos: u64,
+    crc: crc32fast::Hasher,
+    sha: Sha256,
+    done: Vec<RecordSum>,
+}
+
+impl<'b> Segments<'b> {
+    fn new(bounds: &'b [(u64, char)]) -> Self {
+        Segments {
+            bounds,
+            i: 0,
+            pos: 0,
+            crc: crc32fast::Hasher::new(),
+            sha: Sha256::new(),
+            done: Vec::new(),
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(&(offset, tag)) = self.bounds.get(self.i) {
+            let crc = std::mem::take(&mut self.crc).finalize();
+            self.done.push(RecordSum {
+                offset,
+                len: self.pos.saturating_sub(offset),
+                tag,
+                crc32: crc,
+            });
+            self.i += 1;
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        self.sha.update(data);
+        while !data.is_empty() {
+            let end = self.bounds.get(self.i + 1).map_or(u64::MAX, |b| b.0);
+            let n = (data.len() as u64).min(end.saturating_sub(self.pos)) as usize;
+            self.crc.update(&data[..n]);
+            self.pos += n as u64;
+            data = &data[n..];
+            if self.pos == end {
+                self.close();
+            }
+        }
+    }
+
+    /// Feeds all of `r`; stops at the first read error, returning it.
+    fn feed_all(&mut self, mut r: impl Read) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.feed(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Closes the last segment; returns the segment sums and the sha256 (hex).
+    fn finish(mut self) -> (Vec<RecordSum>, String) {
+        if self.i + 1 == self.bounds.len() {
+            self.close();
+        }
+        (self.done, hex(&self.sha.finalize()))
+    }
+}
+
+/// Computes the sums of the diff stream of an indexed archive: record boundaries from its
+/// index, CRCs and digest over the decompressed stream (every frame checksum is verified on
+/// the way). `compressed` is filled in from `raw`.
+///
+/// # Errors
+/// The archive holds an image stream, or a frame is corrupt.
+pub fn compute_archive(raw: &[u8], a: &ZstArchive<'_>) -> Result<Sums> {
+    let idx = a.index();
+    let d = match (idx.kind, idx.diffs.as_slice()) {
+        (Kind::DiffV1 | Kind::DiffV2, [d]) if d.start == 0 => d,
+        _ => return Err(Error::invalid("sums are only kept for diffs")),
+    };
+    let mut bounds = vec![(0u64, 'B')];
+    bounds.extend(d.metadata_records.iter().map(|&(o, t)| (o, t as char)));
+    bounds.extend(d.records.iter().map(|r| (r.pos, r.tag as char)));
+    if d.end < idx.total_len {
+        bounds.push((d.end, '-'));
+    }
+    let mut seg = Segments::new(&bounds);
+    seg.feed_all(ZstdReader::new(raw)?)?;
+    if seg.pos != idx.total_len {
+        return Err(Error::invalid(format!(
+            "the archive decompresses to {} bytes, its index says {}",
+            seg.pos, idx.total_len
+        )));
+    }
+    let (records, sha256) = seg.finish();
+    let m = &d.metadata;
+    Ok(Sums {
+        format: FORMAT.into(),
+        version: SUMS_VERSION,
+        diff_version: d.version.to_string(),
+        file_len: idx.total_len,
+        sha256,
+        from: m.from_snap.as_ref().map(|_| m.from_name()),
+        to: m.to_snap.as_ref().map(|_| m.to_name()),
+        size: m.image_size,
+        records,
+        compressed: Some(compressed_sums(raw)),
+        self_sha256: ZERO_HEX.into(),
+    })
+}
+
+fn compressed_sums(raw: &[u8]) -> CompressedSums {
+    CompressedSums {
+        file_len: raw.len() as u64,
+        sha256: hex(&Sha256::digest(raw)),
+    }
+}
+
+/// Computes the sums of an opened input: a plain diff in memory, an indexed archive through
+/// [`compute_archive`], any other zstd file decompressed to a temporary file first.
+///
+/// # Errors
+/// The input is not a regular file or not a valid diff, or decompression fails.
+pub fn compute_input(input: Input) -> Result<Sums> {
+    let name = input.name().to_string();
+    if let Some(b) = input.bytes() {
+        return compute(b).map_err(|e| e.with_file(&name));
+    }
+    let raw = input
+        .raw_bytes()
+        .ok_or_else(|| Error::invalid("sums need a regular file").with_file(&name))?;
+    if let Some(a) = input.archive()? {
+        return compute_archive(raw, &a).map_err(|e| e.with_file(&name));
+    }
+    let compressed = compressed_sums(raw);
+    let plain = input.into_mapped()?;
+    let mut s = compute(plain.bytes().unwrap_or_default()).map_err(|e| e.with_file(&name))?;
+    s.compressed = Some(compressed);
+    Ok(s)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -183,18 +351,15 @@ pub fn decode(text: &[u8]) -> Result<Sums> {
     Ok(s)
 }
 
-/// Computes the sums of the diff at `path` and writes `PATH.sums` atomically.
-/// For merge, compress and apply to call after writing a diff.
+/// Computes the sums of the diff at `path` (plain or zstd-compressed, see [`compute_input`])
+/// and writes `PATH.sums` atomically. For merge, compress and apply to call after writing a
+/// diff.
 ///
 /// # Errors
 /// The file cannot be read, is not a valid diff, or the sidecar cannot be written.
 pub fn write_sums_for(path: &Path) -> Result<PathBuf> {
     let p = path.to_string_lossy();
-    let input = Input::open(&p)?;
-    let bytes = input
-        .bytes()
-        .ok_or_else(|| Error::invalid("sums need a regular file").with_file(path))?;
-    let s = compute(bytes).map_err(|e| e.with_file(path))?;
+    let s = compute_input(Input::open(&p)?)?;
     let sp = sums_path(path);
     let mut f = AtomicFile::create(&sp, true)?;
     f.file()
@@ -222,68 +387,169 @@ impl std::fmt::Display for Mismatch {
     }
 }
 
-/// Checks `bytes` (the content of `path`) against `PATH.sums`: file length and every record
-/// CRC (the whole-file sha256 too when `digest`). Returns the mismatches (empty = all good).
-///
-/// # Errors
-/// The sidecar is missing, unreadable or damaged.
-pub fn check_sums_with(path: &Path, bytes: &[u8], digest: bool) -> Result<Vec<Mismatch>> {
+/// Reads `PATH.sums` and checks that its records tile the file it describes.
+fn load(path: &Path) -> Result<Sums> {
     let sp = sums_path(path);
     let text = std::fs::read(&sp).map_err(|e| Error::from(e).with_file(&sp))?;
     let s = decode(&text).map_err(|e| e.with_file(&sp))?;
-    let mut out = Vec::new();
-    let len = bytes.len() as u64;
-    if len != s.file_len {
-        out.push(Mismatch {
-            offset: len.min(s.file_len),
-            record: None,
-            message: format!(
-                "file is {len} bytes, the sidecar recorded {} bytes",
-                s.file_len
-            ),
-        });
-    }
     let mut expect = 0u64;
-    for (i, r) in s.records.iter().enumerate() {
+    for r in &s.records {
         if r.offset != expect {
             return Err(
                 Error::invalid("sums sidecar damaged: records do not tile the file").with_file(&sp),
             );
         }
         expect = r.offset.saturating_add(r.len);
-        let part = bytes
-            .get(r.offset as usize..(expect as usize).min(bytes.len()))
-            .unwrap_or_default();
-        if part.len() as u64 != r.len || crc32fast::hash(part) != r.crc32 {
-            let what = match r.tag {
-                'B' => "banner".to_string(),
-                '-' => "trailing bytes".to_string(),
-                t => format!("'{t}' record"),
-            };
-            let record = match r.tag {
-                'B' | '-' => None,
-                _ => Some(i as u64 - 1),
-            };
-            out.push(Mismatch {
-                offset: r.offset,
-                record,
-                message: format!(
-                    "checksum mismatch in {what} ({} bytes at byte {})",
-                    r.len, r.offset
-                ),
-            });
-        }
     }
     if expect != s.file_len {
         return Err(
             Error::invalid("sums sidecar damaged: records do not cover the file").with_file(&sp),
         );
     }
+    Ok(s)
+}
+
+fn what(r: &RecordSum) -> String {
+    match r.tag {
+        'B' => "banner".to_string(),
+        '-' => "trailing bytes".to_string(),
+        t => format!("'{t}' record"),
+    }
+}
+
+fn record_of(i: usize, r: &RecordSum) -> Option<u64> {
+    match r.tag {
+        'B' | '-' => None,
+        _ => Some(i as u64 - 1),
+    }
+}
+
+fn crc_mismatch(i: usize, r: &RecordSum) -> Mismatch {
+    Mismatch {
+        offset: r.offset,
+        record: record_of(i, r),
+        message: format!(
+            "checksum mismatch in {} ({} bytes at byte {})",
+            what(r),
+            r.len,
+            r.offset
+        ),
+    }
+}
+
+fn len_mismatch(len: u64, recorded: u64) -> Mismatch {
+    Mismatch {
+        offset: len.min(recorded),
+        record: None,
+        message: format!("file is {len} bytes, the sidecar recorded {recorded} bytes"),
+    }
+}
+
+/// Checks `bytes` (the content of `path`) against `PATH.sums`: file length and every record
+/// CRC (the whole-file sha256 too when `digest`). Returns the mismatches (empty = all good).
+///
+/// # Errors
+/// The sidecar is missing, unreadable or damaged.
+pub fn check_sums_with(path: &Path, bytes: &[u8], digest: bool) -> Result<Vec<Mismatch>> {
+    let s = load(path)?;
+    let mut out = Vec::new();
+    let len = bytes.len() as u64;
+    if len != s.file_len {
+        out.push(len_mismatch(len, s.file_len));
+    }
+    for (i, r) in s.records.iter().enumerate() {
+        let end = r.offset + r.len;
+        let part = bytes
+            .get(r.offset as usize..(end as usize).min(bytes.len()))
+            .unwrap_or_default();
+        if part.len() as u64 != r.len || crc32fast::hash(part) != r.crc32 {
+            out.push(crc_mismatch(i, r));
+        }
+    }
     if digest && out.is_empty() && hex(&Sha256::digest(bytes)) != s.sha256 {
         out.push(Mismatch {
             offset: 0,
             record: None,
             message: "whole-file sha256 differs from the sidecar".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Checks a zstd-compressed file (`raw`, the content of `path`) against `PATH.sums`: the
+/// compressed file's length and sha256 when the sidecar has them (any flipped byte,
+/// including in the index or seek table), then the decompressed stream's length and every
+/// record CRC (and its sha256 when `digest`). A frame that fails to decompress (zstd's own
+/// content checksum) is reported as a mismatch naming the frame and the record being read;
+/// records after it are not checked.
+///
+/// A sidecar written for the uncompressed diff checks its compressed form too.
+///
+/// # Errors
+/// The sidecar is missing, unreadable or damaged.
+pub fn check_sums_compressed(path: &Path, raw: &[u8], digest: bool) -> Result<Vec<Mismatch>> {
+    let s = load(path)?;
+    let mut out = Vec::new();
+    if let Some(c) = &s.compressed {
+        let len = raw.len() as u64;
+        if len != c.file_len {
+            out.push(Mismatch {
+                message: format!(
+                    "compressed file is {len} bytes, the sidecar recorded {} bytes",
+                    c.file_len
+                ),
+                ..len_mismatch(len, c.file_len)
+            });
+        } else if hex(&Sha256::digest(raw)) != c.sha256 {
+            out.push(Mismatch {
+                offset: 0,
+                record: None,
+                message: "compressed file's sha256 differs from the sidecar".into(),
+            });
+        }
+    }
+    let bounds: Vec<(u64, char)> = s.records.iter().map(|r| (r.offset, r.tag)).collect();
+    let mut seg = Segments::new(&bounds);
+    let read = ZstdReader::new(raw).and_then(|z| Ok(seg.feed_all(z)?));
+    let (len, failed_at) = (seg.pos, seg.i);
+    let (got, sha) = match read {
+        Ok(()) => seg.finish(),
+        Err(_) => (seg.done, String::new()),
+    };
+    for (i, (r, g)) in s.records.iter().zip(&got).enumerate() {
+        if g.len != r.len || g.crc32 != r.crc32 {
+            out.push(crc_mismatch(i, r));
+        }
+    }
+    if let Err(e) = read {
+        let i = failed_at.min(s.records.len().saturating_sub(1));
+        let r = s.records.get(i);
+        out.push(Mismatch {
+            offset: len,
+            record: r.and_then(|r| record_of(i, r)),
+            message: format!(
+                "cannot decompress{}: {}",
+                r.map(|r| format!(" {} at diff stream byte {}", what(r), r.offset))
+                    .unwrap_or_default(),
+                e.kind()
+            ),
+        });
+        return Ok(out);
+    }
+    if len != s.file_len {
+        out.push(Mismatch {
+            message: format!(
+                "decompressed stream is {len} bytes, the sidecar recorded {} bytes",
+                s.file_len
+            ),
+            ..len_mismatch(len, s.file_len)
+        });
+    }
+    if digest && out.is_empty() && sha != s.sha256 {
+        out.push(Mismatch {
+            offset: 0,
+            record: None,
+            message: "sha256 of the decompressed stream differs from the sidecar".into(),
         });
     }
     Ok(out)

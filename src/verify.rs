@@ -17,7 +17,8 @@
 //!   anywhere inside the new size are legitimate in both directions. A rule such as "an
 //!   incremental diff may not write past the previous size" would reject real Ceph chains
 //!   (the test data's v2→v3 diff grows the image and writes in the grown area).
-//! - Sums: a `FILE.sums` sidecar ([`crate::sums`]) is checked when present (or required).
+//! - Sums: a `FILE.sums` sidecar ([`crate::sums`]) is checked when present (or required); a
+//!   zstd-compressed file is checked against the sums of its decompressed stream.
 //! - Against: the chain is applied to a scratch sparse file and compared with a raw image.
 
 use std::fs::File;
@@ -321,8 +322,15 @@ fn check_file(path: &str, opts: &VerifyOptions) -> Result<Checked> {
         } else if sums::has_sums(p) {
             // Re-open: the checks above may have consumed a stream.
             let input = Input::open(path)?;
-            match input.bytes() {
-                Some(b) => match sums::check_sums_with(p, b, opts.digest) {
+            let checked = match (input.bytes(), input.raw_bytes()) {
+                (Some(b), _) => Some(sums::check_sums_with(p, b, opts.digest)),
+                (None, Some(raw)) if input.is_compressed() => {
+                    Some(sums::check_sums_compressed(p, raw, opts.digest))
+                }
+                _ => None,
+            };
+            match checked {
+                Some(r) => match r {
                     Ok(m) if m.is_empty() => info.sums = "ok",
                     Ok(m) => {
                         info.sums = "mismatch";

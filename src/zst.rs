@@ -774,6 +774,16 @@ pub(crate) fn decompress_frame(
     Ok(())
 }
 
+/// True when `bytes` ends with a valid seek table preceded by an rbddiff record index frame
+/// (the index itself is decoded, and checked, by [`ZstArchive::open`]).
+pub fn has_index(bytes: &[u8]) -> bool {
+    let Ok(Some((frames, _))) = parse_seek_table(bytes) else {
+        return false;
+    };
+    let data_end = frames.last().map_or(0, |f| f.c_offset + u64::from(f.c_len));
+    usize::try_from(data_end).is_ok_and(|at| le32(bytes, at) == Some(INDEX_FRAME_MAGIC))
+}
+
 /// Random access to an indexed archive held in memory (e.g. a mapped file).
 pub struct ZstArchive<'a> {
     bytes: &'a [u8],

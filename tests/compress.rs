@@ -94,6 +94,15 @@ fn check_archive(plain: &[u8], z: &[u8], dir: &Path) {
                 (pos, rec.tag(), rec.extent())
             })
             .collect();
+        // Sums over the archive (boundaries from the index) equal those of the plain diff.
+        let want_sums = rbddiff::sums::compute(plain).unwrap();
+        let got_sums = rbddiff::sums::compute_archive(z, &a).unwrap();
+        assert_eq!(got_sums.records, want_sums.records);
+        assert_eq!(
+            (got_sums.sha256, got_sums.file_len),
+            (want_sums.sha256, want_sums.file_len)
+        );
+        assert_eq!(got_sums.compressed.unwrap().file_len, z.len() as u64);
         let diff = &a.index().diffs[0];
         assert_eq!(&diff.metadata, d.metadata());
         let got: Vec<(u64, u8, Option<Extent>)> = diff
@@ -764,4 +773,159 @@ proptest! {
             .collect();
         check_merge_equivalence(&plains, dir.path());
     }
+}
+
+fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `len` bytes of incompressible data written at `at`, in records of 4 KiB.
+fn writes(at: u64, len: u64, seed: u64) -> Vec<(u64, Op)> {
+    let mut ops = vec![];
+    let mut pos = 0;
+    let mut off = at;
+    while off < at + len {
+        ops.push((off - pos, Op::Write(random_bytes(seed + off, 4096))));
+        off += 4096;
+        pos = off;
+    }
+    ops
+}
+
+/// Merges archives through the library, returning the output and the frames decompressed
+/// from each input.
+fn merge_archives(paths: &[&Path]) -> (Vec<u8>, Vec<u64>, rbddiff::merge::MergeStats) {
+    use rbddiff::merge::{merge, merge_input, open_input, MergeOptions};
+    let opened: Vec<Input> = paths
+        .iter()
+        .map(|p| open_input(p.to_str().unwrap()).unwrap())
+        .collect();
+    let mut inputs: Vec<_> = opened.iter().map(|i| merge_input(i).unwrap()).collect();
+    assert!(inputs
+        .iter()
+        .all(|i| matches!(i.source, rbddiff::merge::Source::Archive(_))));
+    let mut out = Vec::new();
+    let stats = merge(&mut inputs, &mut out, &MergeOptions::default()).unwrap();
+    let frames = inputs.iter().map(|i| i.frames_decompressed()).collect();
+    (out, frames, stats)
+}
+
+fn merge_plain(plains: &[&[u8]]) -> Vec<u8> {
+    use rbddiff::merge::{merge, MergeInput, MergeOptions};
+    let mut inputs: Vec<_> = plains.iter().map(|p| MergeInput::bytes("p", p)).collect();
+    let mut out = Vec::new();
+    merge(&mut inputs, &mut out, &MergeOptions::default()).unwrap();
+    out
+}
+
+/// Merge reads archives through their index: frames whose data is overwritten later in the
+/// chain are never decompressed, so their corruption does not matter; a corrupt frame whose
+/// data survives fails the merge (exit 2, frame and file named, no output).
+#[test]
+fn merge_decompresses_only_frames_with_surviving_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = opts(4096);
+    let a = build_named(false, &writes(0, 64 << 10, 1), "s0", "s1");
+    let b_all = build_named(true, &writes(0, 64 << 10, 2), "s1", "s2");
+    let b_head = build_named(false, &writes(0, 4096, 3), "s1", "s2");
+    let save = |name: &str, plain: &[u8]| {
+        let p = d.join(name);
+        std::fs::write(&p, compress_file(d, plain, &o)).unwrap();
+        p
+    };
+    let (za, zb_all, zb_head) = (
+        save("a.zst", &a),
+        save("b.zst", &b_all),
+        save("h.zst", &b_head),
+    );
+    let abytes = std::fs::read(&za).unwrap();
+    let arch = ZstArchive::open(&abytes).unwrap().unwrap();
+    assert!(arch.frames().len() > 8);
+
+    // A is entirely overwritten by B: none of A's frames is decompressed.
+    let (out, frames, stats) = merge_archives(&[&za, &zb_all]);
+    assert_eq!(out, merge_plain(&[&a, &b_all]));
+    assert_eq!(frames[0], 0);
+    assert!(frames[1] > 0);
+    assert_eq!(stats.frames_decompressed, frames[0] + frames[1]);
+
+    // Only B's first 4 KiB overwrite A: A's frames holding the rest are decompressed, each once.
+    let (out, frames, _) = merge_archives(&[&za, &zb_head]);
+    assert_eq!(out, merge_plain(&[&a, &b_head]));
+    let diff = &arch.index().diffs[0];
+    let surviving: std::collections::BTreeSet<usize> = diff
+        .records
+        .iter()
+        .filter(|r| r.tag == b'w' && r.offset >= 4096)
+        .flat_map(|r| {
+            let p = diff.payload_pos(r);
+            [
+                arch.frame_of(p).unwrap(),
+                arch.frame_of(p + r.len - 1).unwrap(),
+            ]
+        })
+        .collect();
+    assert_eq!(frames[0], surviving.len() as u64);
+
+    // Corrupt a frame of A that holds only data of records 8 and later.
+    let r8 = diff
+        .records
+        .iter()
+        .filter(|r| r.tag == b'w')
+        .nth(8)
+        .unwrap();
+    let k = arch.frame_of(diff.payload_pos(r8)).unwrap();
+    let f = arch.frames()[k];
+    assert!(k > 0 && f.d_offset >= r8.pos - 17);
+    let mut bad = abytes.clone();
+    let at = (f.c_offset + u64::from(f.c_len) / 2) as usize;
+    for x in &mut bad[at..at + 8] {
+        *x ^= 0x5a;
+    }
+    let zbad = d.join("bad.zst");
+    std::fs::write(&zbad, &bad).unwrap();
+
+    // Overwritten: the corruption is never read, the merge succeeds.
+    let out = d.join("out.diff");
+    let o = run(bin()
+        .arg("merge")
+        .arg(&zbad)
+        .arg(&zb_all)
+        .arg("-o")
+        .arg(&out));
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), merge_plain(&[&a, &b_all]));
+
+    // Surviving: exit 2, the frame and the file are named, no output is left.
+    let out2 = d.join("out2.diff");
+    let o = run(bin()
+        .arg("merge")
+        .arg(&zbad)
+        .arg(&zb_head)
+        .arg("-o")
+        .arg(&out2));
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("zstd frame {k}")), "{err}");
+    assert!(err.contains("bad.zst"), "{err}");
+    assert!(
+        err.contains(&format!("compressed byte {}", f.c_offset)),
+        "{err}"
+    );
+    assert!(!out2.exists());
+    let left: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.ends_with(".zst") && !n.ends_with(".diff"))
+        .collect();
+    assert!(left.is_empty(), "temp files left: {left:?}");
 }

@@ -22,13 +22,13 @@ use rbddiff::{DiffSlice, DiffWriter, Extent, Metadata, Version};
 
 fn merge_bytes(diffs: &[Vec<u8>], opts: &MergeOptions) -> rbddiff::Result<Vec<u8>> {
     let names: Vec<String> = (0..diffs.len()).map(|i| format!("in{i}.diff")).collect();
-    let inputs: Vec<MergeInput<'_>> = diffs
+    let mut inputs: Vec<MergeInput<'_>> = diffs
         .iter()
         .zip(&names)
-        .map(|(d, n)| MergeInput { name: n, bytes: d })
+        .map(|(d, n)| MergeInput::bytes(n, d))
         .collect();
     let mut out = Vec::new();
-    merge(&inputs, &mut out, opts)?;
+    merge(&mut inputs, &mut out, opts)?;
     Ok(out)
 }
 
@@ -204,6 +204,7 @@ proptest! {
         let opts = MergeOptions {
             version: if v2_out { Version::V2 } else { Version::V1 },
             force_chain: false,
+            sums: false,
         };
         let out = merge_bytes(&diffs, &opts).unwrap();
         assert_well_formed(&out);
@@ -1041,4 +1042,76 @@ fn compressed_and_stdin_inputs() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let img = apply_all(&Image::new(), &[&fs::read(&out).unwrap()]);
     assert_eq!(img.sha256(), c.v1[2].expected().sha256);
+}
+
+/// Warnings found in the inputs (here Ceph 16's `p` length field of the v2 diffs, and a
+/// duplicated `s` record) are reported by the merge summary, in JSON and on stderr, with the
+/// file, byte offset and record; plain and compressed inputs alike.
+#[test]
+fn input_warnings_are_reported() {
+    let chains = manifest::chains();
+    let c = chains.iter().find(|c| c.v2.len() >= 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The chain's second diff with its `s` record duplicated (the later one wins).
+    let second = c.v2[1].read();
+    let meta = DiffSlice::parse(&second).unwrap();
+    let s_at = meta
+        .metadata_records()
+        .iter()
+        .find(|(_, t)| *t == b's')
+        .unwrap()
+        .0 as usize;
+    let s_len = 1 + 8 + 8; // v2: tag, length, size
+    let mut dup = second[..s_at + s_len].to_vec();
+    dup.extend_from_slice(&second[s_at..]);
+    let dup_path = dir.path().join("dup.diff");
+    fs::write(&dup_path, &dup).unwrap();
+    let first_zst = dir.path().join("first.zst");
+    let o = Command::new(exe())
+        .arg("compress")
+        .arg(&c.v2[0].path)
+        .arg("-o")
+        .arg(&first_zst)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let expected_p = DiffSlice::parse(&c.v2[0].read()).unwrap().warnings().len();
+    let out = dir.path().join("out.diff");
+    for json in [true, false] {
+        let mut cmd = Command::new(exe());
+        cmd.arg("merge")
+            .arg(&first_zst)
+            .arg(&dup_path)
+            .arg("-o")
+            .arg(&out)
+            .arg("--force");
+        if json {
+            cmd.arg("--json");
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        if json {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let ws = v["warnings"].as_array().unwrap();
+            let first: Vec<_> = ws
+                .iter()
+                .filter(|w| w["file"] == first_zst.to_str().unwrap())
+                .collect();
+            assert!(!first.is_empty() && first.len() == expected_p, "{v}");
+            assert!(first.iter().all(|w| w["kind"]["kind"] == "length_mismatch"));
+            let d: Vec<_> = ws
+                .iter()
+                .filter(|w| w["file"] == dup_path.to_str().unwrap())
+                .filter(|w| w["kind"]["kind"] == "duplicate_metadata")
+                .collect();
+            assert_eq!(d.len(), 1, "{v}");
+            assert_eq!(d[0]["offset"], (s_at + s_len) as u64);
+            assert!(err.is_empty(), "{err}");
+        } else {
+            assert!(err.contains("rbddiff: warning: "), "{err}");
+            assert!(err.contains("duplicate 's' record"), "{err}");
+            assert!(err.contains("first.zst: byte"), "{err}");
+        }
+    }
 }

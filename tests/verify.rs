@@ -285,6 +285,156 @@ fn digest_option_checks_sha256() {
     assert!(r.ok());
 }
 
+fn run_ok(args: &[&str]) {
+    let o = bin().args(args).output().unwrap();
+    assert!(o.status.success(), "{args:?}: {o:?}");
+}
+
+fn verify_json(p: &Path) -> (Option<i32>, serde_json::Value) {
+    let o = bin().args(["verify", &s(p), "--json"]).output().unwrap();
+    (o.status.code(), serde_json::from_slice(&o.stdout).unwrap())
+}
+
+fn read_sums(p: &Path) -> sums::Sums {
+    sums::decode(&fs::read(sums_path(p)).unwrap()).unwrap()
+}
+
+/// `merge --sums` and `compress --sums` write sidecars that `verify` accepts; for a
+/// compressed output they cover the merged diff stream (same records and digest as the
+/// plain output's) plus the archive's length and digest. A flipped byte is caught: in a
+/// plain file by the record CRCs; in a `.zst` payload frame by zstd's frame checksum
+/// (structure, naming the frame) and by the sums (naming the frame and the record being
+/// read, and the compressed digest); in the archive's index by the compressed digest.
+#[test]
+fn merge_and_compress_sums_are_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let chain: Vec<String> = chains()[0].v1.iter().map(|f| s(&f.path)).collect();
+    let plain = d.join("m.diff");
+    let zst = d.join("m.zst");
+    for out in [&plain, &zst] {
+        let mut args = vec!["merge".to_string()];
+        args.extend(chain.iter().cloned());
+        args.extend(["-o".into(), s(out), "--sums".into()]);
+        let a: Vec<&str> = args.iter().map(|x| x.as_str()).collect();
+        run_ok(&a);
+        let (code, v) = verify_json(out);
+        assert_eq!(code, Some(0), "{v}");
+        assert_eq!(v["files"][0]["sums"], "ok", "{v}");
+    }
+    let c = d.join("c.zst");
+    run_ok(&[
+        "compress",
+        &s(&plain),
+        "-o",
+        &s(&c),
+        "--sums",
+        "--frame-size",
+        "4096",
+    ]);
+    let (code, v) = verify_json(&c);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["files"][0]["sums"], "ok", "{v}");
+    // The compressed outputs' sums are those of the plain diff stream.
+    let sp = read_sums(&plain);
+    let want = sums::compute(&fs::read(&plain).unwrap()).unwrap();
+    assert_eq!((&sp.records, &sp.sha256), (&want.records, &want.sha256));
+    assert!(sp.compressed.is_none());
+    for z in [&zst, &c] {
+        let sz = read_sums(z);
+        assert_eq!(
+            (&sz.records, &sz.sha256, sz.file_len),
+            (&sp.records, &sp.sha256, sp.file_len)
+        );
+        let cz = sz.compressed.as_ref().expect("compressed section");
+        assert_eq!(cz.file_len, fs::metadata(z).unwrap().len());
+    }
+    // A zstd file without an index (written by `zstd`): `verify --write-sums` then `verify`.
+    let pz = d.join("p.zst");
+    fs::write(
+        &pz,
+        zstd::encode_all(&fs::read(&plain).unwrap()[..], 3).unwrap(),
+    )
+    .unwrap();
+    run_ok(&["verify", "--write-sums", &s(&pz)]);
+    let sz = read_sums(&pz);
+    assert_eq!((&sz.records, &sz.sha256), (&sp.records, &sp.sha256));
+    let (code, v) = verify_json(&pz);
+    assert_eq!(
+        (code, &v["files"][0]["sums"]),
+        (Some(0), &"ok".into()),
+        "{v}"
+    );
+    // --sums with stdout is refused before anything is written.
+    let o = bin()
+        .args(["compress", &s(&plain), "-o", "-", "--sums"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(o.stdout.is_empty());
+
+    // Plain: a flipped payload byte is pinned to its 'w' record.
+    let mut b = fs::read(&plain).unwrap();
+    let w = sp.records.iter().rfind(|r| r.tag == 'w').unwrap();
+    b[(w.offset + w.len / 2) as usize] ^= 0x10;
+    fs::write(&plain, &b).unwrap();
+    let (code, v) = verify_json(&plain);
+    assert_eq!(code, Some(1));
+    let sums_findings: Vec<&serde_json::Value> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == "sums")
+        .collect();
+    assert_eq!(sums_findings.len(), 1, "{v}");
+    assert_eq!(sums_findings[0]["offset"], w.offset);
+    assert!(sums_findings[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("'w' record"));
+
+    // Compressed: a flipped byte inside the frame holding that payload.
+    let raw = fs::read(&c).unwrap();
+    let arch = rbddiff::zst::ZstArchive::open(&raw).unwrap().unwrap();
+    let k = arch.frame_of(w.offset + w.len / 2).unwrap();
+    let f = arch.frames()[k];
+    let mut bad = raw.clone();
+    bad[(f.c_offset + u64::from(f.c_len) / 2) as usize] ^= 0x10;
+    fs::write(&c, &bad).unwrap();
+    let (code, v) = verify_json(&c);
+    assert_eq!(code, Some(1), "{v}");
+    let msgs: Vec<String> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| format!("{} {}", f["check"], f["message"]))
+        .collect();
+    let frame = format!("zstd frame {k}");
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("structure") && m.contains(&frame)),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("sums") && m.contains(&frame) && m.contains("'w' record")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("compressed file's sha256")),
+        "{msgs:?}"
+    );
+
+    // Compressed: a flipped byte in the record index (a skippable frame `zstd -d` ignores).
+    let mut bad = raw.clone();
+    let last = arch.frames().last().unwrap();
+    bad[(last.c_offset + u64::from(last.c_len) + 12) as usize] ^= 1;
+    fs::write(&c, &bad).unwrap();
+    let (code, v) = verify_json(&c);
+    assert_eq!(code, Some(1), "{v}");
+    assert!(v.to_string().contains("compressed file's sha256"), "{v}");
+}
+
 /// The diffs embedded in an image stream must form a chain from a full diff: the real
 /// stream passes; the same bytes with the first two diffs swapped are a problem (exit 1)
 /// naming the embedded diffs, while every diff is still structurally valid.

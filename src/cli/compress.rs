@@ -33,6 +33,10 @@ pub struct CompressArgs {
     /// Replace an existing output file.
     #[arg(long)]
     force: bool,
+    /// Also write the checksum sidecar OUT.sums: sums of the uncompressed diff stream plus
+    /// the archive's length and digest; `rbddiff verify` checks it.
+    #[arg(long)]
+    sums: bool,
     /// Print statistics as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -63,6 +67,11 @@ fn report(s: &Stats, json: bool, to_stdout: bool) -> Result<()> {
 }
 
 pub fn run_compress(a: CompressArgs) -> Result<Status> {
+    if a.sums && a.output == "-" {
+        return Err(Error::invalid(
+            "--sums needs an output file (a sidecar cannot follow stdout)",
+        ));
+    }
     let input = Input::open(&a.input)?;
     let mut out = Output::create(&a.output, a.force)?;
     let opts = CompressOptions {
@@ -72,6 +81,9 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
     };
     let stats = compress::compress(input, &mut out, &opts)?;
     out.commit()?;
+    if a.sums {
+        rbddiff::sums::write_sums_for(std::path::Path::new(&a.output))?;
+    }
     report(&stats, a.json, a.output == "-")?;
     Ok(Status::Ok)
 }

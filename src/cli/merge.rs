@@ -31,6 +31,10 @@ pub struct Args {
     /// Do not check that each input starts at the snapshot the previous one ends at.
     #[arg(long)]
     force_chain: bool,
+    /// Also write the checksum sidecar OUT.sums (for a compressed output: sums of the
+    /// merged diff stream plus the archive's length and digest); `rbddiff verify` checks it.
+    #[arg(long)]
+    sums: bool,
     /// Print a JSON summary on stdout (or stderr when the output is stdout).
     #[arg(long)]
     json: bool,
@@ -64,6 +68,7 @@ pub fn run(a: Args) -> Result<Status> {
             Format::V2 => Version::V2,
         },
         force_chain: a.force_chain,
+        sums: a.sums,
     };
     let bar = io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);
@@ -98,6 +103,13 @@ pub fn run(a: Args) -> Result<Status> {
         b.finish_and_clear();
     }
     let stats = stats?;
+    if !a.json {
+        // Tolerated by rbd, but worth knowing: the merged output no longer carries them.
+        let mut err = io::stderr().lock();
+        for w in &stats.warnings {
+            writeln!(err, "rbddiff: warning: {w}")?;
+        }
+    }
     if a.json {
         let text =
             serde_json::to_string_pretty(&stats).map_err(|e| Error::from(io::Error::from(e)))?;
