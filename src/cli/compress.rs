@@ -5,7 +5,7 @@ use std::io;
 use rbddiff::compress::{self, CompressOptions, Stats};
 use rbddiff::input::Input;
 use rbddiff::output::Output;
-use rbddiff::Result;
+use rbddiff::{Error, Result};
 
 use super::Status;
 
