@@ -18,7 +18,13 @@ mod verify;
 /// Reads `rbd diff v1` (what `rbd export-diff` writes), `rbd diff v2` and the
 /// `rbd export --export-format 2` image stream. `-` means stdin/stdout.
 #[derive(Parser, Debug)]
-#[command(name = "rbddiff", version, about, long_about = None)]
+#[command(
+    name = "rbddiff",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit status: 0 ok, 1 problems found (verify), 2 error (the message names the file, byte offset and record).\nRun `rbddiff COMMAND --help` for each command."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
