@@ -36,8 +36,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::Metadata;
 use crate::input::{Input, Kind};
 use crate::output::AtomicFile;
+use crate::progress::Ticker;
 use crate::slice::{DiffSlice, ImageSlice};
-use crate::stream::{DiffReader, ItemKind, Payload, RecordSource};
+use crate::stream::{DiffReader, Item, ItemKind, Payload, RecordSource};
 
 /// Granularity of the all-zero check inside `w` payloads.
 pub const ZERO_BLOCK: u64 = 4096;
@@ -519,23 +520,89 @@ struct Opened {
     label: String,
 }
 
+/// A record source that reports the `w` payload bytes consumed from it.
+struct Counted<'s, 't, 'p> {
+    inner: &'s mut dyn RecordSource,
+    /// Payload of the last item handed out (consumed once the next one is asked for).
+    pending: u64,
+    tick: &'t mut Ticker<'p>,
+}
+
+impl RecordSource for Counted<'_, '_, '_> {
+    fn version(&self) -> crate::Version {
+        self.inner.version()
+    }
+    fn metadata(&self) -> &Metadata {
+        self.inner.metadata()
+    }
+    fn metadata_records(&self) -> &[(u64, u8)] {
+        self.inner.metadata_records()
+    }
+    fn warnings(&self) -> &[crate::Warning] {
+        self.inner.warnings()
+    }
+    fn position(&self) -> u64 {
+        self.inner.position()
+    }
+    fn next_item(&mut self) -> Result<Option<Item<'_>>> {
+        self.tick.add(std::mem::take(&mut self.pending));
+        let item = self.inner.next_item()?;
+        if let Some(Item {
+            kind: ItemKind::Write { extent, .. },
+            ..
+        }) = &item
+        {
+            self.pending = extent.len;
+        }
+        Ok(item)
+    }
+}
+
 impl Opened {
-    fn apply(&mut self, ap: &mut Applier<'_>) -> Result<()> {
-        match &mut self.src {
-            Src::Mapped(inp, at) => {
-                let bytes = inp
-                    .bytes()
-                    .ok_or_else(|| Error::invalid("input is not mapped"))?;
-                let d = match *at {
-                    None => DiffSlice::parse(bytes)?,
-                    Some(o) => {
-                        let rest = usize::try_from(o).ok().and_then(|o| bytes.get(o..));
-                        DiffSlice::parse_at(rest.unwrap_or_default(), o, false)?
-                    }
-                };
-                ap.apply_source(&mut d.records())
+    /// The mapped diff (`None` for a stream).
+    fn slice(&self) -> Result<Option<DiffSlice<'_>>> {
+        let Src::Mapped(inp, at) = &self.src else {
+            return Ok(None);
+        };
+        let bytes = inp
+            .bytes()
+            .ok_or_else(|| Error::invalid("input is not mapped"))?;
+        Ok(Some(match *at {
+            None => DiffSlice::parse(bytes)?,
+            Some(o) => {
+                let rest = usize::try_from(o).ok().and_then(|o| bytes.get(o..));
+                DiffSlice::parse_at(rest.unwrap_or_default(), o, false)?
             }
-            Src::Stream(rd) => ap.apply_source(rd.as_mut()),
+        }))
+    }
+
+    /// Bytes of `w` payload, when known before applying (record heads only).
+    fn payload_bytes(&self) -> Option<u64> {
+        let d = self.slice().ok()??;
+        let mut total = 0u64;
+        for r in d.records() {
+            if let (_, crate::Record::Write { data, .. }) = r.ok()? {
+                total += data.len() as u64;
+            }
+        }
+        Some(total)
+    }
+
+    fn apply(&mut self, ap: &mut Applier<'_>, tick: &mut Ticker<'_>) -> Result<()> {
+        if let Some(d) = self.slice()? {
+            return ap.apply_source(&mut Counted {
+                inner: &mut d.records(),
+                pending: 0,
+                tick,
+            });
+        }
+        match &mut self.src {
+            Src::Stream(rd) => ap.apply_source(&mut Counted {
+                inner: rd.as_mut(),
+                pending: 0,
+                tick,
+            }),
+            Src::Mapped(..) => Err(Error::invalid("internal: mapped input without a slice")),
         }
     }
 }
@@ -610,6 +677,20 @@ fn open_inputs(path: &str) -> Result<Vec<Opened>> {
 /// # Errors
 /// Bad input, a start snapshot that does not match the target, I/O errors.
 pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Result<ApplyReport> {
+    apply_chain_with_progress(files, target, opts, &mut |_, _| {})
+}
+
+/// [`apply_chain`], reporting `(w payload bytes applied, total)` to `progress` (see
+/// [`crate::progress`]; the total is known when no input is a stream).
+///
+/// # Errors
+/// As [`apply_chain`].
+pub fn apply_chain_with_progress(
+    files: &[String],
+    target: &Path,
+    opts: &ApplyOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ApplyReport> {
     if files.is_empty() {
         return Err(Error::invalid("no diff given"));
     }
@@ -847,6 +928,11 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
         .map_err(|e| Error::from(e).with_file(target))?;
     let mut ap = Applier::new(&file)?;
     ap.set_image_size(known_size);
+    let total = opened[start..]
+        .iter()
+        .map(Opened::payload_bytes)
+        .sum::<Option<u64>>();
+    let mut tick = Ticker::new(progress, total.unwrap_or(0));
     for i in start..metas.len() {
         if i > start {
             let d = &report_diffs[i];
@@ -862,7 +948,7 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
         }
         let before = ap.stats().clone();
         let f = opened[i].path.clone();
-        let r = opened[i].apply(&mut ap);
+        let r = opened[i].apply(&mut ap, &mut tick);
         r.map_err(|e| {
             if e.is_io() && e.file().is_none() && e.offset().is_none() {
                 e.with_file(target)
@@ -888,6 +974,7 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
             },
         )?;
     }
+    tick.finish();
     let last = report_diffs.last().map(|d| (d.to.clone(), d.size));
     let (snap, size) = last.unwrap_or((None, 0));
     Ok(ApplyReport {
@@ -907,9 +994,11 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
 /// Bad input or I/O errors.
 pub fn apply_files_to(file: &File, files: &[String]) -> Result<ApplyStats> {
     let mut ap = Applier::new(file)?;
+    let mut none = |_, _| {};
+    let mut tick = Ticker::new(&mut none, 0);
     for f in files {
         for mut o in open_inputs(f)? {
-            o.apply(&mut ap).map_err(|e| e.with_file(f))?;
+            o.apply(&mut ap, &mut tick).map_err(|e| e.with_file(f))?;
         }
     }
     Ok(ap.stats().clone())

@@ -19,6 +19,7 @@ use zstd::stream::raw::CParameter;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{tag, Version};
 use crate::input::{Input, Kind};
+use crate::progress::Ticker;
 use crate::stream::{ItemKind, Payload, RecordSource};
 use crate::zst::{
     self, decompress_frame, encode_index, encode_seek_table, index_frame, ArchiveIndex, FrameEntry,
@@ -486,6 +487,20 @@ fn compressor(level: i32) -> Result<zstd::bulk::Compressor<'static>> {
 /// # Errors
 /// Invalid input, bad options, or an I/O error.
 pub fn compress(input: Input, out: &mut dyn Write, opts: &CompressOptions) -> Result<Stats> {
+    compress_with_progress(input, out, opts, &mut |_, _| {})
+}
+
+/// [`compress`], reporting `(input bytes compressed, total)` to `progress` once per frame
+/// (see [`crate::progress`]; the total is known for a mapped, uncompressed input).
+///
+/// # Errors
+/// As [`compress`].
+pub fn compress_with_progress(
+    input: Input,
+    out: &mut dyn Write,
+    opts: &CompressOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Stats> {
     if !(1024..=(256 << 20)).contains(&opts.frame_target) {
         return Err(Error::invalid(
             "frame target must be between 1 KiB and 256 MiB",
@@ -501,9 +516,11 @@ pub fn compress(input: Input, out: &mut dyn Write, opts: &CompressOptions) -> Re
     let name = input.name().to_string();
     let kind = input.kind();
     let r = if let Some(b) = input.bytes() {
-        compress_from(kind, Some(b), None, out, opts)
+        let mut tick = Ticker::new(progress, b.len() as u64);
+        compress_from(kind, Some(b), None, out, opts, &mut tick)
     } else {
-        compress_from(kind, None, Some(input.into_reader()), out, opts)
+        let mut tick = Ticker::new(progress, 0);
+        compress_from(kind, None, Some(input.into_reader()), out, opts, &mut tick)
     };
     r.map_err(|e| e.with_file(name))
 }
@@ -514,6 +531,7 @@ fn compress_from(
     stream: Option<Box<dyn Read + Send>>,
     out: &mut dyn Write,
     opts: &CompressOptions,
+    tick: &mut Ticker<'_>,
 ) -> Result<Stats> {
     let level = opts.level;
     let mut frames: Vec<FrameEntry> = Vec::new();
@@ -550,10 +568,12 @@ fn compress_from(
             });
             c_off += n as u64;
             d_off += u64::from(d_len);
+            tick.add(u64::from(d_len));
             pool.put(z);
             Ok(())
         },
     )?;
+    tick.finish();
     let idx = index_frame(&encode_index(&index));
     let table = encode_seek_table(&frames);
     out.write_all(&idx)?;
@@ -579,15 +599,33 @@ fn compress_from(
 /// # Errors
 /// The input is not zstd, a frame is corrupt or truncated (named with its offsets), or I/O.
 pub fn decompress(input: Input, out: &mut dyn Write, threads: usize) -> Result<Stats> {
+    decompress_with_progress(input, out, threads, &mut |_, _| {})
+}
+
+/// [`decompress`], reporting `(bytes decompressed, total)` to `progress` (see
+/// [`crate::progress`]; the total is known for an indexed archive in a regular file).
+///
+/// # Errors
+/// As [`decompress`].
+pub fn decompress_with_progress(
+    input: Input,
+    out: &mut dyn Write,
+    threads: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Stats> {
     let name = input.name().to_string();
     if !input.is_compressed() {
         return Err(Error::invalid("not a zstd-compressed file").with_file(name));
     }
     if let Some(raw) = input.raw_bytes() {
         if let Ok(Some((frames, _))) = zst::parse_seek_table(raw) {
-            return decompress_frames(raw, &frames, out, threads).map_err(|e| e.with_file(name));
+            let total = frames.iter().map(|f| u64::from(f.d_len)).sum();
+            let mut tick = Ticker::new(progress, total);
+            return decompress_frames(raw, &frames, out, threads, &mut tick)
+                .map_err(|e| e.with_file(name));
         }
     }
+    let mut tick = Ticker::new(progress, 0);
     let mut r = input.into_reader();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
@@ -600,8 +638,10 @@ pub fn decompress(input: Input, out: &mut dyn Write, threads: usize) -> Result<S
         };
         out.write_all(&buf[..n])?;
         total += n as u64;
+        tick.add(n as u64);
     }
     out.flush()?;
+    tick.finish();
     Ok(Stats {
         diff_bytes: total,
         ..Default::default()
@@ -613,6 +653,7 @@ fn decompress_frames(
     frames: &[FrameEntry],
     out: &mut dyn Write,
     threads: usize,
+    tick: &mut Ticker<'_>,
 ) -> Result<Stats> {
     let mut total = 0u64;
     let pool = Pool::default();
@@ -637,11 +678,13 @@ fn decompress_frames(
         |data| {
             out.write_all(&data)?;
             total += data.len() as u64;
+            tick.add(data.len() as u64);
             pool.put(data);
             Ok(())
         },
     )?;
     out.flush()?;
+    tick.finish();
     Ok(Stats {
         diff_bytes: total,
         compressed_bytes: raw.len() as u64,

@@ -22,6 +22,7 @@ use crate::apply::is_zero;
 use crate::error::{Error, Result};
 use crate::format::{Extent, Metadata, Version};
 use crate::output::Output;
+use crate::progress::Ticker;
 use crate::write::DiffWriter;
 
 /// Default block size.
@@ -222,6 +223,20 @@ fn open(p: &Path) -> Result<(File, u64)> {
 /// # Errors
 /// Bad options, unreadable images, or an output that exists (without `force`).
 pub fn create_diff(new: &Path, out: &str, opts: &CreateOptions) -> Result<CreateReport> {
+    create_diff_with_progress(new, out, opts, &mut |_, _| {})
+}
+
+/// [`create_diff`], reporting `(bytes of the raw image scanned, its length)` to `progress`
+/// (see [`crate::progress`]; holes count as scanned when they are skipped).
+///
+/// # Errors
+/// As [`create_diff`].
+pub fn create_diff_with_progress(
+    new: &Path,
+    out: &str,
+    opts: &CreateOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<CreateReport> {
     let block = opts.block_size;
     if block == 0 || block > CHUNK || CHUNK % block != 0 {
         return Err(Error::invalid(format!(
@@ -268,9 +283,11 @@ pub fn create_diff(new: &Path, out: &str, opts: &CreateOptions) -> Result<Create
     };
     let mut nbuf = vec![0u8; CHUNK as usize];
     let mut bbuf = vec![0u8; if base.is_some() { CHUNK as usize } else { 0 }];
+    let mut tick = Ticker::new(progress, nlen);
     for (start, end) in ranges {
         let mut pos = start;
         while pos < end {
+            tick.set(pos);
             let n = (end - pos).min(CHUNK) as usize;
             read_at(&nf, &mut nbuf[..n], pos, nlen).map_err(|e| Error::from(e).with_file(new))?;
             if let (Some((bf, blen)), Some(bp)) = (&base, &opts.base) {
@@ -308,6 +325,7 @@ pub fn create_diff(new: &Path, out: &str, opts: &CreateOptions) -> Result<Create
     let mut report = em.report;
     w.finish()?;
     output.commit()?;
+    tick.finish();
     if out != "-" {
         report.diff_bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     }

@@ -64,6 +64,7 @@ pub mod inspect;
 pub mod merge;
 pub mod output;
 mod parse;
+pub mod progress;
 pub mod slice;
 pub mod stream;
 pub mod sums;

@@ -32,6 +32,7 @@ use crate::extent::{ExtentMap, Piece, MAX_INPUT, MAX_SRC_OFFSET};
 use crate::format::{tag, Metadata, Record, Version};
 use crate::input::{Input, Kind};
 use crate::output::Output;
+use crate::progress::Ticker;
 use crate::slice::DiffSlice;
 use crate::write::DiffWriter;
 use crate::zst::{IndexedDiff, ZstArchive};
@@ -551,7 +552,7 @@ impl Plan {
     /// Writes the merged diff to `out`, reading the surviving payloads from `inputs` (the
     /// inputs the plan was made from, in the same order). Adjacent `z` extents, and adjacent
     /// data extents up to [`COALESCE_MAX`], become one record. `progress` is called with the
-    /// payload bytes written so far and [`Plan::data_bytes`].
+    /// payload bytes written so far and [`Plan::data_bytes`] (see [`crate::progress`]).
     ///
     /// # Errors
     /// I/O errors from `out` or the inputs; a corrupt archive frame holding a surviving
@@ -578,6 +579,7 @@ impl Plan {
             warnings: self.warnings.clone(),
             ..MergeStats::default()
         };
+        let mut tick = Ticker::new(progress, self.data_bytes);
         let mut buf = Vec::new();
         let mut run = Run::None;
         let mut pieces: Vec<(u64, u64, Piece)> = Vec::new();
@@ -606,7 +608,7 @@ impl Plan {
                     }
                     stats.write_records += 1;
                     stats.data_bytes += e - s;
-                    progress(stats.data_bytes, self.data_bytes);
+                    tick.set(stats.data_bytes);
                 }
             }
             pieces.clear();
@@ -637,6 +639,7 @@ impl Plan {
             }
         }
         flush(&mut run, &mut pieces, &mut w, &mut stats)?;
+        tick.finish();
         stats.records = stats.write_records + stats.zero_records;
         stats.bytes_written = w.bytes_written() + 1;
         let out = w.finish()?;

@@ -30,6 +30,7 @@ use serde::Serialize;
 use crate::error::{Error, Result, WarningKind};
 use crate::format::Metadata;
 use crate::input::{Input, Kind};
+use crate::progress::Ticker;
 use crate::slice::{DiffSlice, ImageSlice};
 use crate::stream::{DiffReader, RecordSource};
 use crate::sums;
@@ -186,12 +187,18 @@ fn expand(paths: &[String]) -> Result<(Vec<String>, bool)> {
     Ok((out, dir))
 }
 
-/// Structural check of one diff source; returns findings.
-fn walk(src: &mut dyn RecordSource, file: &str, standalone: bool) -> Vec<Finding> {
+/// Structural check of one diff source; returns findings. `at` is told the source's position
+/// after each record.
+fn walk(
+    src: &mut dyn RecordSource,
+    file: &str,
+    standalone: bool,
+    at: &mut dyn FnMut(u64),
+) -> Vec<Finding> {
     let mut out = Vec::new();
     let r = loop {
         match src.next_item() {
-            Ok(Some(_)) => {}
+            Ok(Some(_)) => at(src.position()),
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         }
@@ -225,8 +232,12 @@ struct Checked {
     findings: Vec<Finding>,
 }
 
-fn check_file(path: &str, opts: &VerifyOptions) -> Result<Checked> {
+/// Checks one file; `tick` advances by the file's bytes.
+fn check_file(path: &str, opts: &VerifyOptions, tick: &mut Ticker<'_>) -> Result<Checked> {
+    let base = tick.done();
+    let mut at = |p: u64| tick.set(base + p);
     let input = Input::open(path)?;
+    let len = input.raw_bytes().map(|b| b.len() as u64);
     let kind = input.kind();
     let mut info = FileInfo {
         file: path.to_string(),
@@ -267,7 +278,7 @@ fn check_file(path: &str, opts: &VerifyOptions) -> Result<Checked> {
                                 });
                             }
                             prev = Some(to);
-                            findings.extend(walk(&mut d.records(), path, false));
+                            findings.extend(walk(&mut d.records(), path, false, &mut at));
                         }
                         Err(e) => {
                             ok = false;
@@ -283,7 +294,7 @@ fn check_file(path: &str, opts: &VerifyOptions) -> Result<Checked> {
             let dec = crate::zst::ZstdReader::new(input.into_reader());
             match dec.and_then(DiffReader::new) {
                 Ok(mut rd) => {
-                    findings.extend(walk(&mut rd, path, true));
+                    findings.extend(walk(&mut rd, path, true, &mut |_| {}));
                     meta = Some(rd.metadata().clone());
                 }
                 Err(e) => findings.push(problem("structure", path, &e)),
@@ -291,18 +302,21 @@ fn check_file(path: &str, opts: &VerifyOptions) -> Result<Checked> {
         }
         (_, Some(b)) => match DiffSlice::parse(b) {
             Ok(d) => {
-                findings.extend(walk(&mut d.records(), path, true));
+                findings.extend(walk(&mut d.records(), path, true, &mut at));
                 meta = Some(d.metadata().clone());
             }
             Err(e) => findings.push(problem("structure", path, &e)),
         },
         (_, None) => match DiffReader::new(input.into_reader()) {
             Ok(mut rd) => {
-                findings.extend(walk(&mut rd, path, true));
+                findings.extend(walk(&mut rd, path, true, &mut at));
                 meta = Some(rd.metadata().clone());
             }
             Err(e) => findings.push(problem("structure", path, &e)),
         },
+    }
+    if let Some(len) = len {
+        tick.set(base + len);
     }
     if kind != Kind::Image {
         info.valid = !findings.iter().any(|f| f.severity == Severity::Problem);
@@ -489,6 +503,20 @@ fn chain_findings(files: &[Checked], full: bool) -> Vec<Finding> {
 /// Only when it could not run: a file or sidecar cannot be opened or written, or the
 /// comparison image cannot be read. Problems in the files are findings, not errors.
 pub fn verify(paths: &[String], opts: &VerifyOptions) -> Result<VerifyReport> {
+    verify_with_progress(paths, opts, &mut |_, _| {})
+}
+
+/// [`verify`], reporting `(input bytes checked, total)` to `progress` (see
+/// [`crate::progress`]; the total is unknown when stdin is among the inputs). Bytes count
+/// as checked once their structure is; sidecar checks and `--against` add no progress.
+///
+/// # Errors
+/// As [`verify`].
+pub fn verify_with_progress(
+    paths: &[String],
+    opts: &VerifyOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifyReport> {
     let (files, dir) = expand(paths)?;
     if opts.against.is_some() && files.iter().any(|f| f == "-") {
         return Err(Error::invalid(
@@ -498,9 +526,18 @@ pub fn verify(paths: &[String], opts: &VerifyOptions) -> Result<VerifyReport> {
     if files.is_empty() {
         return Err(Error::invalid("no files to verify"));
     }
+    let total = if files.iter().any(|f| f == "-") {
+        0
+    } else {
+        files
+            .iter()
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .sum()
+    };
+    let mut tick = Ticker::new(progress, total);
     let mut checked = Vec::with_capacity(files.len());
     for f in &files {
-        checked.push(check_file(f, opts)?);
+        checked.push(check_file(f, opts, &mut tick)?);
     }
     let chain = !opts.no_chain && (checked.len() > 1 || opts.full);
     if chain && dir {
@@ -534,6 +571,7 @@ pub fn verify(paths: &[String], opts: &VerifyOptions) -> Result<VerifyReport> {
         }
     }
     report.files = checked.into_iter().map(|c| c.info).collect();
+    tick.finish();
     Ok(report)
 }
 

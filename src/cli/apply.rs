@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use rbddiff::apply::{apply_chain, ApplyOptions};
+use rbddiff::apply::{apply_chain_with_progress, ApplyOptions};
 use rbddiff::Result;
 
 use super::Status;
@@ -46,7 +46,10 @@ pub fn run(a: Args) -> Result<Status> {
         check_sums: a.sums,
         state_file: a.state_file,
     };
-    let r = apply_chain(&a.files, &a.to, &opts)?;
+    let progress = super::progress();
+    let r = apply_chain_with_progress(&a.files, &a.to, &opts, &mut progress.callback());
+    progress.finish();
+    let r = r?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     if a.json {

@@ -79,7 +79,10 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
         threads: a.threads.unwrap_or_else(compress::default_threads),
         frame_target: a.frame_size,
     };
-    let stats = compress::compress(input, &mut out, &opts)?;
+    let progress = super::progress();
+    let stats = compress::compress_with_progress(input, &mut out, &opts, &mut progress.callback());
+    progress.finish();
+    let stats = stats?;
     out.commit()?;
     if a.sums {
         rbddiff::sums::write_sums_for(std::path::Path::new(&a.output))?;
@@ -92,7 +95,10 @@ pub fn run_decompress(a: DecompressArgs) -> Result<Status> {
     let input = Input::open(&a.input)?;
     let mut out = Output::create(&a.output, a.force)?;
     let threads = a.threads.unwrap_or_else(compress::default_threads);
-    compress::decompress(input, &mut out, threads)?;
+    let progress = super::progress();
+    let r = compress::decompress_with_progress(input, &mut out, threads, &mut progress.callback());
+    progress.finish();
+    r?;
     out.commit()?;
     Ok(Status::Ok)
 }

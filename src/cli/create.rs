@@ -3,7 +3,9 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use rbddiff::create::{create_diff, CreateOptions, DEFAULT_BLOCK, DEFAULT_MAX_RECORD};
+use rbddiff::create::{
+    create_diff_with_progress, CreateOptions, DEFAULT_BLOCK, DEFAULT_MAX_RECORD,
+};
 use rbddiff::Result;
 
 use super::Status;
@@ -51,7 +53,10 @@ pub fn run(a: Args) -> Result<Status> {
         max_record: a.max_record,
         force: a.force,
     };
-    let r = create_diff(&a.from, &a.output, &opts)?;
+    let progress = super::progress();
+    let r = create_diff_with_progress(&a.from, &a.output, &opts, &mut progress.callback());
+    progress.finish();
+    let r = r?;
     let mut out: Box<dyn Write> = if a.output == "-" {
         Box::new(io::stderr())
     } else {

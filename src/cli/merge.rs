@@ -1,6 +1,6 @@
 //! `rbddiff merge`.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 
 use rbddiff::compress::{self, CompressOptions};
 use rbddiff::merge::{merge_files_to, MergeOptions};
@@ -70,38 +70,21 @@ pub fn run(a: Args) -> Result<Status> {
         force_chain: a.force_chain,
         sums: a.sums,
     };
-    let bar = io::stderr().is_terminal().then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    });
-    let mut progress = |done: u64, total: u64| {
-        if let Some(b) = &bar {
-            b.set_length(total);
-            b.set_position(done);
-        }
-    };
     let copts = (a.compress || a.output.ends_with(".zst")).then(|| CompressOptions {
         level: a.level,
         threads: a.threads.unwrap_or_else(compress::default_threads),
         ..CompressOptions::default()
     });
+    let progress = super::progress();
     let stats = merge_files_to(
         &a.inputs,
         &a.output,
         a.force,
         &opts,
         copts.as_ref(),
-        &mut progress,
+        &mut progress.callback(),
     );
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
+    progress.finish();
     let stats = stats?;
     if !a.json {
         // Tolerated by rbd, but worth knowing: the merged output no longer carries them.

@@ -1,7 +1,8 @@
 //! Command-line front end. Each command module parses its flags, calls one library
 //! function and prints the result. Exit codes: 0 ok, 1 problems found (verify), 2 error.
 
-use std::io::{self, Write};
+use std::cell::Cell;
+use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +48,63 @@ pub fn write_json(out: &mut dyn Write, value: &impl serde::Serialize) -> rbddiff
         .map_err(|e| rbddiff::Error::from(io::Error::from(e)))?;
     writeln!(out)?;
     Ok(())
+}
+
+/// A progress display on stderr: a bar (a spinner while the total is unknown) when stderr is
+/// a terminal, nothing otherwise. Cleared when finished or dropped (so that an error message
+/// is printed on a clean line).
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    /// Whether the bar currently shows a known total.
+    known: Cell<Option<bool>>,
+}
+
+/// Starts a progress display for a long command (see [`Progress`]).
+pub fn progress() -> Progress {
+    Progress {
+        bar: io::stderr()
+            .is_terminal()
+            .then(|| indicatif::ProgressBar::new(0)),
+        known: Cell::new(None),
+    }
+}
+
+impl Progress {
+    /// The callback to hand to a library function: `(done, total)` in bytes, `total` 0 when
+    /// unknown.
+    pub fn callback(&self) -> impl FnMut(u64, u64) + '_ {
+        move |done, total| {
+            let Some(b) = &self.bar else { return };
+            let known = total != 0;
+            if self.known.get() != Some(known) {
+                self.known.set(Some(known));
+                let template = if known {
+                    "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
+                } else {
+                    "{spinner} {bytes} {binary_bytes_per_sec}"
+                };
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(template)
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+            }
+            if known {
+                b.set_length(total);
+            }
+            b.set_position(done);
+        }
+    }
+
+    /// Clears the display.
+    pub fn finish(self) {}
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
 }
 
 /// Exit status of a command.

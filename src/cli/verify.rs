@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use rbddiff::verify::{verify, VerifyOptions};
+use rbddiff::verify::{verify_with_progress, VerifyOptions};
 use rbddiff::Result;
 
 use super::Status;
@@ -49,7 +49,10 @@ pub fn run(a: Args) -> Result<Status> {
         no_chain: a.no_chain,
         against: a.against,
     };
-    let r = verify(&a.files, &opts)?;
+    let progress = super::progress();
+    let r = verify_with_progress(&a.files, &opts, &mut progress.callback());
+    progress.finish();
+    let r = r?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     if a.json {
