@@ -928,27 +928,8 @@ impl<'a> ZstArchive<'a> {
     /// # Errors
     /// The range runs past the end of the stream, or a frame is corrupt.
     pub fn read_range(&mut self, pos: u64, out: &mut [u8]) -> Result<()> {
-        let mut done = 0usize;
-        while done < out.len() {
-            let at = pos + done as u64;
-            let i = self.frame_of(at).ok_or_else(|| {
-                Error::invalid(format!(
-                    "diff stream byte {at} is past the end of the archive ({} bytes)",
-                    self.index.total_len
-                ))
-            })?;
-            let d_offset = self.frames[i].d_offset;
-            let frame = self.frame(i)?;
-            let from = (at - d_offset) as usize;
-            let src = frame.get(from..).unwrap_or_default();
-            let n = src.len().min(out.len() - done);
-            if n == 0 {
-                return Err(Error::invalid("internal: empty frame slice"));
-            }
-            out[done..done + n].copy_from_slice(&src[..n]);
-            done += n;
-        }
-        Ok(())
+        let len = out.len() as u64;
+        self.copy_range(pos, len, &mut &mut out[..])
     }
 
     /// Writes `len` diff stream bytes starting at `pos` to `w`, frame by frame.

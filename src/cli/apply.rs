@@ -46,9 +46,7 @@ pub fn run(a: Args) -> Result<Status> {
         check_sums: a.sums,
         state_file: a.state_file,
     };
-    let progress = super::progress();
-    let r = apply_chain_with_progress(&a.files, &a.to, &opts, &mut progress.callback());
-    progress.finish();
+    let r = super::with_progress(|p| apply_chain_with_progress(&a.files, &a.to, &opts, p));
     let r = r?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());

@@ -79,9 +79,8 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
         threads: a.threads.unwrap_or_else(compress::default_threads),
         frame_target: a.frame_size,
     };
-    let progress = super::progress();
-    let stats = compress::compress_with_progress(input, &mut out, &opts, &mut progress.callback());
-    progress.finish();
+    let stats =
+        super::with_progress(|p| compress::compress_with_progress(input, &mut out, &opts, p));
     let stats = stats?;
     out.commit()?;
     if a.sums {
@@ -95,9 +94,8 @@ pub fn run_decompress(a: DecompressArgs) -> Result<Status> {
     let input = Input::open(&a.input)?;
     let mut out = Output::create(&a.output, a.force)?;
     let threads = a.threads.unwrap_or_else(compress::default_threads);
-    let progress = super::progress();
-    let r = compress::decompress_with_progress(input, &mut out, threads, &mut progress.callback());
-    progress.finish();
+    let r =
+        super::with_progress(|p| compress::decompress_with_progress(input, &mut out, threads, p));
     r?;
     out.commit()?;
     Ok(Status::Ok)

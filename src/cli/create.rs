@@ -53,9 +53,7 @@ pub fn run(a: Args) -> Result<Status> {
         max_record: a.max_record,
         force: a.force,
     };
-    let progress = super::progress();
-    let r = create_diff_with_progress(&a.from, &a.output, &opts, &mut progress.callback());
-    progress.finish();
+    let r = super::with_progress(|p| create_diff_with_progress(&a.from, &a.output, &opts, p));
     let r = r?;
     let mut out: Box<dyn Write> = if a.output == "-" {
         Box::new(io::stderr())

@@ -75,16 +75,9 @@ pub fn run(a: Args) -> Result<Status> {
         threads: a.threads.unwrap_or_else(compress::default_threads),
         ..CompressOptions::default()
     });
-    let progress = super::progress();
-    let stats = merge_files_to(
-        &a.inputs,
-        &a.output,
-        a.force,
-        &opts,
-        copts.as_ref(),
-        &mut progress.callback(),
-    );
-    progress.finish();
+    let stats = super::with_progress(|p| {
+        merge_files_to(&a.inputs, &a.output, a.force, &opts, copts.as_ref(), p)
+    });
     let stats = stats?;
     if !a.json {
         // Tolerated by rbd, but worth knowing: the merged output no longer carries them.

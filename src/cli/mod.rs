@@ -59,6 +59,14 @@ pub struct Progress {
     known: Cell<Option<bool>>,
 }
 
+/// Runs `f` with the callback of a progress display (see [`Progress`]), cleared afterwards.
+pub fn with_progress<T>(f: impl FnOnce(&mut dyn FnMut(u64, u64)) -> T) -> T {
+    let progress = progress();
+    let r = f(&mut progress.callback());
+    progress.finish();
+    r
+}
+
 /// Starts a progress display for a long command (see [`Progress`]).
 pub fn progress() -> Progress {
     Progress {

@@ -49,9 +49,7 @@ pub fn run(a: Args) -> Result<Status> {
         no_chain: a.no_chain,
         against: a.against,
     };
-    let progress = super::progress();
-    let r = verify_with_progress(&a.files, &opts, &mut progress.callback());
-    progress.finish();
+    let r = super::with_progress(|p| verify_with_progress(&a.files, &opts, p));
     let r = r?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
