@@ -2,6 +2,7 @@
 //! kill -9 crash/resume, snapshot checks and bad input.
 
 mod common;
+use common::gen::path_str as s;
 
 use std::fs;
 use std::io::Write;
@@ -18,10 +19,6 @@ use rbddiff::{DiffWriter, Extent, Metadata, Version};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rbddiff"))
-}
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
 }
 
 fn create() -> ApplyOptions {

@@ -6,6 +6,7 @@
 //! up. A device larger than the image is compared on its first `size` bytes.
 
 mod common;
+use common::gen::path_str as s;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -115,10 +116,6 @@ impl Drop for Loop {
     fn drop(&mut self) {
         let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
     }
-}
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
 }
 
 /// Every real chain, diff by diff through the CLI onto a device full of 0xff, gives the

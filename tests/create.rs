@@ -2,10 +2,12 @@
 //! not read, real corpus states round-trip, and real `rbd merge-diff` accepts the output.
 
 mod common;
+use common::gen::path_str as s;
+use common::gen::write_sparse;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::ceph::{rbd_available, rbd_merge_diff};
@@ -16,21 +18,6 @@ use rand::{Rng, SeedableRng};
 use rbddiff::apply::{apply_chain, ApplyOptions};
 use rbddiff::create::{create_diff, CreateOptions};
 use rbddiff::DiffSlice;
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
-/// A sparse raw image file holding `data`: only non-zero 4 KiB blocks are written.
-fn write_sparse(p: &Path, data: &[u8]) {
-    let f = File::create(p).unwrap();
-    f.set_len(data.len() as u64).unwrap();
-    for (i, c) in data.chunks(4096).enumerate() {
-        if c.iter().any(|&b| b != 0) {
-            f.write_all_at(c, (i * 4096) as u64).unwrap();
-        }
-    }
-}
 
 /// A random image: runs of random data, zeros and copies of `like` (so incrementals have
 /// unchanged regions).

@@ -225,27 +225,12 @@ fn our_create_and_compress_import(cluster: &Cluster, image: &str) {
     cluster.remove_image(&src);
 }
 
-/// A small deterministic generator (xorshift), so that a failing seed can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// Writes a random chain with `rbddiff::DiffWriter`: a full diff to `s0`, then incrementals
 /// `s0 -> s1 -> ...`, with resizes up and down, unaligned writes, zero records and all-zero
 /// payloads. Returns the file paths.
 fn random_chain(dir: &std::path::Path, seed: u64, len: usize) -> Vec<std::path::PathBuf> {
     use rbddiff::{DiffWriter, Extent, Metadata, Version};
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = common::gen::Rng::new(seed);
     let mut size = 1 << 20;
     let mut files = Vec::new();
     for i in 0..len {

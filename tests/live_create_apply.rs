@@ -3,30 +3,16 @@
 //! Passes with a note when no Ceph daemons are installed (see tests/common/ceph.rs).
 
 mod common;
+use common::gen::path_str as s;
+use common::gen::write_sparse;
 
-use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::fs;
 
 use common::ceph::Cluster;
 use common::manifest::{sha256_file, sha256_hex};
 use rand::{Rng, SeedableRng};
 use rbddiff::apply::{apply_chain, ApplyOptions};
 use rbddiff::create::{create_diff, CreateOptions};
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
-fn write_sparse(p: &Path, data: &[u8]) {
-    let f = File::create(p).unwrap();
-    f.set_len(data.len() as u64).unwrap();
-    for (i, c) in data.chunks(4096).enumerate() {
-        if c.iter().any(|&b| b != 0) {
-            f.write_all_at(c, (i * 4096) as u64).unwrap();
-        }
-    }
-}
 
 /// Three states with data, zeroed regions, a grow and a shrink.
 fn states() -> Vec<Vec<u8>> {

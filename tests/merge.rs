@@ -3,6 +3,7 @@
 //! output and agrees with it; Ceph's merge_diff.sh cases offline; error handling.
 
 mod common;
+use common::gen::noise;
 
 use std::collections::HashMap;
 use std::fs;
@@ -74,19 +75,6 @@ fn dir_entries(d: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-/// Deterministic pseudo-random bytes.
-fn fill(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -168,7 +156,7 @@ fn build_diff(
         }
         let end = (start + len).min(spec.size);
         if write {
-            w.write_data(start, &fill(seed, (end - start) as usize))
+            w.write_data(start, &noise(seed, (end - start) as usize))
                 .unwrap();
         } else {
             w.zero(Extent::new(start, end - start)).unwrap();
@@ -189,7 +177,7 @@ fn build_chain(c: &ChainSpec, v1_only: bool) -> Vec<Vec<u8>> {
 
 fn initial(c: &ChainSpec) -> Image {
     Image {
-        data: fill(c.init_size as u64 + 7, c.init_size),
+        data: noise(c.init_size as u64 + 7, c.init_size),
         snap: None,
     }
 }
@@ -410,7 +398,7 @@ impl Gen {
     }
     fn write(&mut self, a: usize, b: usize) {
         self.seed += 1;
-        let bytes = fill(self.seed, b * UNIT);
+        let bytes = noise(self.seed, b * UNIT);
         self.data[a * UNIT..(a + b) * UNIT].copy_from_slice(&bytes);
     }
     fn resize(&mut self, n: usize) {
@@ -707,7 +695,7 @@ fn small_diff(from: Option<&str>, to: Option<&str>, recs: usize) -> Vec<u8> {
     let mut w = DiffWriter::new(Vec::new(), Version::V1, &meta).unwrap();
     for i in 0..recs as u64 {
         if i % 2 == 0 {
-            w.write_data(i * 8192, &fill(i, 4096)).unwrap();
+            w.write_data(i * 8192, &noise(i, 4096)).unwrap();
         } else {
             w.zero(Extent::new(i * 8192, 4096)).unwrap();
         }
@@ -816,7 +804,7 @@ fn unordered_and_overlapping_input_records() {
             d.push(b'w');
             d.extend(o.to_le_bytes());
             d.extend(200u64.to_le_bytes());
-            d.extend(fill(o, 200));
+            d.extend(noise(o, 200));
         }
         d.push(b'e');
         let f = write_files(dir.path(), &[("good.diff", &good), (name, &d)]);
@@ -905,7 +893,7 @@ fn disk_full_leaves_nothing() {
             image_size: Some(1 << 20),
         };
         let mut w = DiffWriter::new(&mut big, Version::V1, &meta).unwrap();
-        w.write_data(0, &fill(3, 640 << 10)).unwrap();
+        w.write_data(0, &noise(3, 640 << 10)).unwrap();
         w.finish().unwrap();
     }
     let f = write_files(

@@ -2,6 +2,9 @@
 //! `done` non-decreasing and ending at `total`; the CLI prints nothing on stderr when stderr is
 //! not a terminal.
 
+mod common;
+use common::gen::noise;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -16,19 +19,6 @@ use rbddiff::{DiffWriter, Extent, Metadata, Version};
 
 const MIB: u64 = 1 << 20;
 
-/// Deterministic, poorly compressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// A v1 diff of a 32 MiB image: 12 data records of 1 MiB (every other MiB) and zero records
 /// between them. Returns its path and its payload bytes.
 fn write_diff(dir: &Path, name: &str, from: Option<&str>, to: &str, seed: u64) -> (PathBuf, u64) {
@@ -41,7 +31,7 @@ fn write_diff(dir: &Path, name: &str, from: Option<&str>, to: &str, seed: u64) -
     let mut w = DiffWriter::new(Vec::new(), Version::V1, &meta).unwrap();
     let mut payload = 0;
     for i in 0..12u64 {
-        let data = noise(MIB as usize, seed + i);
+        let data = noise(seed + i, MIB as usize);
         w.write_data(2 * i * MIB, &data).unwrap();
         payload += data.len() as u64;
         w.zero(Extent::new((2 * i + 1) * MIB, 4096)).unwrap();
@@ -57,8 +47,8 @@ fn write_raw(dir: &Path) -> PathBuf {
     let f = std::fs::File::create(&path).unwrap();
     f.set_len(20 * MIB).unwrap();
     use std::os::unix::fs::FileExt;
-    f.write_all_at(&noise(3 * MIB as usize, 7), 0).unwrap();
-    f.write_all_at(&noise(3 * MIB as usize, 8), 10 * MIB)
+    f.write_all_at(&noise(7, 3 * MIB as usize), 0).unwrap();
+    f.write_all_at(&noise(8, 3 * MIB as usize), 10 * MIB)
         .unwrap();
     path
 }

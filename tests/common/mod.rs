@@ -9,5 +9,6 @@
 #![allow(dead_code)]
 
 pub mod ceph;
+pub mod gen;
 pub mod manifest;
 pub mod model;

@@ -1,0 +1,49 @@
+//! Deterministic test inputs: pseudo-random bytes and sparse raw image files.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// A small xorshift generator, so that a failing seed can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A generator for `seed` (any value, zero included).
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A value in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// `len` deterministic, poorly compressible bytes for `seed`.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut r = Rng::new(seed);
+    (0..len).map(|_| (r.next() >> 24) as u8).collect()
+}
+
+/// Writes a sparse raw image file holding `data`: only non-zero 4 KiB blocks are written.
+pub fn write_sparse(p: &Path, data: &[u8]) {
+    let f = File::create(p).unwrap();
+    f.set_len(data.len() as u64).unwrap();
+    for (i, c) in data.chunks(4096).enumerate() {
+        if c.iter().any(|&b| b != 0) {
+            f.write_all_at(c, (i * 4096) as u64).unwrap();
+        }
+    }
+}
+
+/// A path as the `String` the library's file-name arguments take.
+pub fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
