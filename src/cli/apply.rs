@@ -1,6 +1,5 @@
 //! `rbddiff apply`.
 
-use std::io::{self, Write};
 use std::path::PathBuf;
 
 use rbddiff::apply::{apply_chain_with_progress, ApplyOptions};
@@ -48,11 +47,7 @@ pub fn run(a: Args) -> Result<Status> {
     };
     let r = super::with_progress(|p| apply_chain_with_progress(&a.files, &a.to, &opts, p));
     let r = r?;
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
-    if a.json {
-        super::write_json(&mut out, &r)?;
-    } else {
+    super::print_report(a.json, &r, |out| {
         for d in &r.diffs {
             let show = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
             if d.applied {
@@ -79,7 +74,7 @@ pub fn run(a: Args) -> Result<Status> {
                 .map_or("the image HEAD".into(), |s| format!("snapshot '{s}'")),
             r.size
         )?;
-    }
-    out.flush()?;
+        Ok(())
+    })?;
     Ok(Status::Ok)
 }

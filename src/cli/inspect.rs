@@ -1,7 +1,5 @@
 //! `rbddiff inspect`.
 
-use std::io::{self, Write};
-
 use rbddiff::input::Input;
 use rbddiff::inspect::{inspect_file, inspect_input, render_text};
 use rbddiff::{Error, Result};
@@ -37,16 +35,9 @@ pub fn run(a: Args) -> Result<Status> {
         };
         reports.push(report);
     }
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
-    if a.json {
-        super::write_json(&mut out, &reports)?;
-    } else {
-        for r in &reports {
-            render_text(r, &mut out)?;
-        }
-    }
-    out.flush()?;
+    super::print_report(a.json, &reports, |out| {
+        reports.iter().try_for_each(|r| render_text(r, out))
+    })?;
     match reports.iter().find_map(|r| r.error.clone()) {
         Some(e) => Err(Error::invalid(e)),
         None => Ok(Status::Ok),

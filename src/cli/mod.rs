@@ -42,6 +42,23 @@ enum Command {
     Decompress(compress::DecompressArgs),
 }
 
+/// Prints a command's report on stdout: as JSON with `--json`, else through `text`.
+pub fn print_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    text: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> rbddiff::Result<()> {
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    if json {
+        write_json(&mut out, report)?;
+    } else {
+        text(&mut out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 /// Writes `value` as pretty JSON and a newline.
 pub fn write_json(out: &mut dyn Write, value: &impl serde::Serialize) -> rbddiff::Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)

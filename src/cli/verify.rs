@@ -1,6 +1,5 @@
 //! `rbddiff verify`.
 
-use std::io::{self, Write};
 use std::path::PathBuf;
 
 use rbddiff::verify::{verify_with_progress, VerifyOptions};
@@ -51,11 +50,7 @@ pub fn run(a: Args) -> Result<Status> {
     };
     let r = super::with_progress(|p| verify_with_progress(&a.files, &opts, p));
     let r = r?;
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
-    if a.json {
-        super::write_json(&mut out, &r)?;
-    } else {
+    super::print_report(a.json, &r, |out| {
         for f in &r.files {
             let show = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
             writeln!(
@@ -82,7 +77,7 @@ pub fn run(a: Args) -> Result<Status> {
             "{}",
             if r.ok() { "all good" } else { "PROBLEMS FOUND" }
         )?;
-    }
-    out.flush()?;
+        Ok(())
+    })?;
     Ok(if r.ok() { Status::Ok } else { Status::Problems })
 }
