@@ -147,16 +147,55 @@ pub enum Output {
     Stdout(BufWriter<io::Stdout>),
 }
 
-/// `Write` adapter over an [`AtomicFile`].
+/// Bytes written between two write-behind hints.
+const WRITE_BEHIND: u64 = 2 << 20;
+
+/// `Write` adapter over an [`AtomicFile`] that starts the write-back of what it has written
+/// every [`WRITE_BEHIND`] bytes, so that the final fsync waits only for the tail instead of
+/// the whole file: the copy and the disk work at the same time.
 #[derive(Debug)]
-pub struct AtomicFileWriter(pub AtomicFile);
+pub struct AtomicFileWriter {
+    file: AtomicFile,
+    written: u64,
+    hinted: u64,
+}
+
+impl AtomicFileWriter {
+    /// Wraps `file`.
+    pub fn new(file: AtomicFile) -> Self {
+        AtomicFileWriter {
+            file,
+            written: 0,
+            hinted: 0,
+        }
+    }
+
+    /// The wrapped file.
+    pub fn into_inner(self) -> AtomicFile {
+        self.file
+    }
+}
 
 impl Write for AtomicFileWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.file().write(buf)
+        let n = self.file.file().write(buf)?;
+        self.written += n as u64;
+        if self.written - self.hinted >= WRITE_BEHIND {
+            // POSIX_FADV_DONTNEED starts asynchronous write-back of the dirty range (and
+            // drops it from the cache once clean). A hint only: failure changes nothing.
+            let len = self.written - self.hinted;
+            let _ = rustix::fs::fadvise(
+                &*self.file.file(),
+                self.hinted,
+                len,
+                rustix::fs::Advice::DontNeed,
+            );
+            self.hinted = self.written;
+        }
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.0.file().flush()
+        self.file.file().flush()
     }
 }
 
@@ -175,7 +214,7 @@ impl Output {
         let f = AtomicFile::create(path, force)?;
         Ok(Output::File(BufWriter::with_capacity(
             1 << 20,
-            AtomicFileWriter(f),
+            AtomicFileWriter::new(f),
         )))
     }
 
@@ -188,7 +227,7 @@ impl Output {
             Output::Stdout(mut w) => Ok(w.flush()?),
             Output::File(w) => {
                 let inner = w.into_inner().map_err(|e| Error::from(e.into_error()))?;
-                inner.0.commit()
+                inner.into_inner().commit()
             }
         }
     }
@@ -196,7 +235,7 @@ impl Output {
     /// The underlying file when writing to a file (for `copy_file_range` and the like).
     pub fn file_mut(&mut self) -> Option<&mut File> {
         match self {
-            Output::File(w) => Some(w.get_mut().0.file()),
+            Output::File(w) => Some(w.get_mut().file.file()),
             Output::Stdout(_) => None,
         }
     }
