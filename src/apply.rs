@@ -192,6 +192,9 @@ pub struct Applier<'f> {
     stats: ApplyStats,
     buf: Vec<u8>,
     zbuf: Vec<u8>,
+    /// Written range whose write-back has not been started yet (records ascend), see
+    /// [`crate::output::start_write_back`].
+    unhinted: Option<(u64, u64)>,
 }
 
 fn io_at(e: io::Error, what: &str, off: u64) -> Error {
@@ -224,6 +227,7 @@ impl<'f> Applier<'f> {
             stats: ApplyStats::default(),
             buf: Vec::new(),
             zbuf: Vec::new(),
+            unhinted: None,
         })
     }
 
@@ -409,7 +413,16 @@ impl<'f> Applier<'f> {
             self.stats.bytes_written += (b - a) as u64;
             self.file
                 .write_all_at(&data[a..b], at)
-                .map_err(|e| io_at(e, "write", at))
+                .map_err(|e| io_at(e, "write", at))?;
+            let end = at + (b - a) as u64;
+            let start = self.unhinted.map_or(at, |(s, _)| s.min(at));
+            if end.saturating_sub(start) >= crate::output::WRITE_BEHIND {
+                crate::output::start_write_back(self.file, start, end - start);
+                self.unhinted = None;
+            } else {
+                self.unhinted = Some((start, end));
+            }
+            Ok(())
         }
     }
 

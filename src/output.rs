@@ -148,7 +148,14 @@ pub enum Output {
 }
 
 /// Bytes written between two write-behind hints.
-const WRITE_BEHIND: u64 = 2 << 20;
+pub(crate) const WRITE_BEHIND: u64 = 2 << 20;
+
+/// Starts asynchronous write-back of `len` bytes of `file` at `offset` (POSIX_FADV_DONTNEED,
+/// which also drops those pages from the cache once clean). A hint only: a failure changes
+/// nothing but speed.
+pub(crate) fn start_write_back(file: &File, offset: u64, len: u64) {
+    let _ = rustix::fs::fadvise(file, offset, len, rustix::fs::Advice::DontNeed);
+}
 
 /// `Write` adapter over an [`AtomicFile`] that starts the write-back of what it has written
 /// every [`WRITE_BEHIND`] bytes, so that the final fsync waits only for the tail instead of
@@ -181,15 +188,7 @@ impl Write for AtomicFileWriter {
         let n = self.file.file().write(buf)?;
         self.written += n as u64;
         if self.written - self.hinted >= WRITE_BEHIND {
-            // POSIX_FADV_DONTNEED starts asynchronous write-back of the dirty range (and
-            // drops it from the cache once clean). A hint only: failure changes nothing.
-            let len = self.written - self.hinted;
-            let _ = rustix::fs::fadvise(
-                &*self.file.file(),
-                self.hinted,
-                len,
-                rustix::fs::Advice::DontNeed,
-            );
+            start_write_back(self.file.file(), self.hinted, self.written - self.hinted);
             self.hinted = self.written;
         }
         Ok(n)
