@@ -195,6 +195,7 @@ pub struct Applier<'f> {
     /// Written range whose write-back has not been started yet (records ascend), see
     /// [`crate::output::start_write_back`].
     unhinted: Option<(u64, u64)>,
+    write_back: Option<crate::output::WriteBack>,
 }
 
 fn io_at(e: io::Error, what: &str, off: u64) -> Error {
@@ -228,6 +229,7 @@ impl<'f> Applier<'f> {
             buf: Vec::new(),
             zbuf: Vec::new(),
             unhinted: None,
+            write_back: None,
         })
     }
 
@@ -417,7 +419,10 @@ impl<'f> Applier<'f> {
             let end = at + (b - a) as u64;
             let start = self.unhinted.map_or(at, |(s, _)| s.min(at));
             if end.saturating_sub(start) >= crate::output::WRITE_BEHIND {
-                crate::output::start_write_back(self.file, start, end - start);
+                let file = self.file;
+                self.write_back
+                    .get_or_insert_with(|| crate::output::WriteBack::new(file))
+                    .hint(file, start, end - start);
                 self.unhinted = None;
             } else {
                 self.unhinted = Some((start, end));
@@ -602,6 +607,18 @@ impl Opened {
     }
 
     fn apply(&mut self, ap: &mut Applier<'_>, tick: &mut Ticker<'_>) -> Result<()> {
+        if let Src::Mapped(inp, None) = &self.src {
+            if let (Some(f), Some(b)) = (inp.file(), inp.bytes()) {
+                // Payloads copied with pread through one buffer cost less than faulting the
+                // mapping in page by page (the records were checked through the mapping).
+                let mut rd = DiffReader::from_file(f.try_clone()?, b.len() as u64)?;
+                return ap.apply_source(&mut Counted {
+                    inner: &mut rd,
+                    pending: 0,
+                    tick,
+                });
+            }
+        }
         if let Some(d) = self.slice()? {
             return ap.apply_source(&mut Counted {
                 inner: &mut d.records(),

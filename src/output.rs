@@ -157,6 +157,53 @@ pub(crate) fn start_write_back(file: &File, offset: u64, len: u64) {
     let _ = rustix::fs::fadvise(file, offset, len, rustix::fs::Advice::DontNeed);
 }
 
+/// Starts write-back of ranges of a file on a helper thread, so that the writer does not wait
+/// while the kernel submits the I/O. Dropping it waits for the hints already sent.
+#[derive(Debug)]
+pub(crate) struct WriteBack {
+    tx: Option<std::sync::mpsc::SyncSender<(u64, u64)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriteBack {
+    /// A helper thread for `file` (hints are given inline if it cannot be started).
+    pub(crate) fn new(file: &File) -> Self {
+        let started = file.try_clone().ok().and_then(|f| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, u64)>(64);
+            std::thread::Builder::new()
+                .name("write-back".into())
+                .spawn(move || {
+                    for (offset, len) in rx {
+                        start_write_back(&f, offset, len);
+                    }
+                })
+                .ok()
+                .map(|t| (tx, t))
+        });
+        WriteBack {
+            tx: started.as_ref().map(|(tx, _)| tx.clone()),
+            thread: started.map(|(_, t)| t),
+        }
+    }
+
+    /// Starts write-back of `len` bytes at `offset` of `file` (the file given to `new`).
+    pub(crate) fn hint(&self, file: &File, offset: u64, len: u64) {
+        match &self.tx {
+            Some(tx) if tx.send((offset, len)).is_ok() => {}
+            _ => start_write_back(file, offset, len),
+        }
+    }
+}
+
+impl Drop for WriteBack {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// `Write` adapter over an [`AtomicFile`] that starts the write-back of what it has written
 /// every [`WRITE_BEHIND`] bytes, so that the final fsync waits only for the tail instead of
 /// the whole file: the copy and the disk work at the same time.
@@ -165,6 +212,7 @@ pub struct AtomicFileWriter {
     file: AtomicFile,
     written: u64,
     hinted: u64,
+    write_back: Option<WriteBack>,
 }
 
 impl AtomicFileWriter {
@@ -174,11 +222,13 @@ impl AtomicFileWriter {
             file,
             written: 0,
             hinted: 0,
+            write_back: None,
         }
     }
 
-    /// The wrapped file.
-    pub fn into_inner(self) -> AtomicFile {
+    /// The wrapped file (once the write-back hints already given have been handed over).
+    pub fn into_inner(mut self) -> AtomicFile {
+        self.write_back = None;
         self.file
     }
 }
@@ -188,7 +238,10 @@ impl Write for AtomicFileWriter {
         let n = self.file.file().write(buf)?;
         self.written += n as u64;
         if self.written - self.hinted >= WRITE_BEHIND {
-            start_write_back(self.file.file(), self.hinted, self.written - self.hinted);
+            let file = self.file.file();
+            self.write_back
+                .get_or_insert_with(|| WriteBack::new(file))
+                .hint(file, self.hinted, self.written - self.hinted);
             self.hinted = self.written;
         }
         Ok(n)
