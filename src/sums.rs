@@ -457,15 +457,39 @@ pub fn check_sums_with(path: &Path, bytes: &[u8], digest: bool) -> Result<Vec<Mi
     if len != s.file_len {
         out.push(len_mismatch(len, s.file_len));
     }
-    for (i, r) in s.records.iter().enumerate() {
-        let end = r.offset + r.len;
+    // The records are checked by as many threads as there are cores (in record order).
+    let bad = |i: usize, r: &RecordSum| {
+        let end = r.offset.saturating_add(r.len);
         let part = bytes
             .get(r.offset as usize..(end as usize).min(bytes.len()))
             .unwrap_or_default();
-        if part.len() as u64 != r.len || crc32fast::hash(part) != r.crc32 {
-            out.push(crc_mismatch(i, r));
-        }
-    }
+        (part.len() as u64 != r.len || crc32fast::hash(part) != r.crc32).then(|| crc_mismatch(i, r))
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = s.records.len().div_ceil(threads).max(1);
+    let found = std::thread::scope(|scope| {
+        let workers: Vec<_> = s
+            .records
+            .chunks(chunk)
+            .enumerate()
+            .map(|(k, recs)| {
+                scope.spawn(move || {
+                    recs.iter()
+                        .enumerate()
+                        .filter_map(|(j, r)| bad(k * chunk + j, r))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .map_err(|_| Error::invalid("a checksum thread failed"))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    out.extend(found.into_iter().flatten());
     if digest && out.is_empty() && hex(&Sha256::digest(bytes)) != s.sha256 {
         out.push(Mismatch {
             offset: 0,
