@@ -192,10 +192,8 @@ pub struct Applier<'f> {
     stats: ApplyStats,
     buf: Vec<u8>,
     zbuf: Vec<u8>,
-    /// Written range whose write-back has not been started yet (records ascend), see
-    /// [`crate::output::start_write_back`].
-    unhinted: Option<(u64, u64)>,
-    write_back: Option<crate::output::WriteBack>,
+    /// Write-behind for the target, see [`crate::output::WriteBack`].
+    write_back: crate::output::WriteBack,
 }
 
 fn io_at(e: io::Error, what: &str, off: u64) -> Error {
@@ -228,8 +226,7 @@ impl<'f> Applier<'f> {
             stats: ApplyStats::default(),
             buf: Vec::new(),
             zbuf: Vec::new(),
-            unhinted: None,
-            write_back: None,
+            write_back: crate::output::WriteBack::default(),
         })
     }
 
@@ -416,17 +413,7 @@ impl<'f> Applier<'f> {
             self.file
                 .write_all_at(&data[a..b], at)
                 .map_err(|e| io_at(e, "write", at))?;
-            let end = at + (b - a) as u64;
-            let start = self.unhinted.map_or(at, |(s, _)| s.min(at));
-            if end.saturating_sub(start) >= crate::output::WRITE_BEHIND {
-                let file = self.file;
-                self.write_back
-                    .get_or_insert_with(|| crate::output::WriteBack::new(file))
-                    .hint(file, start, end - start);
-                self.unhinted = None;
-            } else {
-                self.unhinted = Some((start, end));
-            }
+            self.write_back.wrote(self.file, at, at + (b - a) as u64);
             Ok(())
         }
     }

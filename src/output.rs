@@ -148,49 +148,62 @@ pub enum Output {
 }
 
 /// Bytes written between two write-behind hints.
-pub(crate) const WRITE_BEHIND: u64 = 2 << 20;
+const WRITE_BEHIND: u64 = 2 << 20;
 
 /// Starts asynchronous write-back of `len` bytes of `file` at `offset` (POSIX_FADV_DONTNEED,
 /// which also drops those pages from the cache once clean). A hint only: a failure changes
 /// nothing but speed.
-pub(crate) fn start_write_back(file: &File, offset: u64, len: u64) {
+fn start_write_back(file: &File, offset: u64, len: u64) {
     let _ = rustix::fs::fadvise(file, offset, len, rustix::fs::Advice::DontNeed);
 }
 
-/// Starts write-back of ranges of a file on a helper thread, so that the writer does not wait
-/// while the kernel submits the I/O. Dropping it waits for the hints already sent.
-#[derive(Debug)]
+/// Write-behind for one file: once [`WRITE_BEHIND`] bytes have been written, their write-back
+/// is started on a helper thread, so that the final fsync waits only for the tail and the
+/// writer does not wait while the kernel submits the I/O. Dropping it waits for the hints
+/// already sent.
+#[derive(Debug, Default)]
 pub(crate) struct WriteBack {
+    /// Written range whose write-back has not been started yet.
+    pending: Option<(u64, u64)>,
     tx: Option<std::sync::mpsc::SyncSender<(u64, u64)>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl WriteBack {
-    /// A helper thread for `file` (hints are given inline if it cannot be started).
-    pub(crate) fn new(file: &File) -> Self {
-        let started = file.try_clone().ok().and_then(|f| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, u64)>(64);
-            std::thread::Builder::new()
-                .name("write-back".into())
-                .spawn(move || {
-                    for (offset, len) in rx {
-                        start_write_back(&f, offset, len);
-                    }
-                })
-                .ok()
-                .map(|t| (tx, t))
-        });
-        WriteBack {
-            tx: started.as_ref().map(|(tx, _)| tx.clone()),
-            thread: started.map(|(_, t)| t),
+    /// Records that `file` was written at `start..end`, and starts write-back when enough is
+    /// pending (writes mostly ascend; the range pending is their hull).
+    pub(crate) fn wrote(&mut self, file: &File, start: u64, end: u64) {
+        let (s, e) = self
+            .pending
+            .map_or((start, end), |(s, e)| (s.min(start), e.max(end)));
+        if e - s < WRITE_BEHIND {
+            self.pending = Some((s, e));
+            return;
+        }
+        self.pending = None;
+        if self.thread.is_none() {
+            self.start_thread(file);
+        }
+        match &self.tx {
+            Some(tx) if tx.send((s, e - s)).is_ok() => {}
+            _ => start_write_back(file, s, e - s),
         }
     }
 
-    /// Starts write-back of `len` bytes at `offset` of `file` (the file given to `new`).
-    pub(crate) fn hint(&self, file: &File, offset: u64, len: u64) {
-        match &self.tx {
-            Some(tx) if tx.send((offset, len)).is_ok() => {}
-            _ => start_write_back(file, offset, len),
+    /// Starts the helper thread (hints are given inline if it cannot be started).
+    fn start_thread(&mut self, file: &File) {
+        let Ok(f) = file.try_clone() else { return };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, u64)>(64);
+        let spawned = std::thread::Builder::new()
+            .name("write-back".into())
+            .spawn(move || {
+                for (offset, len) in rx {
+                    start_write_back(&f, offset, len);
+                }
+            });
+        if let Ok(t) = spawned {
+            self.tx = Some(tx);
+            self.thread = Some(t);
         }
     }
 }
@@ -204,15 +217,13 @@ impl Drop for WriteBack {
     }
 }
 
-/// `Write` adapter over an [`AtomicFile`] that starts the write-back of what it has written
-/// every [`WRITE_BEHIND`] bytes, so that the final fsync waits only for the tail instead of
-/// the whole file: the copy and the disk work at the same time.
+/// `Write` adapter over an [`AtomicFile`] with write-behind (see [`WriteBack`]): the copy and
+/// the disk work at the same time.
 #[derive(Debug)]
 pub struct AtomicFileWriter {
     file: AtomicFile,
     written: u64,
-    hinted: u64,
-    write_back: Option<WriteBack>,
+    write_back: WriteBack,
 }
 
 impl AtomicFileWriter {
@@ -221,14 +232,13 @@ impl AtomicFileWriter {
         AtomicFileWriter {
             file,
             written: 0,
-            hinted: 0,
-            write_back: None,
+            write_back: WriteBack::default(),
         }
     }
 
     /// The wrapped file (once the write-back hints already given have been handed over).
-    pub fn into_inner(mut self) -> AtomicFile {
-        self.write_back = None;
+    pub fn into_inner(self) -> AtomicFile {
+        drop(self.write_back);
         self.file
     }
 }
@@ -236,14 +246,9 @@ impl AtomicFileWriter {
 impl Write for AtomicFileWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.file().write(buf)?;
+        let start = self.written;
         self.written += n as u64;
-        if self.written - self.hinted >= WRITE_BEHIND {
-            let file = self.file.file();
-            self.write_back
-                .get_or_insert_with(|| WriteBack::new(file))
-                .hint(file, self.hinted, self.written - self.hinted);
-            self.hinted = self.written;
-        }
+        self.write_back.wrote(self.file.file(), start, self.written);
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {

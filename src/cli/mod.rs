@@ -85,7 +85,7 @@ pub fn with_progress<T>(f: impl FnOnce(&mut dyn FnMut(u64, u64)) -> T) -> T {
 }
 
 /// Starts a progress display for a long command (see [`Progress`]).
-pub fn progress() -> Progress {
+fn progress() -> Progress {
     Progress {
         bar: io::stderr()
             .is_terminal()
