@@ -41,7 +41,9 @@ fn seek_read<R: Read + Seek>(
 
 #[cfg(unix)]
 fn file_read_at(f: &mut std::fs::File, buf: &mut [u8], at: u64, _: &mut u64) -> io::Result<usize> {
-    std::os::unix::fs::FileExt::read_at(f, buf, at)
+    // rustix issues the system call inline: a shallow call stack under the one `pread` per
+    // record head is measurably cheaper (returns mispredict after every system call).
+    rustix::io::pread(&*f, buf, at).map_err(io::Error::from)
 }
 
 #[cfg(not(unix))]
@@ -72,9 +74,13 @@ pub(crate) struct Source<R> {
 
 impl<R: Read> Source<R> {
     fn new(inner: R) -> Self {
+        Self::with_capacity(inner, BUF_SIZE)
+    }
+
+    fn with_capacity(inner: R, capacity: usize) -> Self {
         Source {
             inner,
-            buf: vec![0; BUF_SIZE],
+            buf: vec![0; capacity],
             lo: 0,
             hi: 0,
             pos: 0,
@@ -94,12 +100,14 @@ impl<R: Read> Source<R> {
     }
 
     fn positioned(inner: R, len: u64, read_at: ReadAtFn<R>) -> Self {
-        let mut s = Source::new(inner);
+        // Reads are small here; `fill` grows the buffer for a long head.
+        let mut s = Source::with_capacity(inner, 4096);
         s.seek = Some((read_at, len));
         s
     }
 
     /// One read into `dst` of the bytes at absolute offset `at`.
+    #[inline]
     fn read_at(&mut self, dst: &mut [u8], at: u64) -> io::Result<usize> {
         match self.seek {
             Some((read_at, _)) => read_at(&mut self.inner, dst, at, &mut self.inner_pos),
@@ -115,6 +123,27 @@ impl<R: Read> Source<R> {
         let n = n.min(self.hi - self.lo);
         self.lo += n;
         self.pos += n as u64;
+    }
+
+    /// [`Source::fill`] for an empty buffer, with a positioned input's read made right here:
+    /// the read of every record head goes through this, and a shallow call stack under a
+    /// system call is measurably cheaper (returns mispredict after it).
+    #[inline(always)]
+    fn refill_empty(&mut self) -> io::Result<bool> {
+        if let (Some((read_at, _)), false) = (self.seek, self.eof) {
+            if let Some(dst) = self.buf.get_mut(..SEEK_READ) {
+                match read_at(&mut self.inner, dst, self.pos, &mut self.inner_pos) {
+                    Ok(0) => self.eof = true,
+                    Ok(n) => {
+                        (self.lo, self.hi) = (0, n);
+                        return Ok(true);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.fill(1)
     }
 
     /// Tries to have at least `need` bytes available; false when the input ends first.
@@ -497,9 +526,14 @@ impl<R: Read> DiffReader<R> {
     /// Parses one head from the buffer, refilling as needed, and checks it. Parse errors are
     /// returned as errors; the check result is returned alongside whether the head is a
     /// metadata record, so that the caller can defer it.
+    #[inline(always)]
     fn read_head(&mut self) -> Result<(bool, Result<Step>)> {
         let src = &mut self.body.src;
         let offset = src.pos;
+        // An empty buffer cannot hold a head: refill before the first parse attempt.
+        if src.avail().is_empty() && !src.refill_empty()? {
+            return Err(eof_error(&self.checker, offset, src.avail()));
+        }
         loop {
             let avail = src.avail();
             match parse::record_head(self.checker.version, avail) {
