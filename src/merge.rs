@@ -762,6 +762,9 @@ pub fn merge_files_to(
             e.with_file(out)
         }
     };
+    if compress.is_none() {
+        output.reserve(p.data_bytes()).map_err(wrap)?;
+    }
     let stats = match compress {
         Some(c) => {
             let (stats, _) = crate::compress::compress_stream(&mut output, c, |w| {

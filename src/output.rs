@@ -148,7 +148,7 @@ pub enum Output {
 }
 
 /// Bytes written between two write-behind hints.
-const WRITE_BEHIND: u64 = 2 << 20;
+const WRITE_BEHIND: u64 = 8 << 20;
 
 /// Starts asynchronous write-back of `len` bytes of `file` at `offset` (POSIX_FADV_DONTNEED,
 /// which also drops those pages from the cache once clean). A hint only: a failure changes
@@ -289,6 +289,30 @@ impl Output {
         }
     }
 
+    /// Allocates disk space for `len` bytes about to be written (the file keeps its size).
+    /// Allocating it at once rather than block by block while writing makes a large copy
+    /// measurably faster, and a full disk is found before anything is written. Nothing
+    /// happens for stdout or where the file system cannot preallocate.
+    ///
+    /// # Errors
+    /// The file system has no room (or quota) for `len` bytes.
+    pub fn reserve(&mut self, len: u64) -> Result<()> {
+        use rustix::fs::{fallocate, FallocateFlags};
+        let Some(f) = self.file_mut().filter(|_| len > 0) else {
+            return Ok(());
+        };
+        match fallocate(&*f, FallocateFlags::KEEP_SIZE, 0, len) {
+            Err(e) if e == rustix::io::Errno::NOSPC || e == rustix::io::Errno::DQUOT => {
+                let e = io::Error::from(e);
+                Err(Error::from(io::Error::new(
+                    e.kind(),
+                    format!("{e}: no room for the {len} payload bytes to be written"),
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The underlying file when writing to a file (for `copy_file_range` and the like).
     pub fn file_mut(&mut self) -> Option<&mut File> {
         match self {
@@ -298,9 +322,17 @@ impl Output {
     }
 }
 
+/// Writes at least this long skip the output buffer (after it is flushed): payload chunks
+/// go to the file without another copy, while record heads are gathered.
+const WRITE_DIRECT: usize = 64 << 10;
+
 impl Write for Output {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
+            Output::File(w) if buf.len() >= WRITE_DIRECT => {
+                w.flush()?;
+                w.get_mut().write(buf)
+            }
             Output::File(w) => w.write(buf),
             Output::Stdout(w) => w.write(buf),
         }

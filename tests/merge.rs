@@ -920,6 +920,77 @@ fn disk_full_leaves_nothing() {
     assert_eq!(dir_entries(dir.path()), ["a.diff", "b.diff"]);
 }
 
+/// A full file system (a 256 KiB tmpfs; needs root to mount, skipped with a note otherwise):
+/// the output's space is reserved before anything is written, so the merge stops at once
+/// with a clear error, and nothing is left behind.
+#[test]
+fn full_file_system_is_found_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "rbddiff-test"])
+        .arg(&small)
+        .output();
+    match mounted {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            eprintln!(
+                "note: skipping, cannot mount a tmpfs: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!("note: skipping, no mount: {e}");
+            return;
+        }
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(&small);
+
+    let meta = Metadata {
+        from_snap: None,
+        to_snap: Some(b"a".to_vec()),
+        protected: None,
+        image_size: Some(1 << 20),
+    };
+    let mut big = Vec::new();
+    let mut w = DiffWriter::new(&mut big, Version::V1, &meta).unwrap();
+    w.write_data(0, &noise(3, 640 << 10)).unwrap();
+    w.finish().unwrap();
+    let f = write_files(
+        dir.path(),
+        &[
+            ("a.diff", &big),
+            ("b.diff", &small_diff(Some("a"), Some("b"), 3)),
+        ],
+    );
+    let out = small.join("out.diff");
+    let r = run(&["merge", &f[0], &f[1], "-o", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("out.diff"), "{err}");
+    assert!(err.contains("no room for the"), "{err}");
+    assert!(dir_entries(&small).is_empty());
+    // A merge that fits still works there.
+    let fits = write_files(
+        dir.path(),
+        &[
+            ("c.diff", &small_diff(None, Some("a"), 3)),
+            ("d.diff", &small_diff(Some("a"), Some("b"), 3)),
+        ],
+    );
+    let r = run(&["merge", &fits[0], &fits[1], "-o", out.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(dir_entries(&small), ["out.diff"]);
+}
+
 #[test]
 fn stdin_input_and_stdout_output() {
     let a = small_diff(None, Some("a"), 4);
