@@ -474,9 +474,9 @@ enum Run {
 }
 
 /// Copies `len` payload bytes at `src` of `inp` to `out`: from the mapped bytes, with `pread`
-/// from the mapped file through `buf` (measured faster than both the mapping, with no
-/// page-table work for the payload pages, and `copy_file_range`, which ext4 without reflinks
-/// runs through splice), or through the archive's frame cache.
+/// from the mapped file through `buf` (faster than copying from the mapping, with no
+/// page-table work for the payload pages, and measured no slower than `copy_file_range`,
+/// which ext4 without reflinks runs through splice), or through the archive's frame cache.
 fn copy_piece<W: Write>(
     inp: &mut MergeInput<'_>,
     src: u64,
