@@ -362,3 +362,84 @@ fn create_and_missing_state_file_are_refused() {
     assert!(lo.head(MIB).iter().all(|&b| b == 0x5a));
     assert!(!lo.state().exists());
 }
+
+/// kill -9 at random points of an apply onto a device, then the same command again until it
+/// succeeds: the device holds the image exactly and the state file says "at" the last
+/// snapshot (the resume logic shared with files, here with device writes and zeroing).
+#[test]
+fn kill_at_random_points_then_resume_on_a_device() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let Some(lo) = Loop::new(64 * MIB) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let a = gen_diff(&mut rng, None, "a", 48 * MIB);
+    let b = gen_diff(&mut rng, Some("a"), "b", 40 * MIB);
+    let mut model = Image::new();
+    model.apply_bytes(&a);
+    model.apply_bytes(&b);
+    let files: Vec<PathBuf> = [("a.diff", &a), ("b.diff", &b)]
+        .iter()
+        .map(|(name, d)| {
+            let p = dir.path().join(name);
+            fs::write(&p, d).unwrap();
+            p
+        })
+        .collect();
+    let run = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rbddiff"));
+        c.arg("apply")
+            .args(&files)
+            .arg("--to")
+            .arg(&lo.dev)
+            .arg("--state-file")
+            .arg(lo.state())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    // An uninterrupted run, to spread the kills over its length.
+    lo.fill(0xff);
+    let t0 = Instant::now();
+    let out = run().output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let span = t0.elapsed().as_micros().max(1000) as u64;
+    assert!(lo.head(40 * MIB) == model.data);
+
+    let mut interrupted = 0;
+    for round in 0..6 {
+        lo.fill(0xff);
+        let _ = fs::remove_file(lo.state());
+        let mut child = run().spawn().unwrap();
+        std::thread::sleep(Duration::from_micros(rng.gen_range(0..span)));
+        let _ = child.kill(); // SIGKILL
+        if !child.wait().unwrap().success() {
+            interrupted += 1;
+        }
+        let out = run().output().unwrap();
+        assert!(
+            out.status.success(),
+            "round {round}: re-run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            lo.head(40 * MIB) == model.data,
+            "round {round}: device differs from the model"
+        );
+        assert_eq!(
+            read_state(&lo.state()).unwrap().unwrap(),
+            TargetState::At {
+                snap: Some("b".into()),
+                size: Some(40 * MIB)
+            },
+            "round {round}"
+        );
+    }
+    assert!(interrupted > 0, "no run was actually interrupted");
+}
