@@ -880,29 +880,31 @@ fn unwritable_output_location() {
     assert_eq!(dir_entries(dir.path()), ["a.diff", "b.diff"]);
 }
 
-#[test]
-fn disk_full_leaves_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    // About 640 KiB of output.
+/// Two chained diffs in `dir` (`a.diff`, `b.diff`) whose merge is about 640 KiB.
+fn big_pair(dir: &Path) -> Vec<String> {
+    let meta = Metadata {
+        from_snap: None,
+        to_snap: Some(b"a".to_vec()),
+        protected: None,
+        image_size: Some(1 << 20),
+    };
     let mut big = Vec::new();
-    {
-        let meta = Metadata {
-            from_snap: None,
-            to_snap: Some(b"a".to_vec()),
-            protected: None,
-            image_size: Some(1 << 20),
-        };
-        let mut w = DiffWriter::new(&mut big, Version::V1, &meta).unwrap();
-        w.write_data(0, &noise(3, 640 << 10)).unwrap();
-        w.finish().unwrap();
-    }
-    let f = write_files(
-        dir.path(),
+    let mut w = DiffWriter::new(&mut big, Version::V1, &meta).unwrap();
+    w.write_data(0, &noise(3, 640 << 10)).unwrap();
+    w.finish().unwrap();
+    write_files(
+        dir,
         &[
             ("a.diff", &big),
             ("b.diff", &small_diff(Some("a"), Some("b"), 3)),
         ],
-    );
+    )
+}
+
+#[test]
+fn disk_full_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = big_pair(dir.path());
     let out = dir.path().join("out.diff");
     // `ulimit -f` counts 512-byte blocks in POSIX sh: 128 blocks = 64 KiB.
     let script = format!(
@@ -954,23 +956,7 @@ fn full_file_system_is_found_before_writing() {
     }
     let _guard = Unmount(&small);
 
-    let meta = Metadata {
-        from_snap: None,
-        to_snap: Some(b"a".to_vec()),
-        protected: None,
-        image_size: Some(1 << 20),
-    };
-    let mut big = Vec::new();
-    let mut w = DiffWriter::new(&mut big, Version::V1, &meta).unwrap();
-    w.write_data(0, &noise(3, 640 << 10)).unwrap();
-    w.finish().unwrap();
-    let f = write_files(
-        dir.path(),
-        &[
-            ("a.diff", &big),
-            ("b.diff", &small_diff(Some("a"), Some("b"), 3)),
-        ],
-    );
+    let f = big_pair(dir.path());
     let out = small.join("out.diff");
     let r = run(&["merge", &f[0], &f[1], "-o", out.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&r.stderr);
