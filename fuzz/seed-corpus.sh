@@ -18,3 +18,39 @@ while IFS= read -r -d '' f; do
   n=$((n + 1))
 done < <(find ../testdata/real ../testdata/err -type f \( -name '*.diff' -o -name '*.rbdimg' -o -name '*.header' \) -print0)
 echo "seeded $n files into fuzz/$out"
+
+# merge: real chains of two and three files; the layout is a flags byte (bit 0: v2 output,
+# bit 1: --force-chain, bit 2: three inputs), two little-endian u32 lengths, then the files.
+out=corpus/merge
+mkdir -p "$out"
+le32() { printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24 & 255)))"; }
+n=0
+for d in ../testdata/real/img64k ../testdata/real/img64k/v2 ../testdata/real/img4m; do
+  set -- "$d/v3_v4.diff" "$d/v4_v5.diff" "$d/v5_head.diff"
+  [ -f "$1" ] && [ -f "$2" ] && [ -f "$3" ] || continue
+  a=$(stat -c %s "$1") b=$(stat -c %s "$2")
+  { printf '\x00'; le32 "$a"; le32 0; cat "$1" "$2"; } > "$out/$(basename "$d").2"
+  { printf '\x05'; le32 "$a"; le32 "$b"; cat "$1" "$2" "$3"; } > "$out/$(basename "$d").3"
+  n=$((n + 2))
+done
+echo "seeded $n chains into fuzz/$out"
+
+# archive: small real diffs compressed by rbddiff (mode byte 0), and their record indexes
+# without the checksum (mode byte 1).
+out=corpus/archive
+mkdir -p "$out"
+bin=../target/release/rbddiff
+[ -x "$bin" ] || (cd .. && cargo build --release --quiet --bin rbddiff)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+n=0
+for f in ../testdata/real/img64k/v3_v4.diff ../testdata/real/img64k/v5_head.diff \
+         ../testdata/real/img64k/v2/v5_head.diff ../testdata/real/img64k/v2/export-format-2.header; do
+  [ -f "$f" ] || continue
+  base=$(echo "${f#../}" | tr '/' '_')
+  if "$bin" compress "$f" -o "$tmp/$base.zst" --force >/dev/null 2>&1; then
+    { printf '\x00'; cat "$tmp/$base.zst"; } > "$out/$base"
+    n=$((n + 1))
+  fi
+done
+echo "seeded $n archives into fuzz/$out"
