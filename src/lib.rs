@@ -69,6 +69,7 @@ pub mod slice;
 pub mod stream;
 pub mod sums;
 pub mod verify;
+pub mod workflow;
 pub mod write;
 pub mod zst;
 
