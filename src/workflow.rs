@@ -25,7 +25,7 @@ use crate::error::{Error, ErrorKind, Result, WarningKind};
 use crate::inspect::inspect_file;
 use crate::merge::{merge_files_to, merge_input, open_input, plan, MergeOptions};
 use crate::output::Output;
-use crate::stream::{DiffReader, ItemKind, RecordSource};
+use crate::stream::{DiffReader, RecordSource};
 use crate::verify::{verify, VerifyOptions};
 use crate::Version;
 
@@ -105,6 +105,10 @@ pub fn images_in(dir: &Path) -> Result<BTreeSet<String>> {
         .collect())
 }
 
+fn not_a_diff(path: &Path) -> Error {
+    Error::invalid("not a diff (an image stream cannot be part of a chain)").with_file(path)
+}
+
 /// Reads the header of one candidate file.
 fn read_chain_file(path: PathBuf) -> Result<ChainFile> {
     let p = path.to_string_lossy().into_owned();
@@ -113,16 +117,10 @@ fn read_chain_file(path: PathBuf) -> Result<ChainFile> {
         return Err(Error::invalid(format!("not a valid diff: {e}")).with_file(&path));
     }
     let [d] = r.diffs.as_slice() else {
-        return Err(
-            Error::invalid("not a diff (an image stream cannot be part of a chain)")
-                .with_file(&path),
-        );
+        return Err(not_a_diff(&path));
     };
     if r.kind != "diff" {
-        return Err(
-            Error::invalid("not a diff (an image stream cannot be part of a chain)")
-                .with_file(&path),
-        );
+        return Err(not_a_diff(&path));
     }
     let compressed = {
         let mut f = File::open(&path).map_err(|e| Error::from(e).with_file(&path))?;
@@ -526,11 +524,8 @@ fn copy_checked(src: impl Read, out: &mut dyn Write) -> Result<Exported> {
     let (from, to, size, trailing) = {
         let mut rd = DiffReader::new(&mut tee)?;
         records += rd.metadata_records().len() as u64;
-        while let Some(item) = rd.next_item()? {
+        while rd.next_item()?.is_some() {
             records += 1;
-            if matches!(item.kind, ItemKind::End) {
-                continue;
-            }
         }
         let trailing = rd
             .warnings()
