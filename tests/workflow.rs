@@ -347,3 +347,57 @@ fn a_failed_prune_leaves_every_original_file() {
         .to_string_lossy()
         .starts_with('.')));
 }
+
+#[test]
+fn backup_and_restore_refuse_a_broken_chain_before_calling_rbd() {
+    use std::os::unix::fs::PermissionsExt;
+    let (t, dir, work) = dirs();
+    let files = write_chain(&dir, &work, &["vm@a.diff", "vm@b.diff", "vm@c.diff"]);
+    fs::remove_file(&files[1]).unwrap();
+    // An `rbd` that only records that it was called.
+    let bin = t.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let log = t.path().join("rbd.log");
+    let rbd = bin.join("rbd");
+    fs::write(
+        &rbd,
+        format!("#!/bin/sh\necho \"$@\" >> {}\nexit 1\n", log.display()),
+    )
+    .unwrap();
+    fs::set_permissions(&rbd, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let before = contents(&dir);
+    for args in [
+        vec!["backup", "rbd/vm", &*s(&dir)],
+        vec!["backup", "rbd/vm", &*s(&dir), "--full"],
+        vec!["restore", &*s(&dir), "rbd/vm-copy", "--create"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+            .args(&args)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("gap") && err.contains("vm@c.diff"), "{err}");
+        assert!(!log.exists(), "{args:?} called rbd");
+        assert_eq!(contents(&dir), before);
+    }
+    // With an intact (here: empty) directory, the same backup does reach rbd, whose failure
+    // is passed on and leaves nothing.
+    let empty = t.path().join("empty");
+    let out = Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+        .args(["backup", "rbd/vm", &s(&empty)])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("rbd snap ls"), "{err}");
+    assert!(log.exists());
+    assert!(!empty.exists());
+}
