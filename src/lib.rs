@@ -2,7 +2,8 @@
 //!
 //! Offline toolkit for Ceph RBD `export-diff` backup files: parse and write `rbd diff v1`,
 //! `rbd diff v2` and the `rbd export --export-format 2` image stream; inspect, merge,
-//! verify, compress and apply them.
+//! verify, compress and apply them; [`workflow`] keeps a directory of backups of an image
+//! (backup, restore and prune, through the `rbd` CLI).
 //!
 //! Compressed inputs (seekable zstd archives written by [`compress`], or any zstd file) are read
 //! transparently by [`input::Input`]; see [`zst`].
@@ -69,6 +70,7 @@ pub mod slice;
 pub mod stream;
 pub mod sums;
 pub mod verify;
+pub mod workflow;
 pub mod write;
 pub mod zst;
 

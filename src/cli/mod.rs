@@ -8,16 +8,21 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod apply;
+mod backup;
 mod compress;
 mod create;
 mod inspect;
 mod merge;
+mod prune;
+mod restore;
 mod verify;
 
 /// Offline toolkit for Ceph RBD export-diff backup files.
 ///
 /// Reads `rbd diff v1` (what `rbd export-diff` writes), `rbd diff v2` and the
 /// `rbd export --export-format 2` image stream. `-` means stdin/stdout.
+/// `backup`, `restore` and `prune` manage a directory of backups of one image, using the
+/// `rbd` CLI for the cluster side (backup, restore).
 #[derive(Parser, Debug)]
 #[command(
     name = "rbddiff",
@@ -40,6 +45,9 @@ enum Command {
     Create(create::Args),
     Compress(compress::CompressArgs),
     Decompress(compress::DecompressArgs),
+    Backup(backup::Args),
+    Restore(restore::Args),
+    Prune(prune::Args),
 }
 
 /// Prints a command's report on stdout: as JSON with `--json`, else through `text`.
@@ -151,6 +159,9 @@ pub fn run() -> ExitCode {
         Command::Create(a) => create::run(a),
         Command::Compress(a) => compress::run_compress(a),
         Command::Decompress(a) => compress::run_decompress(a),
+        Command::Backup(a) => backup::run(a),
+        Command::Restore(a) => restore::run(a),
+        Command::Prune(a) => prune::run(a),
     };
     match result {
         Ok(Status::Ok) => ExitCode::SUCCESS,

@@ -1,0 +1,1102 @@
+//! Operator workflows over a backup directory: `backup`, `restore` and `prune`.
+//!
+//! The backups of one image live in a directory as a chain of diff files (plain `.diff` or
+//! compressed `.diff.zst`, each with a `.sums` sidecar). The chain is found from the files'
+//! own headers (start and end snapshot, [`discover_chain`]); names only select the image's
+//! files (`IMAGE@…` ending in `.diff` or `.diff.zst`) and are written for humans:
+//! `IMAGE@TO.full.diff` for a full diff, `IMAGE@FROM..TO.diff` for an incremental.
+//!
+//! [`backup`] and [`restore`] delegate the cluster side to the `rbd` CLI ([`Rbd`]):
+//! `rbd snap create` + `rbd export-diff … -` streamed through the stream parser into an atomic
+//! output, and a one-pass merge of the chain streamed into `rbd import-diff -`. [`prune`] is
+//! offline: it merges the oldest files into one and deletes them only once the result is
+//! committed and verified.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde::Serialize;
+
+use crate::compress::{compress_stream, CompressOptions};
+use crate::error::{Error, ErrorKind, Result, WarningKind};
+use crate::inspect::inspect_file;
+use crate::merge::{merge_files_to, merge_input, open_input, plan, MergeOptions};
+use crate::output::Output;
+use crate::stream::{DiffReader, RecordSource};
+use crate::verify::{verify, VerifyOptions};
+use crate::Version;
+
+/// Prefix of the snapshots `backup` names itself; `--keep-snaps` only removes these.
+pub const SNAP_PREFIX: &str = "rbddiff-";
+
+/// One file of a backup chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChainFile {
+    /// Path of the diff file.
+    pub path: PathBuf,
+    /// Start snapshot (`None` for a full diff).
+    pub from: Option<String>,
+    /// End snapshot (`None` for a diff to the image HEAD).
+    pub to: Option<String>,
+    /// Image size at the end snapshot.
+    pub size: u64,
+    /// True for a zstd-compressed file.
+    pub compressed: bool,
+}
+
+impl ChainFile {
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+fn show(s: &Option<String>) -> String {
+    s.as_ref()
+        .map_or("none (full diff / image HEAD)".into(), |s| format!("'{s}'"))
+}
+
+/// The conventional file name of a diff of `image` from `from` (none: full) to `to`.
+pub fn file_name(image: &str, from: Option<&str>, to: &str, compressed: bool) -> String {
+    let z = if compressed { ".zst" } else { "" };
+    match from {
+        None => format!("{image}@{to}.full.diff{z}"),
+        Some(f) => format!("{image}@{f}..{to}.diff{z}"),
+    }
+}
+
+/// Whether `name` is a backup file of `image` (by the naming convention; the chain itself is
+/// read from the headers).
+fn is_candidate(name: &str, image: &str) -> bool {
+    name.strip_prefix(image)
+        .is_some_and(|rest| rest.starts_with('@'))
+        && !name.starts_with('.')
+        && (name.ends_with(".diff") || name.ends_with(".diff.zst"))
+}
+
+fn dir_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::from(e).with_file(dir))?;
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| Error::from(e).with_file(dir))?;
+        if !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        out.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Names of the images that have backup files in `dir` (the part of `IMAGE@….diff[.zst]`
+/// before the `@`).
+///
+/// # Errors
+/// `dir` cannot be read.
+pub fn images_in(dir: &Path) -> Result<BTreeSet<String>> {
+    Ok(dir_entries(dir)?
+        .into_iter()
+        .filter_map(|(n, _)| {
+            let (img, _) = n.split_once('@')?;
+            (!img.is_empty() && is_candidate(&n, img)).then(|| img.to_string())
+        })
+        .collect())
+}
+
+fn not_a_diff(path: &Path) -> Error {
+    Error::invalid("not a diff (an image stream cannot be part of a chain)").with_file(path)
+}
+
+/// Reads the header of one candidate file.
+fn read_chain_file(path: PathBuf) -> Result<ChainFile> {
+    let p = path.to_string_lossy().into_owned();
+    let r = inspect_file(&p, false)?;
+    if let Some(e) = &r.error {
+        return Err(Error::invalid(format!("not a valid diff: {e}")).with_file(&path));
+    }
+    let [d] = r.diffs.as_slice() else {
+        return Err(not_a_diff(&path));
+    };
+    if r.kind != "diff" {
+        return Err(not_a_diff(&path));
+    }
+    let compressed = {
+        let mut f = File::open(&path).map_err(|e| Error::from(e).with_file(&path))?;
+        let mut m = [0u8; 4];
+        let n = f
+            .read(&mut m)
+            .map_err(|e| Error::from(e).with_file(&path))?;
+        n == 4 && m == [0x28, 0xb5, 0x2f, 0xfd]
+    };
+    Ok(ChainFile {
+        path,
+        from: d.from_snap.clone(),
+        to: d.to_snap.clone(),
+        size: d.image_size.unwrap_or(0),
+        compressed,
+    })
+}
+
+fn chain_error(msg: String) -> Error {
+    Error::new(ErrorKind::ChainBreak(msg))
+}
+
+/// Finds the backup chain of `image` in `dir`, oldest first.
+///
+/// Only regular files named `IMAGE@….diff` or `IMAGE@….diff.zst` are considered (hidden
+/// files, sidecars, other images' files and anything else are ignored). Their order comes
+/// from their headers: the chain starts at a full diff (or at the one incremental whose start
+/// snapshot no other file ends at) and each next file starts at the snapshot the previous one
+/// ends at. A missing directory is an empty chain.
+///
+/// # Errors
+/// A file is not a valid diff; two files start (or end) at the same snapshot (a fork); more
+/// than one file starts the chain (a gap, or a second full diff); files that no link reaches
+/// (a cycle). The message names the files and snapshots.
+pub fn discover_chain(dir: &Path, image: &str) -> Result<Vec<ChainFile>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut files = Vec::new();
+    for (name, path) in dir_entries(dir)? {
+        if is_candidate(&name, image) {
+            files.push(read_chain_file(path)?);
+        }
+    }
+    order_chain(files)
+}
+
+/// Orders the files of a chain by their links; see [`discover_chain`].
+fn order_chain(files: Vec<ChainFile>) -> Result<Vec<ChainFile>> {
+    if files.is_empty() {
+        return Ok(files);
+    }
+    let mut by_from: HashMap<Option<String>, usize> = HashMap::new();
+    let mut by_to: HashMap<Option<String>, usize> = HashMap::new();
+    for (i, f) in files.iter().enumerate() {
+        if let Some(&j) = by_from.get(&f.from) {
+            let what = match &f.from {
+                None => "are both full diffs".to_string(),
+                Some(s) => format!("both start at snapshot '{s}'"),
+            };
+            return Err(chain_error(format!(
+                "fork in the chain: {} and {} {what}",
+                files[j].name(),
+                f.name()
+            )));
+        }
+        by_from.insert(f.from.clone(), i);
+        if let Some(&j) = by_to.get(&f.to) {
+            return Err(chain_error(format!(
+                "fork in the chain: {} and {} both end at snapshot {}",
+                files[j].name(),
+                f.name(),
+                show(&f.to)
+            )));
+        }
+        by_to.insert(f.to.clone(), i);
+    }
+    // Starts: full diffs, and incrementals whose start snapshot no file ends at.
+    let starts: Vec<usize> = (0..files.len())
+        .filter(|&i| files[i].from.is_none() || !by_to.contains_key(&files[i].from))
+        .collect();
+    match starts.as_slice() {
+        [_] => {}
+        [] => {
+            return Err(chain_error(format!(
+                "the files form a cycle, no file starts the chain: {}",
+                files
+                    .iter()
+                    .map(ChainFile::name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+        many => {
+            // Report the first start after the real one (a full diff, else the first).
+            let first = many
+                .iter()
+                .copied()
+                .find(|&i| files[i].from.is_none())
+                .unwrap_or(many[0]);
+            let other = many.iter().copied().find(|&i| i != first).unwrap_or(first);
+            let o = &files[other];
+            let msg = match &o.from {
+                None => format!(
+                    "two chains: {} and {} are both full diffs",
+                    files[first].name(),
+                    o.name()
+                ),
+                Some(s) => format!(
+                    "gap in the chain: {} starts at snapshot '{s}', but no file ends at it \
+                     (the chain starts with {})",
+                    o.name(),
+                    files[first].name()
+                ),
+            };
+            return Err(chain_error(msg));
+        }
+    }
+    let mut order = vec![starts[0]];
+    while let Some(to) = files[*order.last().unwrap_or(&0)].to.clone() {
+        match by_from.get(&Some(to)) {
+            Some(&n) if !order.contains(&n) => order.push(n),
+            _ => break,
+        }
+    }
+    if order.len() != files.len() {
+        let left: Vec<String> = (0..files.len())
+            .filter(|i| !order.contains(i))
+            .map(|i| files[i].name())
+            .collect();
+        return Err(chain_error(format!(
+            "files not reachable from the start of the chain (a cycle): {}",
+            left.join(", ")
+        )));
+    }
+    let mut slots: Vec<Option<ChainFile>> = files.into_iter().map(Some).collect();
+    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+}
+
+/// Verifies `files` as a chain (structure, links, sums sidecars where present).
+fn verify_chain(files: &[ChainFile]) -> Result<()> {
+    let paths: Vec<String> = files
+        .iter()
+        .map(|f| f.path.to_string_lossy().into_owned())
+        .collect();
+    let opts = VerifyOptions {
+        no_chain: paths.len() < 2,
+        ..VerifyOptions::default()
+    };
+    let report = verify(&paths, &opts)?;
+    if report.ok() {
+        return Ok(());
+    }
+    let problems: Vec<String> = report
+        .findings
+        .iter()
+        .filter(|f| f.severity == crate::verify::Severity::Problem)
+        .map(|f| f.to_string())
+        .collect();
+    Err(Error::invalid(format!(
+        "the chain does not verify ({} problem{}): {}",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        problems.join("; ")
+    )))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rbd CLI
+
+/// How to run the `rbd` CLI: the executable and the connection options passed to every call.
+/// `CEPH_CONF` / `CEPH_ARGS` in the environment are passed on as they are.
+#[derive(Clone, Debug)]
+pub struct Rbd {
+    /// The executable (default `rbd`, found on `PATH`).
+    pub program: PathBuf,
+    /// `-c CONF`.
+    pub conf: Option<PathBuf>,
+    /// `--id USER`.
+    pub id: Option<String>,
+}
+
+impl Default for Rbd {
+    fn default() -> Self {
+        Rbd {
+            program: PathBuf::from("rbd"),
+            conf: None,
+            id: None,
+        }
+    }
+}
+
+/// What an `rbd` call printed and how it ended.
+struct Ran {
+    ok: bool,
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Rbd {
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        if let Some(conf) = &self.conf {
+            c.arg("-c").arg(conf);
+        }
+        if let Some(id) = &self.id {
+            c.arg("--id").arg(id);
+        }
+        c
+    }
+
+    fn spawn_error(&self, e: io::Error) -> Error {
+        Error::from(io::Error::new(
+            e.kind(),
+            format!("cannot run {}: {e}", self.program.display()),
+        ))
+    }
+
+    fn run(&self, args: &[&str]) -> Result<Ran> {
+        let out = self
+            .command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| self.spawn_error(e))?;
+        Ok(Ran {
+            ok: out.status.success(),
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+
+    fn run_ok(&self, args: &[&str]) -> Result<Vec<u8>> {
+        let r = self.run(args)?;
+        if r.ok {
+            Ok(r.stdout)
+        } else {
+            Err(rbd_failed(&format!("rbd {}", args.join(" ")), &r.stderr))
+        }
+    }
+
+    /// Snapshots of `spec` as `(id, name)`, oldest first.
+    fn snapshots(&self, spec: &str) -> Result<Vec<(u64, String)>> {
+        let out = self.run_ok(&["snap", "ls", "--format", "json", spec])?;
+        let v: serde_json::Value = serde_json::from_slice(&out)
+            .map_err(|e| Error::invalid(format!("rbd snap ls {spec}: unexpected output: {e}")))?;
+        let arr = v.as_array().ok_or_else(|| {
+            Error::invalid(format!(
+                "rbd snap ls {spec}: unexpected output (not a list)"
+            ))
+        })?;
+        let mut snaps: Vec<(u64, String)> = arr
+            .iter()
+            .filter_map(|s| Some((s["id"].as_u64()?, s["name"].as_str()?.to_string())))
+            .collect();
+        snaps.sort();
+        Ok(snaps)
+    }
+}
+
+fn rbd_failed(what: &str, stderr: &str) -> Error {
+    let msg = if stderr.is_empty() {
+        format!("{what} failed")
+    } else {
+        format!("{what} failed: {stderr}")
+    };
+    Error::from(io::Error::other(msg))
+}
+
+/// Collects a child's stderr on a thread (so that neither side blocks on a full pipe).
+fn collect_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let err = child.stderr.take();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut e) = err {
+            let _ = e.read_to_string(&mut s);
+        }
+        s.trim().to_string()
+    })
+}
+
+/// `POOL/IMAGE` (or `POOL/NS/IMAGE`, or `IMAGE`) → the image name.
+fn image_name(spec: &str) -> Result<&str> {
+    let name = spec.rsplit('/').next().unwrap_or(spec);
+    if name.is_empty() || spec.contains('@') {
+        return Err(Error::invalid(format!(
+            "'{spec}' is not an image (POOL/IMAGE, without a snapshot)"
+        )));
+    }
+    Ok(name)
+}
+
+/// The current UTC time as `YYYYmmddTHHMMSSZ`.
+pub fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// backup
+
+/// Options of [`backup`].
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    /// Name of the snapshot to create (default `rbddiff-<UTC time>`).
+    pub snap: Option<String>,
+    /// Make a full backup (only into a directory without a chain of the image).
+    pub full: bool,
+    /// Write a compressed archive (`.diff.zst`).
+    pub compress: Option<CompressOptions>,
+    /// Afterwards, keep only the newest K snapshots named `rbddiff-…`.
+    pub keep_snaps: Option<usize>,
+    /// How to run `rbd`.
+    pub rbd: Rbd,
+}
+
+/// What [`backup`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupReport {
+    /// The file written.
+    pub file: String,
+    /// Its checksum sidecar.
+    pub sums: String,
+    /// The image backed up.
+    pub image: String,
+    /// Start snapshot (none for a full backup).
+    pub from_snap: Option<String>,
+    /// The snapshot created and exported.
+    pub to_snap: String,
+    /// True for a compressed file.
+    pub compressed: bool,
+    /// Bytes of the diff stream.
+    pub bytes: u64,
+    /// Size of the file written (differs from `bytes` when compressed).
+    pub file_bytes: u64,
+    /// Records in the diff (`e` included).
+    pub records: u64,
+    /// Image size at the snapshot.
+    pub image_size: u64,
+    /// Snapshots removed by `--keep-snaps`.
+    pub removed_snapshots: Vec<String>,
+    /// Things that went wrong after the backup was complete (e.g. a snapshot that could not be
+    /// removed).
+    pub warnings: Vec<String>,
+}
+
+/// Copies everything read through it to `out`, counting the bytes.
+struct Tee<'a, R> {
+    inner: R,
+    out: &'a mut dyn Write,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out.write_all(&buf[..n])?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// What the stream check of an export found.
+struct Exported {
+    bytes: u64,
+    records: u64,
+    from: Option<String>,
+    to: Option<String>,
+    size: u64,
+}
+
+/// Parses the diff `src` gives while copying it to `out`; a malformed or truncated stream,
+/// or bytes after `e`, is an error.
+fn copy_checked(src: impl Read, out: &mut dyn Write) -> Result<Exported> {
+    let mut tee = Tee {
+        inner: src,
+        out,
+        bytes: 0,
+    };
+    let mut records = 0u64;
+    let (from, to, size, trailing) = {
+        let mut rd = DiffReader::new(&mut tee)?;
+        records += rd.metadata_records().len() as u64;
+        while rd.next_item()?.is_some() {
+            records += 1;
+        }
+        let trailing = rd
+            .warnings()
+            .iter()
+            .find_map(|w| match w.kind {
+                WarningKind::TrailingBytes { len } => Some(len),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let m = rd.metadata();
+        let name = |n: &Option<Vec<u8>>| n.as_ref().map(|b| String::from_utf8_lossy(b).into());
+        (
+            name(&m.from_snap),
+            name(&m.to_snap),
+            m.image_size.unwrap_or(0),
+            trailing,
+        )
+    };
+    // Everything up to the end of the stream goes to the output.
+    io::copy(&mut tee, &mut io::sink())?;
+    if trailing > 0 {
+        return Err(Error::invalid(format!(
+            "the export has {trailing} unexpected bytes after the end record"
+        )));
+    }
+    tee.out.flush()?;
+    Ok(Exported {
+        bytes: tee.bytes,
+        records,
+        from,
+        to,
+        size,
+    })
+}
+
+/// Backs up `spec` (`POOL/IMAGE`) into `dir`: finds and checks the chain there, creates a
+/// snapshot, streams `rbd export-diff` (incremental from the chain's last snapshot, or full)
+/// through the stream parser into a new file written atomically, checks rbd's status and
+/// writes the `.sums` sidecar. On any failure no file is left and the snapshot made by this
+/// call is removed again.
+///
+/// # Errors
+/// A broken chain in `dir`; `full` with a chain already in `dir`; the chain's last snapshot
+/// no longer exists on the image; the snapshot to create exists; an `rbd` call fails; the
+/// exported stream is malformed or truncated; writing fails.
+pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupReport> {
+    let image = image_name(spec)?;
+    if opts.keep_snaps == Some(0) {
+        return Err(Error::invalid("--keep-snaps must be at least 1"));
+    }
+    let chain = discover_chain(dir, image)?;
+    if opts.full && !chain.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} already holds a chain of {} file(s) of {image} (ending at snapshot {}): a full \
+             backup starts a new chain, in a directory of its own",
+            dir.display(),
+            chain.len(),
+            show(&chain[chain.len() - 1].to)
+        )));
+    }
+    let prev = match chain.last() {
+        None => None,
+        Some(f) => Some(f.to.clone().ok_or_else(|| {
+            Error::invalid(format!(
+                "{} ends at the image HEAD, not at a snapshot: nothing can follow it",
+                f.name()
+            ))
+        })?),
+    };
+    let rbd = &opts.rbd;
+    let snaps = rbd.snapshots(spec)?;
+    let has = |n: &str| snaps.iter().any(|(_, s)| s == n);
+    if let (Some(p), Some(last)) = (&prev, chain.last()) {
+        if !has(p) {
+            return Err(Error::invalid(format!(
+                "snapshot '{p}' (the end of {}) no longer exists on {spec}: an incremental \
+                 backup cannot be made; start a new chain with --full in another directory",
+                last.name()
+            )));
+        }
+    }
+    let snap = opts
+        .snap
+        .clone()
+        .unwrap_or_else(|| format!("{SNAP_PREFIX}{}", utc_stamp()));
+    if snap.is_empty() || snap.contains(['/', '@']) || snap.starts_with('.') {
+        return Err(Error::invalid(format!("bad snapshot name '{snap}'")));
+    }
+    if has(&snap) {
+        return Err(Error::invalid(format!(
+            "snapshot '{snap}' already exists on {spec}"
+        )));
+    }
+    if chain.iter().any(|f| f.to.as_deref() == Some(snap.as_str())) {
+        return Err(Error::invalid(format!(
+            "the chain in {} already ends a file at snapshot '{snap}'",
+            dir.display()
+        )));
+    }
+    let compressed = opts.compress.is_some();
+    let path = dir.join(file_name(image, prev.as_deref(), &snap, compressed));
+    if path.exists() {
+        return Err(Error::invalid("output exists").with_file(&path));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::from(e).with_file(dir))?;
+    let snap_spec = format!("{spec}@{snap}");
+    rbd.run_ok(&["snap", "create", &snap_spec])?;
+    match export_to(rbd, spec, &snap_spec, prev.as_deref(), &path, opts) {
+        Ok(x) => {
+            let mut report = BackupReport {
+                file: path.display().to_string(),
+                sums: crate::sums::sums_path(&path).display().to_string(),
+                image: spec.to_string(),
+                from_snap: prev,
+                to_snap: snap.clone(),
+                compressed,
+                bytes: x.bytes,
+                file_bytes: std::fs::metadata(&path).map_or(0, |m| m.len()),
+                records: x.records,
+                image_size: x.size,
+                removed_snapshots: Vec::new(),
+                warnings: Vec::new(),
+            };
+            if let Some(k) = opts.keep_snaps {
+                keep_snaps(rbd, spec, &snap, k, &mut report)?;
+            }
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(crate::sums::sums_path(&path));
+            match rbd.run(&["snap", "rm", "--no-progress", &snap_spec]) {
+                Ok(r) if r.ok => Err(e),
+                Ok(r) => Err(Error::invalid(format!(
+                    "{e} (and the snapshot {snap_spec} made for this backup could not be \
+                     removed: {})",
+                    r.stderr
+                ))),
+                Err(e2) => Err(Error::invalid(format!(
+                    "{e} (and the snapshot {snap_spec} made for this backup could not be \
+                     removed: {e2})"
+                ))),
+            }
+        }
+    }
+}
+
+/// Runs the export of `snap_spec` into `path` and writes its sidecar.
+fn export_to(
+    rbd: &Rbd,
+    spec: &str,
+    snap_spec: &str,
+    prev: Option<&str>,
+    path: &Path,
+    opts: &BackupOptions,
+) -> Result<Exported> {
+    let snap = snap_spec.rsplit('@').next().unwrap_or_default();
+    // Created first: an output that cannot be written is found before rbd runs.
+    let mut output = Output::create(&path.to_string_lossy(), false)?;
+    let mut cmd = rbd.command();
+    cmd.args(["export-diff", "--no-progress"]);
+    if let Some(p) = prev {
+        cmd.args(["--from-snap", p]);
+    }
+    cmd.args([snap_spec, "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| rbd.spawn_error(e))?;
+    let stderr = collect_stderr(&mut child);
+    // The pipe is dropped when the copy ends, so rbd cannot block on it after an error.
+    let copied = match child.stdout.take() {
+        Some(src) => match &opts.compress {
+            Some(c) => compress_stream(&mut output, c, |w| copy_checked(src, w)).map(|(x, _)| x),
+            None => copy_checked(src, &mut output),
+        },
+        None => Err(Error::invalid("internal: no pipe from rbd")),
+    };
+    let status = child.wait()?;
+    let err = stderr.join().unwrap_or_default();
+    if !status.success() {
+        // rbd's own failure explains a cut stream better than the parser can.
+        let mut e = rbd_failed(&format!("rbd export-diff {snap_spec}"), &err);
+        if let Err(c) = copied {
+            if c.is_io() {
+                e = Error::invalid(format!("{e} (while writing {}: {c})", path.display()));
+            }
+        }
+        return Err(e);
+    }
+    // A stream error is located in the stream rbd wrote.
+    let x = copied.map_err(|e| {
+        e.with_file(format!(
+            "rbd export-diff {snap_spec} (into {})",
+            path.display()
+        ))
+    })?;
+    if x.to.as_deref() != Some(snap) || x.from.as_deref() != prev {
+        return Err(Error::invalid(format!(
+            "rbd export-diff of {spec} wrote a diff from {} to {}, expected from {} to '{snap}'",
+            show(&x.from),
+            show(&x.to),
+            show(&prev.map(String::from)),
+        ))
+        .with_file(path));
+    }
+    output.commit()?;
+    crate::sums::write_sums_for(path)?;
+    Ok(x)
+}
+
+/// Removes snapshots named `rbddiff-…` of `spec` beyond the newest `k` (never `made`).
+fn keep_snaps(
+    rbd: &Rbd,
+    spec: &str,
+    made: &str,
+    k: usize,
+    report: &mut BackupReport,
+) -> Result<()> {
+    let snaps = rbd.snapshots(spec)?;
+    let ours: Vec<&String> = snaps
+        .iter()
+        .map(|(_, n)| n)
+        .filter(|n| n.starts_with(SNAP_PREFIX))
+        .collect();
+    let excess = ours.len().saturating_sub(k);
+    for name in ours.into_iter().take(excess) {
+        if name == made {
+            continue;
+        }
+        let s = format!("{spec}@{name}");
+        let r = rbd.run(&["snap", "rm", "--no-progress", &s])?;
+        if r.ok {
+            report.removed_snapshots.push(name.clone());
+        } else {
+            report
+                .warnings
+                .push(format!("could not remove snapshot {s}: {}", r.stderr));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// restore
+
+/// Options of [`restore`].
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// The image whose backups are restored (default: the only image with files in the
+    /// directory, else the target's name).
+    pub image: Option<String>,
+    /// Restore up to this snapshot (default: the end of the chain).
+    pub to: Option<String>,
+    /// Create the target image (with the size of the restored state) when it does not exist.
+    pub create: bool,
+    /// How to run `rbd`.
+    pub rbd: Rbd,
+}
+
+/// What [`restore`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RestoreReport {
+    /// The target image.
+    pub image: String,
+    /// The files restored, in order.
+    pub files: Vec<String>,
+    /// Start snapshot of the restored range (none when it starts with a full diff).
+    pub from_snap: Option<String>,
+    /// The snapshot the target now holds.
+    pub to_snap: Option<String>,
+    /// Image size of the restored state.
+    pub image_size: u64,
+    /// True when the target was created.
+    pub created: bool,
+    /// Bytes sent to `rbd import-diff`.
+    pub bytes: u64,
+    /// Data records sent (`w` + `z`).
+    pub records: u64,
+}
+
+/// Chooses the image whose backups `dir` holds for a restore into `target`.
+fn pick_image(dir: &Path, target: &str, given: Option<&str>) -> Result<String> {
+    if let Some(g) = given {
+        return Ok(g.to_string());
+    }
+    let images = images_in(dir)?;
+    let target = image_name(target)?;
+    if images.len() == 1 {
+        return Ok(images.into_iter().next().unwrap_or_default());
+    }
+    if images.contains(target) {
+        return Ok(target.to_string());
+    }
+    if images.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no backup files (IMAGE@….diff[.zst])",
+            dir.display()
+        )));
+    }
+    Err(Error::invalid(format!(
+        "{} holds backups of several images ({}): choose one with --image",
+        dir.display(),
+        images.into_iter().collect::<Vec<_>>().join(", ")
+    )))
+}
+
+/// Restores the chain in `dir` into `spec` (`POOL/IMAGE`): discovers and verifies the chain
+/// (structure, links, sums sidecars where present), selects the files up to `opts.to`, merges
+/// them in one pass straight into the stdin of `rbd import-diff - POOL/IMAGE` and checks its
+/// status. With `opts.create` the image is created first when it does not exist.
+///
+/// `progress` receives `(payload bytes sent, payload bytes total)`.
+///
+/// # Errors
+/// No chain, a chain that does not verify, a snapshot not in the chain; an `rbd` call fails
+/// (its message is passed on).
+pub fn restore(
+    dir: &Path,
+    spec: &str,
+    opts: &RestoreOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RestoreReport> {
+    image_name(spec)?;
+    if !dir.is_dir() {
+        return Err(Error::invalid("not a directory").with_file(dir));
+    }
+    let src_image = pick_image(dir, spec, opts.image.as_deref())?;
+    let chain = discover_chain(dir, &src_image)?;
+    if chain.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no backup files of {src_image}",
+            dir.display()
+        )));
+    }
+    let end = match &opts.to {
+        None => chain.len(),
+        Some(t) => {
+            let i = chain
+                .iter()
+                .position(|f| f.to.as_deref() == Some(t.as_str()));
+            let i = i.ok_or_else(|| {
+                let known: Vec<String> = chain.iter().map(|f| show(&f.to)).collect();
+                Error::invalid(format!(
+                    "snapshot '{t}' is not in the chain of {src_image} in {} (it has {})",
+                    dir.display(),
+                    known.join(", ")
+                ))
+            })?;
+            i + 1
+        }
+    };
+    let chain = &chain[..end];
+    verify_chain(chain)?;
+    let names: Vec<String> = chain
+        .iter()
+        .map(|f| f.path.to_string_lossy().into_owned())
+        .collect();
+    let opened = names
+        .iter()
+        .map(|p| open_input(p))
+        .collect::<Result<Vec<_>>>()?;
+    let mut inputs = opened.iter().map(merge_input).collect::<Result<Vec<_>>>()?;
+    let p = plan(&inputs, &MergeOptions::default())?;
+    let size = p.metadata().image_size.unwrap_or(0);
+    let rbd = &opts.rbd;
+    let mut created = false;
+    if opts.create {
+        let r = rbd.run(&["info", spec])?;
+        if !r.ok {
+            if r.code != Some(2) && !r.stderr.contains("No such file") {
+                return Err(rbd_failed(&format!("rbd info {spec}"), &r.stderr));
+            }
+            rbd.run_ok(&["create", "--size", &format!("{size}B"), spec])?;
+            created = true;
+        }
+    }
+    let mut child = rbd
+        .command()
+        .args(["import-diff", "--no-progress", "-", spec])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| rbd.spawn_error(e))?;
+    let stderr = collect_stderr(&mut child);
+    let written = match child.stdin.take() {
+        Some(stdin) => {
+            let out = BufWriter::with_capacity(1 << 20, stdin);
+            p.write(&mut inputs, out, Version::V1, progress)
+                .and_then(|(mut w, stats)| {
+                    w.flush()?;
+                    Ok(stats)
+                })
+        }
+        None => Err(Error::invalid("internal: no pipe to rbd")),
+    };
+    // The pipe is closed here (the writer was consumed or dropped): rbd sees the end.
+    let status = child.wait()?;
+    let err = stderr.join().unwrap_or_default();
+    if !status.success() {
+        return Err(rbd_failed(
+            &format!("rbd import-diff into {spec} (from {})", dir.display()),
+            &err,
+        ));
+    }
+    let stats = written?;
+    Ok(RestoreReport {
+        image: spec.to_string(),
+        files: names,
+        from_snap: stats.from_snap,
+        to_snap: stats.to_snap,
+        image_size: size,
+        created,
+        bytes: stats.bytes_written,
+        records: stats.records,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// prune
+
+/// What [`prune`] did (or would do, for a dry run).
+#[derive(Clone, Debug, Serialize)]
+pub struct PruneReport {
+    /// Files in the chain before pruning.
+    pub chain: usize,
+    /// The files merged (and deleted, unless a dry run), oldest first.
+    pub merged: Vec<String>,
+    /// The new file replacing them (none when nothing is to be done).
+    pub output: Option<String>,
+    /// The files kept after it.
+    pub kept: Vec<String>,
+    /// Files deleted (merged files and their sidecars).
+    pub deleted: Vec<String>,
+    /// True for a dry run: nothing was changed.
+    pub dry_run: bool,
+    /// Size of the new file.
+    pub bytes: u64,
+}
+
+/// Prunes the chain of `image` in `dir` to `keep` files: when it has more, its first
+/// `len − keep + 1` files are merged into one new diff (full when the chain starts with a full
+/// diff; compressed like the newest merged file), written atomically with its sidecar, the
+/// new chain is verified, the directory fsynced, and only then are the merged files and their
+/// sidecars deleted. Nothing else is ever deleted. With `dry_run` nothing is changed.
+///
+/// # Errors
+/// `keep` is 0; the chain is broken or does not verify; the new file exists or cannot be
+/// written or verified (then every original file is left as it was).
+pub fn prune(
+    dir: &Path,
+    image: &str,
+    keep: usize,
+    dry_run: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<PruneReport> {
+    if keep == 0 {
+        return Err(Error::invalid("--keep must be at least 1"));
+    }
+    if !dir.is_dir() {
+        return Err(Error::invalid("not a directory").with_file(dir));
+    }
+    let chain = discover_chain(dir, image)?;
+    let name = |f: &ChainFile| f.path.to_string_lossy().into_owned();
+    let mut report = PruneReport {
+        chain: chain.len(),
+        merged: Vec::new(),
+        output: None,
+        kept: chain.iter().map(name).collect(),
+        deleted: Vec::new(),
+        dry_run,
+        bytes: 0,
+    };
+    if chain.len() <= keep {
+        return Ok(report);
+    }
+    let k = chain.len() - keep + 1;
+    let (merged, kept) = chain.split_at(k);
+    let last = &merged[k - 1];
+    let to = last
+        .to
+        .as_deref()
+        .ok_or_else(|| Error::invalid(format!("{} ends at the image HEAD", last.name())))?;
+    let out = dir.join(file_name(
+        image,
+        merged[0].from.as_deref(),
+        to,
+        last.compressed,
+    ));
+    report.merged = merged.iter().map(name).collect();
+    report.kept = kept.iter().map(name).collect();
+    report.output = Some(out.to_string_lossy().into_owned());
+    if dry_run {
+        return Ok(report);
+    }
+    verify_chain(&chain)?;
+    if out.exists() {
+        return Err(Error::invalid("the merged output exists already").with_file(&out));
+    }
+    let out_s = out.to_string_lossy().into_owned();
+    let mopts = MergeOptions {
+        sums: true,
+        ..MergeOptions::default()
+    };
+    let copts = last.compressed.then(CompressOptions::default);
+    let made = merge_files_to(
+        &report.merged,
+        &out_s,
+        false,
+        &mopts,
+        copts.as_ref(),
+        progress,
+    )
+    .and_then(|_| {
+        // The new chain: the merged file, then the kept ones.
+        let mut new_chain = vec![read_chain_file(out.clone())?];
+        new_chain.extend(kept.iter().cloned());
+        verify_chain(&new_chain)?;
+        let d = File::open(dir).map_err(|e| Error::from(e).with_file(dir))?;
+        d.sync_all().map_err(|e| Error::from(e).with_file(dir))?;
+        Ok(())
+    });
+    if let Err(e) = made {
+        // Only remove what this call wrote (merge_files_to refuses an existing output).
+        if Path::new(&out_s).exists() {
+            let _ = std::fs::remove_file(&out);
+            let _ = std::fs::remove_file(crate::sums::sums_path(&out));
+        }
+        return Err(e);
+    }
+    report.bytes = std::fs::metadata(&out).map_or(0, |m| m.len());
+    for f in merged {
+        for p in [f.path.clone(), crate::sums::sums_path(&f.path)] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => report.deleted.push(p.to_string_lossy().into_owned()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::from(e).with_file(&p)),
+            }
+        }
+    }
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_convention() {
+        assert_eq!(file_name("vm", None, "s1", false), "vm@s1.full.diff");
+        assert_eq!(
+            file_name("vm", Some("s1"), "s2", true),
+            "vm@s1..s2.diff.zst"
+        );
+        assert!(is_candidate("vm@s1.full.diff", "vm"));
+        assert!(is_candidate("vm@s1..s2.diff.zst", "vm"));
+        assert!(!is_candidate("vm2@s1.full.diff", "vm"));
+        assert!(!is_candidate("vm@s1.full.diff.sums", "vm"));
+        assert!(!is_candidate("vm@notes.txt", "vm"));
+    }
+
+    #[test]
+    fn utc_stamp_has_the_format() {
+        let s = utc_stamp();
+        assert_eq!(s.len(), 16, "{s}");
+        assert_eq!(&s[8..9], "T");
+        assert!(s.ends_with('Z'));
+        assert!(s.starts_with("20"));
+    }
+}

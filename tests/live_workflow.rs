@@ -1,0 +1,393 @@
+//! Live: `rbddiff backup`, `restore` and `prune` against a real, throw-away Ceph cluster.
+//! One `#[test]` starts the cluster and runs every case (see tests/common/ceph.rs); without
+//! Ceph it passes with a note, unless `RBDDIFF_REQUIRE_CEPH=1`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::ceph::Cluster;
+use common::gen::{noise, Rng};
+use rbddiff::workflow::{backup, BackupOptions, Rbd};
+
+/// Runs `rbddiff ARGS` against the cluster (through `CEPH_CONF`).
+fn rbddiff(cluster: &Cluster, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+        .args(args)
+        .env("CEPH_CONF", cluster.conf())
+        .env_remove("CEPH_ARGS")
+        .output()
+        .expect("run rbddiff")
+}
+
+fn ok(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
+    let out = rbddiff(cluster, args);
+    assert!(
+        out.status.success(),
+        "rbddiff {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if args.contains(&"--json") {
+        serde_json::from_slice(&out.stdout).expect("json report")
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// Exit status 2 and the message on stderr.
+fn fails(cluster: &Cluster, args: &[&str]) -> String {
+    let out = rbddiff(cluster, args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "rbddiff {} should fail with 2: {err}",
+        args.join(" ")
+    );
+    err
+}
+
+/// Names of the files in `dir` (empty when it does not exist).
+fn listing(dir: &Path) -> BTreeSet<String> {
+    match fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+/// Writes and zeroes random extents all over the image HEAD (through `rbd import-diff` of a
+/// diff to HEAD, which creates no snapshot); every call writes different data.
+fn write_data(cluster: &Cluster, image: &str) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEED: AtomicU64 = AtomicU64::new(1);
+    let spec = format!("rbd/{image}");
+    let info = cluster.rbd_ok(["info", "--format", "json", &spec]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let size = info["size"].as_u64().unwrap();
+    let mut rng = Rng::new(SEED.fetch_add(1, Ordering::Relaxed));
+    let meta = rbddiff::Metadata {
+        image_size: Some(size),
+        ..rbddiff::Metadata::default()
+    };
+    let mut w = rbddiff::DiffWriter::new(Vec::new(), rbddiff::Version::V1, &meta).unwrap();
+    let blocks = size / 4096;
+    let mut at = rng.below(16);
+    while at < blocks {
+        let n = (1 + rng.below(16)).min(blocks - at);
+        if rng.below(5) == 0 {
+            w.zero(rbddiff::Extent::new(at * 4096, n * 4096)).unwrap();
+        } else {
+            let data = noise(rng.next(), (n * 4096) as usize);
+            w.write_data(at * 4096, &data).unwrap();
+        }
+        at += n + rng.below(64);
+    }
+    let diff = w.finish().unwrap();
+    let mut child = cluster
+        .rbd_command()
+        .args(["import-diff", "--no-progress", "-", &spec])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&diff).unwrap();
+    assert!(child.wait().unwrap().success(), "import-diff into {spec}");
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn live_workflow_suite() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let snaps = backup_restore_prune(&cluster, root.path(), false);
+    backup_restore_prune(&cluster, root.path(), true);
+    keep_snaps_and_missing_previous(&cluster, root.path(), &snaps);
+    failures_leave_nothing(&cluster, root.path());
+    incremental_onto_an_image_without_its_start(&cluster, root.path());
+}
+
+/// Three backups (full, then incrementals across a resize), a restore at each snapshot, a
+/// prune to two files and restores again. Returns the image and its snapshot names.
+fn backup_restore_prune(cluster: &Cluster, root: &Path, compress: bool) -> (String, PathBuf) {
+    let img = cluster.create_image("wf", 8 << 20);
+    let spec = format!("rbd/{img}");
+    let dir = root.join(if compress { "zst" } else { "plain" });
+    let ds = dir.to_string_lossy().into_owned();
+    let z = if compress { ".zst" } else { "" };
+    let extra: Vec<&str> = if compress { vec!["--compress"] } else { vec![] };
+    // The compressed run passes the configuration and user explicitly (-c, --id).
+    let conf = cluster.conf().to_string_lossy().into_owned();
+    let conn: Vec<&str> = if compress {
+        vec!["-c", &conf, "--id", "admin"]
+    } else {
+        vec![]
+    };
+    let run_backup = |snap: Option<&str>| {
+        let mut args = vec!["backup", spec.as_str(), ds.as_str(), "--json"];
+        if let Some(s) = snap {
+            args.extend(["--snap", s]);
+        }
+        args.extend(&extra);
+        args.extend(&conn);
+        ok(cluster, &args)
+    };
+
+    write_data(cluster, &img);
+    let r1 = run_backup(Some("rbddiff-one"));
+    assert_eq!(r1["from_snap"], serde_json::Value::Null);
+    assert_eq!(r1["to_snap"], "rbddiff-one");
+    assert!(r1["records"].as_u64().unwrap() > 3, "{r1}");
+    assert_eq!(r1["compressed"], compress);
+    write_data(cluster, &img);
+    cluster.rbd_ok(["resize", "--no-progress", "--size", "12M", &spec]);
+    write_data(cluster, &img);
+    let r2 = run_backup(Some("rbddiff-two"));
+    assert_eq!(r2["from_snap"], "rbddiff-one");
+    assert_eq!(r2["image_size"], 12 << 20);
+    write_data(cluster, &img);
+    let r3 = run_backup(None);
+    let s3 = r3["to_snap"].as_str().unwrap().to_string();
+    assert!(s3.starts_with("rbddiff-2") && s3.ends_with('Z'), "{s3}");
+    assert_eq!(r3["from_snap"], "rbddiff-two");
+    write_data(cluster, &img); // HEAD moves on; the backups hold the snapshots
+
+    let f1 = format!("{img}@rbddiff-one.full.diff{z}");
+    let f2 = format!("{img}@rbddiff-one..rbddiff-two.diff{z}");
+    let f3 = format!("{img}@rbddiff-two..{s3}.diff{z}");
+    let mut want = set(&[&f1, &f2, &f3]);
+    for f in [&f1, &f2, &f3] {
+        want.insert(format!("{f}.sums"));
+    }
+    assert_eq!(listing(&dir), want);
+    assert_eq!(r3["file"], dir.join(&f3).to_string_lossy().as_ref());
+    // Every file verifies as a chain, sidecars included.
+    ok(cluster, &["verify", "--full", "--require-sums", &ds]);
+
+    let snaps = ["rbddiff-one", "rbddiff-two", s3.as_str()];
+    let truth: Vec<String> = snaps
+        .iter()
+        .map(|s| cluster.export_sha256(&format!("{img}@{s}")))
+        .collect();
+    assert_ne!(truth[0], truth[1]);
+    assert_ne!(truth[1], truth[2]);
+    let restore_and_check = |k: usize, conn: &[&str]| {
+        let target = cluster.unique_name("wfr");
+        let tspec = format!("rbd/{target}");
+        let mut args = vec![
+            "restore", &ds, &tspec, "--create", "--to", snaps[k], "--json",
+        ];
+        args.extend(conn);
+        let r = ok(cluster, &args);
+        assert_eq!(r["created"], true);
+        assert_eq!(r["to_snap"], snaps[k]);
+        assert_eq!(
+            cluster.export_sha256(&format!("{target}@{}", snaps[k])),
+            truth[k],
+            "restore of {} (compressed {compress})",
+            snaps[k]
+        );
+        assert_eq!(cluster.export_sha256(&target), truth[k]);
+        r
+    };
+    for k in 0..3 {
+        let r = restore_and_check(k, &conn);
+        assert_eq!(r["files"].as_array().unwrap().len(), k + 1);
+    }
+    // A restore to a snapshot the chain does not have.
+    let target = cluster.unique_name("wfr");
+    let err = fails(
+        cluster,
+        &[
+            "restore",
+            &ds,
+            &format!("rbd/{target}"),
+            "--create",
+            "--to",
+            "nope",
+        ],
+    );
+    assert!(err.contains("'nope' is not in the chain"), "{err}");
+
+    // Prune to two files: one new full diff to the second snapshot, then the third file.
+    let r = ok(
+        cluster,
+        &["prune", &ds, "--image", &img, "--keep", "2", "--json"],
+    );
+    let merged = format!("{img}@rbddiff-two.full.diff{z}");
+    assert_eq!(
+        r["output"],
+        dir.join(&merged).to_string_lossy().as_ref(),
+        "{r}"
+    );
+    let want = set(&[
+        &merged,
+        &format!("{merged}.sums"),
+        &f3,
+        &format!("{f3}.sums"),
+    ]);
+    assert_eq!(listing(&dir), want);
+    restore_and_check(1, &[]);
+    restore_and_check(2, &[]);
+    let target = cluster.unique_name("wfr");
+    let err = fails(
+        cluster,
+        &[
+            "restore",
+            &ds,
+            &format!("rbd/{target}"),
+            "--create",
+            "--to",
+            "rbddiff-one",
+        ],
+    );
+    assert!(err.contains("not in the chain"), "{err}");
+    (img, dir)
+}
+
+/// `--keep-snaps 1` leaves exactly the newest rbddiff snapshot (and every other snapshot);
+/// a backup whose previous snapshot is gone fails and changes nothing.
+fn keep_snaps_and_missing_previous(cluster: &Cluster, _root: &Path, prev: &(String, PathBuf)) {
+    let (img, dir) = prev;
+    let spec = format!("rbd/{img}");
+    let ds = dir.to_string_lossy().into_owned();
+    cluster.rbd_ok(["snap", "create", &format!("{spec}@manual")]);
+    write_data(cluster, img);
+    let r = ok(
+        cluster,
+        &[
+            "backup",
+            &spec,
+            &ds,
+            "--snap",
+            "rbddiff-four",
+            "--keep-snaps",
+            "1",
+            "--json",
+        ],
+    );
+    let removed: BTreeSet<String> = r["removed_snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(removed.len(), 3, "{r}");
+    let now = cluster.snapshots(img);
+    assert_eq!(now, ["manual", "rbddiff-four"]);
+
+    // Delete the chain's last snapshot: the next backup must fail and change nothing.
+    cluster.rbd_ok([
+        "snap",
+        "rm",
+        "--no-progress",
+        &format!("{spec}@rbddiff-four"),
+    ]);
+    let before = listing(dir);
+    let err = fails(cluster, &["backup", &spec, &ds, "--snap", "rbddiff-five"]);
+    assert!(
+        err.contains("'rbddiff-four'") && err.contains("--full"),
+        "{err}"
+    );
+    assert_eq!(listing(dir), before);
+    assert_eq!(cluster.snapshots(img), ["manual"]);
+}
+
+/// A wrapper around the real `rbd` that damages what `export-diff` writes.
+fn fake_rbd(dir: &Path, name: &str, export: &str) -> PathBuf {
+    let p = dir.join(name);
+    fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in\n  *\" export-diff \"*) {export} ;;\n  *) exec rbd \"$@\" ;;\nesac\n"
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// Failed backups leave no file and no new snapshot.
+fn failures_leave_nothing(cluster: &Cluster, root: &Path) {
+    // A missing image: nothing is created anywhere.
+    let dir = root.join("missing");
+    let ds = dir.to_string_lossy().into_owned();
+    let err = fails(cluster, &["backup", "rbd/no-such-image", &ds]);
+    assert!(err.contains("no-such-image"), "{err}");
+    assert!(listing(&dir).is_empty());
+
+    // rbd writes a truncated stream (and succeeds), writes garbage, or fails after writing
+    // everything: the file is not kept and the snapshot is removed again.
+    std::env::set_var("CEPH_CONF", cluster.conf());
+    std::env::remove_var("CEPH_ARGS");
+    let img = cluster.create_image("wff", 4 << 20);
+    write_data(cluster, &img);
+    let spec = format!("rbd/{img}");
+    let cases = [
+        ("cut", "rbd \"$@\" | head -c 3000", "truncated"),
+        ("junk", "echo 'rbd diff v9'", "banner"),
+        ("status", "rbd \"$@\"; exit 3", "export-diff"),
+    ];
+    for (name, script, what) in cases {
+        let program = fake_rbd(root, &format!("rbd-{name}"), script);
+        let dir = root.join(format!("fail-{name}"));
+        let opts = BackupOptions {
+            snap: Some("rbddiff-x".into()),
+            rbd: Rbd {
+                program,
+                ..Rbd::default()
+            },
+            ..BackupOptions::default()
+        };
+        let e = backup(&spec, &dir, &opts).unwrap_err().to_string();
+        assert!(e.contains(what), "{name}: {e}");
+        assert!(listing(&dir).is_empty(), "{name}: {:?}", listing(&dir));
+        assert!(cluster.snapshots(&img).is_empty(), "{name}");
+    }
+    // The same backup with the real rbd works.
+    let dir = root.join("fail-none");
+    let opts = BackupOptions {
+        snap: Some("rbddiff-x".into()),
+        ..BackupOptions::default()
+    };
+    let r = backup(&spec, &dir, &opts).unwrap();
+    assert_eq!(r.to_snap, "rbddiff-x");
+    assert_eq!(cluster.snapshots(&img), ["rbddiff-x"]);
+    assert_eq!(listing(&dir).len(), 2);
+}
+
+/// A chain that starts with an incremental needs its start snapshot on the target: rbd's
+/// refusal is passed on.
+fn incremental_onto_an_image_without_its_start(cluster: &Cluster, root: &Path) {
+    let img = cluster.create_image("wfi", 4 << 20);
+    let spec = format!("rbd/{img}");
+    let dir = root.join("inc");
+    let ds = dir.to_string_lossy().into_owned();
+    write_data(cluster, &img);
+    ok(cluster, &["backup", &spec, &ds, "--snap", "a"]);
+    write_data(cluster, &img);
+    ok(cluster, &["backup", &spec, &ds, "--snap", "b"]);
+    let only = root.join("inc-only");
+    fs::create_dir(&only).unwrap();
+    let f = format!("{img}@a..b.diff");
+    fs::copy(dir.join(&f), only.join(&f)).unwrap();
+    let target = cluster.create_image("wfi-target", 4 << 20);
+    let err = fails(
+        cluster,
+        &["restore", &only.to_string_lossy(), &format!("rbd/{target}")],
+    );
+    assert!(err.contains("rbd import-diff"), "{err}");
+    assert!(cluster.snapshots(&target).is_empty());
+}

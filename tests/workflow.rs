@@ -1,0 +1,403 @@
+//! Offline parts of the backup workflow: chain discovery in a directory and `prune`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::gen::{noise, path_str as s, write_sparse, Rng};
+use common::manifest::sha256_file;
+use rbddiff::apply::{apply_chain, ApplyOptions};
+use rbddiff::create::{create_diff, CreateOptions};
+use rbddiff::workflow::{discover_chain, prune};
+
+/// Four image states of 2 MiB (the third grows to 3 MiB), with writes and zeroed regions.
+fn states() -> Vec<Vec<u8>> {
+    let mut rng = Rng::new(5);
+    let mut cur = vec![0u8; 2 << 20];
+    let mut out = Vec::new();
+    for k in 0..4 {
+        if k == 2 {
+            cur.resize(3 << 20, 0);
+        }
+        for _ in 0..12 {
+            let at = rng.below(cur.len() as u64 - 70_000) as usize;
+            let n = 1 + rng.below(65_536) as usize;
+            if rng.below(4) == 0 {
+                cur[at..at + n].fill(0);
+            } else {
+                cur[at..at + n].copy_from_slice(&noise(rng.next(), n));
+            }
+        }
+        out.push(cur.clone());
+    }
+    out
+}
+
+/// Writes the chain of `states()` into `dir` for image `vm` under the given file names
+/// (full diff first), with sidecars; files whose name ends in `.zst` are compressed. Also
+/// writes the raw states as `raw{k}` in `work`.
+fn write_chain(dir: &Path, work: &Path, names: &[&str]) -> Vec<PathBuf> {
+    let mut prev: Option<PathBuf> = None;
+    let mut out = Vec::new();
+    for (k, data) in states().iter().enumerate().take(names.len()) {
+        let raw = work.join(format!("raw{k}"));
+        write_sparse(&raw, data);
+        let path = dir.join(names[k]);
+        let plain = work.join(format!("d{k}.diff"));
+        let opts = CreateOptions {
+            to_snap: Some(format!("s{k}")),
+            base: prev.clone(),
+            from_snap: prev.as_ref().map(|_| format!("s{}", k - 1)),
+            force: true,
+            ..CreateOptions::default()
+        };
+        create_diff(&raw, &s(&plain), &opts).unwrap();
+        if names[k].ends_with(".zst") {
+            let out = rbddiff_cli(&["compress", &s(&plain), "-o", &s(&path)]);
+            assert!(out.status.success(), "{out:?}");
+        } else {
+            fs::copy(&plain, &path).unwrap();
+        }
+        rbddiff::sums::write_sums_for(&path).unwrap();
+        prev = Some(raw);
+        out.push(path);
+    }
+    out
+}
+
+fn rbddiff_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+        .args(args)
+        .output()
+        .expect("run rbddiff")
+}
+
+/// Every file in `dir` with its sha256.
+fn contents(dir: &Path) -> BTreeMap<String, String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                sha256_file(&p),
+            )
+        })
+        .collect()
+}
+
+/// sha256 of the raw image the chain of `files` gives, applied with `rbddiff apply`.
+fn applied(files: &[PathBuf], work: &Path, name: &str) -> String {
+    let target = work.join(name);
+    let files: Vec<String> = files.iter().map(|p| s(p)).collect();
+    let opts = ApplyOptions {
+        create: true,
+        ..ApplyOptions::default()
+    };
+    apply_chain(&files, &target, &opts).unwrap();
+    sha256_file(&target)
+}
+
+fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("backups");
+    let work = t.path().join("work");
+    fs::create_dir(&dir).unwrap();
+    fs::create_dir(&work).unwrap();
+    (t, dir, work)
+}
+
+fn snaps(chain: &[rbddiff::workflow::ChainFile]) -> Vec<(Option<String>, Option<String>)> {
+    chain
+        .iter()
+        .map(|f| (f.from.clone(), f.to.clone()))
+        .collect()
+}
+
+fn some(x: &str) -> Option<String> {
+    Some(x.to_string())
+}
+
+#[test]
+fn discovery_orders_by_headers_and_ignores_other_files() {
+    let (_t, dir, work) = dirs();
+    // Names sort in the opposite order of the chain: only the headers count.
+    let files = write_chain(&dir, &work, &["vm@z.diff", "vm@y.diff.zst", "vm@x.diff"]);
+    // Other images' files, unrelated files, sidecars, hidden and non-diff names.
+    fs::copy(&files[0], dir.join("vm2@s0.full.diff")).unwrap();
+    fs::copy(&files[1], dir.join("other.diff")).unwrap();
+    fs::write(dir.join("vm@notes.txt"), "not a diff").unwrap();
+    fs::write(dir.join(".vm@s9.full.diff.123.tmp"), "partial").unwrap();
+    fs::create_dir(dir.join("vm@sub.diff")).unwrap();
+    let chain = discover_chain(&dir, "vm").unwrap();
+    assert_eq!(
+        snaps(&chain),
+        [
+            (None, some("s0")),
+            (some("s0"), some("s1")),
+            (some("s1"), some("s2"))
+        ]
+    );
+    assert_eq!(
+        chain.iter().map(|f| f.path.clone()).collect::<Vec<_>>(),
+        files
+    );
+    assert_eq!(
+        chain.iter().map(|f| f.compressed).collect::<Vec<_>>(),
+        [false, true, false]
+    );
+    assert_eq!(chain[2].size, 3 << 20);
+    // The other image's chain is found on its own.
+    assert_eq!(discover_chain(&dir, "vm2").unwrap().len(), 1);
+    assert!(discover_chain(&dir, "none").unwrap().is_empty());
+    assert!(discover_chain(&dir.join("missing"), "vm")
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn discovery_reports_gaps_forks_and_bad_files() {
+    let (_t, dir, work) = dirs();
+    let files = write_chain(
+        &dir,
+        &work,
+        &["vm@a.diff", "vm@b.diff", "vm@c.diff", "vm@d.diff"],
+    );
+    // A gap: the file from s1 to s2 is missing.
+    let aside = work.join("aside.diff");
+    fs::rename(&files[2], &aside).unwrap();
+    let e = discover_chain(&dir, "vm").unwrap_err().to_string();
+    assert!(
+        e.contains("gap") && e.contains("vm@d.diff") && e.contains("'s2'"),
+        "{e}"
+    );
+    fs::rename(&aside, &files[2]).unwrap();
+    assert_eq!(discover_chain(&dir, "vm").unwrap().len(), 4);
+
+    // A fork: a second file starting at s1.
+    fs::copy(&files[2], dir.join("vm@fork.diff")).unwrap();
+    let e = discover_chain(&dir, "vm").unwrap_err().to_string();
+    assert!(
+        e.contains("fork") && e.contains("vm@c.diff") && e.contains("vm@fork.diff"),
+        "{e}"
+    );
+    assert!(e.contains("'s1'"), "{e}");
+    fs::remove_file(dir.join("vm@fork.diff")).unwrap();
+
+    // Two full diffs.
+    fs::copy(&files[0], dir.join("vm@again.diff")).unwrap();
+    let e = discover_chain(&dir, "vm").unwrap_err().to_string();
+    assert!(
+        e.contains("full diffs") && e.contains("vm@again.diff"),
+        "{e}"
+    );
+    fs::remove_file(dir.join("vm@again.diff")).unwrap();
+
+    // A file that is not a valid diff is named.
+    fs::write(dir.join("vm@bad.diff"), b"rbd diff v1\nt").unwrap();
+    let e = discover_chain(&dir, "vm").unwrap_err().to_string();
+    assert!(e.contains("vm@bad.diff"), "{e}");
+    fs::remove_file(dir.join("vm@bad.diff")).unwrap();
+
+    // A chain may start with an incremental (restored onto an image holding its start).
+    fs::remove_file(&files[0]).unwrap();
+    let chain = discover_chain(&dir, "vm").unwrap();
+    assert_eq!(chain[0].from, some("s0"));
+    assert_eq!(chain.len(), 3);
+}
+
+#[test]
+fn prune_merges_the_oldest_files_and_keeps_the_image() {
+    let (_t, dir, work) = dirs();
+    let names = [
+        "vm@s0.full.diff",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff.zst",
+        "vm@s2..s3.diff",
+    ];
+    let files = write_chain(&dir, &work, &names);
+    let want = applied(&files, &work, "orig.img");
+    assert_eq!(want, sha256_file(&work.join("raw3")));
+    let want2 = sha256_file(&work.join("raw2"));
+    fs::write(dir.join("unrelated.txt"), "keep me").unwrap();
+    fs::copy(&files[0], dir.join("vm2@s0.full.diff")).unwrap();
+
+    // A dry run changes nothing.
+    let before = contents(&dir);
+    let r = prune(&dir, "vm", 2, true, &mut |_, _| {}).unwrap();
+    assert!(r.dry_run);
+    assert_eq!(r.merged.len(), 3);
+    assert_eq!(contents(&dir), before);
+    let out = rbddiff_cli(&[
+        "prune",
+        &s(&dir),
+        "--image",
+        "vm",
+        "--keep",
+        "2",
+        "--dry-run",
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would merge 3 file(s)"));
+    assert_eq!(contents(&dir), before);
+
+    // Keeping as many files as the chain has: nothing to do.
+    let r = prune(&dir, "vm", 4, false, &mut |_, _| {}).unwrap();
+    assert!(r.output.is_none());
+    assert_eq!(contents(&dir), before);
+
+    // The real thing, through the CLI: three files become one compressed full diff (the
+    // newest merged file is compressed).
+    let out = rbddiff_cli(&["prune", &s(&dir), "--image", "vm", "--keep", "2", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let merged = dir.join("vm@s2.full.diff.zst");
+    assert_eq!(r["output"], s(&merged));
+    assert_eq!(r["deleted"].as_array().unwrap().len(), 6, "{r}");
+    let after = contents(&dir);
+    let mut expect: Vec<&str> = vec![
+        "unrelated.txt",
+        "vm2@s0.full.diff",
+        "vm@s2..s3.diff",
+        "vm@s2..s3.diff.sums",
+        "vm@s2.full.diff.zst",
+        "vm@s2.full.diff.zst.sums",
+    ];
+    expect.sort();
+    assert_eq!(after.keys().map(String::as_str).collect::<Vec<_>>(), expect);
+    // Untouched files are byte for byte the same.
+    for k in ["unrelated.txt", "vm2@s0.full.diff", "vm@s2..s3.diff"] {
+        assert_eq!(after[k], before[k], "{k}");
+    }
+    let chain = discover_chain(&dir, "vm").unwrap();
+    assert_eq!(
+        snaps(&chain),
+        [(None, some("s2")), (some("s2"), some("s3"))]
+    );
+    assert!(chain[0].compressed);
+    // The new chain gives the same images, at both snapshots.
+    let paths: Vec<PathBuf> = chain.iter().map(|f| f.path.clone()).collect();
+    assert_eq!(applied(&paths, &work, "pruned.img"), want);
+    assert_eq!(applied(&paths[..1], &work, "pruned2.img"), want2);
+    // And verifies, sidecars included.
+    let out = rbddiff_cli(&[
+        "verify",
+        "--full",
+        "--require-sums",
+        &s(&dir.join("vm@s2.full.diff.zst")),
+        &s(&dir.join("vm@s2..s3.diff")),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Again down to one file: a plain full diff to s3 (the newest merged file is plain).
+    let r = prune(&dir, "vm", 1, false, &mut |_, _| {}).unwrap();
+    assert_eq!(
+        r.output.as_deref(),
+        Some(s(&dir.join("vm@s3.full.diff")).as_str())
+    );
+    let chain = discover_chain(&dir, "vm").unwrap();
+    assert_eq!(chain.len(), 1);
+    assert_eq!(applied(&[chain[0].path.clone()], &work, "one.img"), want);
+    assert!(prune(&dir, "vm", 0, false, &mut |_, _| {}).is_err());
+}
+
+#[test]
+fn a_failed_prune_leaves_every_original_file() {
+    let (_t, dir, work) = dirs();
+    let names = ["vm@s0.full.diff", "vm@s0..s1.diff", "vm@s1..s2.diff"];
+    let files = write_chain(&dir, &work, &names);
+
+    // The merged file's name is taken (by a directory, which discovery skips).
+    let before = contents(&dir);
+    fs::create_dir(dir.join("vm@s1.full.diff")).unwrap();
+    let e = prune(&dir, "vm", 2, false, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("vm@s1.full.diff"), "{e}");
+    assert_eq!(contents(&dir), before);
+    fs::remove_dir(dir.join("vm@s1.full.diff")).unwrap();
+
+    // A payload byte of a merged file flipped: its sidecar catches it, nothing is changed.
+    let mut bytes = fs::read(&files[1]).unwrap();
+    let n = bytes.len();
+    bytes[n - 200] ^= 0x40;
+    fs::write(&files[1], &bytes).unwrap();
+    let before = contents(&dir);
+    let out = rbddiff_cli(&["prune", &s(&dir), "--image", "vm", "--keep", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("vm@s0..s1.diff") && err.contains("sums"),
+        "{err}"
+    );
+    assert_eq!(contents(&dir), before);
+    assert!(!dir.join("vm@s1.full.diff").exists());
+    // No temporary file is left either.
+    assert!(fs::read_dir(&dir).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with('.')));
+}
+
+#[test]
+fn backup_and_restore_refuse_a_broken_chain_before_calling_rbd() {
+    use std::os::unix::fs::PermissionsExt;
+    let (t, dir, work) = dirs();
+    let files = write_chain(&dir, &work, &["vm@a.diff", "vm@b.diff", "vm@c.diff"]);
+    fs::remove_file(&files[1]).unwrap();
+    // An `rbd` that only records that it was called.
+    let bin = t.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let log = t.path().join("rbd.log");
+    let rbd = bin.join("rbd");
+    fs::write(
+        &rbd,
+        format!("#!/bin/sh\necho \"$@\" >> {}\nexit 1\n", log.display()),
+    )
+    .unwrap();
+    fs::set_permissions(&rbd, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let before = contents(&dir);
+    for args in [
+        vec!["backup", "rbd/vm", &*s(&dir)],
+        vec!["backup", "rbd/vm", &*s(&dir), "--full"],
+        vec!["restore", &*s(&dir), "rbd/vm-copy", "--create"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+            .args(&args)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("gap") && err.contains("vm@c.diff"), "{err}");
+        assert!(!log.exists(), "{args:?} called rbd");
+        assert_eq!(contents(&dir), before);
+    }
+    // With an intact (here: empty) directory, the same backup does reach rbd, whose failure
+    // is passed on and leaves nothing.
+    let empty = t.path().join("empty");
+    let out = Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+        .args(["backup", "rbd/vm", &s(&empty)])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("rbd snap ls"), "{err}");
+    assert!(log.exists());
+    assert!(!empty.exists());
+}
