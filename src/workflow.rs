@@ -926,14 +926,16 @@ pub fn restore(
     // The pipe is closed here (the writer was consumed or dropped): rbd sees the end.
     let status = child.wait()?;
     let err = stderr.join().unwrap_or_default();
-    if !status.success() {
-        return Err(rbd_failed(
+    match written {
+        // Our side failed first (a bad input, a read error): rbd only saw a cut stream.
+        Err(e) if !is_broken_pipe(&e) => Err(e),
+        _ if !status.success() => Err(rbd_failed(
             &format!("rbd import-diff into {spec} (from {})", dir.display()),
             &err,
-        ));
+        )),
+        written => written,
     }
-    let stats = written?;
-    Ok(RestoreReport {
+    .map(|stats| RestoreReport {
         image: spec.to_string(),
         files: names,
         from_snap: stats.from_snap,
@@ -943,6 +945,11 @@ pub fn restore(
         bytes: stats.bytes_written,
         records: stats.records,
     })
+}
+
+/// True for the error of writing to a pipe whose reader has gone (rbd exited early).
+fn is_broken_pipe(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::Io(io) if io.kind() == io::ErrorKind::BrokenPipe)
 }
 
 // ---------------------------------------------------------------------------------------------
