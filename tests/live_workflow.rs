@@ -207,18 +207,12 @@ fn backup_restore_prune(cluster: &Cluster, root: &Path, compress: bool) -> (Stri
         assert_eq!(r["files"].as_array().unwrap().len(), k + 1);
     }
     // A restore to a snapshot the chain does not have.
-    let target = cluster.unique_name("wfr");
-    let err = fails(
-        cluster,
-        &[
-            "restore",
-            &ds,
-            &format!("rbd/{target}"),
-            "--create",
-            "--to",
-            "nope",
-        ],
-    );
+    let restore_fails = |to: &str| {
+        let target = cluster.unique_name("wfr");
+        let target = format!("rbd/{target}");
+        fails(cluster, &["restore", &ds, &target, "--create", "--to", to])
+    };
+    let err = restore_fails("nope");
     assert!(err.contains("'nope' is not in the chain"), "{err}");
 
     // Prune to two files: one new full diff to the second snapshot, then the third file.
@@ -241,19 +235,8 @@ fn backup_restore_prune(cluster: &Cluster, root: &Path, compress: bool) -> (Stri
     assert_eq!(listing(&dir), want);
     restore_and_check(1, &[]);
     restore_and_check(2, &[]);
-    let target = cluster.unique_name("wfr");
-    let err = fails(
-        cluster,
-        &[
-            "restore",
-            &ds,
-            &format!("rbd/{target}"),
-            "--create",
-            "--to",
-            "rbddiff-one",
-        ],
-    );
-    assert!(err.contains("not in the chain"), "{err}");
+    let err = restore_fails("rbddiff-one");
+    assert!(err.contains("'rbddiff-one' is not in the chain"), "{err}");
     (img, dir)
 }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use rbddiff::compress::CompressOptions;
-use rbddiff::workflow::{backup, BackupOptions, Rbd};
+use rbddiff::workflow::{backup, BackupOptions};
 use rbddiff::Result;
 
 use super::Status;
@@ -33,12 +33,8 @@ pub struct Args {
     /// Afterwards keep only the newest K snapshots named rbddiff-… (others are never touched).
     #[arg(long, value_name = "K")]
     keep_snaps: Option<usize>,
-    /// Ceph configuration file, passed to rbd as `-c`.
-    #[arg(short = 'c', long = "conf", value_name = "CONF")]
-    conf: Option<PathBuf>,
-    /// Ceph user, passed to rbd as `--id`.
-    #[arg(long, value_name = "USER")]
-    id: Option<String>,
+    #[command(flatten)]
+    cluster: super::RbdArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -50,11 +46,7 @@ pub fn run(a: Args) -> Result<Status> {
         full: a.full,
         compress: a.compress.then(CompressOptions::default),
         keep_snaps: a.keep_snaps,
-        rbd: Rbd {
-            conf: a.conf,
-            id: a.id,
-            ..Rbd::default()
-        },
+        rbd: a.cluster.into(),
     };
     let r = backup(&a.image, &a.dir, &opts)?;
     super::print_report(a.json, &r, |out| {

@@ -50,6 +50,27 @@ enum Command {
     Prune(prune::Args),
 }
 
+/// How `backup` and `restore` reach the cluster: passed to every `rbd` call.
+#[derive(clap::Args, Debug)]
+pub struct RbdArgs {
+    /// Ceph configuration file, passed to rbd as `-c`.
+    #[arg(short = 'c', long = "conf", value_name = "CONF")]
+    conf: Option<std::path::PathBuf>,
+    /// Ceph user, passed to rbd as `--id`.
+    #[arg(long, value_name = "USER")]
+    id: Option<String>,
+}
+
+impl From<RbdArgs> for rbddiff::workflow::Rbd {
+    fn from(a: RbdArgs) -> Self {
+        rbddiff::workflow::Rbd {
+            conf: a.conf,
+            id: a.id,
+            ..Self::default()
+        }
+    }
+}
+
 /// Prints a command's report on stdout: as JSON with `--json`, else through `text`.
 pub fn print_report<T: serde::Serialize>(
     json: bool,

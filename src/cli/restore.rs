@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use rbddiff::workflow::{restore, Rbd, RestoreOptions};
+use rbddiff::workflow::{restore, RestoreOptions};
 use rbddiff::Result;
 
 use super::Status;
@@ -28,12 +28,8 @@ pub struct Args {
     /// the target's name).
     #[arg(long = "from-image", value_name = "NAME")]
     from_image: Option<String>,
-    /// Ceph configuration file, passed to rbd as `-c`.
-    #[arg(short = 'c', long = "conf", value_name = "CONF")]
-    conf: Option<PathBuf>,
-    /// Ceph user, passed to rbd as `--id`.
-    #[arg(long, value_name = "USER")]
-    id: Option<String>,
+    #[command(flatten)]
+    cluster: super::RbdArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -44,11 +40,7 @@ pub fn run(a: Args) -> Result<Status> {
         image: a.from_image,
         to: a.to,
         create: a.create,
-        rbd: Rbd {
-            conf: a.conf,
-            id: a.id,
-            ..Rbd::default()
-        },
+        rbd: a.cluster.into(),
     };
     let r = super::with_progress(|p| restore(&a.dir, &a.image, &opts, p));
     let r = r?;
