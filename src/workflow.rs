@@ -780,7 +780,8 @@ pub struct RestoreOptions {
     pub image: Option<String>,
     /// Restore up to this snapshot (default: the end of the chain).
     pub to: Option<String>,
-    /// Create the target image (with the size of the restored state) when it does not exist.
+    /// Create the target image (with the size of the restored state) when it does not exist
+    /// (and remove it again if the restore fails).
     pub create: bool,
     /// How to run `rbd`.
     pub rbd: Rbd,
@@ -836,7 +837,8 @@ fn pick_image(dir: &Path, target: &str, given: Option<&str>) -> Result<String> {
 /// Restores the chain in `dir` into `spec` (`POOL/IMAGE`): discovers and verifies the chain
 /// (structure, links, sums sidecars where present), selects the files up to `opts.to`, merges
 /// them in one pass straight into the stdin of `rbd import-diff - POOL/IMAGE` and checks its
-/// status. With `opts.create` the image is created first when it does not exist.
+/// status. With `opts.create` the image is created first when it does not exist, and removed
+/// again if the restore fails.
 ///
 /// `progress` receives `(payload bytes sent, payload bytes total)`.
 ///
@@ -926,7 +928,7 @@ pub fn restore(
     // The pipe is closed here (the writer was consumed or dropped): rbd sees the end.
     let status = child.wait()?;
     let err = stderr.join().unwrap_or_default();
-    match written {
+    let result = match written {
         // Our side failed first (a bad input, a read error): rbd only saw a cut stream.
         Err(e) if !is_broken_pipe(&e) => Err(e),
         _ if !status.success() => Err(rbd_failed(
@@ -934,8 +936,22 @@ pub fn restore(
             &err,
         )),
         written => written,
-    }
-    .map(|stats| RestoreReport {
+    };
+    let result = match result {
+        // An image this call created holds a partial restore: it goes again.
+        Err(e) if created => match rbd.run(&["rm", "--no-progress", spec]) {
+            Ok(r) if r.ok => Err(e),
+            Ok(r) => Err(Error::invalid(format!(
+                "{e} (and the image {spec} created for this restore could not be removed: {})",
+                r.stderr
+            ))),
+            Err(e2) => Err(Error::invalid(format!(
+                "{e} (and the image {spec} created for this restore could not be removed: {e2})"
+            ))),
+        },
+        r => r,
+    };
+    result.map(|stats| RestoreReport {
         image: spec.to_string(),
         files: names,
         from_snap: stats.from_snap,

@@ -373,4 +373,16 @@ fn incremental_onto_an_image_without_its_start(cluster: &Cluster, root: &Path) {
     );
     assert!(err.contains("rbd import-diff"), "{err}");
     assert!(cluster.snapshots(&target).is_empty());
+    // With --create, the image made for the failed restore is removed again.
+    let new = cluster.unique_name("wfi-new");
+    let new_spec = format!("rbd/{new}");
+    let err = fails(
+        cluster,
+        &["restore", &only.to_string_lossy(), &new_spec, "--create"],
+    );
+    assert!(err.contains("rbd import-diff"), "{err}");
+    assert!(
+        !cluster.rbd(["info", new_spec.as_str()]).status.success(),
+        "{new_spec} was left behind"
+    );
 }

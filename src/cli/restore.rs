@@ -21,7 +21,8 @@ pub struct Args {
     /// Restore up to this snapshot (default: the end of the chain).
     #[arg(long, value_name = "SNAP")]
     to: Option<String>,
-    /// Create the image (with the restored size) when it does not exist.
+    /// Create the image (with the restored size) when it does not exist; a failed restore
+    /// removes it again.
     #[arg(long)]
     create: bool,
     /// Whose backups to restore, when DIR holds several images' (default: the only one, else
