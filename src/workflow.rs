@@ -58,12 +58,16 @@ fn show(s: &Option<String>) -> String {
         .map_or("none (full diff / image HEAD)".into(), |s| format!("'{s}'"))
 }
 
-/// The conventional file name of a diff of `image` from `from` (none: full) to `to`.
+/// The conventional file name of a diff of `image` from `from` (none: full) to `to`. A `/`
+/// in a name (snapshot names come from diff headers) is written `%2F` (and `%` as `%25`),
+/// so that a name never leads out of the directory.
 pub fn file_name(image: &str, from: Option<&str>, to: &str, compressed: bool) -> String {
+    let safe = |s: &str| s.replace('%', "%25").replace('/', "%2F");
+    let (image, to) = (safe(image), safe(to));
     let z = if compressed { ".zst" } else { "" };
     match from {
         None => format!("{image}@{to}.full.diff{z}"),
-        Some(f) => format!("{image}@{f}..{to}.diff{z}"),
+        Some(f) => format!("{image}@{}..{to}.diff{z}", safe(f)),
     }
 }
 
@@ -1112,6 +1116,10 @@ mod tests {
         assert!(!is_candidate("vm2@s1.full.diff", "vm"));
         assert!(!is_candidate("vm@s1.full.diff.sums", "vm"));
         assert!(!is_candidate("vm@notes.txt", "vm"));
+        // Names from headers never leave the directory.
+        let n = file_name("vm", Some("../../a"), "b/../../c%", false);
+        assert_eq!(n, "vm@..%2F..%2Fa..b%2F..%2F..%2Fc%25.diff");
+        assert_eq!(Path::new(&n).components().count(), 1);
     }
 
     #[test]
