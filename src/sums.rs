@@ -302,6 +302,216 @@ pub fn compute_input(input: Input) -> Result<Sums> {
     Ok(s)
 }
 
+/// Sums of a diff computed while its bytes stream past once (see [`copy_with_sums`]): bytes
+/// are fed in order, record starts are told as the parser finds them. Bytes beyond the end of
+/// the last record told are held until the next start is known (at most the parser's
+/// read-ahead); a record's payload goes straight into its CRC.
+struct StreamSums {
+    sha: Sha256,
+    /// Bytes fed so far.
+    fed: u64,
+    /// The open record: start, tag, end when known.
+    open: (u64, char, Option<u64>),
+    /// CRC of the open record over `open.0..crc_pos`.
+    crc: crc32fast::Hasher,
+    crc_pos: u64,
+    /// Bytes `crc_pos..fed`, not yet assigned to a record.
+    held: Vec<u8>,
+    done: Vec<RecordSum>,
+}
+
+impl StreamSums {
+    fn new() -> Self {
+        StreamSums {
+            sha: Sha256::new(),
+            fed: 0,
+            open: (0, 'B', None),
+            crc: crc32fast::Hasher::new(),
+            crc_pos: 0,
+            held: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    /// How many of the next bytes at `crc_pos` belong to the open record for sure.
+    fn room(&self) -> u64 {
+        self.open
+            .2
+            .map_or(0, |end| end.saturating_sub(self.crc_pos))
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        self.sha.update(data);
+        self.fed += data.len() as u64;
+        self.after_end();
+        if self.held.is_empty() {
+            let n = self.room().min(data.len() as u64) as usize;
+            self.crc.update(&data[..n]);
+            self.crc_pos += n as u64;
+            data = &data[n..];
+        }
+        self.held.extend_from_slice(data);
+    }
+
+    /// Moves `n` held bytes into the open record's CRC.
+    fn take_held(&mut self, n: usize) {
+        let n = n.min(self.held.len());
+        self.crc.update(&self.held[..n]);
+        self.held.drain(..n);
+        self.crc_pos += n as u64;
+    }
+
+    /// Closes the open record where the next starts (`offset`) and opens that one.
+    fn record(&mut self, offset: u64, tag: char, end: Option<u64>) {
+        let n = offset.saturating_sub(self.crc_pos) as usize;
+        self.take_held(n);
+        let (start, t, _) = self.open;
+        self.done.push(RecordSum {
+            offset: start,
+            len: self.crc_pos - start,
+            tag: t,
+            crc32: std::mem::take(&mut self.crc).finalize(),
+        });
+        self.open = (self.crc_pos, tag, end);
+        let n = self.room() as usize;
+        self.take_held(n);
+        self.after_end();
+    }
+
+    /// Bytes after `e` are one trailing record (`-`) that runs to the end of the stream.
+    fn after_end(&mut self) {
+        if let (_, 'e', Some(end)) = self.open {
+            if self.crc_pos == end && self.fed > end {
+                self.record(end, '-', Some(u64::MAX));
+            }
+        }
+    }
+
+    /// Closes the last record.
+    fn finish(mut self) -> (Vec<RecordSum>, String, u64) {
+        let n = self.held.len();
+        self.take_held(n);
+        let (start, t, _) = self.open;
+        self.done.push(RecordSum {
+            offset: start,
+            len: self.crc_pos - start,
+            tag: t,
+            crc32: self.crc.finalize(),
+        });
+        (self.done, hex(&self.sha.finalize()), self.fed)
+    }
+}
+
+/// Feeds what is read through it to a [`StreamSums`] and copies it to `out`.
+struct SumsTee<'a, R> {
+    inner: R,
+    out: &'a mut dyn Write,
+    sums: &'a std::cell::RefCell<StreamSums>,
+}
+
+impl<R: Read> Read for SumsTee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out.write_all(&buf[..n])?;
+        self.sums.borrow_mut().update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Copies the diff `src` gives to `out` while parsing it, and returns its sums: the same as
+/// [`compute`] gives for the bytes copied, without reading them again. Everything `src`
+/// gives is copied (bytes after `e` are a `-` record, as in [`compute`]).
+///
+/// # Errors
+/// The stream is not a valid diff (the error locates it in the stream), or I/O.
+pub fn copy_with_sums(src: impl Read, out: &mut dyn Write) -> Result<Sums> {
+    let sums = std::cell::RefCell::new(StreamSums::new());
+    let mut tee = SumsTee {
+        inner: src,
+        out,
+        sums: &sums,
+    };
+    let (version, meta) = {
+        let mut rd = crate::DiffReader::new(&mut tee)?;
+        for &(offset, tag) in rd.metadata_records() {
+            sums.borrow_mut().record(offset, tag as char, None);
+        }
+        loop {
+            let (offset, tag) = match rd.next_item()? {
+                None => break,
+                Some(item) => (item.offset, item_tag(&item.kind)),
+            };
+            // Just past the record (its payload is still to be read).
+            let end = rd.position();
+            sums.borrow_mut().record(offset, tag, Some(end));
+        }
+        (rd.version(), rd.metadata().clone())
+    };
+    std::io::copy(&mut tee, &mut std::io::sink())?;
+    let (records, sha256, len) = sums.into_inner().finish();
+    Ok(Sums {
+        format: FORMAT.into(),
+        version: SUMS_VERSION,
+        diff_version: version.to_string(),
+        file_len: len,
+        sha256,
+        from: meta.from_snap.as_ref().map(|_| meta.from_name()),
+        to: meta.to_snap.as_ref().map(|_| meta.to_name()),
+        size: meta.image_size,
+        records,
+        compressed: None,
+        self_sha256: ZERO_HEX.into(),
+    })
+}
+
+fn item_tag(kind: &ItemKind<'_>) -> char {
+    match kind {
+        ItemKind::Write { .. } => 'w',
+        ItemKind::Zero(_) => 'z',
+        ItemKind::End => 'e',
+        ItemKind::Unknown { tag, .. } => *tag as char,
+    }
+}
+
+/// A writer that passes everything on and digests it: the compressed side of the sums of an
+/// archive being written (see [`Sums::compressed`]).
+pub struct DigestWriter<W> {
+    inner: W,
+    sha: Sha256,
+    len: u64,
+}
+
+impl<W: Write> DigestWriter<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        DigestWriter {
+            inner,
+            sha: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    /// Length and sha256 of what was written.
+    pub fn compressed_sums(self) -> CompressedSums {
+        CompressedSums {
+            file_len: self.len,
+            sha256: hex(&self.sha.finalize()),
+        }
+    }
+}
+
+impl<W: Write> Write for DigestWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -360,10 +570,18 @@ pub fn decode(text: &[u8]) -> Result<Sums> {
 pub fn write_sums_for(path: &Path) -> Result<PathBuf> {
     let p = path.to_string_lossy();
     let s = compute_input(Input::open(&p)?)?;
+    write_sums(path, &s)
+}
+
+/// Writes `sums` as the sidecar `PATH.sums` of `path`, atomically.
+///
+/// # Errors
+/// The sidecar cannot be written.
+pub fn write_sums(path: &Path, s: &Sums) -> Result<PathBuf> {
     let sp = sums_path(path);
     let mut f = AtomicFile::create(&sp, true)?;
     f.file()
-        .write_all(&encode(&s))
+        .write_all(&encode(s))
         .map_err(|e| Error::from(e).with_file(&sp))?;
     f.commit()?;
     Ok(sp)

@@ -21,11 +21,10 @@ use std::process::{Child, Command, Stdio};
 use serde::Serialize;
 
 use crate::compress::{compress_stream, CompressOptions};
-use crate::error::{Error, ErrorKind, Result, WarningKind};
+use crate::error::{Error, ErrorKind, Result};
 use crate::inspect::inspect_file;
 use crate::merge::{merge_files_to, merge_input, open_input, plan, MergeOptions};
 use crate::output::Output;
-use crate::stream::{DiffReader, RecordSource};
 use crate::verify::{verify, VerifyOptions};
 use crate::Version;
 
@@ -491,22 +490,6 @@ pub struct BackupReport {
     pub warnings: Vec<String>,
 }
 
-/// Copies everything read through it to `out`, counting the bytes.
-struct Tee<'a, R> {
-    inner: R,
-    out: &'a mut dyn Write,
-    bytes: u64,
-}
-
-impl<R: Read> Read for Tee<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.out.write_all(&buf[..n])?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
-}
-
 /// What the stream check of an export found.
 struct Exported {
     bytes: u64,
@@ -514,54 +497,30 @@ struct Exported {
     from: Option<String>,
     to: Option<String>,
     size: u64,
+    /// The sums of the diff stream, taken on the way (for the sidecar).
+    sums: crate::sums::Sums,
 }
 
-/// Parses the diff `src` gives while copying it to `out`; a malformed or truncated stream,
-/// or bytes after `e`, is an error.
+/// Parses the diff `src` gives while copying it to `out`, taking its sums on the way (the
+/// file is not read again for its sidecar); a malformed or truncated stream, or bytes after
+/// `e`, is an error.
 fn copy_checked(src: impl Read, out: &mut dyn Write) -> Result<Exported> {
-    let mut tee = Tee {
-        inner: src,
-        out,
-        bytes: 0,
-    };
-    let mut records = 0u64;
-    let (from, to, size, trailing) = {
-        let mut rd = DiffReader::new(&mut tee)?;
-        records += rd.metadata_records().len() as u64;
-        while rd.next_item()?.is_some() {
-            records += 1;
-        }
-        let trailing = rd
-            .warnings()
-            .iter()
-            .find_map(|w| match w.kind {
-                WarningKind::TrailingBytes { len } => Some(len),
-                _ => None,
-            })
-            .unwrap_or(0);
-        let m = rd.metadata();
-        let name = |n: &Option<Vec<u8>>| n.as_ref().map(|b| String::from_utf8_lossy(b).into());
-        (
-            name(&m.from_snap),
-            name(&m.to_snap),
-            m.image_size.unwrap_or(0),
-            trailing,
-        )
-    };
-    // Everything up to the end of the stream goes to the output.
-    io::copy(&mut tee, &mut io::sink())?;
-    if trailing > 0 {
+    let sums = crate::sums::copy_with_sums(src, out)?;
+    if let Some(t) = sums.records.last().filter(|r| r.tag == '-') {
         return Err(Error::invalid(format!(
-            "the export has {trailing} unexpected bytes after the end record"
+            "the export has {} unexpected bytes after the end record",
+            t.len
         )));
     }
-    tee.out.flush()?;
+    out.flush()?;
     Ok(Exported {
-        bytes: tee.bytes,
-        records,
-        from,
-        to,
-        size,
+        bytes: sums.file_len,
+        // Every record after the banner.
+        records: sums.records.len().saturating_sub(1) as u64,
+        from: sums.from.clone(),
+        to: sums.to.clone(),
+        size: sums.size.unwrap_or(0),
+        sums,
     })
 }
 
@@ -703,7 +662,14 @@ fn export_to(
     // The pipe is dropped when the copy ends, so rbd cannot block on it after an error.
     let copied = match child.stdout.take() {
         Some(src) => match &opts.compress {
-            Some(c) => compress_stream(&mut output, c, |w| copy_checked(src, w)).map(|(x, _)| x),
+            Some(c) => {
+                // The sidecar of an archive also holds the digest of the compressed file.
+                let mut digest = crate::sums::DigestWriter::new(&mut output);
+                compress_stream(&mut digest, c, |w| copy_checked(src, w)).map(|(mut x, _)| {
+                    x.sums.compressed = Some(digest.compressed_sums());
+                    x
+                })
+            }
             None => copy_checked(src, &mut output),
         },
         None => Err(Error::invalid("internal: no pipe from rbd")),
@@ -737,7 +703,7 @@ fn export_to(
         .with_file(path));
     }
     output.commit()?;
-    crate::sums::write_sums_for(path)?;
+    crate::sums::write_sums(path, &x.sums)?;
     Ok(x)
 }
 

@@ -9,7 +9,7 @@ mod drivers;
 use std::path::PathBuf;
 
 use drivers::gen::{damage, image_spec, spec};
-use drivers::{slice_any, stream_any, PayloadReads};
+use drivers::{slice_any, stream_any, PayloadReads, RandomReader};
 use proptest::prelude::*;
 use rbddiff::WriteOptions;
 
@@ -100,8 +100,72 @@ fn err_files_agree() {
     }
 }
 
+/// Sums taken while a diff streams past (as `backup` writes them) equal the sums of the file,
+/// under random short reads; what is copied is the input, byte for byte; an invalid diff is
+/// an error both ways.
+fn assert_same_sums(name: &str, bytes: &[u8], seeds: &[(u64, usize)]) {
+    let want = rbddiff::sums::compute(bytes);
+    for &(seed, max) in seeds {
+        let mut copy = Vec::new();
+        let got = rbddiff::sums::copy_with_sums(RandomReader::new(bytes, seed, max), &mut copy);
+        match (&got, &want) {
+            (Ok(g), Ok(w)) => {
+                assert_eq!(g, w, "{name}: sums (seed {seed}, reads <= {max})");
+                assert!(copy == bytes, "{name}: copy differs");
+            }
+            (Err(_), Err(_)) => {}
+            _ => panic!("{name}: streamed {got:?}, from the file {want:?}"),
+        }
+    }
+}
+
+#[test]
+fn streamed_sums_equal_file_sums() {
+    for path in common::manifest::diff_files().into_iter().map(|d| d.path) {
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(rbddiff::sums::compute(&bytes).is_ok());
+        assert_same_sums(
+            &path.display().to_string(),
+            &bytes,
+            &[(1, 7), (2, 4096), (3, 1 << 20)],
+        );
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/err");
+    let mut valid = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "diff") {
+            let bytes = std::fs::read(&path).unwrap();
+            valid += usize::from(rbddiff::sums::compute(&bytes).is_ok());
+            assert_same_sums(&path.display().to_string(), &bytes, &[(4, 1), (5, 300)]);
+        }
+    }
+    // Trailing bytes, unknown v2 records, duplicate metadata among them.
+    assert!(valid >= 3, "only {valid} valid files in testdata/err");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn generated_diffs_streamed_sums(s in spec(), seed in any::<u64>(), max in 1usize..5000) {
+        let bytes = s.encode(WriteOptions::default());
+        assert_same_sums("generated", &bytes, &[(seed, max)]);
+    }
+
+    #[test]
+    fn damaged_diffs_streamed_sums(
+        s in spec(),
+        dmg in proptest::collection::vec(damage(), 1..4),
+        seed in any::<u64>(),
+        max in 1usize..300,
+    ) {
+        let mut bytes = s.encode(WriteOptions { ceph16_p_length: seed % 2 == 0 });
+        for d in &dmg {
+            d.apply(&mut bytes);
+        }
+        assert_same_sums("damaged", &bytes, &[(seed, max)]);
+    }
 
     #[test]
     fn generated_diffs_agree(s in spec(), seed in any::<u64>(), max in 1usize..5000) {
