@@ -361,17 +361,22 @@ impl StreamSums {
         self.crc_pos += n as u64;
     }
 
+    /// Ends the open record at `crc_pos`.
+    fn close(&mut self) {
+        let (start, tag, _) = self.open;
+        self.done.push(RecordSum {
+            offset: start,
+            len: self.crc_pos - start,
+            tag,
+            crc32: std::mem::take(&mut self.crc).finalize(),
+        });
+    }
+
     /// Closes the open record where the next starts (`offset`) and opens that one.
     fn record(&mut self, offset: u64, tag: char, end: Option<u64>) {
         let n = offset.saturating_sub(self.crc_pos) as usize;
         self.take_held(n);
-        let (start, t, _) = self.open;
-        self.done.push(RecordSum {
-            offset: start,
-            len: self.crc_pos - start,
-            tag: t,
-            crc32: std::mem::take(&mut self.crc).finalize(),
-        });
+        self.close();
         self.open = (self.crc_pos, tag, end);
         let n = self.room() as usize;
         self.take_held(n);
@@ -391,13 +396,7 @@ impl StreamSums {
     fn finish(mut self) -> (Vec<RecordSum>, String, u64) {
         let n = self.held.len();
         self.take_held(n);
-        let (start, t, _) = self.open;
-        self.done.push(RecordSum {
-            offset: start,
-            len: self.crc_pos - start,
-            tag: t,
-            crc32: self.crc.finalize(),
-        });
+        self.close();
         (self.done, hex(&self.sha.finalize()), self.fed)
     }
 }
