@@ -518,7 +518,8 @@ fn hostile_sidecars_are_refused_without_hanging() {
     let p = dir.path().join("a.diff");
     fs::write(&p, &bytes).unwrap();
     let sp = sums_path(&p);
-    let cases: [(&str, &dyn Fn(&Path), &str); 4] = [
+    type Make<'a> = &'a dyn Fn(&Path);
+    let cases: [(&str, Make, &str); 4] = [
         (
             "link to /dev/zero",
             &|sp| std::os::unix::fs::symlink("/dev/zero", sp).unwrap(),
