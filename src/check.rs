@@ -2,7 +2,9 @@
 //!
 //! Which problems are errors and which are warnings, and why: see the crate docs.
 
-use crate::error::{Error, ErrorKind, Result, Warning, WarningKind};
+use std::sync::Arc;
+
+use crate::error::{Error, ErrorKind, Result, Warning, WarningKind, MAX_WARNINGS};
 use crate::format::{tag, Extent, Metadata, Version};
 use crate::parse::{Head, ParsedHead};
 
@@ -16,14 +18,42 @@ pub(crate) enum Step {
     End,
 }
 
+/// The warnings of one diff or image header: the first [`MAX_WARNINGS`] are kept, the
+/// rest only counted, so that a hostile input of millions of tolerated oddities costs no
+/// memory beyond its count.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Warnings {
+    /// The warnings kept, in input order.
+    pub list: Vec<Warning>,
+    /// How many more were found and not kept.
+    pub more: u64,
+}
+
+impl Warnings {
+    /// Keeps `w` while fewer than [`MAX_WARNINGS`] are kept, else counts it.
+    pub fn push(&mut self, w: Warning) {
+        if self.list.len() < MAX_WARNINGS {
+            self.list.push(w);
+        } else {
+            self.more += 1;
+        }
+    }
+}
+
+/// "and N more warnings of these kinds", for warnings counted but not kept.
+pub(crate) fn more_warnings(n: u64) -> String {
+    format!("and {n} more warnings of these kinds (not listed)")
+}
+
 /// Validation state of one diff stream.
 #[derive(Debug, Clone)]
 pub(crate) struct Checker {
     pub version: Version,
     pub meta: Metadata,
-    /// Byte offset and tag of every metadata record seen.
-    pub meta_records: Vec<(u64, u8)>,
-    pub warnings: Vec<Warning>,
+    /// Byte offset and tag of every metadata record seen (shared: a checker is cloned for
+    /// each walk of the records, and no metadata record follows the header).
+    pub meta_records: Arc<Vec<(u64, u8)>>,
+    pub warnings: Warnings,
     /// Index of the next record.
     pub index: u64,
     in_data: bool,
@@ -36,8 +66,8 @@ impl Checker {
         Checker {
             version,
             meta: Metadata::default(),
-            meta_records: Vec::new(),
-            warnings: Vec::new(),
+            meta_records: Arc::default(),
+            warnings: Warnings::default(),
             index: 0,
             in_data: false,
             prev_end: 0,
@@ -89,7 +119,7 @@ impl Checker {
                 if dup {
                     self.warn(offset, WarningKind::DuplicateMetadata { tag: t as char });
                 }
-                self.meta_records.push((offset, t));
+                Arc::make_mut(&mut self.meta_records).push((offset, t));
                 match *head {
                     Head::FromSnap(n) => self.meta.from_snap = Some(n.to_vec()),
                     Head::ToSnap(n) => self.meta.to_snap = Some(n.to_vec()),
@@ -166,10 +196,11 @@ impl Checker {
         }
     }
 
-    /// Adds the "bytes after `e`" warning.
+    /// Adds the "bytes after `e`" warning, kept even past the cap: there is at most one,
+    /// and `verify` counts it as a problem.
     pub fn trailing(&mut self, offset: u64, len: u64) {
         if len > 0 {
-            self.warnings.push(Warning {
+            self.warnings.list.push(Warning {
                 offset,
                 record: None,
                 kind: WarningKind::TrailingBytes { len },

@@ -229,6 +229,10 @@ impl From<Error> for io::Error {
     }
 }
 
+/// How many warnings are kept for one diff (or one image header); further ones are only
+/// counted (see `more_warnings` on the readers), so hostile input cannot fill memory with them.
+pub const MAX_WARNINGS: usize = 100;
+
 /// A problem that readers tolerate (rbd accepts the input) but that is worth reporting.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Warning {
@@ -271,6 +275,14 @@ pub enum WarningKind {
         /// How many.
         len: u64,
     },
+    /// Image-meta pairs of an image stream header beyond what is kept in memory
+    /// ([`crate::format::MAX_META_KEPT`] bytes); they are read and checked, not listed.
+    MetaNotKept {
+        /// Pairs not kept.
+        pairs: u64,
+        /// Their key and value bytes.
+        bytes: u64,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -307,6 +319,11 @@ impl fmt::Display for Warning {
             WarningKind::TrailingBytes { len } => {
                 write!(f, "{len} trailing bytes after 'e' (ignored)")
             }
+            WarningKind::MetaNotKept { pairs, bytes } => write!(
+                f,
+                "{pairs} image-meta pairs ({bytes} bytes) beyond the first {} KiB not kept",
+                crate::format::MAX_META_KEPT >> 10
+            ),
         }
     }
 }

@@ -22,6 +22,11 @@ pub const IMAGE_DIFFS_BANNER: &[u8; 19] = b"rbd image diffs v2\n";
 pub const MAX_NAME_LEN: u32 = 4096;
 /// Longest image-meta key or value this crate accepts in an image stream header.
 pub const MAX_META_LEN: u32 = 65536;
+/// Bytes of image-meta pairs kept from one image stream header (keys and values, plus 64
+/// per pair): a later pair with the same key replaces the earlier one (the later value
+/// wins, as in `rbd import`); pairs beyond this are read and checked, then counted in a
+/// `MetaNotKept` warning instead of being kept.
+pub const MAX_META_KEPT: usize = 1 << 20;
 
 /// Record tags.
 pub mod tag {
@@ -194,7 +199,8 @@ pub struct ImageHeader {
     pub stripe_unit: Option<u64>,
     /// Stripe count (`C`).
     pub stripe_count: Option<u64>,
-    /// Image-meta pairs (`M`), in stream order.
+    /// Image-meta pairs (`M`), in stream order, one per key (the last value), at most
+    /// [`MAX_META_KEPT`] bytes of them.
     pub meta: Vec<(Vec<u8>, Vec<u8>)>,
     /// Number of embedded diffs announced after `rbd image diffs v2\n`.
     pub diff_count: u64,

@@ -1,8 +1,11 @@
 //! The `rbd image v2` header (`rbd export --export-format 2`), parsed step by step so the
 //! slice and stream drivers share it.
 
+use std::collections::HashMap;
+
+use crate::check::Warnings;
 use crate::error::{Error, ErrorKind, Result, Warning, WarningKind};
-use crate::format::{tag, ImageHeader};
+use crate::format::{tag, ImageHeader, MAX_META_KEPT};
 use crate::parse::{self, ImageHead, PErr};
 
 /// Outcome of one parser step.
@@ -28,12 +31,20 @@ enum State {
     Done,
 }
 
+/// What one kept image-meta pair costs in the [`MAX_META_KEPT`] budget beyond its bytes.
+const META_PAIR_COST: usize = 64;
+
 /// Push parser for the image header.
 pub(crate) struct HeaderParser {
     state: State,
     header: ImageHeader,
-    warnings: Vec<Warning>,
+    warnings: Warnings,
     index: u64,
+    /// Position in `header.meta` of each kept key, and the budget used.
+    meta_at: HashMap<Vec<u8>, usize>,
+    meta_bytes: usize,
+    /// Pairs (and their bytes) not kept.
+    meta_dropped: (u64, u64),
 }
 
 impl HeaderParser {
@@ -41,8 +52,11 @@ impl HeaderParser {
         HeaderParser {
             state: State::Banner,
             header: ImageHeader::default(),
-            warnings: Vec::new(),
+            warnings: Warnings::default(),
             index: 0,
+            meta_at: HashMap::new(),
+            meta_bytes: 0,
+            meta_dropped: (0, 0),
         }
     }
 
@@ -90,7 +104,7 @@ impl HeaderParser {
     }
 
     fn record(&mut self, h: ImageHead<'_>, offset: u64) {
-        let mismatch = |tag: u8, declared: u64, expected: u64, w: &mut Vec<Warning>| {
+        let mismatch = |tag: u8, declared: u64, expected: u64, w: &mut Warnings| {
             if declared != expected {
                 w.push(Warning {
                     offset,
@@ -125,7 +139,7 @@ impl HeaderParser {
             } => {
                 let expected = 8 + key.len() as u64 + value.len() as u64;
                 mismatch(tag::META, declared, expected, &mut self.warnings);
-                self.header.meta.push((key.to_vec(), value.to_vec()));
+                self.meta(key, value);
             }
             ImageHead::Unknown { tag, len } => self.warnings.push(Warning {
                 offset,
@@ -134,6 +148,36 @@ impl HeaderParser {
             }),
             ImageHead::End => self.state = State::Diffs,
         }
+    }
+
+    /// Keeps an image-meta pair within [`MAX_META_KEPT`]: a later pair with the same key
+    /// replaces the earlier one in place (the later value wins, as in `rbd import`).
+    fn meta(&mut self, key: &[u8], value: &[u8]) {
+        let cost = |k: &[u8], v: &[u8]| k.len() + v.len() + META_PAIR_COST;
+        if let Some(&at) = self.meta_at.get(key) {
+            let old = &self.header.meta[at];
+            self.meta_bytes -= cost(&old.0, &old.1);
+            if self.meta_bytes + cost(key, value) <= MAX_META_KEPT {
+                self.meta_bytes += cost(key, value);
+                self.header.meta[at].1 = value.to_vec();
+                return;
+            }
+            // The earlier value is not the last one: it goes too.
+            self.header.meta.remove(at);
+            self.meta_at.remove(key);
+            for i in self.meta_at.values_mut() {
+                if *i > at {
+                    *i -= 1;
+                }
+            }
+        } else if self.meta_bytes + cost(key, value) <= MAX_META_KEPT {
+            self.meta_bytes += cost(key, value);
+            self.meta_at.insert(key.to_vec(), self.header.meta.len());
+            self.header.meta.push((key.to_vec(), value.to_vec()));
+            return;
+        }
+        self.meta_dropped.0 += 1;
+        self.meta_dropped.1 += (key.len() + value.len()) as u64;
     }
 
     /// The error for input that ends while the next item is incomplete.
@@ -161,7 +205,15 @@ impl HeaderParser {
         )
     }
 
-    pub fn finish(self) -> (ImageHeader, Vec<Warning>) {
+    pub fn finish(mut self) -> (ImageHeader, Warnings) {
+        let (pairs, bytes) = self.meta_dropped;
+        if pairs > 0 {
+            self.warnings.list.push(Warning {
+                offset: 0,
+                record: None,
+                kind: WarningKind::MetaNotKept { pairs, bytes },
+            });
+        }
         (self.header, self.warnings)
     }
 }

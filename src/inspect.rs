@@ -61,8 +61,10 @@ pub struct DiffSummary {
     pub covered: Vec<Extent>,
     /// Byte offset just past `e` (when reached).
     pub end: Option<u64>,
-    /// Tolerated problems.
+    /// Tolerated problems (at most [`crate::error::MAX_WARNINGS`], then bytes after `e`).
     pub warnings: Vec<Warning>,
+    /// How many more warnings were found than `warnings` lists.
+    pub more_warnings: u64,
     /// The error that stopped the walk, if any.
     pub error: Option<String>,
     /// Every record, when asked for.
@@ -92,8 +94,11 @@ pub struct ImageInfo {
     pub meta: Vec<(String, String)>,
     /// Announced number of diffs.
     pub diff_count: u64,
-    /// Header warnings.
+    /// Header warnings (at most [`crate::error::MAX_WARNINGS`], then one for image-meta
+    /// pairs not kept).
     pub warnings: Vec<Warning>,
+    /// How many more header warnings were found than `warnings` lists.
+    pub more_warnings: u64,
 }
 
 /// What `inspect` found in one file.
@@ -246,6 +251,7 @@ pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> 
     s.protected = meta.protected;
     s.image_size = meta.image_size;
     s.warnings = src.warnings().to_vec();
+    s.more_warnings = src.more_warnings();
     s.record_list = list;
     s
 }
@@ -272,7 +278,7 @@ fn failed(file: &str, kind: &'static str, e: Error) -> Report {
     }
 }
 
-fn image_info(h: &crate::ImageHeader, warnings: &[Warning]) -> ImageInfo {
+fn image_info(h: &crate::ImageHeader, warnings: &[Warning], more_warnings: u64) -> ImageInfo {
     let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     ImageInfo {
         order: h.order,
@@ -282,6 +288,7 @@ fn image_info(h: &crate::ImageHeader, warnings: &[Warning]) -> ImageInfo {
         meta: h.meta.iter().map(|(k, v)| (s(k), s(v))).collect(),
         diff_count: h.diff_count,
         warnings: warnings.to_vec(),
+        more_warnings,
     }
 }
 
@@ -305,7 +312,11 @@ pub fn inspect_bytes(file: &str, bytes: &[u8], with_records: bool) -> Report {
         let mut r = report(
             file,
             "image",
-            Some(image_info(img.header(), img.warnings())),
+            Some(image_info(
+                img.header(),
+                img.warnings(),
+                img.more_warnings(),
+            )),
             Vec::new(),
         );
         // Walked here rather than through `ImageSlice::diffs` so that a diff that fails
@@ -428,7 +439,11 @@ fn inspect_with<R: Read>(
         let mut out = report(
             file,
             "image",
-            Some(image_info(img.header(), img.warnings())),
+            Some(image_info(
+                img.header(),
+                img.warnings(),
+                img.more_warnings(),
+            )),
             Vec::new(),
         );
         loop {
@@ -470,7 +485,7 @@ pub fn inspect_archive(file: &str, a: &mut ZstArchive<'_>, with_records: bool) -
         } else {
             "diff"
         },
-        image: idx.image.as_ref().map(|(h, w)| image_info(h, w)),
+        image: idx.image.as_ref().map(|(h, w)| image_info(h, w, 0)),
         diffs: Vec::new(),
         error: None,
     };
@@ -551,6 +566,10 @@ pub fn render_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         for w in &img.warnings {
             writeln!(out, "  warning: {w}")?;
         }
+        if img.more_warnings > 0 {
+            let m = crate::check::more_warnings(img.more_warnings);
+            writeln!(out, "  warning: {m}")?;
+        }
     }
     for (i, d) in r.diffs.iter().enumerate() {
         let indent = if r.kind == "image" {
@@ -609,6 +628,10 @@ pub fn render_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         }
         for w in &d.warnings {
             writeln!(out, "{indent}warning: {w}")?;
+        }
+        if d.more_warnings > 0 {
+            let m = crate::check::more_warnings(d.more_warnings);
+            writeln!(out, "{indent}warning: {m}")?;
         }
         if let Some(e) = &d.error {
             writeln!(out, "{indent}error: {e}")?;

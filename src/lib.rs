@@ -67,6 +67,7 @@ pub mod output;
 mod parse;
 pub mod progress;
 pub mod slice;
+pub mod smallfile;
 pub mod stream;
 pub mod sums;
 pub mod verify;

@@ -3,7 +3,7 @@
 //! Payloads are borrowed sub-slices of the input; walking the records reads only the record
 //! heads, never the payload pages. Use [`crate::stream`] for pipes and stdin instead.
 
-use crate::check::{eof_error, record_name, Checker, Step};
+use crate::check::{eof_error, record_name, Checker, Step, Warnings};
 use crate::error::{Error, ErrorKind, Result, Warning};
 use crate::format::{ImageHeader, Metadata, Record, Version};
 use crate::image::{HStep, HeaderParser};
@@ -91,9 +91,15 @@ impl<'a> DiffSlice<'a> {
         &self.checker.meta
     }
 
-    /// Warnings found in the header records.
+    /// Warnings found in the header records (at most [`crate::error::MAX_WARNINGS`], then
+    /// the bytes after `e`).
     pub fn warnings(&self) -> &[Warning] {
-        &self.checker.warnings
+        &self.checker.warnings.list
+    }
+
+    /// How many more warnings the header records gave than [`DiffSlice::warnings`] keeps.
+    pub fn more_warnings(&self) -> u64 {
+        self.checker.warnings.more
     }
 
     /// Byte offset (in the file) and tag of every metadata record.
@@ -171,9 +177,15 @@ impl<'a> Records<'a> {
         self.checker.index
     }
 
-    /// Warnings found so far (header records included).
+    /// Warnings found so far (header records included; at most
+    /// [`crate::error::MAX_WARNINGS`], then the bytes after `e`).
     pub fn warnings(&self) -> &[Warning] {
-        &self.checker.warnings
+        &self.checker.warnings.list
+    }
+
+    /// How many more warnings were found than [`Records::warnings`] keeps.
+    pub fn more_warnings(&self) -> u64 {
+        self.checker.warnings.more
     }
 
     /// True once `e` has been read.
@@ -260,7 +272,7 @@ pub struct ImageSlice<'a> {
     bytes: &'a [u8],
     header: ImageHeader,
     diffs_start: usize,
-    warnings: Vec<Warning>,
+    warnings: Warnings,
 }
 
 impl<'a> ImageSlice<'a> {
@@ -307,9 +319,15 @@ impl<'a> ImageSlice<'a> {
         self.diffs_start
     }
 
-    /// Warnings from the header (unknown tags, length mismatches).
+    /// Warnings from the header (unknown tags, length mismatches; at most
+    /// [`crate::error::MAX_WARNINGS`]).
     pub fn warnings(&self) -> &[Warning] {
-        &self.warnings
+        &self.warnings.list
+    }
+
+    /// How many more header warnings were found than [`ImageSlice::warnings`] keeps.
+    pub fn more_warnings(&self) -> u64 {
+        self.warnings.more
     }
 
     /// The embedded diffs, each walked to its end to find the next.

@@ -6,7 +6,7 @@
 
 use std::io::{self, Read, Seek, SeekFrom};
 
-use crate::check::{eof_error, record_name, Checker, Step};
+use crate::check::{eof_error, record_name, Checker, Step, Warnings};
 use crate::error::{Error, ErrorKind, Result, Warning};
 use crate::format::{Extent, ImageHeader, Metadata, Version};
 use crate::image::{HStep, HeaderParser};
@@ -371,8 +371,13 @@ pub trait RecordSource {
     fn metadata(&self) -> &Metadata;
     /// Byte offset and tag of every metadata record.
     fn metadata_records(&self) -> &[(u64, u8)];
-    /// Warnings found so far.
+    /// Warnings found so far (at most [`crate::error::MAX_WARNINGS`], then the bytes
+    /// after `e`).
     fn warnings(&self) -> &[Warning];
+    /// How many more warnings were found than [`RecordSource::warnings`] keeps.
+    fn more_warnings(&self) -> u64 {
+        0
+    }
     /// Byte offset of the next record (after `e`: just past it).
     fn position(&self) -> u64;
     /// The next data record or `e`; `None` after `e`.
@@ -394,6 +399,9 @@ impl<'a> RecordSource for crate::slice::Records<'a> {
     }
     fn warnings(&self) -> &[Warning] {
         crate::slice::Records::warnings(self)
+    }
+    fn more_warnings(&self) -> u64 {
+        crate::slice::Records::more_warnings(self)
     }
     fn position(&self) -> u64 {
         crate::slice::Records::offset(self)
@@ -632,7 +640,10 @@ impl<R: Read> RecordSource for DiffReader<R> {
         &self.checker.meta_records
     }
     fn warnings(&self) -> &[Warning] {
-        &self.checker.warnings
+        &self.checker.warnings.list
+    }
+    fn more_warnings(&self) -> u64 {
+        self.checker.warnings.more
     }
     fn position(&self) -> u64 {
         if let Some(end) = self.after_end {
@@ -690,7 +701,7 @@ impl<R: Read> RecordSource for DiffReader<R> {
 #[derive(Debug)]
 pub struct ImageReader<R> {
     header: ImageHeader,
-    warnings: Vec<Warning>,
+    warnings: Warnings,
     src: Option<Source<R>>,
     cur: Option<DiffReader<R>>,
     remaining: u64,
@@ -765,9 +776,14 @@ impl<R: Read> ImageReader<R> {
         &self.header
     }
 
-    /// Warnings from the header.
+    /// Warnings from the header (at most [`crate::error::MAX_WARNINGS`]).
     pub fn warnings(&self) -> &[Warning] {
-        &self.warnings
+        &self.warnings.list
+    }
+
+    /// How many more header warnings were found than [`ImageReader::warnings`] keeps.
+    pub fn more_warnings(&self) -> u64 {
+        self.warnings.more
     }
 
     /// The next embedded diff; the previous one is read to its end first.

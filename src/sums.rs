@@ -604,10 +604,27 @@ impl std::fmt::Display for Mismatch {
     }
 }
 
-/// Reads `PATH.sums` and checks that its records tile the file it describes.
-fn load(path: &Path) -> Result<Sums> {
+/// Largest sidecar accepted for a file whose (decompressed) diff stream is `len` bytes.
+///
+/// A diff record is at least 5 bytes (a v1 `f` of an empty name; only `e` and the bytes
+/// after it can be shorter, once each), and one record takes at most about 130 bytes of the
+/// pretty-printed sidecar; with the snapshot names (4096 bytes each, escaped) this gives
+/// 1 MiB plus 32 bytes per byte of the stream. The cap is checked before the sidecar is read.
+pub fn max_sidecar_len(len: u64) -> u64 {
+    len.saturating_mul(32).saturating_add(1 << 20)
+}
+
+/// Sidecar cap for a compressed file whose decompressed length is not known before it is
+/// decompressed (a zstd file without a seek table; rbddiff's own archives have one).
+pub const MAX_SIDECAR_UNINDEXED: u64 = 256 << 20;
+
+/// Reads `PATH.sums` (a regular file, not through a symbolic link, at most `max` bytes) and
+/// checks that its records tile the file it describes.
+fn load(path: &Path, max: u64) -> Result<Sums> {
     let sp = sums_path(path);
-    let text = std::fs::read(&sp).map_err(|e| Error::from(e).with_file(&sp))?;
+    let text = crate::smallfile::read_small(&sp, max)?.ok_or_else(|| {
+        Error::from(std::io::Error::from(std::io::ErrorKind::NotFound)).with_file(&sp)
+    })?;
     let s = decode(&text).map_err(|e| e.with_file(&sp))?;
     let mut expect = 0u64;
     for r in &s.records {
@@ -634,10 +651,12 @@ fn what(r: &RecordSum) -> String {
     }
 }
 
+/// The record index (as in errors) of entry `i` of a sidecar: entry 0 is the banner. `None`
+/// for the banner, trailing bytes, or a sidecar that lies about its first entry.
 fn record_of(i: usize, r: &RecordSum) -> Option<u64> {
     match r.tag {
         'B' | '-' => None,
-        _ => Some(i as u64 - 1),
+        _ => (i as u64).checked_sub(1),
     }
 }
 
@@ -666,9 +685,10 @@ fn len_mismatch(len: u64, recorded: u64) -> Mismatch {
 /// CRC (the whole-file sha256 too when `digest`). Returns the mismatches (empty = all good).
 ///
 /// # Errors
-/// The sidecar is missing, unreadable or damaged.
+/// The sidecar is missing, unreadable, damaged, a symbolic link, not a regular file or
+/// larger than [`max_sidecar_len`] of the file.
 pub fn check_sums_with(path: &Path, bytes: &[u8], digest: bool) -> Result<Vec<Mismatch>> {
-    let s = load(path)?;
+    let s = load(path, max_sidecar_len(bytes.len() as u64))?;
     let mut out = Vec::new();
     let len = bytes.len() as u64;
     if len != s.file_len {
@@ -729,7 +749,12 @@ pub fn check_sums_with(path: &Path, bytes: &[u8], digest: bool) -> Result<Vec<Mi
 /// # Errors
 /// The sidecar is missing, unreadable or damaged.
 pub fn check_sums_compressed(path: &Path, raw: &[u8], digest: bool) -> Result<Vec<Mismatch>> {
-    let s = load(path)?;
+    // The seek table gives the decompressed length (a lie is caught when decompressing).
+    let max = match crate::zst::parse_seek_table(raw) {
+        Ok(Some((frames, _))) => max_sidecar_len(frames.iter().map(|f| u64::from(f.d_len)).sum()),
+        _ => MAX_SIDECAR_UNINDEXED,
+    };
+    let s = load(path, max)?;
     let mut out = Vec::new();
     if let Some(c) = &s.compressed {
         let len = raw.len() as u64;
@@ -804,7 +829,8 @@ pub fn check_sums(path: &Path, bytes: &[u8]) -> Result<Vec<Mismatch>> {
     check_sums_with(path, bytes, false)
 }
 
-/// True when `PATH.sums` exists.
+/// True when something is at `PATH.sums` (a symbolic link too, even a dangling one: it is
+/// then reported when checked, not taken as a missing sidecar).
 pub fn has_sums(path: &Path) -> bool {
-    sums_path(path).exists()
+    sums_path(path).symlink_metadata().is_ok()
 }

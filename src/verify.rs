@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::{Error, Result, WarningKind};
+use crate::error::{Error, Result, WarningKind, MAX_WARNINGS};
 use crate::format::Metadata;
 use crate::input::{Input, Kind};
 use crate::progress::Ticker;
@@ -187,15 +187,52 @@ fn expand(paths: &[String]) -> Result<(Vec<String>, bool)> {
     Ok((out, dir))
 }
 
-/// Structural check of one diff source; returns findings. `at` is told the source's position
-/// after each record.
+/// The structure findings of one file, with at most [`MAX_WARNINGS`] notes kept (an image
+/// stream has a list of warnings per embedded diff); the rest are counted.
+#[derive(Default)]
+struct Notes {
+    findings: Vec<Finding>,
+    kept: usize,
+    more: u64,
+}
+
+impl Notes {
+    fn push(&mut self, f: Finding) {
+        if f.severity == Severity::Note {
+            if self.kept == MAX_WARNINGS {
+                self.more += 1;
+                return;
+            }
+            self.kept += 1;
+        }
+        self.findings.push(f);
+    }
+
+    /// The findings, ending with an "and N more" note when some were not kept.
+    fn finish(mut self, file: &str) -> Vec<Finding> {
+        if self.more > 0 {
+            self.findings.push(Finding {
+                severity: Severity::Note,
+                check: "structure",
+                file: file.to_string(),
+                offset: None,
+                record: None,
+                message: crate::check::more_warnings(self.more),
+            });
+        }
+        self.findings
+    }
+}
+
+/// Structural check of one diff source; adds its findings to `out`. `at` is told the
+/// source's position after each record.
 fn walk(
     src: &mut dyn RecordSource,
     file: &str,
     standalone: bool,
     at: &mut dyn FnMut(u64),
-) -> Vec<Finding> {
-    let mut out = Vec::new();
+    out: &mut Notes,
+) {
     let r = loop {
         match src.next_item() {
             Ok(Some(_)) => at(src.position()),
@@ -220,10 +257,10 @@ fn walk(
                 .map_or(w.to_string(), |x| x.1.to_string()),
         });
     }
+    out.more += src.more_warnings();
     if let Err(e) = r {
         out.push(problem("structure", file, &e));
     }
-    out
 }
 
 struct Checked {
@@ -255,7 +292,7 @@ fn check_file(path: &str, opts: &VerifyOptions, tick: &mut Ticker<'_>) -> Result
         valid: false,
         sums: "skipped",
     };
-    let mut findings = Vec::new();
+    let mut findings = Notes::default();
     let mut meta = None;
     match (kind, input.bytes()) {
         (Kind::Image, Some(b)) => match ImageSlice::parse(b) {
@@ -278,7 +315,7 @@ fn check_file(path: &str, opts: &VerifyOptions, tick: &mut Ticker<'_>) -> Result
                                 });
                             }
                             prev = Some(to);
-                            findings.extend(walk(&mut d.records(), path, false, &mut at));
+                            walk(&mut d.records(), path, false, &mut at, &mut findings);
                         }
                         Err(e) => {
                             ok = false;
@@ -294,7 +331,7 @@ fn check_file(path: &str, opts: &VerifyOptions, tick: &mut Ticker<'_>) -> Result
             let dec = crate::zst::ZstdReader::new(input.into_reader());
             match dec.and_then(DiffReader::new) {
                 Ok(mut rd) => {
-                    findings.extend(walk(&mut rd, path, true, &mut |_| {}));
+                    walk(&mut rd, path, true, &mut |_| {}, &mut findings);
                     meta = Some(rd.metadata().clone());
                 }
                 Err(e) => findings.push(problem("structure", path, &e)),
@@ -302,14 +339,14 @@ fn check_file(path: &str, opts: &VerifyOptions, tick: &mut Ticker<'_>) -> Result
         }
         (_, Some(b)) => match DiffSlice::parse(b) {
             Ok(d) => {
-                findings.extend(walk(&mut d.records(), path, true, &mut at));
+                walk(&mut d.records(), path, true, &mut at, &mut findings);
                 meta = Some(d.metadata().clone());
             }
             Err(e) => findings.push(problem("structure", path, &e)),
         },
         (_, None) => match DiffReader::new(input.into_reader()) {
             Ok(mut rd) => {
-                findings.extend(walk(&mut rd, path, true, &mut at));
+                walk(&mut rd, path, true, &mut at, &mut findings);
                 meta = Some(rd.metadata().clone());
             }
             Err(e) => findings.push(problem("structure", path, &e)),
@@ -318,6 +355,7 @@ fn check_file(path: &str, opts: &VerifyOptions, tick: &mut Ticker<'_>) -> Result
     if let Some(len) = len {
         tick.set(base + len);
     }
+    let mut findings = findings.finish(path);
     if kind != Kind::Image {
         info.valid = !findings.iter().any(|f| f.severity == Severity::Problem);
     }

@@ -265,6 +265,11 @@ impl Enc {
                     self.u8(3);
                     self.u64(*len);
                 }
+                WarningKind::MetaNotKept { pairs, bytes } => {
+                    self.u8(4);
+                    self.u64(*pairs);
+                    self.u64(*bytes);
+                }
             }
         }
     }
@@ -363,6 +368,10 @@ impl<'a> Dec<'a> {
                     len: self.u64()?,
                 },
                 3 => WarningKind::TrailingBytes { len: self.u64()? },
+                4 => WarningKind::MetaNotKept {
+                    pairs: self.u64()?,
+                    bytes: self.u64()?,
+                },
                 _ => return Err(self.err()),
             };
             v.push(Warning {

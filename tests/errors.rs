@@ -839,3 +839,139 @@ fn errors_carry_the_file_name() {
         .to_string()
         .starts_with(&format!("{}: byte ", path.display())));
 }
+
+// Bounded warnings and metadata: a hostile file of millions of tolerated oddities keeps
+// at most MAX_WARNINGS of them, counts the rest exactly, and keeps a bounded amount of
+// image-meta.
+
+use rbddiff::error::MAX_WARNINGS;
+use rbddiff::{DiffReader, DiffSlice, ImageSlice, RecordSource, WarningKind};
+
+/// A v1 diff of `n` `s` records (so `n - 1` duplicates), `e`, then 3 trailing bytes.
+fn many_sizes(n: u64) -> Vec<u8> {
+    let mut b = B::v1();
+    for _ in 0..n {
+        b.size(MIB);
+    }
+    b.e();
+    b.bytes(b"xyz");
+    b.buf
+}
+
+/// Walks `src` to its end; returns (kept warnings, more).
+fn walk_warnings(src: &mut dyn RecordSource) -> (Vec<rbddiff::Warning>, u64) {
+    while src.next_item().unwrap().is_some() {}
+    (src.warnings().to_vec(), src.more_warnings())
+}
+
+#[test]
+fn duplicate_metadata_warnings_are_capped_and_counted_exactly() {
+    let n = 2_000_000u64;
+    let bytes = many_sizes(n);
+    let d = DiffSlice::parse(&bytes).unwrap();
+    assert_eq!(d.warnings().len(), MAX_WARNINGS);
+    assert_eq!(d.more_warnings(), n - 1 - MAX_WARNINGS as u64);
+    // The first ones are kept, in order.
+    assert_eq!(d.warnings()[0].record, Some(1));
+    assert_eq!(
+        d.warnings()[MAX_WARNINGS - 1].record,
+        Some(MAX_WARNINGS as u64)
+    );
+    // The last value wins, and the trailing-bytes warning is kept beyond the cap.
+    assert_eq!(d.metadata().image_size, Some(MIB));
+    for (name, (w, more)) in [
+        ("slice", walk_warnings(&mut d.records())),
+        (
+            "stream",
+            walk_warnings(&mut DiffReader::new(&bytes[..]).unwrap()),
+        ),
+    ] {
+        assert_eq!(w.len(), MAX_WARNINGS + 1, "{name}");
+        assert_eq!(more, n - 1 - MAX_WARNINGS as u64, "{name}");
+        assert!(
+            matches!(
+                w.last().unwrap().kind,
+                WarningKind::TrailingBytes { len: 3 }
+            ),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn unknown_tag_warnings_are_capped_and_reported_by_inspect_and_verify() {
+    let n = 2_000_000u64;
+    let mut b = B::v2();
+    b.size(MIB);
+    for _ in 0..n {
+        b.head(b'X', 0);
+    }
+    b.e();
+    let bytes = b.buf;
+    let more = n - MAX_WARNINGS as u64;
+    let r = rbddiff::inspect::inspect_bytes("t", &bytes, false);
+    let d = &r.diffs[0];
+    assert_eq!((d.unknown, d.warnings.len()), (n, MAX_WARNINGS));
+    assert_eq!(d.more_warnings, more);
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["diffs"][0]["more_warnings"], more);
+    let mut text = Vec::new();
+    rbddiff::inspect::render_text(&r, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(text.matches("warning: ").count(), MAX_WARNINGS + 1);
+    assert!(
+        text.contains(&format!("and {more} more warnings")),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("unknown.diff");
+    std::fs::write(&p, &bytes).unwrap();
+    let rep = rbddiff::verify::verify(
+        &[p.to_string_lossy().into_owned()],
+        &rbddiff::verify::VerifyOptions::default(),
+    )
+    .unwrap();
+    assert!(rep.ok());
+    assert_eq!(rep.findings.len(), MAX_WARNINGS + 1);
+    let last = rep.findings.last().unwrap();
+    assert!(last.message.contains(&format!("and {more} more")), "{last}");
+}
+
+#[test]
+fn image_meta_pairs_are_bounded_and_the_later_value_wins() {
+    use rbddiff::format::{MAX_META_KEPT, MAX_META_LEN};
+    let mut b = B::raw_start(b"rbd image v2\n", true);
+    let big = vec![b'v'; MAX_META_LEN as usize];
+    let pair = |b: &mut B, k: &[u8], v: &[u8]| {
+        b.head(b'M', 8 + k.len() as u64 + v.len() as u64);
+        b.u32(k.len() as u32).bytes(k).u32(v.len() as u32).bytes(v);
+    };
+    pair(&mut b, b"conf_a", b"old");
+    let n = 400u64;
+    for i in 0..n {
+        pair(&mut b, format!("key{i:03}").as_bytes(), &big);
+    }
+    pair(&mut b, b"conf_a", b"new");
+    b.buf.push(b'E');
+    b.bytes(b"rbd image diffs v2\n").u64(0);
+    let img = ImageSlice::parse(&b.buf).unwrap();
+    let meta = &img.header().meta;
+    let kept: usize = meta.iter().map(|(k, v)| k.len() + v.len() + 64).sum();
+    assert!(kept <= MAX_META_KEPT, "{kept}");
+    assert_eq!(meta[0], (b"conf_a".to_vec(), b"new".to_vec()));
+    let big_kept = meta.len() as u64 - 1;
+    assert!(big_kept > 0 && big_kept < n);
+    let dropped = n - big_kept;
+    let w: Vec<_> = img.warnings().iter().map(|w| w.kind.clone()).collect();
+    assert_eq!(
+        w,
+        vec![WarningKind::MetaNotKept {
+            pairs: dropped,
+            bytes: dropped * (6 + big.len() as u64)
+        }]
+    );
+    let rd = rbddiff::ImageReader::new(&b.buf[..]).unwrap();
+    assert_eq!(rd.header(), img.header());
+    assert_eq!(rd.warnings(), img.warnings());
+}

@@ -473,3 +473,126 @@ fn image_stream_embedded_diffs_must_link() {
     let out = bin().args(["verify", &s(&bad)]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// A small valid v2 diff.
+fn small_diff() -> Vec<u8> {
+    let meta = rbddiff::Metadata {
+        to_snap: Some(b"s1".to_vec()),
+        image_size: Some(1 << 20),
+        ..Default::default()
+    };
+    let mut w = rbddiff::DiffWriter::new(Vec::new(), rbddiff::Version::V2, &meta).unwrap();
+    w.write_data(4096, &[7u8; 100]).unwrap();
+    w.finish().unwrap()
+}
+
+/// Runs `rbddiff verify FILE` with a deadline: (exit code, stdout + stderr).
+fn verify_with_deadline(p: &Path) -> (i32, String) {
+    let mut child = bin()
+        .arg("verify")
+        .arg(p)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("verify of {} hangs", p.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap(), text)
+}
+
+/// A sidecar that is a link to /dev/zero, a FIFO, a dangling link or an oversized file is
+/// a clear problem naming the sidecar; verify neither blocks nor fills memory.
+#[test]
+fn hostile_sidecars_are_refused_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = small_diff();
+    let p = dir.path().join("a.diff");
+    fs::write(&p, &bytes).unwrap();
+    let sp = sums_path(&p);
+    type Make<'a> = &'a dyn Fn(&Path);
+    let cases: [(&str, Make, &str); 4] = [
+        (
+            "link to /dev/zero",
+            &|sp| std::os::unix::fs::symlink("/dev/zero", sp).unwrap(),
+            "symbolic link",
+        ),
+        (
+            "dangling link",
+            &|sp| std::os::unix::fs::symlink("nowhere", sp).unwrap(),
+            "symbolic link",
+        ),
+        (
+            "FIFO",
+            &|sp| {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    sp,
+                    rustix::fs::FileType::Fifo,
+                    0o600.into(),
+                    0,
+                )
+                .unwrap()
+            },
+            "not a regular file",
+        ),
+        (
+            "oversized",
+            &|sp| {
+                let f = fs::File::create(sp).unwrap();
+                f.set_len(sums::max_sidecar_len(bytes.len() as u64) + 1)
+                    .unwrap();
+            },
+            "more than the limit",
+        ),
+    ];
+    for (what, make, expect) in cases {
+        let _ = fs::remove_file(&sp);
+        make(&sp);
+        let (code, text) = verify_with_deadline(&p);
+        assert_eq!(code, 1, "{what}: {text}");
+        let line = format!("problem [sums] {}: ", sp.display());
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&line) && l.contains(expect)),
+            "{what}: {text}"
+        );
+        let err = sums::check_sums(&p, &bytes).unwrap_err();
+        assert_eq!(err.file(), Some(sp.as_path()), "{what}");
+    }
+    // A sidecar at the limit is read (and found damaged, not refused for its size).
+    let _ = fs::remove_file(&sp);
+    let f = fs::File::create(&sp).unwrap();
+    f.set_len(sums::max_sidecar_len(bytes.len() as u64))
+        .unwrap();
+    let err = sums::check_sums(&p, &bytes).unwrap_err().to_string();
+    assert!(err.contains("damaged"), "{err}");
+}
+
+/// A (self-consistent) sidecar whose first entry is not the banner: a mismatch there has no
+/// record index, rather than an underflowed one.
+#[test]
+fn sidecar_whose_first_entry_is_not_the_banner() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = small_diff();
+    let p = dir.path().join("a.diff");
+    fs::write(&p, &bytes).unwrap();
+    let mut sm = sums::compute(&bytes).unwrap();
+    sm.records[0].tag = 'w';
+    sm.records[0].crc32 ^= 1;
+    sums::write_sums(&p, &sm).unwrap();
+    let m = sums::check_sums(&p, &bytes).unwrap();
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!((m[0].offset, m[0].record), (0, None));
+    let r = one(&p);
+    let f = r.findings.iter().find(|f| f.check == "sums").unwrap();
+    assert_eq!(f.record, None);
+}
