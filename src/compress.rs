@@ -326,12 +326,7 @@ fn walk_diff<'s>(
     while let Some(item) = src.next_item()? {
         count = item.index + 1;
         let (frame, frame_offset) = cut.at_record(item.offset, feed)?;
-        let (t, offset, len) = match &item.kind {
-            ItemKind::Write { extent, .. } => (tag::WRITE, extent.offset, extent.len),
-            ItemKind::Zero(e) => (tag::ZERO, e.offset, e.len),
-            ItemKind::Unknown { tag, len } => (*tag, 0, *len),
-            ItemKind::End => (tag::END, 0, 0),
-        };
+        let (t, offset, len) = zst::item_fields(&item.kind);
         records.push(IndexRecord {
             pos: item.offset,
             tag: t,

@@ -8,7 +8,9 @@
 //! therefore gives the same image as `rbd merge-diff` applied pairwise along the chain.
 //!
 //! How: [`plan`] walks only the record heads of every input (for an indexed archive, its
-//! record index: nothing is decompressed), building an [`ExtentMap`] in which later extents
+//! record index, trusted only once [`open_input`] has checked it against the record heads of
+//! the content: the frames holding a head are decompressed once, frames of payload bytes
+//! only are not; an archive whose index does not match is read as a plain zstd stream), building an [`ExtentMap`] in which later extents
 //! clip earlier ones; then [`Plan::write`] streams the surviving payload ranges, in image
 //! order, to the output: from mapped files with `pread` through one 1 MiB buffer, from
 //! archives with [`ZstArchive::copy_range`], which decompresses only the frames holding
@@ -183,8 +185,8 @@ pub struct MergeStats {
     /// Warnings found in the inputs (tolerated by rbd, e.g. duplicate metadata records,
     /// unknown v2 tags, Ceph 16's `p` length field), in input order.
     pub warnings: Vec<InputWarning>,
-    /// zstd frames decompressed from indexed archive inputs (only those holding surviving
-    /// payloads).
+    /// zstd frames decompressed from indexed archive inputs to copy payloads (only those
+    /// holding surviving payloads; the index check of [`open_input`] is not counted).
     pub frames_decompressed: u64,
 }
 
@@ -669,16 +671,20 @@ pub fn merge<W: Write>(
 }
 
 /// Opens an input for merging: plain files are mapped; indexed archives ([`crate::zst`]) are
-/// mapped as they are (read through their index, see [`Source::Archive`]); stdin, pipes and
-/// zstd files without an index are decoded and spilled to an anonymous temporary file first
-/// ([`Input::into_mapped`]).
+/// mapped as they are (read through their index, see [`Source::Archive`]) once the index
+/// is checked against the record heads of the content; stdin, pipes, zstd files without an
+/// index and archives whose index does not match are decoded and spilled to an anonymous
+/// temporary file first ([`Input::into_mapped`]).
 ///
 /// # Errors
 /// Opening, reading or decompressing fails, or the input is an image export.
 pub fn open_input(path: &str) -> Result<Input> {
     let input = Input::open(path)?;
-    let indexed = input.is_compressed() && input.raw_bytes().is_some_and(crate::zst::has_index);
-    let input = if indexed { input } else { input.into_mapped()? };
+    let input = if index_checked(&input) {
+        input
+    } else {
+        input.into_mapped()?
+    };
     match input.kind() {
         Kind::Image => Err(Error::invalid(
             "an 'rbd image v2' export cannot be merged as a diff (merge its diffs instead)",
@@ -687,6 +693,14 @@ pub fn open_input(path: &str) -> Result<Input> {
         Kind::Zstd => Err(Error::invalid("doubly compressed input").with_file(path)),
         _ => Ok(input),
     }
+}
+
+/// True when `input` is an indexed archive whose index matches its content
+/// ([`ZstArchive::check_index`]: the frames holding record heads are read once). A damaged
+/// or lying index is not used: the archive is then read as a plain zstd stream.
+fn index_checked(input: &Input) -> bool {
+    let indexed = input.is_compressed() && input.raw_bytes().is_some_and(crate::zst::has_index);
+    indexed && matches!(input.archive(), Ok(Some(a)) if a.check_index().is_ok())
 }
 
 /// The merge input for an input opened with [`open_input`].

@@ -34,6 +34,7 @@ use crate::progress::Ticker;
 use crate::slice::{DiffSlice, ImageSlice};
 use crate::stream::{DiffReader, RecordSource};
 use crate::sums;
+use crate::zst::{IndexCheck, ZstArchive, ZstdReader};
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -50,7 +51,8 @@ pub enum Severity {
 pub struct Finding {
     /// Problem or note.
     pub severity: Severity,
-    /// Which check: `structure`, `sums`, `chain` or `against`.
+    /// Which check: `structure`, `index` (an archive's record index against its content),
+    /// `sums`, `chain` or `against`.
     pub check: &'static str,
     /// The file concerned (empty for chain-wide findings).
     pub file: String,
@@ -233,9 +235,26 @@ fn walk(
     at: &mut dyn FnMut(u64),
     out: &mut Notes,
 ) {
+    walk_checked(src, file, standalone, at, None, out)
+}
+
+/// [`walk`], comparing every record with an archive's index on the way.
+fn walk_checked(
+    src: &mut dyn RecordSource,
+    file: &str,
+    standalone: bool,
+    at: &mut dyn FnMut(u64),
+    mut index: Option<&mut IndexCheck<'_>>,
+    out: &mut Notes,
+) {
     let r = loop {
         match src.next_item() {
-            Ok(Some(_)) => at(src.position()),
+            Ok(Some(item)) => {
+                if let Some(c) = index.as_deref_mut() {
+                    c.item(&item);
+                }
+                at(src.position())
+            }
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         }
@@ -344,6 +363,12 @@ fn check_file(path: &str, opts: &VerifyOptions, tick: &mut Ticker<'_>) -> Result
             }
             Err(e) => findings.push(problem("structure", path, &e)),
         },
+        (_, None) if input.is_compressed() && input.raw_bytes().is_some() => {
+            let raw = input.raw_bytes().unwrap_or_default();
+            let (f, m) = check_archive(path, raw, &mut at);
+            f.into_iter().for_each(|x| findings.push(x));
+            meta = m;
+        }
         (_, None) => match DiffReader::new(input.into_reader()) {
             Ok(mut rd) => {
                 walk(&mut rd, path, true, &mut at, &mut findings);
@@ -428,6 +453,60 @@ fn check_file(path: &str, opts: &VerifyOptions, tick: &mut Ticker<'_>) -> Result
         meta,
         findings,
     })
+}
+
+/// Structure of a compressed diff in a mapped file, streamed; for an rbddiff archive, its
+/// record index is compared with the content on the way (check `index`).
+fn check_archive(
+    path: &str,
+    raw: &[u8],
+    at: &mut dyn FnMut(u64),
+) -> (Vec<Finding>, Option<Metadata>) {
+    let mut findings = Vec::new();
+    let archive = ZstArchive::open(raw).unwrap_or_else(|e| {
+        findings.push(problem("index", path, &e));
+        None
+    });
+    // A damaged image stream's index is not checked here: image streams are not merged.
+    let mut index = archive
+        .as_ref()
+        .filter(|a| a.index().kind != Kind::Image)
+        .map(IndexCheck::new);
+    let len = std::cell::Cell::new(0u64);
+    let counted = ZstdReader::new(raw).map(|inner| Counted { inner, n: &len });
+    match counted.and_then(DiffReader::new) {
+        Ok(mut rd) => {
+            let mut notes = Notes::default();
+            walk_checked(&mut rd, path, true, at, index.as_mut(), &mut notes);
+            let structure = notes.finish(path);
+            let valid = !structure.iter().any(|f| f.severity == Severity::Problem);
+            findings.extend(structure);
+            if let (Some(c), true) = (index, valid) {
+                if let Err(e) = c.finish(&rd, Some(len.get())) {
+                    findings.push(problem("index", path, &e));
+                }
+            }
+            (findings, Some(rd.metadata().clone()))
+        }
+        Err(e) => {
+            findings.push(problem("structure", path, &e));
+            (findings, None)
+        }
+    }
+}
+
+/// A zstd stream that counts the bytes it gives.
+struct Counted<'c, R> {
+    inner: ZstdReader<R>,
+    n: &'c std::cell::Cell<u64>,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let k = self.inner.read(out)?;
+        self.n.set(self.n.get() + k as u64);
+        Ok(k)
+    }
 }
 
 /// The link problem of embedded diff `k` (0-based) of an image stream, if any: the first

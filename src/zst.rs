@@ -896,10 +896,7 @@ impl<'a> ZstArchive<'a> {
 
     /// The frame holding diff stream byte `pos`.
     pub fn frame_of(&self, pos: u64) -> Option<usize> {
-        let i = self.frames.partition_point(|f| f.d_offset <= pos);
-        let i = i.checked_sub(1)?;
-        let f = self.frames.get(i)?;
-        (pos < f.d_offset + u64::from(f.d_len)).then_some(i)
+        frame_at(&self.frames, pos)
     }
 
     /// The decompressed content of frame `i` (cached).
@@ -1070,5 +1067,259 @@ impl crate::RecordSource for ArchiveRecords<'_, '_> {
             index,
             kind,
         }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checking the index against the content
+
+/// Tag, image offset and length of a record as the index holds them (see [`IndexRecord`]).
+pub(crate) fn item_fields(kind: &crate::ItemKind<'_>) -> (u8, u64, u64) {
+    use crate::format::tag;
+    match kind {
+        crate::ItemKind::Write { extent, .. } => (tag::WRITE, extent.offset, extent.len),
+        crate::ItemKind::Zero(e) => (tag::ZERO, e.offset, e.len),
+        crate::ItemKind::Unknown { tag, len } => (*tag, 0, *len),
+        crate::ItemKind::End => (tag::END, 0, 0),
+    }
+}
+
+/// The frame of `frames` holding diff stream byte `pos`.
+fn frame_at(frames: &[FrameEntry], pos: u64) -> Option<usize> {
+    let i = frames
+        .partition_point(|f| f.d_offset <= pos)
+        .checked_sub(1)?;
+    let f = frames.get(i)?;
+    (pos < f.d_offset + u64::from(f.d_len)).then_some(i)
+}
+
+fn describe(r: &IndexRecord) -> String {
+    let t = r.tag as char;
+    let what = match r.tag {
+        crate::format::tag::WRITE | crate::format::tag::ZERO => {
+            format!("'{t}' [{}, +{})", r.offset, r.len)
+        }
+        crate::format::tag::END => "'e'".to_string(),
+        _ => format!("'{t}' of {} bytes", r.len),
+    };
+    format!(
+        "{what} at diff stream byte {} (frame {} + {})",
+        r.pos, r.frame, r.frame_offset
+    )
+}
+
+/// Compares the record index of an archive with its content, record by record, while the
+/// content is walked (streamed by `verify`, or head by head by [`ZstArchive::check_index`]):
+/// every record's position, tag, extent or length, frame and offset in it, then the header
+/// (version, snapshots, protection, size, metadata records), the record count, the end and
+/// the stream length. Warnings in the index are not compared (they are only reported).
+#[derive(Debug)]
+pub struct IndexCheck<'i> {
+    index: &'i ArchiveIndex,
+    frames: &'i [FrameEntry],
+    next: usize,
+    count: u64,
+    bad: Option<Error>,
+}
+
+impl<'i> IndexCheck<'i> {
+    /// A check of `archive`'s index.
+    pub fn new(archive: &'i ZstArchive<'_>) -> Self {
+        IndexCheck {
+            index: &archive.index,
+            frames: &archive.frames,
+            next: 0,
+            count: 0,
+            bad: None,
+        }
+    }
+
+    fn diff(&self) -> Option<&'i IndexedDiff> {
+        match (self.index.kind, self.index.diffs.as_slice()) {
+            (Kind::DiffV1 | Kind::DiffV2, [d]) => Some(d),
+            _ => None,
+        }
+    }
+
+    fn fail(&mut self, offset: u64, record: Option<u64>, msg: String) {
+        if self.bad.is_none() {
+            let msg = format!("record index does not match the content: {msg}");
+            self.bad = Some(Error::at(ErrorKind::Invalid(msg), offset, record));
+        }
+    }
+
+    /// True once a mismatch was found (the rest of the walk can be skipped).
+    pub fn failed(&self) -> bool {
+        self.bad.is_some()
+    }
+
+    /// The walk of the content has reached `item`.
+    pub fn item(&mut self, item: &crate::Item<'_>) {
+        if self.bad.is_some() {
+            return;
+        }
+        self.count = item.index + 1;
+        let (tag, offset, len) = item_fields(&item.kind);
+        let frame = frame_at(self.frames, item.offset);
+        let got = IndexRecord {
+            pos: item.offset,
+            tag,
+            offset,
+            len,
+            frame: frame.map_or(u32::MAX, |f| f as u32),
+            frame_offset: frame.map_or(0, |f| (item.offset - self.frames[f].d_offset) as u32),
+        };
+        let want = self.diff().and_then(|d| d.records.get(self.next)).copied();
+        self.next += 1;
+        match want {
+            Some(w) if w == got => {}
+            Some(w) => self.fail(
+                item.offset,
+                Some(item.index),
+                format!(
+                    "the index has {}, the content {}",
+                    describe(&w),
+                    describe(&got)
+                ),
+            ),
+            None => self.fail(
+                item.offset,
+                Some(item.index),
+                format!("the content has {} that the index lacks", describe(&got)),
+            ),
+        }
+    }
+
+    /// Ends the check once `src` (the walk of the content) has ended; `len` is the length of
+    /// the content when the walk read all of it.
+    ///
+    /// # Errors
+    /// The first mismatch, naming the record and its offset in the diff stream.
+    pub fn finish(mut self, src: &dyn crate::RecordSource, len: Option<u64>) -> Result<()> {
+        let Some(d) = self.diff() else {
+            return Err(bad_archive(format!(
+                "record index describes {:?} with {} diffs, the content is one diff",
+                self.index.kind,
+                self.index.diffs.len()
+            )));
+        };
+        let end = src.position();
+        if self.next < d.records.len() {
+            let r = d.records[self.next];
+            self.fail(
+                r.pos,
+                None,
+                format!(
+                    "the index has {} after the end of the content",
+                    describe(&r)
+                ),
+            );
+        }
+        let want_kind = match src.version() {
+            crate::Version::V1 => Kind::DiffV1,
+            crate::Version::V2 => Kind::DiffV2,
+        };
+        let header = [
+            (
+                "kind",
+                self.index.kind == want_kind && d.version == src.version(),
+            ),
+            ("start", d.start == 0),
+            (
+                "snapshots, protection or size",
+                &d.metadata == src.metadata(),
+            ),
+            (
+                "metadata records",
+                d.metadata_records == src.metadata_records(),
+            ),
+            ("record count", d.record_count == self.count),
+            ("end of the diff", d.end == end),
+            (
+                "stream length",
+                len.map_or(true, |n| n == self.index.total_len),
+            ),
+        ];
+        if let Some((what, _)) = header.iter().find(|(_, ok)| !ok) {
+            self.fail(0, None, format!("its {what} differs"));
+        }
+        self.bad.map_or(Ok(()), Err)
+    }
+}
+
+/// The diff stream of an archive as a seekable reader, decompressing one frame at a time
+/// (for walking the record heads with [`crate::DiffReader::seekable`]).
+struct FrameReader<'a> {
+    bytes: &'a [u8],
+    frames: &'a [FrameEntry],
+    dctx: zstd::bulk::Decompressor<'static>,
+    cur: Option<usize>,
+    buf: Vec<u8>,
+    pos: u64,
+}
+
+impl Read for FrameReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let Some(i) = frame_at(self.frames, self.pos) else {
+            return Ok(0);
+        };
+        if self.cur != Some(i) {
+            self.cur = None;
+            decompress_frame(
+                &mut self.dctx,
+                self.bytes,
+                i,
+                &self.frames[i],
+                &mut self.buf,
+            )?;
+            self.cur = Some(i);
+        }
+        let at = (self.pos - self.frames[i].d_offset) as usize;
+        let src = self.buf.get(at..).unwrap_or_default();
+        let n = src.len().min(out.len());
+        out[..n].copy_from_slice(&src[..n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl io::Seek for FrameReader<'_> {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        match to {
+            io::SeekFrom::Start(p) => self.pos = p,
+            _ => return Err(io::Error::other("internal: relative seek in an archive")),
+        }
+        Ok(self.pos)
+    }
+}
+
+impl ZstArchive<'_> {
+    /// Checks the record index against the content with [`IndexCheck`], reading only the
+    /// record heads: the frames holding a head (or the banner and metadata) are decompressed,
+    /// frames holding nothing but payload bytes are not. Every rule of the record walk of a
+    /// plain diff applies.
+    ///
+    /// # Errors
+    /// The content is not a valid diff, a frame holding a record head is corrupt, or the
+    /// index does not match (the error names the record and its offset).
+    pub fn check_index(&self) -> Result<()> {
+        let reader = FrameReader {
+            bytes: self.bytes,
+            frames: &self.frames,
+            dctx: zstd::bulk::Decompressor::new()?,
+            cur: None,
+            buf: Vec::new(),
+            pos: 0,
+        };
+        use crate::RecordSource;
+        let mut rd = crate::DiffReader::seekable(reader, self.len())?;
+        let mut check = IndexCheck::new(self);
+        while let Some(item) = rd.next_item()? {
+            check.item(&item);
+            if check.failed() {
+                break;
+            }
+        }
+        check.finish(&rd, None)
     }
 }

@@ -826,15 +826,21 @@ fn merge_plain(plains: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-/// Merge reads archives through their index: frames whose data is overwritten later in the
-/// chain are never decompressed, so their corruption does not matter; a corrupt frame whose
-/// data survives fails the merge (exit 2, frame and file named, no output).
+/// Merge reads archives through their index: after the index check (which reads the frames
+/// holding record heads), frames whose payload bytes are overwritten later in the chain are
+/// never decompressed, so the corruption of a frame holding only such bytes does not matter;
+/// a corrupt frame whose data survives fails the merge (exit 2, frame and file named, no
+/// output).
 #[test]
 fn merge_decompresses_only_frames_with_surviving_data() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let o = opts(4096);
-    let a = build_named(false, &writes(0, 64 << 10, 1), "s0", "s1");
+    // Records of 16 KiB: their middle frames hold payload bytes only.
+    let a_ops: Vec<(u64, Op)> = (0..4u64)
+        .map(|i| (0, Op::Write(random_bytes(i + 1, 16 << 10))))
+        .collect();
+    let a = build_named(false, &a_ops, "s0", "s1");
     let b_all = build_named(true, &writes(0, 64 << 10, 2), "s1", "s2");
     let b_head = build_named(false, &writes(0, 4096, 3), "s1", "s2");
     let save = |name: &str, plain: &[u8]| {
@@ -851,7 +857,7 @@ fn merge_decompresses_only_frames_with_surviving_data() {
     let arch = ZstArchive::open(&abytes).unwrap().unwrap();
     assert!(arch.frames().len() > 8);
 
-    // A is entirely overwritten by B: none of A's frames is decompressed.
+    // A is entirely overwritten by B: none of A's frames is decompressed to copy payloads.
     let (out, frames, stats) = merge_archives(&[&za, &zb_all]);
     assert_eq!(out, merge_plain(&[&a, &b_all]));
     assert_eq!(frames[0], 0);
@@ -865,27 +871,28 @@ fn merge_decompresses_only_frames_with_surviving_data() {
     let surviving: std::collections::BTreeSet<usize> = diff
         .records
         .iter()
-        .filter(|r| r.tag == b'w' && r.offset >= 4096)
+        .filter(|r| r.tag == b'w' && r.offset + r.len > 4096)
         .flat_map(|r| {
             let p = diff.payload_pos(r);
-            [
-                arch.frame_of(p).unwrap(),
-                arch.frame_of(p + r.len - 1).unwrap(),
-            ]
+            let first = p + 4096u64.saturating_sub(r.offset);
+            arch.frame_of(first).unwrap()..=arch.frame_of(p + r.len - 1).unwrap()
         })
         .collect();
     assert_eq!(frames[0], surviving.len() as u64);
 
-    // Corrupt a frame of A that holds only data of records 8 and later.
-    let r8 = diff
+    // Corrupt a frame of A that holds payload bytes of record 2 and no record head.
+    let r2 = diff
         .records
         .iter()
         .filter(|r| r.tag == b'w')
-        .nth(8)
+        .nth(2)
         .unwrap();
-    let k = arch.frame_of(diff.payload_pos(r8)).unwrap();
+    let k = arch.frame_of(diff.payload_pos(r2) + r2.len / 2).unwrap();
     let f = arch.frames()[k];
-    assert!(k > 0 && f.d_offset >= r8.pos - 17);
+    let heads = diff.records.iter().map(|r| r.pos);
+    assert!(!heads
+        .chain(diff.metadata_records.iter().map(|m| m.0))
+        .any(|p| (f.d_offset..f.d_offset + u64::from(f.d_len)).contains(&p)));
     let mut bad = abytes.clone();
     let at = (f.c_offset + u64::from(f.c_len) / 2) as usize;
     for x in &mut bad[at..at + 8] {
@@ -928,4 +935,152 @@ fn merge_decompresses_only_frames_with_surviving_data() {
         .filter(|n| !n.ends_with(".zst") && !n.ends_with(".diff"))
         .collect();
     assert!(left.is_empty(), "temp files left: {left:?}");
+}
+
+/// `z` with its record index changed by `f` (the index checksum recomputed, frames and seek
+/// table kept): an archive whose content is right but whose index lies.
+fn relabel(z: &[u8], f: impl FnOnce(&mut rbddiff::zst::ArchiveIndex)) -> Vec<u8> {
+    use rbddiff::zst::{decode_index, encode_index, index_frame, parse_seek_table};
+    let (frames, seek_start) = parse_seek_table(z).unwrap().unwrap();
+    let last = frames.last().unwrap();
+    let data_end = (last.c_offset + u64::from(last.c_len)) as usize;
+    let mut idx = decode_index(&z[data_end + 8..seek_start]).unwrap();
+    f(&mut idx);
+    [
+        &z[..data_end],
+        &index_frame(&encode_index(&idx))[..],
+        &z[seek_start..],
+    ]
+    .concat()
+}
+
+/// An index altered with a recomputed checksum (payload positions swapped, an extent moved, a
+/// length or the size changed, a record's frame offset or a metadata record moved) is found
+/// by `verify` (exit 1, check `index`, naming the file, record and offset) even with
+/// `--full --digest --require-sums`; sidecars of such an archive are those of its content;
+/// merge does not trust it and gives what merging the plain diff gives.
+#[test]
+fn a_lying_record_index_is_found_and_not_used() {
+    use rbddiff::merge::{merge_files, open_input};
+    use rbddiff::verify::{verify, VerifyOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut ops = writes(0, 16 << 10, 7);
+    ops.push((4096, Op::Zero(8192)));
+    ops.extend(writes(4096, 8192, 8));
+    let plain = build_named(true, &ops, "s0", "s1");
+    let z = compress_file(d, &plain, &opts(4096));
+    let idx = ZstArchive::open(&z).unwrap().unwrap().index().clone();
+    let diff = &idx.diffs[0];
+    let base = diff.record_count - diff.records.len() as u64;
+    let ws: Vec<usize> = (0..diff.records.len())
+        .filter(|&k| diff.records[k].tag == b'w')
+        .collect();
+    let zk = diff.records.iter().position(|r| r.tag == b'z').unwrap();
+    let last_w = *ws.last().unwrap();
+    // (name, alteration, first record that differs, if a record does)
+    type Alter = Box<dyn Fn(&mut rbddiff::zst::ArchiveIndex)>;
+    let (a, b) = (ws[0], ws[1]);
+    let variants: Vec<(&str, Alter, Option<usize>)> = vec![
+        (
+            "payload positions swapped",
+            Box::new(move |i| {
+                let r = &mut i.diffs[0].records;
+                let (pa, pb) = (r[a].pos, r[b].pos);
+                (r[a].pos, r[b].pos) = (pb, pa);
+                (r[a].frame, r[b].frame) = (r[b].frame, r[a].frame);
+            }),
+            Some(a),
+        ),
+        (
+            "extent moved",
+            Box::new(move |i| i.diffs[0].records[last_w].offset += 1 << 20),
+            Some(last_w),
+        ),
+        (
+            "zero length changed",
+            Box::new(move |i| i.diffs[0].records[zk].len -= 4096),
+            Some(zk),
+        ),
+        (
+            "size changed",
+            Box::new(|i| i.diffs[0].metadata.image_size = Some(32 << 20)),
+            None,
+        ),
+        (
+            "frame offset changed",
+            Box::new(move |i| i.diffs[0].records[b].frame_offset += 1),
+            Some(b),
+        ),
+        (
+            "metadata record moved",
+            Box::new(|i| i.diffs[0].metadata_records[1].0 += 1),
+            None,
+        ),
+    ];
+    let plain_path = d.join("plain.diff");
+    std::fs::write(&plain_path, &plain).unwrap();
+    let want_sums = rbddiff::sums::compute(&plain).unwrap();
+    let reference = d.join("ref.diff");
+    merge_files(
+        &[s(&plain_path)],
+        &s(&reference),
+        true,
+        &Default::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let want = std::fs::read(&reference).unwrap();
+    // The honest archive passes and is merged through its index.
+    let good = d.join("good.diff.zst");
+    std::fs::write(&good, &z).unwrap();
+    assert!(verify(&[s(&good)], &VerifyOptions::default()).unwrap().ok());
+    assert!(open_input(&s(&good)).unwrap().archive().unwrap().is_some());
+    for (name, alter, record) in variants {
+        let p = d.join("lying.diff.zst");
+        std::fs::write(&p, relabel(&z, alter)).unwrap();
+        rbddiff::sums::write_sums_for(&p).unwrap();
+        let sidecar = rbddiff::sums::compute_input(Input::open(&s(&p)).unwrap()).unwrap();
+        assert_eq!(sidecar.records, want_sums.records, "{name}: sidecar");
+        let o = VerifyOptions {
+            full: true,
+            digest: true,
+            require_sums: true,
+            ..Default::default()
+        };
+        let r = verify(&[s(&p)], &o).unwrap();
+        assert!(!r.ok(), "{name}: {:?}", r.findings);
+        let f = r.findings.iter().find(|f| f.check == "index");
+        let f = f.unwrap_or_else(|| panic!("{name}: {:?}", r.findings));
+        assert_eq!(f.file, s(&p), "{name}");
+        assert!(f.message.contains("record index"), "{name}: {f}");
+        if let Some(k) = record {
+            assert_eq!(f.record, Some(base + k as u64), "{name}: {f}");
+            assert_eq!(f.offset, Some(diff.records[k].pos), "{name}: {f}");
+        }
+        let out = bin()
+            .args(["verify", "--full", "--digest", "--require-sums"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}: {out:?}");
+        // Merge falls back to the content.
+        let opened = open_input(&s(&p)).unwrap();
+        assert!(opened.archive().unwrap().is_none(), "{name}: index used");
+        drop(opened);
+        let merged = d.join("merged.diff");
+        merge_files(
+            &[s(&p)],
+            &s(&merged),
+            true,
+            &Default::default(),
+            &mut |_, _| {},
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(std::fs::read(&merged).unwrap(), want, "{name}: merge");
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
 }
