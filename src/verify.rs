@@ -196,6 +196,8 @@ struct Notes {
     findings: Vec<Finding>,
     kept: usize,
     more: u64,
+    /// Problems pushed so far (never dropped).
+    problems: usize,
 }
 
 impl Notes {
@@ -206,6 +208,8 @@ impl Notes {
                 return;
             }
             self.kept += 1;
+        } else {
+            self.problems += 1;
         }
         self.findings.push(f);
     }
@@ -365,9 +369,7 @@ fn check_file(path: &str, opts: &VerifyOptions, tick: &mut Ticker<'_>) -> Result
         },
         (_, None) if input.is_compressed() && input.raw_bytes().is_some() => {
             let raw = input.raw_bytes().unwrap_or_default();
-            let (f, m) = check_archive(path, raw, &mut at);
-            f.into_iter().for_each(|x| findings.push(x));
-            meta = m;
+            meta = check_archive(path, raw, &mut at, &mut findings);
         }
         (_, None) => match DiffReader::new(input.into_reader()) {
             Ok(mut rd) => {
@@ -455,16 +457,17 @@ fn check_file(path: &str, opts: &VerifyOptions, tick: &mut Ticker<'_>) -> Result
     })
 }
 
-/// Structure of a compressed diff in a mapped file, streamed; for an rbddiff archive, its
-/// record index is compared with the content on the way (check `index`).
+/// Structure of a compressed diff in a mapped file, streamed, with its findings added to
+/// `out`; for an rbddiff archive, its record index is compared with the content on the way
+/// (check `index`). Returns the diff's metadata when its header could be read.
 fn check_archive(
     path: &str,
     raw: &[u8],
     at: &mut dyn FnMut(u64),
-) -> (Vec<Finding>, Option<Metadata>) {
-    let mut findings = Vec::new();
+    out: &mut Notes,
+) -> Option<Metadata> {
     let archive = ZstArchive::open(raw).unwrap_or_else(|e| {
-        findings.push(problem("index", path, &e));
+        out.push(problem("index", path, &e));
         None
     });
     // A damaged image stream's index is not checked here: image streams are not merged.
@@ -476,21 +479,18 @@ fn check_archive(
     let counted = ZstdReader::new(raw).map(|inner| Counted { inner, n: &len });
     match counted.and_then(DiffReader::new) {
         Ok(mut rd) => {
-            let mut notes = Notes::default();
-            walk_checked(&mut rd, path, true, at, index.as_mut(), &mut notes);
-            let structure = notes.finish(path);
-            let valid = !structure.iter().any(|f| f.severity == Severity::Problem);
-            findings.extend(structure);
-            if let (Some(c), true) = (index, valid) {
+            let problems = out.problems;
+            walk_checked(&mut rd, path, true, at, index.as_mut(), out);
+            if let (Some(c), true) = (index, out.problems == problems) {
                 if let Err(e) = c.finish(&rd, Some(len.get())) {
-                    findings.push(problem("index", path, &e));
+                    out.push(problem("index", path, &e));
                 }
             }
-            (findings, Some(rd.metadata().clone()))
+            Some(rd.metadata().clone())
         }
         Err(e) => {
-            findings.push(problem("structure", path, &e));
-            (findings, None)
+            out.push(problem("structure", path, &e));
+            None
         }
     }
 }
