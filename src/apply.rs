@@ -546,6 +546,9 @@ impl RecordSource for Counted<'_, '_, '_> {
     fn warnings(&self) -> &[crate::Warning] {
         self.inner.warnings()
     }
+    fn more_warnings(&self) -> u64 {
+        self.inner.more_warnings()
+    }
     fn position(&self) -> u64 {
         self.inner.position()
     }

@@ -375,9 +375,7 @@ pub trait RecordSource {
     /// after `e`).
     fn warnings(&self) -> &[Warning];
     /// How many more warnings were found than [`RecordSource::warnings`] keeps.
-    fn more_warnings(&self) -> u64 {
-        0
-    }
+    fn more_warnings(&self) -> u64;
     /// Byte offset of the next record (after `e`: just past it).
     fn position(&self) -> u64;
     /// The next data record or `e`; `None` after `e`.

@@ -1036,6 +1036,10 @@ impl crate::RecordSource for ArchiveRecords<'_, '_> {
     fn warnings(&self) -> &[Warning] {
         &self.diff().warnings
     }
+    /// The record index keeps the warnings it lists, not a count of more.
+    fn more_warnings(&self) -> u64 {
+        0
+    }
     fn position(&self) -> u64 {
         let d = self.diff();
         d.records.get(self.next).map_or(d.end, |r| r.pos)
