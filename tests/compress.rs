@@ -1021,15 +1021,18 @@ fn a_lying_record_index_is_found_and_not_used() {
     let plain_path = d.join("plain.diff");
     std::fs::write(&plain_path, &plain).unwrap();
     let want_sums = rbddiff::sums::compute(&plain).unwrap();
+    // Merges one input on its own into `out`.
+    let merge_one = |input: &Path, out: &Path| {
+        merge_files(
+            &[s(input)],
+            &s(out),
+            true,
+            &Default::default(),
+            &mut |_, _| {},
+        )
+    };
     let reference = d.join("ref.diff");
-    merge_files(
-        &[s(&plain_path)],
-        &s(&reference),
-        true,
-        &Default::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    merge_one(&plain_path, &reference).unwrap();
     let want = std::fs::read(&reference).unwrap();
     // The honest archive passes and is merged through its index.
     let good = d.join("good.diff.zst");
@@ -1069,14 +1072,7 @@ fn a_lying_record_index_is_found_and_not_used() {
         assert!(opened.archive().unwrap().is_none(), "{name}: index used");
         drop(opened);
         let merged = d.join("merged.diff");
-        merge_files(
-            &[s(&p)],
-            &s(&merged),
-            true,
-            &Default::default(),
-            &mut |_, _| {},
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        merge_one(&p, &merged).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(std::fs::read(&merged).unwrap(), want, "{name}: merge");
     }
 }
