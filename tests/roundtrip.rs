@@ -190,11 +190,26 @@ proptest! {
         prop_assert_eq!(back.encode(CEPH16), bytes);
     }
 
+    /// Identity for an image header with distinct image-meta keys; with a repeated key the
+    /// parser keeps one pair per key, where the key first appeared, with the last value
+    /// (as `rbd import` leaves it).
     #[test]
     fn image_parse_of_write_is_identity(img in image_spec()) {
         let bytes = img.encode();
         let back = ImageSpec::decode(&bytes).expect("parses");
-        prop_assert_eq!(&back, &img);
-        prop_assert_eq!(back.encode(), bytes);
+        let mut want = img.clone();
+        want.header.meta.clear();
+        for (k, v) in &img.header.meta {
+            match want.header.meta.iter_mut().find(|(wk, _)| wk == k) {
+                Some(kept) => kept.1 = v.clone(),
+                None => want.header.meta.push((k.clone(), v.clone())),
+            }
+        }
+        prop_assert_eq!(&back, &want);
+        if want == img {
+            prop_assert_eq!(back.encode(), bytes);
+        } else {
+            prop_assert_eq!(ImageSpec::decode(&back.encode()), Some(back));
+        }
     }
 }
