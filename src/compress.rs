@@ -20,7 +20,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::{tag, Version};
 use crate::input::{Input, Kind};
 use crate::progress::Ticker;
-use crate::stream::{ItemKind, Payload, RecordSource};
+use crate::stream::{ItemKind, Payload, RecordSource, MAX_UNCONSUMED};
 use crate::zst::{
     self, decompress_frame, encode_index, encode_seek_table, index_frame, ArchiveIndex, FrameEntry,
     IndexRecord, IndexedDiff,
@@ -29,6 +29,9 @@ use crate::{DiffReader, DiffSlice, ImageReader, ImageSlice};
 
 /// Default frame-size target: 4 MiB of diff stream per frame.
 pub const DEFAULT_FRAME_TARGET: u64 = 4 << 20;
+/// Largest frame-size target: frames are at most twice the target, and readers decompress
+/// frames up to [`zst::MAX_FRAME_LEN`] whole.
+pub const MAX_FRAME_TARGET: u64 = zst::MAX_FRAME_LEN / 2;
 
 /// Options for [`compress`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,41 +220,62 @@ impl Chunk<'_> {
     }
 }
 
-/// The raw input of a streamed diff, with the bytes read so far not yet cut into frames.
-struct Tee {
-    inner: Box<dyn Read + Send>,
-    /// Stream offset of `data[0]`.
-    base: u64,
-    data: Vec<u8>,
-}
+/// Largest read a [`TeeReader`] passes to its input at once, so that the bytes held for the
+/// current frame never exceed the frame cap by more than this.
+const TEE_READ: usize = 1 << 20;
 
-/// A reader that keeps a copy of everything it reads in the shared [`Tee`].
-struct TeeReader(Rc<RefCell<Tee>>);
-
-impl Read for TeeReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let mut t = self
-            .0
-            .try_borrow_mut()
-            .map_err(|_| io::Error::other("internal: tee busy"))?;
-        let n = t.inner.read(out)?;
-        t.data.extend_from_slice(&out[..n]);
-        Ok(n)
-    }
-}
-
-struct Cutter<'s> {
+/// Cuts the diff stream into frames on record boundaries (see the module docs).
+///
+/// A mapped input is cut by offsets into its bytes. A streamed input is read through a
+/// [`TeeReader`], which keeps the bytes of the current frame only: whatever the parser
+/// consumes in one step (the body of an unknown record it skips, bytes after `e`, a large
+/// metadata record), a frame is cut as soon as it reaches the cap, so the bytes held stay
+/// below `cap + TEE_READ` plus what the parser holds unconsumed.
+struct Cutter<'s, 'f> {
     target: u64,
     cap: u64,
     frame_start: u64,
     frames: u32,
     slice: Option<&'s [u8]>,
-    tee: Option<Rc<RefCell<Tee>>>,
+    /// The streamed input, and the bytes read from it since `frame_start`.
+    stream: Option<Box<dyn Read + Send>>,
+    data: Vec<u8>,
+    /// `(start, number)` of the frames cut since the frame holding the last indexed record
+    /// (that one included).
+    recent: Vec<(u64, u32)>,
+    feed: &'f mut Feeder<Chunk<'s>>,
 }
 
-impl<'s> Cutter<'s> {
+type Shared<'s, 'f> = Rc<RefCell<Cutter<'s, 'f>>>;
+
+/// Reads a streamed input for the parser, keeping the bytes for the frames (see [`Cutter`]).
+struct TeeReader<'s, 'f>(Shared<'s, 'f>);
+
+impl Read for TeeReader<'_, '_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let mut c = self
+            .0
+            .try_borrow_mut()
+            .map_err(|_| io::Error::other("internal: cutter busy"))?;
+        let c = &mut *c;
+        let inner = c
+            .stream
+            .as_mut()
+            .ok_or_else(|| io::Error::other("internal: no stream to read"))?;
+        let want = out.len().min(TEE_READ);
+        let n = inner.read(&mut out[..want])?;
+        c.data.extend_from_slice(&out[..n]);
+        // Cut only before the bytes the parser may not have consumed: a record it has not
+        // yielded yet (and the walk has not indexed) starts after that point.
+        let safe = (c.frame_start + c.data.len() as u64).saturating_sub(MAX_UNCONSUMED as u64);
+        c.through(safe).map_err(io::Error::from)?;
+        Ok(n)
+    }
+}
+
+impl<'s> Cutter<'s, '_> {
     /// Ends the current frame at stream offset `pos`.
-    fn cut(&mut self, pos: u64, feed: &mut Feeder<Chunk<'s>>) -> Result<()> {
+    fn cut(&mut self, pos: u64) -> Result<()> {
         if pos <= self.frame_start {
             return Ok(());
         }
@@ -261,44 +285,54 @@ impl<'s> Cutter<'s> {
                 b.get(a..z)
                     .ok_or_else(|| Error::invalid("internal: frame outside the input"))?,
             )
-        } else if let Some(t) = &self.tee {
-            let mut t = t
-                .try_borrow_mut()
-                .map_err(|_| Error::invalid("internal: tee busy"))?;
-            let n = usize::try_from(pos - t.base)
-                .ok()
-                .filter(|&n| n <= t.data.len())
-                .ok_or_else(|| Error::invalid("internal: frame past the bytes read"))?;
-            let mut rest = Vec::with_capacity((self.target as usize) + (1 << 20));
-            rest.extend_from_slice(&t.data[n..]);
-            t.data.truncate(n);
-            t.base = pos;
-            Chunk::Owned(std::mem::replace(&mut t.data, rest))
         } else {
-            return Err(Error::invalid("internal: no frame source"));
+            let n = usize::try_from(pos - self.frame_start)
+                .ok()
+                .filter(|&n| n <= self.data.len())
+                .ok_or_else(|| Error::invalid("internal: frame past the bytes read"))?;
+            // What was read past the cut is at most the cap plus one read.
+            let mut rest = Vec::with_capacity((self.target as usize) + TEE_READ);
+            rest.extend_from_slice(&self.data[n..]);
+            self.data.truncate(n);
+            Chunk::Owned(std::mem::replace(&mut self.data, rest))
         };
-        feed.send(chunk)?;
+        self.feed.send(chunk)?;
         self.frame_start = pos;
         self.frames += 1;
+        self.recent.push((pos, self.frames));
         Ok(())
     }
 
     /// A record starts at `pos`: ends the frame there if it is big enough; returns the
     /// record's frame and offset in it.
-    fn at_record(&mut self, pos: u64, feed: &mut Feeder<Chunk<'s>>) -> Result<(u32, u32)> {
-        if pos.saturating_sub(self.frame_start) >= self.target {
-            self.cut(pos, feed)?;
+    fn at_record(&mut self, pos: u64) -> Result<(u32, u32)> {
+        if pos >= self.frame_start {
+            // Bytes before the record that the walk did not see (metadata records) are
+            // split like a payload.
+            self.through(pos)?;
+            if pos - self.frame_start >= self.target {
+                self.cut(pos)?;
+            }
         }
-        let off = u32::try_from(pos.saturating_sub(self.frame_start))
+        // The parser may have read far past the record's head before yielding it (the body
+        // of an unknown record): then it starts in a frame cut since.
+        let k = self
+            .recent
+            .iter()
+            .rposition(|&(start, _)| start <= pos)
+            .ok_or_else(|| Error::invalid("internal: a record before the frames kept"))?;
+        let (start, frame) = self.recent[k];
+        self.recent.drain(..k);
+        let off = u32::try_from(pos - start)
             .map_err(|_| Error::invalid("internal: frame offset overflow"))?;
-        Ok((self.frames, off))
+        Ok((frame, off))
     }
 
     /// The walk has reached `pos` inside a payload: splits frames that would exceed the cap.
-    fn through(&mut self, pos: u64, feed: &mut Feeder<Chunk<'s>>) -> Result<()> {
+    fn through(&mut self, pos: u64) -> Result<()> {
         while pos.saturating_sub(self.frame_start) > self.cap {
             let at = self.frame_start + self.cap;
-            self.cut(at, feed)?;
+            self.cut(at)?;
         }
         Ok(())
     }
@@ -313,19 +347,15 @@ fn head_len(v: Version, t: u8) -> u64 {
 }
 
 /// Walks one diff, cutting frames and indexing its records.
-fn walk_diff<'s>(
-    src: &mut dyn RecordSource,
-    start: u64,
-    cut: &mut Cutter<'s>,
-    feed: &mut Feeder<Chunk<'s>>,
-) -> Result<IndexedDiff> {
+fn walk_diff(src: &mut dyn RecordSource, start: u64, cut: &Shared<'_, '_>) -> Result<IndexedDiff> {
     let version = src.version();
     let mut records = Vec::new();
     let mut count = 0;
     let mut scratch = Vec::new();
+    let through = |pos: u64| cut.borrow_mut().through(pos);
     while let Some(item) = src.next_item()? {
         count = item.index + 1;
-        let (frame, frame_offset) = cut.at_record(item.offset, feed)?;
+        let (frame, frame_offset) = cut.borrow_mut().at_record(item.offset)?;
         let (t, offset, len) = zst::item_fields(&item.kind);
         records.push(IndexRecord {
             pos: item.offset,
@@ -340,13 +370,13 @@ fn walk_diff<'s>(
             ItemKind::Write {
                 data: Payload::Bytes(_),
                 extent,
-            } => cut.through(body_start + extent.len, feed)?,
+            } => through(body_start + extent.len)?,
             ItemKind::Write {
                 data: Payload::Stream(r),
                 ..
             } => {
                 if scratch.is_empty() {
-                    scratch = vec![0u8; 1 << 20];
+                    scratch = vec![0u8; TEE_READ];
                 }
                 let mut p = body_start;
                 loop {
@@ -357,10 +387,10 @@ fn walk_diff<'s>(
                         Err(e) => return Err(e.into()),
                     };
                     p += n as u64;
-                    cut.through(p, feed)?;
+                    through(p)?;
                 }
             }
-            ItemKind::Unknown { len, .. } => cut.through(body_start + len, feed)?,
+            ItemKind::Unknown { len, .. } => through(body_start + len)?,
             _ => {}
         }
     }
@@ -384,48 +414,45 @@ fn walk<'s>(
     opts: &CompressOptions,
     feed: &mut Feeder<Chunk<'s>>,
 ) -> Result<ArchiveIndex> {
-    let tee = stream.map(|inner| {
-        Rc::new(RefCell::new(Tee {
-            inner,
-            base: 0,
-            data: Vec::new(),
-        }))
-    });
-    let mut cut = Cutter {
+    let streamed = stream.is_some();
+    let cut: Shared<'s, '_> = Rc::new(RefCell::new(Cutter {
         target: opts.frame_target,
         cap: opts.frame_target * 2,
         frame_start: 0,
         frames: 0,
         slice,
-        tee: tee.clone(),
-    };
+        stream,
+        data: Vec::new(),
+        recent: vec![(0, 0)],
+        feed,
+    }));
     let mut diffs = Vec::new();
     let mut image = None;
-    match (slice, &tee, kind) {
+    match (slice, streamed, kind) {
         (Some(b), _, Kind::DiffV1 | Kind::DiffV2) => {
             let d = DiffSlice::parse(b)?;
-            diffs.push(walk_diff(&mut d.records(), 0, &mut cut, feed)?);
+            diffs.push(walk_diff(&mut d.records(), 0, &cut)?);
         }
         (Some(b), _, Kind::Image) => {
             let img = ImageSlice::parse(b)?;
             image = Some((img.header().clone(), img.warnings().to_vec()));
             for d in img.diffs() {
                 let d = d?;
-                cut.at_record(d.start_offset(), feed)?;
-                diffs.push(walk_diff(&mut d.records(), d.start_offset(), &mut cut, feed)?);
+                cut.borrow_mut().at_record(d.start_offset())?;
+                diffs.push(walk_diff(&mut d.records(), d.start_offset(), &cut)?);
             }
         }
-        (None, Some(t), Kind::DiffV1 | Kind::DiffV2) => {
-            let mut d = DiffReader::new(TeeReader(t.clone()))?;
-            diffs.push(walk_diff(&mut d, 0, &mut cut, feed)?);
+        (None, true, Kind::DiffV1 | Kind::DiffV2) => {
+            let mut d = DiffReader::new(TeeReader(cut.clone()))?;
+            diffs.push(walk_diff(&mut d, 0, &cut)?);
         }
-        (None, Some(t), Kind::Image) => {
-            let mut img = ImageReader::new(TeeReader(t.clone()))?;
+        (None, true, Kind::Image) => {
+            let mut img = ImageReader::new(TeeReader(cut.clone()))?;
             image = Some((img.header().clone(), img.warnings().to_vec()));
             while let Some(d) = img.next_diff()? {
                 let start = d.start_offset();
-                cut.at_record(start, feed)?;
-                diffs.push(walk_diff(d, start, &mut cut, feed)?);
+                cut.borrow_mut().at_record(start)?;
+                diffs.push(walk_diff(d, start, &cut)?);
             }
         }
         _ => {
@@ -434,32 +461,28 @@ fn walk<'s>(
             ))
         }
     }
-    let total = match (slice, &tee) {
-        (Some(b), _) => b.len() as u64,
-        (None, Some(t)) => {
-            // Bytes after the last embedded diff of an image stream are kept too.
-            let mut buf = vec![0u8; 1 << 20];
-            let mut r = TeeReader(t.clone());
+    let total = match slice {
+        Some(b) => b.len() as u64,
+        None => {
+            // Bytes after the last embedded diff of an image stream are kept too (the
+            // reader cuts frames as they come).
+            let mut buf = vec![0u8; TEE_READ];
+            let mut r = TeeReader(cut.clone());
             loop {
-                let n = match r.read(&mut buf) {
+                match r.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => n,
+                    Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e.into()),
-                };
-                let _ = n;
-                let end = {
-                    let t = t.borrow();
-                    t.base + t.data.len() as u64
-                };
-                cut.through(end, feed)?;
+                }
             }
-            let t = t.borrow();
-            t.base + t.data.len() as u64
+            let c = cut.borrow();
+            c.frame_start + c.data.len() as u64
         }
-        _ => 0,
     };
-    cut.cut(total, feed)?;
+    let mut c = cut.borrow_mut();
+    c.through(total)?;
+    c.cut(total)?;
     Ok(ArchiveIndex {
         total_len: total,
         kind,
@@ -496,10 +519,11 @@ pub fn compress_with_progress(
     opts: &CompressOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Stats> {
-    if !(1024..=(256 << 20)).contains(&opts.frame_target) {
-        return Err(Error::invalid(
-            "frame target must be between 1 KiB and 256 MiB",
-        ));
+    if !(1024..=MAX_FRAME_TARGET).contains(&opts.frame_target) {
+        return Err(Error::invalid(format!(
+            "frame target must be between 1 KiB and {} MiB",
+            MAX_FRAME_TARGET >> 20
+        )));
     }
     let (lo, hi) = (*zstd::compression_level_range().start(), 22);
     if !(lo..=hi).contains(&opts.level) {
@@ -613,7 +637,9 @@ pub fn decompress_with_progress(
         return Err(Error::invalid("not a zstd-compressed file").with_file(name));
     }
     if let Some(raw) = input.raw_bytes() {
-        if let Ok(Some((frames, _))) = zst::parse_seek_table(raw) {
+        if let Ok(Some((frames, _))) =
+            zst::parse_seek_table(raw).map(|t| t.filter(|(f, _)| zst::frames_fit(f)))
+        {
             let total = frames.iter().map(|f| u64::from(f.d_len)).sum();
             let mut tick = Ticker::new(progress, total);
             return decompress_frames(raw, &frames, out, threads, &mut tick)

@@ -15,6 +15,13 @@ use crate::parse::{self, PErr};
 const BUF_SIZE: usize = 64 * 1024;
 /// Largest item that must fit in the buffer at once (an image-meta pair is the biggest head).
 const MAX_HEAD: usize = 2 * (crate::format::MAX_META_LEN as usize) + 64;
+/// Most bytes a streaming parser holds read but not yet consumed: every record it has not
+/// yielded yet starts at most this far before the end of what it has read.
+pub(crate) const MAX_UNCONSUMED: usize = if BUF_SIZE > MAX_HEAD {
+    BUF_SIZE
+} else {
+    MAX_HEAD
+};
 
 /// Bytes read per refill of a seekable input beyond what the parser asks for: a few record
 /// heads, so that walking the heads of a file of large records reads almost nothing else.

@@ -30,8 +30,12 @@ pub const SEEKABLE_MAGIC: u32 = 0x8F92_EAB1;
 const INDEX_MAGIC: &[u8; 8] = b"RBDZIDX1";
 /// Size of the seek table footer.
 const FOOTER_LEN: usize = 9;
-/// Largest decompressed frame the readers accept (the seekable format's limit).
-pub const MAX_FRAME_LEN: u64 = 1 << 30;
+/// Largest frame the random-access readers decompress whole: twice the largest frame target
+/// rbddiff writes ([`crate::compress::MAX_FRAME_TARGET`]). An archive with a larger frame
+/// (from another tool, or crafted) is read as a plain zstd stream instead.
+pub const MAX_FRAME_LEN: u64 = 64 << 20;
+/// Bytes of decompressed frames an archive keeps cached (at least the frame just read).
+const CACHE_BYTES: usize = 128 << 20;
 
 /// One zstd frame of an archive, from the seek table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -762,7 +766,7 @@ pub(crate) fn decompress_frame(
 ) -> Result<()> {
     let fail = |why: &str| corrupt_frame(Some(i as u64), f.c_offset, f.d_offset, why);
     if u64::from(f.d_len) > MAX_FRAME_LEN {
-        return Err(fail("frame larger than 1 GiB in the seek table"));
+        return Err(fail("frame larger than 64 MiB in the seek table"));
     }
     let start = usize::try_from(f.c_offset).map_err(|_| fail("offset out of range"))?;
     let src = start
@@ -789,8 +793,16 @@ pub fn has_index(bytes: &[u8]) -> bool {
     let Ok(Some((frames, _))) = parse_seek_table(bytes) else {
         return false;
     };
+    if !frames_fit(&frames) {
+        return false;
+    }
     let data_end = frames.last().map_or(0, |f| f.c_offset + u64::from(f.c_len));
     usize::try_from(data_end).is_ok_and(|at| le32(bytes, at) == Some(INDEX_FRAME_MAGIC))
+}
+
+/// True when every frame of a seek table may be decompressed whole ([`MAX_FRAME_LEN`]).
+pub fn frames_fit(frames: &[FrameEntry]) -> bool {
+    frames.iter().all(|f| u64::from(f.d_len) <= MAX_FRAME_LEN)
 }
 
 /// Random access to an indexed archive held in memory (e.g. a mapped file).
@@ -799,7 +811,8 @@ pub struct ZstArchive<'a> {
     frames: Vec<FrameEntry>,
     index: ArchiveIndex,
     dctx: zstd::bulk::Decompressor<'static>,
-    /// Recently decompressed frames, most recent last.
+    /// Recently decompressed frames, most recent last (at most [`CACHE_FRAMES`], and
+    /// [`CACHE_BYTES`] but for the newest).
     cache: Vec<(usize, Vec<u8>)>,
     decompressed: u64,
 }
@@ -824,6 +837,9 @@ impl<'a> ZstArchive<'a> {
         let Some((frames, seek_start)) = parse_seek_table(bytes)? else {
             return Ok(None);
         };
+        if !frames_fit(&frames) {
+            return Ok(None);
+        }
         let data_end = frames.last().map_or(0, |f| f.c_offset + u64::from(f.c_len));
         let data_end = usize::try_from(data_end).unwrap_or(usize::MAX);
         if data_end + 8 > seek_start || le32(bytes, data_end) != Some(INDEX_FRAME_MAGIC) {
@@ -920,6 +936,11 @@ impl<'a> ZstArchive<'a> {
             decompress_frame(&mut self.dctx, self.bytes, i, &f, &mut data)?;
             self.decompressed += 1;
             self.cache.push((i, data));
+            while self.cache.len() > 1
+                && self.cache.iter().map(|(_, d)| d.capacity()).sum::<usize>() > CACHE_BYTES
+            {
+                self.cache.remove(0);
+            }
         }
         Ok(self
             .cache

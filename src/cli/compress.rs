@@ -27,7 +27,8 @@ pub struct CompressArgs {
     /// Compression threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Diff bytes per zstd frame (frames end at the first record boundary after this).
+    /// Diff bytes per zstd frame (frames end at the first record boundary after this;
+    /// 1 KiB to 32 MiB).
     #[arg(long, default_value_t = compress::DEFAULT_FRAME_TARGET)]
     frame_size: u64,
     /// Replace an existing output file.

@@ -1,0 +1,309 @@
+//! zstd inputs built to exhaust memory: small files that decompress to a huge unknown record
+//! or to huge trailing bytes, archives that declare frames larger than rbddiff writes.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use rbddiff::zst::{encode_index, encode_seek_table, index_frame, FrameEntry, ZstArchive};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+const MIB: u64 = 1 << 20;
+
+/// A v2 diff head: banner, `t`, `s`.
+fn v2_head(size: u64) -> Vec<u8> {
+    let mut d = b"rbd diff v2\n".to_vec();
+    d.push(b't');
+    d.extend_from_slice(&6u64.to_le_bytes());
+    d.extend_from_slice(&2u32.to_le_bytes());
+    d.extend_from_slice(b"s1");
+    d.push(b's');
+    d.extend_from_slice(&8u64.to_le_bytes());
+    d.extend_from_slice(&size.to_le_bytes());
+    d
+}
+
+fn v2_write(d: &mut Vec<u8>, off: u64, data: &[u8]) {
+    d.push(b'w');
+    d.extend_from_slice(&(16 + data.len() as u64).to_le_bytes());
+    d.extend_from_slice(&off.to_le_bytes());
+    d.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    d.extend_from_slice(data);
+}
+
+/// Writes `head`, `zeros` zero bytes and `tail` as one zstd stream into `path`, and returns
+/// the sha256 of the plain content.
+fn zstd_file(path: &Path, head: &[u8], zeros: u64, tail: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut z = zstd::Encoder::new(std::fs::File::create(path).unwrap(), 1).unwrap();
+    z.write_all(head).unwrap();
+    h.update(head);
+    let block = vec![0u8; MIB as usize];
+    let mut left = zeros;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        z.write_all(&block[..n]).unwrap();
+        h.update(&block[..n]);
+        left -= n as u64;
+    }
+    z.write_all(tail).unwrap();
+    h.update(tail);
+    z.finish().unwrap();
+    hex::encode(h.finalize())
+}
+
+fn sha256_of_decompressed(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut r = zstd::Decoder::new(std::fs::File::open(path).unwrap()).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; MIB as usize];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Runs `cmd` to its end, sampling the peak resident set size (`VmHWM`, KiB) of the child.
+fn run_with_peak_rss(cmd: &mut Command) -> (Output, u64) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status_path = PathBuf::from(format!("/proc/{}/status", child.id()));
+    let mut peak = 0u64;
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    loop {
+        if let Ok(st) = std::fs::read_to_string(&status_path) {
+            if let Some(kib) = st
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kib);
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = child.wait().unwrap();
+    let o = Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    };
+    (o, peak)
+}
+
+/// A 1.5 GiB unknown v2 record and 1.5 GiB of bytes after `e`, each in a zstd file of a few
+/// hundred KiB: `compress` must keep every byte (checked by digest) in memory bounded by its
+/// frames in flight, not by the record or the trailing bytes.
+#[test]
+fn compression_bombs_are_recompressed_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let big = 1536 * MIB;
+    let mut unknown = v2_head(4 * MIB);
+    v2_write(&mut unknown, 0, &[7u8; 4096]);
+    unknown.push(b'X');
+    unknown.extend_from_slice(&big.to_le_bytes());
+    let mut trailing = v2_head(4 * MIB);
+    v2_write(&mut trailing, 0, &[7u8; 4096]);
+    trailing.push(b'e');
+    let cases: [(&str, Vec<u8>, Vec<u8>); 2] = [
+        ("unknown record", unknown, {
+            let mut t = Vec::new();
+            v2_write(&mut t, 8192, &[9u8; 4096]);
+            t.push(b'e');
+            t
+        }),
+        ("bytes after e", trailing, Vec::new()),
+    ];
+    for (what, head, tail) in cases {
+        let bomb = d.join("bomb.zst");
+        let want = zstd_file(&bomb, &head, big, &tail);
+        let z_len = std::fs::metadata(&bomb).unwrap().len();
+        assert!(z_len < 8 * MIB, "{what}: the bomb is small ({z_len} bytes)");
+        let out = d.join("out.zst");
+        let (o, peak_kib) = run_with_peak_rss(bin().args([
+            "compress",
+            &s(&bomb),
+            "-o",
+            &s(&out),
+            "--threads",
+            "2",
+            "--force",
+        ]));
+        assert!(o.status.success(), "{what}: {o:?}");
+        assert_eq!(sha256_of_decompressed(&out), want, "{what}: content kept");
+        // 2 threads: 24 frames of at most 8 MiB in flight, plus the frame being cut.
+        assert!(
+            peak_kib < 512 * 1024,
+            "{what}: compress peaked at {} MiB for a {} MiB stream",
+            peak_kib / 1024,
+            big / MIB
+        );
+        // The same from stdin (the path `backup` takes through the stream compressor).
+        let (o, peak_kib) = run_with_peak_rss(
+            bin()
+                .args(["compress", "-", "-o", &s(&out), "--threads", "2", "--force"])
+                .stdin(std::fs::File::open(&bomb).unwrap()),
+        );
+        assert!(o.status.success(), "{what} (stdin): {o:?}");
+        assert_eq!(sha256_of_decompressed(&out), want, "{what} (stdin)");
+        assert!(
+            peak_kib < 512 * 1024,
+            "{what} (stdin): {} MiB",
+            peak_kib / 1024
+        );
+    }
+}
+
+/// rbddiff writes frames of at most twice the 32 MiB largest target; a larger frame target
+/// is refused.
+#[test]
+fn frame_targets_beyond_the_readers_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut plain = v2_head(MIB);
+    v2_write(&mut plain, 0, &[1u8; 4096]);
+    plain.push(b'e');
+    let p = d.join("p.diff");
+    std::fs::write(&p, &plain).unwrap();
+    let z = d.join("p.zst");
+    for (size, ok) in [(32 * MIB, true), (32 * MIB + 1, false), (256 * MIB, false)] {
+        let o = bin()
+            .args(["compress", &s(&p), "-o", &s(&z), "--force"])
+            .args(["--frame-size", &size.to_string()])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.success(), ok, "--frame-size {size}: {o:?}");
+        if !ok {
+            assert_eq!(o.status.code(), Some(2));
+            assert!(
+                String::from_utf8_lossy(&o.stderr).contains("32 MiB"),
+                "{o:?}"
+            );
+        }
+    }
+}
+
+/// An indexed archive whose one frame holds 80 MiB (more than readers decompress whole) is
+/// not used for random access: every command reads it as a zstd stream, with the same
+/// results as the plain diff.
+#[test]
+fn an_archive_with_a_frame_too_large_is_read_as_a_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut plain = v2_head(128 * MIB);
+    for k in 0..5u64 {
+        let data: Vec<u8> = (0..16 * MIB).map(|i| (i * (k + 3) / 4096) as u8).collect();
+        v2_write(&mut plain, k * 20 * MIB, &data);
+    }
+    plain.push(b'e');
+    let p = d.join("p.diff");
+    std::fs::write(&p, &plain).unwrap();
+    // The index of a normal archive of the same content, relabelled to one frame.
+    let normal = d.join("n.zst");
+    let o = bin()
+        .args(["compress", &s(&p), "-o", &s(&normal)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let nbytes = std::fs::read(&normal).unwrap();
+    let mut idx = ZstArchive::open(&nbytes).unwrap().unwrap().index().clone();
+    for r in &mut idx.diffs[0].records {
+        r.frame = 0;
+        r.frame_offset = u32::try_from(r.pos).unwrap();
+    }
+    let mut c = zstd::bulk::Compressor::new(1).unwrap();
+    c.set_parameter(zstd::stream::raw::CParameter::ChecksumFlag(true))
+        .unwrap();
+    c.set_parameter(zstd::stream::raw::CParameter::ContentSizeFlag(true))
+        .unwrap();
+    let frame = c.compress(&plain).unwrap();
+    let checksum = u32::from_le_bytes(frame[frame.len() - 4..].try_into().unwrap());
+    let mut z = frame.clone();
+    z.extend_from_slice(&index_frame(&encode_index(&idx)));
+    z.extend_from_slice(&encode_seek_table(&[FrameEntry {
+        c_offset: 0,
+        c_len: frame.len() as u32,
+        d_offset: 0,
+        d_len: plain.len() as u32,
+        checksum,
+    }]));
+    assert!(ZstArchive::open(&z).unwrap().is_none(), "not random access");
+    let big = d.join("big.zst");
+    std::fs::write(&big, &z).unwrap();
+
+    let o = bin().args(["verify", &s(&big)]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let out = d.join("out.diff");
+    let o = bin()
+        .args(["decompress", &s(&big), "-o", &s(&out)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        std::fs::read(&out).unwrap() == plain,
+        "decompressed content"
+    );
+    // The next diff of the chain, s1 -> s2.
+    let mut next = b"rbd diff v2\n".to_vec();
+    for (t, n) in [(b'f', "s1"), (b't', "s2")] {
+        next.push(t);
+        next.extend_from_slice(&(4 + n.len() as u64).to_le_bytes());
+        next.extend_from_slice(&(n.len() as u32).to_le_bytes());
+        next.extend_from_slice(n.as_bytes());
+    }
+    next.push(b's');
+    next.extend_from_slice(&8u64.to_le_bytes());
+    next.extend_from_slice(&(128 * MIB).to_le_bytes());
+    v2_write(&mut next, 10 * MIB, &[5u8; 8192]);
+    next.push(b'e');
+    let n = d.join("n.diff");
+    std::fs::write(&n, &next).unwrap();
+    let (m1, m2) = (d.join("m1.diff"), d.join("m2.diff"));
+    for (src, m) in [(&big, &m1), (&p, &m2)] {
+        let o = bin()
+            .args(["merge", &s(src), &s(&n), "-o", &s(m)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+    }
+    assert!(std::fs::read(&m1).unwrap() == std::fs::read(&m2).unwrap());
+    let j = |f: &Path| {
+        let o = bin().args(["inspect", "--json", &s(f)]).output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v[0]["diffs"].clone()
+    };
+    let (a, b) = (j(&big), j(&p));
+    assert_eq!(a, b);
+    assert_eq!(a[0]["writes"], 5);
+}
