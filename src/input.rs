@@ -7,7 +7,7 @@
 //! never parsed as a diff) and [`Input::archive`] gives random access to an indexed archive.
 
 use std::fs::File;
-use std::io::{self, Cursor, Read};
+use std::io::{self, Cursor, Read, Write};
 use std::path::Path;
 
 use memmap2::Mmap;
@@ -144,15 +144,15 @@ impl Input {
 
     /// Copies a stream into an anonymous temporary file (in `$TMPDIR`, removed when closed)
     /// and maps it, so that callers needing random access can treat it as a file. Costs disk
-    /// space equal to the stream's length, no anonymous memory.
+    /// space equal to the stream's length, no anonymous memory; refuses to fill the file
+    /// system (the last 5 % of it stays free).
     ///
     /// # Errors
     /// Creating, writing or mapping the temporary file, or reading `r`.
     pub fn spill(name: &str, mut r: impl Read) -> Result<Input> {
-        let wrap = |e: io::Error| Error::from(e).with_file(name);
-        let mut file = tempfile::tempfile().map_err(wrap)?;
-        let n = io::copy(&mut r, &mut file).map_err(wrap)?;
-        Self::map_spilled(name, file, n)
+        let mut f = Spill::new().map_err(|e| e.with_file(name))?;
+        io::copy(&mut r, &mut f).map_err(|e| Error::from(e).with_file(name))?;
+        Self::map_spilled(name, f.file, f.written)
     }
 
     /// Maps a spilled temporary file of `n` bytes.
@@ -184,11 +184,10 @@ impl Input {
         if self.compressed && matches!(self.data, Data::Map(..)) {
             // A mapped archive is decompressed frame-parallel.
             let name = self.name.clone();
-            let wrap = |e: io::Error| Error::from(e).with_file(&name);
-            let mut file = tempfile::tempfile().map_err(wrap)?;
+            let mut f = Spill::new().map_err(|e| e.with_file(&name))?;
             let threads = crate::compress::default_threads();
-            let stats = crate::compress::decompress(self, &mut file, threads)?;
-            return Self::map_spilled(&name, file, stats.diff_bytes);
+            let stats = crate::compress::decompress(self, &mut f, threads)?;
+            return Self::map_spilled(&name, f.file, stats.diff_bytes);
         }
         if self.compressed || matches!(self.data, Data::Stream(_)) {
             let name = self.name.clone();
@@ -266,6 +265,73 @@ impl Input {
             Data::Empty => Box::new(io::empty()),
             Data::Stream(r) => r,
         }
+    }
+}
+
+/// An anonymous temporary file in `$TMPDIR` that refuses to fill its file system: it never
+/// writes into the last 5 % (at least 64 MiB, at most 1 GiB), checked every 64 MiB; its
+/// errors name the directory.
+struct Spill {
+    file: File,
+    dir: std::path::PathBuf,
+    room: u64,
+    written: u64,
+}
+
+impl Spill {
+    fn new() -> Result<Spill> {
+        let dir = std::env::temp_dir();
+        let file = tempfile::tempfile_in(&dir).map_err(|e| spill_error(&dir, e))?;
+        Ok(Spill {
+            file,
+            dir,
+            room: 0,
+            written: 0,
+        })
+    }
+
+    fn check_room(&mut self, want: u64) -> io::Result<()> {
+        let st = rustix::fs::fstatvfs(&self.file)?;
+        let total = st.f_blocks.saturating_mul(st.f_frsize);
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        let reserve = (total / 20).clamp(64 << 20, 1 << 30);
+        self.room = free.saturating_sub(reserve).min(64 << 20);
+        if self.room < want {
+            return Err(io::Error::other(format!(
+                "decompressing to a temporary file in {} would fill its file system (after \
+                     {} bytes): set TMPDIR to a directory with more room",
+                self.dir.display(),
+                self.written
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn spill_error(dir: &Path, e: io::Error) -> Error {
+    let msg = format!("temporary file in {}: {e}", dir.display());
+    Error::from(io::Error::new(e.kind(), msg))
+}
+
+impl Write for Spill {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let want = b.len().min(1 << 20) as u64;
+        if self.room < want {
+            self.check_room(want)?;
+        }
+        let n = self.file.write(&b[..want as usize]).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("temporary file in {}: {e}", self.dir.display()),
+            )
+        })?;
+        self.room -= n as u64;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
     }
 }
 

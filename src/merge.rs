@@ -36,6 +36,7 @@ use crate::input::{Input, Kind};
 use crate::output::Output;
 use crate::progress::Ticker;
 use crate::slice::DiffSlice;
+use crate::stream::{DiffReader, RecordSource};
 use crate::write::DiffWriter;
 use crate::zst::{IndexedDiff, ZstArchive};
 
@@ -354,6 +355,63 @@ fn insert_indexed(map: &mut ExtentMap, input: u32, d: &IndexedDiff, total: u64) 
     Ok(())
 }
 
+/// Checks that each header starts where the one before ends (pairs with an unknown header,
+/// `None`, are skipped): a full diff only first, and, unless `force_chain`, the start snapshot
+/// of each diff is the end snapshot of the one before.
+///
+/// # Errors
+/// A chain break, naming both files and snapshots.
+pub fn check_links(names: &[&str], metas: &[Option<&Metadata>], force_chain: bool) -> Result<()> {
+    for (i, pair) in metas.windows(2).enumerate() {
+        let (Some(a), Some(b)) = (pair[0], pair[1]) else {
+            continue;
+        };
+        let (na, nb) = (names[i], names[i + 1]);
+        if b.from_snap.is_none() {
+            return Err(Error::new(ErrorKind::ChainBreak(format!(
+                "{nb} is a full diff (no start snapshot) but follows {na}: a full diff may only come first"
+            ))));
+        }
+        if !force_chain && a.to_snap != b.from_snap {
+            return Err(Error::new(ErrorKind::ChainBreak(format!(
+                "chain break: {na} ends at snapshot {} but {nb} starts at snapshot {} \
+                 (use --force-chain if the snapshots were renamed)",
+                show(a.to_snap.as_deref()),
+                show(b.from_snap.as_deref()),
+            ))));
+        }
+    }
+    Ok(())
+}
+
+/// The header of the diff in the file `path`, read without spilling anything: mapped bytes
+/// are parsed in place, a zstd file is decompressed only as far as its header. `None` for
+/// stdin and other streams (they can be read only once).
+///
+/// # Errors
+/// The file cannot be opened, is an image export, or its header is invalid.
+pub fn peek_header(path: &str) -> Result<Option<Metadata>> {
+    if path == "-" {
+        return Ok(None);
+    }
+    let input = Input::open(path)?;
+    if input.kind() == Kind::Image {
+        return Err(Error::invalid(
+            "an 'rbd image v2' export cannot be merged as a diff (merge its diffs instead)",
+        )
+        .with_file(path));
+    }
+    let wrap = |e: Error| e.with_file(path);
+    if let Some(b) = input.bytes() {
+        return Ok(Some(DiffSlice::parse(b).map_err(wrap)?.metadata().clone()));
+    }
+    if input.raw_bytes().is_none() {
+        return Ok(None);
+    }
+    let rd = DiffReader::new(input.into_reader()).map_err(wrap)?;
+    Ok(Some(rd.metadata().clone()))
+}
+
 /// Checks the chain and builds the merged map from the record heads of every input (for an
 /// archive: from its record index, decompressing nothing).
 ///
@@ -377,23 +435,9 @@ pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
         .map(|inp| parse_input(inp).map_err(|e| e.with_file(inp.name)))
         .collect::<Result<Vec<_>>>()?;
     // Chain checks, on the headers only, before anything else.
-    for (i, pair) in parsed.windows(2).enumerate() {
-        let (a, b) = (pair[0].metadata(), pair[1].metadata());
-        let (na, nb) = (inputs[i].name, inputs[i + 1].name);
-        if b.from_snap.is_none() {
-            return Err(Error::new(ErrorKind::ChainBreak(format!(
-                "{nb} is a full diff (no start snapshot) but follows {na}: a full diff may only come first"
-            ))));
-        }
-        if !opts.force_chain && a.to_snap != b.from_snap {
-            return Err(Error::new(ErrorKind::ChainBreak(format!(
-                "chain break: {na} ends at snapshot {} but {nb} starts at snapshot {} \
-                 (use --force-chain if the snapshots were renamed)",
-                show(a.to_snap.as_deref()),
-                show(b.from_snap.as_deref()),
-            ))));
-        }
-    }
+    let names: Vec<&str> = inputs.iter().map(|i| i.name).collect();
+    let metas: Vec<Option<&Metadata>> = parsed.iter().map(|d| Some(d.metadata())).collect();
+    check_links(&names, &metas, opts.force_chain)?;
     let mut map = ExtentMap::new();
     let mut size: Option<u64> = None;
     let mut input_bytes = 0u64;
@@ -762,6 +806,18 @@ pub fn merge_files_to(
             "--sums needs an output file (a sidecar cannot follow stdout)",
         ));
     }
+    // The chain is checked on the headers before any input is decompressed to a
+    // temporary file.
+    let heads = paths
+        .iter()
+        .map(|p| peek_header(p))
+        .collect::<Result<Vec<_>>>()?;
+    let names: Vec<&str> = paths.iter().map(String::as_str).collect();
+    check_links(
+        &names,
+        &heads.iter().map(Option::as_ref).collect::<Vec<_>>(),
+        opts.force_chain,
+    )?;
     let opened = paths
         .iter()
         .map(|p| open_input(p))

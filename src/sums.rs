@@ -252,7 +252,7 @@ fn compressed_sums(raw: &[u8]) -> CompressedSums {
 }
 
 /// Computes the sums of an opened input: a plain diff in memory, an indexed archive through
-/// [`compute_archive`], any other zstd file decompressed to a temporary file first.
+/// [`compute_archive`], any other zstd file as it is decompressed.
 ///
 /// # Errors
 /// The input is not a regular file or not a valid diff, or decompression fails.
@@ -267,9 +267,11 @@ pub fn compute_input(input: Input) -> Result<Sums> {
     if let Some(a) = input.archive()? {
         return compute_archive(raw, &a).map_err(|e| e.with_file(&name));
     }
+    // A zstd file without a (usable) index is summed as it decompresses: nothing is
+    // spilled.
     let compressed = compressed_sums(raw);
-    let plain = input.into_mapped()?;
-    let mut s = compute(plain.bytes().unwrap_or_default()).map_err(|e| e.with_file(&name))?;
+    let mut s = copy_with_sums(input.into_reader(), &mut std::io::sink())
+        .map_err(|e| e.with_file(&name))?;
     s.compressed = Some(compressed);
     Ok(s)
 }

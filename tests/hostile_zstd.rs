@@ -307,3 +307,125 @@ fn an_archive_with_a_frame_too_large_is_read_as_a_stream() {
     assert_eq!(a, b);
     assert_eq!(a[0]["writes"], 5);
 }
+
+/// A v2 diff `from` → `to` of a 64 MiB image with one write of `len` bytes at 0.
+fn v2_diff(from: Option<&str>, to: &str, len: u64) -> Vec<u8> {
+    let mut d = b"rbd diff v2\n".to_vec();
+    for (t, n) in from.map(|f| (b'f', f)).into_iter().chain([(b't', to)]) {
+        d.push(t);
+        d.extend_from_slice(&(4 + n.len() as u64).to_le_bytes());
+        d.extend_from_slice(&(n.len() as u32).to_le_bytes());
+        d.extend_from_slice(n.as_bytes());
+    }
+    d.push(b's');
+    d.extend_from_slice(&8u64.to_le_bytes());
+    d.extend_from_slice(&(256 * MIB).to_le_bytes());
+    d.push(b'w');
+    d.extend_from_slice(&(16 + len).to_le_bytes());
+    d.extend_from_slice(&0u64.to_le_bytes());
+    d.extend_from_slice(&len.to_le_bytes());
+    d
+}
+
+/// Plain zstd inputs (no index) are decompressed to `$TMPDIR` for a merge, but only once
+/// the chain is known to hold: a broken chain is refused from the headers. `verify` sums
+/// them as they decompress, without a temporary file.
+#[test]
+fn plain_zstd_inputs_are_checked_before_anything_is_spilled() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b) = (d.join("a.zst"), d.join("b.zst"));
+    zstd_file(&a, &v2_diff(Some("s0"), "s1", 64 * MIB), 64 * MIB, b"e");
+    zstd_file(&b, &v2_diff(Some("s5"), "s6", 64 * MIB), 64 * MIB, b"e");
+    // No temporary file can be made here.
+    let no_tmp = d.join("not-a-dir");
+    std::fs::write(&no_tmp, b"").unwrap();
+    let o = bin()
+        .args(["merge", &s(&a), &s(&b), "-o", &s(&d.join("m.diff"))])
+        .env("TMPDIR", &no_tmp)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        err.contains("chain break") && err.contains("'s1'") && err.contains("'s5'"),
+        "{err}"
+    );
+    assert!(!d.join("m.diff").exists());
+
+    let o = bin()
+        .args(["verify", "--write-sums", &s(&a)])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let o = bin()
+        .args(["verify", "--require-sums", &s(&a)])
+        .env("TMPDIR", &no_tmp)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "verify needs no temporary file: {o:?}"
+    );
+}
+
+/// A spill never fills its file system: with `$TMPDIR` on a 32 MiB tmpfs, merging a small
+/// zstd file that expands to 128 MiB stops early with an error naming the directory, and
+/// the file system keeps its room. Needs root (to mount the tmpfs); required under CI.
+#[test]
+fn a_spill_stops_before_filling_tmpdir() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mnt = d.join("tmp");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs", &s(&mnt)])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must mount a tmpfs"
+        );
+        eprintln!("SKIPPED a_spill_stops_before_filling_tmpdir: cannot mount a tmpfs (not root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(mnt.clone());
+    let (a, b) = (d.join("a.zst"), d.join("b.zst"));
+    zstd_file(&a, &v2_diff(Some("s0"), "s1", 128 * MIB), 128 * MIB, b"e");
+    zstd_file(&b, &v2_diff(Some("s1"), "s2", MIB), MIB, b"e");
+    let o = bin()
+        .args(["merge", &s(&a), &s(&b), "-o", &s(&d.join("m.diff"))])
+        .env("TMPDIR", &mnt)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        err.contains(&*s(&mnt)) && err.contains("would fill"),
+        "{err}"
+    );
+    let o = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    let avail: u64 = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        avail > 30 * MIB,
+        "the tmpfs is left empty: {avail} bytes free"
+    );
+}
