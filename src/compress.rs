@@ -616,7 +616,8 @@ fn compress_from(
 /// anything else is streamed. Every frame's content checksum is verified.
 ///
 /// # Errors
-/// The input is not zstd, a frame is corrupt or truncated (named with its offsets), or I/O.
+/// The input is not zstd, or a frame is corrupt or truncated (the error names the input and
+/// the offsets); writing `out` fails (that error names no file: the caller knows it).
 pub fn decompress(input: Input, out: &mut dyn Write, threads: usize) -> Result<Stats> {
     decompress_with_progress(input, out, threads, &mut |_, _| {})
 }
@@ -642,8 +643,7 @@ pub fn decompress_with_progress(
         {
             let total = frames.iter().map(|f| u64::from(f.d_len)).sum();
             let mut tick = Ticker::new(progress, total);
-            return decompress_frames(raw, &frames, out, threads, &mut tick)
-                .map_err(|e| e.with_file(name));
+            return decompress_frames(&name, raw, &frames, out, threads, &mut tick);
         }
     }
     let mut tick = Ticker::new(progress, 0);
@@ -669,7 +669,10 @@ pub fn decompress_with_progress(
     })
 }
 
+/// Decompresses the frames of `raw` (the archive `name`) to `out`: an error of a frame names
+/// `name`, an error writing `out` names no file (the caller knows it).
 fn decompress_frames(
+    name: &str,
     raw: &[u8],
     frames: &[FrameEntry],
     out: &mut dyn Write,
@@ -686,7 +689,7 @@ fn decompress_frames(
             move |(i, f): (usize, FrameEntry)| -> Result<Vec<u8>> {
                 let d = d.as_mut().map_err(|e| Error::invalid(e.to_string()))?;
                 let mut buf = pool.take();
-                decompress_frame(d, raw, i, &f, &mut buf)?;
+                decompress_frame(d, raw, i, &f, &mut buf).map_err(|e| e.with_file(name))?;
                 Ok(buf)
             }
         },

@@ -378,26 +378,9 @@ fn a_spill_stops_before_filling_tmpdir() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mnt = d.join("tmp");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs", &s(&mnt)])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !mounted {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs as root and must mount a tmpfs"
-        );
-        eprintln!("SKIPPED a_spill_stops_before_filling_tmpdir: cannot mount a tmpfs (not root)");
+    let Some(_u) = small_tmpfs(&mnt, "a_spill_stops_before_filling_tmpdir") else {
         return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _u = Unmount(mnt.clone());
+    };
     let (a, b) = (d.join("a.zst"), d.join("b.zst"));
     zstd_file(&a, &v2_diff(Some("s0"), "s1", 128 * MIB), 128 * MIB, b"e");
     zstd_file(&b, &v2_diff(Some("s1"), "s2", MIB), MIB, b"e");
@@ -428,4 +411,78 @@ fn a_spill_stops_before_filling_tmpdir() {
         avail > 30 * MIB,
         "the tmpfs is left empty: {avail} bytes free"
     );
+}
+
+/// Mounts a 32 MiB tmpfs at `at` (root only; required under CI); `None` when it cannot.
+fn small_tmpfs(at: &Path, test: &str) -> Option<impl Drop> {
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    std::fs::create_dir_all(at).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs", &s(at)])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must mount a tmpfs"
+        );
+        eprintln!("SKIPPED {test}: cannot mount a tmpfs (not root)");
+        return None;
+    }
+    Some(Unmount(at.to_path_buf()))
+}
+
+/// `decompress` onto a full file system names the output in its error, not the input, and
+/// leaves no output behind.
+#[test]
+fn decompress_to_a_full_disk_names_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mnt = d.join("small");
+    let Some(_u) = small_tmpfs(&mnt, "decompress_to_a_full_disk_names_the_output") else {
+        return;
+    };
+    let plain = d.join("p.diff");
+    let mut v = v2_diff(Some("s0"), "s1", 48 * MIB);
+    v.extend((0..48 * MIB).map(|i| (i % 251) as u8));
+    v.push(b'e');
+    std::fs::write(&plain, &v).unwrap();
+    let z = d.join("p.zst");
+    for (src, what) in [(plain.clone(), "archive"), (d.join("p.plain.zst"), "zstd")] {
+        if what == "archive" {
+            let o = bin()
+                .args(["compress", &s(&src), "-o", &s(&z), "--force"])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{o:?}");
+        } else {
+            zstd_file(&src, &v, 0, b"");
+        }
+        let input = if what == "archive" {
+            z.clone()
+        } else {
+            src.clone()
+        };
+        let out = mnt.join("out.diff");
+        let o = bin()
+            .args(["decompress", &s(&input), "-o", &s(&out)])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{what}: {o:?}");
+        assert!(
+            err.contains(&*s(&out)) && !err.contains(&*s(&input)),
+            "{what}: {err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&mnt).unwrap().count(),
+            0,
+            "{what}: nothing left"
+        );
+    }
 }

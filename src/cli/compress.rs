@@ -97,7 +97,14 @@ pub fn run_decompress(a: DecompressArgs) -> Result<Status> {
     let threads = a.threads.unwrap_or_else(compress::default_threads);
     let r =
         super::with_progress(|p| compress::decompress_with_progress(input, &mut out, threads, p));
-    r?;
+    // An error that names no file is one of writing the output.
+    r.map_err(|e| {
+        if a.output == "-" {
+            e
+        } else {
+            e.with_file(&a.output)
+        }
+    })?;
     out.commit()?;
     Ok(Status::Ok)
 }
