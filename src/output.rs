@@ -69,10 +69,16 @@ impl AtomicFile {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = dest
+        let mut name = dest
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // `.NAME.XXXXXX.tmp` stays within a file name's 255 bytes.
+        let mut cut = name.len().min(200);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
         // 0666 before the umask, like any file a shell redirection creates.
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
