@@ -54,3 +54,18 @@ for f in ../testdata/real/img64k/v3_v4.diff ../testdata/real/img64k/v5_head.diff
   fi
 done
 echo "seeded $n archives into fuzz/$out"
+
+# sums (mode 1: a lie about a real diff; mode 2: streamed in reads of 1, 8 and 200 bytes) and
+# compress (a frame-target byte, then the diff): the small real diffs.
+mkdir -p corpus/sums corpus/compress
+n=0
+for f in ../testdata/real/img64k/v3_v4.diff ../testdata/real/img64k/v5_head.diff \
+         ../testdata/real/img64k/v2/v5_head.diff ../testdata/real/img64k/v2/v3_v4.diff; do
+  [ -f "$f" ] || continue
+  base=$(echo "${f#../}" | tr '/' '_')
+  { printf '\x01\x00\x02\x05\x07'; cat "$f"; } > "corpus/sums/$base.lie"
+  { printf '\x02\x03\x00\x07\xc7'; cat "$f"; } > "corpus/sums/$base.stream"
+  { printf '\x00'; cat "$f"; } > "corpus/compress/$base"
+  n=$((n + 1))
+done
+echo "seeded $n diffs into fuzz/corpus/sums and fuzz/corpus/compress"
