@@ -23,9 +23,16 @@ pub(crate) const MAX_UNCONSUMED: usize = if BUF_SIZE > MAX_HEAD {
     MAX_HEAD
 };
 
-/// Bytes read per refill of a seekable input beyond what the parser asks for: a few record
-/// heads, so that walking the heads of a file of large records reads almost nothing else.
+/// Bytes read per refill of a seekable input beyond what the parser asks for, at first: a
+/// few record heads, so that walking the heads of a file of large records reads almost
+/// nothing else.
 const SEEK_READ: usize = 64;
+/// Largest refill of a seekable input. Each refill doubles the one before (small records:
+/// many heads per system call), up to this; a payload over [`BIG_SKIP`] skipped since the
+/// last refill starts again at [`SEEK_READ`] (large records: little read but their heads).
+const MAX_SEEK_READ: usize = 64 * 1024;
+/// A payload skipped past the bytes read that is larger than this marks large records.
+const BIG_SKIP: u64 = 8 * 1024;
 
 /// Reads from a positioned input at an absolute offset; the `u64` is where the input's
 /// own cursor is, so that a plain `Seek` input seeks only when it has to.
@@ -77,6 +84,10 @@ pub(crate) struct Source<R> {
     /// length, and where its own cursor is.
     seek: Option<(ReadAtFn<R>, u64)>,
     inner_pos: u64,
+    /// Bytes per refill of a positioned input (see [`MAX_SEEK_READ`]).
+    read_len: usize,
+    /// A payload over [`BIG_SKIP`] was skipped since the last refill.
+    big_skip: bool,
 }
 
 impl<R: Read> Source<R> {
@@ -94,6 +105,8 @@ impl<R: Read> Source<R> {
             eof: false,
             seek: None,
             inner_pos: 0,
+            read_len: SEEK_READ,
+            big_skip: false,
         }
     }
 
@@ -138,7 +151,8 @@ impl<R: Read> Source<R> {
     #[inline(always)]
     fn refill_empty(&mut self) -> io::Result<bool> {
         if let (Some((read_at, _)), false) = (self.seek, self.eof) {
-            if let Some(dst) = self.buf.get_mut(..SEEK_READ) {
+            self.next_read_len();
+            if let Some(dst) = self.buf.get_mut(..self.read_len) {
                 match read_at(&mut self.inner, dst, self.pos, &mut self.inner_pos) {
                     Ok(0) => self.eof = true,
                     Ok(n) => {
@@ -153,6 +167,18 @@ impl<R: Read> Source<R> {
         self.fill(1)
     }
 
+    /// Sets the size of the next refill of a positioned input (see [`MAX_SEEK_READ`]).
+    fn next_read_len(&mut self) {
+        self.read_len = if std::mem::take(&mut self.big_skip) {
+            SEEK_READ
+        } else {
+            (self.read_len * 2).min(MAX_SEEK_READ)
+        };
+        if self.buf.len() < self.read_len {
+            self.buf.resize(self.read_len, 0);
+        }
+    }
+
     /// Tries to have at least `need` bytes available; false when the input ends first.
     fn fill(&mut self, need: usize) -> io::Result<bool> {
         let need = need.min(MAX_HEAD);
@@ -160,7 +186,11 @@ impl<R: Read> Source<R> {
             if self.eof {
                 return Ok(false);
             }
-            if self.lo + need > self.buf.len() {
+            if self.seek.is_some() {
+                self.next_read_len();
+            }
+            let positioned_room = self.seek.is_some() && self.hi + self.read_len > self.buf.len();
+            if self.lo + need > self.buf.len() || positioned_room {
                 self.buf.copy_within(self.lo..self.hi, 0);
                 self.hi -= self.lo;
                 self.lo = 0;
@@ -170,7 +200,7 @@ impl<R: Read> Source<R> {
             }
             let room = match self.seek {
                 // lo + need <= buf.len() here, so the bytes still needed always fit.
-                Some(_) => self.hi + (need - (self.hi - self.lo)).max(SEEK_READ),
+                Some(_) => self.hi + (need - (self.hi - self.lo)).max(self.read_len),
                 None => self.buf.len(),
             };
             let room = room.min(self.buf.len());
@@ -222,6 +252,9 @@ impl<R: Read> Source<R> {
         let mut left = n;
         if let Some((_, len)) = self.seek {
             let buffered = (self.hi - self.lo) as u64;
+            if left > buffered && left > BIG_SKIP {
+                self.big_skip = true;
+            }
             if left > buffered {
                 // Drop the buffer and move past the rest (no I/O), never beyond the end.
                 self.consume(buffered as usize);
