@@ -1348,3 +1348,50 @@ impl ZstArchive<'_> {
         check.finish(&rd, None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames are cached within [`CACHE_BYTES`] (always the one just read): three frames of
+    /// 60 MiB leave two cached, where the frame count alone would keep all three.
+    #[test]
+    fn the_frame_cache_is_bounded_in_bytes() {
+        let mib = 1usize << 20;
+        let mut plain = b"rbd diff v1\ns".to_vec();
+        plain.extend_from_slice(&(256u64 << 20).to_le_bytes());
+        for k in 0..3u64 {
+            plain.push(b'w');
+            plain.extend_from_slice(&(k * 64 * mib as u64).to_le_bytes());
+            plain.extend_from_slice(&(60 * mib as u64).to_le_bytes());
+            plain.resize(plain.len() + 60 * mib, k as u8);
+        }
+        plain.push(b'e');
+        let input =
+            crate::input::Input::from_reader("-", Box::new(std::io::Cursor::new(plain))).unwrap();
+        let opts = crate::compress::CompressOptions {
+            level: 1,
+            threads: 2,
+            frame_target: 32 << 20,
+        };
+        let mut z = Vec::new();
+        crate::compress::compress(input, &mut z, &opts).unwrap();
+        let mut a = ZstArchive::open(&z).unwrap().unwrap();
+        let n = a.frames().len();
+        assert!(n >= 3, "{n} frames");
+        for i in 0..n {
+            a.frame(i).unwrap();
+            let held: usize = a.cache.iter().map(|(_, d)| d.capacity()).sum();
+            assert!(
+                a.cache.len() == 1 || held <= CACHE_BYTES,
+                "{} frames, {held} bytes cached",
+                a.cache.len()
+            );
+        }
+        assert!(
+            a.cache.len() < n.min(CACHE_FRAMES),
+            "{} of {n} frames cached",
+            a.cache.len()
+        );
+    }
+}
