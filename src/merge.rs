@@ -359,6 +359,10 @@ fn insert_indexed(map: &mut ExtentMap, input: u32, d: &IndexedDiff, total: u64) 
 /// `None`, are skipped): a full diff only first, and, unless `force_chain`, the start snapshot
 /// of each diff is the end snapshot of the one before.
 ///
+/// A break is explained without pointing at a flag that could give a wrong image: inputs
+/// given out of order are named with their chain order (found from the headers), and a
+/// missing diff is named by the snapshots it would link.
+///
 /// # Errors
 /// A chain break, naming both files and snapshots.
 pub fn check_links(names: &[&str], metas: &[Option<&Metadata>], force_chain: bool) -> Result<()> {
@@ -367,21 +371,71 @@ pub fn check_links(names: &[&str], metas: &[Option<&Metadata>], force_chain: boo
             continue;
         };
         let (na, nb) = (names[i], names[i + 1]);
-        if b.from_snap.is_none() {
-            return Err(Error::new(ErrorKind::ChainBreak(format!(
-                "{nb} is a full diff (no start snapshot) but follows {na}: a full diff may only come first"
-            ))));
+        let (end, start) = (show(a.to_snap.as_deref()), show(b.from_snap.as_deref()));
+        let follows = |from: &Option<Vec<u8>>| from.is_some() && *from == a.to_snap;
+        let broken = b.from_snap.is_none() || (!force_chain && a.to_snap != b.from_snap);
+        if !broken {
+            continue;
         }
-        if !force_chain && a.to_snap != b.from_snap {
-            return Err(Error::new(ErrorKind::ChainBreak(format!(
-                "chain break: {na} ends at snapshot {} but {nb} starts at snapshot {} \
-                 (use --force-chain if the snapshots were renamed)",
-                show(a.to_snap.as_deref()),
-                show(b.from_snap.as_deref()),
-            ))));
-        }
+        let msg = if let Some(order) = chain_order(metas) {
+            let list: Vec<&str> = order.iter().map(|&k| names[k]).collect();
+            format!(
+                "inputs out of order: {nb} does not start where {na} ends ({end}); by their \
+                 headers the chain is: {}",
+                list.join(" ")
+            )
+        } else if let Some(k) = metas
+            .iter()
+            .position(|m| m.is_some_and(|m| follows(&m.from_snap)))
+        {
+            format!(
+                "inputs out of order: {na} ends at {end}, and the input that starts there is \
+                 {} (given as input {}), not {nb}",
+                names[k],
+                k + 1
+            )
+        } else if b.from_snap.is_none() {
+            format!(
+                "{nb} is a full diff (no start snapshot) but follows {na}: a full diff may only \
+                 come first"
+            )
+        } else if a.to_snap.is_none() {
+            format!("{na} ends at the image HEAD (no end snapshot): nothing can follow it, but {nb} does")
+        } else {
+            format!(
+                "chain break: {na} ends at {end} but {nb} starts at {start}: the diff from {end} \
+                 to {start} is missing"
+            )
+        };
+        return Err(Error::new(ErrorKind::ChainBreak(msg)));
     }
     Ok(())
+}
+
+/// The order of all `metas` as one chain by their snapshots (a full diff, or the one diff
+/// whose start no other ends at, first), when there is exactly one such order.
+fn chain_order(metas: &[Option<&Metadata>]) -> Option<Vec<usize>> {
+    let m: Vec<&Metadata> = metas.iter().copied().collect::<Option<_>>()?;
+    let starts_at = |snap: &Option<Vec<u8>>| {
+        let mut it = (0..m.len()).filter(|&k| snap.is_some() && m[k].from_snap == *snap);
+        let first = it.next();
+        it.next().is_none().then_some(first).flatten()
+    };
+    let firsts: Vec<usize> = (0..m.len())
+        .filter(|&k| m[k].from_snap.is_none() || !m.iter().any(|o| o.to_snap == m[k].from_snap))
+        .collect();
+    let [mut cur] = firsts[..] else {
+        return None;
+    };
+    let mut order = vec![cur];
+    while order.len() < m.len() {
+        cur = starts_at(&m[cur].to_snap)?;
+        if order.contains(&cur) {
+            return None;
+        }
+        order.push(cur);
+    }
+    Some(order)
 }
 
 /// The header of the diff in the file `path`, read without spilling anything: mapped bytes

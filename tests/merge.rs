@@ -743,11 +743,51 @@ fn broken_chain_names_both_files_and_snapshots() {
         "second.diff",
         "'mon'",
         "'tue'",
-        "--force-chain",
+        "the diff from 'mon' to 'tue' is missing",
     ] {
         assert!(err.contains(s), "{s} missing from {err}");
     }
-    // --force-chain accepts it.
+    // The hint never points at a flag that would give a wrong image.
+    assert!(!err.contains("force"), "{err}");
+    // Inputs out of order (as a shell sorts s10 before s2): the message gives the order.
+    let names: Vec<String> = (0..11).map(|k| format!("s{k}")).collect();
+    let chain: Vec<(String, Vec<u8>)> = (1..11)
+        .map(|k| {
+            let from = (k > 1).then(|| names[k - 1].as_str());
+            (
+                format!("vm@{}.diff", names[k]),
+                small_diff(from, Some(&names[k]), 1),
+            )
+        })
+        .collect();
+    let mut shell: Vec<&(String, Vec<u8>)> = chain.iter().collect();
+    shell.sort_by(|a, b| a.0.cmp(&b.0));
+    let files = write_files(
+        dir.path(),
+        &shell
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_slice()))
+            .collect::<Vec<_>>(),
+    );
+    let err = expect_failure(dir.path(), &files);
+    let order: Vec<String> = chain
+        .iter()
+        .map(|(n, _)| dir.path().join(n).display().to_string())
+        .collect();
+    assert!(
+        err.contains("out of order") && err.contains(&order.join(" ")),
+        "{err}"
+    );
+    assert!(!err.contains("force"), "{err}");
+    // Given in that order, they merge.
+    let r = run(&[
+        &["merge"],
+        &order.iter().map(String::as_str).collect::<Vec<_>>()[..],
+        &["-o", dir.path().join("all.diff").to_str().unwrap()],
+    ]
+    .concat());
+    assert!(r.status.success(), "{r:?}");
+    // --force-chain accepts a real rename.
     let out = dir.path().join("forced.diff");
     let r = run(&[
         "merge",
