@@ -325,13 +325,17 @@ struct Ran {
 }
 
 impl Rbd {
+    /// The command with the connection options, each one `--option=VALUE` token (a value
+    /// is never a separate argument that could be read as an option).
     fn command(&self) -> Command {
         let mut c = Command::new(&self.program);
         if let Some(conf) = &self.conf {
-            c.arg("-c").arg(conf);
+            let mut a = std::ffi::OsString::from("--conf=");
+            a.push(conf);
+            c.arg(a);
         }
         if let Some(id) = &self.id {
-            c.arg("--id").arg(id);
+            c.arg(format!("--id={id}"));
         }
         c
     }
@@ -407,8 +411,24 @@ fn collect_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
     })
 }
 
-/// `POOL/IMAGE` (or `POOL/NS/IMAGE`, or `IMAGE`) → the image name.
+/// Refuses a name that reaches `rbd` (or selects its files) when `rbd` could read it as an
+/// option: Ceph's argument parser takes `--conf=…`, `--log_file=…` and any `--option=value`
+/// anywhere on the command line. A name that starts with `-`, is empty, or holds a NUL or
+/// another control character is refused; `what` says what the name is.
+fn safe_arg<'a>(what: &str, s: &'a str) -> Result<&'a str> {
+    if s.is_empty() || s.starts_with('-') || s.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "{what} {s:?} is refused: it is empty, starts with '-' or holds a control \
+             character (rbd could take it for an option)"
+        )));
+    }
+    Ok(s)
+}
+
+/// `POOL/IMAGE` (or `POOL/NS/IMAGE`, or `IMAGE`) → the image name. The spec must be safe
+/// to pass to `rbd` ([`safe_arg`]).
 fn image_name(spec: &str) -> Result<&str> {
+    safe_arg("image spec", spec)?;
     let name = spec.rsplit('/').next().unwrap_or(spec);
     if name.is_empty() || spec.contains('@') {
         return Err(Error::invalid(format!(
@@ -551,13 +571,26 @@ pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupRepo
     }
     let prev = match chain.last() {
         None => None,
-        Some(f) => Some(f.to.clone().ok_or_else(|| {
-            Error::invalid(format!(
-                "{} ends at the image HEAD, not at a snapshot: nothing can follow it",
-                f.name()
-            ))
-        })?),
+        Some(f) => {
+            let to = f.to.clone().ok_or_else(|| {
+                Error::invalid(format!(
+                    "{} ends at the image HEAD, not at a snapshot: nothing can follow it",
+                    f.name()
+                ))
+            })?;
+            // The name comes from a file's header and goes to `rbd export-diff`.
+            safe_arg("the end snapshot in the header", &to).map_err(|e| e.with_file(&f.path))?;
+            Some(to)
+        }
     };
+    let snap = opts
+        .snap
+        .clone()
+        .unwrap_or_else(|| format!("{SNAP_PREFIX}{}", utc_stamp()));
+    safe_arg("snapshot name", &snap)?;
+    if snap.contains(['/', '@']) || snap.starts_with('.') {
+        return Err(Error::invalid(format!("bad snapshot name '{snap}'")));
+    }
     let rbd = &opts.rbd;
     let snaps = rbd.snapshots(spec)?;
     let has = |n: &str| snaps.iter().any(|(_, s)| s == n);
@@ -569,13 +602,6 @@ pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupRepo
                 last.name()
             )));
         }
-    }
-    let snap = opts
-        .snap
-        .clone()
-        .unwrap_or_else(|| format!("{SNAP_PREFIX}{}", utc_stamp()));
-    if snap.is_empty() || snap.contains(['/', '@']) || snap.starts_with('.') {
-        return Err(Error::invalid(format!("bad snapshot name '{snap}'")));
     }
     if has(&snap) {
         return Err(Error::invalid(format!(
@@ -651,7 +677,8 @@ fn export_to(
     let mut cmd = rbd.command();
     cmd.args(["export-diff", "--no-progress"]);
     if let Some(p) = prev {
-        cmd.args(["--from-snap", p]);
+        // One token: the name can never be read as an option of its own.
+        cmd.arg(format!("--from-snap={p}"));
     }
     cmd.args([snap_spec, "-"])
         .stdin(Stdio::null())
@@ -724,6 +751,10 @@ fn keep_snaps(
     let excess = ours.len().saturating_sub(k);
     for name in ours.into_iter().take(excess) {
         if name == made {
+            continue;
+        }
+        if let Err(e) = safe_arg("snapshot name", name) {
+            report.warnings.push(format!("not removed: {e}"));
             continue;
         }
         let s = format!("{spec}@{name}");
@@ -822,6 +853,9 @@ pub fn restore(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RestoreReport> {
     image_name(spec)?;
+    if let Some(i) = &opts.image {
+        safe_arg("image name", i)?;
+    }
     if !dir.is_dir() {
         return Err(Error::invalid("not a directory").with_file(dir));
     }

@@ -401,3 +401,162 @@ fn backup_and_restore_refuse_a_broken_chain_before_calling_rbd() {
     assert!(log.exists());
     assert!(!empty.exists());
 }
+
+/// A fake `rbd` in `bin` that appends each call's arguments (NUL-separated, one call a line)
+/// to the returned log; `snap ls` prints `snaps` (JSON), `export-diff` fails, the rest succeed.
+fn fake_rbd(bin: &Path, snaps: &str) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(bin).unwrap();
+    let log = bin.join("rbd.log");
+    let json = bin.join("snaps.json");
+    fs::write(&json, snaps).unwrap();
+    let rbd = bin.join("rbd");
+    fs::write(
+        &rbd,
+        format!(
+            "#!/bin/sh\nprintf '%s\\0' \"$@\" >> '{log}'\necho >> '{log}'\ncase \"$*\" in\n  \
+             *'snap ls'*) cat '{json}' ;;\n  *export-diff*) echo 'no export here' >&2; exit 1 ;;\n\
+             esac\nexit 0\n",
+            log = log.display(),
+            json = json.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&rbd, fs::Permissions::from_mode(0o755)).unwrap();
+    (rbd, log)
+}
+
+/// The calls recorded by [`fake_rbd`], each as its list of arguments.
+fn calls(log: &Path) -> Vec<Vec<String>> {
+    let Ok(text) = fs::read_to_string(log) else {
+        return Vec::new();
+    };
+    text.lines()
+        .map(|l| {
+            l.split('\0')
+                .filter(|a| !a.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .collect()
+}
+
+/// A full diff of a small image ending at snapshot `snap`, written as `dir/NAME`.
+fn full_diff_to(dir: &Path, work: &Path, name: &str, snap: &str) -> PathBuf {
+    let raw = work.join("small.raw");
+    write_sparse(&raw, &noise(9, 1 << 16));
+    let path = dir.join(name);
+    let opts = CreateOptions {
+        to_snap: Some(snap.to_string()),
+        force: true,
+        ..CreateOptions::default()
+    };
+    create_diff(&raw, &s(&path), &opts).unwrap();
+    path
+}
+
+#[test]
+fn names_that_rbd_could_take_for_options_are_refused_or_passed_as_one_token() {
+    use rbddiff::workflow::{backup, restore, BackupOptions, Rbd, RestoreOptions};
+    let (t, dir, work) = dirs();
+    let (program, log) = fake_rbd(&t.path().join("bin"), "[]");
+    let rbd = Rbd {
+        program,
+        conf: Some(PathBuf::from("/etc/ceph/c.conf")),
+        id: Some("admin".into()),
+    };
+    let opts = BackupOptions {
+        rbd: rbd.clone(),
+        ..BackupOptions::default()
+    };
+    // A header naming an option as its end snapshot: refused before rbd runs, naming the file.
+    let evil = full_diff_to(&dir, &work, "vm@evil.full.diff", "--conf=evil.conf");
+    let e = backup("rbd/vm", &dir, &opts).unwrap_err().to_string();
+    assert!(
+        e.contains("--conf=evil.conf") && e.contains("vm@evil.full.diff"),
+        "{e}"
+    );
+    assert!(calls(&log).is_empty(), "rbd ran: {:?}", calls(&log));
+    // The same for a control character in the name.
+    fs::remove_file(&evil).unwrap();
+    full_diff_to(&dir, &work, "vm@evil.full.diff", "s1\n--log_file=/tmp/x");
+    let e = backup("rbd/vm", &dir, &opts).unwrap_err().to_string();
+    assert!(e.contains("control"), "{e}");
+    assert!(calls(&log).is_empty());
+    fs::remove_file(&evil).unwrap();
+
+    // Option-like names given by the caller: the snapshot, the image spec, restore's image.
+    let empty = t.path().join("empty");
+    for (spec, snap) in [
+        ("rbd/vm", Some("--log_file=/tmp/x")),
+        ("rbd/vm", Some("-x")),
+        ("rbd/vm", Some("a\0b")),
+        ("--conf=x/vm", None),
+        ("-p", None),
+        ("rbd/vm\u{7f}", None),
+    ] {
+        let o = BackupOptions {
+            snap: snap.map(String::from),
+            ..opts.clone()
+        };
+        let e = backup(spec, &empty, &o).unwrap_err().to_string();
+        assert!(e.contains("refused"), "{spec} {snap:?}: {e}");
+    }
+    let ro = RestoreOptions {
+        rbd: rbd.clone(),
+        ..RestoreOptions::default()
+    };
+    let e = restore(&dir, "--id=x", &ro, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("refused"), "{e}");
+    let ro2 = RestoreOptions {
+        image: Some("--conf=y".into()),
+        ..ro.clone()
+    };
+    let e = restore(&dir, "rbd/vm", &ro2, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("refused"), "{e}");
+    assert!(calls(&log).is_empty(), "rbd ran: {:?}", calls(&log));
+
+    // A legal name that holds an option: it reaches rbd only inside `--from-snap=NAME`.
+    let name = "s1 --conf=evil.conf";
+    full_diff_to(&dir, &work, "vm@s1.full.diff", name);
+    fs::write(
+        t.path().join("bin/snaps.json"),
+        format!("[{{\"id\": 4, \"name\": \"{name}\"}}]"),
+    )
+    .unwrap();
+    let o = BackupOptions {
+        snap: Some("s2".into()),
+        ..opts.clone()
+    };
+    let e = backup("rbd/vm", &dir, &o).unwrap_err().to_string();
+    assert!(e.contains("no export here"), "{e}");
+    let calls = calls(&log);
+    let export = calls
+        .iter()
+        .find(|c| c.iter().any(|a| a == "export-diff"))
+        .unwrap_or_else(|| panic!("{calls:?}"));
+    assert_eq!(
+        export,
+        &[
+            "--conf=/etc/ceph/c.conf",
+            "--id=admin",
+            "export-diff",
+            "--no-progress",
+            &format!("--from-snap={name}"),
+            "rbd/vm@s2",
+            "-"
+        ]
+    );
+    // Every call: the connection options as one token each, no other argument is an option
+    // that takes a value from the next argument.
+    for c in &calls {
+        assert_eq!(c[..2], ["--conf=/etc/ceph/c.conf", "--id=admin"], "{c:?}");
+        assert!(!c.iter().any(|a| a == "--from-snap" || a == "-c"), "{c:?}");
+    }
+    // The snapshot made for the failed backup is removed again.
+    assert!(calls.iter().any(|c| c.ends_with(&[
+        "rm".into(),
+        "--no-progress".into(),
+        "rbd/vm@s2".into()
+    ]) && c.contains(&"snap".to_string())));
+}
