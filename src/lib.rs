@@ -56,6 +56,7 @@ pub mod apply;
 mod check;
 pub mod compress;
 pub mod create;
+pub mod dirlock;
 pub mod error;
 pub mod extent;
 pub mod format;

@@ -5,7 +5,8 @@
 //!   payload fully present, no bytes after `e`. O(records) on a mapped file: payload pages are
 //!   not touched unless sums are checked.
 //! - Chain: consecutive diffs must link (the `t` of one is the `f` of the next); a directory
-//!   is ordered by these links; `--full` asks for a full diff first. The diffs embedded in an
+//!   is ordered by these links (and held under a shared [`crate::dirlock`] lock while it is
+//!   read); `--full` asks for a full diff first. The diffs embedded in an
 //!   `rbd export --export-format 2` stream are checked the same way (the first must be a full
 //!   diff, each next one must start where the previous ends), as `rbd import` needs.
 //!
@@ -634,6 +635,12 @@ pub fn verify_with_progress(
     opts: &VerifyOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<VerifyReport> {
+    // A directory is locked while it is read (exclusively when sidecars are written into it).
+    let _locks = paths
+        .iter()
+        .filter(|p| *p != "-" && Path::new(p).is_dir())
+        .map(|p| crate::dirlock::lock(Path::new(p), opts.write_sums))
+        .collect::<Result<Vec<_>>>()?;
     let (files, dir) = expand(paths)?;
     if opts.against.is_some() && files.iter().any(|f| f == "-") {
         return Err(Error::invalid(

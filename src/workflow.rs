@@ -559,6 +559,32 @@ pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupRepo
     if opts.keep_snaps == Some(0) {
         return Err(Error::invalid("--keep-snaps must be at least 1"));
     }
+    let existed = dir.is_dir();
+    std::fs::create_dir_all(dir).map_err(|e| Error::from(e).with_file(dir))?;
+    // Creating the lock file also finds out, before any snapshot, that `dir` is not writable.
+    let lock = match crate::dirlock::lock(dir, true) {
+        Ok(l) => l,
+        Err(e) => {
+            if !existed {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(e);
+        }
+    };
+    let r = backup_locked(spec, image, dir, opts);
+    if r.is_err() && !existed {
+        lock.remove_with_dir();
+    }
+    r
+}
+
+/// [`backup`], with `dir` locked.
+fn backup_locked(
+    spec: &str,
+    image: &str,
+    dir: &Path,
+    opts: &BackupOptions,
+) -> Result<BackupReport> {
     let chain = discover_chain(dir, image)?;
     if opts.full && !chain.is_empty() {
         return Err(Error::invalid(format!(
@@ -619,10 +645,11 @@ pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupRepo
     if path.exists() {
         return Err(Error::invalid("output exists").with_file(&path));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::from(e).with_file(dir))?;
+    // Created first: an output that cannot be written is found before the snapshot is made.
+    let output = Output::create(&path.to_string_lossy(), false)?;
     let snap_spec = format!("{spec}@{snap}");
     rbd.run_ok(&["snap", "create", &snap_spec])?;
-    match export_to(rbd, spec, &snap_spec, prev.as_deref(), &path, opts) {
+    match export_to(rbd, spec, &snap_spec, prev.as_deref(), output, &path, opts) {
         Ok(x) => {
             let mut report = BackupReport {
                 file: path.display().to_string(),
@@ -644,8 +671,7 @@ pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupRepo
             Ok(report)
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_file(crate::sums::sums_path(&path));
+            // export_to left no file (a failed commit was someone else's name).
             match rbd.run(&["snap", "rm", "--no-progress", &snap_spec]) {
                 Ok(r) if r.ok => Err(e),
                 Ok(r) => Err(Error::invalid(format!(
@@ -662,18 +688,18 @@ pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupRepo
     }
 }
 
-/// Runs the export of `snap_spec` into `path` and writes its sidecar.
+/// Runs the export of `snap_spec` into `output` (for `path`) and writes its sidecar. On
+/// failure no file of this call is left.
 fn export_to(
     rbd: &Rbd,
     spec: &str,
     snap_spec: &str,
     prev: Option<&str>,
+    mut output: Output,
     path: &Path,
     opts: &BackupOptions,
 ) -> Result<Exported> {
     let snap = snap_spec.rsplit('@').next().unwrap_or_default();
-    // Created first: an output that cannot be written is found before rbd runs.
-    let mut output = Output::create(&path.to_string_lossy(), false)?;
     let mut cmd = rbd.command();
     cmd.args(["export-diff", "--no-progress"]);
     if let Some(p) = prev {
@@ -730,7 +756,12 @@ fn export_to(
         .with_file(path));
     }
     output.commit()?;
-    crate::sums::write_sums(path, &x.sums)?;
+    // Committed without clobbering: the file is this call's.
+    if let Err(e) = crate::sums::write_sums(path, &x.sums) {
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(crate::sums::sums_path(path));
+        return Err(e);
+    }
     Ok(x)
 }
 
@@ -859,6 +890,7 @@ pub fn restore(
     if !dir.is_dir() {
         return Err(Error::invalid("not a directory").with_file(dir));
     }
+    let _lock = crate::dirlock::lock(dir, false)?;
     let src_image = pick_image(dir, spec, opts.image.as_deref())?;
     let chain = discover_chain(dir, &src_image)?;
     if chain.is_empty() {
@@ -1016,6 +1048,8 @@ pub fn prune(
     if !dir.is_dir() {
         return Err(Error::invalid("not a directory").with_file(dir));
     }
+    // A dry run changes nothing: it only needs the directory not to change meanwhile.
+    let _lock = crate::dirlock::lock(dir, !dry_run)?;
     let chain = discover_chain(dir, image)?;
     let name = |f: &ChainFile| f.path.to_string_lossy().into_owned();
     let mut report = PruneReport {

@@ -75,12 +75,12 @@ fn rbddiff_cli(args: &[&str]) -> std::process::Output {
         .expect("run rbddiff")
 }
 
-/// Every file in `dir` with its sha256.
+/// Every file in `dir` with its sha256 (but the directory's lock file).
 fn contents(dir: &Path) -> BTreeMap<String, String> {
     fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
+        .filter(|p| p.is_file() && !p.ends_with(rbddiff::dirlock::LOCK_NAME))
         .map(|p| {
             (
                 p.file_name().unwrap().to_string_lossy().into_owned(),
@@ -341,11 +341,10 @@ fn a_failed_prune_leaves_every_original_file() {
     assert_eq!(contents(&dir), before);
     assert!(!dir.join("vm@s1.full.diff").exists());
     // No temporary file is left either.
-    assert!(fs::read_dir(&dir).unwrap().all(|e| !e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .starts_with('.')));
+    assert!(fs::read_dir(&dir).unwrap().all(|e| {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        !n.starts_with('.') || n == rbddiff::dirlock::LOCK_NAME
+    }));
 }
 
 #[test]
@@ -559,4 +558,175 @@ fn names_that_rbd_could_take_for_options_are_refused_or_passed_as_one_token() {
         "--no-progress".into(),
         "rbd/vm@s2".into()
     ]) && c.contains(&"snap".to_string())));
+}
+
+/// Runs `rbddiff ARGS` with `bin` first on `PATH`.
+fn rbddiff_with_path(bin: &Path, args: &[&str]) -> std::process::Output {
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+        .args(args)
+        .env("PATH", path)
+        .output()
+        .unwrap()
+}
+
+/// `f()` once the directory it locks is free. A lock released in this (multi-threaded) test
+/// process can stay held for a moment by a child that another test forked meanwhile and
+/// that has not yet reached `exec` (which closes the inherited descriptor).
+fn until_free<T>(mut f: impl FnMut() -> rbddiff::Result<T>) -> T {
+    for _ in 0..100 {
+        match f() {
+            Err(e) if e.to_string().contains("in use") => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            r => return r.unwrap(),
+        }
+    }
+    panic!("the directory stays locked")
+}
+
+#[test]
+fn a_locked_directory_is_refused_at_once() {
+    use rbddiff::dirlock::{lock, LOCK_NAME};
+    let (t, dir, work) = dirs();
+    write_chain(&dir, &work, &["vm@a.diff", "vm@b.diff", "vm@c.diff"]);
+    let bin = t.path().join("bin");
+    let (_, log) = fake_rbd(&bin, "[]");
+    let me = std::process::id().to_string();
+    let ds = s(&dir);
+    let before = contents(&dir);
+    {
+        // Another run changing the directory: everyone is refused, naming it and the pid.
+        let held = lock(&dir, true).unwrap();
+        assert!(fs::read_to_string(dir.join(LOCK_NAME))
+            .unwrap()
+            .contains(&me));
+        for args in [
+            vec!["prune", &*ds, "--image", "vm", "--keep", "1"],
+            vec!["prune", &*ds, "--image", "vm", "--keep", "1", "--dry-run"],
+            vec!["backup", "rbd/vm", &*ds],
+            vec!["restore", &*ds, "rbd/vm2"],
+            vec!["verify", &*ds],
+        ] {
+            let out = rbddiff_with_path(&bin, &args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(
+                err.contains(&ds) && err.contains(&format!("pid {me}")) && err.contains("in use"),
+                "{args:?}: {err}"
+            );
+        }
+        let e = prune(&dir, "vm", 1, false, &mut |_, _| {}).unwrap_err();
+        assert!(e.to_string().contains("in use"), "{e}");
+        assert!(lock(&dir, false).is_err());
+        drop(held);
+    }
+    assert!(calls(&log).is_empty(), "rbd ran: {:?}", calls(&log));
+    assert_eq!(contents(&dir), before);
+    let lock_file = dir.join(LOCK_NAME);
+    {
+        // Readers share the directory with each other, not with a writer.
+        let _r = until_free(|| lock(&dir, false));
+        let _r2 = lock(&dir, false).unwrap();
+        assert!(lock(&dir, true).is_err());
+        let out = rbddiff_with_path(&bin, &["verify", &ds]);
+        assert!(out.status.success(), "{out:?}");
+        for args in [
+            vec!["prune", &*ds, "--image", "vm", "--keep", "1"],
+            vec!["backup", "rbd/vm", &*ds],
+        ] {
+            let out = rbddiff_with_path(&bin, &args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains("in use"), "{args:?}: {err}");
+        }
+        // A restore only reads: it gets as far as rbd.
+        let out = rbddiff_with_path(&bin, &["restore", &ds, "rbd/vm2"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("in use"), "{err}");
+        assert!(!calls(&log).is_empty());
+    }
+    // Free again: prune runs.
+    let r = until_free(|| prune(&dir, "vm", 1, false, &mut |_, _| {}));
+    assert_eq!(r.merged.len(), 3);
+    // The lock file is not followed when it is a symbolic link.
+    fs::remove_file(&lock_file).unwrap();
+    std::os::unix::fs::symlink(work.join("elsewhere"), &lock_file).unwrap();
+    let e = prune(&dir, "vm", 1, false, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert!(!work.join("elsewhere").exists());
+}
+
+/// Makes `dir` unwritable for the test process and runs `f`: by its mode, or (for root) a
+/// read-only bind mount in a private mount namespace around `rbddiff ARGS`. Returns `None`
+/// when neither is possible here.
+fn run_in_read_only(dir: &Path, bin: &Path, args: &[&str]) -> Option<std::process::Output> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).unwrap();
+    let probe = dir.join("probe");
+    let writable = fs::write(&probe, "x").is_ok();
+    if !writable {
+        let out = rbddiff_with_path(bin, args);
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+        return Some(out);
+    }
+    fs::remove_file(&probe).unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let d = s(dir);
+    let script = format!(
+        "mount --bind -o ro '{d}' '{d}' && touch '{d}/probe' 2>/dev/null && exit 99; \
+         exec \"$0\" \"$@\""
+    );
+    let mut cmd_args = vec!["-m", "sh", "-c", &script, env!("CARGO_BIN_EXE_rbddiff")];
+    cmd_args.extend_from_slice(args);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("unshare")
+        .args(&cmd_args)
+        .env("PATH", path)
+        .output()
+        .ok()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("unshare:") || err.contains("mount:") || out.status.code() == Some(99) {
+        return None;
+    }
+    Some(out)
+}
+
+#[test]
+fn backup_into_an_unwritable_directory_makes_no_snapshot() {
+    let (t, dir, work) = dirs();
+    let files = write_chain(&dir, &work, &["vm@a.diff", "vm@b.diff"]);
+    let bin = t.path().join("bin");
+    let (_, log) = fake_rbd(
+        &bin,
+        r#"[{"id": 1, "name": "s0"}, {"id": 2, "name": "s1"}]"#,
+    );
+    for with_lock_file in [false, true] {
+        if with_lock_file {
+            // A lock file left by an earlier run (it opens for writing even in a directory
+            // whose mode forbids new files).
+            drop(rbddiff::dirlock::lock(&dir, true).unwrap());
+        }
+        let Some(out) = run_in_read_only(&dir, &bin, &["backup", "rbd/vm", &s(&dir)]) else {
+            eprintln!("SKIPPED: no way to make a directory read-only here");
+            return;
+        };
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(&s(&dir)), "{err}");
+        let calls = calls(&log);
+        assert!(
+            !calls.iter().any(|c| c.contains(&"create".to_string())),
+            "a snapshot was made: {calls:?}"
+        );
+        assert_eq!(discover_chain(&dir, "vm").unwrap().len(), files.len());
+    }
 }
