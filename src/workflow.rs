@@ -804,6 +804,13 @@ fn keep_snaps(
 // ---------------------------------------------------------------------------------------------
 // restore
 
+/// The (device, inode) of the file at `path` (not following a symbolic link).
+fn file_id(path: &Path) -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).map_err(|e| Error::from(e).with_file(path))?;
+    Ok((m.dev(), m.ino()))
+}
+
 /// Options of [`restore`].
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
@@ -1088,20 +1095,19 @@ pub fn prune(
         return Err(Error::invalid("the merged output exists already").with_file(&out));
     }
     let out_s = out.to_string_lossy().into_owned();
-    let mopts = MergeOptions {
-        sums: true,
-        ..MergeOptions::default()
-    };
     let copts = last.compressed.then(CompressOptions::default);
-    let made = merge_files_to(
+    // The commit does not clobber: when it fails, the name is someone else's file and
+    // nothing of this run is left (the temporary file goes with the error).
+    merge_files_to(
         &report.merged,
         &out_s,
         false,
-        &mopts,
+        &MergeOptions::default(),
         copts.as_ref(),
         progress,
-    )
-    .and_then(|_| {
+    )?;
+    let made = file_id(&out)?;
+    let checked = crate::sums::write_sums_for(&out).and_then(|_| {
         // The new chain: the merged file, then the kept ones.
         let mut new_chain = vec![read_chain_file(out.clone())?];
         new_chain.extend(kept.iter().cloned());
@@ -1110,11 +1116,11 @@ pub fn prune(
         d.sync_all().map_err(|e| Error::from(e).with_file(dir))?;
         Ok(())
     });
-    if let Err(e) = made {
-        // Only remove what this call wrote (merge_files_to refuses an existing output).
-        if Path::new(&out_s).exists() {
-            let _ = std::fs::remove_file(&out);
+    if let Err(e) = checked {
+        // Only the file this run committed goes (never one that replaced it meanwhile).
+        if file_id(&out).ok() == Some(made) {
             let _ = std::fs::remove_file(crate::sums::sums_path(&out));
+            let _ = std::fs::remove_file(&out);
         }
         return Err(e);
     }

@@ -730,3 +730,35 @@ fn backup_into_an_unwritable_directory_makes_no_snapshot() {
         assert_eq!(discover_chain(&dir, "vm").unwrap().len(), files.len());
     }
 }
+
+/// A prune whose commit finds its output name taken meanwhile (another run committed it)
+/// fails and leaves that file, and every original, as they are.
+#[test]
+fn a_prune_whose_output_name_is_taken_meanwhile_leaves_the_other_file() {
+    let (_t, dir, work) = dirs();
+    let names = ["vm@s0.full.diff", "vm@s0..s1.diff", "vm@s1..s2.diff"];
+    write_chain(&dir, &work, &names);
+    let before = contents(&dir);
+    let out = dir.join("vm@s1.full.diff");
+    let other = b"another run's file";
+    let mut made = false;
+    let e = prune(&dir, "vm", 2, false, &mut |_, _| {
+        if !made {
+            fs::write(&out, other).unwrap();
+            fs::write(rbddiff::sums::sums_path(&out), "its sidecar").unwrap();
+            made = true;
+        }
+    })
+    .unwrap_err();
+    assert!(made);
+    assert!(e.to_string().contains("vm@s1.full.diff"), "{e}");
+    assert_eq!(fs::read(&out).unwrap(), other);
+    assert_eq!(
+        fs::read_to_string(rbddiff::sums::sums_path(&out)).unwrap(),
+        "its sidecar"
+    );
+    let mut after = contents(&dir);
+    after.remove("vm@s1.full.diff");
+    after.remove("vm@s1.full.diff.sums");
+    assert_eq!(after, before);
+}
