@@ -63,6 +63,7 @@ pub mod format;
 mod image;
 pub mod input;
 pub mod inspect;
+pub mod journal;
 pub mod merge;
 pub mod output;
 mod parse;

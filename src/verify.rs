@@ -160,8 +160,8 @@ fn name(n: &Option<Vec<u8>>) -> Option<String> {
     n.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
-/// Expands directories into their diff files (hidden files, `.sums` and state sidecars
-/// skipped), returning the list and whether a directory was given.
+/// Expands directories into their diff files (hidden files, `.sums` and state sidecars, and
+/// files superseded by a half-done prune ([`crate::journal`]) skipped), returning the list and whether a directory was given.
 fn expand(paths: &[String]) -> Result<(Vec<String>, bool)> {
     let mut out = Vec::new();
     let mut dir = false;
@@ -169,6 +169,8 @@ fn expand(paths: &[String]) -> Result<(Vec<String>, bool)> {
         let path = Path::new(p);
         if p != "-" && path.is_dir() {
             dir = true;
+            // Files a half-done prune has replaced are not part of the chain.
+            let gone = crate::journal::superseded(path)?;
             let mut v: Vec<String> = std::fs::read_dir(path)
                 .map_err(|e| Error::from(e).with_file(path))?
                 .filter_map(|e| e.ok())
@@ -177,7 +179,10 @@ fn expand(paths: &[String]) -> Result<(Vec<String>, bool)> {
                 .filter(|p| {
                     let n = p.file_name().map(|n| n.to_string_lossy().into_owned());
                     let n = n.unwrap_or_default();
-                    !n.starts_with('.') && !n.ends_with(".sums") && !n.ends_with(".rbddiff-state")
+                    !n.starts_with('.')
+                        && !n.ends_with(".sums")
+                        && !n.ends_with(".rbddiff-state")
+                        && !gone.contains(&n)
                 })
                 .map(|p| p.to_string_lossy().into_owned())
                 .collect();

@@ -11,6 +11,25 @@
 //! output, and a one-pass merge of the chain streamed into `rbd import-diff -`. [`prune`] is
 //! offline: it merges the oldest files into one and deletes them only once the result is
 //! committed and verified.
+//!
+//! Names that reach `rbd` (image specs, snapshot names from `--snap` or from diff headers)
+//! are refused when `rbd` could take them for options (a leading `-`, control characters),
+//! and option values are passed as single `--option=VALUE` tokens.
+//!
+//! # Concurrency and interrupted runs
+//!
+//! `backup` and `prune` hold an exclusive [`crate::dirlock`] lock on the directory, `restore`
+//! a shared one; a conflicting run is refused at once. A prune is made safe against a kill
+//! by a journal ([`crate::journal`]): before it commits its output it writes (atomically,
+//! fsynced) `.OUTPUT.prune-journal`, naming the output and the files it supersedes, and it
+//! removes the journal after deleting them. Between the commit and the deletions the
+//! directory holds both; chain discovery (of every command, `verify` of a directory too)
+//! then ignores the superseded files as long as the journal's output exists (outputs appear
+//! whole, by rename). A journal whose output does not exist is stale (the prune never
+//! committed) and ignored. The next run holding the exclusive lock finishes the job: it
+//! verifies the output, deletes the superseded files and their sidecars, then the journal
+//! (a stale journal is just deleted), and removes the temporary files (`.NAME.XXXXXX.tmp`)
+//! of killed runs of the image, which no live run can be writing while it holds the lock.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -149,7 +168,8 @@ fn chain_error(msg: String) -> Error {
 /// Finds the backup chain of `image` in `dir`, oldest first.
 ///
 /// Only regular files named `IMAGE@….diff` or `IMAGE@….diff.zst` are considered (hidden
-/// files, sidecars, other images' files and anything else are ignored). Their order comes
+/// files, sidecars, other images' files, files superseded by a half-done prune and anything
+/// else are ignored). Their order comes
 /// from their headers: the chain starts at a full diff (or at the one incremental whose start
 /// snapshot no other file ends at) and each next file starts at the snapshot the previous one
 /// ends at. A missing directory is an empty chain.
@@ -162,9 +182,11 @@ pub fn discover_chain(dir: &Path, image: &str) -> Result<Vec<ChainFile>> {
     if !dir.exists() {
         return Ok(Vec::new());
     }
+    // Files a half-done prune has replaced (its output is committed) are not in the chain.
+    let gone = crate::journal::superseded(dir)?;
     let mut files = Vec::new();
     for (name, path) in dir_entries(dir)? {
-        if is_candidate(&name, image) {
+        if is_candidate(&name, image) && !gone.contains(&name) {
             files.push(read_chain_file(path)?);
         }
     }
@@ -261,6 +283,75 @@ fn order_chain(files: Vec<ChainFile>) -> Result<Vec<ChainFile>> {
     }
     let mut slots: Vec<Option<ChainFile>> = files.into_iter().map(Some).collect();
     Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+}
+
+/// Files left by an interrupted run, removed under the exclusive lock: the files a committed
+/// prune output supersedes (with their sidecars, once the output verifies), stale journals
+/// and rbddiff's temporary files (`.NAME.XXXXXX.tmp`) of `image`. Returns what was removed.
+///
+/// # Errors
+/// A journal cannot be read; the output of a half-done prune does not verify (then nothing
+/// of it is removed); a removal fails.
+fn finish_pending(dir: &Path, image: &str) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let remove = |p: &Path, removed: &mut Vec<String>| match std::fs::remove_file(p) {
+        Ok(()) => {
+            removed.push(p.to_string_lossy().into_owned());
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::from(e).with_file(p)),
+    };
+    let ours = |n: &str| n.strip_prefix(image).is_some_and(|r| r.starts_with('@'));
+    for (jpath, j) in crate::journal::all(dir)? {
+        if !ours(&j.output) {
+            continue;
+        }
+        if crate::journal::output_present(dir, &j) {
+            let out = dir.join(&j.output);
+            verify_chain(&[read_chain_file(out.clone())?]).map_err(|e| {
+                Error::invalid(format!(
+                    "an interrupted prune (journal {}) left {}, which does not verify: {e}; \
+                     the files it replaces are kept",
+                    jpath.display(),
+                    out.display()
+                ))
+            })?;
+            if !crate::sums::sums_path(&out).exists() {
+                // Killed before its sidecar was written.
+                crate::sums::write_sums_for(&out)?;
+            }
+            for n in &j.supersedes {
+                let p = dir.join(n);
+                remove(&crate::sums::sums_path(&p), &mut removed)?;
+                remove(&p, &mut removed)?;
+            }
+            sync_dir(dir)?;
+        }
+        // Done, or stale (its prune never committed).
+        remove(&jpath, &mut removed)?;
+        sync_dir(dir)?;
+    }
+    // Temporary files of killed runs: no live rbddiff writes here while the lock is held.
+    for (name, path) in dir_entries(dir)? {
+        let base = stale_temp_of(&name).map(|b| b.strip_prefix('.').unwrap_or(b));
+        if base.is_some_and(ours) {
+            remove(&path, &mut removed)?;
+        }
+    }
+    Ok(removed)
+}
+
+/// For the name of a temporary file of [`crate::output`] (`.NAME.XXXXXX.tmp`), `NAME`.
+fn stale_temp_of(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (base, rand) = rest.rsplit_once('.')?;
+    (rand.len() == 6 && rand.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(base)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    let d = File::open(dir).map_err(|e| Error::from(e).with_file(dir))?;
+    d.sync_all().map_err(|e| Error::from(e).with_file(dir))
 }
 
 /// Verifies `files` as a chain (structure, links, sums sidecars where present).
@@ -508,6 +599,8 @@ pub struct BackupReport {
     /// Things that went wrong after the backup was complete (e.g. a snapshot that could not be
     /// removed).
     pub warnings: Vec<String>,
+    /// Files of an interrupted earlier run removed first (see [`prune`]).
+    pub cleaned: Vec<String>,
 }
 
 /// What the stream check of an export found.
@@ -585,6 +678,7 @@ fn backup_locked(
     dir: &Path,
     opts: &BackupOptions,
 ) -> Result<BackupReport> {
+    let cleaned = finish_pending(dir, image)?;
     let chain = discover_chain(dir, image)?;
     if opts.full && !chain.is_empty() {
         return Err(Error::invalid(format!(
@@ -664,6 +758,7 @@ fn backup_locked(
                 image_size: x.size,
                 removed_snapshots: Vec::new(),
                 warnings: Vec::new(),
+                cleaned,
             };
             if let Some(k) = opts.keep_snaps {
                 keep_snaps(rbd, spec, &snap, k, &mut report)?;
@@ -1031,13 +1126,18 @@ pub struct PruneReport {
     pub dry_run: bool,
     /// Size of the new file.
     pub bytes: u64,
+    /// Files of an interrupted earlier run removed first: what a half-done prune had
+    /// replaced, its journal, temporary files.
+    pub cleaned: Vec<String>,
 }
 
 /// Prunes the chain of `image` in `dir` to `keep` files: when it has more, its first
 /// `len − keep + 1` files are merged into one new diff (full when the chain starts with a full
 /// diff; compressed like the newest merged file), written atomically with its sidecar, the
 /// new chain is verified, the directory fsynced, and only then are the merged files and their
-/// sidecars deleted. Nothing else is ever deleted. With `dry_run` nothing is changed.
+/// sidecars deleted. A journal written before the commit lets the next run finish a prune
+/// killed in between (see the module docs); what an interrupted run left is cleaned up
+/// first. Nothing else is ever deleted. With `dry_run` nothing is changed.
 ///
 /// # Errors
 /// `keep` is 0; the chain is broken or does not verify; the new file exists or cannot be
@@ -1057,6 +1157,11 @@ pub fn prune(
     }
     // A dry run changes nothing: it only needs the directory not to change meanwhile.
     let _lock = crate::dirlock::lock(dir, !dry_run)?;
+    let cleaned = if dry_run {
+        Vec::new()
+    } else {
+        finish_pending(dir, image)?
+    };
     let chain = discover_chain(dir, image)?;
     let name = |f: &ChainFile| f.path.to_string_lossy().into_owned();
     let mut report = PruneReport {
@@ -1067,6 +1172,7 @@ pub fn prune(
         deleted: Vec::new(),
         dry_run,
         bytes: 0,
+        cleaned,
     };
     if chain.len() <= keep {
         return Ok(report);
@@ -1096,16 +1202,31 @@ pub fn prune(
     }
     let out_s = out.to_string_lossy().into_owned();
     let copts = last.compressed.then(CompressOptions::default);
+    let base = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let journal = crate::journal::write(
+        dir,
+        &crate::journal::Journal {
+            output: base(&out),
+            supersedes: merged.iter().map(|f| base(&f.path)).collect(),
+        },
+    )?;
     // The commit does not clobber: when it fails, the name is someone else's file and
     // nothing of this run is left (the temporary file goes with the error).
-    merge_files_to(
+    if let Err(e) = merge_files_to(
         &report.merged,
         &out_s,
         false,
         &MergeOptions::default(),
         copts.as_ref(),
         progress,
-    )?;
+    ) {
+        let _ = std::fs::remove_file(&journal);
+        return Err(e);
+    }
     let made = file_id(&out)?;
     let checked = crate::sums::write_sums_for(&out).and_then(|_| {
         // The new chain: the merged file, then the kept ones.
@@ -1122,6 +1243,8 @@ pub fn prune(
             let _ = std::fs::remove_file(crate::sums::sums_path(&out));
             let _ = std::fs::remove_file(&out);
         }
+        // After the output: a journal without its output is stale, never the reverse.
+        let _ = std::fs::remove_file(&journal);
         return Err(e);
     }
     report.bytes = std::fs::metadata(&out).map_or(0, |m| m.len());
@@ -1134,9 +1257,9 @@ pub fn prune(
             }
         }
     }
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    sync_dir(dir)?;
+    std::fs::remove_file(&journal).map_err(|e| Error::from(e).with_file(&journal))?;
+    sync_dir(dir)?;
     Ok(report)
 }
 

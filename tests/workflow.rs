@@ -402,7 +402,8 @@ fn backup_and_restore_refuse_a_broken_chain_before_calling_rbd() {
 }
 
 /// A fake `rbd` in `bin` that appends each call's arguments (NUL-separated, one call a line)
-/// to the returned log; `snap ls` prints `snaps` (JSON), `export-diff` fails, the rest succeed.
+/// to the returned log; `snap ls` prints `snaps` (JSON), `import-diff` stores its input in
+/// `bin/snaps.json.imported`, `export-diff` fails, the rest succeed.
 fn fake_rbd(bin: &Path, snaps: &str) -> (PathBuf, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     fs::create_dir_all(bin).unwrap();
@@ -414,7 +415,7 @@ fn fake_rbd(bin: &Path, snaps: &str) -> (PathBuf, PathBuf) {
         &rbd,
         format!(
             "#!/bin/sh\nprintf '%s\\0' \"$@\" >> '{log}'\necho >> '{log}'\ncase \"$*\" in\n  \
-             *'snap ls'*) cat '{json}' ;;\n  *export-diff*) echo 'no export here' >&2; exit 1 ;;\n\
+             *'snap ls'*) cat '{json}' ;;\n  *import-diff*) cat > '{json}.imported' ;;\n  *export-diff*) echo 'no export here' >&2; exit 1 ;;\n\
              esac\nexit 0\n",
             log = log.display(),
             json = json.display()
@@ -761,4 +762,180 @@ fn a_prune_whose_output_name_is_taken_meanwhile_leaves_the_other_file() {
     after.remove("vm@s1.full.diff");
     after.remove("vm@s1.full.diff.sums");
     assert_eq!(after, before);
+}
+
+/// The state a prune of the first three files of a four-file chain leaves when it is killed
+/// after committing its output: the output (with its sidecar), its journal and every
+/// original. Returns the journal and the superseded files.
+fn half_done_prune(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
+    let chain = discover_chain(dir, "vm").unwrap();
+    let merged: Vec<String> = chain[..3].iter().map(|f| s(&f.path)).collect();
+    let out = dir.join("vm@s2.full.diff");
+    let journal = rbddiff::journal::write(
+        dir,
+        &rbddiff::journal::Journal {
+            output: "vm@s2.full.diff".into(),
+            supersedes: chain[..3]
+                .iter()
+                .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+                .collect(),
+        },
+    )
+    .unwrap();
+    let mopts = rbddiff::merge::MergeOptions {
+        sums: true,
+        ..Default::default()
+    };
+    rbddiff::merge::merge_files_to(&merged, &s(&out), false, &mopts, None, &mut |_, _| {}).unwrap();
+    (journal, chain[..3].iter().map(|f| f.path.clone()).collect())
+}
+
+#[test]
+fn a_prune_killed_after_its_commit_is_finished_by_the_next_run() {
+    use rbddiff::workflow::{backup, restore, BackupOptions, Rbd, RestoreOptions};
+    let names = [
+        "vm@s0.full.diff",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff.zst",
+        "vm@s2..s3.diff",
+    ];
+    // The next run is a prune, then a backup.
+    for next in ["prune", "backup"] {
+        let (t, dir, work) = dirs();
+        write_chain(&dir, &work, &names);
+        let want = sha256_file(&work.join("raw3"));
+        let (journal, old) = half_done_prune(&dir);
+        // Temporary files of killed runs of this image, and other hidden files.
+        let stale = [
+            ".vm@s2.full.diff.Ab12Cd.tmp",
+            ".vm@s2..s3.diff.sums.x9Y8z7.tmp",
+            "..vm@s2.full.diff.prune-journal.QwErTy.tmp",
+        ];
+        for n in stale {
+            fs::write(dir.join(n), vec![0u8; 4096]).unwrap();
+        }
+        let others = [".vm2@s1.full.diff.Ab12Cd.tmp", ".keep.me", ".vm@notes.tmp"];
+        for n in others {
+            fs::write(dir.join(n), "not ours").unwrap();
+        }
+        // Everyone sees one chain: the output, then the newest file.
+        let chain = discover_chain(&dir, "vm").unwrap();
+        assert_eq!(
+            snaps(&chain),
+            [(None, some("s2")), (some("s2"), some("s3"))],
+            "{chain:?}"
+        );
+        let out = rbddiff_cli(&["verify", "--full", "--require-sums", &s(&dir)]);
+        assert!(out.status.success(), "{out:?}");
+        let bin = t.path().join("bin");
+        let (program, log) = fake_rbd(&bin, r#"[{"id": 1, "name": "s3"}]"#);
+        let rbd = Rbd {
+            program,
+            ..Rbd::default()
+        };
+        let ro = RestoreOptions {
+            rbd: rbd.clone(),
+            ..Default::default()
+        };
+        let r = restore(&dir, "rbd/vm", &ro, &mut |_, _| {}).unwrap();
+        assert_eq!(r.files.len(), 2, "{r:?}");
+        let imported = bin.join("snaps.json.imported");
+        assert_eq!(applied(&[imported], &work, "restored.img"), want);
+        // A dry run changes nothing.
+        let before = contents(&dir);
+        prune(&dir, "vm", 1, true, &mut |_, _| {}).unwrap();
+        assert_eq!(contents(&dir), before);
+
+        // The next run holding the lock finishes the prune and removes the stale files.
+        let cleaned = if next == "prune" {
+            let r = prune(&dir, "vm", 2, false, &mut |_, _| {}).unwrap();
+            assert!(r.output.is_none(), "{r:?}");
+            r.cleaned
+        } else {
+            let o = BackupOptions {
+                rbd,
+                snap: Some("s4".into()),
+                ..Default::default()
+            };
+            // The fake rbd's export fails, after the clean-up.
+            let e = backup("rbd/vm", &dir, &o).unwrap_err();
+            assert!(e.to_string().contains("no export here"), "{e}");
+            assert!(calls(&log)
+                .iter()
+                .any(|c| c.contains(&"export-diff".into())));
+            Vec::new()
+        };
+        let mut expect: Vec<String> = [
+            "vm@s2..s3.diff",
+            "vm@s2..s3.diff.sums",
+            "vm@s2.full.diff",
+            "vm@s2.full.diff.sums",
+        ]
+        .iter()
+        .chain(others.iter())
+        .map(|n| n.to_string())
+        .collect();
+        expect.sort();
+        assert_eq!(contents(&dir).into_keys().collect::<Vec<_>>(), expect);
+        for f in &old {
+            assert!(!f.exists());
+        }
+        assert!(!journal.exists());
+        if next == "prune" {
+            let mut gone: Vec<PathBuf> = old
+                .iter()
+                .flat_map(|f| [f.clone(), rbddiff::sums::sums_path(f)])
+                .chain(stale.iter().map(|n| dir.join(n)))
+                .chain([journal.clone()])
+                .collect();
+            gone.sort();
+            let mut cleaned: Vec<PathBuf> = cleaned.iter().map(PathBuf::from).collect();
+            cleaned.sort();
+            assert_eq!(cleaned, gone);
+        }
+        let chain = discover_chain(&dir, "vm").unwrap();
+        let paths: Vec<PathBuf> = chain.iter().map(|f| f.path.clone()).collect();
+        assert_eq!(applied(&paths, &work, "after.img"), want);
+    }
+}
+
+#[test]
+fn a_prune_killed_before_its_commit_leaves_a_stale_journal() {
+    let (_t, dir, work) = dirs();
+    let files = write_chain(&dir, &work, &["vm@a.diff", "vm@b.diff", "vm@c.diff"]);
+    let journal = rbddiff::journal::write(
+        &dir,
+        &rbddiff::journal::Journal {
+            output: "vm@s1.full.diff".into(),
+            supersedes: vec!["vm@a.diff".into(), "vm@b.diff".into()],
+        },
+    )
+    .unwrap();
+    fs::write(dir.join(".vm@s1.full.diff.k3J9aa.tmp"), vec![0u8; 1 << 16]).unwrap();
+    // No output: the journal counts for nothing.
+    assert_eq!(discover_chain(&dir, "vm").unwrap().len(), 3);
+    let r = prune(&dir, "vm", 2, false, &mut |_, _| {}).unwrap();
+    assert_eq!(r.merged.len(), 2);
+    assert!(!journal.exists());
+    assert!(!dir.join(".vm@s1.full.diff.k3J9aa.tmp").exists());
+    assert!(!files[0].exists() && files[2].exists());
+    let keys: Vec<String> = contents(&dir).into_keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "vm@c.diff",
+            "vm@c.diff.sums",
+            "vm@s1.full.diff",
+            "vm@s1.full.diff.sums"
+        ]
+    );
+    // A journal that names a file outside the directory is refused, naming it.
+    let bad = dir.join(".vm@x.diff.prune-journal");
+    fs::write(
+        &bad,
+        r#"{"output": "vm@x.diff", "supersedes": ["../vm@c.diff"]}"#,
+    )
+    .unwrap();
+    let e = discover_chain(&dir, "vm").unwrap_err().to_string();
+    assert!(e.contains(".vm@x.diff.prune-journal"), "{e}");
 }
