@@ -939,3 +939,75 @@ fn a_prune_killed_before_its_commit_leaves_a_stale_journal() {
     let e = discover_chain(&dir, "vm").unwrap_err().to_string();
     assert!(e.contains(".vm@x.diff.prune-journal"), "{e}");
 }
+
+/// `bytes` of an archive with its record index rewritten by `f` (checksum recomputed).
+fn relabel(z: &[u8], f: impl FnOnce(&mut rbddiff::zst::ArchiveIndex)) -> Vec<u8> {
+    use rbddiff::zst::{decode_index, encode_index, index_frame, parse_seek_table};
+    let (frames, seek_start) = parse_seek_table(z).unwrap().unwrap();
+    let last = frames.last().unwrap();
+    let data_end = (last.c_offset + u64::from(last.c_len)) as usize;
+    let mut idx = decode_index(&z[data_end + 8..seek_start]).unwrap();
+    f(&mut idx);
+    [
+        &z[..data_end],
+        &index_frame(&encode_index(&idx))[..],
+        &z[seek_start..],
+    ]
+    .concat()
+}
+
+/// An archive whose record index lies about its (intact) content does not stop restore or
+/// prune: they read its content instead, and give the image the chain holds.
+#[test]
+fn a_lying_archive_index_falls_back_to_the_content() {
+    use rbddiff::verify::{verify, VerifyOptions};
+    use rbddiff::workflow::{restore, Rbd, RestoreOptions};
+    let (t, dir, work) = dirs();
+    let names = [
+        "vm@s0.full.diff",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff.zst",
+        "vm@s2..s3.diff",
+    ];
+    let files = write_chain(&dir, &work, &names);
+    let want = sha256_file(&work.join("raw3"));
+    // Two payloads swap places in the index (a merge trusting it would copy them wrongly).
+    let z = fs::read(&files[2]).unwrap();
+    let lying = relabel(&z, |i| {
+        let r = &mut i.diffs[0].records;
+        let ws: Vec<usize> = (0..r.len()).filter(|&k| r[k].tag == b'w').collect();
+        let (a, b) = (ws[0], ws[1]);
+        let (pa, pb) = (r[a].pos, r[b].pos);
+        (r[a].pos, r[b].pos) = (pb, pa);
+        (r[a].frame, r[b].frame) = (r[b].frame, r[a].frame);
+    });
+    assert_ne!(lying, z);
+    fs::write(&files[2], &lying).unwrap();
+    rbddiff::sums::write_sums_for(&files[2]).unwrap();
+    let r = verify(&[s(&files[2])], &VerifyOptions::default()).unwrap();
+    assert!(
+        r.findings.iter().any(|f| f.check == "index"),
+        "{:?}",
+        r.findings
+    );
+    // restore streams the right image.
+    let bin = t.path().join("bin");
+    let (program, _log) = fake_rbd(&bin, "[]");
+    let ro = RestoreOptions {
+        rbd: Rbd {
+            program,
+            ..Rbd::default()
+        },
+        ..Default::default()
+    };
+    let r = restore(&dir, "rbd/vm", &ro, &mut |_, _| {}).unwrap();
+    assert_eq!(r.files.len(), 4);
+    let imported = bin.join("snaps.json.imported");
+    assert_eq!(applied(&[imported], &work, "restored.img"), want);
+    // prune merges it (the newest merged file is plain: so is the output).
+    let r = prune(&dir, "vm", 1, false, &mut |_, _| {}).unwrap();
+    assert_eq!(r.merged.len(), 4);
+    let chain = discover_chain(&dir, "vm").unwrap();
+    assert_eq!(chain.len(), 1);
+    assert_eq!(applied(&[chain[0].path.clone()], &work, "pruned.img"), want);
+}
