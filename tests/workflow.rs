@@ -1011,3 +1011,36 @@ fn a_lying_archive_index_falls_back_to_the_content() {
     assert_eq!(chain.len(), 1);
     assert_eq!(applied(&[chain[0].path.clone()], &work, "pruned.img"), want);
 }
+
+/// The output of a half-done prune that does not verify is not trusted to finish it: the
+/// files it would replace stay, and the next prune says why.
+#[test]
+fn a_half_done_prune_whose_output_is_damaged_deletes_nothing() {
+    let (_t, dir, work) = dirs();
+    write_chain(
+        &dir,
+        &work,
+        &[
+            "vm@s0.full.diff",
+            "vm@s0..s1.diff",
+            "vm@s1..s2.diff",
+            "vm@s2..s3.diff",
+        ],
+    );
+    let (journal, old) = half_done_prune(&dir);
+    let out = dir.join("vm@s2.full.diff");
+    let mut bytes = fs::read(&out).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 1;
+    fs::write(&out, &bytes).unwrap();
+    let before = contents(&dir);
+    let e = prune(&dir, "vm", 1, false, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("interrupted prune") && e.contains("vm@s2.full.diff") && e.contains("kept"),
+        "{e}"
+    );
+    assert_eq!(contents(&dir), before);
+    assert!(journal.exists() && old.iter().all(|f| f.exists()));
+}
