@@ -5,7 +5,8 @@
 //!   payload fully present, no bytes after `e`. O(records) on a mapped file: payload pages are
 //!   not touched unless sums are checked.
 //! - Chain: consecutive diffs must link (the `t` of one is the `f` of the next); a directory
-//!   is ordered by these links; `--full` asks for a full diff first. The diffs embedded in an
+//!   is ordered by these links (and held under a shared [`crate::dirlock`] lock while it is
+//!   read); `--full` asks for a full diff first. The diffs embedded in an
 //!   `rbd export --export-format 2` stream are checked the same way (the first must be a full
 //!   diff, each next one must start where the previous ends), as `rbd import` needs.
 //!
@@ -159,8 +160,8 @@ fn name(n: &Option<Vec<u8>>) -> Option<String> {
     n.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
-/// Expands directories into their diff files (hidden files, `.sums` and state sidecars
-/// skipped), returning the list and whether a directory was given.
+/// Expands directories into their diff files (hidden files, `.sums` and state sidecars, and
+/// files superseded by a half-done prune ([`crate::journal`]) skipped), returning the list and whether a directory was given.
 fn expand(paths: &[String]) -> Result<(Vec<String>, bool)> {
     let mut out = Vec::new();
     let mut dir = false;
@@ -168,6 +169,8 @@ fn expand(paths: &[String]) -> Result<(Vec<String>, bool)> {
         let path = Path::new(p);
         if p != "-" && path.is_dir() {
             dir = true;
+            // Files a half-done prune has replaced are not part of the chain.
+            let gone = crate::journal::superseded(path)?;
             let mut v: Vec<String> = std::fs::read_dir(path)
                 .map_err(|e| Error::from(e).with_file(path))?
                 .filter_map(|e| e.ok())
@@ -176,7 +179,10 @@ fn expand(paths: &[String]) -> Result<(Vec<String>, bool)> {
                 .filter(|p| {
                     let n = p.file_name().map(|n| n.to_string_lossy().into_owned());
                     let n = n.unwrap_or_default();
-                    !n.starts_with('.') && !n.ends_with(".sums") && !n.ends_with(".rbddiff-state")
+                    !n.starts_with('.')
+                        && !n.ends_with(".sums")
+                        && !n.ends_with(".rbddiff-state")
+                        && !gone.contains(&n)
                 })
                 .map(|p| p.to_string_lossy().into_owned())
                 .collect();
@@ -634,6 +640,12 @@ pub fn verify_with_progress(
     opts: &VerifyOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<VerifyReport> {
+    // A directory is locked while it is read (exclusively when sidecars are written into it).
+    let _locks = paths
+        .iter()
+        .filter(|p| *p != "-" && Path::new(p).is_dir())
+        .map(|p| crate::dirlock::lock(Path::new(p), opts.write_sums))
+        .collect::<Result<Vec<_>>>()?;
     let (files, dir) = expand(paths)?;
     if opts.against.is_some() && files.iter().any(|f| f == "-") {
         return Err(Error::invalid(

@@ -11,6 +11,25 @@
 //! output, and a one-pass merge of the chain streamed into `rbd import-diff -`. [`prune`] is
 //! offline: it merges the oldest files into one and deletes them only once the result is
 //! committed and verified.
+//!
+//! Names that reach `rbd` (image specs, snapshot names from `--snap` or from diff headers)
+//! are refused when `rbd` could take them for options (a leading `-`, control characters),
+//! and option values are passed as single `--option=VALUE` tokens.
+//!
+//! # Concurrency and interrupted runs
+//!
+//! `backup` and `prune` hold an exclusive [`crate::dirlock`] lock on the directory, `restore`
+//! a shared one; a conflicting run is refused at once. A prune is made safe against a kill
+//! by a journal ([`crate::journal`]): before it commits its output it writes (atomically,
+//! fsynced) `.OUTPUT.prune-journal`, naming the output and the files it supersedes, and it
+//! removes the journal after deleting them. Between the commit and the deletions the
+//! directory holds both; chain discovery (of every command, `verify` of a directory too)
+//! then ignores the superseded files as long as the journal's output exists (outputs appear
+//! whole, by rename). A journal whose output does not exist is stale (the prune never
+//! committed) and ignored. The next run holding the exclusive lock finishes the job: it
+//! verifies the output, deletes the superseded files and their sidecars, then the journal
+//! (a stale journal is just deleted), and removes the temporary files (`.NAME.XXXXXX.tmp`)
+//! of killed runs of the image, which no live run can be writing while it holds the lock.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -209,7 +228,8 @@ fn chain_error(msg: String) -> Error {
 /// Finds the backup chain of `image` in `dir`, oldest first.
 ///
 /// Only regular files named `IMAGE@….diff` or `IMAGE@….diff.zst` are considered (hidden
-/// files, sidecars, other images' files and anything else are ignored). Their order comes
+/// files, sidecars, other images' files, files superseded by a half-done prune and anything
+/// else are ignored). Their order comes
 /// from their headers: the chain starts at a full diff (or at the one incremental whose start
 /// snapshot no other file ends at) and each next file starts at the snapshot the previous one
 /// ends at. A missing directory is an empty chain.
@@ -222,9 +242,11 @@ pub fn discover_chain(dir: &Path, image: &str) -> Result<Vec<ChainFile>> {
     if !dir.exists() {
         return Ok(Vec::new());
     }
+    // Files a half-done prune has replaced (its output is committed) are not in the chain.
+    let gone = crate::journal::superseded(dir)?;
     let mut files = Vec::new();
     for (name, path) in dir_entries(dir)? {
-        if is_candidate(&name, image) {
+        if is_candidate(&name, image) && !gone.contains(&name) {
             files.push(read_chain_file(path)?);
         }
     }
@@ -323,7 +345,78 @@ fn order_chain(files: Vec<ChainFile>) -> Result<Vec<ChainFile>> {
     Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
 }
 
-/// Verifies `files` as a chain (structure, links, sums sidecars where present).
+/// Files left by an interrupted run, removed under the exclusive lock: the files a committed
+/// prune output supersedes (with their sidecars, once the output verifies), stale journals
+/// and rbddiff's temporary files (`.NAME.XXXXXX.tmp`) of `image`. Returns what was removed.
+///
+/// # Errors
+/// A journal cannot be read; the output of a half-done prune does not verify (then nothing
+/// of it is removed); a removal fails.
+fn finish_pending(dir: &Path, image: &str) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let remove = |p: &Path, removed: &mut Vec<String>| match std::fs::remove_file(p) {
+        Ok(()) => {
+            removed.push(p.to_string_lossy().into_owned());
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::from(e).with_file(p)),
+    };
+    let ours = |n: &str| n.strip_prefix(image).is_some_and(|r| r.starts_with('@'));
+    for (jpath, j) in crate::journal::all(dir)? {
+        if !ours(&j.output) {
+            continue;
+        }
+        if crate::journal::output_present(dir, &j) {
+            let out = dir.join(&j.output);
+            verify_chain(&[read_chain_file(out.clone())?]).map_err(|e| {
+                Error::invalid(format!(
+                    "an interrupted prune (journal {}) left {}, which does not verify: {e}; \
+                     the files it replaces are kept",
+                    jpath.display(),
+                    out.display()
+                ))
+            })?;
+            if !crate::sums::sums_path(&out).exists() {
+                // Killed before its sidecar was written.
+                crate::sums::write_sums_for(&out)?;
+            }
+            for n in &j.supersedes {
+                let p = dir.join(n);
+                remove(&crate::sums::sums_path(&p), &mut removed)?;
+                remove(&p, &mut removed)?;
+            }
+            sync_dir(dir)?;
+        }
+        // Done, or stale (its prune never committed).
+        remove(&jpath, &mut removed)?;
+        sync_dir(dir)?;
+    }
+    // Temporary files of killed runs: no live rbddiff writes here while the lock is held.
+    for (name, path) in dir_entries(dir)? {
+        let base = stale_temp_of(&name).map(|b| b.strip_prefix('.').unwrap_or(b));
+        if base.is_some_and(ours) {
+            remove(&path, &mut removed)?;
+        }
+    }
+    Ok(removed)
+}
+
+/// For the name of a temporary file of [`crate::output`] (`.NAME.XXXXXX.tmp`), `NAME`.
+fn stale_temp_of(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (base, rand) = rest.rsplit_once('.')?;
+    (rand.len() == 6 && rand.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(base)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    let d = File::open(dir).map_err(|e| Error::from(e).with_file(dir))?;
+    d.sync_all().map_err(|e| Error::from(e).with_file(dir))
+}
+
+/// Verifies `files` as a chain (structure, links, sums sidecars where present). An archive
+/// whose record index disagrees with its content (an `index` finding) is no reason to stop:
+/// merging does not use such an index ([`open_input`] streams the content instead).
 fn verify_chain(files: &[ChainFile]) -> Result<()> {
     let paths: Vec<String> = files
         .iter()
@@ -334,15 +427,15 @@ fn verify_chain(files: &[ChainFile]) -> Result<()> {
         ..VerifyOptions::default()
     };
     let report = verify(&paths, &opts)?;
-    if report.ok() {
-        return Ok(());
-    }
     let problems: Vec<String> = report
         .findings
         .iter()
-        .filter(|f| f.severity == crate::verify::Severity::Problem)
+        .filter(|f| f.severity == crate::verify::Severity::Problem && f.check != "index")
         .map(|f| f.to_string())
         .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
     Err(Error::invalid(format!(
         "the chain does not verify ({} problem{}): {}",
         problems.len(),
@@ -385,13 +478,17 @@ struct Ran {
 }
 
 impl Rbd {
+    /// The command with the connection options, each one `--option=VALUE` token (a value
+    /// is never a separate argument that could be read as an option).
     fn command(&self) -> Command {
         let mut c = Command::new(&self.program);
         if let Some(conf) = &self.conf {
-            c.arg("-c").arg(conf);
+            let mut a = std::ffi::OsString::from("--conf=");
+            a.push(conf);
+            c.arg(a);
         }
         if let Some(id) = &self.id {
-            c.arg("--id").arg(id);
+            c.arg(format!("--id={id}"));
         }
         c
     }
@@ -467,8 +564,24 @@ fn collect_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
     })
 }
 
-/// `POOL/IMAGE` (or `POOL/NS/IMAGE`, or `IMAGE`) → the image name.
+/// Refuses a name that reaches `rbd` (or selects its files) when `rbd` could read it as an
+/// option: Ceph's argument parser takes `--conf=…`, `--log_file=…` and any `--option=value`
+/// anywhere on the command line. A name that starts with `-`, is empty, or holds a NUL or
+/// another control character is refused; `what` says what the name is.
+fn safe_arg<'a>(what: &str, s: &'a str) -> Result<&'a str> {
+    if s.is_empty() || s.starts_with('-') || s.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "{what} {s:?} is refused: it is empty, starts with '-' or holds a control \
+             character (rbd could take it for an option)"
+        )));
+    }
+    Ok(s)
+}
+
+/// `POOL/IMAGE` (or `POOL/NS/IMAGE`, or `IMAGE`) → the image name. The spec must be safe
+/// to pass to `rbd` ([`safe_arg`]).
 fn image_name(spec: &str) -> Result<&str> {
+    safe_arg("image spec", spec)?;
     let name = spec.rsplit('/').next().unwrap_or(spec);
     if name.is_empty() || spec.contains('@') {
         return Err(Error::invalid(format!(
@@ -548,6 +661,8 @@ pub struct BackupReport {
     /// Things that went wrong after the backup was complete (e.g. a snapshot that could not be
     /// removed).
     pub warnings: Vec<String>,
+    /// Files of an interrupted earlier run removed first (see [`prune`]).
+    pub cleaned: Vec<String>,
 }
 
 /// What the stream check of an export found.
@@ -605,6 +720,33 @@ pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupRepo
     if opts.keep_snaps == Some(0) {
         return Err(Error::invalid("--keep-snaps must be at least 1"));
     }
+    let existed = dir.is_dir();
+    std::fs::create_dir_all(dir).map_err(|e| Error::from(e).with_file(dir))?;
+    // Creating the lock file also finds out, before any snapshot, that `dir` is not writable.
+    let lock = match crate::dirlock::lock(dir, true) {
+        Ok(l) => l,
+        Err(e) => {
+            if !existed {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(e);
+        }
+    };
+    let r = backup_locked(spec, image, dir, opts);
+    if r.is_err() && !existed {
+        lock.remove_with_dir();
+    }
+    r
+}
+
+/// [`backup`], with `dir` locked.
+fn backup_locked(
+    spec: &str,
+    image: &str,
+    dir: &Path,
+    opts: &BackupOptions,
+) -> Result<BackupReport> {
+    let cleaned = finish_pending(dir, image)?;
     let chain = discover_chain(dir, image)?;
     if opts.full && !chain.is_empty() {
         return Err(Error::invalid(format!(
@@ -617,13 +759,26 @@ pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupRepo
     }
     let prev = match chain.last() {
         None => None,
-        Some(f) => Some(f.to.clone().ok_or_else(|| {
-            Error::invalid(format!(
-                "{} ends at the image HEAD, not at a snapshot: nothing can follow it",
-                f.name()
-            ))
-        })?),
+        Some(f) => {
+            let to = f.to.clone().ok_or_else(|| {
+                Error::invalid(format!(
+                    "{} ends at the image HEAD, not at a snapshot: nothing can follow it",
+                    f.name()
+                ))
+            })?;
+            // The name comes from a file's header and goes to `rbd export-diff`.
+            safe_arg("the end snapshot in the header", &to).map_err(|e| e.with_file(&f.path))?;
+            Some(to)
+        }
     };
+    let snap = opts
+        .snap
+        .clone()
+        .unwrap_or_else(|| format!("{SNAP_PREFIX}{}", utc_stamp()));
+    safe_arg("snapshot name", &snap)?;
+    if snap.contains(['/', '@']) || snap.starts_with('.') {
+        return Err(Error::invalid(format!("bad snapshot name '{snap}'")));
+    }
     let rbd = &opts.rbd;
     let snaps = rbd.snapshots(spec)?;
     let has = |n: &str| snaps.iter().any(|(_, s)| s == n);
@@ -635,13 +790,6 @@ pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupRepo
                 last.name()
             )));
         }
-    }
-    let snap = opts
-        .snap
-        .clone()
-        .unwrap_or_else(|| format!("{SNAP_PREFIX}{}", utc_stamp()));
-    if snap.is_empty() || snap.contains(['/', '@']) || snap.starts_with('.') {
-        return Err(Error::invalid(format!("bad snapshot name '{snap}'")));
     }
     if has(&snap) {
         return Err(Error::invalid(format!(
@@ -659,10 +807,11 @@ pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupRepo
     if path.exists() {
         return Err(Error::invalid("output exists").with_file(&path));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::from(e).with_file(dir))?;
+    // Created first: an output that cannot be written is found before the snapshot is made.
+    let output = Output::create(&path.to_string_lossy(), false)?;
     let snap_spec = format!("{spec}@{snap}");
     rbd.run_ok(&["snap", "create", &snap_spec])?;
-    match export_to(rbd, spec, &snap_spec, prev.as_deref(), &path, opts) {
+    match export_to(rbd, spec, &snap_spec, prev.as_deref(), output, &path, opts) {
         Ok(x) => {
             let mut report = BackupReport {
                 file: path.display().to_string(),
@@ -677,6 +826,7 @@ pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupRepo
                 image_size: x.size,
                 removed_snapshots: Vec::new(),
                 warnings: Vec::new(),
+                cleaned,
             };
             if let Some(k) = opts.keep_snaps {
                 keep_snaps(rbd, spec, &snap, k, &mut report)?;
@@ -684,8 +834,7 @@ pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupRepo
             Ok(report)
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_file(crate::sums::sums_path(&path));
+            // export_to left no file (a failed commit was someone else's name).
             match rbd.run(&["snap", "rm", "--no-progress", &snap_spec]) {
                 Ok(r) if r.ok => Err(e),
                 Ok(r) => Err(Error::invalid(format!(
@@ -702,22 +851,23 @@ pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupRepo
     }
 }
 
-/// Runs the export of `snap_spec` into `path` and writes its sidecar.
+/// Runs the export of `snap_spec` into `output` (for `path`) and writes its sidecar. On
+/// failure no file of this call is left.
 fn export_to(
     rbd: &Rbd,
     spec: &str,
     snap_spec: &str,
     prev: Option<&str>,
+    mut output: Output,
     path: &Path,
     opts: &BackupOptions,
 ) -> Result<Exported> {
     let snap = snap_spec.rsplit('@').next().unwrap_or_default();
-    // Created first: an output that cannot be written is found before rbd runs.
-    let mut output = Output::create(&path.to_string_lossy(), false)?;
     let mut cmd = rbd.command();
     cmd.args(["export-diff", "--no-progress"]);
     if let Some(p) = prev {
-        cmd.args(["--from-snap", p]);
+        // One token: the name can never be read as an option of its own.
+        cmd.arg(format!("--from-snap={p}"));
     }
     cmd.args([snap_spec, "-"])
         .stdin(Stdio::null())
@@ -769,7 +919,12 @@ fn export_to(
         .with_file(path));
     }
     output.commit()?;
-    crate::sums::write_sums(path, &x.sums)?;
+    // Committed without clobbering: the file is this call's.
+    if let Err(e) = crate::sums::write_sums(path, &x.sums) {
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(crate::sums::sums_path(path));
+        return Err(e);
+    }
     Ok(x)
 }
 
@@ -792,6 +947,10 @@ fn keep_snaps(
         if name == made {
             continue;
         }
+        if let Err(e) = safe_arg("snapshot name", name) {
+            report.warnings.push(format!("not removed: {e}"));
+            continue;
+        }
         let s = format!("{spec}@{name}");
         let r = rbd.run(&["snap", "rm", "--no-progress", &s])?;
         if r.ok {
@@ -807,6 +966,13 @@ fn keep_snaps(
 
 // ---------------------------------------------------------------------------------------------
 // restore
+
+/// The (device, inode) of the file at `path` (not following a symbolic link).
+fn file_id(path: &Path) -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).map_err(|e| Error::from(e).with_file(path))?;
+    Ok((m.dev(), m.ino()))
+}
 
 /// Options of [`restore`].
 #[derive(Clone, Debug, Default)]
@@ -888,9 +1054,13 @@ pub fn restore(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RestoreReport> {
     image_name(spec)?;
+    if let Some(i) = &opts.image {
+        safe_arg("image name", i)?;
+    }
     if !dir.is_dir() {
         return Err(Error::invalid("not a directory").with_file(dir));
     }
+    let _lock = crate::dirlock::lock(dir, false)?;
     let src_image = pick_image(dir, spec, opts.image.as_deref())?;
     let chain = discover_chain(dir, &src_image)?;
     if chain.is_empty() {
@@ -1024,13 +1194,18 @@ pub struct PruneReport {
     pub dry_run: bool,
     /// Size of the new file.
     pub bytes: u64,
+    /// Files of an interrupted earlier run removed first: what a half-done prune had
+    /// replaced, its journal, temporary files.
+    pub cleaned: Vec<String>,
 }
 
 /// Prunes the chain of `image` in `dir` to `keep` files: when it has more, its first
 /// `len − keep + 1` files are merged into one new diff (full when the chain starts with a full
 /// diff; compressed like the newest merged file), written atomically with its sidecar, the
 /// new chain is verified, the directory fsynced, and only then are the merged files and their
-/// sidecars deleted. Nothing else is ever deleted. With `dry_run` nothing is changed.
+/// sidecars deleted. A journal written before the commit lets the next run finish a prune
+/// killed in between (see the module docs); what an interrupted run left is cleaned up
+/// first. Nothing else is ever deleted. With `dry_run` nothing is changed.
 ///
 /// # Errors
 /// `keep` is 0; the chain is broken or does not verify; the new file exists or cannot be
@@ -1048,6 +1223,13 @@ pub fn prune(
     if !dir.is_dir() {
         return Err(Error::invalid("not a directory").with_file(dir));
     }
+    // A dry run changes nothing: it only needs the directory not to change meanwhile.
+    let _lock = crate::dirlock::lock(dir, !dry_run)?;
+    let cleaned = if dry_run {
+        Vec::new()
+    } else {
+        finish_pending(dir, image)?
+    };
     let chain = discover_chain(dir, image)?;
     let name = |f: &ChainFile| f.path.to_string_lossy().into_owned();
     let mut report = PruneReport {
@@ -1058,6 +1240,7 @@ pub fn prune(
         deleted: Vec::new(),
         dry_run,
         bytes: 0,
+        cleaned,
     };
     if chain.len() <= keep {
         return Ok(report);
@@ -1086,20 +1269,34 @@ pub fn prune(
         return Err(Error::invalid("the merged output exists already").with_file(&out));
     }
     let out_s = out.to_string_lossy().into_owned();
-    let mopts = MergeOptions {
-        sums: true,
-        ..MergeOptions::default()
-    };
     let copts = last.compressed.then(CompressOptions::default);
-    let made = merge_files_to(
+    let base = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let journal = crate::journal::write(
+        dir,
+        &crate::journal::Journal {
+            output: base(&out),
+            supersedes: merged.iter().map(|f| base(&f.path)).collect(),
+        },
+    )?;
+    // The commit does not clobber: when it fails, the name is someone else's file and
+    // nothing of this run is left (the temporary file goes with the error).
+    if let Err(e) = merge_files_to(
         &report.merged,
         &out_s,
         false,
-        &mopts,
+        &MergeOptions::default(),
         copts.as_ref(),
         progress,
-    )
-    .and_then(|_| {
+    ) {
+        let _ = std::fs::remove_file(&journal);
+        return Err(e);
+    }
+    let made = file_id(&out)?;
+    let checked = crate::sums::write_sums_for(&out).and_then(|_| {
         // The new chain: the merged file, then the kept ones.
         let mut new_chain = vec![read_chain_file(out.clone())?];
         new_chain.extend(kept.iter().cloned());
@@ -1108,12 +1305,14 @@ pub fn prune(
         d.sync_all().map_err(|e| Error::from(e).with_file(dir))?;
         Ok(())
     });
-    if let Err(e) = made {
-        // Only remove what this call wrote (merge_files_to refuses an existing output).
-        if Path::new(&out_s).exists() {
-            let _ = std::fs::remove_file(&out);
+    if let Err(e) = checked {
+        // Only the file this run committed goes (never one that replaced it meanwhile).
+        if file_id(&out).ok() == Some(made) {
             let _ = std::fs::remove_file(crate::sums::sums_path(&out));
+            let _ = std::fs::remove_file(&out);
         }
+        // After the output: a journal without its output is stale, never the reverse.
+        let _ = std::fs::remove_file(&journal);
         return Err(e);
     }
     report.bytes = std::fs::metadata(&out).map_or(0, |m| m.len());
@@ -1126,9 +1325,9 @@ pub fn prune(
             }
         }
     }
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    sync_dir(dir)?;
+    std::fs::remove_file(&journal).map_err(|e| Error::from(e).with_file(&journal))?;
+    sync_dir(dir)?;
     Ok(report)
 }
 

@@ -53,11 +53,12 @@ fn fails(cluster: &Cluster, args: &[&str]) -> String {
     err
 }
 
-/// Names of the files in `dir` (empty when it does not exist).
+/// Names of the files in `dir` but its lock file (empty when it does not exist).
 fn listing(dir: &Path) -> BTreeSet<String> {
     match fs::read_dir(dir) {
         Ok(rd) => rd
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != rbddiff::dirlock::LOCK_NAME)
             .collect(),
         Err(_) => BTreeSet::new(),
     }

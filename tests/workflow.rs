@@ -75,12 +75,12 @@ fn rbddiff_cli(args: &[&str]) -> std::process::Output {
         .expect("run rbddiff")
 }
 
-/// Every file in `dir` with its sha256.
+/// Every file in `dir` with its sha256 (but the directory's lock file).
 fn contents(dir: &Path) -> BTreeMap<String, String> {
     fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
+        .filter(|p| p.is_file() && !p.ends_with(rbddiff::dirlock::LOCK_NAME))
         .map(|p| {
             (
                 p.file_name().unwrap().to_string_lossy().into_owned(),
@@ -341,11 +341,10 @@ fn a_failed_prune_leaves_every_original_file() {
     assert_eq!(contents(&dir), before);
     assert!(!dir.join("vm@s1.full.diff").exists());
     // No temporary file is left either.
-    assert!(fs::read_dir(&dir).unwrap().all(|e| !e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .starts_with('.')));
+    assert!(fs::read_dir(&dir).unwrap().all(|e| {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        !n.starts_with('.') || n == rbddiff::dirlock::LOCK_NAME
+    }));
 }
 
 #[test]
@@ -400,4 +399,648 @@ fn backup_and_restore_refuse_a_broken_chain_before_calling_rbd() {
     assert!(err.contains("rbd snap ls"), "{err}");
     assert!(log.exists());
     assert!(!empty.exists());
+}
+
+/// A fake `rbd` in `bin` that appends each call's arguments (NUL-separated, one call a line)
+/// to the returned log; `snap ls` prints `snaps` (JSON), `import-diff` stores its input in
+/// `bin/snaps.json.imported`, `export-diff` fails, the rest succeed.
+fn fake_rbd(bin: &Path, snaps: &str) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(bin).unwrap();
+    let log = bin.join("rbd.log");
+    let json = bin.join("snaps.json");
+    fs::write(&json, snaps).unwrap();
+    let rbd = bin.join("rbd");
+    fs::write(
+        &rbd,
+        format!(
+            "#!/bin/sh\nprintf '%s\\0' \"$@\" >> '{log}'\necho >> '{log}'\ncase \"$*\" in\n  \
+             *'snap ls'*) cat '{json}' ;;\n  *import-diff*) cat > '{json}.imported' ;;\n  *export-diff*) echo 'no export here' >&2; exit 1 ;;\n\
+             esac\nexit 0\n",
+            log = log.display(),
+            json = json.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&rbd, fs::Permissions::from_mode(0o755)).unwrap();
+    (rbd, log)
+}
+
+/// The calls recorded by [`fake_rbd`], each as its list of arguments.
+fn calls(log: &Path) -> Vec<Vec<String>> {
+    let Ok(text) = fs::read_to_string(log) else {
+        return Vec::new();
+    };
+    text.lines()
+        .map(|l| {
+            l.split('\0')
+                .filter(|a| !a.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .collect()
+}
+
+/// A full diff of a small image ending at snapshot `snap`, written as `dir/NAME`.
+fn full_diff_to(dir: &Path, work: &Path, name: &str, snap: &str) -> PathBuf {
+    let raw = work.join("small.raw");
+    write_sparse(&raw, &noise(9, 1 << 16));
+    let path = dir.join(name);
+    let opts = CreateOptions {
+        to_snap: Some(snap.to_string()),
+        force: true,
+        ..CreateOptions::default()
+    };
+    create_diff(&raw, &s(&path), &opts).unwrap();
+    path
+}
+
+#[test]
+fn names_that_rbd_could_take_for_options_are_refused_or_passed_as_one_token() {
+    use rbddiff::workflow::{backup, restore, BackupOptions, Rbd, RestoreOptions};
+    let (t, dir, work) = dirs();
+    let (program, log) = fake_rbd(&t.path().join("bin"), "[]");
+    let rbd = Rbd {
+        program,
+        conf: Some(PathBuf::from("/etc/ceph/c.conf")),
+        id: Some("admin".into()),
+    };
+    let opts = BackupOptions {
+        rbd: rbd.clone(),
+        ..BackupOptions::default()
+    };
+    // A header naming an option as its end snapshot: refused before rbd runs, naming the file.
+    let evil = full_diff_to(&dir, &work, "vm@evil.full.diff", "--conf=evil.conf");
+    let e = backup("rbd/vm", &dir, &opts).unwrap_err().to_string();
+    assert!(
+        e.contains("--conf=evil.conf") && e.contains("vm@evil.full.diff"),
+        "{e}"
+    );
+    assert!(calls(&log).is_empty(), "rbd ran: {:?}", calls(&log));
+    // The same for a control character in the name.
+    fs::remove_file(&evil).unwrap();
+    full_diff_to(&dir, &work, "vm@evil.full.diff", "s1\n--log_file=/tmp/x");
+    let e = backup("rbd/vm", &dir, &opts).unwrap_err().to_string();
+    assert!(e.contains("control"), "{e}");
+    assert!(calls(&log).is_empty());
+    fs::remove_file(&evil).unwrap();
+
+    // Option-like names given by the caller: the snapshot, the image spec, restore's image.
+    let empty = t.path().join("empty");
+    for (spec, snap) in [
+        ("rbd/vm", Some("--log_file=/tmp/x")),
+        ("rbd/vm", Some("-x")),
+        ("rbd/vm", Some("a\0b")),
+        ("--conf=x/vm", None),
+        ("-p", None),
+        ("rbd/vm\u{7f}", None),
+    ] {
+        let o = BackupOptions {
+            snap: snap.map(String::from),
+            ..opts.clone()
+        };
+        let e = backup(spec, &empty, &o).unwrap_err().to_string();
+        assert!(e.contains("refused"), "{spec} {snap:?}: {e}");
+    }
+    let ro = RestoreOptions {
+        rbd: rbd.clone(),
+        ..RestoreOptions::default()
+    };
+    let e = restore(&dir, "--id=x", &ro, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("refused"), "{e}");
+    let ro2 = RestoreOptions {
+        image: Some("--conf=y".into()),
+        ..ro.clone()
+    };
+    let e = restore(&dir, "rbd/vm", &ro2, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("refused"), "{e}");
+    assert!(calls(&log).is_empty(), "rbd ran: {:?}", calls(&log));
+
+    // A legal name that holds an option: it reaches rbd only inside `--from-snap=NAME`.
+    let name = "s1 --conf=evil.conf";
+    full_diff_to(&dir, &work, "vm@s1.full.diff", name);
+    fs::write(
+        t.path().join("bin/snaps.json"),
+        format!("[{{\"id\": 4, \"name\": \"{name}\"}}]"),
+    )
+    .unwrap();
+    let o = BackupOptions {
+        snap: Some("s2".into()),
+        ..opts.clone()
+    };
+    let e = backup("rbd/vm", &dir, &o).unwrap_err().to_string();
+    assert!(e.contains("no export here"), "{e}");
+    let calls = calls(&log);
+    let export = calls
+        .iter()
+        .find(|c| c.iter().any(|a| a == "export-diff"))
+        .unwrap_or_else(|| panic!("{calls:?}"));
+    assert_eq!(
+        export,
+        &[
+            "--conf=/etc/ceph/c.conf",
+            "--id=admin",
+            "export-diff",
+            "--no-progress",
+            &format!("--from-snap={name}"),
+            "rbd/vm@s2",
+            "-"
+        ]
+    );
+    // Every call: the connection options as one token each, no other argument is an option
+    // that takes a value from the next argument.
+    for c in &calls {
+        assert_eq!(c[..2], ["--conf=/etc/ceph/c.conf", "--id=admin"], "{c:?}");
+        assert!(!c.iter().any(|a| a == "--from-snap" || a == "-c"), "{c:?}");
+    }
+    // The snapshot made for the failed backup is removed again.
+    assert!(calls.iter().any(|c| c.ends_with(&[
+        "rm".into(),
+        "--no-progress".into(),
+        "rbd/vm@s2".into()
+    ]) && c.contains(&"snap".to_string())));
+}
+
+/// Runs `rbddiff ARGS` with `bin` first on `PATH`.
+fn rbddiff_with_path(bin: &Path, args: &[&str]) -> std::process::Output {
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+        .args(args)
+        .env("PATH", path)
+        .output()
+        .unwrap()
+}
+
+/// `f()` once the directory it locks is free. A lock released in this (multi-threaded) test
+/// process can stay held for a moment by a child that another test forked meanwhile and
+/// that has not yet reached `exec` (which closes the inherited descriptor).
+fn until_free<T>(mut f: impl FnMut() -> rbddiff::Result<T>) -> T {
+    for _ in 0..100 {
+        match f() {
+            Err(e) if e.to_string().contains("in use") => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            r => return r.unwrap(),
+        }
+    }
+    panic!("the directory stays locked")
+}
+
+#[test]
+fn a_locked_directory_is_refused_at_once() {
+    use rbddiff::dirlock::{lock, LOCK_NAME};
+    let (t, dir, work) = dirs();
+    write_chain(&dir, &work, &["vm@a.diff", "vm@b.diff", "vm@c.diff"]);
+    let bin = t.path().join("bin");
+    let (_, log) = fake_rbd(&bin, "[]");
+    let me = std::process::id().to_string();
+    let ds = s(&dir);
+    let before = contents(&dir);
+    {
+        // Another run changing the directory: everyone is refused, naming it and the pid.
+        let held = lock(&dir, true).unwrap();
+        assert!(fs::read_to_string(dir.join(LOCK_NAME))
+            .unwrap()
+            .contains(&me));
+        for args in [
+            vec!["prune", &*ds, "--image", "vm", "--keep", "1"],
+            vec!["prune", &*ds, "--image", "vm", "--keep", "1", "--dry-run"],
+            vec!["backup", "rbd/vm", &*ds],
+            vec!["restore", &*ds, "rbd/vm2"],
+            vec!["verify", &*ds],
+        ] {
+            let out = rbddiff_with_path(&bin, &args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(
+                err.contains(&ds) && err.contains(&format!("pid {me}")) && err.contains("in use"),
+                "{args:?}: {err}"
+            );
+        }
+        let e = prune(&dir, "vm", 1, false, &mut |_, _| {}).unwrap_err();
+        assert!(e.to_string().contains("in use"), "{e}");
+        assert!(lock(&dir, false).is_err());
+        drop(held);
+    }
+    assert!(calls(&log).is_empty(), "rbd ran: {:?}", calls(&log));
+    assert_eq!(contents(&dir), before);
+    let lock_file = dir.join(LOCK_NAME);
+    {
+        // Readers share the directory with each other, not with a writer.
+        let _r = until_free(|| lock(&dir, false));
+        let _r2 = lock(&dir, false).unwrap();
+        assert!(lock(&dir, true).is_err());
+        let out = rbddiff_with_path(&bin, &["verify", &ds]);
+        assert!(out.status.success(), "{out:?}");
+        for args in [
+            vec!["prune", &*ds, "--image", "vm", "--keep", "1"],
+            vec!["backup", "rbd/vm", &*ds],
+        ] {
+            let out = rbddiff_with_path(&bin, &args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains("in use"), "{args:?}: {err}");
+        }
+        // A restore only reads: it gets as far as rbd.
+        let out = rbddiff_with_path(&bin, &["restore", &ds, "rbd/vm2"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("in use"), "{err}");
+        assert!(!calls(&log).is_empty());
+    }
+    // Free again: prune runs.
+    let r = until_free(|| prune(&dir, "vm", 1, false, &mut |_, _| {}));
+    assert_eq!(r.merged.len(), 3);
+    // The lock file is not followed when it is a symbolic link.
+    fs::remove_file(&lock_file).unwrap();
+    std::os::unix::fs::symlink(work.join("elsewhere"), &lock_file).unwrap();
+    let e = prune(&dir, "vm", 1, false, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert!(!work.join("elsewhere").exists());
+}
+
+/// Makes `dir` unwritable for the test process and runs `f`: by its mode, or (for root) a
+/// read-only bind mount in a private mount namespace around `rbddiff ARGS`. Returns `None`
+/// when neither is possible here.
+fn run_in_read_only(dir: &Path, bin: &Path, args: &[&str]) -> Option<std::process::Output> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).unwrap();
+    let probe = dir.join("probe");
+    let writable = fs::write(&probe, "x").is_ok();
+    if !writable {
+        let out = rbddiff_with_path(bin, args);
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+        return Some(out);
+    }
+    fs::remove_file(&probe).unwrap();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let d = s(dir);
+    let script = format!(
+        "mount --bind -o ro '{d}' '{d}' && touch '{d}/probe' 2>/dev/null && exit 99; \
+         exec \"$0\" \"$@\""
+    );
+    let mut cmd_args = vec!["-m", "sh", "-c", &script, env!("CARGO_BIN_EXE_rbddiff")];
+    cmd_args.extend_from_slice(args);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("unshare")
+        .args(&cmd_args)
+        .env("PATH", path)
+        .output()
+        .ok()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("unshare:") || err.contains("mount:") || out.status.code() == Some(99) {
+        return None;
+    }
+    Some(out)
+}
+
+#[test]
+fn backup_into_an_unwritable_directory_makes_no_snapshot() {
+    let (t, dir, work) = dirs();
+    let files = write_chain(&dir, &work, &["vm@a.diff", "vm@b.diff"]);
+    let bin = t.path().join("bin");
+    let (_, log) = fake_rbd(
+        &bin,
+        r#"[{"id": 1, "name": "s0"}, {"id": 2, "name": "s1"}]"#,
+    );
+    for with_lock_file in [false, true] {
+        if with_lock_file {
+            // A lock file left by an earlier run (it opens for writing even in a directory
+            // whose mode forbids new files).
+            drop(rbddiff::dirlock::lock(&dir, true).unwrap());
+        }
+        let Some(out) = run_in_read_only(&dir, &bin, &["backup", "rbd/vm", &s(&dir)]) else {
+            eprintln!("SKIPPED: no way to make a directory read-only here");
+            return;
+        };
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(&s(&dir)), "{err}");
+        let calls = calls(&log);
+        assert!(
+            !calls.iter().any(|c| c.contains(&"create".to_string())),
+            "a snapshot was made: {calls:?}"
+        );
+        assert_eq!(discover_chain(&dir, "vm").unwrap().len(), files.len());
+    }
+}
+
+/// A prune whose commit finds its output name taken meanwhile (another run committed it)
+/// fails and leaves that file, and every original, as they are.
+#[test]
+fn a_prune_whose_output_name_is_taken_meanwhile_leaves_the_other_file() {
+    let (_t, dir, work) = dirs();
+    let names = ["vm@s0.full.diff", "vm@s0..s1.diff", "vm@s1..s2.diff"];
+    write_chain(&dir, &work, &names);
+    let before = contents(&dir);
+    let out = dir.join("vm@s1.full.diff");
+    let other = b"another run's file";
+    let mut made = false;
+    let e = prune(&dir, "vm", 2, false, &mut |_, _| {
+        if !made {
+            fs::write(&out, other).unwrap();
+            fs::write(rbddiff::sums::sums_path(&out), "its sidecar").unwrap();
+            made = true;
+        }
+    })
+    .unwrap_err();
+    assert!(made);
+    assert!(e.to_string().contains("vm@s1.full.diff"), "{e}");
+    assert_eq!(fs::read(&out).unwrap(), other);
+    assert_eq!(
+        fs::read_to_string(rbddiff::sums::sums_path(&out)).unwrap(),
+        "its sidecar"
+    );
+    let mut after = contents(&dir);
+    after.remove("vm@s1.full.diff");
+    after.remove("vm@s1.full.diff.sums");
+    assert_eq!(after, before);
+}
+
+/// The state a prune of the first three files of a four-file chain leaves when it is killed
+/// after committing its output: the output (with its sidecar), its journal and every
+/// original. Returns the journal and the superseded files.
+fn half_done_prune(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
+    let chain = discover_chain(dir, "vm").unwrap();
+    let merged: Vec<String> = chain[..3].iter().map(|f| s(&f.path)).collect();
+    let out = dir.join("vm@s2.full.diff");
+    let journal = rbddiff::journal::write(
+        dir,
+        &rbddiff::journal::Journal {
+            output: "vm@s2.full.diff".into(),
+            supersedes: chain[..3]
+                .iter()
+                .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+                .collect(),
+        },
+    )
+    .unwrap();
+    let mopts = rbddiff::merge::MergeOptions {
+        sums: true,
+        ..Default::default()
+    };
+    rbddiff::merge::merge_files_to(&merged, &s(&out), false, &mopts, None, &mut |_, _| {}).unwrap();
+    (journal, chain[..3].iter().map(|f| f.path.clone()).collect())
+}
+
+#[test]
+fn a_prune_killed_after_its_commit_is_finished_by_the_next_run() {
+    use rbddiff::workflow::{backup, restore, BackupOptions, Rbd, RestoreOptions};
+    let names = [
+        "vm@s0.full.diff",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff.zst",
+        "vm@s2..s3.diff",
+    ];
+    // The next run is a prune, then a backup.
+    for next in ["prune", "backup"] {
+        let (t, dir, work) = dirs();
+        write_chain(&dir, &work, &names);
+        let want = sha256_file(&work.join("raw3"));
+        let (journal, old) = half_done_prune(&dir);
+        // Temporary files of killed runs of this image, and other hidden files.
+        let stale = [
+            ".vm@s2.full.diff.Ab12Cd.tmp",
+            ".vm@s2..s3.diff.sums.x9Y8z7.tmp",
+            "..vm@s2.full.diff.prune-journal.QwErTy.tmp",
+        ];
+        for n in stale {
+            fs::write(dir.join(n), vec![0u8; 4096]).unwrap();
+        }
+        let others = [".vm2@s1.full.diff.Ab12Cd.tmp", ".keep.me", ".vm@notes.tmp"];
+        for n in others {
+            fs::write(dir.join(n), "not ours").unwrap();
+        }
+        // Everyone sees one chain: the output, then the newest file.
+        let chain = discover_chain(&dir, "vm").unwrap();
+        assert_eq!(
+            snaps(&chain),
+            [(None, some("s2")), (some("s2"), some("s3"))],
+            "{chain:?}"
+        );
+        let out = rbddiff_cli(&["verify", "--full", "--require-sums", &s(&dir)]);
+        assert!(out.status.success(), "{out:?}");
+        let bin = t.path().join("bin");
+        let (program, log) = fake_rbd(&bin, r#"[{"id": 1, "name": "s3"}]"#);
+        let rbd = Rbd {
+            program,
+            ..Rbd::default()
+        };
+        let ro = RestoreOptions {
+            rbd: rbd.clone(),
+            ..Default::default()
+        };
+        let r = restore(&dir, "rbd/vm", &ro, &mut |_, _| {}).unwrap();
+        assert_eq!(r.files.len(), 2, "{r:?}");
+        let imported = bin.join("snaps.json.imported");
+        assert_eq!(applied(&[imported], &work, "restored.img"), want);
+        // A dry run changes nothing.
+        let before = contents(&dir);
+        prune(&dir, "vm", 1, true, &mut |_, _| {}).unwrap();
+        assert_eq!(contents(&dir), before);
+
+        // The next run holding the lock finishes the prune and removes the stale files.
+        let cleaned = if next == "prune" {
+            let r = prune(&dir, "vm", 2, false, &mut |_, _| {}).unwrap();
+            assert!(r.output.is_none(), "{r:?}");
+            r.cleaned
+        } else {
+            let o = BackupOptions {
+                rbd,
+                snap: Some("s4".into()),
+                ..Default::default()
+            };
+            // The fake rbd's export fails, after the clean-up.
+            let e = backup("rbd/vm", &dir, &o).unwrap_err();
+            assert!(e.to_string().contains("no export here"), "{e}");
+            assert!(calls(&log)
+                .iter()
+                .any(|c| c.contains(&"export-diff".into())));
+            Vec::new()
+        };
+        let mut expect: Vec<String> = [
+            "vm@s2..s3.diff",
+            "vm@s2..s3.diff.sums",
+            "vm@s2.full.diff",
+            "vm@s2.full.diff.sums",
+        ]
+        .iter()
+        .chain(others.iter())
+        .map(|n| n.to_string())
+        .collect();
+        expect.sort();
+        assert_eq!(contents(&dir).into_keys().collect::<Vec<_>>(), expect);
+        for f in &old {
+            assert!(!f.exists());
+        }
+        assert!(!journal.exists());
+        if next == "prune" {
+            let mut gone: Vec<PathBuf> = old
+                .iter()
+                .flat_map(|f| [f.clone(), rbddiff::sums::sums_path(f)])
+                .chain(stale.iter().map(|n| dir.join(n)))
+                .chain([journal.clone()])
+                .collect();
+            gone.sort();
+            let mut cleaned: Vec<PathBuf> = cleaned.iter().map(PathBuf::from).collect();
+            cleaned.sort();
+            assert_eq!(cleaned, gone);
+        }
+        let chain = discover_chain(&dir, "vm").unwrap();
+        let paths: Vec<PathBuf> = chain.iter().map(|f| f.path.clone()).collect();
+        assert_eq!(applied(&paths, &work, "after.img"), want);
+    }
+}
+
+#[test]
+fn a_prune_killed_before_its_commit_leaves_a_stale_journal() {
+    let (_t, dir, work) = dirs();
+    let files = write_chain(&dir, &work, &["vm@a.diff", "vm@b.diff", "vm@c.diff"]);
+    let journal = rbddiff::journal::write(
+        &dir,
+        &rbddiff::journal::Journal {
+            output: "vm@s1.full.diff".into(),
+            supersedes: vec!["vm@a.diff".into(), "vm@b.diff".into()],
+        },
+    )
+    .unwrap();
+    fs::write(dir.join(".vm@s1.full.diff.k3J9aa.tmp"), vec![0u8; 1 << 16]).unwrap();
+    // No output: the journal counts for nothing.
+    assert_eq!(discover_chain(&dir, "vm").unwrap().len(), 3);
+    let r = prune(&dir, "vm", 2, false, &mut |_, _| {}).unwrap();
+    assert_eq!(r.merged.len(), 2);
+    assert!(!journal.exists());
+    assert!(!dir.join(".vm@s1.full.diff.k3J9aa.tmp").exists());
+    assert!(!files[0].exists() && files[2].exists());
+    let keys: Vec<String> = contents(&dir).into_keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "vm@c.diff",
+            "vm@c.diff.sums",
+            "vm@s1.full.diff",
+            "vm@s1.full.diff.sums"
+        ]
+    );
+    // A journal that names a file outside the directory is refused, naming it.
+    let bad = dir.join(".vm@x.diff.prune-journal");
+    fs::write(
+        &bad,
+        r#"{"output": "vm@x.diff", "supersedes": ["../vm@c.diff"]}"#,
+    )
+    .unwrap();
+    let e = discover_chain(&dir, "vm").unwrap_err().to_string();
+    assert!(e.contains(".vm@x.diff.prune-journal"), "{e}");
+}
+
+/// `bytes` of an archive with its record index rewritten by `f` (checksum recomputed).
+fn relabel(z: &[u8], f: impl FnOnce(&mut rbddiff::zst::ArchiveIndex)) -> Vec<u8> {
+    use rbddiff::zst::{decode_index, encode_index, index_frame, parse_seek_table};
+    let (frames, seek_start) = parse_seek_table(z).unwrap().unwrap();
+    let last = frames.last().unwrap();
+    let data_end = (last.c_offset + u64::from(last.c_len)) as usize;
+    let mut idx = decode_index(&z[data_end + 8..seek_start]).unwrap();
+    f(&mut idx);
+    [
+        &z[..data_end],
+        &index_frame(&encode_index(&idx))[..],
+        &z[seek_start..],
+    ]
+    .concat()
+}
+
+/// An archive whose record index lies about its (intact) content does not stop restore or
+/// prune: they read its content instead, and give the image the chain holds.
+#[test]
+fn a_lying_archive_index_falls_back_to_the_content() {
+    use rbddiff::verify::{verify, VerifyOptions};
+    use rbddiff::workflow::{restore, Rbd, RestoreOptions};
+    let (t, dir, work) = dirs();
+    let names = [
+        "vm@s0.full.diff",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff.zst",
+        "vm@s2..s3.diff",
+    ];
+    let files = write_chain(&dir, &work, &names);
+    let want = sha256_file(&work.join("raw3"));
+    // Two payloads swap places in the index (a merge trusting it would copy them wrongly).
+    let z = fs::read(&files[2]).unwrap();
+    let lying = relabel(&z, |i| {
+        let r = &mut i.diffs[0].records;
+        let ws: Vec<usize> = (0..r.len()).filter(|&k| r[k].tag == b'w').collect();
+        let (a, b) = (ws[0], ws[1]);
+        let (pa, pb) = (r[a].pos, r[b].pos);
+        (r[a].pos, r[b].pos) = (pb, pa);
+        (r[a].frame, r[b].frame) = (r[b].frame, r[a].frame);
+    });
+    assert_ne!(lying, z);
+    fs::write(&files[2], &lying).unwrap();
+    rbddiff::sums::write_sums_for(&files[2]).unwrap();
+    let r = verify(&[s(&files[2])], &VerifyOptions::default()).unwrap();
+    assert!(
+        r.findings.iter().any(|f| f.check == "index"),
+        "{:?}",
+        r.findings
+    );
+    // restore streams the right image.
+    let bin = t.path().join("bin");
+    let (program, _log) = fake_rbd(&bin, "[]");
+    let ro = RestoreOptions {
+        rbd: Rbd {
+            program,
+            ..Rbd::default()
+        },
+        ..Default::default()
+    };
+    let r = restore(&dir, "rbd/vm", &ro, &mut |_, _| {}).unwrap();
+    assert_eq!(r.files.len(), 4);
+    let imported = bin.join("snaps.json.imported");
+    assert_eq!(applied(&[imported], &work, "restored.img"), want);
+    // prune merges it (the newest merged file is plain: so is the output).
+    let r = prune(&dir, "vm", 1, false, &mut |_, _| {}).unwrap();
+    assert_eq!(r.merged.len(), 4);
+    let chain = discover_chain(&dir, "vm").unwrap();
+    assert_eq!(chain.len(), 1);
+    assert_eq!(applied(&[chain[0].path.clone()], &work, "pruned.img"), want);
+}
+
+/// The output of a half-done prune that does not verify is not trusted to finish it: the
+/// files it would replace stay, and the next prune says why.
+#[test]
+fn a_half_done_prune_whose_output_is_damaged_deletes_nothing() {
+    let (_t, dir, work) = dirs();
+    write_chain(
+        &dir,
+        &work,
+        &[
+            "vm@s0.full.diff",
+            "vm@s0..s1.diff",
+            "vm@s1..s2.diff",
+            "vm@s2..s3.diff",
+        ],
+    );
+    let (journal, old) = half_done_prune(&dir);
+    let out = dir.join("vm@s2.full.diff");
+    let mut bytes = fs::read(&out).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 1;
+    fs::write(&out, &bytes).unwrap();
+    let before = contents(&dir);
+    let e = prune(&dir, "vm", 1, false, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("interrupted prune") && e.contains("vm@s2.full.diff") && e.contains("kept"),
+        "{e}"
+    );
+    assert_eq!(contents(&dir), before);
+    assert!(journal.exists() && old.iter().all(|f| f.exists()));
 }

@@ -62,6 +62,9 @@ pub fn run(a: Args) -> Result<Status> {
             r.records,
             r.image_size
         )?;
+        for f in &r.cleaned {
+            writeln!(out, "removed (left by an interrupted run): {f}")?;
+        }
         if !r.removed_snapshots.is_empty() {
             writeln!(out, "removed snapshots: {}", r.removed_snapshots.join(", "))?;
         }

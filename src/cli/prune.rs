@@ -34,6 +34,9 @@ pub fn run(a: Args) -> Result<Status> {
     let r = super::with_progress(|p| prune(&a.dir, &a.image, a.keep, a.dry_run, p));
     let r = r?;
     super::print_report(a.json, &r, |out| {
+        for f in &r.cleaned {
+            writeln!(out, "removed (left by an interrupted run): {f}")?;
+        }
         let Some(o) = &r.output else {
             return writeln!(
                 out,
