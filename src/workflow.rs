@@ -362,7 +362,11 @@ fn finish_pending(dir: &Path, image: &str) -> Result<Vec<String>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::from(e).with_file(p)),
     };
-    let ours = |n: &str| n.strip_prefix(image).is_some_and(|r| r.starts_with('@'));
+    let key = escape(image);
+    let ours = |n: &str| {
+        n.strip_prefix(key.as_str())
+            .is_some_and(|r| r.starts_with('@'))
+    };
     for (jpath, j) in crate::journal::all(dir)? {
         if !ours(&j.output) {
             continue;
