@@ -42,6 +42,24 @@ fn unregister(p: &Path) {
     }
 }
 
+/// Permission bits for a new output that replaces no file: those of `like` (an input file),
+/// else 0600 (backups and disk images are not for everyone to read).
+pub fn mode_of(like: Option<&Path>) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    like.and_then(|p| std::fs::metadata(p).ok())
+        .filter(|m| m.is_file())
+        .map_or(0o600, |m| m.permissions().mode() & 0o777)
+}
+
+/// Sets the permission bits of an open file (exactly: the umask does not apply).
+///
+/// # Errors
+/// `fchmod` fails.
+pub fn set_mode(file: &File, mode: u32) -> Result<()> {
+    rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(mode))
+        .map_err(|e| Error::from(io::Error::from(e)))
+}
+
 /// A file being written atomically.
 #[derive(Debug)]
 pub struct AtomicFile {
