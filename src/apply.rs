@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::Metadata;
-use crate::input::{Input, Kind};
+use crate::input::{Input, Kind, Watch};
 use crate::output::AtomicFile;
 use crate::progress::Ticker;
 use crate::slice::{DiffSlice, ImageSlice};
@@ -530,6 +530,8 @@ struct Opened {
     /// How the report and the state name this diff (the path, plus its place in an
     /// image stream).
     label: String,
+    /// Truncation of the file while it is read (see [`crate::input::Watch`]).
+    watch: Rc<Watch>,
 }
 
 /// A record source that reports the `w` payload bytes consumed from it.
@@ -639,6 +641,11 @@ impl Opened {
 /// temporary file first, so all of it is checked before anything is written).
 fn open_inputs(path: &str) -> Result<Vec<Opened>> {
     let input = Input::open(path)?;
+    let watch = Rc::new(input.watch());
+    watch.check(open_group(path, input, &watch))
+}
+
+fn open_group(path: &str, input: Input, watch: &Rc<Watch>) -> Result<Vec<Opened>> {
     let wrap = |e: Error| e.with_file(path);
     let stream = |r: Box<dyn Read>| -> Result<Vec<Opened>> {
         let rd = DiffReader::new(r).map_err(wrap)?;
@@ -647,6 +654,7 @@ fn open_inputs(path: &str) -> Result<Vec<Opened>> {
             src: Src::Stream(Box::new(rd)),
             path: path.to_string(),
             label: path.to_string(),
+            watch: Rc::clone(watch),
         }])
     };
     match input.kind() {
@@ -667,6 +675,7 @@ fn open_inputs(path: &str) -> Result<Vec<Opened>> {
                     src: Src::Mapped(Rc::clone(&input), Some(d.start_offset())),
                     path: path.to_string(),
                     label: format!("{path} (diff {} of {count})", k + 1),
+                    watch: Rc::clone(watch),
                 });
             }
             if out.is_empty() {
@@ -688,6 +697,7 @@ fn open_inputs(path: &str) -> Result<Vec<Opened>> {
                 meta,
                 path: path.to_string(),
                 label: path.to_string(),
+                watch: Rc::clone(watch),
             }])
         }
         None => stream(input.into_reader()),
@@ -952,7 +962,8 @@ pub fn apply_chain_with_progress(
             match group.first().map(|o| &o.src) {
                 Some(Src::Mapped(inp, _)) if f != "-" && Path::new(f).is_file() => {
                     let findings =
-                        crate::sums::check_sums(Path::new(f), inp.bytes().unwrap_or_default())?;
+                        crate::sums::check_sums(Path::new(f), inp.bytes().unwrap_or_default());
+                    let findings = group[0].watch.check(findings)?;
                     if let Some(first) = findings.first() {
                         return Err(Error::invalid(format!(
                             "checksum mismatch, not applying: {first}"
@@ -1157,7 +1168,7 @@ pub fn apply_chain_with_progress(
         let before = ap.stats().clone();
         let f = opened[i].path.clone();
         let r = opened[i].apply(&mut ap, &mut tick);
-        r.map_err(|e| {
+        opened[i].watch.check(r).map_err(|e| {
             if e.is_io() && e.file().is_none() && e.offset().is_none() {
                 e.with_file(target)
             } else {
@@ -1206,7 +1217,8 @@ pub fn apply_files_to(file: &File, files: &[String]) -> Result<ApplyStats> {
     let mut tick = Ticker::new(&mut none, 0);
     for f in files {
         for mut o in open_inputs(f)? {
-            o.apply(&mut ap, &mut tick).map_err(|e| e.with_file(f))?;
+            let r = o.apply(&mut ap, &mut tick);
+            o.watch.check(r).map_err(|e| e.with_file(f))?;
         }
     }
     Ok(ap.stats().clone())

@@ -79,9 +79,10 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
         threads: a.threads.unwrap_or_else(compress::default_threads),
         frame_target: a.frame_size,
     };
+    let watch = input.watch();
     let stats =
         super::with_progress(|p| compress::compress_with_progress(input, &mut out, &opts, p));
-    let stats = stats?;
+    let stats = watch.check(stats)?;
     out.commit()?;
     if a.sums {
         rbddiff::sums::write_sums_for(std::path::Path::new(&a.output))?;
@@ -94,9 +95,10 @@ pub fn run_decompress(a: DecompressArgs) -> Result<Status> {
     let input = Input::open(&a.input)?;
     let mut out = Output::create(&a.output, a.force)?;
     let threads = a.threads.unwrap_or_else(compress::default_threads);
+    let watch = input.watch();
     let r =
         super::with_progress(|p| compress::decompress_with_progress(input, &mut out, threads, p));
-    r?;
+    watch.check(r)?;
     out.commit()?;
     Ok(Status::Ok)
 }
