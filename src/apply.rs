@@ -106,12 +106,13 @@ pub fn read_state(path: &Path) -> Result<Option<TargetState>> {
         .map_err(|e| Error::invalid(format!("not a valid rbddiff state file: {e}")).with_file(path))
 }
 
-/// Writes a state sidecar atomically (temp file, fsync, rename, directory fsync).
+/// Writes a state sidecar atomically (temp file, fsync, rename, directory fsync), with the
+/// permission bits of `target`.
 ///
 /// # Errors
 /// I/O errors.
-pub fn write_state(path: &Path, state: &TargetState) -> Result<()> {
-    let mut f = AtomicFile::create(path, true)?;
+pub fn write_state(path: &Path, state: &TargetState, target: &Path) -> Result<()> {
+    let mut f = AtomicFile::create_sidecar(path, target)?;
     let mut text = serde_json::to_vec(state).map_err(|e| Error::from(io::Error::from(e)))?;
     text.push(b'\n');
     f.file()
@@ -1144,6 +1145,7 @@ pub fn apply_chain_with_progress(
             file: first.file.clone(),
             size: known_size,
         },
+        target,
     )?;
     let mut ap = Applier::new(&file)?;
     ap.set_image_size(known_size);
@@ -1163,6 +1165,7 @@ pub fn apply_chain_with_progress(
                     file: d.file.clone(),
                     size: ap.image_size(),
                 },
+                target,
             )?;
         }
         let before = ap.stats().clone();
@@ -1191,6 +1194,7 @@ pub fn apply_chain_with_progress(
                 snap: d.to.clone(),
                 size: Some(d.size),
             },
+            target,
         )?;
     }
     tick.finish();

@@ -1,6 +1,7 @@
 //! `rbddiff compress` and `rbddiff decompress`.
 
 use std::io;
+use std::path::Path;
 
 use rbddiff::compress::{self, CompressOptions, Stats};
 use rbddiff::input::Input;
@@ -73,7 +74,7 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
         ));
     }
     let input = Input::open(&a.input)?;
-    let mut out = Output::create(&a.output, a.force)?;
+    let mut out = Output::create_like(&a.output, a.force, Some(Path::new(&a.input)))?;
     let opts = CompressOptions {
         level: a.level,
         threads: a.threads.unwrap_or_else(compress::default_threads),
@@ -85,7 +86,7 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
     let stats = watch.check(stats)?;
     out.commit()?;
     if a.sums {
-        rbddiff::sums::write_sums_for(std::path::Path::new(&a.output))?;
+        rbddiff::sums::write_sums_for(Path::new(&a.output))?;
     }
     report(&stats, a.json, a.output == "-")?;
     Ok(Status::Ok)
@@ -93,7 +94,7 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
 
 pub fn run_decompress(a: DecompressArgs) -> Result<Status> {
     let input = Input::open(&a.input)?;
-    let mut out = Output::create(&a.output, a.force)?;
+    let mut out = Output::create_like(&a.output, a.force, Some(Path::new(&a.input)))?;
     let threads = a.threads.unwrap_or_else(compress::default_threads);
     let watch = input.watch();
     let r =
