@@ -708,7 +708,7 @@ fn open_group(path: &str, input: Input, watch: &Rc<Watch>) -> Result<Vec<Opened>
 /// Opens an existing target for the whole run: a regular file under an exclusive `flock`
 /// (a second apply to it is refused at once), a block device `O_EXCL` (refused while mounted
 /// or claimed).
-fn open_target(target: &Path, block_device: bool) -> Result<File> {
+fn open_target(target: &Path, block_device: bool) -> Result<Held> {
     let mut oo = OpenOptions::new();
     oo.read(true).write(true);
     if block_device {
@@ -720,7 +720,18 @@ fn open_target(target: &Path, block_device: bool) -> Result<File> {
     if !block_device {
         lock(&file, target)?;
     }
-    Ok(file)
+    Ok(Held(file))
+}
+
+/// The open target. Its lock is released explicitly when it is dropped: a child process
+/// forked meanwhile by another thread shares the open file, and would otherwise keep the
+/// lock until it execs.
+struct Held(File);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = rustix::fs::flock(&self.0, rustix::fs::FlockOperation::Unlock);
+    }
 }
 
 /// Takes the exclusive lock of a regular target, without waiting.
@@ -740,7 +751,7 @@ fn lock(file: &File, target: &Path) -> Result<()> {
 /// Creates a new target for `--create`, locked, with the permission bits of `like` (the
 /// first input) or 0600. The file system must allow a file of `size` bytes (a trial
 /// `ftruncate`): otherwise the new file is removed and the error says what to use instead.
-fn create_target(target: &Path, size: u64, like: Option<&Path>) -> Result<File> {
+fn create_target(target: &Path, size: u64, like: Option<&Path>) -> Result<Held> {
     let mode = crate::output::mode_of(like);
     let file = OpenOptions::new()
         .read(true)
@@ -751,11 +762,13 @@ fn create_target(target: &Path, size: u64, like: Option<&Path>) -> Result<File> 
         .map_err(|e| Error::from(e).with_file(target))?;
     // Not removed if locked: another run took the new file first and is using it.
     lock(&file, target)?;
-    let r = crate::output::set_mode(&file, mode)
+    let file = Held(file);
+    let r = crate::output::set_mode(&file.0, mode)
         .map_err(|e| e.with_file(target))
         .and_then(|()| {
-            file.set_len(size)
-                .and_then(|()| file.set_len(0))
+            file.0
+                .set_len(size)
+                .and_then(|()| file.0.set_len(0))
                 .map_err(|e| too_large(e, size).with_file(target))
         });
     if let Err(e) = r {
@@ -942,7 +955,7 @@ pub fn apply_chain_with_progress(
     } else {
         None
     };
-    refuse_overlap(files, target, held.as_ref(), &sp)?;
+    refuse_overlap(files, target, held.as_ref().map(|h| &h.0), &sp)?;
     let mut state = read_state(&sp)?;
     if !exists {
         // A new image: nothing applied yet.
@@ -1124,7 +1137,7 @@ pub fn apply_chain_with_progress(
     if block_device {
         // A device cannot grow: check it holds every image of the chain before anything
         // (the state file included) is written.
-        let dev_size = (&file)
+        let dev_size = (&file.0)
             .seek(SeekFrom::End(0))
             .map_err(|e| Error::from(e).with_file(target))?;
         if largest > dev_size {
@@ -1147,7 +1160,7 @@ pub fn apply_chain_with_progress(
         },
         target,
     )?;
-    let mut ap = Applier::new(&file)?;
+    let mut ap = Applier::new(&file.0)?;
     ap.set_image_size(known_size);
     let total = opened[start..]
         .iter()

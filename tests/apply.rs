@@ -673,7 +673,10 @@ fn target_that_is_an_input_is_refused() {
     let sym = dir.path().join("sym");
     std::os::unix::fs::symlink(&d0, &sym).unwrap();
     let img = s(&dir.path().join("img"));
+    let side = rbddiff::sums::write_sums_for(Path::new(&d0)).unwrap();
+    let side_bytes = fs::read(&side).unwrap();
     let cases: Vec<Vec<String>> = vec![
+        vec![d0.clone(), "--to".into(), s(&side), "--force".into()],
         vec![d0.clone(), "--to".into(), d0.clone()],
         vec![d0.clone(), "--to".into(), d0.clone(), "--force".into()],
         vec![d0.clone(), "--to".into(), d0.clone(), "--create".into()],
@@ -717,6 +720,7 @@ fn target_that_is_an_input_is_refused() {
         );
         assert_eq!(fs::read(&d0).unwrap(), chain[0], "{args:?}");
         assert_eq!(fs::read(&d1).unwrap(), chain[1], "{args:?}");
+        assert_eq!(fs::read(&side).unwrap(), side_bytes, "{args:?}");
         assert!(!Path::new(&img).exists(), "{args:?}");
         assert!(!state_path(Path::new(&d0)).exists(), "{args:?}");
     }
