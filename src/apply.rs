@@ -22,6 +22,12 @@
 //! refused, as `rbd import-diff` refuses a missing start snapshot. Before the first write the
 //! state says "applying X→Y"; after the final fsync it says "at Y". All operations are
 //! idempotent, so re-running after a crash re-applies the interrupted diff and converges.
+//!
+//! The target is never one of the inputs or their sidecars (same device and inode, so hard
+//! links count), even with `--force`; an existing file without a state file is only written
+//! with `--force`. A regular target is held under an exclusive `flock` for the whole run, so
+//! a second apply to it is refused at once. `--create` checks first that the file system
+//! allows a file of the image size.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -34,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::Metadata;
-use crate::input::{Input, Kind};
+use crate::input::{Input, Kind, Watch};
 use crate::output::AtomicFile;
 use crate::progress::Ticker;
 use crate::slice::{DiffSlice, ImageSlice};
@@ -83,26 +89,30 @@ pub fn state_path(target: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Reads a state sidecar; `None` when it does not exist.
+/// Largest state sidecar read (two snapshot names and a file name fit many times over).
+pub const MAX_STATE_LEN: u64 = 1 << 20;
+
+/// Reads a state sidecar; `None` when it does not exist. Only a regular file is read, not
+/// through a symbolic link, and at most [`MAX_STATE_LEN`] bytes (see [`crate::smallfile`]).
 ///
 /// # Errors
-/// The file exists but cannot be read or is not a valid state document.
+/// The file exists but is not such a file, cannot be read or is not a valid state document.
 pub fn read_state(path: &Path) -> Result<Option<TargetState>> {
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-            Error::invalid(format!("not a valid rbddiff state file: {e}")).with_file(path)
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::from(e).with_file(path)),
-    }
+    let Some(b) = crate::smallfile::read_small(path, MAX_STATE_LEN)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&b)
+        .map(Some)
+        .map_err(|e| Error::invalid(format!("not a valid rbddiff state file: {e}")).with_file(path))
 }
 
-/// Writes a state sidecar atomically (temp file, fsync, rename, directory fsync).
+/// Writes a state sidecar atomically (temp file, fsync, rename, directory fsync), with the
+/// permission bits of `target`.
 ///
 /// # Errors
 /// I/O errors.
-pub fn write_state(path: &Path, state: &TargetState) -> Result<()> {
-    let mut f = AtomicFile::create(path, true)?;
+pub fn write_state(path: &Path, state: &TargetState, target: &Path) -> Result<()> {
+    let mut f = AtomicFile::create_sidecar(path, target)?;
     let mut text = serde_json::to_vec(state).map_err(|e| Error::from(io::Error::from(e)))?;
     text.push(b'\n');
     f.file()
@@ -289,9 +299,7 @@ impl<'f> Applier<'f> {
         }
         self.fresh = cur == 0;
         if cur != size {
-            self.file
-                .set_len(size)
-                .map_err(|e| io_at(e, "resize", size))?;
+            self.file.set_len(size).map_err(|e| too_large(e, size))?;
         }
         Ok(())
     }
@@ -523,6 +531,8 @@ struct Opened {
     /// How the report and the state name this diff (the path, plus its place in an
     /// image stream).
     label: String,
+    /// Truncation of the file while it is read (see [`crate::input::Watch`]).
+    watch: Rc<Watch>,
 }
 
 /// A record source that reports the `w` payload bytes consumed from it.
@@ -632,6 +642,11 @@ impl Opened {
 /// temporary file first, so all of it is checked before anything is written).
 fn open_inputs(path: &str) -> Result<Vec<Opened>> {
     let input = Input::open(path)?;
+    let watch = Rc::new(input.watch());
+    watch.check(open_group(path, input, &watch))
+}
+
+fn open_group(path: &str, input: Input, watch: &Rc<Watch>) -> Result<Vec<Opened>> {
     let wrap = |e: Error| e.with_file(path);
     let stream = |r: Box<dyn Read>| -> Result<Vec<Opened>> {
         let rd = DiffReader::new(r).map_err(wrap)?;
@@ -640,6 +655,7 @@ fn open_inputs(path: &str) -> Result<Vec<Opened>> {
             src: Src::Stream(Box::new(rd)),
             path: path.to_string(),
             label: path.to_string(),
+            watch: Rc::clone(watch),
         }])
     };
     match input.kind() {
@@ -660,6 +676,7 @@ fn open_inputs(path: &str) -> Result<Vec<Opened>> {
                     src: Src::Mapped(Rc::clone(&input), Some(d.start_offset())),
                     path: path.to_string(),
                     label: format!("{path} (diff {} of {count})", k + 1),
+                    watch: Rc::clone(watch),
                 });
             }
             if out.is_empty() {
@@ -681,10 +698,177 @@ fn open_inputs(path: &str) -> Result<Vec<Opened>> {
                 meta,
                 path: path.to_string(),
                 label: path.to_string(),
+                watch: Rc::clone(watch),
             }])
         }
         None => stream(input.into_reader()),
     }
+}
+
+/// Opens an existing target for the whole run: a regular file under an exclusive `flock`
+/// (a second apply to it is refused at once), a block device `O_EXCL` (refused while mounted
+/// or claimed).
+fn open_target(target: &Path, block_device: bool) -> Result<Held> {
+    let mut oo = OpenOptions::new();
+    oo.read(true).write(true);
+    if block_device {
+        oo.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
+    }
+    let file = oo
+        .open(target)
+        .map_err(|e| Error::from(e).with_file(target))?;
+    if !block_device {
+        lock(&file, target)?;
+    }
+    Ok(Held(file))
+}
+
+/// The open target. Its lock is released explicitly when it is dropped: a child process
+/// forked meanwhile by another thread shares the open file, and would otherwise keep the
+/// lock until it execs.
+struct Held(File);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = rustix::fs::flock(&self.0, rustix::fs::FlockOperation::Unlock);
+    }
+}
+
+/// Takes the exclusive lock of a regular target, without waiting.
+fn lock(file: &File, target: &Path) -> Result<()> {
+    use rustix::fs::FlockOperation;
+    match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::invalid(
+            "the target is locked by another process (an apply to it is running); \
+             nothing was done",
+        )
+        .with_file(target)),
+        Err(e) => Err(Error::from(io::Error::from(e)).with_file(target)),
+    }
+}
+
+/// Creates a new target for `--create`, locked, with the permission bits of `like` (the
+/// first input) or 0600. The file system must allow a file of `size` bytes (a trial
+/// `ftruncate`): otherwise the new file is removed and the error says what to use instead.
+fn create_target(target: &Path, size: u64, like: Option<&Path>) -> Result<Held> {
+    let mode = crate::output::mode_of(like);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(target)
+        .map_err(|e| Error::from(e).with_file(target))?;
+    // Not removed if locked: another run took the new file first and is using it.
+    lock(&file, target)?;
+    let file = Held(file);
+    let r = crate::output::set_mode(&file.0, mode)
+        .map_err(|e| e.with_file(target))
+        .and_then(|()| {
+            file.0
+                .set_len(size)
+                .and_then(|()| file.0.set_len(0))
+                .map_err(|e| too_large(e, size).with_file(target))
+        });
+    if let Err(e) = r {
+        drop(file);
+        let _ = std::fs::remove_file(target);
+        return Err(e);
+    }
+    Ok(file)
+}
+
+/// The error of a resize to `size`, with advice when the file system cannot hold a file
+/// that large.
+fn too_large(e: io::Error, size: u64) -> Error {
+    let big = e.raw_os_error() == Some(rustix::io::Errno::FBIG.raw_os_error())
+        || e.kind() == io::ErrorKind::InvalidInput
+        || e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error());
+    if !big {
+        return Error::from(e);
+    }
+    Error::from(io::Error::new(
+        e.kind(),
+        format!(
+            "{e}: this file system cannot hold a file of {size} bytes (the image size); \
+             apply to a file system that allows larger files (such as XFS) or to a block \
+             device; nothing was written"
+        ),
+    ))
+}
+
+/// The identity (device, inode) of an open file or of the file at a path.
+type FileId = (u64, u64);
+
+fn id_of(m: &std::fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+fn id_at(p: &Path) -> Option<FileId> {
+    std::fs::metadata(p).ok().map(|m| id_of(&m))
+}
+
+/// `p` with its directory resolved (the file itself need not exist), to compare names.
+fn resolved(p: &Path) -> Option<PathBuf> {
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Some(dir.canonicalize().ok()?.join(p.file_name()?))
+}
+
+/// Refuses a target, or a state file, that is one of the inputs or their `.sums` sidecars
+/// (same device and inode: hard links and symbolic links included), and a state file that
+/// is the target: applying would overwrite the backup being read.
+fn refuse_overlap(files: &[String], target: &Path, held: Option<&File>, sp: &Path) -> Result<()> {
+    let mut inputs: Vec<(FileId, String)> = Vec::new();
+    for f in files {
+        let id = if f == "-" {
+            use std::os::fd::AsFd;
+            rustix::fs::fstat(io::stdin().as_fd())
+                .ok()
+                .map(|st| (st.st_dev, st.st_ino))
+        } else {
+            id_at(Path::new(f))
+        };
+        inputs.extend(id.map(|id| (id, f.clone())));
+        if f != "-" {
+            let side = crate::sums::sums_path(Path::new(f));
+            inputs.extend(id_at(&side).map(|id| (id, side.display().to_string())));
+        }
+    }
+    let target_id = match held {
+        Some(f) => Some(id_of(
+            &f.metadata().map_err(|e| Error::from(e).with_file(target))?,
+        )),
+        None => None,
+    };
+    let refuse = |what: &str, name: &str| {
+        Err(Error::invalid(format!(
+            "{what} is the input {name}: applying would overwrite it; nothing was done"
+        ))
+        .with_file(target))
+    };
+    let state_id = id_at(sp);
+    for (id, name) in &inputs {
+        if Some(*id) == target_id {
+            return refuse("the target", name);
+        }
+        if Some(*id) == state_id {
+            return refuse(&format!("the state file {}", sp.display()), name);
+        }
+    }
+    let same_name = resolved(sp).is_some() && resolved(sp) == resolved(target);
+    if same_name || (state_id.is_some() && state_id == target_id) {
+        return Err(Error::invalid(format!(
+            "the state file {} is the target itself; give another --state-file",
+            sp.display()
+        ))
+        .with_file(target));
+    }
+    Ok(())
 }
 
 /// Applies `files` in order to `target`; see the module docs.
@@ -721,12 +905,21 @@ pub fn apply_chain_with_progress(
         .state_file
         .clone()
         .unwrap_or_else(|| state_path(target));
-    let mut state = read_state(&sp)?;
-    let exists = target.exists();
-    let block_device = exists
-        && std::fs::metadata(target)
-            .map(|m| m.file_type().is_block_device())
-            .unwrap_or(false);
+    let meta = match std::fs::metadata(target) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::from(e).with_file(target)),
+    };
+    let exists = meta.is_some();
+    // A file with nothing in it, as a `--create` killed before its state file was written
+    // leaves it: nothing to lose by writing it.
+    let blank = meta.as_ref().is_some_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.is_file() && (m.len() == 0 || m.blocks() == 0)
+    });
+    let block_device = meta
+        .as_ref()
+        .is_some_and(|m| m.file_type().is_block_device());
     if block_device {
         if opts.create {
             return Err(Error::invalid(
@@ -742,6 +935,11 @@ pub fn apply_chain_with_progress(
             )
             .with_file(target));
         }
+    } else if meta.as_ref().is_some_and(|m| !m.is_file()) {
+        return Err(
+            Error::invalid("the target is neither a regular file nor a block device")
+                .with_file(target),
+        );
     }
     if !exists && !opts.create {
         return Err(Error::from(io::Error::new(
@@ -750,9 +948,25 @@ pub fn apply_chain_with_progress(
         ))
         .with_file(target));
     }
+    // An existing target is opened (and locked) before its state is read, and held for the
+    // whole run; a new one is created once every check has passed.
+    let held = if exists {
+        Some(open_target(target, block_device)?)
+    } else {
+        None
+    };
+    refuse_overlap(files, target, held.as_ref().map(|h| &h.0), &sp)?;
+    let mut state = read_state(&sp)?;
     if !exists {
         // A new image: nothing applied yet.
         state = None;
+    } else if state.is_none() && !block_device && !(opts.force || opts.create && blank) {
+        return Err(Error::invalid(format!(
+            "the target exists but has no state file {}, so it is not known to hold an image \
+             of this chain (it may be another file, or a backup); use --force to overwrite it",
+            sp.display()
+        ))
+        .with_file(target));
     }
 
     let mut opened = Vec::with_capacity(files.len());
@@ -762,7 +976,8 @@ pub fn apply_chain_with_progress(
             match group.first().map(|o| &o.src) {
                 Some(Src::Mapped(inp, _)) if f != "-" && Path::new(f).is_file() => {
                     let findings =
-                        crate::sums::check_sums(Path::new(f), inp.bytes().unwrap_or_default())?;
+                        crate::sums::check_sums(Path::new(f), inp.bytes().unwrap_or_default());
+                    let findings = group[0].watch.check(findings)?;
                     if let Some(first) = findings.first() {
                         return Err(Error::invalid(format!(
                             "checksum mismatch, not applying: {first}"
@@ -869,7 +1084,7 @@ pub fn apply_chain_with_progress(
     let resuming = match &state {
         Some(TargetState::Applying { .. }) => true,
         Some(TargetState::At { .. }) => start > 0,
-        None => false,
+        None => blank,
     };
     if opts.create && exists && !resuming && !opts.force {
         return Err(Error::from(io::Error::new(
@@ -910,17 +1125,27 @@ pub fn apply_chain_with_progress(
             size,
         });
     };
+    let largest = report_diffs[start..]
+        .iter()
+        .map(|d| d.size)
+        .max()
+        .unwrap_or(0);
+    let file = match held {
+        Some(f) => f,
+        None => create_target(target, largest, files.first().map(Path::new))?,
+    };
     if block_device {
         // A device cannot grow: check it holds every image of the chain before anything
         // (the state file included) is written.
-        let dev_size = File::open(target)
-            .and_then(|mut f| f.seek(SeekFrom::End(0)))
+        let dev_size = (&file.0)
+            .seek(SeekFrom::End(0))
             .map_err(|e| Error::from(e).with_file(target))?;
-        if let Some(d) = report_diffs[start..].iter().find(|d| d.size > dev_size) {
+        if largest > dev_size {
+            let d = report_diffs[start..].iter().find(|d| d.size > dev_size);
             return Err(Error::invalid(format!(
-                "block device is {dev_size} bytes, but {} needs an image of {} bytes; \
+                "block device is {dev_size} bytes, but {} needs an image of {largest} bytes; \
                  nothing was written",
-                d.file, d.size
+                d.map_or("", |d| d.file.as_str()),
             ))
             .with_file(target));
         }
@@ -933,20 +1158,9 @@ pub fn apply_chain_with_progress(
             file: first.file.clone(),
             size: known_size,
         },
+        target,
     )?;
-    let mut oo = OpenOptions::new();
-    oo.read(true)
-        .write(true)
-        .create(opts.create)
-        .truncate(false);
-    if block_device {
-        // Exclusive: refused while the device is mounted or otherwise claimed.
-        oo.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
-    }
-    let file = oo
-        .open(target)
-        .map_err(|e| Error::from(e).with_file(target))?;
-    let mut ap = Applier::new(&file)?;
+    let mut ap = Applier::new(&file.0)?;
     ap.set_image_size(known_size);
     let total = opened[start..]
         .iter()
@@ -964,12 +1178,13 @@ pub fn apply_chain_with_progress(
                     file: d.file.clone(),
                     size: ap.image_size(),
                 },
+                target,
             )?;
         }
         let before = ap.stats().clone();
         let f = opened[i].path.clone();
         let r = opened[i].apply(&mut ap, &mut tick);
-        r.map_err(|e| {
+        opened[i].watch.check(r).map_err(|e| {
             if e.is_io() && e.file().is_none() && e.offset().is_none() {
                 e.with_file(target)
             } else {
@@ -992,6 +1207,7 @@ pub fn apply_chain_with_progress(
                 snap: d.to.clone(),
                 size: Some(d.size),
             },
+            target,
         )?;
     }
     tick.finish();
@@ -1018,7 +1234,8 @@ pub fn apply_files_to(file: &File, files: &[String]) -> Result<ApplyStats> {
     let mut tick = Ticker::new(&mut none, 0);
     for f in files {
         for mut o in open_inputs(f)? {
-            o.apply(&mut ap, &mut tick).map_err(|e| e.with_file(f))?;
+            let r = o.apply(&mut ap, &mut tick);
+            o.watch.check(r).map_err(|e| e.with_file(f))?;
         }
     }
     Ok(ap.stats().clone())

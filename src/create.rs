@@ -268,7 +268,7 @@ pub fn create_diff_with_progress(
         protected: None,
         image_size: Some(nlen),
     };
-    let mut output = Output::create(out, opts.force)?;
+    let mut output = Output::create_like(out, opts.force, Some(new))?;
     let mut w = DiffWriter::new(&mut output, Version::V1, &meta)?;
     let mut em = Emitter {
         w: &mut w,

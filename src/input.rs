@@ -5,14 +5,22 @@
 //! transparently: [`Input::kind`] is the kind of the decompressed content,
 //! [`Input::into_reader`] decompresses, [`Input::bytes`] is `None` (compressed bytes are
 //! never parsed as a diff) and [`Input::archive`] gives random access to an indexed archive.
+//!
+//! A mapped file truncated by another process while it is read does not kill the process
+//! with `SIGBUS`: the pages past its new end read as zeros, and [`Input::check_truncated`]
+//! (or a [`Watch`] taken before the input is handed on) turns the result into an error naming
+//! the file; no atomic output is committed after such a truncation.
 
 use std::fs::File;
 use std::io::{self, Cursor, Read, Write};
 use std::path::Path;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Once;
+
 use memmap2::Mmap;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::{BANNER_V1, BANNER_V2, IMAGE_BANNER};
 use crate::zst::{ZstArchive, ZstdReader};
 
@@ -51,7 +59,7 @@ pub fn sniff(prefix: &[u8]) -> Kind {
 
 enum Data {
     /// The mapping and the file it maps.
-    Map(Mmap, File),
+    Map(Mapped, File),
     Empty,
     Stream(Box<dyn Read + Send>),
 }
@@ -70,14 +78,193 @@ impl std::fmt::Debug for Input {
     }
 }
 
-/// Maps a whole file read-only.
+/// A read-only mapping of a whole file, registered with the `SIGBUS` guard below.
 ///
-/// The map is only valid while nobody truncates the file; rbddiff never writes to its inputs
-/// and opens outputs as new files renamed into place, so its own commands keep this contract.
+/// A file truncated by another process while it is mapped makes reads past its new end fault
+/// with `SIGBUS`, which kills the process. The guard's handler maps zero pages over the rest
+/// of a registered mapping instead and records it; [`Input::check_truncated`] then turns the
+/// result of the command into an error naming the file.
+struct Mapped {
+    map: Mmap,
+    /// Index in [`GUARDED`] (`None`: the table was full, the mapping is unguarded).
+    slot: Option<usize>,
+}
+
+impl std::ops::Deref for Mapped {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // Unregistered before `map` is unmapped (fields drop after this).
+        if let Some(i) = self.slot {
+            GUARDED[i].end.store(0, Ordering::SeqCst);
+            GUARDED[i].start.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+/// One guarded mapping: `start..end` (0..0 when free) and whether a fault was repaired in it.
+struct Guarded {
+    start: AtomicUsize,
+    end: AtomicUsize,
+    hit: AtomicBool,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const FREE: Guarded = Guarded {
+    start: AtomicUsize::new(0),
+    end: AtomicUsize::new(0),
+    hit: AtomicBool::new(false),
+};
+
+/// The guarded mappings: a fixed table of atomics, which the signal handler can read.
+static GUARDED: [Guarded; 64] = [FREE; 64];
+/// Page size, read once before the handler is installed.
+static PAGE: AtomicUsize = AtomicUsize::new(0);
+static INSTALL: Once = Once::new();
+/// Set once any fault was repaired (for outputs: see [`any_truncated`]).
+static ANY_HIT: AtomicBool = AtomicBool::new(false);
+
+/// True when some input of this process was truncated while it was mapped: what was read
+/// from it past its new end were zeros, so nothing made from it may be committed.
+pub fn any_truncated() -> bool {
+    ANY_HIT.load(Ordering::SeqCst)
+}
+
+/// The `SIGBUS` action: repairs a fault inside a guarded mapping, else restores the default
+/// action (the fault then kills the process as it would have).
 #[allow(unsafe_code)]
-fn map(file: &File) -> io::Result<Mmap> {
-    // SAFETY: the file is opened read-only and must not be truncated while mapped (see above).
-    unsafe { Mmap::map(file) }
+fn on_sigbus(addr: usize) {
+    let page = PAGE.load(Ordering::SeqCst).max(1);
+    for g in &GUARDED {
+        let (start, end) = (g.start.load(Ordering::SeqCst), g.end.load(Ordering::SeqCst));
+        if start <= addr && addr < end {
+            let from = addr & !(page - 1);
+            let len = end.next_multiple_of(page) - from;
+            // SAFETY: `from..from + len` lies inside a live read-only file mapping made by
+            // `map` (registered until it is unmapped, see `Mapped::drop`); replacing its pages
+            // past the file's new end with anonymous zero pages keeps every reference into it
+            // valid (same addresses, same protection). mmap is a plain system call here.
+            let r = unsafe {
+                rustix::mm::mmap_anonymous(
+                    from as *mut std::ffi::c_void,
+                    len,
+                    rustix::mm::ProtFlags::READ,
+                    rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::FIXED,
+                )
+            };
+            if r.is_ok() {
+                g.hit.store(true, Ordering::SeqCst);
+                ANY_HIT.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+    let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGBUS);
+}
+
+#[allow(unsafe_code)]
+fn install_guard() {
+    INSTALL.call_once(|| {
+        PAGE.store(rustix::param::page_size(), Ordering::SeqCst);
+        // SAFETY: resets SIGBUS to its default action before the guard is installed. The
+        // guard chains to the handler found here, and the standard library's (for stack
+        // overflows, which Linux reports as SIGSEGV) would reset SIGBUS to the default on the
+        // first fault, so that a second thread's fault would kill the process.
+        unsafe {
+            libc::signal(libc::SIGBUS, libc::SIG_DFL);
+        }
+        // SAFETY: the action is async-signal-safe: it reads and writes atomics of a static
+        // table, calls mmap, or resets the signal to its default action and raises it; it
+        // neither allocates, locks nor panics. For SIGBUS the kernel fills in `si_addr`, the
+        // faulting address, which the action reads.
+        let _ = unsafe {
+            signal_hook_registry::register_sigaction(signal_hook::consts::SIGBUS, |info| {
+                on_sigbus(info.si_addr() as usize)
+            })
+        };
+    });
+}
+
+/// Maps a whole file read-only and registers the mapping with the `SIGBUS` guard.
+///
+/// rbddiff never writes to its inputs and opens outputs as new files renamed into place; a
+/// file truncated by another process meanwhile reads as zeros past its new end (see
+/// [`Mapped`]), which [`Input::check_truncated`] reports.
+#[allow(unsafe_code)]
+fn map(file: &File) -> io::Result<Mapped> {
+    install_guard();
+    // SAFETY: the file is opened read-only; if it is truncated while mapped, the SIGBUS guard
+    // above replaces the pages past its end with zeros and records it.
+    let map = unsafe { Mmap::map(file) }?;
+    let (start, end) = (map.as_ptr() as usize, map.as_ptr() as usize + map.len());
+    let slot = GUARDED.iter().position(|g| {
+        g.start
+            .compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    });
+    if let Some(i) = slot {
+        GUARDED[i].hit.store(false, Ordering::SeqCst);
+        GUARDED[i].end.store(end, Ordering::SeqCst);
+    }
+    Ok(Mapped { map, slot })
+}
+
+/// Watches a mapped input for truncation after it has been handed on (see
+/// [`Input::watch`]).
+#[derive(Debug)]
+pub struct Watch {
+    name: String,
+    /// The file and the length mapped.
+    file: Option<(File, u64)>,
+    slot: Option<usize>,
+}
+
+impl Watch {
+    /// True when the file was truncated while it was mapped (a fault was repaired, or it is
+    /// now shorter than the mapping).
+    pub fn truncated(&self) -> bool {
+        let hit = self
+            .slot
+            .is_some_and(|i| GUARDED[i].hit.load(Ordering::SeqCst));
+        let shorter = self
+            .file
+            .as_ref()
+            .is_some_and(|(f, len)| f.metadata().is_ok_and(|m| m.len() < *len));
+        hit || shorter
+    }
+
+    /// `r`, or a truncation error naming the file when it was truncated while read (whatever
+    /// `r` says: its content was not what was read).
+    ///
+    /// # Errors
+    /// `r`'s error, or the truncation.
+    pub fn check<T>(&self, r: Result<T>) -> Result<T> {
+        if self.truncated() {
+            return Err(truncated_error(&self.name));
+        }
+        r
+    }
+}
+
+/// The error for an input truncated while it was read.
+fn truncated_error(name: &str) -> Error {
+    Error::new(ErrorKind::Truncated {
+        what: "input: the file shrank while it was being read (another process truncated \
+               it); nothing was written from it"
+            .into(),
+    })
+    .with_file(name)
 }
 
 impl Input {
@@ -194,6 +381,32 @@ impl Input {
             return Self::spill(&name, self.into_reader());
         }
         Ok(self)
+    }
+
+    /// A watch for truncation of this input's mapped file, usable after the input is
+    /// consumed (nothing to watch for a stream or an empty file).
+    pub fn watch(&self) -> Watch {
+        match &self.data {
+            Data::Map(m, f) => Watch {
+                name: self.name.clone(),
+                file: f.try_clone().ok().map(|f| (f, m.len() as u64)),
+                slot: m.slot,
+            },
+            _ => Watch {
+                name: self.name.clone(),
+                file: None,
+                slot: None,
+            },
+        }
+    }
+
+    /// `r`, or a truncation error naming the file when the mapped file was truncated while it
+    /// was read (see [`Watch::check`]).
+    ///
+    /// # Errors
+    /// `r`'s error, or the truncation.
+    pub fn check_truncated<T>(&self, r: Result<T>) -> Result<T> {
+        self.watch().check(r)
     }
 
     /// True when the input is zstd-compressed (and is decompressed transparently).

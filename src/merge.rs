@@ -878,7 +878,8 @@ pub fn merge_files_to(
         .collect::<Result<Vec<_>>>()?;
     let mut inputs = opened.iter().map(merge_input).collect::<Result<Vec<_>>>()?;
     let p = plan(&inputs, opts)?;
-    let mut output = Output::create(out, force)?;
+    let like = paths.first().map(std::path::Path::new);
+    let mut output = Output::create_like(out, force, like)?;
     let wrap = |e: Error| {
         if out == "-" {
             e

@@ -1,5 +1,8 @@
 //! Crash-safe outputs: data goes to a temporary file beside the target, is fsynced, then
 //! renamed into place. An error, a drop or SIGINT/SIGTERM leaves the old state and no temp file.
+//! A new file takes the permission bits of the file it replaces, else of the command's input,
+//! else 0600; sidecars take those of their main file. Replacing a file removes its old
+//! `.sums` sidecar (a command that writes one writes the new one after the commit).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -42,21 +45,88 @@ fn unregister(p: &Path) {
     }
 }
 
+/// Permission bits for a new output that replaces no file: those of `like` (an input file),
+/// else 0600 (backups and disk images are not for everyone to read).
+pub fn mode_of(like: Option<&Path>) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    like.and_then(|p| std::fs::metadata(p).ok())
+        .filter(|m| m.is_file())
+        .map_or(0o600, |m| m.permissions().mode() & 0o777)
+}
+
+/// Sets the permission bits of an open file (exactly: the umask does not apply).
+///
+/// # Errors
+/// `fchmod` fails.
+pub fn set_mode(file: &File, mode: u32) -> Result<()> {
+    rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(mode))
+        .map_err(|e| Error::from(io::Error::from(e)))
+}
+
+/// The suffix of an output's checksum sidecar (`FILE.sums`, see [`crate::sums`]).
+pub const SIDECAR_SUFFIX: &str = ".sums";
+
+/// `path` with `suffix` appended to its name.
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Permission bits of the file at `p`, if there is one.
+fn mode_at(p: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777)
+}
+
 /// A file being written atomically.
 #[derive(Debug)]
 pub struct AtomicFile {
     tmp: Option<tempfile::NamedTempFile>,
     dest: PathBuf,
     force: bool,
+    /// The sidecar that describes the file replaced (removed on commit: it does not describe
+    /// the new content).
+    stale: Option<PathBuf>,
 }
 
 impl AtomicFile {
-    /// Starts writing `dest`. Refuses an existing `dest` unless `force`.
+    /// Starts writing `dest`. Refuses an existing `dest` unless `force`. The new file takes
+    /// the permission bits of the file it replaces, else 0600. On commit, a `.sums` sidecar
+    /// beside `dest` is removed (a command that writes one writes it after the commit).
     ///
     /// # Errors
     /// `dest` exists (without `force`), or the directory is not writable.
     pub fn create(dest: impl AsRef<Path>, force: bool) -> Result<Self> {
-        let dest = dest.as_ref().to_path_buf();
+        Self::create_like(dest, force, None)
+    }
+
+    /// As [`AtomicFile::create`], but a file that replaces nothing takes the permission bits
+    /// of `like` (the command's first input) when given.
+    ///
+    /// # Errors
+    /// As [`AtomicFile::create`].
+    pub fn create_like(dest: impl AsRef<Path>, force: bool, like: Option<&Path>) -> Result<Self> {
+        let dest = dest.as_ref();
+        let mode = mode_at(dest).unwrap_or_else(|| mode_of(like));
+        let mut f = Self::open(dest, force, mode)?;
+        f.stale = Some(with_suffix(dest, SIDECAR_SUFFIX));
+        Ok(f)
+    }
+
+    /// Starts writing a sidecar of `main` (a `.sums` or state file) at `dest`, replacing any:
+    /// it takes the permission bits of `main` (0600 if `main` is missing).
+    ///
+    /// # Errors
+    /// The directory is not writable.
+    pub fn create_sidecar(dest: impl AsRef<Path>, main: &Path) -> Result<Self> {
+        Self::open(dest.as_ref(), true, mode_at(main).unwrap_or(0o600))
+    }
+
+    fn open(dest: &Path, force: bool, mode: u32) -> Result<Self> {
+        let dest = dest.to_path_buf();
         if !force && dest.exists() {
             return Err(Error::from(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -79,18 +149,20 @@ impl AtomicFile {
             cut -= 1;
         }
         name.truncate(cut);
-        // 0666 before the umask, like any file a shell redirection creates.
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".tmp")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode & 0o600))
             .tempfile_in(&dir)
             .map_err(|e| Error::from(e).with_file(&dest))?;
         register(tmp.path());
+        // Exactly `mode`, whatever the umask.
+        set_mode(tmp.as_file(), mode).map_err(|e| e.with_file(&dest))?;
         Ok(AtomicFile {
             tmp: Some(tmp),
             dest,
             force,
+            stale: None,
         })
     }
 
@@ -118,7 +190,24 @@ impl AtomicFile {
         };
         let path = tmp.path().to_path_buf();
         let wrap = |e: io::Error| Error::from(e).with_file(&self.dest);
+        if crate::input::any_truncated() {
+            // What was read from that input past its new end were zeros.
+            return Err(Error::invalid(
+                "an input was truncated while it was being read; the output is not written",
+            )
+            .with_file(&self.dest));
+        }
         tmp.as_file().sync_all().map_err(wrap)?;
+        if let Some(side) = &self.stale {
+            // Before the rename: the old file is then left without a sidecar at worst, never
+            // the new one with a sidecar of other content (which reads as damage).
+            match std::fs::remove_file(side) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(Error::from(e).with_file(side))
+                }
+                _ => {}
+            }
+        }
         let r = if self.force {
             tmp.persist(&self.dest).map(|_| ())
         } else {
@@ -268,13 +357,22 @@ impl Output {
     /// # Errors
     /// As [`AtomicFile::create`].
     pub fn create(path: &str, force: bool) -> Result<Output> {
+        Self::create_like(path, force, None)
+    }
+
+    /// Opens `path` for writing (`-` = stdout); a new file takes the permission bits of
+    /// `like` (see [`AtomicFile::create_like`]).
+    ///
+    /// # Errors
+    /// As [`AtomicFile::create`].
+    pub fn create_like(path: &str, force: bool, like: Option<&Path>) -> Result<Output> {
         if path == "-" {
             return Ok(Output::Stdout(BufWriter::with_capacity(
                 1 << 20,
                 io::stdout(),
             )));
         }
-        let f = AtomicFile::create(path, force)?;
+        let f = AtomicFile::create_like(path, force, like)?;
         Ok(Output::File(BufWriter::with_capacity(
             1 << 20,
             AtomicFileWriter::new(f),

@@ -88,9 +88,7 @@ pub struct CompressedSums {
 
 /// The sidecar path of `file`: `FILE.sums`.
 pub fn sums_path(file: &Path) -> PathBuf {
-    let mut s = file.as_os_str().to_os_string();
-    s.push(".sums");
-    PathBuf::from(s)
+    crate::output::with_suffix(file, crate::output::SIDECAR_SUFFIX)
 }
 
 /// Record boundaries of a diff: `(offset, tag)` of the banner, every record and the trailing
@@ -552,7 +550,7 @@ pub fn write_sums_for(path: &Path) -> Result<PathBuf> {
 /// The sidecar cannot be written.
 pub fn write_sums(path: &Path, s: &Sums) -> Result<PathBuf> {
     let sp = sums_path(path);
-    let mut f = AtomicFile::create(&sp, true)?;
+    let mut f = AtomicFile::create_sidecar(&sp, path)?;
     f.file()
         .write_all(&encode(s))
         .map_err(|e| Error::from(e).with_file(&sp))?;

@@ -300,9 +300,20 @@ struct Checked {
 
 /// Checks one file; `tick` advances by the file's bytes.
 fn check_file(path: &str, opts: &VerifyOptions, tick: &mut Ticker<'_>) -> Result<Checked> {
+    let input = Input::open(path)?;
+    // A file truncated while it is read reads as zeros past its new end: not a finding.
+    let watch = input.watch();
+    watch.check(check_opened(path, input, opts, tick))
+}
+
+fn check_opened(
+    path: &str,
+    input: Input,
+    opts: &VerifyOptions,
+    tick: &mut Ticker<'_>,
+) -> Result<Checked> {
     let base = tick.done();
     let mut at = |p: u64| tick.set(base + p);
-    let input = Input::open(path)?;
     let len = input.raw_bytes().map(|b| b.len() as u64);
     let kind = input.kind();
     let mut info = FileInfo {
@@ -414,6 +425,7 @@ fn check_file(path: &str, opts: &VerifyOptions, tick: &mut Ticker<'_>) -> Result
                 }
                 _ => None,
             };
+            input.check_truncated(Ok(()))?;
             match checked {
                 Some(r) => match r {
                     Ok(m) if m.is_empty() => info.sums = "ok",

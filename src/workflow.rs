@@ -812,7 +812,9 @@ fn backup_locked(
         return Err(Error::invalid("output exists").with_file(&path));
     }
     // Created first: an output that cannot be written is found before the snapshot is made.
-    let output = Output::create(&path.to_string_lossy(), false)?;
+    // It takes the permission bits of the chain's newest file (a new chain: 0600).
+    let like = chain.last().map(|f| f.path.as_path());
+    let output = Output::create_like(&path.to_string_lossy(), false, like)?;
     let snap_spec = format!("{spec}@{snap}");
     rbd.run_ok(&["snap", "create", &snap_spec])?;
     match export_to(rbd, spec, &snap_spec, prev.as_deref(), output, &path, opts) {

@@ -636,3 +636,242 @@ fn image_stream_applies_every_embedded_diff() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cut.rbdimg"));
     assert!(!t.exists() && !state_path(&t).exists());
 }
+
+// ---------- a target that must not be written ----------
+
+/// Runs `cmd`, killing it after `secs` seconds: (exit code, stderr, seconds taken).
+fn run_within(mut cmd: Command, secs: u64) -> (Option<i32>, String, f64) {
+    let t0 = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(secs) {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), err, t0.elapsed().as_secs_f64())
+}
+
+/// `apply X --to X` (or to a hard link or symbolic link of X, or with X on stdin) is
+/// refused even with `--force`, and so is a state file that is an input or the target:
+/// the backup is left intact.
+#[test]
+fn target_that_is_an_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = gen_chain(21, 2, 200_000);
+    let d0 = write_tmp(dir.path(), "d0", &chain[0]);
+    let d1 = write_tmp(dir.path(), "d1", &chain[1]);
+    let hard = dir.path().join("hard");
+    fs::hard_link(&d0, &hard).unwrap();
+    let sym = dir.path().join("sym");
+    std::os::unix::fs::symlink(&d0, &sym).unwrap();
+    let img = s(&dir.path().join("img"));
+    let side = rbddiff::sums::write_sums_for(Path::new(&d0)).unwrap();
+    let side_bytes = fs::read(&side).unwrap();
+    let cases: Vec<Vec<String>> = vec![
+        vec![d0.clone(), "--to".into(), s(&side), "--force".into()],
+        vec![d0.clone(), "--to".into(), d0.clone()],
+        vec![d0.clone(), "--to".into(), d0.clone(), "--force".into()],
+        vec![d0.clone(), "--to".into(), d0.clone(), "--create".into()],
+        vec![d0.clone(), "--to".into(), s(&hard), "--force".into()],
+        vec![d0.clone(), "--to".into(), s(&sym), "--force".into()],
+        vec![
+            d0.clone(),
+            d1.clone(),
+            "--to".into(),
+            d1.clone(),
+            "--force".into(),
+        ],
+        vec!["-".into(), "--to".into(), s(&hard), "--force".into()],
+        // The state file is an input, or the target itself.
+        vec![
+            d0.clone(),
+            "--create".into(),
+            "--to".into(),
+            img.clone(),
+            "--state-file".into(),
+            s(&hard),
+        ],
+        vec![
+            d0.clone(),
+            "--create".into(),
+            "--to".into(),
+            img.clone(),
+            "--state-file".into(),
+            img.clone(),
+        ],
+    ];
+    for args in cases {
+        let mut cmd = bin();
+        cmd.arg("apply").args(&args);
+        cmd.stdin(fs::File::open(&d0).unwrap());
+        let (code, err, _) = run_within(cmd, 60);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("is the input") || err.contains("is the target itself"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(fs::read(&d0).unwrap(), chain[0], "{args:?}");
+        assert_eq!(fs::read(&d1).unwrap(), chain[1], "{args:?}");
+        assert_eq!(fs::read(&side).unwrap(), side_bytes, "{args:?}");
+        assert!(!Path::new(&img).exists(), "{args:?}");
+        assert!(!state_path(Path::new(&d0)).exists(), "{args:?}");
+    }
+}
+
+/// An existing file without a state file is not taken as an image (it may be a backup or
+/// anything else) unless `--force` says so.
+#[test]
+fn existing_file_without_state_needs_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = gen_chain(22, 1, 200_000);
+    let d0 = write_tmp(dir.path(), "d0", &chain[0]);
+    let t = dir.path().join("precious");
+    let mine = vec![7u8; 10_000];
+    fs::write(&t, &mine).unwrap();
+    for extra in [&[][..], &["--create"][..]] {
+        let out = bin()
+            .args(["apply", &d0, "--to", &s(&t)])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("no state file") || err.contains("exists"),
+            "{err}"
+        );
+        assert_eq!(fs::read(&t).unwrap(), mine);
+        assert!(!state_path(&t).exists());
+    }
+    let out = bin()
+        .args(["apply", &d0, "--force", "--to", &s(&t)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        fs::read(&t).unwrap(),
+        common::model::apply_chain(&[&chain[0]]).data
+    );
+}
+
+/// A second apply to a target that another holds locked is refused at once (exit 2), and
+/// writes nothing.
+#[test]
+fn locked_target_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = gen_chain(23, 2, 200_000);
+    let d0 = write_tmp(dir.path(), "d0", &chain[0]);
+    let d1 = write_tmp(dir.path(), "d1", &chain[1]);
+    let t = dir.path().join("img");
+    apply_chain(&[d0], &t, &create()).unwrap();
+    let before = fs::read(&t).unwrap();
+    let state_before = fs::read(state_path(&t)).unwrap();
+    let holder = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&t)
+        .unwrap();
+    rustix::fs::flock(
+        &holder,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )
+    .unwrap();
+    let mut cmd = bin();
+    cmd.args(["apply", &d1, "--to", &s(&t)]);
+    let (code, err, secs) = run_within(cmd, 30);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("locked") && err.contains("img"), "{err}");
+    assert!(secs < 10.0, "took {secs} s");
+    assert_eq!(fs::read(&t).unwrap(), before);
+    assert_eq!(fs::read(state_path(&t)).unwrap(), state_before);
+    drop(holder);
+    apply_chain(&[d1], &t, &ApplyOptions::default()).unwrap();
+}
+
+/// A state file that is a symbolic link (here to /dev/zero) or a FIFO is refused at once,
+/// not read without end or waited on.
+#[test]
+fn state_file_link_or_fifo_is_refused_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = gen_chain(24, 2, 100_000);
+    let d0 = write_tmp(dir.path(), "d0", &chain[0]);
+    let d1 = write_tmp(dir.path(), "d1", &chain[1]);
+    let t = dir.path().join("img");
+    apply_chain(&[d0], &t, &create()).unwrap();
+    let before = fs::read(&t).unwrap();
+    let sp = state_path(&t);
+    for kind in ["symlink", "fifo"] {
+        fs::remove_file(&sp).unwrap();
+        if kind == "symlink" {
+            std::os::unix::fs::symlink("/dev/zero", &sp).unwrap();
+        } else {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &sp,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o600),
+                0,
+            )
+            .unwrap();
+        }
+        let mut cmd = bin();
+        cmd.args(["apply", &d1, "--to", &s(&t)]);
+        let (code, err, secs) = run_within(cmd, 20);
+        assert_eq!(code, Some(2), "{kind}: {err}");
+        assert!(err.contains("rbddiff-state"), "{kind}: {err}");
+        assert!(secs < 10.0, "{kind}: took {secs} s");
+        assert_eq!(fs::read(&t).unwrap(), before);
+        assert!(read_state(&sp).is_err());
+    }
+}
+
+/// A full diff of an image larger than the file system allows for one file: refused before
+/// anything is written, with advice, and nothing of the new target is left behind.
+#[test]
+fn create_too_large_for_the_file_system() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2^63 bytes is past any file size (off_t); 64 TiB is past ext4's limit (not XFS's or
+    // tmpfs's: checked below).
+    let mut ran = 0;
+    for size in [1u64 << 63, 64 << 40] {
+        let probe = dir.path().join("probe");
+        let f = fs::File::create(&probe).unwrap();
+        let refused = f.set_len(size).is_err();
+        drop(f);
+        fs::remove_file(&probe).unwrap();
+        if !refused {
+            eprintln!("skipped: this file system allows a file of {size} bytes");
+            continue;
+        }
+        let meta = Metadata {
+            to_snap: Some(b"s".to_vec()),
+            image_size: Some(size),
+            ..Metadata::default()
+        };
+        let mut w = DiffWriter::new(Vec::new(), Version::V1, &meta).unwrap();
+        w.write_data(4096, &[1u8; 4096]).unwrap();
+        let d = write_tmp(dir.path(), "big", &w.finish().unwrap());
+        let t = dir.path().join("img");
+        let out = bin()
+            .args(["apply", &d, "--create", "--to", &s(&t)])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{size}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("XFS") && err.contains("block device"), "{err}");
+        assert!(
+            !t.exists() && !state_path(&t).exists(),
+            "{size}: left behind"
+        );
+        ran += 1;
+    }
+    assert!(ran > 0, "no size was refused by this file system");
+}

@@ -276,6 +276,8 @@ fn inspect_leaves_the_access_time_alone() {
 #[test]
 #[cfg_attr(debug_assertions, ignore = "measures the release binary")]
 fn the_release_binary_is_small() {
-    let len = std::fs::metadata(env!("CARGO_BIN_EXE_rbddiff")).unwrap().len();
+    let len = std::fs::metadata(env!("CARGO_BIN_EXE_rbddiff"))
+        .unwrap()
+        .len();
     assert!(len < 12 << 20, "rbddiff is {} MiB", len >> 20);
 }

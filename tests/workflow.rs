@@ -1044,3 +1044,60 @@ fn a_half_done_prune_whose_output_is_damaged_deletes_nothing() {
     assert_eq!(contents(&dir), before);
     assert!(journal.exists() && old.iter().all(|f| f.exists()));
 }
+
+/// A backup file takes the permission bits of the chain's newest file (a `chmod 640`
+/// archive stays 640); the first file of a chain is 0600, whatever the umask.
+#[test]
+fn backup_files_take_the_mode_of_the_chain() {
+    use rbddiff::workflow::{backup, BackupOptions, Rbd};
+    use std::os::unix::fs::PermissionsExt;
+    let (t, dir, work) = dirs();
+    let bin = t.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    // An rbd whose export-diff writes a prepared diff: the full one, or s0 -> s1.
+    let full = full_diff_to(&work, &work, "full.diff", "s0");
+    let raw1 = work.join("s1.raw");
+    write_sparse(&raw1, &noise(10, 1 << 16));
+    let inc = work.join("inc.diff");
+    let o = CreateOptions {
+        to_snap: Some("s1".into()),
+        base: Some(work.join("small.raw")),
+        from_snap: Some("s0".into()),
+        ..CreateOptions::default()
+    };
+    create_diff(&raw1, &s(&inc), &o).unwrap();
+    let snaps = bin.join("snaps.json");
+    let rbd = bin.join("rbd");
+    fs::write(
+        &rbd,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in\n  *'snap ls'*) cat '{j}' ;;\n  *from-snap*) cat '{inc}' ;;\n  \
+             *export-diff*) cat '{full}' ;;\nesac\nexit 0\n",
+            j = snaps.display(),
+            inc = inc.display(),
+            full = full.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&rbd, fs::Permissions::from_mode(0o755)).unwrap();
+    let opts = |snap: &str| BackupOptions {
+        snap: Some(snap.into()),
+        rbd: Rbd {
+            program: rbd.clone(),
+            conf: None,
+            id: None,
+        },
+        ..BackupOptions::default()
+    };
+    let mode = |p: &str| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    fs::write(&snaps, "[]").unwrap();
+    let r = backup("rbd/vm", &dir, &opts("s0")).unwrap();
+    assert_eq!(mode(&r.file), 0o600, "a new chain");
+    assert_eq!(mode(&r.sums), 0o600);
+    fs::set_permissions(&r.file, fs::Permissions::from_mode(0o640)).unwrap();
+    fs::write(&snaps, r#"[{"id": 4, "name": "s0"}]"#).unwrap();
+    let r = backup("rbd/vm", &dir, &opts("s1")).unwrap();
+    assert_eq!(r.from_snap.as_deref(), Some("s0"));
+    assert_eq!(mode(&r.file), 0o640, "the chain's mode");
+    assert_eq!(mode(&r.sums), 0o640);
+}

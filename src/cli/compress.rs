@@ -1,6 +1,7 @@
 //! `rbddiff compress` and `rbddiff decompress`.
 
 use std::io;
+use std::path::Path;
 
 use rbddiff::compress::{self, CompressOptions, Stats};
 use rbddiff::input::Input;
@@ -74,18 +75,19 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
         ));
     }
     let input = Input::open(&a.input)?;
-    let mut out = Output::create(&a.output, a.force)?;
+    let mut out = Output::create_like(&a.output, a.force, Some(Path::new(&a.input)))?;
     let opts = CompressOptions {
         level: a.level,
         threads: a.threads.unwrap_or_else(compress::default_threads),
         frame_target: a.frame_size,
     };
+    let watch = input.watch();
     let stats =
         super::with_progress(|p| compress::compress_with_progress(input, &mut out, &opts, p));
-    let stats = stats?;
+    let stats = watch.check(stats)?;
     out.commit()?;
     if a.sums {
-        rbddiff::sums::write_sums_for(std::path::Path::new(&a.output))?;
+        rbddiff::sums::write_sums_for(Path::new(&a.output))?;
     }
     report(&stats, a.json, a.output == "-")?;
     Ok(Status::Ok)
@@ -93,12 +95,14 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
 
 pub fn run_decompress(a: DecompressArgs) -> Result<Status> {
     let input = Input::open(&a.input)?;
-    let mut out = Output::create(&a.output, a.force)?;
+    let mut out = Output::create_like(&a.output, a.force, Some(Path::new(&a.input)))?;
     let threads = a.threads.unwrap_or_else(compress::default_threads);
+    let watch = input.watch();
     let r =
         super::with_progress(|p| compress::decompress_with_progress(input, &mut out, threads, p));
-    // An error that names no file is one of writing the output.
-    r.map_err(|e| {
+    // A truncated input names the input; any other error that names no file is one of
+    // writing the output.
+    watch.check(r).map_err(|e| {
         if a.output == "-" {
             e
         } else {
