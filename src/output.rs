@@ -198,23 +198,29 @@ impl AtomicFile {
             .with_file(&self.dest));
         }
         tmp.as_file().sync_all().map_err(wrap)?;
-        if let Some(side) = &self.stale {
+        let remove_stale = |side: &Path| match std::fs::remove_file(side) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::from(e).with_file(side)),
+            _ => Ok(()),
+        };
+        let r = if self.force {
             // Before the rename: the old file is then left without a sidecar at worst, never
             // the new one with a sidecar of other content (which reads as damage).
-            match std::fs::remove_file(side) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(Error::from(e).with_file(side))
-                }
-                _ => {}
+            if let Some(side) = &self.stale {
+                remove_stale(side)?;
             }
-        }
-        let r = if self.force {
             tmp.persist(&self.dest).map(|_| ())
         } else {
             tmp.persist_noclobber(&self.dest).map(|_| ())
         };
         unregister(&path);
         r.map_err(|e| wrap(e.error))?;
+        if !self.force {
+            // Only once the name was ours: the sidecar described no file (another run's
+            // committed file, which made the commit fail, keeps its own).
+            if let Some(side) = &self.stale {
+                remove_stale(side)?;
+            }
+        }
         if let Some(dir) = self.dest.parent().filter(|d| !d.as_os_str().is_empty()) {
             if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();

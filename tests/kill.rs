@@ -1,0 +1,159 @@
+//! `kill -9` of a running `prune` at random points: the directory never holds a fork that
+//! stops the next command, the image at the chain's end stays restorable, and a rerun finishes
+//! the job (the half-done prune's journal, then the stale temporary files).
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::gen::{noise, path_str as s, write_sparse, Rng};
+use common::manifest::sha256_file;
+use rbddiff::apply::{apply_chain, state_path, ApplyOptions};
+use rbddiff::create::{create_diff, CreateOptions};
+use rbddiff::workflow::{discover_chain, file_name};
+
+/// A chain of four 8 MiB-ish diffs of image `vm` in `dir`, with sidecars; returns the sha256
+/// of the last image state.
+fn chain(dir: &Path, work: &Path) -> String {
+    let mut rng = Rng::new(3);
+    let mut cur = vec![0u8; 24 << 20];
+    let mut prev: Option<PathBuf> = None;
+    for k in 0..4 {
+        for _ in 0..8 {
+            let at = rng.below(cur.len() as u64 - (1 << 20)) as usize;
+            cur[at..at + (1 << 20)].copy_from_slice(&noise(rng.next(), 1 << 20));
+        }
+        let raw = work.join(format!("raw{k}"));
+        write_sparse(&raw, &cur);
+        let (from, to) = ((k > 0).then(|| format!("s{}", k - 1)), format!("s{k}"));
+        let path = dir.join(file_name("vm", from.as_deref(), &to, false));
+        let opts = CreateOptions {
+            to_snap: Some(to),
+            base: prev.clone(),
+            from_snap: from,
+            ..CreateOptions::default()
+        };
+        create_diff(&raw, &s(&path), &opts).unwrap();
+        rbddiff::sums::write_sums_for(&path).unwrap();
+        prev = Some(raw);
+    }
+    sha256_file(prev.as_ref().unwrap())
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = fs::remove_dir_all(to);
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn prune_cmd(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rbddiff"));
+    c.args(["prune", &s(dir), "--image", "vm", "--keep", "1"]);
+    c
+}
+
+/// The image the chain discovered in `dir` gives.
+fn restored(dir: &Path, work: &Path) -> String {
+    let files: Vec<String> = discover_chain(dir, "vm")
+        .unwrap_or_else(|e| panic!("discovery after a kill: {e}"))
+        .iter()
+        .map(|f| s(&f.path))
+        .collect();
+    let target = work.join("restored");
+    let _ = fs::remove_file(&target);
+    let _ = fs::remove_file(state_path(&target));
+    let opts = ApplyOptions {
+        create: true,
+        ..ApplyOptions::default()
+    };
+    apply_chain(&files, &target, &opts).unwrap();
+    sha256_file(&target)
+}
+
+#[test]
+fn prune_killed_at_random_points_leaves_a_usable_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let (pristine, dir, work) = (t.path().join("p"), t.path().join("d"), t.path().join("w"));
+    for d in [&pristine, &work] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let want = chain(&pristine, &work);
+    // How long a whole prune takes here.
+    copy_dir(&pristine, &dir);
+    let t0 = Instant::now();
+    assert!(prune_cmd(&dir).status().unwrap().success());
+    let full = t0.elapsed();
+    assert_eq!(restored(&dir, &work), want);
+    let mut rng = Rng::new(17);
+    let (mut killed, mut half_done) = (0, 0);
+    let mut rounds = 0;
+    for round in 0..40 {
+        if round >= 16 && half_done >= 2 {
+            break;
+        }
+        rounds += 1;
+        copy_dir(&pristine, &dir);
+        let delay = Duration::from_micros(rng.below(full.as_micros() as u64 * 6 / 5 + 1));
+        let mut child = prune_cmd(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if !status.success() {
+            killed += 1;
+        }
+        let files = fs::read_dir(&dir).unwrap().count();
+        if discover_chain(&dir, "vm").is_ok_and(|c| c.len() == 1)
+            && fs::read_dir(&dir).unwrap().any(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".prune-journal")
+            })
+        {
+            half_done += 1;
+        }
+        // Whatever the kill left: the chain is found and restores the image.
+        assert_eq!(
+            restored(&dir, &work),
+            want,
+            "round {round} ({delay:?}, {files} files)"
+        );
+        // A rerun finishes the job and leaves one full diff, its sidecar and the lock file.
+        let o = prune_cmd(&dir).output().unwrap();
+        assert!(o.status.success(), "round {round}: {o:?}");
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [".rbddiff.lock", "vm@s3.full.diff", "vm@s3.full.diff.sums"],
+            "round {round} ({delay:?})"
+        );
+        assert_eq!(
+            restored(&dir, &work),
+            want,
+            "round {round}, after the rerun"
+        );
+    }
+    eprintln!("{killed} of {rounds} runs killed, {half_done} between commit and deletion");
+    assert!(
+        killed >= 4,
+        "the kills landed too late to test anything: {killed}"
+    );
+    assert!(
+        half_done >= 1,
+        "no kill landed between the commit and the deletions"
+    );
+}
