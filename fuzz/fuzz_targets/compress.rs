@@ -5,7 +5,7 @@
 //! the archive) equal the sums of the plain bytes.
 #![no_main]
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
