@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::gen::{noise, path_str as s, write_sparse, Rng};
+use common::gen::{noise, path_str as s, restored_sha256, write_sparse, Rng};
 use common::manifest::sha256_file;
-use rbddiff::apply::{apply_chain, state_path, ApplyOptions};
 use rbddiff::create::{create_diff, CreateOptions};
 use rbddiff::workflow::{discover_chain, file_name};
 
@@ -58,24 +57,6 @@ fn prune_cmd(dir: &Path) -> Command {
     c
 }
 
-/// The image the chain discovered in `dir` gives.
-fn restored(dir: &Path, work: &Path) -> String {
-    let files: Vec<String> = discover_chain(dir, "vm")
-        .unwrap_or_else(|e| panic!("discovery after a kill: {e}"))
-        .iter()
-        .map(|f| s(&f.path))
-        .collect();
-    let target = work.join("restored");
-    let _ = fs::remove_file(&target);
-    let _ = fs::remove_file(state_path(&target));
-    let opts = ApplyOptions {
-        create: true,
-        ..ApplyOptions::default()
-    };
-    apply_chain(&files, &target, &opts).unwrap();
-    sha256_file(&target)
-}
-
 #[test]
 fn prune_killed_at_random_points_leaves_a_usable_directory() {
     let t = tempfile::tempdir().unwrap();
@@ -89,7 +70,7 @@ fn prune_killed_at_random_points_leaves_a_usable_directory() {
     let t0 = Instant::now();
     assert!(prune_cmd(&dir).status().unwrap().success());
     let full = t0.elapsed();
-    assert_eq!(restored(&dir, &work), want);
+    assert_eq!(restored_sha256(&dir, "vm", &work), want);
     let mut rng = Rng::new(17);
     let (mut killed, mut half_done) = (0, 0);
     let mut rounds = 0;
@@ -124,7 +105,7 @@ fn prune_killed_at_random_points_leaves_a_usable_directory() {
         }
         // Whatever the kill left: the chain is found and restores the image.
         assert_eq!(
-            restored(&dir, &work),
+            restored_sha256(&dir, "vm", &work),
             want,
             "round {round} ({delay:?}, {files} files)"
         );
@@ -142,7 +123,7 @@ fn prune_killed_at_random_points_leaves_a_usable_directory() {
             "round {round} ({delay:?})"
         );
         assert_eq!(
-            restored(&dir, &work),
+            restored_sha256(&dir, "vm", &work),
             want,
             "round {round}, after the rerun"
         );

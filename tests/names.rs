@@ -6,9 +6,8 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::gen::{noise, path_str as s, write_sparse, Rng};
+use common::gen::{noise, path_str as s, restored_sha256, write_sparse, Rng};
 use common::manifest::sha256_file;
-use rbddiff::apply::{apply_chain, ApplyOptions};
 use rbddiff::create::{create_diff, CreateOptions};
 use rbddiff::workflow::{discover_chain, file_name, images_in, prune};
 
@@ -41,23 +40,6 @@ fn chain(dir: &Path, work: &Path, image: &str, snaps: &[&str]) -> String {
     sha256_file(prev.as_ref().unwrap())
 }
 
-fn restored(dir: &Path, work: &Path, image: &str) -> String {
-    let files: Vec<String> = discover_chain(dir, image)
-        .unwrap()
-        .iter()
-        .map(|f| s(&f.path))
-        .collect();
-    let target = work.join("restored");
-    let _ = fs::remove_file(&target);
-    let _ = fs::remove_file(rbddiff::apply::state_path(&target));
-    let opts = ApplyOptions {
-        create: true,
-        ..ApplyOptions::default()
-    };
-    apply_chain(&files, &target, &opts).unwrap();
-    sha256_file(&target)
-}
-
 /// An image name with `%` (and others that need escaping) finds its own files: discovery,
 /// the list of images and prune all see the chain.
 #[test]
@@ -76,7 +58,7 @@ fn escaped_image_names_are_found_again() {
         let r = prune(&dir, image, 1, false, &mut |_, _| {}).unwrap();
         assert_eq!(r.merged.len(), 3, "{image}: {r:?}");
         assert_eq!(discover_chain(&dir, image).unwrap().len(), 1);
-        assert_eq!(restored(&dir, &work, image), want, "{image}");
+        assert_eq!(restored_sha256(&dir, image, &work), want, "{image}");
         // Another image whose name is the unescaped form is not mixed in.
         assert!(discover_chain(&dir, "vmA").unwrap().is_empty());
     }
@@ -122,5 +104,5 @@ fn long_and_control_snapshot_names_prune_run_after_run() {
         assert!(r.output.is_some(), "keep {keep}");
         assert_eq!(discover_chain(&dir, image).unwrap().len(), keep);
     }
-    assert_eq!(restored(&dir, &work, image), want);
+    assert_eq!(restored_sha256(&dir, image, &work), want);
 }

@@ -47,3 +47,22 @@ pub fn write_sparse(p: &Path, data: &[u8]) {
 pub fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
+
+/// The sha256 of the image the chain of `image` in `dir` gives, applied offline to a new
+/// file `work/restored` (replaced on each call).
+pub fn restored_sha256(dir: &Path, image: &str, work: &Path) -> String {
+    let files: Vec<String> = rbddiff::workflow::discover_chain(dir, image)
+        .unwrap_or_else(|e| panic!("discovery of {image} in {}: {e}", dir.display()))
+        .iter()
+        .map(|f| path_str(&f.path))
+        .collect();
+    let target = work.join("restored");
+    let _ = std::fs::remove_file(&target);
+    let _ = std::fs::remove_file(rbddiff::apply::state_path(&target));
+    let opts = rbddiff::apply::ApplyOptions {
+        create: true,
+        ..rbddiff::apply::ApplyOptions::default()
+    };
+    rbddiff::apply::apply_chain(&files, &target, &opts).unwrap();
+    super::manifest::sha256_file(&target)
+}
