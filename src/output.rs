@@ -198,7 +198,10 @@ impl AtomicFile {
             .with_file(&self.dest));
         }
         tmp.as_file().sync_all().map_err(wrap)?;
-        if let Some(side) = &self.stale {
+        // A commit that must not clobber fails on an existing file: that file keeps its
+        // sidecar.
+        let taken = !self.force && std::fs::symlink_metadata(&self.dest).is_ok();
+        if let Some(side) = self.stale.as_ref().filter(|_| !taken) {
             // Before the rename: the old file is then left without a sidecar at worst, never
             // the new one with a sidecar of other content (which reads as damage).
             match std::fs::remove_file(side) {
