@@ -435,7 +435,8 @@ pub struct RestoreOptions {
     /// The image whose backups are restored (default: the only image with files in the
     /// directory, else the target's name).
     pub image: Option<String>,
-    /// Restore up to this snapshot (default: the end of the chain).
+    /// Restore this snapshot (default: the newest restorable one, see
+    /// [`crate::archive::graph`]).
     pub to: Option<String>,
     /// Create the target image (with the size of the restored state) when it does not exist
     /// (and remove it again if the restore fails).
@@ -449,8 +450,15 @@ pub struct RestoreOptions {
 pub struct RestoreReport {
     /// The target image.
     pub image: String,
-    /// The files restored, in order.
+    /// The files restored, in order: the path of healthy files with the fewest bytes.
     pub files: Vec<String>,
+    /// Bytes of those files.
+    pub bytes_read: u64,
+    /// Files of the image not used, and why (damaged, unreadable, or on a path of more
+    /// bytes).
+    pub passed_over: Vec<crate::archive::graph::PassedOver>,
+    /// Said when newer snapshots than the one restored (by default) are not restorable.
+    pub warnings: Vec<String>,
     /// Start snapshot of the restored range (none when it starts with a full diff).
     pub from_snap: Option<String>,
     /// The snapshot the target now holds.
@@ -491,17 +499,19 @@ fn pick_image(dir: &Path, target: &str, given: Option<&str>) -> Result<String> {
     )))
 }
 
-/// Restores the chain in `dir` into `spec` (`POOL/IMAGE`): discovers and verifies the chain
-/// (structure, links, sums sidecars where present), selects the files up to `opts.to`, merges
-/// them in one pass straight into the stdin of `rbd import-diff - POOL/IMAGE` and checks its
-/// status. With `opts.create` the image is created first when it does not exist, and removed
-/// again if the restore fails.
+/// Restores a snapshot of the archive `dir` into `spec` (`POOL/IMAGE`): takes the path of
+/// healthy files with the fewest bytes from a full diff to `opts.to` (default: the newest
+/// restorable snapshot), verifying each file of it (structure, sums sidecar where present)
+/// and taking another path round a file that fails ([`crate::archive::graph::Graph::choose`]),
+/// merges the path in one pass straight into the stdin of `rbd import-diff - POOL/IMAGE` and
+/// checks its status. With `opts.create` the image is created first when it does not exist,
+/// and removed again if the restore fails.
 ///
 /// `progress` receives `(payload bytes sent, payload bytes total)`.
 ///
 /// # Errors
-/// No chain, a chain that does not verify, a snapshot not in the chain; an `rbd` call fails
-/// (its message is passed on).
+/// No file of the image; no healthy path leads to the snapshot (the message names the files
+/// passed over and why); an `rbd` call fails (its message is passed on).
 pub fn restore(
     dir: &Path,
     spec: &str,
@@ -517,35 +527,20 @@ pub fn restore(
     }
     let _lock = crate::dirlock::lock(dir, false)?;
     let src_image = pick_image(dir, spec, opts.image.as_deref())?;
-    let chain = discover_chain(dir, &src_image)?;
-    if chain.is_empty() {
+    let graph = crate::archive::graph::discover(dir, &src_image)?;
+    if graph.is_empty() {
         return Err(Error::invalid(format!(
             "{}: no backup files of {src_image}",
             dir.display()
         )));
     }
-    let end = match &opts.to {
-        None => chain.len(),
-        Some(t) => {
-            let i = chain
-                .iter()
-                .position(|f| f.to.as_deref() == Some(t.as_str()));
-            let i = i.ok_or_else(|| {
-                let known: Vec<String> = chain.iter().map(|f| show(&f.to)).collect();
-                Error::invalid(format!(
-                    "snapshot '{t}' is not in the chain of {src_image} in {} (it has {})",
-                    dir.display(),
-                    known.join(", ")
-                ))
-            })?;
-            i + 1
-        }
-    };
-    let chain = &chain[..end];
-    verify_chain(chain)?;
-    let names: Vec<String> = chain
+    let choice = graph
+        .choose(opts.to.as_deref())
+        .map_err(|e| e.with_file(dir))?;
+    let names: Vec<String> = choice
+        .path
         .iter()
-        .map(|f| f.path.to_string_lossy().into_owned())
+        .map(|&i| graph.edges[i].file.path.to_string_lossy().into_owned())
         .collect();
     let opened = names
         .iter()
@@ -615,6 +610,9 @@ pub fn restore(
     result.map(|stats| RestoreReport {
         image: spec.to_string(),
         files: names,
+        bytes_read: choice.bytes,
+        passed_over: choice.passed_over,
+        warnings: choice.warnings,
         from_snap: stats.from_snap,
         to_snap: stats.to_snap,
         image_size: size,

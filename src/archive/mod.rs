@@ -5,6 +5,7 @@
 //! an error). Maintenance under the directory's exclusive lock finishes
 //! what an interrupted prune left (see [`crate::journal`] and [`crate::workflow`]).
 
+pub mod graph;
 pub mod names;
 
 use std::collections::HashMap;
