@@ -54,11 +54,32 @@ pub use crate::rbd::Rbd;
 /// Prefix of the snapshots `backup` names itself; `--keep-snaps` only removes these.
 pub const SNAP_PREFIX: &str = "rbddiff-";
 
+/// The name of a snapshot [`backup`] makes when none is given:
+/// `rbddiff-YYYYmmddTHHMMSS.NNNNNNNNNZ` (UTC, with nanoseconds: two backups within one
+/// second get two names).
+pub fn default_snap_name() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = stamp(now.as_secs());
+    format!(
+        "{SNAP_PREFIX}{}.{:09}Z",
+        &s[..s.len() - 1],
+        now.subsec_nanos()
+    )
+}
+
 /// The current UTC time as `YYYYmmddTHHMMSSZ`.
 pub fn utc_stamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    stamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+/// `secs` since the epoch as `YYYYmmddTHHMMSSZ`.
+fn stamp(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -86,8 +107,11 @@ pub fn utc_stamp() -> String {
 pub struct BackupOptions {
     /// Name of the snapshot to create (default `rbddiff-<UTC time>`).
     pub snap: Option<String>,
-    /// Make a full backup (only into a directory without a chain of the image).
+    /// Make a full backup (also into an archive that has chains: a periodic full).
     pub full: bool,
+    /// Make a full backup when the path to the base already holds this many files (a full
+    /// diff and its incrementals): every Nth backup of a chain is a full.
+    pub full_every: Option<usize>,
     /// Write a compressed archive (`.diff.zst`).
     pub compress: Option<CompressOptions>,
     /// Afterwards, keep only the newest K snapshots named `rbddiff-…`.
@@ -126,6 +150,8 @@ pub struct BackupReport {
     pub warnings: Vec<String>,
     /// Files of an interrupted earlier run removed first (see [`prune`]).
     pub cleaned: Vec<String>,
+    /// Why the backup is a full diff (none for an incremental).
+    pub full_reason: Option<String>,
 }
 
 /// What the stream check of an export found.
@@ -162,16 +188,19 @@ fn copy_checked(src: impl Read, out: &mut dyn Write) -> Result<Exported> {
     })
 }
 
-/// Backs up `spec` (`POOL/IMAGE`) into `dir`: finds and checks the chain there, creates a
-/// snapshot, streams `rbd export-diff` (incremental from the chain's last snapshot, or full)
-/// through the stream parser into a new file written atomically, checks rbd's status and
-/// writes the `.sums` sidecar. On any failure no file is left and the snapshot made by this
-/// call is removed again.
+/// Backs up `spec` (`POOL/IMAGE`) into the archive `dir`: reads the image's files as a graph
+/// ([`crate::archive::graph`]), creates a snapshot, streams `rbd export-diff` through the
+/// stream parser into a new file written atomically, checks rbd's status and writes the
+/// `.sums` sidecar. The base of the incremental is the restorable snapshot (by the files'
+/// structure; sums are checked by restore and verify) created last on the cluster; the backup
+/// is full when `opts.full` asks, when `opts.full_every` is reached, or when there is no such
+/// snapshot ([`BackupReport::full_reason`] says which). On any failure no file is left and
+/// the snapshot made by this call is removed again.
 ///
 /// # Errors
-/// A broken chain in `dir`; `full` with a chain already in `dir`; the chain's last snapshot
-/// no longer exists on the image; the snapshot to create exists; an `rbd` call fails; the
-/// exported stream is malformed or truncated; writing fails.
+/// A snapshot name from a header that `rbd` could read as an option; the snapshot to create
+/// exists (on the image or in `dir`); an `rbd` call fails; the exported stream is malformed
+/// or truncated; writing fails.
 pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupReport> {
     let image = image_name(spec)?;
     if escape(image).len() > MAX_IMAGE_NAME {
@@ -210,70 +239,89 @@ fn backup_locked(
     opts: &BackupOptions,
 ) -> Result<BackupReport> {
     let cleaned = finish_pending(dir, image)?;
-    let chain = discover_chain(dir, image)?;
-    if opts.full && !chain.is_empty() {
-        return Err(Error::invalid(format!(
-            "{} already holds a chain of {} file(s) of {image} (ending at snapshot {}): a full \
-             backup starts a new chain, in a directory of its own",
-            dir.display(),
-            chain.len(),
-            show(&chain[chain.len() - 1].to)
-        )));
-    }
-    let prev = match chain.last() {
-        None => None,
-        Some(f) => {
-            let to = f.to.clone().ok_or_else(|| {
-                Error::invalid(format!(
-                    "{} ends at the image HEAD, not at a snapshot: nothing can follow it",
-                    f.name()
-                ))
-            })?;
-            // The name comes from a file's header and goes to `rbd export-diff`.
-            safe_arg("the end snapshot in the header", &to).map_err(|e| e.with_file(&f.path))?;
-            Some(to)
+    let graph = crate::archive::graph::discover(dir, image)?;
+    let restorable = graph.restorable(&Default::default());
+    // Names from headers may go to `rbd export-diff`: a hostile one is refused before rbd runs.
+    for (s, _, path) in &restorable {
+        let last = path.last().map(|&i| &graph.edges[i].file);
+        if let (Err(e), Some(f)) = (safe_arg("the end snapshot in the header", s), last) {
+            return Err(e.with_file(&f.path));
         }
+    }
+    let snap = match &opts.snap {
+        Some(s) => s.clone(),
+        None => default_snap_name(),
     };
-    let snap = opts
-        .snap
-        .clone()
-        .unwrap_or_else(|| format!("{SNAP_PREFIX}{}", utc_stamp()));
     safe_arg("snapshot name", &snap)?;
     if snap.contains(['/', '@']) || snap.starts_with('.') {
         return Err(Error::invalid(format!("bad snapshot name '{snap}'")));
     }
+    if opts.full_every == Some(0) {
+        return Err(Error::invalid("--full-every must be at least 1"));
+    }
     let rbd = &opts.rbd;
     let snaps = rbd.snapshots(spec)?;
     let has = |n: &str| snaps.iter().any(|(_, s)| s == n);
-    if let (Some(p), Some(last)) = (&prev, chain.last()) {
-        if !has(p) {
-            return Err(Error::invalid(format!(
-                "snapshot '{p}' (the end of {}) no longer exists on {spec}: an incremental \
-                 backup cannot be made; start a new chain with --full in another directory",
-                last.name()
-            )));
-        }
-    }
     if has(&snap) {
         return Err(Error::invalid(format!(
             "snapshot '{snap}' already exists on {spec}"
         )));
     }
-    if chain.iter().any(|f| f.to.as_deref() == Some(snap.as_str())) {
+    if graph.snapshots.contains(&snap) {
         return Err(Error::invalid(format!(
-            "the chain in {} already ends a file at snapshot '{snap}'",
+            "{} already holds a file ending at snapshot '{snap}'",
             dir.display()
         )));
     }
+    // The base: the restorable snapshot created last on the cluster.
+    let id = |n: &str| snaps.iter().find(|(_, s)| s == n).map(|(id, _)| *id);
+    let base = restorable
+        .iter()
+        .filter_map(|r| Some((id(&r.0)?, r)))
+        .max_by_key(|(id, _)| *id)
+        .map(|(_, r)| r);
+    let full_reason = if opts.full {
+        Some("--full was asked".to_string())
+    } else if graph.is_empty() {
+        Some(format!("{} holds no backup of {image}", dir.display()))
+    } else if restorable.is_empty() {
+        Some(format!(
+            "no snapshot of {image} in {} is restorable",
+            dir.display()
+        ))
+    } else if base.is_none() {
+        Some(format!(
+            "no restorable snapshot of {} exists on {spec} any more",
+            dir.display()
+        ))
+    } else {
+        match (opts.full_every, base) {
+            (Some(n), Some((_, _, path))) if path.len() >= n => Some(format!(
+                "the path to the base holds {} file(s) since its full diff (--full-every {n})",
+                path.len()
+            )),
+            _ => None,
+        }
+    };
+    let prev = if full_reason.is_some() {
+        None
+    } else {
+        base.map(|(s, _, _)| s.clone())
+    };
+    // The new file takes the permission bits of the base's newest file, else of the
+    // archive's newest file (a new archive: 0600).
+    let like = base
+        .and_then(|(_, _, p)| p.last())
+        .map(|&i| &graph.edges[i])
+        .or_else(|| graph.edges.iter().max_by_key(|e| e.mtime))
+        .map(|e| e.file.path.clone());
     let compressed = opts.compress.is_some();
     let path = dir.join(file_name(image, prev.as_deref(), &snap, compressed));
     if path.exists() {
         return Err(Error::invalid("output exists").with_file(&path));
     }
     // Created first: an output that cannot be written is found before the snapshot is made.
-    // It takes the permission bits of the chain's newest file (a new chain: 0600).
-    let like = chain.last().map(|f| f.path.as_path());
-    let output = Output::create_like(&path.to_string_lossy(), false, like)?;
+    let output = Output::create_like(&path.to_string_lossy(), false, like.as_deref())?;
     let snap_spec = format!("{spec}@{snap}");
     rbd.run_ok(&["snap", "create", &snap_spec])?;
     match export_to(rbd, spec, &snap_spec, prev.as_deref(), output, &path, opts) {
@@ -292,6 +340,7 @@ fn backup_locked(
                 removed_snapshots: Vec::new(),
                 warnings: Vec::new(),
                 cleaned,
+                full_reason,
             };
             if let Some(k) = opts.keep_snaps {
                 keep_snaps(rbd, spec, &snap, k, &mut report)?;
@@ -790,5 +839,14 @@ mod tests {
         assert_eq!(&s[8..9], "T");
         assert!(s.ends_with('Z'));
         assert!(s.starts_with("20"));
+        assert_eq!(stamp(86_400 * 365 + 3661), "19710101T010101Z");
+    }
+
+    #[test]
+    fn default_snapshot_names_differ_within_a_second() {
+        let (a, b) = (default_snap_name(), default_snap_name());
+        assert_ne!(a, b);
+        assert!(a.starts_with(SNAP_PREFIX) && a.ends_with('Z'), "{a}");
+        assert_eq!(a.len(), SNAP_PREFIX.len() + 26, "{a}");
     }
 }

@@ -353,7 +353,7 @@ fn a_failed_prune_leaves_every_original_file() {
 }
 
 #[test]
-fn backup_and_restore_refuse_a_broken_chain_before_calling_rbd() {
+fn restore_refuses_a_broken_chain_before_calling_rbd() {
     use std::os::unix::fs::PermissionsExt;
     let (t, dir, work) = dirs();
     let files = write_chain(&dir, &work, &["vm@a.diff", "vm@b.diff", "vm@c.diff"]);
@@ -375,29 +375,27 @@ fn backup_and_restore_refuse_a_broken_chain_before_calling_rbd() {
         std::env::var("PATH").unwrap_or_default()
     );
     let before = contents(&dir);
-    for args in [
-        vec!["backup", "rbd/vm", &*s(&dir)],
-        vec!["backup", "rbd/vm", &*s(&dir), "--full"],
-        vec![
-            "restore",
-            &*s(&dir),
-            "rbd/vm-copy",
-            "--create",
-            "--to",
-            "s2",
-        ],
-    ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_rbddiff"))
-            .args(&args)
-            .env("PATH", &path)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains("gap") && err.contains("vm@c.diff"), "{err}");
-        assert!(!log.exists(), "{args:?} called rbd");
-        assert_eq!(contents(&dir), before);
-    }
+    // A restore of a snapshot beyond the gap fails before rbd runs. (A backup goes to rbd:
+    // its base is the newest restorable snapshot on the cluster, else a full; see
+    // `backup_chooses_its_base_in_the_graph`.)
+    let args = [
+        "restore",
+        &*s(&dir),
+        "rbd/vm-copy",
+        "--create",
+        "--to",
+        "s2",
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+        .args(args)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.contains("gap") && err.contains("vm@c.diff"), "{err}");
+    assert!(!log.exists(), "{args:?} called rbd");
+    assert_eq!(contents(&dir), before);
     // With an intact (here: empty) directory, the same backup does reach rbd, whose failure
     // is passed on and leaves nothing.
     let empty = t.path().join("empty");
@@ -1263,4 +1261,107 @@ fn restore_takes_the_cheapest_healthy_path_through_a_periodic_full() {
         .map(|p| p["file"].as_str().unwrap())
         .collect();
     assert!(over.contains(&s(&full2).as_str()), "{j}");
+}
+
+/// A fake `rbd` in `bin` whose `export-diff` writes a real diff (`rbddiff create`) of the raw
+/// image `raw` to the snapshot asked for (an incremental when `--from-snap=` is given); `snap
+/// ls` prints `bin/snaps.json`; every call is logged as by [`fake_rbd`].
+fn exporting_rbd(bin: &Path, raw: &Path) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(bin).unwrap();
+    let log = bin.join("rbd.log");
+    let rbd = bin.join("rbd");
+    fs::write(
+        &rbd,
+        format!(
+            "#!/bin/sh\nprintf '%s\\0' \"$@\" >> '{log}'\necho >> '{log}'\ncase \"$*\" in\n  \
+             *'snap ls'*) cat '{bin}/snaps.json' ;;\n  *export-diff*)\n    from=; spec=\n    \
+             for a in \"$@\"; do case \"$a\" in --from-snap=*) from=\"${{a#--from-snap=}}\" ;; \
+             *@*) spec=\"$a\" ;; esac; done\n    snap=\"${{spec#*@}}\"\n    if [ -n \"$from\" ]; \
+             then exec '{exe}' create --from '{raw}' --to-snap \"$snap\" --base '{raw}' \
+             --from-snap \"$from\" -o - 2>/dev/null\n    else exec '{exe}' create --from '{raw}' \
+             --to-snap \"$snap\" -o - 2>/dev/null; fi ;;\nesac\nexit 0\n",
+            log = log.display(),
+            bin = bin.display(),
+            exe = env!("CARGO_BIN_EXE_rbddiff"),
+            raw = raw.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&rbd, fs::Permissions::from_mode(0o755)).unwrap();
+    (rbd, log)
+}
+
+/// The base of an incremental is the newest snapshot that exists on the cluster and is
+/// restorable in the archive; `--full` makes a periodic full beside the chain; with no such
+/// snapshot, or when `--full-every` is reached, the backup is full and says why.
+#[test]
+fn backup_chooses_its_base_in_the_graph() {
+    use rbddiff::workflow::{backup, BackupOptions, Rbd};
+    let (t, dir, work) = dirs();
+    let bin = t.path().join("bin");
+    let raw = work.join("img.raw");
+    write_sparse(&raw, &noise(3, 1 << 16));
+    let (program, _log) = exporting_rbd(&bin, &raw);
+    // The cluster's snapshots (name, id) before each backup.
+    let on_cluster = |names: &[(&str, u64)]| {
+        let v: Vec<serde_json::Value> = names
+            .iter()
+            .map(|(n, id)| serde_json::json!({"id": id, "name": n}))
+            .collect();
+        fs::write(bin.join("snaps.json"), serde_json::to_string(&v).unwrap()).unwrap();
+    };
+    let run = |snap: &str, full: bool, every: Option<usize>| {
+        let o = BackupOptions {
+            snap: Some(snap.into()),
+            full,
+            full_every: every,
+            rbd: Rbd {
+                program: program.clone(),
+                ..Rbd::default()
+            },
+            ..BackupOptions::default()
+        };
+        until_free(|| backup("rbd/vm", &dir, &o))
+    };
+    on_cluster(&[]);
+    let r = run("s0", false, None);
+    assert_eq!(r.from_snap, None);
+    assert!(r.full_reason.unwrap().contains("no backup"));
+    on_cluster(&[("s0", 1)]);
+    let r = run("s1", false, None);
+    assert_eq!((r.from_snap.as_deref(), r.full_reason), (Some("s0"), None));
+    // A periodic full into an archive with a chain.
+    on_cluster(&[("s0", 1), ("s1", 2)]);
+    let r = run("s2", true, None);
+    assert_eq!(r.from_snap, None);
+    assert!(r.file.ends_with("vm@s2.full.diff"), "{}", r.file);
+    on_cluster(&[("s0", 1), ("s1", 2), ("s2", 3)]);
+    let r = run("s3", false, None);
+    assert_eq!(r.from_snap.as_deref(), Some("s2"));
+    // s3 is gone from the cluster: the base is s2, the newest restorable one left.
+    on_cluster(&[("s1", 2), ("s2", 3)]);
+    let r = run("s4", false, None);
+    assert_eq!(r.from_snap.as_deref(), Some("s2"));
+    // --full-every 3: the path to s4 (s2's full, s2..s4) holds 2 files: one more incremental.
+    on_cluster(&[("s2", 3), ("s4", 5)]);
+    let r = run("s5", false, Some(3));
+    assert_eq!(r.from_snap.as_deref(), Some("s4"));
+    on_cluster(&[("s2", 3), ("s4", 5), ("s5", 6)]);
+    let r = run("s6", false, Some(3));
+    assert_eq!(r.from_snap, None);
+    assert!(r.full_reason.unwrap().contains("--full-every 3"));
+    // No restorable snapshot of the archive on the cluster: a full, saying why.
+    on_cluster(&[("other", 9)]);
+    let r = run("s7", false, None);
+    assert_eq!(r.from_snap, None);
+    assert!(r.full_reason.unwrap().contains("exists on rbd/vm"));
+    // Every snapshot restores to the image exported.
+    let g = rbddiff::archive::graph::discover(&dir, "vm").unwrap();
+    let restorable: Vec<String> = g
+        .restorable(&Default::default())
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(restorable, ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7"]);
 }
