@@ -2,8 +2,8 @@
 //!
 //! Offline toolkit for Ceph RBD `export-diff` backup files: parse and write `rbd diff v1`,
 //! `rbd diff v2` and the `rbd export --export-format 2` image stream; inspect, merge,
-//! verify, compress and apply them; [`workflow`] keeps a directory of backups of an image
-//! (backup, restore and prune, through the `rbd` CLI).
+//! verify, compress and apply them; [`workflow`] keeps a directory of backups ([`archive`])
+//! of images (backup, restore and prune, through the `rbd` CLI: [`rbd`]).
 //!
 //! Compressed inputs (seekable zstd archives written by [`compress`], or any zstd file) are read
 //! transparently by [`input::Input`]; see [`zst`].
@@ -53,6 +53,7 @@
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod archive;
 mod check;
 pub mod compress;
 pub mod create;
@@ -68,6 +69,7 @@ pub mod merge;
 pub mod output;
 mod parse;
 pub mod progress;
+pub mod rbd;
 pub mod slice;
 pub mod smallfile;
 pub mod stream;

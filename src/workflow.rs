@@ -6,7 +6,8 @@
 //! files (`IMAGE@…` ending in `.diff` or `.diff.zst`) and are written for humans:
 //! `IMAGE@TO.full.diff` for a full diff, `IMAGE@FROM..TO.diff` for an incremental.
 //!
-//! [`backup`] and [`restore`] delegate the cluster side to the `rbd` CLI ([`Rbd`]):
+//! Discovery and names live in [`crate::archive`]; [`backup`] and [`restore`] delegate the
+//! cluster side to the `rbd` CLI ([`Rbd`], [`crate::rbd`]):
 //! `rbd snap create` + `rbd export-diff … -` streamed through the stream parser into an atomic
 //! output, and a one-pass merge of the chain streamed into `rbd import-diff -`. [`prune`] is
 //! offline: it merges the oldest files into one and deletes them only once the result is
@@ -31,575 +32,54 @@
 //! (a stale journal is just deleted), and removes the temporary files (`.NAME.XXXXXX.tmp`)
 //! of killed runs of the image, which no live run can be writing while it holds the lock.
 
-use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 
 use serde::Serialize;
 
+use crate::archive::{file_id, finish_pending, read_chain_file, show, sync_dir, verify_chain};
 use crate::compress::{compress_stream, CompressOptions};
-use crate::error::{Error, ErrorKind, Result};
-use crate::inspect::inspect_file;
+use crate::error::{Error, Result};
 use crate::merge::{merge_files_to, merge_input, open_input, plan, MergeOptions};
 use crate::output::Output;
-use crate::verify::{verify, VerifyOptions};
+use crate::rbd::{collect_stderr, image_name, is_broken_pipe, rbd_failed, safe_arg};
 use crate::Version;
+
+pub use crate::archive::names::{escape, file_name, images_in, unescape, MAX_IMAGE_NAME};
+pub use crate::archive::{discover_chain, ChainFile};
+pub use crate::rbd::Rbd;
 
 /// Prefix of the snapshots `backup` names itself; `--keep-snaps` only removes these.
 pub const SNAP_PREFIX: &str = "rbddiff-";
 
-/// One file of a backup chain.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ChainFile {
-    /// Path of the diff file.
-    pub path: PathBuf,
-    /// Start snapshot (`None` for a full diff).
-    pub from: Option<String>,
-    /// End snapshot (`None` for a diff to the image HEAD).
-    pub to: Option<String>,
-    /// Image size at the end snapshot.
-    pub size: u64,
-    /// True for a zstd-compressed file.
-    pub compressed: bool,
-}
-
-impl ChainFile {
-    fn name(&self) -> String {
-        self.path.display().to_string()
-    }
-}
-
-fn show(s: &Option<String>) -> String {
-    s.as_ref()
-        .map_or("none (full diff / image HEAD)".into(), |s| format!("'{s}'"))
-}
-
-/// Longest escaped image name in a file name; [`backup`] refuses longer ones.
-pub const MAX_IMAGE_NAME: usize = 128;
-/// Longest escaped snapshot name in a file name: a longer one is cut and given a hash suffix
-/// (the real name is in the diff's header, which is what discovery reads).
-const MAX_SNAP_NAME: usize = 56;
-
-/// A name as it appears in a file name: `%`, `/`, `@`, control characters (NUL, newline…)
-/// and a leading `.` are written `%XX`, so that a name never leads out of the directory,
-/// never hides the file and never breaks a line; [`unescape`] reverses it.
-pub fn escape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for (i, c) in name.char_indices() {
-        if matches!(c, '%' | '/' | '@') || c.is_control() || (i == 0 && c == '.') {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The name [`escape`] was given (`None` when `s` is not an escaped name).
-pub fn unescape(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// A snapshot name for a file name: escaped, and when that is longer than
-/// [`MAX_SNAP_NAME`], its first bytes and `~` and 16 hex digits of the name's sha256.
-fn snap_part(name: &str) -> String {
-    let e = escape(name);
-    if e.len() <= MAX_SNAP_NAME {
-        return e;
-    }
-    let mut cut = MAX_SNAP_NAME - 17;
-    // Never inside a character or a %XX escape.
-    while !e.is_char_boundary(cut) || e[..cut].rfind('%').is_some_and(|p| p + 3 > cut) {
-        cut -= 1;
-    }
-    use sha2::{Digest, Sha256};
-    let h = Sha256::digest(name.as_bytes());
-    let hex: String = h[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}~{hex}", &e[..cut])
-}
-
-/// The conventional file name of a diff of `image` from `from` (none: full) to `to`: names
-/// are escaped ([`escape`]) and long snapshot names shortened, so that the file name is one
-/// path component of at most 255 bytes for an image name of up to [`MAX_IMAGE_NAME`]
-/// escaped bytes.
-pub fn file_name(image: &str, from: Option<&str>, to: &str, compressed: bool) -> String {
-    let (image, to) = (escape(image), snap_part(to));
-    let z = if compressed { ".zst" } else { "" };
-    match from {
-        None => format!("{image}@{to}.full.diff{z}"),
-        Some(f) => format!("{image}@{}..{to}.diff{z}", snap_part(f)),
-    }
-}
-
-/// Whether `name` is a backup file of `image` (by the naming convention; the chain itself is
-/// read from the headers).
-fn is_candidate(name: &str, image: &str) -> bool {
-    name.strip_prefix(escape(image).as_str())
-        .is_some_and(|rest| rest.starts_with('@'))
-        && !name.starts_with('.')
-        && (name.ends_with(".diff") || name.ends_with(".diff.zst"))
-}
-
-fn dir_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::from(e).with_file(dir))?;
-    let mut out = Vec::new();
-    for e in rd {
-        let e = e.map_err(|e| Error::from(e).with_file(dir))?;
-        if !e.file_type().is_ok_and(|t| t.is_file()) {
-            continue;
-        }
-        out.push((e.file_name().to_string_lossy().into_owned(), e.path()));
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Names of the images that have backup files in `dir` (the part of `IMAGE@….diff[.zst]`
-/// before the `@`).
-///
-/// # Errors
-/// `dir` cannot be read.
-pub fn images_in(dir: &Path) -> Result<BTreeSet<String>> {
-    Ok(dir_entries(dir)?
-        .into_iter()
-        .filter_map(|(n, _)| {
-            let img = unescape(n.split_once('@')?.0)?;
-            (!img.is_empty() && is_candidate(&n, &img)).then_some(img)
-        })
-        .collect())
-}
-
-fn not_a_diff(path: &Path) -> Error {
-    Error::invalid("not a diff (an image stream cannot be part of a chain)").with_file(path)
-}
-
-/// Reads the header of one candidate file.
-fn read_chain_file(path: PathBuf) -> Result<ChainFile> {
-    let p = path.to_string_lossy().into_owned();
-    let r = inspect_file(&p, false)?;
-    if let Some(e) = &r.error {
-        return Err(Error::invalid(format!("not a valid diff: {e}")).with_file(&path));
-    }
-    let [d] = r.diffs.as_slice() else {
-        return Err(not_a_diff(&path));
-    };
-    if r.kind != "diff" {
-        return Err(not_a_diff(&path));
-    }
-    let compressed = {
-        let mut f = File::open(&path).map_err(|e| Error::from(e).with_file(&path))?;
-        let mut m = [0u8; 4];
-        let n = f
-            .read(&mut m)
-            .map_err(|e| Error::from(e).with_file(&path))?;
-        n == 4 && m == [0x28, 0xb5, 0x2f, 0xfd]
-    };
-    Ok(ChainFile {
-        path,
-        from: d.from_snap.clone(),
-        to: d.to_snap.clone(),
-        size: d.image_size.unwrap_or(0),
-        compressed,
-    })
-}
-
-fn chain_error(msg: String) -> Error {
-    Error::new(ErrorKind::ChainBreak(msg))
-}
-
-/// Finds the backup chain of `image` in `dir`, oldest first.
-///
-/// Only regular files named `IMAGE@….diff` or `IMAGE@….diff.zst` are considered (hidden
-/// files, sidecars, other images' files, files superseded by a half-done prune and anything
-/// else are ignored). Their order comes
-/// from their headers: the chain starts at a full diff (or at the one incremental whose start
-/// snapshot no other file ends at) and each next file starts at the snapshot the previous one
-/// ends at. A missing directory is an empty chain.
-///
-/// # Errors
-/// A file is not a valid diff; two files start (or end) at the same snapshot (a fork); more
-/// than one file starts the chain (a gap, or a second full diff); files that no link reaches
-/// (a cycle). The message names the files and snapshots.
-pub fn discover_chain(dir: &Path, image: &str) -> Result<Vec<ChainFile>> {
-    if !dir.exists() {
-        return Ok(Vec::new());
-    }
-    // Files a half-done prune has replaced (its output is committed) are not in the chain.
-    let gone = crate::journal::superseded(dir)?;
-    let mut files = Vec::new();
-    for (name, path) in dir_entries(dir)? {
-        if is_candidate(&name, image) && !gone.contains(&name) {
-            files.push(read_chain_file(path)?);
-        }
-    }
-    order_chain(files)
-}
-
-/// Orders the files of a chain by their links; see [`discover_chain`].
-fn order_chain(files: Vec<ChainFile>) -> Result<Vec<ChainFile>> {
-    if files.is_empty() {
-        return Ok(files);
-    }
-    let mut by_from: HashMap<Option<String>, usize> = HashMap::new();
-    let mut by_to: HashMap<Option<String>, usize> = HashMap::new();
-    for (i, f) in files.iter().enumerate() {
-        if let Some(&j) = by_from.get(&f.from) {
-            let what = match &f.from {
-                None => "are both full diffs".to_string(),
-                Some(s) => format!("both start at snapshot '{s}'"),
-            };
-            return Err(chain_error(format!(
-                "fork in the chain: {} and {} {what}",
-                files[j].name(),
-                f.name()
-            )));
-        }
-        by_from.insert(f.from.clone(), i);
-        if let Some(&j) = by_to.get(&f.to) {
-            return Err(chain_error(format!(
-                "fork in the chain: {} and {} both end at snapshot {}",
-                files[j].name(),
-                f.name(),
-                show(&f.to)
-            )));
-        }
-        by_to.insert(f.to.clone(), i);
-    }
-    // Starts: full diffs, and incrementals whose start snapshot no file ends at.
-    let starts: Vec<usize> = (0..files.len())
-        .filter(|&i| files[i].from.is_none() || !by_to.contains_key(&files[i].from))
-        .collect();
-    match starts.as_slice() {
-        [_] => {}
-        [] => {
-            return Err(chain_error(format!(
-                "the files form a cycle, no file starts the chain: {}",
-                files
-                    .iter()
-                    .map(ChainFile::name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )))
-        }
-        many => {
-            // Report the first start after the real one (a full diff, else the first).
-            let first = many
-                .iter()
-                .copied()
-                .find(|&i| files[i].from.is_none())
-                .unwrap_or(many[0]);
-            let other = many.iter().copied().find(|&i| i != first).unwrap_or(first);
-            let o = &files[other];
-            let msg = match &o.from {
-                None => format!(
-                    "two chains: {} and {} are both full diffs",
-                    files[first].name(),
-                    o.name()
-                ),
-                Some(s) => format!(
-                    "gap in the chain: {} starts at snapshot '{s}', but no file ends at it \
-                     (the chain starts with {})",
-                    o.name(),
-                    files[first].name()
-                ),
-            };
-            return Err(chain_error(msg));
-        }
-    }
-    let mut order = vec![starts[0]];
-    while let Some(to) = files[*order.last().unwrap_or(&0)].to.clone() {
-        match by_from.get(&Some(to)) {
-            Some(&n) if !order.contains(&n) => order.push(n),
-            _ => break,
-        }
-    }
-    if order.len() != files.len() {
-        let left: Vec<String> = (0..files.len())
-            .filter(|i| !order.contains(i))
-            .map(|i| files[i].name())
-            .collect();
-        return Err(chain_error(format!(
-            "files not reachable from the start of the chain (a cycle): {}",
-            left.join(", ")
-        )));
-    }
-    let mut slots: Vec<Option<ChainFile>> = files.into_iter().map(Some).collect();
-    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
-}
-
-/// Files left by an interrupted run, removed under the exclusive lock: the files a committed
-/// prune output supersedes (with their sidecars, once the output verifies), stale journals
-/// and rbddiff's temporary files (`.NAME.XXXXXX.tmp`) of `image`. Returns what was removed.
-///
-/// # Errors
-/// A journal cannot be read; the output of a half-done prune does not verify (then nothing
-/// of it is removed); a removal fails.
-fn finish_pending(dir: &Path, image: &str) -> Result<Vec<String>> {
-    let mut removed = Vec::new();
-    let remove = |p: &Path, removed: &mut Vec<String>| match std::fs::remove_file(p) {
-        Ok(()) => {
-            removed.push(p.to_string_lossy().into_owned());
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::from(e).with_file(p)),
-    };
-    let key = escape(image);
-    let ours = |n: &str| {
-        n.strip_prefix(key.as_str())
-            .is_some_and(|r| r.starts_with('@'))
-    };
-    for (jpath, j) in crate::journal::all(dir)? {
-        if !ours(&j.output) {
-            continue;
-        }
-        if crate::journal::output_present(dir, &j) {
-            let out = dir.join(&j.output);
-            verify_chain(&[read_chain_file(out.clone())?]).map_err(|e| {
-                Error::invalid(format!(
-                    "an interrupted prune (journal {}) left {}, which does not verify: {e}; \
-                     the files it replaces are kept",
-                    jpath.display(),
-                    out.display()
-                ))
-            })?;
-            if !crate::sums::sums_path(&out).exists() {
-                // Killed before its sidecar was written.
-                crate::sums::write_sums_for(&out)?;
-            }
-            for n in &j.supersedes {
-                let p = dir.join(n);
-                remove(&crate::sums::sums_path(&p), &mut removed)?;
-                remove(&p, &mut removed)?;
-            }
-            sync_dir(dir)?;
-        }
-        // Done, or stale (its prune never committed).
-        remove(&jpath, &mut removed)?;
-        sync_dir(dir)?;
-    }
-    // Temporary files of killed runs: no live rbddiff writes here while the lock is held.
-    for (name, path) in dir_entries(dir)? {
-        let base = stale_temp_of(&name).map(|b| b.strip_prefix('.').unwrap_or(b));
-        if base.is_some_and(ours) {
-            remove(&path, &mut removed)?;
-        }
-    }
-    Ok(removed)
-}
-
-/// For the name of a temporary file of [`crate::output`] (`.NAME.XXXXXX.tmp`), `NAME`.
-fn stale_temp_of(name: &str) -> Option<&str> {
-    let rest = name.strip_prefix('.')?.strip_suffix(".tmp")?;
-    let (base, rand) = rest.rsplit_once('.')?;
-    (rand.len() == 6 && rand.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(base)
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    let d = File::open(dir).map_err(|e| Error::from(e).with_file(dir))?;
-    d.sync_all().map_err(|e| Error::from(e).with_file(dir))
-}
-
-/// Verifies `files` as a chain (structure, links, sums sidecars where present). An archive
-/// whose record index disagrees with its content (an `index` finding) is no reason to stop:
-/// merging does not use such an index ([`open_input`] streams the content instead).
-fn verify_chain(files: &[ChainFile]) -> Result<()> {
-    let paths: Vec<String> = files
-        .iter()
-        .map(|f| f.path.to_string_lossy().into_owned())
-        .collect();
-    let opts = VerifyOptions {
-        no_chain: paths.len() < 2,
-        ..VerifyOptions::default()
-    };
-    let report = verify(&paths, &opts)?;
-    let problems: Vec<String> = report
-        .findings
-        .iter()
-        .filter(|f| f.severity == crate::verify::Severity::Problem && f.check != "index")
-        .map(|f| f.to_string())
-        .collect();
-    if problems.is_empty() {
-        return Ok(());
-    }
-    Err(Error::invalid(format!(
-        "the chain does not verify ({} problem{}): {}",
-        problems.len(),
-        if problems.len() == 1 { "" } else { "s" },
-        problems.join("; ")
-    )))
-}
-
-// ---------------------------------------------------------------------------------------------
-// The rbd CLI
-
-/// How to run the `rbd` CLI: the executable and the connection options passed to every call.
-/// `CEPH_CONF` / `CEPH_ARGS` in the environment are passed on as they are.
-#[derive(Clone, Debug)]
-pub struct Rbd {
-    /// The executable (default `rbd`, found on `PATH`).
-    pub program: PathBuf,
-    /// `-c CONF`.
-    pub conf: Option<PathBuf>,
-    /// `--id USER`.
-    pub id: Option<String>,
-}
-
-impl Default for Rbd {
-    fn default() -> Self {
-        Rbd {
-            program: PathBuf::from("rbd"),
-            conf: None,
-            id: None,
-        }
-    }
-}
-
-/// What an `rbd` call printed and how it ended.
-struct Ran {
-    ok: bool,
-    code: Option<i32>,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl Rbd {
-    /// The command with the connection options, each one `--option=VALUE` token (a value
-    /// is never a separate argument that could be read as an option).
-    fn command(&self) -> Command {
-        let mut c = Command::new(&self.program);
-        if let Some(conf) = &self.conf {
-            let mut a = std::ffi::OsString::from("--conf=");
-            a.push(conf);
-            c.arg(a);
-        }
-        if let Some(id) = &self.id {
-            c.arg(format!("--id={id}"));
-        }
-        c
-    }
-
-    fn spawn_error(&self, e: io::Error) -> Error {
-        Error::from(io::Error::new(
-            e.kind(),
-            format!("cannot run {}: {e}", self.program.display()),
-        ))
-    }
-
-    fn run(&self, args: &[&str]) -> Result<Ran> {
-        let out = self
-            .command()
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| self.spawn_error(e))?;
-        Ok(Ran {
-            ok: out.status.success(),
-            code: out.status.code(),
-            stdout: out.stdout,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
-
-    fn run_ok(&self, args: &[&str]) -> Result<Vec<u8>> {
-        let r = self.run(args)?;
-        if r.ok {
-            Ok(r.stdout)
-        } else {
-            Err(rbd_failed(&format!("rbd {}", args.join(" ")), &r.stderr))
-        }
-    }
-
-    /// Snapshots of `spec` as `(id, name)`, oldest first.
-    fn snapshots(&self, spec: &str) -> Result<Vec<(u64, String)>> {
-        let out = self.run_ok(&["snap", "ls", "--format", "json", spec])?;
-        let v: serde_json::Value = serde_json::from_slice(&out)
-            .map_err(|e| Error::invalid(format!("rbd snap ls {spec}: unexpected output: {e}")))?;
-        let arr = v.as_array().ok_or_else(|| {
-            Error::invalid(format!(
-                "rbd snap ls {spec}: unexpected output (not a list)"
-            ))
-        })?;
-        let mut snaps: Vec<(u64, String)> = arr
-            .iter()
-            .filter_map(|s| Some((s["id"].as_u64()?, s["name"].as_str()?.to_string())))
-            .collect();
-        snaps.sort();
-        Ok(snaps)
-    }
-}
-
-fn rbd_failed(what: &str, stderr: &str) -> Error {
-    let msg = if stderr.is_empty() {
-        format!("{what} failed")
-    } else {
-        format!("{what} failed: {stderr}")
-    };
-    Error::from(io::Error::other(msg))
-}
-
-/// Collects a child's stderr on a thread (so that neither side blocks on a full pipe).
-fn collect_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
-    let err = child.stderr.take();
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(mut e) = err {
-            let _ = e.read_to_string(&mut s);
-        }
-        s.trim().to_string()
-    })
-}
-
-/// Refuses a name that reaches `rbd` (or selects its files) when `rbd` could read it as an
-/// option: Ceph's argument parser takes `--conf=…`, `--log_file=…` and any `--option=value`
-/// anywhere on the command line. A name that starts with `-`, is empty, or holds a NUL or
-/// another control character is refused; `what` says what the name is.
-fn safe_arg<'a>(what: &str, s: &'a str) -> Result<&'a str> {
-    if s.is_empty() || s.starts_with('-') || s.chars().any(char::is_control) {
-        return Err(Error::invalid(format!(
-            "{what} {s:?} is refused: it is empty, starts with '-' or holds a control \
-             character (rbd could take it for an option)"
-        )));
-    }
-    Ok(s)
-}
-
-/// `POOL/IMAGE` (or `POOL/NS/IMAGE`, or `IMAGE`) → the image name. The spec must be safe
-/// to pass to `rbd` ([`safe_arg`]).
-fn image_name(spec: &str) -> Result<&str> {
-    safe_arg("image spec", spec)?;
-    let name = spec.rsplit('/').next().unwrap_or(spec);
-    if name.is_empty() || spec.contains('@') {
-        return Err(Error::invalid(format!(
-            "'{spec}' is not an image (POOL/IMAGE, without a snapshot)"
-        )));
-    }
-    Ok(name)
+/// The name of a snapshot [`backup`] makes when none is given:
+/// `rbddiff-YYYYmmddTHHMMSS.NNNNNNNNNZ` (UTC, with nanoseconds: two backups within one
+/// second get two names).
+pub fn default_snap_name() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = stamp(now.as_secs());
+    format!(
+        "{SNAP_PREFIX}{}.{:09}Z",
+        &s[..s.len() - 1],
+        now.subsec_nanos()
+    )
 }
 
 /// The current UTC time as `YYYYmmddTHHMMSSZ`.
 pub fn utc_stamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    stamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+/// `secs` since the epoch as `YYYYmmddTHHMMSSZ`.
+fn stamp(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -627,8 +107,11 @@ pub fn utc_stamp() -> String {
 pub struct BackupOptions {
     /// Name of the snapshot to create (default `rbddiff-<UTC time>`).
     pub snap: Option<String>,
-    /// Make a full backup (only into a directory without a chain of the image).
+    /// Make a full backup (also into an archive that has chains: a periodic full).
     pub full: bool,
+    /// Make a full backup when the path to the base already holds this many files (a full
+    /// diff and its incrementals): every Nth backup of a chain is a full.
+    pub full_every: Option<usize>,
     /// Write a compressed archive (`.diff.zst`).
     pub compress: Option<CompressOptions>,
     /// Afterwards, keep only the newest K snapshots named `rbddiff-…`.
@@ -667,6 +150,8 @@ pub struct BackupReport {
     pub warnings: Vec<String>,
     /// Files of an interrupted earlier run removed first (see [`prune`]).
     pub cleaned: Vec<String>,
+    /// Why the backup is a full diff (none for an incremental).
+    pub full_reason: Option<String>,
 }
 
 /// What the stream check of an export found.
@@ -703,16 +188,19 @@ fn copy_checked(src: impl Read, out: &mut dyn Write) -> Result<Exported> {
     })
 }
 
-/// Backs up `spec` (`POOL/IMAGE`) into `dir`: finds and checks the chain there, creates a
-/// snapshot, streams `rbd export-diff` (incremental from the chain's last snapshot, or full)
-/// through the stream parser into a new file written atomically, checks rbd's status and
-/// writes the `.sums` sidecar. On any failure no file is left and the snapshot made by this
-/// call is removed again.
+/// Backs up `spec` (`POOL/IMAGE`) into the archive `dir`: reads the image's files as a graph
+/// ([`crate::archive::graph`]), creates a snapshot, streams `rbd export-diff` through the
+/// stream parser into a new file written atomically, checks rbd's status and writes the
+/// `.sums` sidecar. The base of the incremental is the restorable snapshot (by the files'
+/// structure; sums are checked by restore and verify) created last on the cluster; the backup
+/// is full when `opts.full` asks, when `opts.full_every` is reached, or when there is no such
+/// snapshot ([`BackupReport::full_reason`] says which). On any failure no file is left and
+/// the snapshot made by this call is removed again.
 ///
 /// # Errors
-/// A broken chain in `dir`; `full` with a chain already in `dir`; the chain's last snapshot
-/// no longer exists on the image; the snapshot to create exists; an `rbd` call fails; the
-/// exported stream is malformed or truncated; writing fails.
+/// A snapshot name from a header that `rbd` could read as an option; the snapshot to create
+/// exists (on the image or in `dir`); an `rbd` call fails; the exported stream is malformed
+/// or truncated; writing fails.
 pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupReport> {
     let image = image_name(spec)?;
     if escape(image).len() > MAX_IMAGE_NAME {
@@ -751,70 +239,89 @@ fn backup_locked(
     opts: &BackupOptions,
 ) -> Result<BackupReport> {
     let cleaned = finish_pending(dir, image)?;
-    let chain = discover_chain(dir, image)?;
-    if opts.full && !chain.is_empty() {
-        return Err(Error::invalid(format!(
-            "{} already holds a chain of {} file(s) of {image} (ending at snapshot {}): a full \
-             backup starts a new chain, in a directory of its own",
-            dir.display(),
-            chain.len(),
-            show(&chain[chain.len() - 1].to)
-        )));
-    }
-    let prev = match chain.last() {
-        None => None,
-        Some(f) => {
-            let to = f.to.clone().ok_or_else(|| {
-                Error::invalid(format!(
-                    "{} ends at the image HEAD, not at a snapshot: nothing can follow it",
-                    f.name()
-                ))
-            })?;
-            // The name comes from a file's header and goes to `rbd export-diff`.
-            safe_arg("the end snapshot in the header", &to).map_err(|e| e.with_file(&f.path))?;
-            Some(to)
+    let graph = crate::archive::graph::discover(dir, image)?;
+    let restorable = graph.restorable(&Default::default());
+    // Names from headers may go to `rbd export-diff`: a hostile one is refused before rbd runs.
+    for (s, _, path) in &restorable {
+        let last = path.last().map(|&i| &graph.edges[i].file);
+        if let (Err(e), Some(f)) = (safe_arg("the end snapshot in the header", s), last) {
+            return Err(e.with_file(&f.path));
         }
+    }
+    let snap = match &opts.snap {
+        Some(s) => s.clone(),
+        None => default_snap_name(),
     };
-    let snap = opts
-        .snap
-        .clone()
-        .unwrap_or_else(|| format!("{SNAP_PREFIX}{}", utc_stamp()));
     safe_arg("snapshot name", &snap)?;
     if snap.contains(['/', '@']) || snap.starts_with('.') {
         return Err(Error::invalid(format!("bad snapshot name '{snap}'")));
     }
+    if opts.full_every == Some(0) {
+        return Err(Error::invalid("--full-every must be at least 1"));
+    }
     let rbd = &opts.rbd;
     let snaps = rbd.snapshots(spec)?;
     let has = |n: &str| snaps.iter().any(|(_, s)| s == n);
-    if let (Some(p), Some(last)) = (&prev, chain.last()) {
-        if !has(p) {
-            return Err(Error::invalid(format!(
-                "snapshot '{p}' (the end of {}) no longer exists on {spec}: an incremental \
-                 backup cannot be made; start a new chain with --full in another directory",
-                last.name()
-            )));
-        }
-    }
     if has(&snap) {
         return Err(Error::invalid(format!(
             "snapshot '{snap}' already exists on {spec}"
         )));
     }
-    if chain.iter().any(|f| f.to.as_deref() == Some(snap.as_str())) {
+    if graph.snapshots.contains(&snap) {
         return Err(Error::invalid(format!(
-            "the chain in {} already ends a file at snapshot '{snap}'",
+            "{} already holds a file ending at snapshot '{snap}'",
             dir.display()
         )));
     }
+    // The base: the restorable snapshot created last on the cluster.
+    let id = |n: &str| snaps.iter().find(|(_, s)| s == n).map(|(id, _)| *id);
+    let base = restorable
+        .iter()
+        .filter_map(|r| Some((id(&r.0)?, r)))
+        .max_by_key(|(id, _)| *id)
+        .map(|(_, r)| r);
+    let full_reason = if opts.full {
+        Some("--full was asked".to_string())
+    } else if graph.is_empty() {
+        Some(format!("{} holds no backup of {image}", dir.display()))
+    } else if restorable.is_empty() {
+        Some(format!(
+            "no snapshot of {image} in {} is restorable",
+            dir.display()
+        ))
+    } else if base.is_none() {
+        Some(format!(
+            "no restorable snapshot of {} exists on {spec} any more",
+            dir.display()
+        ))
+    } else {
+        match (opts.full_every, base) {
+            (Some(n), Some((_, _, path))) if path.len() >= n => Some(format!(
+                "the path to the base holds {} file(s) since its full diff (--full-every {n})",
+                path.len()
+            )),
+            _ => None,
+        }
+    };
+    let prev = if full_reason.is_some() {
+        None
+    } else {
+        base.map(|(s, _, _)| s.clone())
+    };
+    // The new file takes the permission bits of the base's newest file, else of the
+    // archive's newest file (a new archive: 0600).
+    let like = base
+        .and_then(|(_, _, p)| p.last())
+        .map(|&i| &graph.edges[i])
+        .or_else(|| graph.edges.iter().max_by_key(|e| e.mtime))
+        .map(|e| e.file.path.clone());
     let compressed = opts.compress.is_some();
     let path = dir.join(file_name(image, prev.as_deref(), &snap, compressed));
     if path.exists() {
         return Err(Error::invalid("output exists").with_file(&path));
     }
     // Created first: an output that cannot be written is found before the snapshot is made.
-    // It takes the permission bits of the chain's newest file (a new chain: 0600).
-    let like = chain.last().map(|f| f.path.as_path());
-    let output = Output::create_like(&path.to_string_lossy(), false, like)?;
+    let output = Output::create_like(&path.to_string_lossy(), false, like.as_deref())?;
     let snap_spec = format!("{spec}@{snap}");
     rbd.run_ok(&["snap", "create", &snap_spec])?;
     match export_to(rbd, spec, &snap_spec, prev.as_deref(), output, &path, opts) {
@@ -833,6 +340,7 @@ fn backup_locked(
                 removed_snapshots: Vec::new(),
                 warnings: Vec::new(),
                 cleaned,
+                full_reason,
             };
             if let Some(k) = opts.keep_snaps {
                 keep_snaps(rbd, spec, &snap, k, &mut report)?;
@@ -970,23 +478,14 @@ fn keep_snaps(
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------------------
-// restore
-
-/// The (device, inode) of the file at `path` (not following a symbolic link).
-fn file_id(path: &Path) -> Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::symlink_metadata(path).map_err(|e| Error::from(e).with_file(path))?;
-    Ok((m.dev(), m.ino()))
-}
-
 /// Options of [`restore`].
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
     /// The image whose backups are restored (default: the only image with files in the
     /// directory, else the target's name).
     pub image: Option<String>,
-    /// Restore up to this snapshot (default: the end of the chain).
+    /// Restore this snapshot (default: the newest restorable one, see
+    /// [`crate::archive::graph`]).
     pub to: Option<String>,
     /// Create the target image (with the size of the restored state) when it does not exist
     /// (and remove it again if the restore fails).
@@ -1000,8 +499,15 @@ pub struct RestoreOptions {
 pub struct RestoreReport {
     /// The target image.
     pub image: String,
-    /// The files restored, in order.
+    /// The files restored, in order: the path of healthy files with the fewest bytes.
     pub files: Vec<String>,
+    /// Bytes of those files.
+    pub bytes_read: u64,
+    /// Files of the image not used, and why (damaged, unreadable, or on a path of more
+    /// bytes).
+    pub passed_over: Vec<crate::archive::graph::PassedOver>,
+    /// Said when newer snapshots than the one restored (by default) are not restorable.
+    pub warnings: Vec<String>,
     /// Start snapshot of the restored range (none when it starts with a full diff).
     pub from_snap: Option<String>,
     /// The snapshot the target now holds.
@@ -1042,17 +548,19 @@ fn pick_image(dir: &Path, target: &str, given: Option<&str>) -> Result<String> {
     )))
 }
 
-/// Restores the chain in `dir` into `spec` (`POOL/IMAGE`): discovers and verifies the chain
-/// (structure, links, sums sidecars where present), selects the files up to `opts.to`, merges
-/// them in one pass straight into the stdin of `rbd import-diff - POOL/IMAGE` and checks its
-/// status. With `opts.create` the image is created first when it does not exist, and removed
-/// again if the restore fails.
+/// Restores a snapshot of the archive `dir` into `spec` (`POOL/IMAGE`): takes the path of
+/// healthy files with the fewest bytes from a full diff to `opts.to` (default: the newest
+/// restorable snapshot), verifying each file of it (structure, sums sidecar where present)
+/// and taking another path round a file that fails ([`crate::archive::graph::Graph::choose`]),
+/// merges the path in one pass straight into the stdin of `rbd import-diff - POOL/IMAGE` and
+/// checks its status. With `opts.create` the image is created first when it does not exist,
+/// and removed again if the restore fails.
 ///
 /// `progress` receives `(payload bytes sent, payload bytes total)`.
 ///
 /// # Errors
-/// No chain, a chain that does not verify, a snapshot not in the chain; an `rbd` call fails
-/// (its message is passed on).
+/// No file of the image; no healthy path leads to the snapshot (the message names the files
+/// passed over and why); an `rbd` call fails (its message is passed on).
 pub fn restore(
     dir: &Path,
     spec: &str,
@@ -1068,35 +576,20 @@ pub fn restore(
     }
     let _lock = crate::dirlock::lock(dir, false)?;
     let src_image = pick_image(dir, spec, opts.image.as_deref())?;
-    let chain = discover_chain(dir, &src_image)?;
-    if chain.is_empty() {
+    let graph = crate::archive::graph::discover(dir, &src_image)?;
+    if graph.is_empty() {
         return Err(Error::invalid(format!(
             "{}: no backup files of {src_image}",
             dir.display()
         )));
     }
-    let end = match &opts.to {
-        None => chain.len(),
-        Some(t) => {
-            let i = chain
-                .iter()
-                .position(|f| f.to.as_deref() == Some(t.as_str()));
-            let i = i.ok_or_else(|| {
-                let known: Vec<String> = chain.iter().map(|f| show(&f.to)).collect();
-                Error::invalid(format!(
-                    "snapshot '{t}' is not in the chain of {src_image} in {} (it has {})",
-                    dir.display(),
-                    known.join(", ")
-                ))
-            })?;
-            i + 1
-        }
-    };
-    let chain = &chain[..end];
-    verify_chain(chain)?;
-    let names: Vec<String> = chain
+    let choice = graph
+        .choose(opts.to.as_deref())
+        .map_err(|e| e.with_file(dir))?;
+    let names: Vec<String> = choice
+        .path
         .iter()
-        .map(|f| f.path.to_string_lossy().into_owned())
+        .map(|&i| graph.edges[i].file.path.to_string_lossy().into_owned())
         .collect();
     let opened = names
         .iter()
@@ -1166,6 +659,9 @@ pub fn restore(
     result.map(|stats| RestoreReport {
         image: spec.to_string(),
         files: names,
+        bytes_read: choice.bytes,
+        passed_over: choice.passed_over,
+        warnings: choice.warnings,
         from_snap: stats.from_snap,
         to_snap: stats.to_snap,
         image_size: size,
@@ -1173,11 +669,6 @@ pub fn restore(
         bytes: stats.bytes_written,
         records: stats.records,
     })
-}
-
-/// True for the error of writing to a pipe whose reader has gone (rbd exited early).
-fn is_broken_pipe(e: &Error) -> bool {
-    matches!(e.kind(), ErrorKind::Io(io) if io.kind() == io::ErrorKind::BrokenPipe)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1342,53 +833,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_follow_the_convention() {
-        assert_eq!(file_name("vm", None, "s1", false), "vm@s1.full.diff");
-        assert_eq!(
-            file_name("vm", Some("s1"), "s2", true),
-            "vm@s1..s2.diff.zst"
-        );
-        assert!(is_candidate("vm@s1.full.diff", "vm"));
-        assert!(is_candidate("vm@s1..s2.diff.zst", "vm"));
-        assert!(!is_candidate("vm2@s1.full.diff", "vm"));
-        assert!(!is_candidate("vm@s1.full.diff.sums", "vm"));
-        assert!(!is_candidate("vm@notes.txt", "vm"));
-        // Names from headers never leave the directory.
-        let n = file_name("vm", Some("../../a"), "b/../../c%", false);
-        assert_eq!(n, "vm@%2E.%2F..%2Fa..b%2F..%2F..%2Fc%25.diff");
-        assert_eq!(Path::new(&n).components().count(), 1);
-        // One escaping, both ways: an image name with '%' finds its own files.
-        for img in ["vm%41", "a%", ".hidden", "new\nline", "nul\0x", "ü@x"] {
-            let n = file_name(img, None, "s1", false);
-            assert!(is_candidate(&n, img), "{n}");
-            assert!(
-                !n.starts_with('.') && !n.contains(['\n', '\0', '/']),
-                "{n:?}"
-            );
-            assert_eq!(unescape(n.split_once('@').unwrap().0).as_deref(), Some(img));
-        }
-        assert!(!is_candidate(&file_name("vm%41", None, "s1", false), "vmA"));
-        // Long snapshot names are cut with a hash suffix; distinct names stay distinct.
-        let long = "x".repeat(300);
-        let (a, b) = (
-            file_name("vm", Some(&long), &long, true),
-            file_name("vm", None, &format!("{long}y"), true),
-        );
-        assert!(a.len() <= 255 && b.len() <= 255, "{a}");
-        assert_ne!(
-            file_name("vm", None, &long, false),
-            file_name("vm", None, &format!("{long}y"), false)
-        );
-        let m = MAX_IMAGE_NAME;
-        assert!(file_name(&"i".repeat(m), Some(&long), &"%".repeat(300), true).len() <= 255);
-    }
-
-    #[test]
     fn utc_stamp_has_the_format() {
         let s = utc_stamp();
         assert_eq!(s.len(), 16, "{s}");
         assert_eq!(&s[8..9], "T");
         assert!(s.ends_with('Z'));
         assert!(s.starts_with("20"));
+        assert_eq!(stamp(86_400 * 365 + 3661), "19710101T010101Z");
+    }
+
+    #[test]
+    fn default_snapshot_names_differ_within_a_second() {
+        let (a, b) = (default_snap_name(), default_snap_name());
+        assert_ne!(a, b);
+        assert!(a.starts_with(SNAP_PREFIX) && a.ends_with('Z'), "{a}");
+        assert_eq!(a.len(), SNAP_PREFIX.len() + 26, "{a}");
     }
 }

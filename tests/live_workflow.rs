@@ -214,7 +214,7 @@ fn backup_restore_prune(cluster: &Cluster, root: &Path, compress: bool) -> (Stri
         fails(cluster, &["restore", &ds, &target, "--create", "--to", to])
     };
     let err = restore_fails("nope");
-    assert!(err.contains("'nope' is not in the chain"), "{err}");
+    assert!(err.contains("no file ends at snapshot 'nope'"), "{err}");
 
     // Prune to two files: one new full diff to the second snapshot, then the third file.
     let r = ok(
@@ -237,12 +237,15 @@ fn backup_restore_prune(cluster: &Cluster, root: &Path, compress: bool) -> (Stri
     restore_and_check(1, &[]);
     restore_and_check(2, &[]);
     let err = restore_fails("rbddiff-one");
-    assert!(err.contains("'rbddiff-one' is not in the chain"), "{err}");
+    assert!(
+        err.contains("no file ends at snapshot 'rbddiff-one'"),
+        "{err}"
+    );
     (img, dir)
 }
 
 /// `--keep-snaps 1` leaves exactly the newest rbddiff snapshot (and every other snapshot);
-/// a backup whose previous snapshot is gone fails and changes nothing.
+/// a backup whose previous snapshot is gone is a full diff.
 fn keep_snaps_and_missing_previous(cluster: &Cluster, _root: &Path, prev: &(String, PathBuf)) {
     let (img, dir) = prev;
     let spec = format!("rbd/{img}");
@@ -272,21 +275,25 @@ fn keep_snaps_and_missing_previous(cluster: &Cluster, _root: &Path, prev: &(Stri
     let now = cluster.snapshots(img);
     assert_eq!(now, ["manual", "rbddiff-four"]);
 
-    // Delete the chain's last snapshot: the next backup must fail and change nothing.
+    // Delete the chain's last snapshot: no restorable snapshot of the archive is left on the
+    // image, so the next backup is a full diff, and says why.
     cluster.rbd_ok([
         "snap",
         "rm",
         "--no-progress",
         &format!("{spec}@rbddiff-four"),
     ]);
-    let before = listing(dir);
-    let err = fails(cluster, &["backup", &spec, &ds, "--snap", "rbddiff-five"]);
-    assert!(
-        err.contains("'rbddiff-four'") && err.contains("--full"),
-        "{err}"
+    let r = ok(
+        cluster,
+        &["backup", &spec, &ds, "--snap", "rbddiff-five", "--json"],
     );
-    assert_eq!(listing(dir), before);
-    assert_eq!(cluster.snapshots(img), ["manual"]);
+    assert!(r["from_snap"].is_null(), "{r}");
+    assert!(
+        r["full_reason"].as_str().unwrap().contains("any more"),
+        "{r}"
+    );
+    assert!(listing(dir).contains(&format!("{img}@rbddiff-five.full.diff")));
+    assert_eq!(cluster.snapshots(img), ["manual", "rbddiff-five"]);
 }
 
 /// A wrapper around the real `rbd` that damages what `export-diff` writes.
@@ -352,8 +359,8 @@ fn failures_leave_nothing(cluster: &Cluster, root: &Path) {
     assert_eq!(listing(&dir).len(), 2);
 }
 
-/// A chain that starts with an incremental needs its start snapshot on the target: rbd's
-/// refusal is passed on.
+/// An archive holding only an incremental has no restorable snapshot: restore refuses it
+/// before rbd runs.
 fn incremental_onto_an_image_without_its_start(cluster: &Cluster, root: &Path) {
     let img = cluster.create_image("wfi", 4 << 20);
     let spec = format!("rbd/{img}");
@@ -372,16 +379,17 @@ fn incremental_onto_an_image_without_its_start(cluster: &Cluster, root: &Path) {
         cluster,
         &["restore", &only.to_string_lossy(), &format!("rbd/{target}")],
     );
-    assert!(err.contains("rbd import-diff"), "{err}");
+    // Nothing leads to 'b' from a full diff: refused before rbd runs.
+    assert!(err.contains("no path") && err.contains("'a'"), "{err}");
     assert!(cluster.snapshots(&target).is_empty());
-    // With --create, the image made for the failed restore is removed again.
+    // With --create, no image is made.
     let new = cluster.unique_name("wfi-new");
     let new_spec = format!("rbd/{new}");
     let err = fails(
         cluster,
         &["restore", &only.to_string_lossy(), &new_spec, "--create"],
     );
-    assert!(err.contains("rbd import-diff"), "{err}");
+    assert!(err.contains("no path"), "{err}");
     assert!(
         !cluster.rbd(["info", new_spec.as_str()]).status.success(),
         "{new_spec} was left behind"

@@ -40,9 +40,14 @@ fn states() -> Vec<Vec<u8>> {
 /// (full diff first), with sidecars; files whose name ends in `.zst` are compressed. Also
 /// writes the raw states as `raw{k}` in `work`.
 fn write_chain(dir: &Path, work: &Path, names: &[&str]) -> Vec<PathBuf> {
+    write_chain_of(dir, work, names, &states())
+}
+
+/// [`write_chain`] of the given image states.
+fn write_chain_of(dir: &Path, work: &Path, names: &[&str], states: &[Vec<u8>]) -> Vec<PathBuf> {
     let mut prev: Option<PathBuf> = None;
     let mut out = Vec::new();
-    for (k, data) in states().iter().enumerate().take(names.len()) {
+    for (k, data) in states.iter().enumerate().take(names.len()) {
         let raw = work.join(format!("raw{k}"));
         write_sparse(&raw, data);
         let path = dir.join(names[k]);
@@ -348,7 +353,7 @@ fn a_failed_prune_leaves_every_original_file() {
 }
 
 #[test]
-fn backup_and_restore_refuse_a_broken_chain_before_calling_rbd() {
+fn restore_refuses_a_broken_chain_before_calling_rbd() {
     use std::os::unix::fs::PermissionsExt;
     let (t, dir, work) = dirs();
     let files = write_chain(&dir, &work, &["vm@a.diff", "vm@b.diff", "vm@c.diff"]);
@@ -370,22 +375,27 @@ fn backup_and_restore_refuse_a_broken_chain_before_calling_rbd() {
         std::env::var("PATH").unwrap_or_default()
     );
     let before = contents(&dir);
-    for args in [
-        vec!["backup", "rbd/vm", &*s(&dir)],
-        vec!["backup", "rbd/vm", &*s(&dir), "--full"],
-        vec!["restore", &*s(&dir), "rbd/vm-copy", "--create"],
-    ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_rbddiff"))
-            .args(&args)
-            .env("PATH", &path)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains("gap") && err.contains("vm@c.diff"), "{err}");
-        assert!(!log.exists(), "{args:?} called rbd");
-        assert_eq!(contents(&dir), before);
-    }
+    // A restore of a snapshot beyond the gap fails before rbd runs. (A backup goes to rbd:
+    // its base is the newest restorable snapshot on the cluster, else a full; see
+    // `backup_chooses_its_base_in_the_graph`.)
+    let args = [
+        "restore",
+        &*s(&dir),
+        "rbd/vm-copy",
+        "--create",
+        "--to",
+        "s2",
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+        .args(args)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.contains("gap") && err.contains("vm@c.diff"), "{err}");
+    assert!(!log.exists(), "{args:?} called rbd");
+    assert_eq!(contents(&dir), before);
     // With an intact (here: empty) directory, the same backup does reach rbd, whose failure
     // is passed on and leaves nothing.
     let empty = t.path().join("empty");
@@ -1100,4 +1110,258 @@ fn backup_files_take_the_mode_of_the_chain() {
     assert_eq!(r.from_snap.as_deref(), Some("s0"));
     assert_eq!(mode(&r.file), 0o640, "the chain's mode");
     assert_eq!(mode(&r.sums), 0o640);
+}
+
+/// Four states of a 1 MiB image whose data compresses well (runs of one byte value).
+fn compressible_states() -> Vec<Vec<u8>> {
+    let mut rng = Rng::new(17);
+    let mut cur = vec![0u8; 1 << 20];
+    let mut out = Vec::new();
+    for k in 0..4u8 {
+        let n = if k == 0 { 40 } else { 6 };
+        for j in 0..n {
+            let at = rng.below(cur.len() as u64 - 70_000) as usize;
+            let len = 1 + rng.below(65_536) as usize;
+            cur[at..at + len].fill(1 + k * 50 + j);
+        }
+        out.push(cur.clone());
+    }
+    out
+}
+
+/// A restore through a fake rbd: the report and the sha256 of the image it imported.
+fn restore_offline(
+    dir: &Path,
+    bin: &Path,
+    work: &Path,
+    to: Option<&str>,
+) -> rbddiff::Result<(rbddiff::workflow::RestoreReport, String)> {
+    use rbddiff::workflow::{restore, Rbd, RestoreOptions};
+    let (program, _log) = fake_rbd(bin, "[]");
+    let imported = bin.join("snaps.json.imported");
+    let _ = fs::remove_file(&imported);
+    let ro = RestoreOptions {
+        to: to.map(String::from),
+        rbd: Rbd {
+            program,
+            ..Rbd::default()
+        },
+        ..Default::default()
+    };
+    let r = restore(dir, "rbd/vm", &ro, &mut |_, _| {})?;
+    let img = format!("img-{}", r.to_snap.clone().unwrap_or_default());
+    let _ = fs::remove_file(work.join(&img));
+    let _ = fs::remove_file(rbddiff::apply::state_path(&work.join(&img)));
+    let sha = applied(&[imported], work, &img);
+    Ok((r, sha))
+}
+
+fn flip_payload_byte(p: &Path) {
+    let mut bytes = fs::read(p).unwrap();
+    let n = bytes.len();
+    bytes[n - 200] ^= 0x40;
+    fs::write(p, &bytes).unwrap();
+}
+
+/// A periodic full beside a chain: restore takes the path of fewer bytes, goes round a
+/// damaged file on it (through the full), and fails naming the broken files only when no
+/// healthy path is left.
+#[test]
+fn restore_takes_the_cheapest_healthy_path_through_a_periodic_full() {
+    let (t, dir, work) = dirs();
+    let bin = t.path().join("bin");
+    let states = compressible_states();
+    // The chain is compressed (but for one small file), the periodic full (to s2) is not:
+    // the chain reads fewer bytes.
+    let names = [
+        "vm@s0.full.diff.zst",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff.zst",
+        "vm@s2..s3.diff.zst",
+    ];
+    let chain = write_chain_of(&dir, &work, &names, &states);
+    let full2 = dir.join("vm@s2.full.diff");
+    let o = CreateOptions {
+        to_snap: Some("s2".into()),
+        ..CreateOptions::default()
+    };
+    create_diff(&work.join("raw2"), &s(&full2), &o).unwrap();
+    rbddiff::sums::write_sums_for(&full2).unwrap();
+    let size = |p: &PathBuf| fs::metadata(p).unwrap().len();
+    let chain_bytes: u64 = chain[..3].iter().map(size).sum();
+    assert!(chain_bytes < size(&full2), "{chain_bytes} {}", size(&full2));
+    let want = |k: usize| sha256_file(&work.join(format!("raw{k}")));
+    // Default: the newest snapshot (s3), through the chain; the full is passed over.
+    let (r, got) = restore_offline(&dir, &bin, &work, None).unwrap();
+    assert_eq!(r.to_snap.as_deref(), Some("s3"));
+    assert_eq!(got, want(3));
+    assert_eq!(r.files, chain.iter().map(|p| s(p)).collect::<Vec<_>>());
+    assert_eq!(r.bytes_read, chain_bytes + size(&chain[3]));
+    assert_eq!(r.passed_over.len(), 1, "{:?}", r.passed_over);
+    assert_eq!(r.passed_over[0].file, s(&full2));
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+
+    // A damaged middle incremental: the restore goes through the periodic full.
+    flip_payload_byte(&chain[1]);
+    let (r, got) = restore_offline(&dir, &bin, &work, None).unwrap();
+    assert_eq!(got, want(3));
+    assert_eq!(r.files, [s(&full2), s(&chain[3])]);
+    let bad: Vec<_> = r
+        .passed_over
+        .iter()
+        .filter(|p| p.file == s(&chain[1]))
+        .collect();
+    assert!(
+        bad.len() == 1 && bad[0].reason.contains("sums"),
+        "{:?}",
+        r.passed_over
+    );
+    // s1 is only reachable through the damaged file: the error names it.
+    let e = restore_offline(&dir, &bin, &work, Some("s1"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("vm@s0..s1.diff") && e.contains("sums"), "{e}");
+    // s0 still restores, through the CLI with --json too.
+    let (r, got) = restore_offline(&dir, &bin, &work, Some("s0")).unwrap();
+    assert_eq!((r.files.len(), got), (1, want(0)));
+
+    // The full truncated as well: no healthy path to s3 is left; the error names both.
+    let bytes = fs::read(&full2).unwrap();
+    fs::write(&full2, &bytes[..bytes.len() / 2]).unwrap();
+    let e = restore_offline(&dir, &bin, &work, Some("s3"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("vm@s0..s1.diff") && e.contains("vm@s2.full.diff"),
+        "{e}"
+    );
+    // Without --to: the newest restorable snapshot, with a warning about the newer ones.
+    let (r, got) = restore_offline(&dir, &bin, &work, None).unwrap();
+    assert_eq!((r.to_snap.as_deref(), got), (Some("s0"), want(0)));
+    assert!(r.warnings[0].contains("'s3'"), "{:?}", r.warnings);
+    // The CLI's report lists the files used and passed over.
+    let (program, _) = fake_rbd(&bin, "[]");
+    let path = format!(
+        "{}:{}",
+        program.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+        .args(["restore", &s(&dir), "rbd/vm", "--json"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["files"][0], s(&chain[0]));
+    let over: Vec<&str> = j["passed_over"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["file"].as_str().unwrap())
+        .collect();
+    assert!(over.contains(&s(&full2).as_str()), "{j}");
+}
+
+/// A fake `rbd` in `bin` whose `export-diff` writes a real diff (`rbddiff create`) of the raw
+/// image `raw` to the snapshot asked for (an incremental when `--from-snap=` is given); `snap
+/// ls` prints `bin/snaps.json`; every call is logged as by [`fake_rbd`].
+fn exporting_rbd(bin: &Path, raw: &Path) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(bin).unwrap();
+    let log = bin.join("rbd.log");
+    let rbd = bin.join("rbd");
+    fs::write(
+        &rbd,
+        format!(
+            "#!/bin/sh\nprintf '%s\\0' \"$@\" >> '{log}'\necho >> '{log}'\ncase \"$*\" in\n  \
+             *'snap ls'*) cat '{bin}/snaps.json' ;;\n  *export-diff*)\n    from=; spec=\n    \
+             for a in \"$@\"; do case \"$a\" in --from-snap=*) from=\"${{a#--from-snap=}}\" ;; \
+             *@*) spec=\"$a\" ;; esac; done\n    snap=\"${{spec#*@}}\"\n    if [ -n \"$from\" ]; \
+             then exec '{exe}' create --from '{raw}' --to-snap \"$snap\" --base '{raw}' \
+             --from-snap \"$from\" -o - 2>/dev/null\n    else exec '{exe}' create --from '{raw}' \
+             --to-snap \"$snap\" -o - 2>/dev/null; fi ;;\nesac\nexit 0\n",
+            log = log.display(),
+            bin = bin.display(),
+            exe = env!("CARGO_BIN_EXE_rbddiff"),
+            raw = raw.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&rbd, fs::Permissions::from_mode(0o755)).unwrap();
+    (rbd, log)
+}
+
+/// The base of an incremental is the newest snapshot that exists on the cluster and is
+/// restorable in the archive; `--full` makes a periodic full beside the chain; with no such
+/// snapshot, or when `--full-every` is reached, the backup is full and says why.
+#[test]
+fn backup_chooses_its_base_in_the_graph() {
+    use rbddiff::workflow::{backup, BackupOptions, Rbd};
+    let (t, dir, work) = dirs();
+    let bin = t.path().join("bin");
+    let raw = work.join("img.raw");
+    write_sparse(&raw, &noise(3, 1 << 16));
+    let (program, _log) = exporting_rbd(&bin, &raw);
+    // The cluster's snapshots (name, id) before each backup.
+    let on_cluster = |names: &[(&str, u64)]| {
+        let v: Vec<serde_json::Value> = names
+            .iter()
+            .map(|(n, id)| serde_json::json!({"id": id, "name": n}))
+            .collect();
+        fs::write(bin.join("snaps.json"), serde_json::to_string(&v).unwrap()).unwrap();
+    };
+    let run = |snap: &str, full: bool, every: Option<usize>| {
+        let o = BackupOptions {
+            snap: Some(snap.into()),
+            full,
+            full_every: every,
+            rbd: Rbd {
+                program: program.clone(),
+                ..Rbd::default()
+            },
+            ..BackupOptions::default()
+        };
+        until_free(|| backup("rbd/vm", &dir, &o))
+    };
+    on_cluster(&[]);
+    let r = run("s0", false, None);
+    assert_eq!(r.from_snap, None);
+    assert!(r.full_reason.unwrap().contains("no backup"));
+    on_cluster(&[("s0", 1)]);
+    let r = run("s1", false, None);
+    assert_eq!((r.from_snap.as_deref(), r.full_reason), (Some("s0"), None));
+    // A periodic full into an archive with a chain.
+    on_cluster(&[("s0", 1), ("s1", 2)]);
+    let r = run("s2", true, None);
+    assert_eq!(r.from_snap, None);
+    assert!(r.file.ends_with("vm@s2.full.diff"), "{}", r.file);
+    on_cluster(&[("s0", 1), ("s1", 2), ("s2", 3)]);
+    let r = run("s3", false, None);
+    assert_eq!(r.from_snap.as_deref(), Some("s2"));
+    // s3 is gone from the cluster: the base is s2, the newest restorable one left.
+    on_cluster(&[("s1", 2), ("s2", 3)]);
+    let r = run("s4", false, None);
+    assert_eq!(r.from_snap.as_deref(), Some("s2"));
+    // --full-every 3: the path to s4 (s2's full, s2..s4) holds 2 files: one more incremental.
+    on_cluster(&[("s2", 3), ("s4", 5)]);
+    let r = run("s5", false, Some(3));
+    assert_eq!(r.from_snap.as_deref(), Some("s4"));
+    on_cluster(&[("s2", 3), ("s4", 5), ("s5", 6)]);
+    let r = run("s6", false, Some(3));
+    assert_eq!(r.from_snap, None);
+    assert!(r.full_reason.unwrap().contains("--full-every 3"));
+    // No restorable snapshot of the archive on the cluster: a full, saying why.
+    on_cluster(&[("other", 9)]);
+    let r = run("s7", false, None);
+    assert_eq!(r.from_snap, None);
+    assert!(r.full_reason.unwrap().contains("exists on rbd/vm"));
+    // Every snapshot restores to the image exported.
+    let g = rbddiff::archive::graph::discover(&dir, "vm").unwrap();
+    let restorable: Vec<String> = g
+        .restorable(&Default::default())
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(restorable, ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7"]);
 }

@@ -10,9 +10,9 @@ use super::Status;
 
 /// Back up an image into a directory of diffs, through the `rbd` CLI.
 ///
-/// Finds the chain already in DIR (from the files' headers), creates a snapshot and streams
-/// `rbd export-diff` (incremental from the chain's last snapshot, or full when DIR has no
-/// chain) through the parser into `IMAGE@FROM..TO.diff` (or `IMAGE@TO.full.diff`), written
+/// Reads the image's files in DIR as a graph (from the files' headers), creates a snapshot and
+/// streams `rbd export-diff` (incremental from the newest snapshot that exists on the cluster
+/// and is restorable in DIR, else full, and the report says why) through the parser into `IMAGE@FROM..TO.diff` (or `IMAGE@TO.full.diff`), written
 /// atomically, with its `.sums` sidecar. On failure no file is left and the new snapshot is
 /// removed again.
 #[derive(clap::Args, Debug)]
@@ -21,12 +21,16 @@ pub struct Args {
     image: String,
     /// The backup directory (created if missing).
     dir: PathBuf,
-    /// Name of the snapshot to create (default rbddiff-<UTC time, YYYYmmddTHHMMSSZ>).
+    /// Name of the snapshot to create (default rbddiff-<UTC time, YYYYmmddTHHMMSS.NNNNNNNNNZ>).
     #[arg(long, value_name = "NAME")]
     snap: Option<String>,
-    /// Make a full backup (refused when DIR already holds a chain of the image).
+    /// Make a full backup (into an archive with chains too: a periodic full).
     #[arg(long)]
     full: bool,
+    /// Make a full backup when the path to the base already holds N files (every Nth backup
+    /// of a chain is a full).
+    #[arg(long, value_name = "N")]
+    full_every: Option<usize>,
     /// Write a compressed, indexed zstd archive (`.diff.zst`).
     #[arg(long)]
     compress: bool,
@@ -44,6 +48,7 @@ pub fn run(a: Args) -> Result<Status> {
     let opts = BackupOptions {
         snap: a.snap,
         full: a.full,
+        full_every: a.full_every,
         compress: a.compress.then(CompressOptions::default),
         keep_snaps: a.keep_snaps,
         rbd: a.cluster.into(),
@@ -62,6 +67,9 @@ pub fn run(a: Args) -> Result<Status> {
             r.records,
             r.image_size
         )?;
+        if let Some(why) = &r.full_reason {
+            writeln!(out, "full backup: {why}")?;
+        }
         for f in &r.cleaned {
             writeln!(out, "removed (left by an interrupted run): {f}")?;
         }

@@ -9,16 +9,18 @@ use super::Status;
 
 /// Restore a backup directory into an image, through `rbd import-diff`.
 ///
-/// Finds and verifies the chain in DIR (structure, links, sums sidecars), merges the files up
-/// to `--to SNAP` in one pass and streams the result into `rbd import-diff - POOL/IMAGE` (no
-/// temporary file).
+/// Takes the path of healthy files with the fewest bytes from a full diff to `--to SNAP`
+/// (default: the newest restorable snapshot), verifying each file (structure, sums sidecar)
+/// and going round damaged ones, merges it in one pass and streams the result into
+/// `rbd import-diff - POOL/IMAGE` (no temporary file). The report lists the files used and
+/// those passed over, with the reason.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The backup directory.
     dir: PathBuf,
     /// The target image: POOL/IMAGE.
     image: String,
-    /// Restore up to this snapshot (default: the end of the chain).
+    /// Restore this snapshot (default: the newest restorable one).
     #[arg(long, value_name = "SNAP")]
     to: Option<String>,
     /// Create the image (with the restored size) when it does not exist; a failed restore
@@ -57,7 +59,17 @@ pub fn run(a: Args) -> Result<Status> {
             r.records,
             r.image_size,
             if r.created { " (created)" } else { "" }
-        )
+        )?;
+        for f in &r.files {
+            writeln!(out, "  used: {f}")?;
+        }
+        for p in &r.passed_over {
+            writeln!(out, "  passed over: {} ({})", p.file, p.reason)?;
+        }
+        for w in &r.warnings {
+            writeln!(out, "warning: {w}")?;
+        }
+        Ok(())
     })?;
     Ok(Status::Ok)
 }

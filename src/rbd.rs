@@ -1,0 +1,160 @@
+//! The boundary to the `rbd` CLI: the only module that runs `rbd`.
+//!
+//! Every call passes the connection options as single `--option=VALUE` tokens; names that
+//! reach `rbd` (image specs, snapshot names from `--snap` or from diff headers) are checked
+//! first, so that `rbd` can never read one as an option.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// How to run the `rbd` CLI: the executable and the connection options passed to every call.
+/// `CEPH_CONF` / `CEPH_ARGS` in the environment are passed on as they are.
+#[derive(Clone, Debug)]
+pub struct Rbd {
+    /// The executable (default `rbd`, found on `PATH`).
+    pub program: PathBuf,
+    /// `-c CONF`.
+    pub conf: Option<PathBuf>,
+    /// `--id USER`.
+    pub id: Option<String>,
+}
+
+impl Default for Rbd {
+    fn default() -> Self {
+        Rbd {
+            program: PathBuf::from("rbd"),
+            conf: None,
+            id: None,
+        }
+    }
+}
+
+/// What an `rbd` call printed and how it ended.
+pub(crate) struct Ran {
+    pub(crate) ok: bool,
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: String,
+}
+
+impl Rbd {
+    /// The command with the connection options, each one `--option=VALUE` token (a value
+    /// is never a separate argument that could be read as an option).
+    pub(crate) fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        if let Some(conf) = &self.conf {
+            let mut a = std::ffi::OsString::from("--conf=");
+            a.push(conf);
+            c.arg(a);
+        }
+        if let Some(id) = &self.id {
+            c.arg(format!("--id={id}"));
+        }
+        c
+    }
+
+    pub(crate) fn spawn_error(&self, e: io::Error) -> Error {
+        Error::from(io::Error::new(
+            e.kind(),
+            format!("cannot run {}: {e}", self.program.display()),
+        ))
+    }
+
+    pub(crate) fn run(&self, args: &[&str]) -> Result<Ran> {
+        let out = self
+            .command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| self.spawn_error(e))?;
+        Ok(Ran {
+            ok: out.status.success(),
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+
+    pub(crate) fn run_ok(&self, args: &[&str]) -> Result<Vec<u8>> {
+        let r = self.run(args)?;
+        if r.ok {
+            Ok(r.stdout)
+        } else {
+            Err(rbd_failed(&format!("rbd {}", args.join(" ")), &r.stderr))
+        }
+    }
+
+    /// Snapshots of `spec` as `(id, name)`, oldest first.
+    pub(crate) fn snapshots(&self, spec: &str) -> Result<Vec<(u64, String)>> {
+        let out = self.run_ok(&["snap", "ls", "--format", "json", spec])?;
+        let v: serde_json::Value = serde_json::from_slice(&out)
+            .map_err(|e| Error::invalid(format!("rbd snap ls {spec}: unexpected output: {e}")))?;
+        let arr = v.as_array().ok_or_else(|| {
+            Error::invalid(format!(
+                "rbd snap ls {spec}: unexpected output (not a list)"
+            ))
+        })?;
+        let mut snaps: Vec<(u64, String)> = arr
+            .iter()
+            .filter_map(|s| Some((s["id"].as_u64()?, s["name"].as_str()?.to_string())))
+            .collect();
+        snaps.sort();
+        Ok(snaps)
+    }
+}
+
+pub(crate) fn rbd_failed(what: &str, stderr: &str) -> Error {
+    let msg = if stderr.is_empty() {
+        format!("{what} failed")
+    } else {
+        format!("{what} failed: {stderr}")
+    };
+    Error::from(io::Error::other(msg))
+}
+
+/// Collects a child's stderr on a thread (so that neither side blocks on a full pipe).
+pub(crate) fn collect_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let err = child.stderr.take();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut e) = err {
+            let _ = e.read_to_string(&mut s);
+        }
+        s.trim().to_string()
+    })
+}
+
+/// Refuses a name that reaches `rbd` (or selects its files) when `rbd` could read it as an
+/// option: Ceph's argument parser takes `--conf=…`, `--log_file=…` and any `--option=value`
+/// anywhere on the command line. A name that starts with `-`, is empty, or holds a NUL or
+/// another control character is refused; `what` says what the name is.
+pub(crate) fn safe_arg<'a>(what: &str, s: &'a str) -> Result<&'a str> {
+    if s.is_empty() || s.starts_with('-') || s.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "{what} {s:?} is refused: it is empty, starts with '-' or holds a control \
+             character (rbd could take it for an option)"
+        )));
+    }
+    Ok(s)
+}
+
+/// `POOL/IMAGE` (or `POOL/NS/IMAGE`, or `IMAGE`) → the image name. The spec must be safe
+/// to pass to `rbd` ([`safe_arg`]).
+pub(crate) fn image_name(spec: &str) -> Result<&str> {
+    safe_arg("image spec", spec)?;
+    let name = spec.rsplit('/').next().unwrap_or(spec);
+    if name.is_empty() || spec.contains('@') {
+        return Err(Error::invalid(format!(
+            "'{spec}' is not an image (POOL/IMAGE, without a snapshot)"
+        )));
+    }
+    Ok(name)
+}
+
+/// True for the error of writing to a pipe whose reader has gone (rbd exited early).
+pub(crate) fn is_broken_pipe(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::Io(io) if io.kind() == io::ErrorKind::BrokenPipe)
+}
