@@ -1,10 +1,12 @@
 //! Checksum sidecars: `FILE.sums` next to a diff.
 //!
 //! A JSON document with the format version, the file length, a sha256 of the whole file, the
-//! diff's from/to/size and a CRC32 (crc32fast) of every record — header and payload — with
-//! its byte offset. The records tile the file (banner, metadata records, data records, `e`,
-//! trailing bytes), so every byte is covered by exactly one CRC and a flipped byte is pinned
-//! to its record. The sidecar ends with `self_sha256`, a sha256 of the sidecar's own bytes
+//! diff's from/to/size and CRC32s (crc32fast) with their byte offsets: one per record (head
+//! and payload), or one per run of consecutive small records up to [`SEGMENT`] bytes, so that
+//! the sidecar's size does not depend on how the records are cut (version 2; version 1
+//! sidecars, one entry per record, are still read). The entries tile the file (banner,
+//! metadata records, data records, `e`, trailing bytes), so every byte is covered by exactly
+//! one CRC and a flipped byte is pinned to its record, or its run of records. The sidecar ends with `self_sha256`, a sha256 of the sidecar's own bytes
 //! (taken with that value set to 64 zeros), so bit rot in the sidecar is caught too.
 //!
 //! For a zstd-compressed file the sums cover the uncompressed diff stream (offsets, lengths,
@@ -30,22 +32,57 @@ use crate::zst::{ZstArchive, ZstdReader};
 
 /// `format` value of a sidecar.
 pub const FORMAT: &str = "rbddiff-sums";
-/// Current sidecar version.
-pub const SUMS_VERSION: u32 = 1;
+/// Current sidecar version: 2 sums runs of small records together ([`SEGMENT`]); version 1
+/// sidecars (one entry per record) are still read.
+pub const SUMS_VERSION: u32 = 2;
 const SELF_KEY: &str = "\"self_sha256\": \"";
 const ZERO_HEX: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// One checksummed range of the file.
+/// One checksummed range of the file: one record, or a run of consecutive records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordSum {
     /// Byte offset in the file.
     pub offset: u64,
-    /// Length in bytes (head and payload).
+    /// Length in bytes (heads and payloads).
     pub len: u64,
-    /// Tag byte as a character (`B` for the banner, `-` for bytes after `e`).
+    /// Tag byte (of the first record) as a character (`B` for the banner, `-` for bytes
+    /// after `e`).
     pub tag: char,
     /// CRC32 (IEEE) of the bytes.
     pub crc32: u32,
+    /// Records in the range (absent: 1, as in version 1 sidecars).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
+/// Consecutive records are summed together while their run is at most this long, so that a
+/// sidecar costs at most one entry per 128 KiB of diff on average (two neighbouring entries
+/// always hold more than this), whatever the record sizes: about 0.06 % of the diff.
+pub const SEGMENT: u64 = 256 << 10;
+
+/// Appends the sum of one record to `done`, joining it to the run before when both are
+/// records (not the banner or trailing bytes) and the run stays within [`SEGMENT`].
+fn push_grouped(done: &mut Vec<RecordSum>, r: RecordSum) {
+    if let Some(last) = done.last_mut() {
+        let plain = |t: char| t != 'B' && t != '-';
+        if plain(last.tag) && plain(r.tag) && last.len + r.len <= SEGMENT {
+            let mut h = crc32fast::Hasher::new_with_initial_len(last.crc32, last.len);
+            h.combine(&crc32fast::Hasher::new_with_initial_len(r.crc32, r.len));
+            last.crc32 = h.finalize();
+            last.len += r.len;
+            last.count += r.count;
+            return;
+        }
+    }
+    done.push(r);
 }
 
 /// The content of a `.sums` sidecar.
@@ -125,20 +162,19 @@ fn boundaries(bytes: &[u8]) -> Result<(DiffSlice<'_>, Vec<(u64, char)>)> {
 pub fn compute(bytes: &[u8]) -> Result<Sums> {
     let (d, b) = boundaries(bytes)?;
     let len = bytes.len() as u64;
-    let records = b
-        .iter()
-        .enumerate()
-        .map(|(i, &(offset, tag))| {
-            let end = b.get(i + 1).map_or(len, |n| n.0);
-            let part = bytes.get(offset as usize..end as usize).unwrap_or_default();
-            RecordSum {
-                offset,
-                len: end - offset,
-                tag,
-                crc32: crc32fast::hash(part),
-            }
-        })
-        .collect();
+    let mut records = Vec::new();
+    for (i, &(offset, tag)) in b.iter().enumerate() {
+        let end = b.get(i + 1).map_or(len, |n| n.0);
+        let part = bytes.get(offset as usize..end as usize).unwrap_or_default();
+        let r = RecordSum {
+            offset,
+            len: end - offset,
+            tag,
+            crc32: crc32fast::hash(part),
+            count: 1,
+        };
+        push_grouped(&mut records, r);
+    }
     let m = d.metadata();
     Ok(Sums {
         format: FORMAT.into(),
@@ -186,6 +222,7 @@ impl<'b> Segments<'b> {
                 len: self.pos.saturating_sub(offset),
                 tag,
                 crc32: crc,
+                count: 1,
             });
             self.i += 1;
         }
@@ -336,12 +373,14 @@ impl StreamSums {
     /// Ends the open record at `crc_pos`.
     fn close(&mut self) {
         let (start, tag, _) = self.open;
-        self.done.push(RecordSum {
+        let r = RecordSum {
             offset: start,
             len: self.crc_pos - start,
             tag,
             crc32: std::mem::take(&mut self.crc).finalize(),
-        });
+            count: 1,
+        };
+        push_grouped(&mut self.done, r);
     }
 
     /// Closes the open record where the next starts (`offset`) and opens that one.
@@ -523,7 +562,7 @@ pub fn decode(text: &[u8]) -> Result<Sums> {
     }
     let s: Sums = serde_json::from_slice(text)
         .map_err(|e| Error::invalid(format!("sums sidecar damaged: {e}")))?;
-    if s.format != FORMAT || s.version != SUMS_VERSION {
+    if s.format != FORMAT || !(1..=SUMS_VERSION).contains(&s.version) {
         return Err(Error::invalid(format!(
             "not a supported sums sidecar ({} version {})",
             s.format, s.version
@@ -623,24 +662,40 @@ fn what(r: &RecordSum) -> String {
     }
 }
 
-/// The record index (as in errors) of entry `i` of a sidecar: entry 0 is the banner. `None`
-/// for the banner, trailing bytes, or a sidecar that lies about its first entry.
-fn record_of(i: usize, r: &RecordSum) -> Option<u64> {
+/// The index (as in errors) of the first record of each entry of a sidecar: the banner is
+/// not counted.
+fn first_records(recs: &[RecordSum]) -> Vec<u64> {
+    let mut n = 0u64;
+    recs.iter()
+        .map(|r| {
+            let first = n;
+            n = n.saturating_add(r.count.max(1));
+            first
+        })
+        .collect()
+}
+
+/// The record index of an entry whose records start at `first` (see [`first_records`]).
+/// `None` for the banner, trailing bytes, or a sidecar that lies about its first entry.
+fn record_of(first: u64, r: &RecordSum) -> Option<u64> {
     match r.tag {
         'B' | '-' => None,
-        _ => (i as u64).checked_sub(1),
+        _ => first.checked_sub(1),
     }
 }
 
-fn crc_mismatch(i: usize, r: &RecordSum) -> Mismatch {
+fn crc_mismatch(first: u64, r: &RecordSum) -> Mismatch {
+    let record = record_of(first, r);
+    let what = match (record, r.count) {
+        (Some(a), n) if n > 1 => format!("records {a} to {}", a + n - 1),
+        _ => what(r),
+    };
     Mismatch {
         offset: r.offset,
-        record: record_of(i, r),
+        record,
         message: format!(
-            "checksum mismatch in {} ({} bytes at byte {})",
-            what(r),
-            r.len,
-            r.offset
+            "checksum mismatch in {what} ({} bytes at byte {})",
+            r.len, r.offset
         ),
     }
 }
@@ -667,12 +722,14 @@ pub fn check_sums_with(path: &Path, bytes: &[u8], digest: bool) -> Result<Vec<Mi
         out.push(len_mismatch(len, s.file_len));
     }
     // The records are checked by as many threads as there are cores (in record order).
+    let firsts = first_records(&s.records);
     let bad = |i: usize, r: &RecordSum| {
         let end = r.offset.saturating_add(r.len);
         let part = bytes
             .get(r.offset as usize..(end as usize).min(bytes.len()))
             .unwrap_or_default();
-        (part.len() as u64 != r.len || crc32fast::hash(part) != r.crc32).then(|| crc_mismatch(i, r))
+        (part.len() as u64 != r.len || crc32fast::hash(part) != r.crc32)
+            .then(|| crc_mismatch(firsts[i], r))
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = s.records.len().div_ceil(threads).max(1);
@@ -754,9 +811,10 @@ pub fn check_sums_compressed(path: &Path, raw: &[u8], digest: bool) -> Result<Ve
         Ok(()) => seg.finish(),
         Err(_) => (seg.done, String::new()),
     };
+    let firsts = first_records(&s.records);
     for (i, (r, g)) in s.records.iter().zip(&got).enumerate() {
         if g.len != r.len || g.crc32 != r.crc32 {
-            out.push(crc_mismatch(i, r));
+            out.push(crc_mismatch(firsts[i], r));
         }
     }
     if let Err(e) = read {
@@ -764,7 +822,7 @@ pub fn check_sums_compressed(path: &Path, raw: &[u8], digest: bool) -> Result<Ve
         let r = s.records.get(i);
         out.push(Mismatch {
             offset: len,
-            record: r.and_then(|r| record_of(i, r)),
+            record: r.and_then(|r| record_of(firsts.get(i).copied().unwrap_or(0), r)),
             message: format!(
                 "cannot decompress{}: {}",
                 r.map(|r| format!(" {} at diff stream byte {}", what(r), r.offset))

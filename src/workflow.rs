@@ -180,7 +180,12 @@ fn copy_checked(src: impl Read, out: &mut dyn Write) -> Result<Exported> {
     Ok(Exported {
         bytes: sums.file_len,
         // Every record after the banner.
-        records: sums.records.len().saturating_sub(1) as u64,
+        records: sums
+            .records
+            .iter()
+            .map(|r| r.count)
+            .sum::<u64>()
+            .saturating_sub(1),
         from: sums.from.clone(),
         to: sums.to.clone(),
         size: sums.size.unwrap_or(0),
