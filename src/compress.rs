@@ -8,22 +8,21 @@
 //! record index and the seek table.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::rc::Rc;
-use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use zstd::stream::raw::CParameter;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::{tag, Version};
 use crate::input::{Input, Kind};
+use crate::parallel::{pipeline, Feeder, Pool};
 use crate::progress::Ticker;
 use crate::stream::{ItemKind, Payload, RecordSource, MAX_UNCONSUMED};
 use crate::zst::{
-    self, decompress_frame, encode_index, encode_seek_table, index_frame, ArchiveIndex, FrameEntry,
-    IndexRecord, IndexedDiff,
+    self, encode_index, encode_seek_table, index_frame, ArchiveIndex, FrameEntry, IndexRecord,
+    IndexedDiff,
 };
 use crate::{DiffReader, DiffSlice, ImageReader, ImageSlice};
 
@@ -44,10 +43,7 @@ pub struct CompressOptions {
     pub frame_target: u64,
 }
 
-/// Number of CPUs available to this process.
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
+pub use crate::parallel::default_threads;
 
 impl Default for CompressOptions {
     fn default() -> Self {
@@ -70,136 +66,6 @@ pub struct Stats {
     pub frames: u64,
     /// Indexed records (`compress` only).
     pub records: u64,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Ordered parallel pipeline
-
-fn cancelled() -> Error {
-    Error::invalid("internal: pipeline stopped")
-}
-
-/// Hands jobs to the workers; blocks while too many are in flight.
-pub(crate) struct Feeder<J> {
-    jobs: SyncSender<(u64, J)>,
-    tokens: Receiver<()>,
-    seq: u64,
-}
-
-impl<J> Feeder<J> {
-    fn send(&mut self, job: J) -> Result<()> {
-        self.tokens.recv().map_err(|_| cancelled())?;
-        self.jobs.send((self.seq, job)).map_err(|_| cancelled())?;
-        self.seq += 1;
-        Ok(())
-    }
-}
-
-/// Runs `produce` on its own thread, `threads` workers (each made by `make`) on the jobs it
-/// sends, and `consume` on the results in job order on the calling thread.
-fn pipeline<J, T, R, W, M, P, C>(threads: usize, make: M, produce: P, mut consume: C) -> Result<R>
-where
-    J: Send,
-    T: Send,
-    R: Send,
-    W: FnMut(J) -> Result<T>,
-    M: Fn() -> W + Sync,
-    P: FnOnce(&mut Feeder<J>) -> Result<R> + Send,
-    C: FnMut(T) -> Result<()>,
-{
-    let threads = threads.max(1);
-    // Results are written in order: with few frames in flight, one slow (text) frame would
-    // leave the other workers idle once they have raced through the fast (random, zero) ones.
-    let inflight = (threads * 8 + 8).min(64).max(threads * 2 + 2);
-    let (job_tx, job_rx) = sync_channel::<(u64, J)>(inflight);
-    let job_rx = Mutex::new(job_rx);
-    std::thread::scope(|s| {
-        let (res_tx, res_rx) = channel::<(u64, Result<T>)>();
-        let (tok_tx, tok_rx) = sync_channel::<()>(inflight);
-        for _ in 0..inflight {
-            let _ = tok_tx.send(());
-        }
-        for _ in 0..threads {
-            let res_tx = res_tx.clone();
-            let job_rx = &job_rx;
-            let make = &make;
-            s.spawn(move || {
-                let mut work = make();
-                loop {
-                    let job = match job_rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => break,
-                    };
-                    let Ok((seq, j)) = job else { break };
-                    if res_tx.send((seq, work(j))).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(res_tx);
-        let producer = s.spawn(move || {
-            let mut f = Feeder {
-                jobs: job_tx,
-                tokens: tok_rx,
-                seq: 0,
-            };
-            let r = produce(&mut f);
-            (r, f.seq)
-        });
-        let mut result = Ok(());
-        let mut next = 0u64;
-        let mut pending = BTreeMap::new();
-        'outer: for (seq, r) in res_rx.iter() {
-            pending.insert(seq, r);
-            while let Some(r) = pending.remove(&next) {
-                next += 1;
-                match r.and_then(&mut consume) {
-                    Ok(()) => {
-                        let _ = tok_tx.send(());
-                    }
-                    Err(e) => {
-                        result = Err(e);
-                        break 'outer;
-                    }
-                }
-            }
-        }
-        drop(tok_tx);
-        drop(res_rx);
-        let (produced, sent) = producer
-            .join()
-            .map_err(|_| Error::invalid("internal: a worker thread panicked"))?;
-        result?;
-        let r = produced?;
-        if next != sent {
-            return Err(Error::invalid("internal: a frame was lost"));
-        }
-        Ok(r)
-    })
-}
-
-/// Reusable frame buffers, so that big buffers are not allocated (and faulted in) per frame.
-#[derive(Default)]
-struct Pool(Mutex<Vec<Vec<u8>>>);
-
-impl Pool {
-    fn take(&self) -> Vec<u8> {
-        let mut v = self
-            .0
-            .lock()
-            .ok()
-            .and_then(|mut p| p.pop())
-            .unwrap_or_default();
-        v.clear();
-        v
-    }
-
-    fn put(&self, v: Vec<u8>) {
-        if let Ok(mut p) = self.0.lock() {
-            p.push(v);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -643,7 +509,13 @@ pub fn decompress_with_progress(
         {
             let total = frames.iter().map(|f| u64::from(f.d_len)).sum();
             let mut tick = Ticker::new(progress, total);
-            return decompress_frames(&name, raw, &frames, out, threads, &mut tick);
+            let total = zst::decompress_frames(&name, raw, &frames, out, threads, &mut tick)?;
+            return Ok(Stats {
+                diff_bytes: total,
+                compressed_bytes: raw.len() as u64,
+                frames: frames.len() as u64,
+                records: 0,
+            });
         }
     }
     let mut tick = Ticker::new(progress, 0);
@@ -666,54 +538,6 @@ pub fn decompress_with_progress(
     Ok(Stats {
         diff_bytes: total,
         ..Default::default()
-    })
-}
-
-/// Decompresses the frames of `raw` (the archive `name`) to `out`: an error of a frame names
-/// `name`, an error writing `out` names no file (the caller knows it).
-fn decompress_frames(
-    name: &str,
-    raw: &[u8],
-    frames: &[FrameEntry],
-    out: &mut dyn Write,
-    threads: usize,
-    tick: &mut Ticker<'_>,
-) -> Result<Stats> {
-    let mut total = 0u64;
-    let pool = Pool::default();
-    pipeline(
-        threads,
-        || {
-            let mut d = zstd::bulk::Decompressor::new();
-            let pool = &pool;
-            move |(i, f): (usize, FrameEntry)| -> Result<Vec<u8>> {
-                let d = d.as_mut().map_err(|e| Error::invalid(e.to_string()))?;
-                let mut buf = pool.take();
-                decompress_frame(d, raw, i, &f, &mut buf).map_err(|e| e.with_file(name))?;
-                Ok(buf)
-            }
-        },
-        |feed| {
-            for (i, f) in frames.iter().enumerate() {
-                feed.send((i, *f))?;
-            }
-            Ok(())
-        },
-        |data| {
-            out.write_all(&data)?;
-            total += data.len() as u64;
-            tick.add(data.len() as u64);
-            pool.put(data);
-            Ok(())
-        },
-    )?;
-    out.flush()?;
-    tick.finish();
-    Ok(Stats {
-        diff_bytes: total,
-        compressed_bytes: raw.len() as u64,
-        frames: frames.len() as u64,
-        records: 0,
     })
 }
 

@@ -205,3 +205,39 @@ pub struct ImageHeader {
     /// Number of embedded diffs announced after `rbd image diffs v2\n`.
     pub diff_count: u64,
 }
+
+// ---------------------------------------------------------------------------------------------
+// What a stream holds
+
+/// zstd frame magic number, little-endian.
+pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// What a stream holds, judged from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `rbd diff v1`.
+    DiffV1,
+    /// `rbd diff v2`.
+    DiffV2,
+    /// `rbd image v2` (export format 2).
+    Image,
+    /// zstd-compressed data (only reported by [`sniff`], or for doubly compressed input).
+    Zstd,
+    /// Anything else.
+    Unknown,
+}
+
+/// Classifies a stream by its first bytes (up to 13 are looked at).
+pub fn sniff(prefix: &[u8]) -> Kind {
+    if prefix.starts_with(BANNER_V1) {
+        Kind::DiffV1
+    } else if prefix.starts_with(BANNER_V2) {
+        Kind::DiffV2
+    } else if prefix.starts_with(IMAGE_BANNER) {
+        Kind::Image
+    } else if prefix.starts_with(&ZSTD_MAGIC) {
+        Kind::Zstd
+    } else {
+        Kind::Unknown
+    }
+}

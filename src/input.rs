@@ -21,41 +21,10 @@ use std::sync::Once;
 use memmap2::Mmap;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::{BANNER_V1, BANNER_V2, IMAGE_BANNER};
+
 use crate::zst::{ZstArchive, ZstdReader};
 
-/// zstd frame magic number, little-endian.
-pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
-
-/// What a stream holds, judged from its first bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// `rbd diff v1`.
-    DiffV1,
-    /// `rbd diff v2`.
-    DiffV2,
-    /// `rbd image v2` (export format 2).
-    Image,
-    /// zstd-compressed data (only reported by [`sniff`], or for doubly compressed input).
-    Zstd,
-    /// Anything else.
-    Unknown,
-}
-
-/// Classifies a stream by its first bytes (up to 13 are looked at).
-pub fn sniff(prefix: &[u8]) -> Kind {
-    if prefix.starts_with(BANNER_V1) {
-        Kind::DiffV1
-    } else if prefix.starts_with(BANNER_V2) {
-        Kind::DiffV2
-    } else if prefix.starts_with(IMAGE_BANNER) {
-        Kind::Image
-    } else if prefix.starts_with(&ZSTD_MAGIC) {
-        Kind::Zstd
-    } else {
-        Kind::Unknown
-    }
-}
+pub use crate::format::{sniff, Kind, ZSTD_MAGIC};
 
 enum Data {
     /// The mapping and the file it maps.
@@ -368,13 +337,24 @@ impl Input {
     /// # Errors
     /// As [`Input::spill`].
     pub fn into_mapped(self) -> Result<Input> {
-        if self.compressed && matches!(self.data, Data::Map(..)) {
-            // A mapped archive is decompressed frame-parallel.
-            let name = self.name.clone();
-            let mut f = Spill::new().map_err(|e| e.with_file(&name))?;
-            let threads = crate::compress::default_threads();
-            let stats = crate::compress::decompress(self, &mut f, threads)?;
-            return Self::map_spilled(&name, f.file, stats.diff_bytes);
+        if let (true, Data::Map(m, _)) = (self.compressed, &self.data) {
+            // An archive in a mapped file is decompressed frame-parallel.
+            let raw: &[u8] = m.as_ref();
+            if let Ok(Some((frames, _))) = crate::zst::parse_seek_table(raw) {
+                if crate::zst::frames_fit(&frames) {
+                    let name = self.name.clone();
+                    let mut f = Spill::new().map_err(|e| e.with_file(&name))?;
+                    let threads = crate::parallel::default_threads();
+                    let mut quiet = |_, _| {};
+                    let mut tick = crate::progress::Ticker::new(&mut quiet, 0);
+                    let n = crate::zst::decompress_frames(
+                        &name, raw, &frames, &mut f, threads, &mut tick,
+                    )
+                    .map_err(|e| e.with_file(&name));
+                    let n = self.check_truncated(n)?;
+                    return Self::map_spilled(&name, f.file, n);
+                }
+            }
         }
         if self.compressed || matches!(self.data, Data::Stream(_)) {
             let name = self.name.clone();

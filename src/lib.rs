@@ -67,6 +67,7 @@ pub mod inspect;
 pub mod journal;
 pub mod merge;
 pub mod output;
+mod parallel;
 mod parse;
 pub mod progress;
 pub mod rbd;

@@ -17,8 +17,10 @@ use std::io::{self, Read, Write};
 use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
 use crate::error::{Error, ErrorKind, Result, Warning, WarningKind};
+use crate::format::Kind;
 use crate::format::{ImageHeader, Metadata, Version};
-use crate::input::Kind;
+use crate::parallel::{pipeline, Pool};
+use crate::progress::Ticker;
 
 /// Magic of the skippable frame holding the seek table (zstd seekable format).
 pub const SEEK_TABLE_MAGIC: u32 = 0x184D_2A5E;
@@ -31,11 +33,11 @@ const INDEX_MAGIC: &[u8; 8] = b"RBDZIDX1";
 /// Size of the seek table footer.
 const FOOTER_LEN: usize = 9;
 /// Largest frame the random-access readers decompress whole: twice the largest frame target
-/// rbddiff writes ([`crate::compress::MAX_FRAME_TARGET`]). An archive with a larger frame
+/// rbddiff writes (32 MiB, `compress::MAX_FRAME_TARGET`). An archive with a larger frame
 /// (from another tool, or crafted) is read as a plain zstd stream instead.
 pub const MAX_FRAME_LEN: u64 = 64 << 20;
 /// Bytes of decompressed frames an archive keeps cached (at least the frame just read).
-const CACHE_BYTES: usize = 128 << 20;
+pub const CACHE_BYTES: usize = 128 << 20;
 
 /// One zstd frame of an archive, from the seek table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -787,6 +789,50 @@ pub(crate) fn decompress_frame(
     Ok(())
 }
 
+/// Decompresses the frames of `raw` (the archive `name`) to `out` on `threads` workers, in
+/// order; returns the bytes written. An error of a frame names `name`, an error writing `out`
+/// names no file (the caller knows it).
+pub(crate) fn decompress_frames(
+    name: &str,
+    raw: &[u8],
+    frames: &[FrameEntry],
+    out: &mut dyn Write,
+    threads: usize,
+    tick: &mut Ticker<'_>,
+) -> Result<u64> {
+    let mut total = 0u64;
+    let pool = Pool::default();
+    pipeline(
+        threads,
+        || {
+            let mut d = zstd::bulk::Decompressor::new();
+            let pool = &pool;
+            move |(i, f): (usize, FrameEntry)| -> Result<Vec<u8>> {
+                let d = d.as_mut().map_err(|e| Error::invalid(e.to_string()))?;
+                let mut buf = pool.take();
+                decompress_frame(d, raw, i, &f, &mut buf).map_err(|e| e.with_file(name))?;
+                Ok(buf)
+            }
+        },
+        |feed| {
+            for (i, f) in frames.iter().enumerate() {
+                feed.send((i, *f))?;
+            }
+            Ok(())
+        },
+        |data| {
+            out.write_all(&data)?;
+            total += data.len() as u64;
+            tick.add(data.len() as u64);
+            pool.put(data);
+            Ok(())
+        },
+    )?;
+    out.flush()?;
+    tick.finish();
+    Ok(total)
+}
+
 /// True when `bytes` ends with a valid seek table preceded by an rbddiff record index frame
 /// (the index itself is decoded, and checked, by [`ZstArchive::open`]).
 pub fn has_index(bytes: &[u8]) -> bool {
@@ -903,6 +949,12 @@ impl<'a> ZstArchive<'a> {
     /// True when the decompressed stream is empty.
     pub fn is_empty(&self) -> bool {
         self.index.total_len == 0
+    }
+
+    /// Bytes of decompressed frames held in the cache, and how many frames.
+    pub fn cached(&self) -> (usize, usize) {
+        let bytes = self.cache.iter().map(|(_, d)| d.capacity()).sum();
+        (bytes, self.cache.len())
     }
 
     /// Number of frames decompressed so far (cache misses).
@@ -1346,52 +1398,5 @@ impl ZstArchive<'_> {
             }
         }
         check.finish(&rd, None)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Frames are cached within [`CACHE_BYTES`] (always the one just read): three frames of
-    /// 60 MiB leave two cached, where the frame count alone would keep all three.
-    #[test]
-    fn the_frame_cache_is_bounded_in_bytes() {
-        let mib = 1usize << 20;
-        let mut plain = b"rbd diff v1\ns".to_vec();
-        plain.extend_from_slice(&(256u64 << 20).to_le_bytes());
-        for k in 0..3u64 {
-            plain.push(b'w');
-            plain.extend_from_slice(&(k * 64 * mib as u64).to_le_bytes());
-            plain.extend_from_slice(&(60 * mib as u64).to_le_bytes());
-            plain.resize(plain.len() + 60 * mib, k as u8);
-        }
-        plain.push(b'e');
-        let input =
-            crate::input::Input::from_reader("-", Box::new(std::io::Cursor::new(plain))).unwrap();
-        let opts = crate::compress::CompressOptions {
-            level: 1,
-            threads: 2,
-            frame_target: 32 << 20,
-        };
-        let mut z = Vec::new();
-        crate::compress::compress(input, &mut z, &opts).unwrap();
-        let mut a = ZstArchive::open(&z).unwrap().unwrap();
-        let n = a.frames().len();
-        assert!(n >= 3, "{n} frames");
-        for i in 0..n {
-            a.frame(i).unwrap();
-            let held: usize = a.cache.iter().map(|(_, d)| d.capacity()).sum();
-            assert!(
-                a.cache.len() == 1 || held <= CACHE_BYTES,
-                "{} frames, {held} bytes cached",
-                a.cache.len()
-            );
-        }
-        assert!(
-            a.cache.len() < n.min(CACHE_FRAMES),
-            "{} of {n} frames cached",
-            a.cache.len()
-        );
     }
 }

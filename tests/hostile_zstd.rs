@@ -486,3 +486,40 @@ fn decompress_to_a_full_disk_names_the_output() {
         );
     }
 }
+
+/// Frames are cached within `CACHE_BYTES` (always the one just read): three frames of
+/// 60 MiB leave two cached, where the frame count alone would keep all three.
+#[test]
+fn the_frame_cache_is_bounded_in_bytes() {
+    let mut plain = b"rbd diff v1\ns".to_vec();
+    plain.extend_from_slice(&(256 * MIB).to_le_bytes());
+    for k in 0..3u64 {
+        plain.push(b'w');
+        plain.extend_from_slice(&(k * 64 * MIB).to_le_bytes());
+        plain.extend_from_slice(&(60 * MIB).to_le_bytes());
+        plain.resize(plain.len() + 60 * MIB as usize, k as u8);
+    }
+    plain.push(b'e');
+    let input =
+        rbddiff::input::Input::from_reader("-", Box::new(std::io::Cursor::new(plain))).unwrap();
+    let opts = rbddiff::compress::CompressOptions {
+        level: 1,
+        threads: 2,
+        frame_target: 32 << 20,
+    };
+    let mut z = Vec::new();
+    rbddiff::compress::compress(input, &mut z, &opts).unwrap();
+    let mut a = ZstArchive::open(&z).unwrap().unwrap();
+    let n = a.frames().len();
+    assert!(n >= 3, "{n} frames");
+    for i in 0..n {
+        a.frame(i).unwrap();
+        let (bytes, frames) = a.cached();
+        assert!(
+            frames == 1 || bytes <= rbddiff::zst::CACHE_BYTES,
+            "{frames} frames, {bytes} bytes cached"
+        );
+    }
+    let (_, frames) = a.cached();
+    assert!(frames < n.min(4), "{frames} of {n} frames cached");
+}
