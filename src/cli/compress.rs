@@ -75,7 +75,7 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
         ));
     }
     let input = Input::open(&a.input)?;
-    let mut out = Output::create_like(&a.output, a.force, Some(Path::new(&a.input)))?;
+    let mut out = Output::create_for(&a.output, a.force, &[Path::new(&a.input)])?;
     let opts = CompressOptions {
         level: a.level,
         threads: a.threads.unwrap_or_else(compress::default_threads),
@@ -95,7 +95,7 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
 
 pub fn run_decompress(a: DecompressArgs) -> Result<Status> {
     let input = Input::open(&a.input)?;
-    let mut out = Output::create_like(&a.output, a.force, Some(Path::new(&a.input)))?;
+    let mut out = Output::create_for(&a.output, a.force, &[Path::new(&a.input)])?;
     let threads = a.threads.unwrap_or_else(compress::default_threads);
     let watch = input.watch();
     let r =

@@ -1,0 +1,204 @@
+//! The command line's safety and conveniences, run as a process: an output that is an
+//! input is refused, binary output to a terminal is refused.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use rbddiff::{DiffWriter, Metadata, Version};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn run_stdin(args: &[&str], stdin: &Path) -> Output {
+    bin()
+        .args(args)
+        .stdin(fs::File::open(stdin).unwrap())
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn diff(from: Option<&str>, to: &str, byte: u8) -> Vec<u8> {
+    let meta = Metadata {
+        from_snap: from.map(|f| f.as_bytes().to_vec()),
+        to_snap: Some(to.as_bytes().to_vec()),
+        image_size: Some(1 << 20),
+        ..Metadata::default()
+    };
+    let mut w = DiffWriter::new(Vec::new(), Version::V1, &meta).unwrap();
+    w.write_data(4096 * u64::from(byte), &[byte; 4096]).unwrap();
+    w.finish().unwrap()
+}
+
+/// A directory with a two-diff chain `a`, `b`, an archive `a.zst` of `a` and a raw image.
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("a"), diff(None, "a", 1)).unwrap();
+    fs::write(dir.path().join("b"), diff(Some("a"), "b", 2)).unwrap();
+    let p = |n: &str| s(&dir.path().join(n));
+    let o = run(&["compress", &p("a"), "-o", &p("a.zst")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut raw = vec![0u8; 1 << 20];
+    raw[8192..12288].fill(7);
+    fs::write(dir.path().join("raw"), raw).unwrap();
+    dir
+}
+
+/// Asserts that `o` is the refusal of an output that is an input, and that `file` kept
+/// its content.
+fn assert_refused(o: &Output, file: &Path, before: &[u8]) {
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(o));
+    let e = stderr(o);
+    assert!(e.contains("is the input"), "{e}");
+    assert!(e.contains("refusing to replace it"), "{e}");
+    assert_eq!(fs::read(file).unwrap(), before, "the input was changed");
+}
+
+#[test]
+fn an_output_that_is_an_input_is_refused_even_with_force() {
+    let dir = setup();
+    let p = |n: &str| dir.path().join(n);
+    let (a, b, z, raw) = (s(&p("a")), s(&p("b")), s(&p("a.zst")), s(&p("raw")));
+    let a0 = fs::read(p("a")).unwrap();
+    let b0 = fs::read(p("b")).unwrap();
+    let z0 = fs::read(p("a.zst")).unwrap();
+    let raw0 = fs::read(p("raw")).unwrap();
+
+    // merge: the first input, the last one, with and without --force.
+    assert_refused(&run(&["merge", &a, &b, "-o", &a, "--force"]), &p("a"), &a0);
+    assert_refused(&run(&["merge", &a, &b, "-o", &b, "--force"]), &p("b"), &b0);
+    assert_refused(&run(&["merge", &a, &b, "-o", &b]), &p("b"), &b0);
+    // compress and decompress.
+    assert_refused(&run(&["compress", &a, "-o", &a, "--force"]), &p("a"), &a0);
+    assert_refused(
+        &run(&["decompress", &z, "-o", &z, "--force"]),
+        &p("a.zst"),
+        &z0,
+    );
+    // create: the new image and the base image.
+    assert_refused(
+        &run(&["create", "--from", &raw, "-o", &raw, "--force"]),
+        &p("raw"),
+        &raw0,
+    );
+    fs::write(p("old"), vec![0u8; 1 << 20]).unwrap();
+    let old = s(&p("old"));
+    assert_refused(
+        &run(&[
+            "create",
+            "--from",
+            &raw,
+            "--base",
+            &old,
+            "--from-snap",
+            "s0",
+            "-o",
+            &old,
+            "--force",
+        ]),
+        &p("old"),
+        &vec![0u8; 1 << 20],
+    );
+}
+
+#[test]
+fn links_to_an_input_and_stdin_are_the_input_too() {
+    let dir = setup();
+    let p = |n: &str| dir.path().join(n);
+    let a0 = fs::read(p("a")).unwrap();
+    fs::hard_link(p("a"), p("hard")).unwrap();
+    std::os::unix::fs::symlink(p("a"), p("soft")).unwrap();
+    let (a, b) = (s(&p("a")), s(&p("b")));
+    for link in ["hard", "soft"] {
+        let o = run(&["merge", &a, &b, "-o", &s(&p(link)), "--force"]);
+        assert_refused(&o, &p("a"), &a0);
+    }
+    // The input read from stdin is the file given as output.
+    let o = run_stdin(&["compress", "-", "-o", &a, "--force"], &p("a"));
+    assert_refused(&o, &p("a"), &a0);
+    // Stdout appended to an input.
+    let append = fs::OpenOptions::new().append(true).open(p("a")).unwrap();
+    let o = bin()
+        .args(["compress", &a, "-o", "-"])
+        .stdin(Stdio::null())
+        .stdout(append)
+        .output()
+        .unwrap();
+    assert_refused(&o, &p("a"), &a0);
+    assert!(stderr(&o).contains("stdout is the input"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_distinct_output_is_still_written() {
+    let dir = setup();
+    let p = |n: &str| dir.path().join(n);
+    let (a, b) = (s(&p("a")), s(&p("b")));
+    let o = run(&["merge", &a, &b, "-o", &s(&p("ab"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["compress", &a, "-o", "-"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, fs::read(p("a.zst")).unwrap());
+}
+
+/// Runs `rbddiff ARGS` with stdout on a pseudo-terminal (util-linux `script`), returning its
+/// exit status and what the terminal showed; `None` when `script` is missing.
+fn on_terminal(args: &[String]) -> Option<(i32, String)> {
+    let cmd = std::iter::once(env!("CARGO_BIN_EXE_rbddiff").to_string())
+        .chain(args.iter().cloned())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    Some((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+#[test]
+fn binary_output_to_a_terminal_is_refused() {
+    let dir = setup();
+    let p = |n: &str| s(&dir.path().join(n));
+    let cases: Vec<Vec<String>> = vec![
+        vec!["merge".into(), p("a"), p("b"), "-o".into(), "-".into()],
+        vec!["compress".into(), p("a"), "-o".into(), "-".into()],
+        vec!["decompress".into(), p("a.zst"), "-o".into(), "-".into()],
+        vec![
+            "create".into(),
+            "--from".into(),
+            p("raw"),
+            "-o".into(),
+            "-".into(),
+        ],
+    ];
+    for args in cases {
+        let Some((code, shown)) = on_terminal(&args) else {
+            eprintln!("skipped: no `script` to give the command a terminal");
+            return;
+        };
+        assert_eq!(code, 2, "{args:?}: {shown}");
+        assert!(shown.contains("stdout is a terminal"), "{args:?}: {shown}");
+        assert!(!shown.contains("rbd diff v1"), "{args:?} wrote: {shown}");
+    }
+    // To a file, the same command runs.
+    let (code, shown) =
+        on_terminal(&["merge".into(), p("a"), p("b"), "-o".into(), p("ab")]).unwrap();
+    assert_eq!(code, 0, "{shown}");
+}
