@@ -202,3 +202,72 @@ fn binary_output_to_a_terminal_is_refused() {
         on_terminal(&["merge".into(), p("a"), p("b"), "-o".into(), p("ab")]).unwrap();
     assert_eq!(code, 0, "{shown}");
 }
+
+/// The commands `rbddiff --help` lists (`help` excepted).
+fn commands() -> Vec<String> {
+    let o = run(&["--help"]);
+    let text = String::from_utf8(o.stdout).unwrap();
+    let list: Vec<String> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(list.len() >= 10, "{text}");
+    assert!(list.iter().any(|c| c == "man"), "{list:?}");
+    list
+}
+
+#[test]
+fn completions_name_every_command() {
+    let commands = commands();
+    for shell in ["bash", "zsh", "fish"] {
+        let o = run(&["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let text = String::from_utf8(o.stdout).unwrap();
+        assert!(text.len() > 1000, "{shell}: {text}");
+        for c in &commands {
+            assert!(text.contains(c.as_str()), "{shell} lacks {c}");
+        }
+        // Flags of a command are completed too.
+        assert!(text.contains("force-chain"), "{shell}");
+    }
+    let o = run(&["completions", "tcsh"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn man_writes_one_page_per_command() {
+    let commands = commands();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("man1");
+    let o = run(&["man", "-o", &s(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut names: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = commands.iter().map(|c| format!("rbddiff-{c}.1")).collect();
+    want.push("rbddiff.1".into());
+    want.sort();
+    assert_eq!(names, want);
+    let top = fs::read_to_string(out.join("rbddiff.1")).unwrap();
+    assert!(top.contains(".TH rbddiff 1"), "{top}");
+    for c in &commands {
+        assert!(top.contains(&format!("rbddiff\\-{c}(1)")), "{c}");
+        let page = fs::read_to_string(out.join(format!("rbddiff-{c}.1"))).unwrap();
+        assert!(page.contains(&format!(".TH rbddiff-{c} 1")), "{c}: {page}");
+        assert!(page.contains(".SH OPTIONS"), "{c}: {page}");
+        assert!(page.contains(&format!("rbddiff {c}")), "{c}: {page}");
+    }
+    // One page on stdout; an unknown command is an error.
+    let o = run(&["man", "merge"]);
+    assert!(o.status.success());
+    assert_eq!(o.stdout, fs::read(out.join("rbddiff-merge.1")).unwrap());
+    let o = run(&["man", "nosuch"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("nosuch"));
+}

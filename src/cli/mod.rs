@@ -11,6 +11,7 @@ mod apply;
 mod backup;
 mod compress;
 mod create;
+mod docs;
 mod inspect;
 mod merge;
 mod prune;
@@ -48,6 +49,8 @@ enum Command {
     Backup(backup::Args),
     Restore(restore::Args),
     Prune(prune::Args),
+    Completions(docs::CompletionsArgs),
+    Man(docs::ManArgs),
 }
 
 /// How `backup` and `restore` reach the cluster: passed to every `rbd` call.
@@ -183,6 +186,8 @@ pub fn run() -> ExitCode {
         Command::Backup(a) => backup::run(a),
         Command::Restore(a) => restore::run(a),
         Command::Prune(a) => prune::run(a),
+        Command::Completions(a) => docs::run_completions(a),
+        Command::Man(a) => docs::run_man(a),
     };
     // What was read from a mapped input past the end it was truncated to were zeros: no
     // result is trusted then (outputs were not committed; a report or stdout may be wrong).
