@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::error::{Error, Warning};
 use crate::format::Extent;
 use crate::input::{Input, Kind};
+use crate::size::Bytes;
 use crate::stream::{ItemKind, RecordSource};
 use crate::zst::ZstArchive;
 use crate::{DiffReader, DiffSlice, ImageReader, ImageSlice};
@@ -556,7 +557,7 @@ pub fn render_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
             "  order {}  features {}  stripe unit {}  stripe count {}  diffs {}",
             o(img.order),
             img.features.map_or("-".into(), |f| format!("0x{f:x}")),
-            o(img.stripe_unit),
+            img.stripe_unit.map_or("-".into(), |v| Bytes(v).to_string()),
             o(img.stripe_count),
             img.diff_count
         )?;
@@ -584,18 +585,18 @@ pub fn render_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
             "{indent}format {version}  from {}  to {}  size {}{}",
             opt_name(&d.from_snap, "(full)"),
             opt_name(&d.to_snap, "(HEAD)"),
-            d.image_size.map_or("-".into(), |s| s.to_string()),
+            d.image_size.map_or("-".into(), |s| Bytes(s).to_string()),
             d.protected
                 .map_or(String::new(), |p| format!("  protected {p}"))
         )?;
         writeln!(
             out,
-            "{indent}records {}  w {} ({} bytes)  z {} ({} bytes){}",
+            "{indent}records {}  w {} ({})  z {} ({}){}",
             d.records,
             d.writes,
-            d.write_bytes,
+            Bytes(d.write_bytes),
             d.zeros,
-            d.zero_bytes,
+            Bytes(d.zero_bytes),
             if d.unknown > 0 {
                 format!("  unknown {}", d.unknown)
             } else {
@@ -605,8 +606,8 @@ pub fn render_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         match (d.first_offset, d.last_end) {
             (Some(a), Some(b)) => writeln!(
                 out,
-                "{indent}covers {} bytes in {} ranges, image offsets {a}..{b}",
-                d.covered_bytes(),
+                "{indent}covers {} in {} ranges, image offsets {a}..{b}",
+                Bytes(d.covered_bytes()),
                 d.covered.len()
             )?,
             _ => writeln!(out, "{indent}no data records")?,

@@ -68,6 +68,7 @@ pub mod merge;
 pub mod output;
 mod parse;
 pub mod progress;
+pub mod size;
 pub mod slice;
 pub mod smallfile;
 pub mod stream;

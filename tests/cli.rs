@@ -271,3 +271,64 @@ fn man_writes_one_page_per_command() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("nosuch"));
 }
+
+/// `--frame-size 64K` is `--frame-size 65536`, and not the default (more frames).
+#[test]
+fn size_arguments_take_binary_units() {
+    let dir = setup();
+    let p = |n: &str| dir.path().join(n);
+    let src = env!("CARGO_MANIFEST_DIR").to_string() + "/testdata/real/img64k/full_v1.diff";
+    let compress = |size: Option<&str>, out: &str| {
+        let mut args = vec!["compress", &src, "-o", out];
+        if let Some(s) = size {
+            args.extend(["--frame-size", s]);
+        }
+        let o = run(&args);
+        assert!(o.status.success(), "{size:?}: {}", stderr(&o));
+        fs::read(out).unwrap()
+    };
+    let k = compress(Some("64K"), &s(&p("k.zst")));
+    assert_eq!(k, compress(Some("65536"), &s(&p("b.zst"))));
+    assert_eq!(k, compress(Some("64KiB"), &s(&p("kib.zst"))));
+    assert_ne!(k, compress(None, &s(&p("default.zst"))));
+    assert_eq!(
+        compress(Some("4M"), &s(&p("m.zst"))),
+        compress(None, &s(&p("default2.zst")))
+    );
+    let o = run(&[
+        "compress",
+        &src,
+        "-o",
+        &s(&p("x.zst")),
+        "--frame-size",
+        "64Q",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a size"), "{}", stderr(&o));
+
+    // create: block size and largest record.
+    let raw = s(&p("raw"));
+    let create = |block: &str, max: &str, out: &str| {
+        let o = run(&[
+            "create",
+            "--from",
+            &raw,
+            "--block-size",
+            block,
+            "--max-record",
+            max,
+            "-o",
+            out,
+        ]);
+        assert!(o.status.success(), "{block} {max}: {}", stderr(&o));
+        (fs::read(out).unwrap(), String::from_utf8(o.stdout).unwrap())
+    };
+    let (units, text) = create("64K", "1M", &s(&p("u.diff")));
+    let (bytes, _) = create("65536", "1048576", &s(&p("b.diff")));
+    assert_eq!(units, bytes);
+    let (small, _) = create("4K", "4K", &s(&p("s.diff")));
+    assert_ne!(units, small);
+    // The report shows sizes as rbd does.
+    assert!(text.contains("size 1 MiB"), "{text}");
+    assert!(text.contains("1 data records (64 KiB)"), "{text}");
+}

@@ -6,6 +6,7 @@ use std::path::Path;
 use rbddiff::compress::{self, CompressOptions, Stats};
 use rbddiff::input::Input;
 use rbddiff::output::Output;
+use rbddiff::size::parse_size;
 use rbddiff::{Error, Result};
 
 use super::Status;
@@ -29,8 +30,9 @@ pub struct CompressArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Diff bytes per zstd frame (frames end at the first record boundary after this;
-    /// 1 KiB to 32 MiB).
-    #[arg(long, default_value_t = compress::DEFAULT_FRAME_TARGET)]
+    /// 1K to 32M; bytes, or with a binary unit: 64K, 4M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size,
+          default_value_t = compress::DEFAULT_FRAME_TARGET)]
     frame_size: u64,
     /// Replace an existing output file.
     #[arg(long)]

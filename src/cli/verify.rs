@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use rbddiff::size::Bytes;
 use rbddiff::verify::{verify_with_progress, VerifyOptions};
 use rbddiff::Result;
 
@@ -60,7 +61,7 @@ pub fn run(a: Args) -> Result<Status> {
                 f.kind,
                 show(&f.from),
                 show(&f.to),
-                f.size.map_or("?".into(), |s| s.to_string()),
+                f.size.map_or("?".into(), |s| Bytes(s).to_string()),
                 if f.valid { "ok" } else { "BAD" },
                 f.sums
             )?;
