@@ -27,12 +27,17 @@ pub enum ErrorKind {
     #[error("{0}")]
     Io(#[from] io::Error),
     /// The stream does not start with a known banner.
-    #[error("bad banner {found:?}, expected {expected}")]
+    #[error(
+        "bad banner \"{found}\", expected {expected}{}",
+        .hint.map_or(String::new(), |h| format!(": {h}"))
+    )]
     BadBanner {
         /// Up to the first 19 bytes found, escaped.
         found: String,
         /// What was expected, for the message.
         expected: &'static str,
+        /// What the input seems to be instead, and what to do (see [`crate::format::foreign`]).
+        hint: Option<&'static str>,
     },
     /// The input ended inside a record (or inside the banner).
     #[error("truncated {what}")]

@@ -332,3 +332,59 @@ fn size_arguments_take_binary_units() {
     assert!(text.contains("size 1 MiB"), "{text}");
     assert!(text.contains("1 data records (64 KiB)"), "{text}");
 }
+
+/// Compressed files, disk images and an empty file given as diffs: every command says what
+/// the input is and what to do, not only that the banner is wrong.
+#[test]
+fn foreign_input_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let junk: Vec<u8> = (0..200u8).collect();
+    let with = |magic: &[u8]| [magic, &junk].concat();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "x.gz",
+            with(&[0x1f, 0x8b, 8, 0]),
+            "gunzip -c FILE | rbddiff",
+        ),
+        ("x.xz", with(b"\xfd7zXZ\x00"), "xz -dc FILE | rbddiff"),
+        ("x.bz2", with(b"BZh91AY&SY"), "bzip2 -dc FILE | rbddiff"),
+        ("x.lz4", with(b"\x04\x22\x4d\x18"), "lz4 -dc FILE | rbddiff"),
+        (
+            "x.qcow2",
+            with(b"QFI\xfb\x00\x00\x00\x03"),
+            "qemu-img convert",
+        ),
+        ("disk.raw", vec![0u8; 65536], "looks like a raw image"),
+        ("boot.raw", with(b"\xebc\x90"), "looks like a raw image"),
+        ("empty", Vec::new(), "the input is empty"),
+    ];
+    let good = s(&dir.path().join("good"));
+    fs::write(&good, diff(None, "a", 1)).unwrap();
+    for (name, data, hint) in &cases {
+        fs::write(p(name), data).unwrap();
+        let f = s(&p(name));
+        let target = s(&p("target"));
+        let runs = [
+            run(&["inspect", &f]),
+            run(&["merge", &f, &good, "-o", &s(&p("out"))]),
+            run(&["apply", &f, "--to", &target, "--create"]),
+            run(&["compress", &f, "-o", &s(&p("out.zst"))]),
+            run(&["verify", &f]),
+            run_stdin(&["compress", "-", "-o", &s(&p("out2.zst"))], &p(name)),
+        ];
+        for (i, o) in runs.iter().enumerate() {
+            let said = format!("{}{}", stderr(o), String::from_utf8_lossy(&o.stdout));
+            assert!(!o.status.success(), "{name} #{i}: {said}");
+            assert!(said.contains(hint), "{name} #{i}: {said}");
+            // Escapes are not doubled.
+            assert!(!said.contains("\\\\x"), "{name} #{i}: {said}");
+        }
+    }
+    // Text that is no known format is a bad banner, with no guess.
+    fs::write(p("text"), b"hello, world: this is text\n").unwrap();
+    let o = run(&["inspect", &s(&p("text"))]);
+    let e = stderr(&o);
+    assert!(e.contains("bad banner \"hello, world\""), "{e}");
+    assert!(!e.contains("this is") && !e.contains("looks like"), "{e}");
+}
