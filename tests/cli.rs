@@ -388,3 +388,108 @@ fn foreign_input_is_explained() {
     assert!(e.contains("bad banner \"hello, world\""), "{e}");
     assert!(!e.contains("this is") && !e.contains("looks like"), "{e}");
 }
+
+/// Every command takes `-q/--quiet` and `--no-progress`, before or after its name.
+#[test]
+fn every_command_takes_quiet_and_no_progress() {
+    for c in commands() {
+        for args in [
+            vec![c.as_str(), "-q", "--no-progress", "--help"],
+            vec!["--quiet", c.as_str(), "--help"],
+            vec!["--no-progress", c.as_str(), "--help"],
+        ] {
+            let o = run(&args);
+            assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        }
+        // What a command does not take is refused (so the above can fail).
+        let o = run(&[c.as_str(), "--no-such-flag", "--help"]);
+        assert_eq!(o.status.code(), Some(2), "{c}");
+    }
+}
+
+/// `-q` prints nothing but errors and asked-for JSON; without it the same commands report.
+#[test]
+fn quiet_prints_nothing_but_errors_and_json() {
+    let dir = setup();
+    let p = |n: &str| s(&dir.path().join(n));
+    let v2 = env!("CARGO_MANIFEST_DIR").to_string() + "/testdata/real/img64k/v2/";
+    let (v2a, v2b) = (v2.clone() + "full_v1.diff", v2 + "v1_v2.diff");
+    let cases: Vec<Vec<String>> = vec![
+        vec!["inspect".into(), p("a")],
+        vec!["verify".into(), p("a"), p("b")],
+        vec!["apply".into(), p("a"), p("b"), "--to".into(), p("t1")],
+        vec![
+            "create".into(),
+            "--from".into(),
+            p("raw"),
+            "-o".into(),
+            p("c1"),
+        ],
+        // Ceph 16 v2 files: warnings on stderr.
+        vec!["merge".into(), v2a, v2b, "-o".into(), p("m1")],
+    ];
+    for (i, args) in cases.iter().enumerate() {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if args[0] == "apply" {
+            args.push("--create");
+        }
+        let loud = run(&args);
+        assert!(loud.status.success(), "{args:?}: {}", stderr(&loud));
+        assert!(
+            !loud.stdout.is_empty() || !loud.stderr.is_empty(),
+            "{args:?} printed nothing"
+        );
+        // The same again, quietly (to new outputs).
+        let fresh: Vec<String> = args
+            .iter()
+            .map(|a| {
+                a.replace("t1", "t2")
+                    .replace("c1", "c2")
+                    .replace("m1", "m2")
+            })
+            .collect();
+        let mut quiet: Vec<&str> = vec!["-q"];
+        quiet.extend(fresh.iter().map(String::as_str));
+        let o = run(&quiet);
+        assert!(o.status.success(), "#{i} {quiet:?}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "#{i} {quiet:?}: {:?}", o.stdout);
+        assert!(o.stderr.is_empty(), "#{i} {quiet:?}: {}", stderr(&o));
+    }
+    // Problems: the exit status tells, errors are still printed.
+    let o = run(&["verify", "-q", &p("b"), &p("a")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    let o = run(&["inspect", "-q", &p("nosuch")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("nosuch"));
+    // JSON asked for is printed.
+    let o = run(&["inspect", "-q", "--json", &p("a")]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["diffs"][0]["to_snap"], "a");
+}
+
+#[test]
+fn decompress_reports_json() {
+    let dir = setup();
+    let p = |n: &str| s(&dir.path().join(n));
+    let len = fs::metadata(p("a")).unwrap().len();
+    let zlen = fs::metadata(p("a.zst")).unwrap().len();
+    let o = run(&["decompress", &p("a.zst"), "-o", &p("a2"), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["diff_bytes"], len);
+    assert_eq!(v["compressed_bytes"], zlen);
+    assert!(v["frames"].as_u64().unwrap() >= 1);
+    // With the data on stdout, the JSON goes to stderr.
+    let o = run(&["decompress", &p("a.zst"), "-o", "-", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, fs::read(p("a")).unwrap());
+    let v: serde_json::Value = serde_json::from_slice(&o.stderr).unwrap();
+    assert_eq!(v["diff_bytes"], len);
+    // And so for compress.
+    let o = run(&["compress", &p("a"), "-o", "-", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stderr).unwrap();
+    assert_eq!(v["compressed_bytes"], o.stdout.len() as u64);
+}

@@ -41,7 +41,7 @@ pub struct CompressArgs {
     /// the archive's length and digest; `rbddiff verify` checks it.
     #[arg(long)]
     sums: bool,
-    /// Print statistics as JSON on stdout.
+    /// Print statistics as JSON on stdout (on stderr when the archive goes to stdout).
     #[arg(long)]
     json: bool,
 }
@@ -60,12 +60,17 @@ pub struct DecompressArgs {
     /// Replace an existing output file.
     #[arg(long)]
     force: bool,
+    /// Print statistics as JSON on stdout (on stderr when the output is stdout).
+    #[arg(long)]
+    json: bool,
 }
 
+/// Prints the statistics as JSON when asked: on stdout, or on stderr when the data goes there.
 fn report(s: &Stats, json: bool, to_stdout: bool) -> Result<()> {
-    if json && !to_stdout {
-        let mut out = io::stdout().lock();
-        super::write_json(&mut out, s)?;
+    if json && to_stdout {
+        super::write_json(&mut io::stderr().lock(), s)?;
+    } else if json {
+        super::write_json(&mut io::stdout().lock(), s)?;
     }
     Ok(())
 }
@@ -104,7 +109,7 @@ pub fn run_decompress(a: DecompressArgs) -> Result<Status> {
         super::with_progress(|p| compress::decompress_with_progress(input, &mut out, threads, p));
     // A truncated input names the input; any other error that names no file is one of
     // writing the output.
-    watch.check(r).map_err(|e| {
+    let stats = watch.check(r).map_err(|e| {
         if a.output == "-" {
             e
         } else {
@@ -112,5 +117,6 @@ pub fn run_decompress(a: DecompressArgs) -> Result<Status> {
         }
     })?;
     out.commit()?;
+    report(&stats, a.json, a.output == "-")?;
     Ok(Status::Ok)
 }

@@ -63,7 +63,7 @@ pub fn run(a: Args) -> Result<Status> {
     };
     if a.json {
         super::write_json(&mut out, &r)?;
-    } else if a.output != "-" {
+    } else if a.output != "-" && !super::quiet() {
         writeln!(
             out,
             "{}: size {}, {} data records ({}), {} zero records ({}), {} written",

@@ -81,9 +81,8 @@ pub fn run(a: Args) -> Result<Status> {
     let stats = stats?;
     if !a.json {
         // Tolerated by rbd, but worth knowing: the merged output no longer carries them.
-        let mut err = io::stderr().lock();
         for w in &stats.warnings {
-            writeln!(err, "rbddiff: warning: {w}")?;
+            super::warn(w)?;
         }
     }
     if a.json {
