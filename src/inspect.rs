@@ -535,11 +535,39 @@ fn opt_name(n: &Option<String>, none: &str) -> String {
     n.clone().unwrap_or_else(|| none.to_string())
 }
 
-/// Writes a human-readable report.
+/// Writes a human-readable report (see [`render_reports`]).
 ///
 /// # Errors
 /// Writing to `out` fails.
 pub fn render_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
+    render_reports(std::slice::from_ref(r), out)
+}
+
+/// Writes human-readable reports, one after the other. The 8-byte `p` length field that
+/// Ceph 16 writes in every v2 diff is known Ceph behaviour: instead of a warning per diff,
+/// one note at the end counts the files that have it (the JSON report lists each).
+///
+/// # Errors
+/// Writing to `out` fails.
+pub fn render_reports(reports: &[Report], out: &mut dyn Write) -> io::Result<()> {
+    for r in reports {
+        render_one(r, out)?;
+    }
+    let quirky = reports
+        .iter()
+        .filter(|r| {
+            r.diffs
+                .iter()
+                .any(|d| d.warnings.iter().any(|w| w.kind.is_ceph16_p_length()))
+        })
+        .count();
+    if quirky > 0 {
+        writeln!(out, "{}", crate::error::ceph16_note(quirky))?;
+    }
+    Ok(())
+}
+
+fn render_one(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     writeln!(
         out,
         "{}: {}",
@@ -627,7 +655,7 @@ pub fn render_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
                 }
             }
         }
-        for w in &d.warnings {
+        for w in d.warnings.iter().filter(|w| !w.kind.is_ceph16_p_length()) {
             writeln!(out, "{indent}warning: {w}")?;
         }
         if d.more_warnings > 0 {

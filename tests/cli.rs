@@ -493,3 +493,49 @@ fn decompress_reports_json() {
     let v: serde_json::Value = serde_json::from_slice(&o.stderr).unwrap();
     assert_eq!(v["compressed_bytes"], o.stdout.len() as u64);
 }
+
+/// Ceph 16's 8-byte `p` length field, in every v2 diff it writes: one note in human output,
+/// each listed in JSON.
+#[test]
+fn the_ceph16_p_length_warning_is_one_note() {
+    let v2 = env!("CARGO_MANIFEST_DIR").to_string() + "/testdata/real/img64k/v2/";
+    let files: Vec<String> = ["full_v1.diff", "v1_v2.diff", "v2_v3.diff"]
+        .iter()
+        .map(|f| v2.clone() + f)
+        .collect();
+    let f: Vec<&str> = files.iter().map(String::as_str).collect();
+    let note = "note: 3 files have Ceph 16's 8-byte 'p' length field";
+    let per_file = "as written by Ceph 16";
+    let check = |what: &str, text: &str| {
+        assert_eq!(text.matches(note).count(), 1, "{what}: {text}");
+        assert!(!text.contains(per_file), "{what}: {text}");
+        assert!(!text.contains("warning"), "{what}: {text}");
+    };
+
+    let o = run(&[&["inspect"], &f[..]].concat());
+    assert!(o.status.success());
+    check("inspect", &String::from_utf8_lossy(&o.stdout));
+    let o = run(&[&["inspect", "--json"], &f[..]].concat());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for r in v.as_array().unwrap() {
+        let w = &r["diffs"][0]["warnings"][0];
+        assert_eq!(w["kind"]["kind"], "length_mismatch", "{r}");
+    }
+
+    let o = run(&[&["verify"], &f[..]].concat());
+    assert!(o.status.success());
+    check("verify", &String::from_utf8_lossy(&o.stdout));
+    let o = run(&[&["verify", "--json"], &f[..]].concat());
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(text.matches(per_file).count(), 3, "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = s(&dir.path().join("m"));
+    let o = run(&[&["merge"], &f[..], &["-o", &out]].concat());
+    assert!(o.status.success());
+    check("merge", &stderr(&o));
+    let out = s(&dir.path().join("m2"));
+    let o = run(&[&["merge", "--json"], &f[..], &["-o", &out]].concat());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 3, "{v}");
+}

@@ -66,8 +66,18 @@ pub fn run(a: Args) -> Result<Status> {
                 f.sums
             )?;
         }
-        for f in &r.findings {
+        // Ceph 16's `p` length field: one note, not one per file.
+        for f in r.findings.iter().filter(|f| !f.is_ceph16_p_length()) {
             writeln!(out, "{f}")?;
+        }
+        let quirky: std::collections::BTreeSet<&str> = r
+            .findings
+            .iter()
+            .filter(|f| f.is_ceph16_p_length())
+            .map(|f| f.file.as_str())
+            .collect();
+        if !quirky.is_empty() {
+            writeln!(out, "{}", rbddiff::error::ceph16_note(quirky.len()))?;
         }
         if r.chain {
             let chain_ok = !r.findings.iter().any(|f| f.check == "chain");
