@@ -295,7 +295,8 @@ fn walk<'s>(
     let mut diffs = Vec::new();
     let mut image = None;
     match (slice, streamed, kind) {
-        (Some(b), _, Kind::DiffV1 | Kind::DiffV2) => {
+        // What is no known kind is parsed as a diff, whose banner error says what it is.
+        (Some(b), _, Kind::DiffV1 | Kind::DiffV2 | Kind::Unknown) => {
             let d = DiffSlice::parse(b)?;
             diffs.push(walk_diff(&mut d.records(), 0, &cut)?);
         }
@@ -308,7 +309,7 @@ fn walk<'s>(
                 diffs.push(walk_diff(&mut d.records(), d.start_offset(), &cut)?);
             }
         }
-        (None, true, Kind::DiffV1 | Kind::DiffV2) => {
+        (None, true, Kind::DiffV1 | Kind::DiffV2 | Kind::Unknown) => {
             let mut d = DiffReader::new(TeeReader(cut.clone()))?;
             diffs.push(walk_diff(&mut d, 0, &cut)?);
         }

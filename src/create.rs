@@ -251,6 +251,9 @@ pub fn create_diff_with_progress(
             "an incremental diff needs both the base image and its snapshot name (--base and --from-snap)",
         ));
     }
+    let mut inputs = vec![new];
+    inputs.extend(opts.base.as_deref());
+    crate::output::check_output(out, &inputs)?;
     let (nf, nlen) = open(new)?;
     let base = match &opts.base {
         Some(b) => Some(open(b)?),
@@ -268,7 +271,7 @@ pub fn create_diff_with_progress(
         protected: None,
         image_size: Some(nlen),
     };
-    let mut output = Output::create_like(out, opts.force, Some(new))?;
+    let mut output = Output::create_for(out, opts.force, &inputs)?;
     let mut w = DiffWriter::new(&mut output, Version::V1, &meta)?;
     let mut em = Emitter {
         w: &mut w,

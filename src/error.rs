@@ -27,12 +27,17 @@ pub enum ErrorKind {
     #[error("{0}")]
     Io(#[from] io::Error),
     /// The stream does not start with a known banner.
-    #[error("bad banner {found:?}, expected {expected}")]
+    #[error(
+        "bad banner \"{found}\", expected {expected}{}",
+        .hint.map_or(String::new(), |h| format!(": {h}"))
+    )]
     BadBanner {
         /// Up to the first 19 bytes found, escaped.
         found: String,
         /// What was expected, for the message.
         expected: &'static str,
+        /// What the input seems to be instead, and what to do (see [`crate::format::foreign`]).
+        hint: Option<&'static str>,
     },
     /// The input ended inside a record (or inside the banner).
     #[error("truncated {what}")]
@@ -285,6 +290,39 @@ pub enum WarningKind {
     },
 }
 
+/// The message of [`WarningKind::is_ceph16_p_length`] warnings (after offset and record).
+pub const CEPH16_P_LENGTH: &str =
+    "'p' record length field 8 for a 1-byte body (as written by Ceph 16.x)";
+
+impl WarningKind {
+    /// True for the 8-byte length field of `p` records that Ceph 16 writes in every v2 diff:
+    /// known Ceph behaviour, which rbd reads. Human output reports these once (see
+    /// [`ceph16_note`]); JSON lists each.
+    pub fn is_ceph16_p_length(&self) -> bool {
+        matches!(
+            self,
+            WarningKind::LengthMismatch {
+                tag: 'p',
+                declared: 8,
+                expected: 1
+            }
+        )
+    }
+}
+
+/// The one line of human output for the Ceph 16 `p` length warnings of `files` files.
+pub fn ceph16_note(files: usize) -> String {
+    let what = if files == 1 {
+        "1 file has".to_string()
+    } else {
+        format!("{files} files have")
+    };
+    format!(
+        "note: {what} Ceph 16's 8-byte 'p' length field (known Ceph behaviour, read by rbd; \
+         each is listed with --json)"
+    )
+}
+
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "byte {}", self.offset)?;
@@ -301,11 +339,8 @@ impl fmt::Display for Warning {
                 declared,
                 expected,
             } => {
-                if *tag == 'p' && *declared == 8 && *expected == 1 {
-                    write!(
-                        f,
-                        "'p' record length field 8 for a 1-byte body (as written by Ceph 16.x)"
-                    )
+                if self.kind.is_ceph16_p_length() {
+                    f.write_str(CEPH16_P_LENGTH)
                 } else {
                     write!(
                         f,

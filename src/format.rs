@@ -18,6 +18,34 @@ pub const BANNER_V2: &[u8; 12] = b"rbd diff v2\n";
 pub const IMAGE_BANNER: &[u8; 13] = b"rbd image v2\n";
 /// Banner before the embedded diffs of an image stream.
 pub const IMAGE_DIFFS_BANNER: &[u8; 19] = b"rbd image diffs v2\n";
+
+/// What a stream that starts with no rbd banner probably is, judged from its first bytes,
+/// and what to do with it: compressed data (gzip, xz, bzip2, lz4) to decompress first, or a
+/// raw or qcow2 disk image to make a diff of. `None` when nothing is recognised.
+pub fn foreign(prefix: &[u8]) -> Option<&'static str> {
+    let at = |magic: &[u8]| prefix.starts_with(magic);
+    Some(if at(&[0x1f, 0x8b]) {
+        "this is gzip-compressed data; decompress it first: `gunzip -c FILE | rbddiff ... -`"
+    } else if at(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        "this is xz-compressed data; decompress it first: `xz -dc FILE | rbddiff ... -`"
+    } else if at(b"BZh") && prefix.get(3).is_some_and(|d| (b'1'..=b'9').contains(d)) {
+        "this is bzip2-compressed data; decompress it first: `bzip2 -dc FILE | rbddiff ... -`"
+    } else if at(&[0x04, 0x22, 0x4d, 0x18]) {
+        "this is lz4-compressed data; decompress it first: `lz4 -dc FILE | rbddiff ... -`"
+    } else if at(b"QFI\xfb") {
+        "this is a qcow2 image, not a diff: convert it (`qemu-img convert -O raw FILE RAW`), \
+         then `rbddiff create --from RAW -o DIFF` makes a full diff of it"
+    } else if prefix.len() >= 12 && prefix[..12].iter().all(|b| *b == 0)
+        || (prefix.first() == Some(&0xeb) && prefix.get(2) == Some(&0x90))
+        || at(b"LUKS\xba\xbe")
+    {
+        // Zeros, an x86 boot sector's jump, a LUKS header: a disk image (`rbd export`).
+        "this looks like a raw image (an `rbd export` or a disk), not a diff: \
+         `rbddiff create --from RAW -o DIFF` makes a full diff of it"
+    } else {
+        return None;
+    })
+}
 /// Longest snapshot name rbd's readers accept.
 pub const MAX_NAME_LEN: u32 = 4096;
 /// Longest image-meta key or value this crate accepts in an image stream header.

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::error::{Error, Warning};
 use crate::format::Extent;
 use crate::input::{Input, Kind};
+use crate::size::Bytes;
 use crate::stream::{ItemKind, RecordSource};
 use crate::zst::ZstArchive;
 use crate::{DiffReader, DiffSlice, ImageReader, ImageSlice};
@@ -534,11 +535,39 @@ fn opt_name(n: &Option<String>, none: &str) -> String {
     n.clone().unwrap_or_else(|| none.to_string())
 }
 
-/// Writes a human-readable report.
+/// Writes a human-readable report (see [`render_reports`]).
 ///
 /// # Errors
 /// Writing to `out` fails.
 pub fn render_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
+    render_reports(std::slice::from_ref(r), out)
+}
+
+/// Writes human-readable reports, one after the other. The 8-byte `p` length field that
+/// Ceph 16 writes in every v2 diff is known Ceph behaviour: instead of a warning per diff,
+/// one note at the end counts the files that have it (the JSON report lists each).
+///
+/// # Errors
+/// Writing to `out` fails.
+pub fn render_reports(reports: &[Report], out: &mut dyn Write) -> io::Result<()> {
+    for r in reports {
+        render_one(r, out)?;
+    }
+    let quirky = reports
+        .iter()
+        .filter(|r| {
+            r.diffs
+                .iter()
+                .any(|d| d.warnings.iter().any(|w| w.kind.is_ceph16_p_length()))
+        })
+        .count();
+    if quirky > 0 {
+        writeln!(out, "{}", crate::error::ceph16_note(quirky))?;
+    }
+    Ok(())
+}
+
+fn render_one(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     writeln!(
         out,
         "{}: {}",
@@ -556,7 +585,7 @@ pub fn render_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
             "  order {}  features {}  stripe unit {}  stripe count {}  diffs {}",
             o(img.order),
             img.features.map_or("-".into(), |f| format!("0x{f:x}")),
-            o(img.stripe_unit),
+            img.stripe_unit.map_or("-".into(), |v| Bytes(v).to_string()),
             o(img.stripe_count),
             img.diff_count
         )?;
@@ -584,18 +613,18 @@ pub fn render_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
             "{indent}format {version}  from {}  to {}  size {}{}",
             opt_name(&d.from_snap, "(full)"),
             opt_name(&d.to_snap, "(HEAD)"),
-            d.image_size.map_or("-".into(), |s| s.to_string()),
+            d.image_size.map_or("-".into(), |s| Bytes(s).to_string()),
             d.protected
                 .map_or(String::new(), |p| format!("  protected {p}"))
         )?;
         writeln!(
             out,
-            "{indent}records {}  w {} ({} bytes)  z {} ({} bytes){}",
+            "{indent}records {}  w {} ({})  z {} ({}){}",
             d.records,
             d.writes,
-            d.write_bytes,
+            Bytes(d.write_bytes),
             d.zeros,
-            d.zero_bytes,
+            Bytes(d.zero_bytes),
             if d.unknown > 0 {
                 format!("  unknown {}", d.unknown)
             } else {
@@ -605,8 +634,8 @@ pub fn render_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         match (d.first_offset, d.last_end) {
             (Some(a), Some(b)) => writeln!(
                 out,
-                "{indent}covers {} bytes in {} ranges, image offsets {a}..{b}",
-                d.covered_bytes(),
+                "{indent}covers {} in {} ranges, image offsets {a}..{b}",
+                Bytes(d.covered_bytes()),
                 d.covered.len()
             )?,
             _ => writeln!(out, "{indent}no data records")?,
@@ -626,7 +655,7 @@ pub fn render_text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
                 }
             }
         }
-        for w in &d.warnings {
+        for w in d.warnings.iter().filter(|w| !w.kind.is_ceph16_p_length()) {
             writeln!(out, "{indent}warning: {w}")?;
         }
         if d.more_warnings > 0 {

@@ -71,6 +71,7 @@ mod parallel;
 mod parse;
 pub mod progress;
 pub mod rbd;
+pub mod size;
 pub mod slice;
 pub mod smallfile;
 pub mod stream;

@@ -860,13 +860,15 @@ pub fn merge_files_to(
             "--sums needs an output file (a sidecar cannot follow stdout)",
         ));
     }
+    let files: Vec<&std::path::Path> = paths.iter().map(std::path::Path::new).collect();
+    crate::output::check_output(out, &files)?;
+    let names: Vec<&str> = paths.iter().map(String::as_str).collect();
     // The chain is checked on the headers before any input is decompressed to a
     // temporary file.
     let heads = paths
         .iter()
         .map(|p| peek_header(p))
         .collect::<Result<Vec<_>>>()?;
-    let names: Vec<&str> = paths.iter().map(String::as_str).collect();
     check_links(
         &names,
         &heads.iter().map(Option::as_ref).collect::<Vec<_>>(),
@@ -878,8 +880,7 @@ pub fn merge_files_to(
         .collect::<Result<Vec<_>>>()?;
     let mut inputs = opened.iter().map(merge_input).collect::<Result<Vec<_>>>()?;
     let p = plan(&inputs, opts)?;
-    let like = paths.first().map(std::path::Path::new);
-    let mut output = Output::create_like(out, force, like)?;
+    let mut output = Output::create_for(out, force, &files)?;
     let wrap = |e: Error| {
         if out == "-" {
             e

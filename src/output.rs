@@ -239,6 +239,84 @@ impl Drop for AtomicFile {
     }
 }
 
+/// The device and inode of the file at `path` (`-`: of stdin or stdout, as `stdout` says),
+/// when it exists.
+fn identity(path: &Path, stdout: bool) -> Option<(u64, u64)> {
+    use std::os::fd::AsFd;
+    let st = if path.as_os_str() != "-" {
+        rustix::fs::stat(path).ok()?
+    } else if stdout {
+        rustix::fs::fstat(io::stdout().as_fd()).ok()?
+    } else {
+        rustix::fs::fstat(io::stdin().as_fd()).ok()?
+    };
+    // A terminal, pipe or /dev/null on both sides is no overlap.
+    use rustix::fs::FileType;
+    let data = matches!(
+        FileType::from_raw_mode(st.st_mode),
+        FileType::RegularFile | FileType::BlockDevice
+    );
+    #[allow(clippy::useless_conversion)]
+    data.then(|| (u64::from(st.st_dev), u64::from(st.st_ino)))
+}
+
+/// Refuses an output (`-` = stdout) that is one of `inputs` (`-` = stdin): same device and
+/// inode, so hard and symbolic links count, as zstd does. Replacing an input while it is
+/// read would lose it, even with `--force`.
+///
+/// # Errors
+/// The output is an input.
+pub fn refuse_input_as_output(out: &str, inputs: &[&Path]) -> Result<()> {
+    let Some(o) = identity(Path::new(out), true) else {
+        return Ok(());
+    };
+    match inputs.iter().find(|i| identity(i, false) == Some(o)) {
+        Some(i) => {
+            let stdin = i.as_os_str() == "-";
+            let name = if stdin {
+                "stdin".into()
+            } else {
+                i.display().to_string()
+            };
+            let what = if out == "-" { "stdout" } else { "the output" };
+            Err(Error::invalid(format!(
+                "{what} is the input {name}: refusing to replace it"
+            ))
+            .with_file(if out == "-" { i } else { Path::new(out) }))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The checks of [`Output::create_for`], for a command to make before its work: `out` is
+/// none of `inputs`, and not a terminal.
+///
+/// # Errors
+/// As [`refuse_input_as_output`] and [`refuse_terminal`].
+pub fn check_output(out: &str, inputs: &[&Path]) -> Result<()> {
+    refuse_input_as_output(out, inputs)?;
+    if out == "-" {
+        refuse_terminal()?;
+    }
+    Ok(())
+}
+
+/// Refuses to write binary data to stdout when it is a terminal (as zstd does): redirect it
+/// to a file or a pipe, or give an output file.
+///
+/// # Errors
+/// Stdout is a terminal.
+pub fn refuse_terminal() -> Result<()> {
+    use std::io::IsTerminal;
+    if io::stdout().is_terminal() {
+        return Err(Error::invalid(
+            "stdout is a terminal: refusing to write binary data to it \
+             (redirect it to a file or pipe, or give an output file with -o)",
+        ));
+    }
+    Ok(())
+}
+
 /// Where a command writes: an atomic file, or stdout for `-`.
 #[derive(Debug)]
 pub enum Output {
@@ -383,6 +461,18 @@ impl Output {
             1 << 20,
             AtomicFileWriter::new(f),
         )))
+    }
+
+    /// Opens the output of a command that reads `inputs` (`-` = stdin): refuses an output
+    /// that is one of them (see [`refuse_input_as_output`]) and binary data for a terminal
+    /// (see [`refuse_terminal`]); a new file takes the permission bits of the first input.
+    ///
+    /// # Errors
+    /// As [`refuse_input_as_output`], [`refuse_terminal`] and [`AtomicFile::create`].
+    pub fn create_for(path: &str, force: bool, inputs: &[&Path]) -> Result<Output> {
+        check_output(path, inputs)?;
+        let like = inputs.first().filter(|i| i.as_os_str() != "-").copied();
+        Self::create_like(path, force, like)
     }
 
     /// Finishes the output: flush + fsync + rename for files, flush for stdout.

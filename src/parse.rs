@@ -108,6 +108,19 @@ pub(crate) fn bad_banner(found: &[u8], expected: &'static str) -> ErrorKind {
     ErrorKind::BadBanner {
         found: found.escape_ascii().to_string(),
         expected,
+        hint: crate::format::foreign(found),
+    }
+}
+
+/// The error for an input that ends inside the banner (`avail` is what there is of it):
+/// an empty input says so.
+pub(crate) fn truncated_banner(avail: &[u8]) -> ErrorKind {
+    ErrorKind::Truncated {
+        what: if avail.is_empty() {
+            "banner: the input is empty (0 bytes), not an rbd diff".into()
+        } else {
+            "banner".into()
+        },
     }
 }
 

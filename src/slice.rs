@@ -39,13 +39,7 @@ impl<'a> DiffSlice<'a> {
         let (mut rest, version) = match parse::diff_banner(bytes) {
             Ok(ok) => ok,
             Err(nom::Err::Incomplete(_)) => {
-                return Err(Error::at(
-                    ErrorKind::Truncated {
-                        what: "banner".into(),
-                    },
-                    base,
-                    None,
-                ))
+                return Err(Error::at(parse::truncated_banner(bytes), base, None))
             }
             Err(nom::Err::Failure(PErr::Fatal(k))) => return Err(Error::at(k, base, None)),
             Err(_) => {

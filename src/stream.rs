@@ -527,13 +527,7 @@ impl<R: Read> DiffReader<R> {
                 Ok((_, v)) => break v,
                 Err(nom::Err::Incomplete(_)) => {
                     if !src.fill(12)? {
-                        return Err(Error::at(
-                            ErrorKind::Truncated {
-                                what: "banner".into(),
-                            },
-                            start,
-                            None,
-                        ));
+                        return Err(Error::at(parse::truncated_banner(src.avail()), start, None));
                     }
                 }
                 Err(nom::Err::Failure(PErr::Fatal(k))) => return Err(Error::at(k, start, None)),

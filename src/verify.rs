@@ -65,6 +65,16 @@ pub struct Finding {
     pub message: String,
 }
 
+impl Finding {
+    /// True for a note of Ceph 16's 8-byte `p` length field (see
+    /// [`crate::WarningKind::is_ceph16_p_length`]).
+    pub fn is_ceph16_p_length(&self) -> bool {
+        self.severity == Severity::Note
+            && self.check == "structure"
+            && self.message == crate::error::CEPH16_P_LENGTH
+    }
+}
+
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let sev = match self.severity {

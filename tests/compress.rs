@@ -596,7 +596,7 @@ fn compress_stream_equals_compressing_the_written_diff() {
             Ok(())
         })
         .unwrap_err();
-        assert!(e.to_string().contains("not an rbd diff"), "{e}");
+        assert!(e.to_string().contains("bad banner"), "{e}");
     }
 }
 

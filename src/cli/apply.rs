@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use rbddiff::apply::{apply_chain_with_progress, ApplyOptions};
+use rbddiff::size::Bytes;
 use rbddiff::Result;
 
 use super::Status;
@@ -53,13 +54,13 @@ pub fn run(a: Args) -> Result<Status> {
             if d.applied {
                 writeln!(
                     out,
-                    "applied {} ({} -> {}): {} bytes written, {} bytes zeroed, size {}",
+                    "applied {} ({} -> {}): {} written, {} zeroed, size {}",
                     d.file,
                     show(&d.from),
                     show(&d.to),
-                    d.stats.bytes_written,
-                    d.stats.bytes_zeroed,
-                    d.size
+                    Bytes(d.stats.bytes_written),
+                    Bytes(d.stats.bytes_zeroed),
+                    Bytes(d.size)
                 )?;
             } else {
                 writeln!(out, "skipped {} (target already past it)", d.file)?;
@@ -67,12 +68,12 @@ pub fn run(a: Args) -> Result<Status> {
         }
         writeln!(
             out,
-            "{} now holds {} ({} bytes)",
+            "{} now holds {} ({})",
             r.target.display(),
             r.snap
                 .clone()
                 .map_or("the image HEAD".into(), |s| format!("snapshot '{s}'")),
-            r.size
+            Bytes(r.size)
         )?;
         Ok(())
     })?;

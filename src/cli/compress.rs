@@ -6,6 +6,7 @@ use std::path::Path;
 use rbddiff::compress::{self, CompressOptions, Stats};
 use rbddiff::input::Input;
 use rbddiff::output::Output;
+use rbddiff::size::parse_size;
 use rbddiff::{Error, Result};
 
 use super::Status;
@@ -29,8 +30,9 @@ pub struct CompressArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Diff bytes per zstd frame (frames end at the first record boundary after this;
-    /// 1 KiB to 32 MiB).
-    #[arg(long, default_value_t = compress::DEFAULT_FRAME_TARGET)]
+    /// 1K to 32M; bytes, or with a binary unit: 64K, 4M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size,
+          default_value_t = compress::DEFAULT_FRAME_TARGET)]
     frame_size: u64,
     /// Replace an existing output file.
     #[arg(long)]
@@ -39,7 +41,7 @@ pub struct CompressArgs {
     /// the archive's length and digest; `rbddiff verify` checks it.
     #[arg(long)]
     sums: bool,
-    /// Print statistics as JSON on stdout.
+    /// Print statistics as JSON on stdout (on stderr when the archive goes to stdout).
     #[arg(long)]
     json: bool,
 }
@@ -58,12 +60,17 @@ pub struct DecompressArgs {
     /// Replace an existing output file.
     #[arg(long)]
     force: bool,
+    /// Print statistics as JSON on stdout (on stderr when the output is stdout).
+    #[arg(long)]
+    json: bool,
 }
 
+/// Prints the statistics as JSON when asked: on stdout, or on stderr when the data goes there.
 fn report(s: &Stats, json: bool, to_stdout: bool) -> Result<()> {
-    if json && !to_stdout {
-        let mut out = io::stdout().lock();
-        super::write_json(&mut out, s)?;
+    if json && to_stdout {
+        super::write_json(&mut io::stderr().lock(), s)?;
+    } else if json {
+        super::write_json(&mut io::stdout().lock(), s)?;
     }
     Ok(())
 }
@@ -75,7 +82,7 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
         ));
     }
     let input = Input::open(&a.input)?;
-    let mut out = Output::create_like(&a.output, a.force, Some(Path::new(&a.input)))?;
+    let mut out = Output::create_for(&a.output, a.force, &[Path::new(&a.input)])?;
     let opts = CompressOptions {
         level: a.level,
         threads: a.threads.unwrap_or_else(compress::default_threads),
@@ -95,14 +102,14 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
 
 pub fn run_decompress(a: DecompressArgs) -> Result<Status> {
     let input = Input::open(&a.input)?;
-    let mut out = Output::create_like(&a.output, a.force, Some(Path::new(&a.input)))?;
+    let mut out = Output::create_for(&a.output, a.force, &[Path::new(&a.input)])?;
     let threads = a.threads.unwrap_or_else(compress::default_threads);
     let watch = input.watch();
     let r =
         super::with_progress(|p| compress::decompress_with_progress(input, &mut out, threads, p));
     // A truncated input names the input; any other error that names no file is one of
     // writing the output.
-    watch.check(r).map_err(|e| {
+    let stats = watch.check(r).map_err(|e| {
         if a.output == "-" {
             e
         } else {
@@ -110,5 +117,6 @@ pub fn run_decompress(a: DecompressArgs) -> Result<Status> {
         }
     })?;
     out.commit()?;
+    report(&stats, a.json, a.output == "-")?;
     Ok(Status::Ok)
 }

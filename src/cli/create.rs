@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use rbddiff::create::{
     create_diff_with_progress, CreateOptions, DEFAULT_BLOCK, DEFAULT_MAX_RECORD,
 };
+use rbddiff::size::{parse_size, Bytes};
 use rbddiff::Result;
 
 use super::Status;
@@ -27,11 +28,11 @@ pub struct Args {
     /// Start snapshot name (`f`) of an incremental diff.
     #[arg(long, value_name = "NAME", requires = "base")]
     from_snap: Option<String>,
-    /// Comparison granularity in bytes (a power of two up to 1 MiB).
-    #[arg(long, default_value_t = DEFAULT_BLOCK)]
+    /// Comparison granularity (a power of two up to 1M; bytes, or 4K, 64K, ...).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value_t = DEFAULT_BLOCK)]
     block_size: u64,
-    /// Largest data record in bytes.
-    #[arg(long, default_value_t = DEFAULT_MAX_RECORD)]
+    /// Largest data record (bytes, or 1M, 32M, ...).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value_t = DEFAULT_MAX_RECORD)]
     max_record: u64,
     /// Output file (`-` for stdout).
     #[arg(short, long)]
@@ -62,11 +63,17 @@ pub fn run(a: Args) -> Result<Status> {
     };
     if a.json {
         super::write_json(&mut out, &r)?;
-    } else if a.output != "-" {
+    } else if a.output != "-" && !super::quiet() {
         writeln!(
             out,
-            "{}: size {}, {} data records ({} bytes), {} zero records ({} bytes), {} bytes",
-            a.output, r.size, r.writes, r.data_bytes, r.zeros, r.zero_bytes, r.diff_bytes
+            "{}: size {}, {} data records ({}), {} zero records ({}), {} written",
+            a.output,
+            Bytes(r.size),
+            r.writes,
+            Bytes(r.data_bytes),
+            r.zeros,
+            Bytes(r.zero_bytes),
+            Bytes(r.diff_bytes)
         )?;
     }
     out.flush()?;

@@ -1,7 +1,7 @@
 //! `rbddiff inspect`.
 
 use rbddiff::input::Input;
-use rbddiff::inspect::{inspect_file, inspect_input, render_text};
+use rbddiff::inspect::{inspect_file, inspect_input, render_reports};
 use rbddiff::{Error, Result};
 
 use super::Status;
@@ -35,9 +35,7 @@ pub fn run(a: Args) -> Result<Status> {
         };
         reports.push(report);
     }
-    super::print_report(a.json, &reports, |out| {
-        reports.iter().try_for_each(|r| render_text(r, out))
-    })?;
+    super::print_report(a.json, &reports, |out| render_reports(&reports, out))?;
     match reports.iter().find_map(|r| r.error.clone()) {
         Some(e) => Err(Error::invalid(e)),
         None => Ok(Status::Ok),

@@ -81,9 +81,21 @@ pub fn run(a: Args) -> Result<Status> {
     let stats = stats?;
     if !a.json {
         // Tolerated by rbd, but worth knowing: the merged output no longer carries them.
-        let mut err = io::stderr().lock();
+        // Ceph 16's `p` length field is known Ceph behaviour: one note for all inputs.
+        let mut quirky = std::collections::BTreeSet::new();
         for w in &stats.warnings {
-            writeln!(err, "rbddiff: warning: {w}")?;
+            if w.kind.is_ceph16_p_length() {
+                quirky.insert(w.file.as_str());
+            } else {
+                super::warn(w)?;
+            }
+        }
+        if !quirky.is_empty() && !super::quiet() {
+            writeln!(
+                io::stderr(),
+                "rbddiff: {}",
+                rbddiff::error::ceph16_note(quirky.len())
+            )?;
         }
     }
     if a.json {

@@ -4,6 +4,7 @@
 use std::cell::Cell;
 use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
@@ -11,6 +12,7 @@ mod apply;
 mod backup;
 mod compress;
 mod create;
+mod docs;
 mod inspect;
 mod merge;
 mod prune;
@@ -34,6 +36,36 @@ mod verify;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Flags every command takes (before or after the command's name).
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// Print nothing but errors (and the JSON asked for with --json): no progress bar, no
+    /// report, no warnings. The exit status tells the result.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Show no progress bar (as rbd's --no-progress).
+    #[arg(long, global = true)]
+    no_progress: bool,
+}
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+static NO_PROGRESS: AtomicBool = AtomicBool::new(false);
+
+/// True with `-q/--quiet`: print nothing but errors and asked-for JSON.
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// Prints a warning on stderr, unless `--quiet`.
+pub fn warn(w: impl std::fmt::Display) -> rbddiff::Result<()> {
+    if !quiet() {
+        writeln!(io::stderr().lock(), "rbddiff: warning: {w}")?;
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -48,6 +80,8 @@ enum Command {
     Backup(backup::Args),
     Restore(restore::Args),
     Prune(prune::Args),
+    Completions(docs::CompletionsArgs),
+    Man(docs::ManArgs),
 }
 
 /// How `backup` and `restore` reach the cluster: passed to every `rbd` call.
@@ -71,7 +105,8 @@ impl From<RbdArgs> for rbddiff::workflow::Rbd {
     }
 }
 
-/// Prints a command's report on stdout: as JSON with `--json`, else through `text`.
+/// Prints a command's report on stdout: as JSON with `--json`, else through `text` (nothing
+/// with `--quiet`).
 pub fn print_report<T: serde::Serialize>(
     json: bool,
     report: &T,
@@ -81,7 +116,7 @@ pub fn print_report<T: serde::Serialize>(
     let mut out = io::BufWriter::new(stdout.lock());
     if json {
         write_json(&mut out, report)?;
-    } else {
+    } else if !quiet() {
         text(&mut out)?;
     }
     out.flush()?;
@@ -97,7 +132,7 @@ pub fn write_json(out: &mut dyn Write, value: &impl serde::Serialize) -> rbddiff
 }
 
 /// A progress display on stderr: a bar (a spinner while the total is unknown) when stderr is
-/// a terminal, nothing otherwise. Cleared when finished or dropped (so that an error message
+/// a terminal, nothing otherwise or with `--quiet` or `--no-progress`. Cleared when finished or dropped (so that an error message
 /// is printed on a clean line).
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
@@ -116,8 +151,7 @@ pub fn with_progress<T>(f: impl FnOnce(&mut dyn FnMut(u64, u64)) -> T) -> T {
 /// Starts a progress display for a long command (see [`Progress`]).
 fn progress() -> Progress {
     Progress {
-        bar: io::stderr()
-            .is_terminal()
+        bar: (io::stderr().is_terminal() && !quiet() && !NO_PROGRESS.load(Ordering::Relaxed))
             .then(|| indicatif::ProgressBar::new(0)),
         known: Cell::new(None),
     }
@@ -172,6 +206,8 @@ pub enum Status {
 /// Runs the command line.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    QUIET.store(cli.common.quiet, Ordering::Relaxed);
+    NO_PROGRESS.store(cli.common.no_progress, Ordering::Relaxed);
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Merge(a) => merge::run(a),
@@ -183,6 +219,8 @@ pub fn run() -> ExitCode {
         Command::Backup(a) => backup::run(a),
         Command::Restore(a) => restore::run(a),
         Command::Prune(a) => prune::run(a),
+        Command::Completions(a) => docs::run_completions(a),
+        Command::Man(a) => docs::run_man(a),
     };
     // What was read from a mapped input past the end it was truncated to were zeros: no
     // result is trusted then (outputs were not committed; a report or stdout may be wrong).

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use rbddiff::size::Bytes;
 use rbddiff::verify::{verify_with_progress, VerifyOptions};
 use rbddiff::Result;
 
@@ -60,13 +61,23 @@ pub fn run(a: Args) -> Result<Status> {
                 f.kind,
                 show(&f.from),
                 show(&f.to),
-                f.size.map_or("?".into(), |s| s.to_string()),
+                f.size.map_or("?".into(), |s| Bytes(s).to_string()),
                 if f.valid { "ok" } else { "BAD" },
                 f.sums
             )?;
         }
-        for f in &r.findings {
+        // Ceph 16's `p` length field: one note, not one per file.
+        for f in r.findings.iter().filter(|f| !f.is_ceph16_p_length()) {
             writeln!(out, "{f}")?;
+        }
+        let quirky: std::collections::BTreeSet<&str> = r
+            .findings
+            .iter()
+            .filter(|f| f.is_ceph16_p_length())
+            .map(|f| f.file.as_str())
+            .collect();
+        if !quirky.is_empty() {
+            writeln!(out, "{}", rbddiff::error::ceph16_note(quirky.len()))?;
         }
         if r.chain {
             let chain_ok = !r.findings.iter().any(|f| f.check == "chain");

@@ -1,0 +1,541 @@
+//! The command line's safety and conveniences, run as a process: an output that is an
+//! input is refused, binary output to a terminal is refused.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use rbddiff::{DiffWriter, Metadata, Version};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn run_stdin(args: &[&str], stdin: &Path) -> Output {
+    bin()
+        .args(args)
+        .stdin(fs::File::open(stdin).unwrap())
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn diff(from: Option<&str>, to: &str, byte: u8) -> Vec<u8> {
+    let meta = Metadata {
+        from_snap: from.map(|f| f.as_bytes().to_vec()),
+        to_snap: Some(to.as_bytes().to_vec()),
+        image_size: Some(1 << 20),
+        ..Metadata::default()
+    };
+    let mut w = DiffWriter::new(Vec::new(), Version::V1, &meta).unwrap();
+    w.write_data(4096 * u64::from(byte), &[byte; 4096]).unwrap();
+    w.finish().unwrap()
+}
+
+/// A directory with a two-diff chain `a`, `b`, an archive `a.zst` of `a` and a raw image.
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("a"), diff(None, "a", 1)).unwrap();
+    fs::write(dir.path().join("b"), diff(Some("a"), "b", 2)).unwrap();
+    let p = |n: &str| s(&dir.path().join(n));
+    let o = run(&["compress", &p("a"), "-o", &p("a.zst")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut raw = vec![0u8; 1 << 20];
+    raw[8192..12288].fill(7);
+    fs::write(dir.path().join("raw"), raw).unwrap();
+    dir
+}
+
+/// Asserts that `o` is the refusal of an output that is an input, and that `file` kept
+/// its content.
+fn assert_refused(o: &Output, file: &Path, before: &[u8]) {
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(o));
+    let e = stderr(o);
+    assert!(e.contains("is the input"), "{e}");
+    assert!(e.contains("refusing to replace it"), "{e}");
+    assert_eq!(fs::read(file).unwrap(), before, "the input was changed");
+}
+
+#[test]
+fn an_output_that_is_an_input_is_refused_even_with_force() {
+    let dir = setup();
+    let p = |n: &str| dir.path().join(n);
+    let (a, b, z, raw) = (s(&p("a")), s(&p("b")), s(&p("a.zst")), s(&p("raw")));
+    let a0 = fs::read(p("a")).unwrap();
+    let b0 = fs::read(p("b")).unwrap();
+    let z0 = fs::read(p("a.zst")).unwrap();
+    let raw0 = fs::read(p("raw")).unwrap();
+
+    // merge: the first input, the last one, with and without --force.
+    assert_refused(&run(&["merge", &a, &b, "-o", &a, "--force"]), &p("a"), &a0);
+    assert_refused(&run(&["merge", &a, &b, "-o", &b, "--force"]), &p("b"), &b0);
+    assert_refused(&run(&["merge", &a, &b, "-o", &b]), &p("b"), &b0);
+    // compress and decompress.
+    assert_refused(&run(&["compress", &a, "-o", &a, "--force"]), &p("a"), &a0);
+    assert_refused(
+        &run(&["decompress", &z, "-o", &z, "--force"]),
+        &p("a.zst"),
+        &z0,
+    );
+    // create: the new image and the base image.
+    assert_refused(
+        &run(&["create", "--from", &raw, "-o", &raw, "--force"]),
+        &p("raw"),
+        &raw0,
+    );
+    fs::write(p("old"), vec![0u8; 1 << 20]).unwrap();
+    let old = s(&p("old"));
+    assert_refused(
+        &run(&[
+            "create",
+            "--from",
+            &raw,
+            "--base",
+            &old,
+            "--from-snap",
+            "s0",
+            "-o",
+            &old,
+            "--force",
+        ]),
+        &p("old"),
+        &vec![0u8; 1 << 20],
+    );
+}
+
+#[test]
+fn links_to_an_input_and_stdin_are_the_input_too() {
+    let dir = setup();
+    let p = |n: &str| dir.path().join(n);
+    let a0 = fs::read(p("a")).unwrap();
+    fs::hard_link(p("a"), p("hard")).unwrap();
+    std::os::unix::fs::symlink(p("a"), p("soft")).unwrap();
+    let (a, b) = (s(&p("a")), s(&p("b")));
+    for link in ["hard", "soft"] {
+        let o = run(&["merge", &a, &b, "-o", &s(&p(link)), "--force"]);
+        assert_refused(&o, &p("a"), &a0);
+    }
+    // The input read from stdin is the file given as output.
+    let o = run_stdin(&["compress", "-", "-o", &a, "--force"], &p("a"));
+    assert_refused(&o, &p("a"), &a0);
+    // Stdout appended to an input.
+    let append = fs::OpenOptions::new().append(true).open(p("a")).unwrap();
+    let o = bin()
+        .args(["compress", &a, "-o", "-"])
+        .stdin(Stdio::null())
+        .stdout(append)
+        .output()
+        .unwrap();
+    assert_refused(&o, &p("a"), &a0);
+    assert!(stderr(&o).contains("stdout is the input"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_distinct_output_is_still_written() {
+    let dir = setup();
+    let p = |n: &str| dir.path().join(n);
+    let (a, b) = (s(&p("a")), s(&p("b")));
+    let o = run(&["merge", &a, &b, "-o", &s(&p("ab"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["compress", &a, "-o", "-"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, fs::read(p("a.zst")).unwrap());
+}
+
+/// Runs `rbddiff ARGS` with stdout on a pseudo-terminal (util-linux `script`), returning its
+/// exit status and what the terminal showed; `None` when `script` is missing.
+fn on_terminal(args: &[String]) -> Option<(i32, String)> {
+    let cmd = std::iter::once(env!("CARGO_BIN_EXE_rbddiff").to_string())
+        .chain(args.iter().cloned())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    Some((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+#[test]
+fn binary_output_to_a_terminal_is_refused() {
+    let dir = setup();
+    let p = |n: &str| s(&dir.path().join(n));
+    let cases: Vec<Vec<String>> = vec![
+        vec!["merge".into(), p("a"), p("b"), "-o".into(), "-".into()],
+        vec!["compress".into(), p("a"), "-o".into(), "-".into()],
+        vec!["decompress".into(), p("a.zst"), "-o".into(), "-".into()],
+        vec![
+            "create".into(),
+            "--from".into(),
+            p("raw"),
+            "-o".into(),
+            "-".into(),
+        ],
+    ];
+    for args in cases {
+        let Some((code, shown)) = on_terminal(&args) else {
+            eprintln!("skipped: no `script` to give the command a terminal");
+            return;
+        };
+        assert_eq!(code, 2, "{args:?}: {shown}");
+        assert!(shown.contains("stdout is a terminal"), "{args:?}: {shown}");
+        assert!(!shown.contains("rbd diff v1"), "{args:?} wrote: {shown}");
+    }
+    // To a file, the same command runs.
+    let (code, shown) =
+        on_terminal(&["merge".into(), p("a"), p("b"), "-o".into(), p("ab")]).unwrap();
+    assert_eq!(code, 0, "{shown}");
+}
+
+/// The commands `rbddiff --help` lists (`help` excepted).
+fn commands() -> Vec<String> {
+    let o = run(&["--help"]);
+    let text = String::from_utf8(o.stdout).unwrap();
+    let list: Vec<String> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(list.len() >= 10, "{text}");
+    assert!(list.iter().any(|c| c == "man"), "{list:?}");
+    list
+}
+
+#[test]
+fn completions_name_every_command() {
+    let commands = commands();
+    for shell in ["bash", "zsh", "fish"] {
+        let o = run(&["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let text = String::from_utf8(o.stdout).unwrap();
+        assert!(text.len() > 1000, "{shell}: {text}");
+        for c in &commands {
+            assert!(text.contains(c.as_str()), "{shell} lacks {c}");
+        }
+        // Flags of a command are completed too.
+        assert!(text.contains("force-chain"), "{shell}");
+    }
+    let o = run(&["completions", "tcsh"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn man_writes_one_page_per_command() {
+    let commands = commands();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("man1");
+    let o = run(&["man", "-o", &s(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut names: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = commands.iter().map(|c| format!("rbddiff-{c}.1")).collect();
+    want.push("rbddiff.1".into());
+    want.sort();
+    assert_eq!(names, want);
+    let top = fs::read_to_string(out.join("rbddiff.1")).unwrap();
+    assert!(top.contains(".TH rbddiff 1"), "{top}");
+    for c in &commands {
+        assert!(top.contains(&format!("rbddiff\\-{c}(1)")), "{c}");
+        let page = fs::read_to_string(out.join(format!("rbddiff-{c}.1"))).unwrap();
+        assert!(page.contains(&format!(".TH rbddiff-{c} 1")), "{c}: {page}");
+        assert!(page.contains(".SH OPTIONS"), "{c}: {page}");
+        assert!(page.contains(&format!("rbddiff {c}")), "{c}: {page}");
+    }
+    // One page on stdout; an unknown command is an error.
+    let o = run(&["man", "merge"]);
+    assert!(o.status.success());
+    assert_eq!(o.stdout, fs::read(out.join("rbddiff-merge.1")).unwrap());
+    let o = run(&["man", "nosuch"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("nosuch"));
+}
+
+/// `--frame-size 64K` is `--frame-size 65536`, and not the default (more frames).
+#[test]
+fn size_arguments_take_binary_units() {
+    let dir = setup();
+    let p = |n: &str| dir.path().join(n);
+    let src = env!("CARGO_MANIFEST_DIR").to_string() + "/testdata/real/img64k/full_v1.diff";
+    let compress = |size: Option<&str>, out: &str| {
+        let mut args = vec!["compress", &src, "-o", out];
+        if let Some(s) = size {
+            args.extend(["--frame-size", s]);
+        }
+        let o = run(&args);
+        assert!(o.status.success(), "{size:?}: {}", stderr(&o));
+        fs::read(out).unwrap()
+    };
+    let k = compress(Some("64K"), &s(&p("k.zst")));
+    assert_eq!(k, compress(Some("65536"), &s(&p("b.zst"))));
+    assert_eq!(k, compress(Some("64KiB"), &s(&p("kib.zst"))));
+    assert_ne!(k, compress(None, &s(&p("default.zst"))));
+    assert_eq!(
+        compress(Some("4M"), &s(&p("m.zst"))),
+        compress(None, &s(&p("default2.zst")))
+    );
+    let o = run(&[
+        "compress",
+        &src,
+        "-o",
+        &s(&p("x.zst")),
+        "--frame-size",
+        "64Q",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a size"), "{}", stderr(&o));
+
+    // create: block size and largest record.
+    let raw = s(&p("raw"));
+    let create = |block: &str, max: &str, out: &str| {
+        let o = run(&[
+            "create",
+            "--from",
+            &raw,
+            "--block-size",
+            block,
+            "--max-record",
+            max,
+            "-o",
+            out,
+        ]);
+        assert!(o.status.success(), "{block} {max}: {}", stderr(&o));
+        (fs::read(out).unwrap(), String::from_utf8(o.stdout).unwrap())
+    };
+    let (units, text) = create("64K", "1M", &s(&p("u.diff")));
+    let (bytes, _) = create("65536", "1048576", &s(&p("b.diff")));
+    assert_eq!(units, bytes);
+    let (small, _) = create("4K", "4K", &s(&p("s.diff")));
+    assert_ne!(units, small);
+    // The report shows sizes as rbd does.
+    assert!(text.contains("size 1 MiB"), "{text}");
+    assert!(text.contains("1 data records (64 KiB)"), "{text}");
+}
+
+/// Compressed files, disk images and an empty file given as diffs: every command says what
+/// the input is and what to do, not only that the banner is wrong.
+#[test]
+fn foreign_input_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let junk: Vec<u8> = (0..200u8).collect();
+    let with = |magic: &[u8]| [magic, &junk].concat();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "x.gz",
+            with(&[0x1f, 0x8b, 8, 0]),
+            "gunzip -c FILE | rbddiff",
+        ),
+        ("x.xz", with(b"\xfd7zXZ\x00"), "xz -dc FILE | rbddiff"),
+        ("x.bz2", with(b"BZh91AY&SY"), "bzip2 -dc FILE | rbddiff"),
+        ("x.lz4", with(b"\x04\x22\x4d\x18"), "lz4 -dc FILE | rbddiff"),
+        (
+            "x.qcow2",
+            with(b"QFI\xfb\x00\x00\x00\x03"),
+            "qemu-img convert",
+        ),
+        ("disk.raw", vec![0u8; 65536], "looks like a raw image"),
+        ("boot.raw", with(b"\xebc\x90"), "looks like a raw image"),
+        ("empty", Vec::new(), "the input is empty"),
+    ];
+    let good = s(&dir.path().join("good"));
+    fs::write(&good, diff(None, "a", 1)).unwrap();
+    for (name, data, hint) in &cases {
+        fs::write(p(name), data).unwrap();
+        let f = s(&p(name));
+        let target = s(&p("target"));
+        let runs = [
+            run(&["inspect", &f]),
+            run(&["merge", &f, &good, "-o", &s(&p("out"))]),
+            run(&["apply", &f, "--to", &target, "--create"]),
+            run(&["compress", &f, "-o", &s(&p("out.zst"))]),
+            run(&["verify", &f]),
+            run_stdin(&["compress", "-", "-o", &s(&p("out2.zst"))], &p(name)),
+        ];
+        for (i, o) in runs.iter().enumerate() {
+            let said = format!("{}{}", stderr(o), String::from_utf8_lossy(&o.stdout));
+            assert!(!o.status.success(), "{name} #{i}: {said}");
+            assert!(said.contains(hint), "{name} #{i}: {said}");
+            // Escapes are not doubled.
+            assert!(!said.contains("\\\\x"), "{name} #{i}: {said}");
+        }
+    }
+    // Text that is no known format is a bad banner, with no guess.
+    fs::write(p("text"), b"hello, world: this is text\n").unwrap();
+    let o = run(&["inspect", &s(&p("text"))]);
+    let e = stderr(&o);
+    assert!(e.contains("bad banner \"hello, world\""), "{e}");
+    assert!(!e.contains("this is") && !e.contains("looks like"), "{e}");
+}
+
+/// Every command takes `-q/--quiet` and `--no-progress`, before or after its name.
+#[test]
+fn every_command_takes_quiet_and_no_progress() {
+    for c in commands() {
+        for args in [
+            vec![c.as_str(), "-q", "--no-progress", "--help"],
+            vec!["--quiet", c.as_str(), "--help"],
+            vec!["--no-progress", c.as_str(), "--help"],
+        ] {
+            let o = run(&args);
+            assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        }
+        // What a command does not take is refused (so the above can fail).
+        let o = run(&[c.as_str(), "--no-such-flag", "--help"]);
+        assert_eq!(o.status.code(), Some(2), "{c}");
+    }
+}
+
+/// `-q` prints nothing but errors and asked-for JSON; without it the same commands report.
+#[test]
+fn quiet_prints_nothing_but_errors_and_json() {
+    let dir = setup();
+    let p = |n: &str| s(&dir.path().join(n));
+    let v2 = env!("CARGO_MANIFEST_DIR").to_string() + "/testdata/real/img64k/v2/";
+    let (v2a, v2b) = (v2.clone() + "full_v1.diff", v2 + "v1_v2.diff");
+    let cases: Vec<Vec<String>> = vec![
+        vec!["inspect".into(), p("a")],
+        vec!["verify".into(), p("a"), p("b")],
+        vec!["apply".into(), p("a"), p("b"), "--to".into(), p("t1")],
+        vec![
+            "create".into(),
+            "--from".into(),
+            p("raw"),
+            "-o".into(),
+            p("c1"),
+        ],
+        // Ceph 16 v2 files: warnings on stderr.
+        vec!["merge".into(), v2a, v2b, "-o".into(), p("m1")],
+    ];
+    for (i, args) in cases.iter().enumerate() {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if args[0] == "apply" {
+            args.push("--create");
+        }
+        let loud = run(&args);
+        assert!(loud.status.success(), "{args:?}: {}", stderr(&loud));
+        assert!(
+            !loud.stdout.is_empty() || !loud.stderr.is_empty(),
+            "{args:?} printed nothing"
+        );
+        // The same again, quietly (to new outputs).
+        let fresh: Vec<String> = args
+            .iter()
+            .map(|a| {
+                a.replace("t1", "t2")
+                    .replace("c1", "c2")
+                    .replace("m1", "m2")
+            })
+            .collect();
+        let mut quiet: Vec<&str> = vec!["-q"];
+        quiet.extend(fresh.iter().map(String::as_str));
+        let o = run(&quiet);
+        assert!(o.status.success(), "#{i} {quiet:?}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "#{i} {quiet:?}: {:?}", o.stdout);
+        assert!(o.stderr.is_empty(), "#{i} {quiet:?}: {}", stderr(&o));
+    }
+    // Problems: the exit status tells, errors are still printed.
+    let o = run(&["verify", "-q", &p("b"), &p("a")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    let o = run(&["inspect", "-q", &p("nosuch")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("nosuch"));
+    // JSON asked for is printed.
+    let o = run(&["inspect", "-q", "--json", &p("a")]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["diffs"][0]["to_snap"], "a");
+}
+
+#[test]
+fn decompress_reports_json() {
+    let dir = setup();
+    let p = |n: &str| s(&dir.path().join(n));
+    let len = fs::metadata(p("a")).unwrap().len();
+    let zlen = fs::metadata(p("a.zst")).unwrap().len();
+    let o = run(&["decompress", &p("a.zst"), "-o", &p("a2"), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["diff_bytes"], len);
+    assert_eq!(v["compressed_bytes"], zlen);
+    assert!(v["frames"].as_u64().unwrap() >= 1);
+    // With the data on stdout, the JSON goes to stderr.
+    let o = run(&["decompress", &p("a.zst"), "-o", "-", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, fs::read(p("a")).unwrap());
+    let v: serde_json::Value = serde_json::from_slice(&o.stderr).unwrap();
+    assert_eq!(v["diff_bytes"], len);
+    // And so for compress.
+    let o = run(&["compress", &p("a"), "-o", "-", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stderr).unwrap();
+    assert_eq!(v["compressed_bytes"], o.stdout.len() as u64);
+}
+
+/// Ceph 16's 8-byte `p` length field, in every v2 diff it writes: one note in human output,
+/// each listed in JSON.
+#[test]
+fn the_ceph16_p_length_warning_is_one_note() {
+    let v2 = env!("CARGO_MANIFEST_DIR").to_string() + "/testdata/real/img64k/v2/";
+    let files: Vec<String> = ["full_v1.diff", "v1_v2.diff", "v2_v3.diff"]
+        .iter()
+        .map(|f| v2.clone() + f)
+        .collect();
+    let f: Vec<&str> = files.iter().map(String::as_str).collect();
+    let note = "note: 3 files have Ceph 16's 8-byte 'p' length field";
+    let per_file = "as written by Ceph 16";
+    let check = |what: &str, text: &str| {
+        assert_eq!(text.matches(note).count(), 1, "{what}: {text}");
+        assert!(!text.contains(per_file), "{what}: {text}");
+        assert!(!text.contains("warning"), "{what}: {text}");
+    };
+
+    let o = run(&[&["inspect"], &f[..]].concat());
+    assert!(o.status.success());
+    check("inspect", &String::from_utf8_lossy(&o.stdout));
+    let o = run(&[&["inspect", "--json"], &f[..]].concat());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for r in v.as_array().unwrap() {
+        let w = &r["diffs"][0]["warnings"][0];
+        assert_eq!(w["kind"]["kind"], "length_mismatch", "{r}");
+    }
+
+    let o = run(&[&["verify"], &f[..]].concat());
+    assert!(o.status.success());
+    check("verify", &String::from_utf8_lossy(&o.stdout));
+    let o = run(&[&["verify", "--json"], &f[..]].concat());
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(text.matches(per_file).count(), 3, "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = s(&dir.path().join("m"));
+    let o = run(&[&["merge"], &f[..], &["-o", &out]].concat());
+    assert!(o.status.success());
+    check("merge", &stderr(&o));
+    let out = s(&dir.path().join("m2"));
+    let o = run(&[&["merge", "--json"], &f[..], &["-o", &out]].concat());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 3, "{v}");
+}
