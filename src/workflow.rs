@@ -1,17 +1,18 @@
 //! Operator workflows over a backup directory: `backup`, `restore` and `prune`.
 //!
-//! The backups of one image live in a directory as a chain of diff files (plain `.diff` or
-//! compressed `.diff.zst`, each with a `.sums` sidecar). The chain is found from the files'
-//! own headers (start and end snapshot, [`discover_chain`]); names only select the image's
+//! The backups of one image live in a directory as a graph of diff files (plain `.diff` or
+//! compressed `.diff.zst`, each with a `.sums` sidecar) over snapshots. It is found from the
+//! files' own headers (start and end snapshot, [`crate::archive::graph`]); names only select the image's
 //! files (`IMAGE@…` ending in `.diff` or `.diff.zst`) and are written for humans:
 //! `IMAGE@TO.full.diff` for a full diff, `IMAGE@FROM..TO.diff` for an incremental.
 //!
 //! Discovery and names live in [`crate::archive`]; [`backup`] and [`restore`] delegate the
 //! cluster side to the `rbd` CLI ([`Rbd`], [`crate::rbd`]):
 //! `rbd snap create` + `rbd export-diff … -` streamed through the stream parser into an atomic
-//! output, and a one-pass merge of the chain streamed into `rbd import-diff -`. [`prune`] is
-//! offline: it merges the oldest files into one and deletes them only once the result is
-//! committed and verified.
+//! output, and a one-pass merge of the best path streamed into `rbd import-diff -`. [`prune`]
+//! is offline: it keeps the newest N restorable snapshots ([`crate::archive::retention`]),
+//! merges the path to the oldest kept one into one full diff and deletes the files no kept
+//! snapshot needs only once that is committed and verified.
 //!
 //! Names that reach `rbd` (image specs, snapshot names from `--snap` or from diff headers)
 //! are refused when `rbd` could take them for options (a leading `-`, control characters),
@@ -22,7 +23,7 @@
 //! `backup` and `prune` hold an exclusive [`crate::dirlock`] lock on the directory, `restore`
 //! a shared one; a conflicting run is refused at once. A prune is made safe against a kill
 //! by a journal ([`crate::journal`]): before it commits its output it writes (atomically,
-//! fsynced) `.OUTPUT.prune-journal`, naming the output and the files it supersedes, and it
+//! fsynced) `.OUTPUT.prune-journal`, naming the output and the files it deletes, and it
 //! removes the journal after deleting them. Between the commit and the deletions the
 //! directory holds both; chain discovery (of every command, `verify` of a directory too)
 //! then ignores the superseded files as long as the journal's output exists (outputs appear
@@ -32,7 +33,6 @@
 //! (a stale journal is just deleted), and removes the temporary files (`.NAME.XXXXXX.tmp`)
 //! of killed runs of the image, which no live run can be writing while it holds the lock.
 
-use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 use std::process::Stdio;
@@ -677,36 +677,50 @@ pub fn restore(
 /// What [`prune`] did (or would do, for a dry run).
 #[derive(Clone, Debug, Serialize)]
 pub struct PruneReport {
-    /// Files in the chain before pruning.
-    pub chain: usize,
-    /// The files merged (and deleted, unless a dry run), oldest first.
+    /// Files of the image before pruning.
+    pub files: usize,
+    /// The snapshots kept restorable, oldest first.
+    pub kept_snapshots: Vec<String>,
+    /// The files merged into [`PruneReport::output`], in order.
     pub merged: Vec<String>,
-    /// The new file replacing them (none when nothing is to be done).
+    /// The new full diff to the oldest kept snapshot (none when no merge is needed).
     pub output: Option<String>,
-    /// The files kept after it.
+    /// The files that stay, besides the output.
     pub kept: Vec<String>,
-    /// Files deleted (merged files and their sidecars).
+    /// The files deleted (for a dry run: to be deleted), their sidecars aside.
+    pub delete: Vec<String>,
+    /// Files deleted, sidecars included (none for a dry run).
     pub deleted: Vec<String>,
+    /// Files left alone because no restore can use them, with the reason.
+    pub left: Vec<crate::archive::graph::PassedOver>,
     /// True for a dry run: nothing was changed.
     pub dry_run: bool,
     /// Size of the new file.
     pub bytes: u64,
+    /// Bytes of the image's readable files before.
+    pub bytes_before: u64,
+    /// Bytes of them after (for a dry run an estimate: the output counted at the bytes of
+    /// the files it merges).
+    pub bytes_after: u64,
     /// Files of an interrupted earlier run removed first: what a half-done prune had
     /// replaced, its journal, temporary files.
     pub cleaned: Vec<String>,
 }
 
-/// Prunes the chain of `image` in `dir` to `keep` files: when it has more, its first
-/// `len − keep + 1` files are merged into one new diff (full when the chain starts with a full
-/// diff; compressed like the newest merged file), written atomically with its sidecar, the
-/// new chain is verified, the directory fsynced, and only then are the merged files and their
-/// sidecars deleted. A journal written before the commit lets the next run finish a prune
-/// killed in between (see the module docs); what an interrupted run left is cleaned up
-/// first. Nothing else is ever deleted. With `dry_run` nothing is changed.
+/// Prunes the files of `image` in `dir` so that its newest `keep` restorable snapshots stay
+/// restorable ([`crate::archive::retention`] says which files stay): the best path to the
+/// oldest kept snapshot is merged into one new full diff (compressed like the last file
+/// merged), written atomically with its sidecar and verified, the directory fsynced, and
+/// only then are the files no kept snapshot needs deleted, with their sidecars. A journal
+/// written before the commit names them, so that the next run finishes a prune killed in
+/// between (see the module docs); what an interrupted run left is cleaned up first. Files no
+/// restore can use (unreachable ones) are left alone and reported. With `dry_run` nothing
+/// is changed.
 ///
 /// # Errors
-/// `keep` is 0; the chain is broken or does not verify; the new file exists or cannot be
-/// written or verified (then every original file is left as it was).
+/// `keep` is 0; a file of the image is damaged or unreadable (prune rewrites only a healthy
+/// archive; the message names the files and why); no snapshot is restorable; the new file
+/// exists or cannot be written or verified (then every original file is left as it was).
 pub fn prune(
     dir: &Path,
     image: &str,
@@ -727,62 +741,147 @@ pub fn prune(
     } else {
         finish_pending(dir, image)?
     };
-    let chain = discover_chain(dir, image)?;
-    let name = |f: &ChainFile| f.path.to_string_lossy().into_owned();
+    let graph = crate::archive::graph::discover(dir, image)?;
+    let bytes_before: u64 = graph.edges.iter().map(|e| e.bytes).sum();
     let mut report = PruneReport {
-        chain: chain.len(),
+        files: graph.edges.len() + graph.unreadable.len(),
+        kept_snapshots: Vec::new(),
         merged: Vec::new(),
         output: None,
-        kept: chain.iter().map(name).collect(),
+        kept: graph.edges.iter().map(|e| e.file.name()).collect(),
+        delete: Vec::new(),
         deleted: Vec::new(),
+        left: Vec::new(),
         dry_run,
         bytes: 0,
+        bytes_before,
+        bytes_after: bytes_before,
         cleaned,
     };
-    if chain.len() <= keep {
+    if graph.is_empty() {
         return Ok(report);
     }
-    let k = chain.len() - keep + 1;
-    let (merged, kept) = chain.split_at(k);
-    let last = &merged[k - 1];
-    let to = last
-        .to
-        .as_deref()
-        .ok_or_else(|| Error::invalid(format!("{} ends at the image HEAD", last.name())))?;
-    let out = dir.join(file_name(
-        image,
-        merged[0].from.as_deref(),
-        to,
-        last.compressed,
-    ));
-    report.merged = merged.iter().map(name).collect();
-    report.kept = kept.iter().map(name).collect();
-    report.output = Some(out.to_string_lossy().into_owned());
-    if dry_run {
+    let damaged = graph.damaged();
+    let bad: Vec<String> = damaged
+        .iter()
+        .map(|(&i, why)| format!("{} ({why})", graph.edges[i].file.name()))
+        .chain(
+            graph
+                .unreadable
+                .iter()
+                .map(|u| format!("{} ({})", u.file, u.reason)),
+        )
+        .collect();
+    if !bad.is_empty() {
+        return Err(Error::invalid(format!(
+            "prune rewrites only a healthy archive; damaged or unreadable files of {image}: {} \
+             (restore goes round them; move them away to prune)",
+            bad.join("; ")
+        ))
+        .with_file(dir));
+    }
+    let plan = crate::archive::retention::plan(&graph, &damaged, keep).ok_or_else(|| {
+        Error::invalid(format!("no snapshot of {image} is restorable")).with_file(dir)
+    })?;
+    let edge = |i: usize| &graph.edges[i];
+    let names = |v: &[usize]| v.iter().map(|&i| edge(i).file.name()).collect::<Vec<_>>();
+    report.kept_snapshots = plan.keep.clone();
+    report.kept = names(&plan.kept);
+    report.delete = names(&plan.delete);
+    report.left = plan.left.clone();
+    let k0 = plan.keep[0].clone();
+    let mut merge = plan.merge.clone();
+    let mut out = None;
+    if let Some(&last) = merge.last() {
+        let p = dir.join(file_name(image, None, &k0, edge(last).file.compressed));
+        // A kept full diff to the snapshot under that name already: nothing to merge.
+        if plan.kept.iter().any(|&i| edge(i).file.path == p) {
+            merge.clear();
+        } else {
+            out = Some(p);
+        }
+    }
+    report.merged = names(&merge);
+    report.output = out.as_ref().map(|p| p.to_string_lossy().into_owned());
+    let deleted_bytes: u64 = plan.delete.iter().map(|&i| edge(i).bytes).sum();
+    let merged_bytes: u64 = merge.iter().map(|&i| edge(i).bytes).sum();
+    report.bytes_after = bytes_before - deleted_bytes + merged_bytes;
+    if dry_run || (out.is_none() && plan.delete.is_empty()) {
         return Ok(report);
     }
-    verify_chain(&chain)?;
-    if out.exists() {
-        return Err(Error::invalid("the merged output exists already").with_file(&out));
+    let journal = match &out {
+        None => None,
+        Some(out) => {
+            if std::fs::symlink_metadata(out).is_ok() {
+                return Err(Error::invalid("the merged output exists already").with_file(out));
+            }
+            Some(merge_output(
+                dir,
+                &graph,
+                &merge,
+                &plan.delete,
+                out,
+                &k0,
+                progress,
+            )?)
+        }
+    };
+    if let Some(o) = &out {
+        report.bytes = std::fs::metadata(o).map_or(0, |m| m.len());
+        report.bytes_after = bytes_before - deleted_bytes + report.bytes;
     }
-    let out_s = out.to_string_lossy().into_owned();
-    let copts = last.compressed.then(CompressOptions::default);
+    for &i in &plan.delete {
+        let f = &edge(i).file.path;
+        for p in [f.clone(), crate::sums::sums_path(f)] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => report.deleted.push(p.to_string_lossy().into_owned()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::from(e).with_file(&p)),
+            }
+        }
+    }
+    sync_dir(dir)?;
+    if let Some(j) = journal {
+        std::fs::remove_file(&j).map_err(|e| Error::from(e).with_file(&j))?;
+        sync_dir(dir)?;
+    }
+    Ok(report)
+}
+
+/// Merges the files `merge` of `graph` into the full diff `out` to snapshot `k0` under a
+/// journal naming `delete` as superseded: commits it (never clobbering), writes its sidecar,
+/// verifies it and fsyncs the directory. Returns the journal's path. On failure nothing of
+/// this run is left.
+fn merge_output(
+    dir: &Path,
+    graph: &crate::archive::graph::Graph,
+    merge: &[usize],
+    delete: &[usize],
+    out: &Path,
+    k0: &str,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<std::path::PathBuf> {
     let base = |p: &Path| {
         p.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
+    let edge = |i: usize| &graph.edges[i].file;
+    let compressed = merge.last().is_some_and(|&i| edge(i).compressed);
     let journal = crate::journal::write(
         dir,
         &crate::journal::Journal {
-            output: base(&out),
-            supersedes: merged.iter().map(|f| base(&f.path)).collect(),
+            output: base(out),
+            supersedes: delete.iter().map(|&i| base(&edge(i).path)).collect(),
         },
     )?;
+    let inputs: Vec<String> = merge.iter().map(|&i| edge(i).name()).collect();
+    let out_s = out.to_string_lossy().into_owned();
+    let copts = compressed.then(CompressOptions::default);
     // The commit does not clobber: when it fails, the name is someone else's file and
     // nothing of this run is left (the temporary file goes with the error).
     if let Err(e) = merge_files_to(
-        &report.merged,
+        &inputs,
         &out_s,
         false,
         &MergeOptions::default(),
@@ -792,40 +891,31 @@ pub fn prune(
         let _ = std::fs::remove_file(&journal);
         return Err(e);
     }
-    let made = file_id(&out)?;
-    let checked = crate::sums::write_sums_for(&out).and_then(|_| {
-        // The new chain: the merged file, then the kept ones.
-        let mut new_chain = vec![read_chain_file(out.clone())?];
-        new_chain.extend(kept.iter().cloned());
-        verify_chain(&new_chain)?;
-        let d = File::open(dir).map_err(|e| Error::from(e).with_file(dir))?;
-        d.sync_all().map_err(|e| Error::from(e).with_file(dir))?;
-        Ok(())
+    let made = file_id(out)?;
+    let checked = crate::sums::write_sums_for(out).and_then(|_| {
+        let f = read_chain_file(out.to_path_buf())?;
+        if f.from.is_some() || f.to.as_deref() != Some(k0) {
+            return Err(Error::invalid(format!(
+                "the merged file runs from {} to {}, not from a full diff to '{k0}'",
+                show(&f.from),
+                show(&f.to)
+            ))
+            .with_file(out));
+        }
+        verify_chain(&[f])?;
+        sync_dir(dir)
     });
     if let Err(e) = checked {
         // Only the file this run committed goes (never one that replaced it meanwhile).
-        if file_id(&out).ok() == Some(made) {
-            let _ = std::fs::remove_file(crate::sums::sums_path(&out));
-            let _ = std::fs::remove_file(&out);
+        if file_id(out).ok() == Some(made) {
+            let _ = std::fs::remove_file(crate::sums::sums_path(out));
+            let _ = std::fs::remove_file(out);
         }
         // After the output: a journal without its output is stale, never the reverse.
         let _ = std::fs::remove_file(&journal);
         return Err(e);
     }
-    report.bytes = std::fs::metadata(&out).map_or(0, |m| m.len());
-    for f in merged {
-        for p in [f.path.clone(), crate::sums::sums_path(&f.path)] {
-            match std::fs::remove_file(&p) {
-                Ok(()) => report.deleted.push(p.to_string_lossy().into_owned()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::from(e).with_file(&p)),
-            }
-        }
-    }
-    sync_dir(dir)?;
-    std::fs::remove_file(&journal).map_err(|e| Error::from(e).with_file(&journal))?;
-    sync_dir(dir)?;
-    Ok(report)
+    Ok(journal)
 }
 
 #[cfg(test)]

@@ -1365,3 +1365,246 @@ fn backup_chooses_its_base_in_the_graph() {
         .collect();
     assert_eq!(restorable, ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7"]);
 }
+
+/// `n` states of a 1 MiB image, each with a few random writes.
+fn small_states(n: usize) -> Vec<Vec<u8>> {
+    let mut rng = Rng::new(23);
+    let mut cur = vec![0u8; 1 << 20];
+    (0..n)
+        .map(|_| {
+            for _ in 0..4 {
+                let at = rng.below(cur.len() as u64 - 40_000) as usize;
+                let len = 1 + rng.below(32_768) as usize;
+                cur[at..at + len].copy_from_slice(&noise(rng.next(), len));
+            }
+            cur.clone()
+        })
+        .collect()
+}
+
+/// The sha256 of snapshot `snap` of `vm` in `dir` restored offline through the path restore
+/// chooses, and that path's file names.
+fn restore_snap(dir: &Path, work: &Path, snap: &str) -> (String, Vec<String>) {
+    let g = rbddiff::archive::graph::discover(dir, "vm").unwrap();
+    let c = g.choose(Some(snap)).unwrap();
+    let files: Vec<PathBuf> = c
+        .path
+        .iter()
+        .map(|&i| g.edges[i].file.path.clone())
+        .collect();
+    let img = format!("snap-{snap}.img");
+    let _ = fs::remove_file(work.join(&img));
+    let _ = fs::remove_file(rbddiff::apply::state_path(&work.join(&img)));
+    let names = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    (applied(&files, work, &img), names)
+}
+
+/// Restorable snapshots of `vm` in `dir`, oldest first.
+fn restorable(dir: &Path) -> Vec<String> {
+    let g = rbddiff::archive::graph::discover(dir, "vm").unwrap();
+    g.restorable(&Default::default())
+        .into_iter()
+        .map(|r| r.0)
+        .collect()
+}
+
+/// prune on a graph: a chain s0..s5 with a periodic full at s3 keeps the newest N
+/// restorable snapshots; the path to the oldest kept one becomes one full diff, fulls and
+/// incrementals from it on stay (the periodic full still stands in for a damaged
+/// incremental), everything older goes, and every kept snapshot restores to its state.
+#[test]
+fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
+    let (_t, dir, work) = dirs();
+    let states = small_states(6);
+    let names = [
+        "vm@s0.full.diff",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff.zst",
+        "vm@s2..s3.diff",
+        "vm@s3..s4.diff",
+        "vm@s4..s5.diff",
+    ];
+    let chain = write_chain_of(&dir, &work, &names, &states);
+    let full3 = dir.join("vm@s3.full.diff");
+    let o = CreateOptions {
+        to_snap: Some("s3".into()),
+        ..CreateOptions::default()
+    };
+    create_diff(&work.join("raw3"), &s(&full3), &o).unwrap();
+    rbddiff::sums::write_sums_for(&full3).unwrap();
+    fs::copy(&chain[0], dir.join("vm2@s0.full.diff")).unwrap();
+    rbddiff::sums::write_sums_for(&dir.join("vm2@s0.full.diff")).unwrap();
+    let want = |k: usize| sha256_file(&work.join(format!("raw{k}")));
+    // verify DIR checks the graph: the fork is no problem.
+    let out = rbddiff_cli(&["verify", "--full", "--require-sums", &s(&dir)]);
+    assert!(out.status.success(), "{out:?}");
+
+    // Keep 4: s2..s5. The path to s2 (three files, the last compressed) becomes one
+    // compressed full diff; the periodic full at s3 stays.
+    let r = prune(&dir, "vm", 4, false, &mut |_, _| {}).unwrap();
+    assert_eq!(r.kept_snapshots, ["s2", "s3", "s4", "s5"], "{r:?}");
+    assert_eq!(
+        r.merged,
+        chain[..3].iter().map(|p| s(p)).collect::<Vec<_>>()
+    );
+    assert_eq!(r.output, Some(s(&dir.join("vm@s2.full.diff.zst"))));
+    let mut merged = r.merged.clone();
+    merged.sort();
+    assert_eq!(r.delete, merged);
+    assert_eq!(r.deleted.len(), 6);
+    let mut expect = vec![
+        "vm2@s0.full.diff",
+        "vm2@s0.full.diff.sums",
+        "vm@s2..s3.diff",
+        "vm@s2..s3.diff.sums",
+        "vm@s2.full.diff.zst",
+        "vm@s2.full.diff.zst.sums",
+        "vm@s3..s4.diff",
+        "vm@s3..s4.diff.sums",
+        "vm@s3.full.diff",
+        "vm@s3.full.diff.sums",
+        "vm@s4..s5.diff",
+        "vm@s4..s5.diff.sums",
+    ];
+    expect.sort();
+    assert_eq!(contents(&dir).into_keys().collect::<Vec<_>>(), expect);
+    assert_eq!(restorable(&dir), ["s2", "s3", "s4", "s5"]);
+    for k in 2..6 {
+        assert_eq!(
+            restore_snap(&dir, &work, &format!("s{k}")).0,
+            want(k),
+            "s{k}"
+        );
+    }
+    assert_eq!(r.bytes_after, {
+        let c = contents(&dir);
+        c.keys()
+            .filter(|n| n.starts_with("vm@") && !n.ends_with(".sums"))
+            .map(|n| fs::metadata(dir.join(n)).unwrap().len())
+            .sum::<u64>()
+    });
+    // The periodic full still stands in for a damaged incremental before it.
+    let s23 = dir.join("vm@s2..s3.diff");
+    let good = fs::read(&s23).unwrap();
+    flip_payload_byte(&s23);
+    let (sha, used) = restore_snap(&dir, &work, "s5");
+    assert_eq!(sha, want(5));
+    assert_eq!(
+        used,
+        ["vm@s3.full.diff", "vm@s3..s4.diff", "vm@s4..s5.diff"]
+    );
+    // prune does not rewrite a damaged archive, and says which file is damaged.
+    let before = contents(&dir);
+    let e = prune(&dir, "vm", 2, false, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("vm@s2..s3.diff") && e.contains("sums"), "{e}");
+    assert_eq!(contents(&dir), before);
+    fs::write(&s23, good).unwrap();
+
+    // A dry run of keep 2 prints the plan and changes nothing.
+    let (_, path4) = restore_snap(&dir, &work, "s4");
+    let merge_line = format!("would merge {} file(s) into", path4.len());
+    let before = contents(&dir);
+    let out = rbddiff_cli(&[
+        "prune",
+        &s(&dir),
+        "--image",
+        "vm",
+        "--keep",
+        "2",
+        "--dry-run",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for w in [
+        "keeping 2 restorable snapshot(s): s4, s5",
+        merge_line.as_str(),
+        "would delete: ",
+        "vm@s2.full.diff.zst",
+        "bytes before",
+        "(estimated)",
+    ] {
+        assert!(text.contains(w), "{w}: {text}");
+    }
+    assert_eq!(contents(&dir), before);
+    // Keep 2: s4 and s5. The cheapest path to s4 is merged into a full to s4; every file
+    // before s4 goes, the older full and the periodic one too.
+    let r = prune(&dir, "vm", 2, false, &mut |_, _| {}).unwrap();
+    assert_eq!(r.kept_snapshots, ["s4", "s5"]);
+    let merged: Vec<String> = r
+        .merged
+        .iter()
+        .map(|p| {
+            Path::new(p)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(merged, path4);
+    assert_eq!(r.output, Some(s(&dir.join("vm@s4.full.diff"))));
+    assert_eq!(r.delete.len(), 4, "{r:?}");
+    let expect = [
+        "vm2@s0.full.diff",
+        "vm2@s0.full.diff.sums",
+        "vm@s4..s5.diff",
+        "vm@s4..s5.diff.sums",
+        "vm@s4.full.diff",
+        "vm@s4.full.diff.sums",
+    ];
+    assert_eq!(contents(&dir).into_keys().collect::<Vec<_>>(), expect);
+    assert_eq!(restorable(&dir), ["s4", "s5"]);
+    for k in 4..6 {
+        assert_eq!(
+            restore_snap(&dir, &work, &format!("s{k}")).0,
+            want(k),
+            "s{k}"
+        );
+    }
+    // Nothing more to do.
+    let r = prune(&dir, "vm", 2, false, &mut |_, _| {}).unwrap();
+    assert!(r.output.is_none() && r.delete.is_empty(), "{r:?}");
+}
+
+/// verify DIR checks every file of each image's graph: a missing incremental makes the
+/// files after it unreachable (named), though a periodic full still reaches later snapshots.
+#[test]
+fn verify_of_a_directory_reports_unreachable_files_of_the_graph() {
+    let (_t, dir, work) = dirs();
+    let states = small_states(5);
+    let names = [
+        "vm@s0.full.diff",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff",
+        "vm@s2..s3.diff",
+        "vm@s3..s4.diff",
+    ];
+    let chain = write_chain_of(&dir, &work, &names, &states);
+    let full3 = dir.join("vm@s3.full.diff");
+    let o = CreateOptions {
+        to_snap: Some("s3".into()),
+        ..CreateOptions::default()
+    };
+    create_diff(&work.join("raw3"), &s(&full3), &o).unwrap();
+    fs::copy(&chain[0], dir.join("vm2@s0.full.diff")).unwrap();
+    let out = rbddiff_cli(&["verify", "--full", &s(&dir)]);
+    assert!(out.status.success(), "{out:?}");
+    fs::remove_file(&chain[1]).unwrap();
+    let out = rbddiff_cli(&["verify", "--full", "--json", &s(&dir)]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bad: Vec<&str> = j["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == "chain")
+        .map(|f| f["file"].as_str().unwrap())
+        .collect();
+    // s1..s2 starts at s1 (gone with s0..s1), s2..s3 at s2; s3..s4 is reached via the full.
+    assert_eq!(bad, [s(&chain[2]), s(&chain[3])], "{j}");
+}

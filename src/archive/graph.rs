@@ -192,6 +192,16 @@ impl Graph {
         self.edges.is_empty() && self.unreadable.is_empty()
     }
 
+    /// Verifies every file (structure, sums sidecar where present): the damaged ones, with
+    /// the reason.
+    pub fn damaged(&self) -> BTreeMap<usize, String> {
+        self.edges
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| check_file(&e.file.path).err().map(|why| (i, why)))
+            .collect()
+    }
+
     /// The cheapest path (fewest bytes, then fewest files) of files not in `skip` from
     /// "empty" to every snapshot it reaches: snapshot → (bytes, files of the path).
     fn paths(&self, skip: &BTreeMap<usize, String>) -> HashMap<String, (u64, Vec<usize>)> {

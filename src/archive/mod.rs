@@ -1,12 +1,15 @@
 //! The archive: a backup directory holding the diff files of one or more images, each with
 //! its `.sums` sidecar, named by [`names`] for humans and read by their headers.
 //!
-//! [`discover_chain`] reads one image's files as a single linear chain (a fork or a gap is
-//! an error). Maintenance under the directory's exclusive lock finishes
+//! [`graph`] reads one image's files as a graph over snapshots (what backup, restore and
+//! prune use), [`retention`] plans which files a prune keeps; [`discover_chain`] reads them
+//! as a single linear chain (a fork or a gap is an error), for callers that need one.
+//! Maintenance under the directory's exclusive lock finishes
 //! what an interrupted prune left (see [`crate::journal`] and [`crate::workflow`]).
 
 pub mod graph;
 pub mod names;
+pub mod retention;
 
 use std::collections::HashMap;
 use std::fs::File;
