@@ -47,57 +47,12 @@ use crate::output::Output;
 use crate::rbd::{collect_stderr, image_name, is_broken_pipe, rbd_failed, safe_arg};
 use crate::Version;
 
-pub use crate::archive::names::{escape, file_name, images_in, unescape, MAX_IMAGE_NAME};
+pub use crate::archive::names::{
+    default_snap_name, escape, file_name, images_in, stamp, unescape, utc_stamp, MAX_IMAGE_NAME,
+    SNAP_PREFIX,
+};
 pub use crate::archive::{discover_chain, ChainFile};
 pub use crate::rbd::Rbd;
-
-/// Prefix of the snapshots `backup` names itself; `--keep-snaps` only removes these.
-pub const SNAP_PREFIX: &str = "rbddiff-";
-
-/// The name of a snapshot [`backup`] makes when none is given:
-/// `rbddiff-YYYYmmddTHHMMSS.NNNNNNNNNZ` (UTC, with nanoseconds: two backups within one
-/// second get two names).
-pub fn default_snap_name() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let s = stamp(now.as_secs());
-    format!(
-        "{SNAP_PREFIX}{}.{:09}Z",
-        &s[..s.len() - 1],
-        now.subsec_nanos()
-    )
-}
-
-/// The current UTC time as `YYYYmmddTHHMMSSZ`.
-pub fn utc_stamp() -> String {
-    stamp(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    )
-}
-
-/// `secs` since the epoch as `YYYYmmddTHHMMSSZ`.
-fn stamp(secs: u64) -> String {
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
 
 // ---------------------------------------------------------------------------------------------
 // backup
@@ -892,19 +847,31 @@ fn merge_output(
         return Err(e);
     }
     let made = file_id(out)?;
-    let checked = crate::sums::write_sums_for(out).and_then(|_| {
-        let f = read_chain_file(out.to_path_buf())?;
-        if f.from.is_some() || f.to.as_deref() != Some(k0) {
-            return Err(Error::invalid(format!(
-                "the merged file runs from {} to {}, not from a full diff to '{k0}'",
-                show(&f.from),
-                show(&f.to)
-            ))
-            .with_file(out));
-        }
-        verify_chain(&[f])?;
-        sync_dir(dir)
-    });
+    // The merged file keeps the time of the backup of its snapshot (the last file merged),
+    // which snapshot order and times ([`crate::archive::listing`]) read.
+    let when = merge
+        .last()
+        .map(|&i| graph.edges[i].mtime)
+        .unwrap_or_else(std::time::SystemTime::now);
+    let checked = std::fs::File::options()
+        .write(true)
+        .open(out)
+        .and_then(|f| f.set_modified(when))
+        .map_err(|e| Error::from(e).with_file(out))
+        .and_then(|()| crate::sums::write_sums_for(out))
+        .and_then(|_| {
+            let f = read_chain_file(out.to_path_buf())?;
+            if f.from.is_some() || f.to.as_deref() != Some(k0) {
+                return Err(Error::invalid(format!(
+                    "the merged file runs from {} to {}, not from a full diff to '{k0}'",
+                    show(&f.from),
+                    show(&f.to)
+                ))
+                .with_file(out));
+            }
+            verify_chain(&[f])?;
+            sync_dir(dir)
+        });
     if let Err(e) = checked {
         // Only the file this run committed goes (never one that replaced it meanwhile).
         if file_id(out).ok() == Some(made) {

@@ -1443,8 +1443,13 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
     assert!(out.status.success(), "{out:?}");
 
     // Keep 4: s2..s5. The path to s2 (three files, the last compressed) becomes one
-    // compressed full diff; the periodic full at s3 stays.
+    // compressed full diff, with the time of s2's backup; the periodic full at s3 stays.
+    let mtime = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    let f = fs::File::options().write(true).open(&chain[2]).unwrap();
+    f.set_modified(old).unwrap();
     let r = prune(&dir, "vm", 4, false, &mut |_, _| {}).unwrap();
+    assert_eq!(mtime(&dir.join("vm@s2.full.diff.zst")), old);
     assert_eq!(r.kept_snapshots, ["s2", "s3", "s4", "s5"], "{r:?}");
     assert_eq!(
         r.merged,
@@ -1607,4 +1612,75 @@ fn verify_of_a_directory_reports_unreachable_files_of_the_graph() {
         .collect();
     // s1..s2 starts at s1 (gone with s0..s1), s2..s3 at s2; s3..s4 is reached via the full.
     assert_eq!(bad, [s(&chain[2]), s(&chain[3])], "{j}");
+}
+
+/// `list` shows every restorable snapshot with its best path and bytes, the files no path
+/// uses and the unhealthy ones; `status --max-age` exits 1 when the newest restorable
+/// snapshot is older (here by the file's modification time: the names carry no time).
+#[test]
+fn list_and_status_of_an_archive() {
+    let (_t, dir, work) = dirs();
+    let states = compressible_states();
+    let names = [
+        "vm@s0.full.diff.zst",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff.zst",
+        "vm@s2..s3.diff.zst",
+    ];
+    let chain = write_chain_of(&dir, &work, &names, &states);
+    let full2 = dir.join("vm@s2.full.diff");
+    let o = CreateOptions {
+        to_snap: Some("s2".into()),
+        ..CreateOptions::default()
+    };
+    create_diff(&work.join("raw2"), &s(&full2), &o).unwrap();
+    fs::write(dir.join("vm@junk.diff"), b"rbd diff v1\nt").unwrap();
+    let size = |p: &PathBuf| fs::metadata(p).unwrap().len();
+    let out = rbddiff_cli(&["list", &s(&dir), "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let img = &j["images"][0];
+    assert_eq!(img["image"], "vm");
+    let snaps = img["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 4, "{j}");
+    for (k, sn) in snaps.iter().enumerate() {
+        assert_eq!(sn["name"], format!("s{k}"));
+        let files: Vec<String> = chain[..=k].iter().map(|p| s(p)).collect();
+        assert_eq!(sn["files"], serde_json::json!(files));
+        assert_eq!(sn["bytes"], chain[..=k].iter().map(size).sum::<u64>());
+        assert_eq!(sn["time_from"], "mtime");
+    }
+    assert_eq!(img["unused"], serde_json::json!([s(&full2)]));
+    assert_eq!(img["unhealthy"][0]["file"], s(&dir.join("vm@junk.diff")));
+    let text = String::from_utf8_lossy(&rbddiff_cli(&["list", &s(&dir)]).stdout).into_owned();
+    assert!(text.contains("vm: 4 restorable snapshot(s)"), "{text}");
+    assert!(
+        text.contains("unused: ") && text.contains("unhealthy: "),
+        "{text}"
+    );
+
+    // The newest restorable snapshot (s3) was backed up two hours ago.
+    let two_h = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    let f = fs::File::options().write(true).open(&chain[3]).unwrap();
+    f.set_modified(two_h).unwrap();
+    let st = |age: &str| rbddiff_cli(&["status", &s(&dir), "--max-age", age, "--json"]);
+    let out = st("1h");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["images"][0]["newest"]["name"], "s3");
+    let age = j["images"][0]["age"].as_u64().unwrap();
+    assert!((7200..7300).contains(&age), "{j}");
+    assert_eq!(st("3h").status.code(), Some(0));
+    assert_eq!(st("1d").status.code(), Some(0));
+    // s3 damaged: the newest restorable snapshot is s2 (its files are of now).
+    flip_payload_byte(&chain[3]);
+    let out = st("1h");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["images"][0]["newest"]["name"], "s2");
+    // Nothing restorable (an unknown image) or a bad duration.
+    let out = rbddiff_cli(&["status", &s(&dir), "--max-age", "1d", "--image", "none"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = rbddiff_cli(&["status", &s(&dir), "--max-age", "soon"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }

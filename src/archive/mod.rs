@@ -8,6 +8,7 @@
 //! what an interrupted prune left (see [`crate::journal`] and [`crate::workflow`]).
 
 pub mod graph;
+pub mod listing;
 pub mod names;
 pub mod retention;
 

@@ -12,9 +12,11 @@ mod backup;
 mod compress;
 mod create;
 mod inspect;
+mod list;
 mod merge;
 mod prune;
 mod restore;
+mod status;
 mod verify;
 
 /// Offline toolkit for Ceph RBD export-diff backup files.
@@ -48,6 +50,8 @@ enum Command {
     Backup(backup::Args),
     Restore(restore::Args),
     Prune(prune::Args),
+    List(list::Args),
+    Status(status::Args),
 }
 
 /// How `backup` and `restore` reach the cluster: passed to every `rbd` call.
@@ -183,6 +187,8 @@ pub fn run() -> ExitCode {
         Command::Backup(a) => backup::run(a),
         Command::Restore(a) => restore::run(a),
         Command::Prune(a) => prune::run(a),
+        Command::List(a) => list::run(a),
+        Command::Status(a) => status::run(a),
     };
     // What was read from a mapped input past the end it was truncated to were zeros: no
     // result is trusted then (outputs were not committed; a report or stdout may be wrong).
