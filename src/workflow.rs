@@ -477,18 +477,18 @@ pub struct RestoreReport {
     pub records: u64,
 }
 
-/// Chooses the image whose backups `dir` holds for a restore into `target`.
-fn pick_image(dir: &Path, target: &str, given: Option<&str>) -> Result<String> {
+/// Chooses the image whose backups `dir` holds for a restore into `target` (an image name,
+/// none for a file).
+fn pick_image(dir: &Path, target: Option<&str>, given: Option<&str>) -> Result<String> {
     if let Some(g) = given {
         return Ok(g.to_string());
     }
     let images = images_in(dir)?;
-    let target = image_name(target)?;
     if images.len() == 1 {
         return Ok(images.into_iter().next().unwrap_or_default());
     }
-    if images.contains(target) {
-        return Ok(target.to_string());
+    if let Some(t) = target.filter(|t| images.contains(*t)) {
+        return Ok(t.to_string());
     }
     if images.is_empty() {
         return Err(Error::invalid(format!(
@@ -530,7 +530,7 @@ pub fn restore(
         return Err(Error::invalid("not a directory").with_file(dir));
     }
     let _lock = crate::dirlock::lock(dir, false)?;
-    let src_image = pick_image(dir, spec, opts.image.as_deref())?;
+    let src_image = pick_image(dir, Some(image_name(spec)?), opts.image.as_deref())?;
     let graph = crate::archive::graph::discover(dir, &src_image)?;
     if graph.is_empty() {
         return Err(Error::invalid(format!(
@@ -623,6 +623,97 @@ pub fn restore(
         created,
         bytes: stats.bytes_written,
         records: stats.records,
+    })
+}
+
+/// Options of [`restore_to_file`].
+#[derive(Clone, Debug, Default)]
+pub struct FileRestoreOptions {
+    /// The image whose backups are restored (default: the only image with files in the
+    /// directory).
+    pub image: Option<String>,
+    /// Restore this snapshot (default: the newest restorable one).
+    pub snap: Option<String>,
+    /// Overwrite a target that exists without a state file saying it holds a snapshot of
+    /// this chain (see [`crate::apply`]).
+    pub force: bool,
+    /// Where the target's state sidecar lives (needed for a block device).
+    pub state_file: Option<std::path::PathBuf>,
+}
+
+/// What [`restore_to_file`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileRestoreReport {
+    /// The image whose backups were restored.
+    pub image: String,
+    /// The snapshot restored.
+    pub snap: String,
+    /// The files of the path, in order.
+    pub files: Vec<String>,
+    /// Bytes of those files.
+    pub bytes_read: u64,
+    /// Files of the image not used, and why.
+    pub passed_over: Vec<crate::archive::graph::PassedOver>,
+    /// Said when newer snapshots than the one restored (by default) are not restorable.
+    pub warnings: Vec<String>,
+    /// True when the target file was created.
+    pub created: bool,
+    /// What the apply did.
+    pub apply: crate::apply::ApplyReport,
+}
+
+/// Restores a snapshot of the archive `dir` offline into the raw image file or block device
+/// `target`: takes the path of healthy files with the fewest bytes, as [`restore`] does, and
+/// applies it with [`crate::apply`] (a missing target is created as a sparse file; an
+/// interrupted run is resumed by running it again). No cluster is needed.
+///
+/// # Errors
+/// No file of the image; no healthy path leads to the snapshot; the apply refuses the
+/// target (it exists with no state file, without `opts.force`; a block device without
+/// `opts.state_file`) or fails.
+pub fn restore_to_file(
+    dir: &Path,
+    target: &Path,
+    opts: &FileRestoreOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<FileRestoreReport> {
+    if !dir.is_dir() {
+        return Err(Error::invalid("not a directory").with_file(dir));
+    }
+    let _lock = crate::dirlock::lock(dir, false)?;
+    let image = pick_image(dir, None, opts.image.as_deref())?;
+    let graph = crate::archive::graph::discover(dir, &image)?;
+    if graph.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no backup files of {image}",
+            dir.display()
+        )));
+    }
+    let choice = graph
+        .choose(opts.snap.as_deref())
+        .map_err(|e| e.with_file(dir))?;
+    let files: Vec<String> = choice
+        .path
+        .iter()
+        .map(|&i| graph.edges[i].file.name())
+        .collect();
+    let created = !target.exists();
+    let aopts = crate::apply::ApplyOptions {
+        create: created,
+        force: opts.force,
+        check_sums: false,
+        state_file: opts.state_file.clone(),
+    };
+    let apply = crate::apply::apply_chain_with_progress(&files, target, &aopts, progress)?;
+    Ok(FileRestoreReport {
+        image,
+        snap: choice.target,
+        files,
+        bytes_read: choice.bytes,
+        passed_over: choice.passed_over,
+        warnings: choice.warnings,
+        created,
+        apply,
     })
 }
 

@@ -1684,3 +1684,64 @@ fn list_and_status_of_an_archive() {
     let out = rbddiff_cli(&["status", &s(&dir), "--max-age", "soon"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// `restore DIR --to-file RAW` restores offline through apply, over the best healthy path
+/// (here round a damaged incremental, through the periodic full); `--snap` picks the
+/// snapshot; an existing file that holds no state of the chain needs `--force`.
+#[test]
+fn restore_to_a_file_offline() {
+    let (_t, dir, work) = dirs();
+    let states = compressible_states();
+    let names = [
+        "vm@s0.full.diff.zst",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff.zst",
+        "vm@s2..s3.diff.zst",
+    ];
+    let chain = write_chain_of(&dir, &work, &names, &states);
+    let full2 = dir.join("vm@s2.full.diff");
+    let o = CreateOptions {
+        to_snap: Some("s2".into()),
+        ..CreateOptions::default()
+    };
+    create_diff(&work.join("raw2"), &s(&full2), &o).unwrap();
+    flip_payload_byte(&chain[1]);
+    let want = |k: usize| sha256_file(&work.join(format!("raw{k}")));
+    let out_file = work.join("restored.raw");
+    let out = rbddiff_cli(&["restore", &s(&dir), "--to-file", &s(&out_file), "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["snap"], "s3");
+    assert_eq!(j["files"], serde_json::json!([s(&full2), s(&chain[3])]));
+    assert_eq!(j["created"], true);
+    assert_eq!(sha256_file(&out_file), want(3));
+    // An older snapshot into a new file.
+    let f0 = work.join("s0.raw");
+    let out = rbddiff_cli(&["restore", &s(&dir), "--to-file", &s(&f0), "--snap", "s0"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(sha256_file(&f0), want(0));
+    // A file that holds no state: refused, then overwritten with --force.
+    let other = work.join("other.raw");
+    fs::write(&other, vec![7u8; 4096]).unwrap();
+    let out = rbddiff_cli(&["restore", &s(&dir), "--to-file", &s(&other)]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(fs::read(&other).unwrap(), vec![7u8; 4096]);
+    let out = rbddiff_cli(&["restore", &s(&dir), "--to-file", &s(&other), "--force"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(sha256_file(&other), want(3));
+    // s1 has no healthy path: an error naming the damaged file.
+    let out = rbddiff_cli(&[
+        "restore",
+        &s(&dir),
+        "--to-file",
+        &s(&work.join("x")),
+        "--snap",
+        "s1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("vm@s0..s1.diff"),
+        "{out:?}"
+    );
+    assert!(!work.join("x").exists());
+}
