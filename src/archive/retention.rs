@@ -125,3 +125,88 @@ pub fn plan(g: &Graph, damaged: &BTreeMap<usize, String>, keep: usize) -> Option
     plan.kept = kept.into_iter().collect();
     Some(plan)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::graph::Edge;
+    use crate::archive::ChainFile;
+
+    fn graph(files: &[(Option<&str>, Option<&str>, u64)], snaps: &[&str]) -> Graph {
+        let edges = files
+            .iter()
+            .enumerate()
+            .map(|(i, (from, to, bytes))| Edge {
+                file: ChainFile {
+                    path: format!("f{i}").into(),
+                    from: from.map(String::from),
+                    to: to.map(String::from),
+                    size: 1,
+                    compressed: false,
+                },
+                bytes: *bytes,
+                mtime: std::time::SystemTime::UNIX_EPOCH,
+            })
+            .collect();
+        Graph {
+            edges,
+            unreadable: Vec::new(),
+            snapshots: snaps.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_kept_snapshot_that_skips_the_oldest_kept_one_keeps_its_path() {
+        // s3's backup was based on s1 (s2 had gone from the cluster).
+        let g = graph(
+            &[
+                (None, Some("s0"), 100),
+                (Some("s0"), Some("s1"), 10),
+                (Some("s1"), Some("s2"), 10),
+                (Some("s1"), Some("s3"), 10),
+            ],
+            &["s0", "s1", "s2", "s3"],
+        );
+        let p = plan(&g, &BTreeMap::new(), 2).unwrap();
+        assert_eq!(p.keep, ["s2", "s3"]);
+        assert_eq!(p.merge, [0, 1, 2]);
+        assert_eq!(p.kept, [0, 1, 3]);
+        assert_eq!(p.delete, [2]);
+    }
+
+    #[test]
+    fn periodic_fulls_in_range_stay_and_unusable_files_are_left() {
+        let g = graph(
+            &[
+                (None, Some("s0"), 100),
+                (Some("s0"), Some("s1"), 10),
+                (Some("s1"), Some("s2"), 10),
+                (None, Some("s2"), 100),
+                (Some("s2"), Some("s3"), 10),
+                (Some("s9"), Some("s10"), 10),
+                (Some("s3"), None, 10),
+                (None, Some("s1"), 100),
+            ],
+            &["s0", "s1", "s2", "s3", "s9", "s10"],
+        );
+        let damaged = BTreeMap::from([(7, "bad sums".to_string())]);
+        let p = plan(&g, &damaged, 2).unwrap();
+        assert_eq!(p.keep, ["s2", "s3"]);
+        // The best path to s2 is the periodic full itself: nothing to merge.
+        assert!(p.merge.is_empty());
+        assert_eq!(p.kept, [3, 4]);
+        assert_eq!(p.delete, [0, 1, 2]);
+        let left: Vec<&str> = p.left.iter().map(|l| l.file.as_str()).collect();
+        assert_eq!(left, ["f5", "f6", "f7"]);
+        // Keeping more than there are keeps everything usable.
+        let p = plan(&g, &damaged, 10).unwrap();
+        assert_eq!(p.keep, ["s0", "s1", "s2", "s3"]);
+        assert!(p.merge.is_empty() && p.delete.is_empty(), "{p:?}");
+        assert!(plan(
+            &graph(&[(Some("a"), Some("b"), 1)], &["a", "b"]),
+            &damaged,
+            1
+        )
+        .is_none());
+    }
+}
