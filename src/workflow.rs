@@ -14,6 +14,10 @@
 //! merges the path to the oldest kept one into one full diff and deletes the files no kept
 //! snapshot needs only once that is committed and verified.
 //!
+//! Files of another image id under the same name (a recreated image, recorded in the
+//! archive's [`crate::archive::catalog`]) are another lineage: `backup` never bases an
+//! incremental on them, `restore` and `prune` take the newest lineage.
+//!
 //! Names that reach `rbd` (image specs, snapshot names from `--snap` or from diff headers)
 //! are refused when `rbd` could take them for options (a leading `-`, control characters),
 //! and option values are passed as single `--option=VALUE` tokens.
@@ -107,6 +111,8 @@ pub struct BackupReport {
     pub cleaned: Vec<String>,
     /// Why the backup is a full diff (none for an incremental).
     pub full_reason: Option<String>,
+    /// The image's id (`rbd info`), recorded in the catalog; none when rbd gave none.
+    pub image_id: Option<String>,
 }
 
 /// What the stream check of an export found.
@@ -216,13 +222,22 @@ fn backup_locked(
     }
     let rbd = &opts.rbd;
     let snaps = rbd.snapshots(spec)?;
+    // Only files of this image id (its lineage) are a base: a recreated image starts anew.
+    let image_id = rbd.image_id(spec)?;
+    let all = graph;
+    let graph = crate::archive::graph::lineages(dir, image)?
+        .into_iter()
+        .find(|l| l.image_id == image_id)
+        .map(|l| l.graph)
+        .unwrap_or_default();
+    let restorable = graph.restorable(&Default::default());
     let has = |n: &str| snaps.iter().any(|(_, s)| s == n);
     if has(&snap) {
         return Err(Error::invalid(format!(
             "snapshot '{snap}' already exists on {spec}"
         )));
     }
-    if graph.snapshots.contains(&snap) {
+    if all.snapshots.contains(&snap) {
         return Err(Error::invalid(format!(
             "{} already holds a file ending at snapshot '{snap}'",
             dir.display()
@@ -237,6 +252,12 @@ fn backup_locked(
         .map(|(_, r)| r);
     let full_reason = if opts.full {
         Some("--full was asked".to_string())
+    } else if graph.is_empty() && !all.is_empty() {
+        Some(format!(
+            "the files of {image} in {} are of another image id (the image was recreated): \
+             a new lineage starts",
+            dir.display()
+        ))
     } else if graph.is_empty() {
         Some(format!("{} holds no backup of {image}", dir.display()))
     } else if restorable.is_empty() {
@@ -277,6 +298,19 @@ fn backup_locked(
     }
     // Created first: an output that cannot be written is found before the snapshot is made.
     let output = Output::create_like(&path.to_string_lossy(), false, like.as_deref())?;
+    // Recorded before the file is committed: a kill never leaves it unrecorded (a record of
+    // a file that never came goes when the catalog is written next).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    crate::archive::catalog::record(
+        dir,
+        &file_name(image, prev.as_deref(), &snap, compressed),
+        crate::archive::catalog::Record {
+            image_id: image_id.clone(),
+            time: Some(now),
+        },
+    )?;
     let snap_spec = format!("{spec}@{snap}");
     rbd.run_ok(&["snap", "create", &snap_spec])?;
     match export_to(rbd, spec, &snap_spec, prev.as_deref(), output, &path, opts) {
@@ -296,6 +330,7 @@ fn backup_locked(
                 warnings: Vec::new(),
                 cleaned,
                 full_reason,
+                image_id,
             };
             if let Some(k) = opts.keep_snaps {
                 keep_snaps(rbd, spec, &snap, k, &mut report)?;
@@ -531,16 +566,18 @@ pub fn restore(
     }
     let _lock = crate::dirlock::lock(dir, false)?;
     let src_image = pick_image(dir, Some(image_name(spec)?), opts.image.as_deref())?;
-    let graph = crate::archive::graph::discover(dir, &src_image)?;
+    let (graph, others) =
+        crate::archive::graph::newest_lineage(dir, &src_image, opts.to.as_deref())?;
     if graph.is_empty() {
         return Err(Error::invalid(format!(
             "{}: no backup files of {src_image}",
             dir.display()
         )));
     }
-    let choice = graph
+    let mut choice = graph
         .choose(opts.to.as_deref())
         .map_err(|e| e.with_file(dir))?;
+    lineage_warning(&mut choice.warnings, others, &src_image);
     let names: Vec<String> = choice
         .path
         .iter()
@@ -626,6 +663,16 @@ pub fn restore(
     })
 }
 
+/// Says that `others` other lineages of `image` were not looked at.
+fn lineage_warning(warnings: &mut Vec<String>, others: usize, image: &str) {
+    if others > 0 {
+        warnings.push(format!(
+            "{others} other lineage(s) of {image} (files of another image id, see `list`) \
+             were not used"
+        ));
+    }
+}
+
 /// Options of [`restore_to_file`].
 #[derive(Clone, Debug, Default)]
 pub struct FileRestoreOptions {
@@ -682,16 +729,17 @@ pub fn restore_to_file(
     }
     let _lock = crate::dirlock::lock(dir, false)?;
     let image = pick_image(dir, None, opts.image.as_deref())?;
-    let graph = crate::archive::graph::discover(dir, &image)?;
+    let (graph, others) = crate::archive::graph::newest_lineage(dir, &image, opts.snap.as_deref())?;
     if graph.is_empty() {
         return Err(Error::invalid(format!(
             "{}: no backup files of {image}",
             dir.display()
         )));
     }
-    let choice = graph
+    let mut choice = graph
         .choose(opts.snap.as_deref())
         .map_err(|e| e.with_file(dir))?;
+    lineage_warning(&mut choice.warnings, others, &image);
     let files: Vec<String> = choice
         .path
         .iter()
@@ -787,7 +835,27 @@ pub fn prune(
     } else {
         finish_pending(dir, image)?
     };
-    let graph = crate::archive::graph::discover(dir, image)?;
+    // The newest lineage is pruned; older ones (a recreated image's) are left alone.
+    let mut lineages = crate::archive::graph::lineages(dir, image)?;
+    let graph = lineages.pop().map(|l| l.graph).unwrap_or_default();
+    let older: Vec<crate::archive::graph::PassedOver> = lineages
+        .iter()
+        .flat_map(|l| {
+            let why = format!(
+                "an older lineage (image id {})",
+                l.image_id.as_deref().unwrap_or("unknown")
+            );
+            l.graph
+                .edges
+                .iter()
+                .map(|e| e.file.name())
+                .chain(l.graph.unreadable.iter().map(|u| u.file.clone()))
+                .map(move |file| crate::archive::graph::PassedOver {
+                    file,
+                    reason: why.clone(),
+                })
+        })
+        .collect();
     let bytes_before: u64 = graph.edges.iter().map(|e| e.bytes).sum();
     let mut report = PruneReport {
         files: graph.edges.len() + graph.unreadable.len(),
@@ -797,7 +865,7 @@ pub fn prune(
         kept: graph.edges.iter().map(|e| e.file.name()).collect(),
         delete: Vec::new(),
         deleted: Vec::new(),
-        left: Vec::new(),
+        left: older.clone(),
         dry_run,
         bytes: 0,
         bytes_before,
@@ -834,7 +902,7 @@ pub fn prune(
     report.kept_snapshots = plan.keep.clone();
     report.kept = names(&plan.kept);
     report.delete = names(&plan.delete);
-    report.left = plan.left.clone();
+    report.left.extend(plan.left.iter().cloned());
     let k0 = plan.keep[0].clone();
     let mut merge = plan.merge.clone();
     let mut out = None;
@@ -921,6 +989,17 @@ fn merge_output(
             supersedes: delete.iter().map(|&i| base(&edge(i).path)).collect(),
         },
     )?;
+    // The merged file is of the lineage of what it merges, recorded before its commit.
+    let catalog = crate::archive::catalog::read(dir)?;
+    if let Some(rec) = merge
+        .last()
+        .and_then(|&i| catalog.files.get(&base(&edge(i).path)))
+    {
+        if let Err(e) = crate::archive::catalog::record(dir, &base(out), rec.clone()) {
+            let _ = std::fs::remove_file(&journal);
+            return Err(e);
+        }
+    }
     let inputs: Vec<String> = merge.iter().map(|&i| edge(i).name()).collect();
     let out_s = out.to_string_lossy().into_owned();
     let copts = compressed.then(CompressOptions::default);

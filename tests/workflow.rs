@@ -80,12 +80,16 @@ fn rbddiff_cli(args: &[&str]) -> std::process::Output {
         .expect("run rbddiff")
 }
 
-/// Every file in `dir` with its sha256 (but the directory's lock file).
+/// Every file in `dir` with its sha256 (but the directory's lock file and catalog).
 fn contents(dir: &Path) -> BTreeMap<String, String> {
     fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && !p.ends_with(rbddiff::dirlock::LOCK_NAME))
+        .filter(|p| {
+            p.is_file()
+                && !p.ends_with(rbddiff::dirlock::LOCK_NAME)
+                && !p.ends_with(rbddiff::archive::catalog::NAME)
+        })
         .map(|p| {
             (
                 p.file_name().unwrap().to_string_lossy().into_owned(),
@@ -1101,12 +1105,12 @@ fn backup_files_take_the_mode_of_the_chain() {
     };
     let mode = |p: &str| fs::metadata(p).unwrap().permissions().mode() & 0o777;
     fs::write(&snaps, "[]").unwrap();
-    let r = backup("rbd/vm", &dir, &opts("s0")).unwrap();
+    let r = until_free(|| backup("rbd/vm", &dir, &opts("s0")));
     assert_eq!(mode(&r.file), 0o600, "a new chain");
     assert_eq!(mode(&r.sums), 0o600);
     fs::set_permissions(&r.file, fs::Permissions::from_mode(0o640)).unwrap();
     fs::write(&snaps, r#"[{"id": 4, "name": "s0"}]"#).unwrap();
-    let r = backup("rbd/vm", &dir, &opts("s1")).unwrap();
+    let r = until_free(|| backup("rbd/vm", &dir, &opts("s1")));
     assert_eq!(r.from_snap.as_deref(), Some("s0"));
     assert_eq!(mode(&r.file), 0o640, "the chain's mode");
     assert_eq!(mode(&r.sums), 0o640);
@@ -1275,7 +1279,7 @@ fn exporting_rbd(bin: &Path, raw: &Path) -> (PathBuf, PathBuf) {
         &rbd,
         format!(
             "#!/bin/sh\nprintf '%s\\0' \"$@\" >> '{log}'\necho >> '{log}'\ncase \"$*\" in\n  \
-             *'snap ls'*) cat '{bin}/snaps.json' ;;\n  *export-diff*)\n    from=; spec=\n    \
+             *'snap ls'*) cat '{bin}/snaps.json' ;;\n  info*) cat '{bin}/info.json' ;;\n  *export-diff*)\n    from=; spec=\n    \
              for a in \"$@\"; do case \"$a\" in --from-snap=*) from=\"${{a#--from-snap=}}\" ;; \
              *@*) spec=\"$a\" ;; esac; done\n    snap=\"${{spec#*@}}\"\n    if [ -n \"$from\" ]; \
              then exec '{exe}' create --from '{raw}' --to-snap \"$snap\" --base '{raw}' \
@@ -1448,7 +1452,7 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
     let f = fs::File::options().write(true).open(&chain[2]).unwrap();
     f.set_modified(old).unwrap();
-    let r = prune(&dir, "vm", 4, false, &mut |_, _| {}).unwrap();
+    let r = until_free(|| prune(&dir, "vm", 4, false, &mut |_, _| {}));
     assert_eq!(mtime(&dir.join("vm@s2.full.diff.zst")), old);
     assert_eq!(r.kept_snapshots, ["s2", "s3", "s4", "s5"], "{r:?}");
     assert_eq!(
@@ -1538,7 +1542,7 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
     assert_eq!(contents(&dir), before);
     // Keep 2: s4 and s5. The cheapest path to s4 is merged into a full to s4; every file
     // before s4 goes, the older full and the periodic one too.
-    let r = prune(&dir, "vm", 2, false, &mut |_, _| {}).unwrap();
+    let r = until_free(|| prune(&dir, "vm", 2, false, &mut |_, _| {}));
     assert_eq!(r.kept_snapshots, ["s4", "s5"]);
     let merged: Vec<String> = r
         .merged
@@ -1572,7 +1576,7 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
         );
     }
     // Nothing more to do.
-    let r = prune(&dir, "vm", 2, false, &mut |_, _| {}).unwrap();
+    let r = until_free(|| prune(&dir, "vm", 2, false, &mut |_, _| {}));
     assert!(r.output.is_none() && r.delete.is_empty(), "{r:?}");
 }
 
@@ -1653,7 +1657,10 @@ fn list_and_status_of_an_archive() {
     assert_eq!(img["unused"], serde_json::json!([s(&full2)]));
     assert_eq!(img["unhealthy"][0]["file"], s(&dir.join("vm@junk.diff")));
     let text = String::from_utf8_lossy(&rbddiff_cli(&["list", &s(&dir)]).stdout).into_owned();
-    assert!(text.contains("vm: 4 restorable snapshot(s)"), "{text}");
+    assert!(
+        text.contains("vm (image id unknown): 4 restorable snapshot(s)"),
+        "{text}"
+    );
     assert!(
         text.contains("unused: ") && text.contains("unhealthy: "),
         "{text}"
@@ -1744,4 +1751,123 @@ fn restore_to_a_file_offline() {
         "{out:?}"
     );
     assert!(!work.join("x").exists());
+}
+
+/// An image deleted and recreated under the same name is a new lineage: its first backup is
+/// a full even though a snapshot of the same name exists on it, restore and list keep the
+/// lineages apart, prune works on the newest and leaves the older one alone.
+#[test]
+fn a_recreated_image_starts_a_new_lineage() {
+    use rbddiff::workflow::{backup, BackupOptions, Rbd};
+    let (t, dir, work) = dirs();
+    let bin = t.path().join("bin");
+    let raw = work.join("img.raw");
+    write_sparse(&raw, &noise(4, 1 << 16));
+    let (program, _log) = exporting_rbd(&bin, &raw);
+    let cluster = |id: &str, names: &[(&str, u64)]| {
+        fs::write(
+            bin.join("info.json"),
+            format!(r#"{{"id": "{id}", "name": "vm"}}"#),
+        )
+        .unwrap();
+        let v: Vec<serde_json::Value> = names
+            .iter()
+            .map(|(n, id)| serde_json::json!({"id": id, "name": n}))
+            .collect();
+        fs::write(bin.join("snaps.json"), serde_json::to_string(&v).unwrap()).unwrap();
+    };
+    let run = |snap: &str| {
+        let o = BackupOptions {
+            snap: Some(snap.into()),
+            rbd: Rbd {
+                program: program.clone(),
+                ..Rbd::default()
+            },
+            ..BackupOptions::default()
+        };
+        until_free(|| backup("rbd/vm", &dir, &o))
+    };
+    cluster("aaa", &[]);
+    assert_eq!(run("s0").image_id.as_deref(), Some("aaa"));
+    cluster("aaa", &[("s0", 1)]);
+    assert_eq!(run("s1").from_snap.as_deref(), Some("s0"));
+    // Recreated, with a snapshot named like the old base: still a full.
+    cluster("bbb", &[("s1", 1)]);
+    let r = run("s2");
+    assert_eq!(r.from_snap, None, "{r:?}");
+    assert!(r.full_reason.unwrap().contains("another image id"));
+    cluster("bbb", &[("s1", 1), ("s2", 2)]);
+    assert_eq!(run("s3").from_snap.as_deref(), Some("s2"));
+    // list: two lineages.
+    let out = rbddiff_cli(&["list", &s(&dir), "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let l: Vec<(String, Vec<String>)> = j["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let snaps = i["snapshots"].as_array().unwrap();
+            assert!(snaps.iter().all(|s| s["time_from"] == "catalog"), "{i}");
+            (
+                i["image_id"].as_str().unwrap().to_string(),
+                snaps
+                    .iter()
+                    .map(|s| s["name"].as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        l,
+        [
+            ("aaa".to_string(), vec!["s0".to_string(), "s1".into()]),
+            ("bbb".to_string(), vec!["s2".to_string(), "s3".into()])
+        ]
+    );
+    // restore: the newest lineage, or the one holding the snapshot asked for.
+    let f = work.join("r.raw");
+    let out = rbddiff_cli(&["restore", &s(&dir), "--to-file", &s(&f), "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["snap"], "s3");
+    assert_eq!(j["files"].as_array().unwrap().len(), 2);
+    assert!(
+        j["warnings"][0].as_str().unwrap().contains("lineage"),
+        "{j}"
+    );
+    assert_eq!(sha256_file(&f), sha256_file(&raw));
+    let f1 = work.join("r1.raw");
+    let out = rbddiff_cli(&[
+        "restore",
+        &s(&dir),
+        "--to-file",
+        &s(&f1),
+        "--snap",
+        "s1",
+        "--json",
+    ]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["files"][0], s(&dir.join("vm@s0.full.diff")), "{j}");
+    // prune keeps the newest lineage's newest snapshot; the old lineage is left, listed.
+    let r = until_free(|| prune(&dir, "vm", 1, false, &mut |_, _| {}));
+    assert_eq!(r.output, Some(s(&dir.join("vm@s3.full.diff"))));
+    let left: Vec<&str> = r.left.iter().map(|l| l.file.as_str()).collect();
+    assert_eq!(
+        left,
+        [
+            s(&dir.join("vm@s0..s1.diff")),
+            s(&dir.join("vm@s0.full.diff"))
+        ],
+        "{r:?}"
+    );
+    assert!(r.left[0].reason.contains("aaa"));
+    let cat = rbddiff::archive::catalog::read(&dir).unwrap();
+    assert_eq!(cat.files["vm@s0..s1.diff"].image_id.as_deref(), Some("aaa"));
+    assert_eq!(
+        cat.files["vm@s3.full.diff"].image_id.as_deref(),
+        Some("bbb")
+    );
+    let lin = rbddiff::archive::graph::lineages(&dir, "vm").unwrap();
+    assert_eq!(lin.len(), 2);
 }

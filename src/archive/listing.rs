@@ -7,17 +7,22 @@
 //! restore would before using it: a snapshot is listed as restorable only when a path of
 //! healthy files leads to it.
 //!
-//! The *time* of a snapshot is the UTC time in its name when it is one `backup` makes
-//! (`rbddiff-YYYYmmddTHHMMSS[.NNNNNNNNN]Z`), else the modification time of the file that
-//! ends at it on its best path (when it was committed; a prune gives its merged file the
+//! The *time* of a snapshot is the backup time the catalog ([`super::catalog`]) records for
+//! the file that ends at it on its best path; else the UTC time in its name when it is one
+//! `backup` makes (`rbddiff-YYYYmmddTHHMMSS[.NNNNNNNNN]Z`); else that file's modification
+//! time (when it was committed; a prune gives its merged file the catalog record and the
 //! modification time of the last file it merges).
+//!
+//! An image's files of different image ids are listed as separate lineages; [`status`]
+//! looks at the newest lineage of each image only.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::graph::{discover, Graph, PassedOver};
+use super::catalog::Catalog;
+use super::graph::{lineages, Graph, PassedOver};
 use super::names::images_in;
 use crate::error::{Error, Result};
 
@@ -30,7 +35,7 @@ pub struct Snapshot {
     pub time: u64,
     /// Its time as `YYYYmmddTHHMMSSZ`.
     pub time_utc: String,
-    /// Where the time comes from: `name` or `mtime`.
+    /// Where the time comes from: `catalog`, `name` or `mtime`.
     pub time_from: &'static str,
     /// Image size at the snapshot.
     pub size: u64,
@@ -45,6 +50,8 @@ pub struct Snapshot {
 pub struct ImageListing {
     /// The image name.
     pub image: String,
+    /// The image id of this lineage (none: unknown).
+    pub image_id: Option<String>,
     /// Its restorable snapshots, oldest first.
     pub snapshots: Vec<Snapshot>,
     /// Healthy files no best path uses (e.g. a periodic full beside a cheaper chain, or
@@ -57,7 +64,7 @@ pub struct ImageListing {
 /// What [`list`] found.
 #[derive(Clone, Debug, Serialize)]
 pub struct Listing {
-    /// The images, by name.
+    /// The images by name, each image's lineages oldest first.
     pub images: Vec<ImageListing>,
 }
 
@@ -86,7 +93,7 @@ fn name_time(name: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
-fn listing(image: String, g: &Graph) -> ImageListing {
+fn listing(image: String, image_id: Option<String>, g: &Graph, cat: &Catalog) -> ImageListing {
     let damaged = g.damaged();
     let restorable = g.restorable(&damaged);
     let mut used = std::collections::BTreeSet::new();
@@ -95,9 +102,14 @@ fn listing(image: String, g: &Graph) -> ImageListing {
         .map(|(name, bytes, path)| {
             used.extend(path.iter().copied());
             let last = path.last().map(|&i| &g.edges[i]);
-            let (time, time_from) = match name_time(&name) {
-                Some(t) => (t, "name"),
-                None => (
+            let recorded = last.and_then(|e| {
+                let n = e.file.path.file_name()?.to_str()?;
+                cat.files.get(n)?.time
+            });
+            let (time, time_from) = match (recorded, name_time(&name)) {
+                (Some(t), _) => (t, "catalog"),
+                (None, Some(t)) => (t, "name"),
+                (None, None) => (
                     last.and_then(|e| e.mtime.duration_since(UNIX_EPOCH).ok())
                         .map_or(0, |d| d.as_secs()),
                     "mtime",
@@ -128,6 +140,7 @@ fn listing(image: String, g: &Graph) -> ImageListing {
         .collect();
     ImageListing {
         image,
+        image_id,
         snapshots,
         unused,
         unhealthy,
@@ -147,10 +160,16 @@ pub fn list(dir: &Path, image: Option<&str>) -> Result<Listing> {
         Some(i) => vec![i.to_string()],
         None => images_in(dir)?.into_iter().collect(),
     };
+    let cat = super::catalog::read(dir)?;
     let mut out = Vec::new();
     for i in images {
-        let g = discover(dir, &i)?;
-        out.push(listing(i, &g));
+        let ls = lineages(dir, &i)?;
+        if ls.is_empty() {
+            out.push(listing(i.clone(), None, &Graph::default(), &cat));
+        }
+        for l in ls {
+            out.push(listing(i.clone(), l.image_id, &l.graph, &cat));
+        }
     }
     Ok(Listing { images: out })
 }
@@ -196,8 +215,15 @@ pub fn status(dir: &Path, image: Option<&str>, max_age: Duration) -> Result<Stat
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let images = l
-        .images
+    // The newest lineage of each image (listed last).
+    let mut newest: Vec<ImageListing> = Vec::new();
+    for i in l.images {
+        match newest.last_mut() {
+            Some(n) if n.image == i.image => *n = i,
+            _ => newest.push(i),
+        }
+    }
+    let images = newest
         .into_iter()
         .map(|i| {
             let newest = i.snapshots.last().cloned();

@@ -11,8 +11,9 @@ use super::Status;
 ///
 /// Every file is verified first (structure, sums sidecar), as restore would. Also lists the
 /// healthy files no best path uses and the damaged or unreadable ones, with the reason.
-/// A snapshot's time is the UTC time in its name when `backup` named it, else the
-/// modification time of the file ending at it.
+/// Files of different image ids (a recreated image) are listed as separate lineages. A
+/// snapshot's time is the backup time the catalog records, else the UTC time in its name
+/// when `backup` named it, else the modification time of the file ending at it.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The backup directory.
@@ -31,8 +32,9 @@ pub fn run(a: Args) -> Result<Status> {
         for i in &r.images {
             writeln!(
                 out,
-                "{}: {} restorable snapshot(s)",
+                "{} (image id {}): {} restorable snapshot(s)",
                 i.image,
+                i.image_id.as_deref().unwrap_or("unknown"),
                 i.snapshots.len()
             )?;
             for s in &i.snapshots {

@@ -10,9 +10,10 @@ use super::Status;
 /// Check that every image of an archive has a recent restorable snapshot (for cron, Nagios).
 ///
 /// Exit status: 0 when each image's newest restorable snapshot is at most DURATION old, 1
-/// when one is older or an image has none, 2 on error. A snapshot's time is the UTC time in
-/// its name when `backup` named it (`rbddiff-YYYYmmddTHHMMSS…Z`), else the modification time
-/// of the file ending at it on its best path.
+/// when one is older or an image has none, 2 on error. A snapshot's time is the backup time
+/// the archive's catalog records for the file ending at it on its best path, else the UTC
+/// time in its name when `backup` named it (`rbddiff-YYYYmmddTHHMMSS…Z`), else that file's
+/// modification time. Only each image's newest lineage (image id) counts.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The backup directory.
