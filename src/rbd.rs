@@ -87,6 +87,20 @@ impl Rbd {
         }
     }
 
+    /// The id of the image `spec` (`rbd info --format json`), none when rbd does not give
+    /// one (a failing call included: the snapshot calls that follow report the problem).
+    pub(crate) fn image_id(&self, spec: &str) -> Result<Option<String>> {
+        let r = self.run(&["info", "--format", "json", spec])?;
+        if !r.ok {
+            return Ok(None);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap_or_default();
+        Ok(v["id"]
+            .as_str()
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .map(String::from))
+    }
+
     /// Snapshots of `spec` as `(id, name)`, oldest first.
     pub(crate) fn snapshots(&self, spec: &str) -> Result<Vec<(u64, String)>> {
         let out = self.run_ok(&["snap", "ls", "--format", "json", spec])?;

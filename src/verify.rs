@@ -4,9 +4,11 @@
 //! - Structure: a full parse with every rule of the format core, `e` present, every `w`
 //!   payload fully present, no bytes after `e`. O(records) on a mapped file: payload pages are
 //!   not touched unless sums are checked.
-//! - Chain: consecutive diffs must link (the `t` of one is the `f` of the next); a directory
-//!   is ordered by these links (and held under a shared [`crate::dirlock`] lock while it is
-//!   read); `--full` asks for a full diff first. The diffs embedded in an
+//! - Chain: consecutive diffs must link (the `t` of one is the `f` of the next); `--full` asks
+//!   for a full diff first. A directory (held under a shared [`crate::dirlock`] lock while it
+//!   is read) is checked as a graph per image (the part of the names before `@`): every diff
+//!   must start at a snapshot a path of healthy files reaches from a full diff (from the
+//!   first file's start for an image without one, unless `--full`); forks are fine. The diffs embedded in an
 //!   `rbd export --export-format 2` stream are checked the same way (the first must be a full
 //!   diff, each next one must start where the previous ends), as `rbd import` needs.
 //!
@@ -593,6 +595,116 @@ fn chain_order(v: Vec<Checked>) -> Vec<Checked> {
     out
 }
 
+/// The image a file of a directory belongs to: its name before the first `@` (names
+/// without one form one group).
+fn group_of(c: &Checked) -> String {
+    Path::new(&c.info.file)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split_once('@'))
+        .map(|(a, _)| a.to_string())
+        .unwrap_or_default()
+}
+
+/// The files of a directory by image ([`group_of`]), each image's in link order.
+fn graph_order(v: Vec<Checked>) -> Vec<Checked> {
+    let mut groups: std::collections::BTreeMap<String, Vec<Checked>> = Default::default();
+    for c in v {
+        groups.entry(group_of(&c)).or_default().push(c);
+    }
+    groups.into_values().flat_map(chain_order).collect()
+}
+
+/// A diff whose checks found no problem (an index that disagrees with the content is none:
+/// readers stream the content instead).
+fn healthy(c: &Checked) -> bool {
+    c.meta.is_some()
+        && !c
+            .findings
+            .iter()
+            .any(|f| f.severity == Severity::Problem && f.check != "index")
+}
+
+/// The chain findings of a directory, as a graph per image: a file is reachable when it is
+/// a full diff or starts at a snapshot a path of healthy files leads to from a full diff
+/// (from the first file's start, for an image without a full diff, unless `full`). Every
+/// diff not reachable is a problem, naming its start and the snapshots that are reached.
+fn graph_findings(files: &[Checked], healthy: &[bool], full: bool) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let chain_problem = |file: &str, msg: String| Finding {
+        severity: Severity::Problem,
+        check: "chain",
+        file: file.to_string(),
+        offset: None,
+        record: None,
+        message: msg,
+    };
+    let mut start = 0;
+    while start < files.len() {
+        let g = group_of(&files[start]);
+        let end = start
+            + files[start..]
+                .iter()
+                .take_while(|c| group_of(c) == g)
+                .count();
+        let (group, ok) = (&files[start..end], &healthy[start..end]);
+        start = end;
+        let is_full = |c: &Checked| c.meta.is_some() && c.info.from.is_none();
+        let mut reached: Vec<String> = Vec::new();
+        if !group.iter().any(is_full) {
+            if full {
+                out.push(chain_problem(
+                    &group[0].info.file,
+                    "the chain does not start with a full diff (none of these files is one)".into(),
+                ));
+            } else if let Some(f) = &group[0].info.from {
+                // A chain that starts with an incremental (restored onto its start).
+                reached.push(f.clone());
+            }
+        }
+        loop {
+            let before = reached.len();
+            for (c, &h) in group.iter().zip(ok) {
+                let from_ok = c.info.from.as_ref().map_or(true, |f| reached.contains(f));
+                if let (true, true, Some(to)) = (h, from_ok, &c.info.to) {
+                    if !reached.contains(to) {
+                        reached.push(to.clone());
+                    }
+                }
+            }
+            if reached.len() == before {
+                break;
+            }
+        }
+        let shown: Vec<String> = reached
+            .iter()
+            .rev()
+            .take(5)
+            .rev()
+            .map(|s| format!("'{s}'"))
+            .collect();
+        let more = if reached.len() > 5 { "…, " } else { "" };
+        for c in group.iter().filter(|c| c.meta.is_some()) {
+            if let Some(f) = c.info.from.as_ref().filter(|f| !reached.contains(*f)) {
+                let reach = if reached.is_empty() {
+                    "none".to_string()
+                } else {
+                    format!("{more}{}", shown.join(", "))
+                };
+                out.push(chain_problem(
+                    &c.info.file,
+                    format!(
+                        "broken link: {} starts at '{f}', which no path of healthy files \
+                         reaches (snapshots reached: {reach})",
+                        c.info.file
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn chain_findings(files: &[Checked], full: bool) -> Vec<Finding> {
     let mut out = Vec::new();
     let chain_problem = |file: &str, msg: String| Finding {
@@ -691,9 +803,11 @@ pub fn verify_with_progress(
         checked.push(check_file(f, opts, &mut tick)?);
     }
     let chain = !opts.no_chain && (checked.len() > 1 || opts.full);
-    if chain && dir {
-        checked = chain_order(checked);
+    let graph = chain && dir;
+    if graph {
+        checked = graph_order(checked);
     }
+    let healthy: Vec<bool> = checked.iter().map(healthy).collect();
     let mut report = VerifyReport {
         chain,
         ..VerifyReport::default()
@@ -701,11 +815,38 @@ pub fn verify_with_progress(
     for c in &mut checked {
         report.findings.append(&mut c.findings);
     }
-    if chain {
+    if graph {
+        report
+            .findings
+            .extend(graph_findings(&checked, &healthy, opts.full));
+    } else if chain {
         report.findings.extend(chain_findings(&checked, opts.full));
     }
+    // A directory that is no single chain has no one image to compare.
+    let linear = !graph || {
+        let mut ends: Vec<&Option<String>> = checked.iter().map(|c| &c.info.to).collect();
+        ends.sort();
+        ends.dedup();
+        ends.len() == checked.len()
+            && checked
+                .iter()
+                .map(group_of)
+                .all(|g| g == group_of(&checked[0]))
+            && checked.iter().filter(|c| c.info.from.is_none()).count() <= 1
+    };
     if let Some(raw) = &opts.against {
-        if report.ok() {
+        if !linear {
+            report.findings.push(Finding {
+                severity: Severity::Note,
+                check: "against",
+                file: raw.to_string_lossy().into_owned(),
+                offset: None,
+                record: None,
+                message: "not compared: the directory holds no single chain (forks or several \
+                          images); give the files of one path"
+                    .into(),
+            });
+        } else if report.ok() {
             let order: Vec<String> = checked.iter().map(|c| c.info.file.clone()).collect();
             let (diff, finding) = against(&order, raw)?;
             report.first_difference = diff;

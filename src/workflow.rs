@@ -1,17 +1,22 @@
 //! Operator workflows over a backup directory: `backup`, `restore` and `prune`.
 //!
-//! The backups of one image live in a directory as a chain of diff files (plain `.diff` or
-//! compressed `.diff.zst`, each with a `.sums` sidecar). The chain is found from the files'
-//! own headers (start and end snapshot, [`discover_chain`]); names only select the image's
+//! The backups of one image live in a directory as a graph of diff files (plain `.diff` or
+//! compressed `.diff.zst`, each with a `.sums` sidecar) over snapshots. It is found from the
+//! files' own headers (start and end snapshot, [`crate::archive::graph`]); names only select the image's
 //! files (`IMAGE@…` ending in `.diff` or `.diff.zst`) and are written for humans:
 //! `IMAGE@TO.full.diff` for a full diff, `IMAGE@FROM..TO.diff` for an incremental.
 //!
 //! Discovery and names live in [`crate::archive`]; [`backup`] and [`restore`] delegate the
 //! cluster side to the `rbd` CLI ([`Rbd`], [`crate::rbd`]):
 //! `rbd snap create` + `rbd export-diff … -` streamed through the stream parser into an atomic
-//! output, and a one-pass merge of the chain streamed into `rbd import-diff -`. [`prune`] is
-//! offline: it merges the oldest files into one and deletes them only once the result is
-//! committed and verified.
+//! output, and a one-pass merge of the best path streamed into `rbd import-diff -`. [`prune`]
+//! is offline: it keeps the newest N restorable snapshots ([`crate::archive::retention`]),
+//! merges the path to the oldest kept one into one full diff and deletes the files no kept
+//! snapshot needs only once that is committed and verified.
+//!
+//! Files of another image id under the same name (a recreated image, recorded in the
+//! archive's [`crate::archive::catalog`]) are another lineage: `backup` never bases an
+//! incremental on them, `restore` and `prune` take the newest lineage.
 //!
 //! Names that reach `rbd` (image specs, snapshot names from `--snap` or from diff headers)
 //! are refused when `rbd` could take them for options (a leading `-`, control characters),
@@ -22,7 +27,7 @@
 //! `backup` and `prune` hold an exclusive [`crate::dirlock`] lock on the directory, `restore`
 //! a shared one; a conflicting run is refused at once. A prune is made safe against a kill
 //! by a journal ([`crate::journal`]): before it commits its output it writes (atomically,
-//! fsynced) `.OUTPUT.prune-journal`, naming the output and the files it supersedes, and it
+//! fsynced) `.OUTPUT.prune-journal`, naming the output and the files it deletes, and it
 //! removes the journal after deleting them. Between the commit and the deletions the
 //! directory holds both; chain discovery (of every command, `verify` of a directory too)
 //! then ignores the superseded files as long as the journal's output exists (outputs appear
@@ -32,7 +37,6 @@
 //! (a stale journal is just deleted), and removes the temporary files (`.NAME.XXXXXX.tmp`)
 //! of killed runs of the image, which no live run can be writing while it holds the lock.
 
-use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 use std::process::Stdio;
@@ -47,57 +51,12 @@ use crate::output::Output;
 use crate::rbd::{collect_stderr, image_name, is_broken_pipe, rbd_failed, safe_arg};
 use crate::Version;
 
-pub use crate::archive::names::{escape, file_name, images_in, unescape, MAX_IMAGE_NAME};
+pub use crate::archive::names::{
+    default_snap_name, escape, file_name, images_in, stamp, unescape, utc_stamp, MAX_IMAGE_NAME,
+    SNAP_PREFIX,
+};
 pub use crate::archive::{discover_chain, ChainFile};
 pub use crate::rbd::Rbd;
-
-/// Prefix of the snapshots `backup` names itself; `--keep-snaps` only removes these.
-pub const SNAP_PREFIX: &str = "rbddiff-";
-
-/// The name of a snapshot [`backup`] makes when none is given:
-/// `rbddiff-YYYYmmddTHHMMSS.NNNNNNNNNZ` (UTC, with nanoseconds: two backups within one
-/// second get two names).
-pub fn default_snap_name() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let s = stamp(now.as_secs());
-    format!(
-        "{SNAP_PREFIX}{}.{:09}Z",
-        &s[..s.len() - 1],
-        now.subsec_nanos()
-    )
-}
-
-/// The current UTC time as `YYYYmmddTHHMMSSZ`.
-pub fn utc_stamp() -> String {
-    stamp(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    )
-}
-
-/// `secs` since the epoch as `YYYYmmddTHHMMSSZ`.
-fn stamp(secs: u64) -> String {
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
 
 // ---------------------------------------------------------------------------------------------
 // backup
@@ -152,6 +111,8 @@ pub struct BackupReport {
     pub cleaned: Vec<String>,
     /// Why the backup is a full diff (none for an incremental).
     pub full_reason: Option<String>,
+    /// The image's id (`rbd info`), recorded in the catalog; none when rbd gave none.
+    pub image_id: Option<String>,
 }
 
 /// What the stream check of an export found.
@@ -266,13 +227,22 @@ fn backup_locked(
     }
     let rbd = &opts.rbd;
     let snaps = rbd.snapshots(spec)?;
+    // Only files of this image id (its lineage) are a base: a recreated image starts anew.
+    let image_id = rbd.image_id(spec)?;
+    let all = graph;
+    let graph = crate::archive::graph::lineages(dir, image)?
+        .into_iter()
+        .find(|l| l.image_id == image_id)
+        .map(|l| l.graph)
+        .unwrap_or_default();
+    let restorable = graph.restorable(&Default::default());
     let has = |n: &str| snaps.iter().any(|(_, s)| s == n);
     if has(&snap) {
         return Err(Error::invalid(format!(
             "snapshot '{snap}' already exists on {spec}"
         )));
     }
-    if graph.snapshots.contains(&snap) {
+    if all.snapshots.contains(&snap) {
         return Err(Error::invalid(format!(
             "{} already holds a file ending at snapshot '{snap}'",
             dir.display()
@@ -287,6 +257,12 @@ fn backup_locked(
         .map(|(_, r)| r);
     let full_reason = if opts.full {
         Some("--full was asked".to_string())
+    } else if graph.is_empty() && !all.is_empty() {
+        Some(format!(
+            "the files of {image} in {} are of another image id (the image was recreated): \
+             a new lineage starts",
+            dir.display()
+        ))
     } else if graph.is_empty() {
         Some(format!("{} holds no backup of {image}", dir.display()))
     } else if restorable.is_empty() {
@@ -327,6 +303,19 @@ fn backup_locked(
     }
     // Created first: an output that cannot be written is found before the snapshot is made.
     let output = Output::create_like(&path.to_string_lossy(), false, like.as_deref())?;
+    // Recorded before the file is committed: a kill never leaves it unrecorded (a record of
+    // a file that never came goes when the catalog is written next).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    crate::archive::catalog::record(
+        dir,
+        &file_name(image, prev.as_deref(), &snap, compressed),
+        crate::archive::catalog::Record {
+            image_id: image_id.clone(),
+            time: Some(now),
+        },
+    )?;
     let snap_spec = format!("{spec}@{snap}");
     rbd.run_ok(&["snap", "create", &snap_spec])?;
     match export_to(rbd, spec, &snap_spec, prev.as_deref(), output, &path, opts) {
@@ -346,6 +335,7 @@ fn backup_locked(
                 warnings: Vec::new(),
                 cleaned,
                 full_reason,
+                image_id,
             };
             if let Some(k) = opts.keep_snaps {
                 keep_snaps(rbd, spec, &snap, k, &mut report)?;
@@ -527,18 +517,18 @@ pub struct RestoreReport {
     pub records: u64,
 }
 
-/// Chooses the image whose backups `dir` holds for a restore into `target`.
-fn pick_image(dir: &Path, target: &str, given: Option<&str>) -> Result<String> {
+/// Chooses the image whose backups `dir` holds for a restore into `target` (an image name,
+/// none for a file).
+fn pick_image(dir: &Path, target: Option<&str>, given: Option<&str>) -> Result<String> {
     if let Some(g) = given {
         return Ok(g.to_string());
     }
     let images = images_in(dir)?;
-    let target = image_name(target)?;
     if images.len() == 1 {
         return Ok(images.into_iter().next().unwrap_or_default());
     }
-    if images.contains(target) {
-        return Ok(target.to_string());
+    if let Some(t) = target.filter(|t| images.contains(*t)) {
+        return Ok(t.to_string());
     }
     if images.is_empty() {
         return Err(Error::invalid(format!(
@@ -580,17 +570,19 @@ pub fn restore(
         return Err(Error::invalid("not a directory").with_file(dir));
     }
     let _lock = crate::dirlock::lock(dir, false)?;
-    let src_image = pick_image(dir, spec, opts.image.as_deref())?;
-    let graph = crate::archive::graph::discover(dir, &src_image)?;
+    let src_image = pick_image(dir, Some(image_name(spec)?), opts.image.as_deref())?;
+    let (graph, others) =
+        crate::archive::graph::newest_lineage(dir, &src_image, opts.to.as_deref())?;
     if graph.is_empty() {
         return Err(Error::invalid(format!(
             "{}: no backup files of {src_image}",
             dir.display()
         )));
     }
-    let choice = graph
+    let mut choice = graph
         .choose(opts.to.as_deref())
         .map_err(|e| e.with_file(dir))?;
+    lineage_warning(&mut choice.warnings, others, &src_image);
     let names: Vec<String> = choice
         .path
         .iter()
@@ -676,42 +668,158 @@ pub fn restore(
     })
 }
 
+/// Says that `others` other lineages of `image` were not looked at.
+fn lineage_warning(warnings: &mut Vec<String>, others: usize, image: &str) {
+    if others > 0 {
+        warnings.push(format!(
+            "{others} other lineage(s) of {image} (files of another image id, see `list`) \
+             were not used"
+        ));
+    }
+}
+
+/// Options of [`restore_to_file`].
+#[derive(Clone, Debug, Default)]
+pub struct FileRestoreOptions {
+    /// The image whose backups are restored (default: the only image with files in the
+    /// directory).
+    pub image: Option<String>,
+    /// Restore this snapshot (default: the newest restorable one).
+    pub snap: Option<String>,
+    /// Overwrite a target that exists without a state file saying it holds a snapshot of
+    /// this chain (see [`crate::apply`]).
+    pub force: bool,
+    /// Where the target's state sidecar lives (needed for a block device).
+    pub state_file: Option<std::path::PathBuf>,
+}
+
+/// What [`restore_to_file`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileRestoreReport {
+    /// The image whose backups were restored.
+    pub image: String,
+    /// The snapshot restored.
+    pub snap: String,
+    /// The files of the path, in order.
+    pub files: Vec<String>,
+    /// Bytes of those files.
+    pub bytes_read: u64,
+    /// Files of the image not used, and why.
+    pub passed_over: Vec<crate::archive::graph::PassedOver>,
+    /// Said when newer snapshots than the one restored (by default) are not restorable.
+    pub warnings: Vec<String>,
+    /// True when the target file was created.
+    pub created: bool,
+    /// What the apply did.
+    pub apply: crate::apply::ApplyReport,
+}
+
+/// Restores a snapshot of the archive `dir` offline into the raw image file or block device
+/// `target`: takes the path of healthy files with the fewest bytes, as [`restore`] does, and
+/// applies it with [`crate::apply`] (a missing target is created as a sparse file; an
+/// interrupted run is resumed by running it again). No cluster is needed.
+///
+/// # Errors
+/// No file of the image; no healthy path leads to the snapshot; the apply refuses the
+/// target (it exists with no state file, without `opts.force`; a block device without
+/// `opts.state_file`) or fails.
+pub fn restore_to_file(
+    dir: &Path,
+    target: &Path,
+    opts: &FileRestoreOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<FileRestoreReport> {
+    if !dir.is_dir() {
+        return Err(Error::invalid("not a directory").with_file(dir));
+    }
+    let _lock = crate::dirlock::lock(dir, false)?;
+    let image = pick_image(dir, None, opts.image.as_deref())?;
+    let (graph, others) = crate::archive::graph::newest_lineage(dir, &image, opts.snap.as_deref())?;
+    if graph.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no backup files of {image}",
+            dir.display()
+        )));
+    }
+    let mut choice = graph
+        .choose(opts.snap.as_deref())
+        .map_err(|e| e.with_file(dir))?;
+    lineage_warning(&mut choice.warnings, others, &image);
+    let files: Vec<String> = choice
+        .path
+        .iter()
+        .map(|&i| graph.edges[i].file.name())
+        .collect();
+    let created = !target.exists();
+    let aopts = crate::apply::ApplyOptions {
+        create: created,
+        force: opts.force,
+        check_sums: false,
+        state_file: opts.state_file.clone(),
+    };
+    let apply = crate::apply::apply_chain_with_progress(&files, target, &aopts, progress)?;
+    Ok(FileRestoreReport {
+        image,
+        snap: choice.target,
+        files,
+        bytes_read: choice.bytes,
+        passed_over: choice.passed_over,
+        warnings: choice.warnings,
+        created,
+        apply,
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // prune
 
 /// What [`prune`] did (or would do, for a dry run).
 #[derive(Clone, Debug, Serialize)]
 pub struct PruneReport {
-    /// Files in the chain before pruning.
-    pub chain: usize,
-    /// The files merged (and deleted, unless a dry run), oldest first.
+    /// Files of the image before pruning.
+    pub files: usize,
+    /// The snapshots kept restorable, oldest first.
+    pub kept_snapshots: Vec<String>,
+    /// The files merged into [`PruneReport::output`], in order.
     pub merged: Vec<String>,
-    /// The new file replacing them (none when nothing is to be done).
+    /// The new full diff to the oldest kept snapshot (none when no merge is needed).
     pub output: Option<String>,
-    /// The files kept after it.
+    /// The files that stay, besides the output.
     pub kept: Vec<String>,
-    /// Files deleted (merged files and their sidecars).
+    /// The files deleted (for a dry run: to be deleted), their sidecars aside.
+    pub delete: Vec<String>,
+    /// Files deleted, sidecars included (none for a dry run).
     pub deleted: Vec<String>,
+    /// Files left alone because no restore can use them, with the reason.
+    pub left: Vec<crate::archive::graph::PassedOver>,
     /// True for a dry run: nothing was changed.
     pub dry_run: bool,
     /// Size of the new file.
     pub bytes: u64,
+    /// Bytes of the image's readable files before.
+    pub bytes_before: u64,
+    /// Bytes of them after (for a dry run an estimate: the output counted at the bytes of
+    /// the files it merges).
+    pub bytes_after: u64,
     /// Files of an interrupted earlier run removed first: what a half-done prune had
     /// replaced, its journal, temporary files.
     pub cleaned: Vec<String>,
 }
 
-/// Prunes the chain of `image` in `dir` to `keep` files: when it has more, its first
-/// `len − keep + 1` files are merged into one new diff (full when the chain starts with a full
-/// diff; compressed like the newest merged file), written atomically with its sidecar, the
-/// new chain is verified, the directory fsynced, and only then are the merged files and their
-/// sidecars deleted. A journal written before the commit lets the next run finish a prune
-/// killed in between (see the module docs); what an interrupted run left is cleaned up
-/// first. Nothing else is ever deleted. With `dry_run` nothing is changed.
+/// Prunes the files of `image` in `dir` so that its newest `keep` restorable snapshots stay
+/// restorable ([`crate::archive::retention`] says which files stay): the best path to the
+/// oldest kept snapshot is merged into one new full diff (compressed like the last file
+/// merged), written atomically with its sidecar and verified, the directory fsynced, and
+/// only then are the files no kept snapshot needs deleted, with their sidecars. A journal
+/// written before the commit names them, so that the next run finishes a prune killed in
+/// between (see the module docs); what an interrupted run left is cleaned up first. Files no
+/// restore can use (unreachable ones) are left alone and reported. With `dry_run` nothing
+/// is changed.
 ///
 /// # Errors
-/// `keep` is 0; the chain is broken or does not verify; the new file exists or cannot be
-/// written or verified (then every original file is left as it was).
+/// `keep` is 0; a file of the image is damaged or unreadable (prune rewrites only a healthy
+/// archive; the message names the files and why); no snapshot is restorable; the new file
+/// exists or cannot be written or verified (then every original file is left as it was).
 pub fn prune(
     dir: &Path,
     image: &str,
@@ -732,62 +840,178 @@ pub fn prune(
     } else {
         finish_pending(dir, image)?
     };
-    let chain = discover_chain(dir, image)?;
-    let name = |f: &ChainFile| f.path.to_string_lossy().into_owned();
+    // The newest lineage is pruned; older ones (a recreated image's) are left alone.
+    let mut lineages = crate::archive::graph::lineages(dir, image)?;
+    let graph = lineages.pop().map(|l| l.graph).unwrap_or_default();
+    let older: Vec<crate::archive::graph::PassedOver> = lineages
+        .iter()
+        .flat_map(|l| {
+            let why = format!(
+                "an older lineage (image id {})",
+                l.image_id.as_deref().unwrap_or("unknown")
+            );
+            l.graph
+                .edges
+                .iter()
+                .map(|e| e.file.name())
+                .chain(l.graph.unreadable.iter().map(|u| u.file.clone()))
+                .map(move |file| crate::archive::graph::PassedOver {
+                    file,
+                    reason: why.clone(),
+                })
+        })
+        .collect();
+    let bytes_before: u64 = graph.edges.iter().map(|e| e.bytes).sum();
     let mut report = PruneReport {
-        chain: chain.len(),
+        files: graph.edges.len() + graph.unreadable.len(),
+        kept_snapshots: Vec::new(),
         merged: Vec::new(),
         output: None,
-        kept: chain.iter().map(name).collect(),
+        kept: graph.edges.iter().map(|e| e.file.name()).collect(),
+        delete: Vec::new(),
         deleted: Vec::new(),
+        left: older.clone(),
         dry_run,
         bytes: 0,
+        bytes_before,
+        bytes_after: bytes_before,
         cleaned,
     };
-    if chain.len() <= keep {
+    if graph.is_empty() {
         return Ok(report);
     }
-    let k = chain.len() - keep + 1;
-    let (merged, kept) = chain.split_at(k);
-    let last = &merged[k - 1];
-    let to = last
-        .to
-        .as_deref()
-        .ok_or_else(|| Error::invalid(format!("{} ends at the image HEAD", last.name())))?;
-    let out = dir.join(file_name(
-        image,
-        merged[0].from.as_deref(),
-        to,
-        last.compressed,
-    ));
-    report.merged = merged.iter().map(name).collect();
-    report.kept = kept.iter().map(name).collect();
-    report.output = Some(out.to_string_lossy().into_owned());
-    if dry_run {
+    let damaged = graph.damaged();
+    let bad: Vec<String> = damaged
+        .iter()
+        .map(|(&i, why)| format!("{} ({why})", graph.edges[i].file.name()))
+        .chain(
+            graph
+                .unreadable
+                .iter()
+                .map(|u| format!("{} ({})", u.file, u.reason)),
+        )
+        .collect();
+    if !bad.is_empty() {
+        return Err(Error::invalid(format!(
+            "prune rewrites only a healthy archive; damaged or unreadable files of {image}: {} \
+             (restore goes round them; move them away to prune)",
+            bad.join("; ")
+        ))
+        .with_file(dir));
+    }
+    let plan = crate::archive::retention::plan(&graph, &damaged, keep).ok_or_else(|| {
+        Error::invalid(format!("no snapshot of {image} is restorable")).with_file(dir)
+    })?;
+    let edge = |i: usize| &graph.edges[i];
+    let names = |v: &[usize]| v.iter().map(|&i| edge(i).file.name()).collect::<Vec<_>>();
+    report.kept_snapshots = plan.keep.clone();
+    report.kept = names(&plan.kept);
+    report.delete = names(&plan.delete);
+    report.left.extend(plan.left.iter().cloned());
+    let k0 = plan.keep[0].clone();
+    let mut merge = plan.merge.clone();
+    let mut out = None;
+    if let Some(&last) = merge.last() {
+        let p = dir.join(file_name(image, None, &k0, edge(last).file.compressed));
+        // A kept full diff to the snapshot under that name already: nothing to merge.
+        if plan.kept.iter().any(|&i| edge(i).file.path == p) {
+            merge.clear();
+        } else {
+            out = Some(p);
+        }
+    }
+    report.merged = names(&merge);
+    report.output = out.as_ref().map(|p| p.to_string_lossy().into_owned());
+    let deleted_bytes: u64 = plan.delete.iter().map(|&i| edge(i).bytes).sum();
+    let merged_bytes: u64 = merge.iter().map(|&i| edge(i).bytes).sum();
+    report.bytes_after = bytes_before - deleted_bytes + merged_bytes;
+    if dry_run || (out.is_none() && plan.delete.is_empty()) {
         return Ok(report);
     }
-    verify_chain(&chain)?;
-    if out.exists() {
-        return Err(Error::invalid("the merged output exists already").with_file(&out));
+    let journal = match &out {
+        None => None,
+        Some(out) => {
+            if std::fs::symlink_metadata(out).is_ok() {
+                return Err(Error::invalid("the merged output exists already").with_file(out));
+            }
+            Some(merge_output(
+                dir,
+                &graph,
+                &merge,
+                &plan.delete,
+                out,
+                &k0,
+                progress,
+            )?)
+        }
+    };
+    if let Some(o) = &out {
+        report.bytes = std::fs::metadata(o).map_or(0, |m| m.len());
+        report.bytes_after = bytes_before - deleted_bytes + report.bytes;
     }
-    let out_s = out.to_string_lossy().into_owned();
-    let copts = last.compressed.then(CompressOptions::default);
+    for &i in &plan.delete {
+        let f = &edge(i).file.path;
+        for p in [f.clone(), crate::sums::sums_path(f)] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => report.deleted.push(p.to_string_lossy().into_owned()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::from(e).with_file(&p)),
+            }
+        }
+    }
+    sync_dir(dir)?;
+    if let Some(j) = journal {
+        std::fs::remove_file(&j).map_err(|e| Error::from(e).with_file(&j))?;
+        sync_dir(dir)?;
+    }
+    Ok(report)
+}
+
+/// Merges the files `merge` of `graph` into the full diff `out` to snapshot `k0` under a
+/// journal naming `delete` as superseded: commits it (never clobbering), writes its sidecar,
+/// verifies it and fsyncs the directory. Returns the journal's path. On failure nothing of
+/// this run is left.
+fn merge_output(
+    dir: &Path,
+    graph: &crate::archive::graph::Graph,
+    merge: &[usize],
+    delete: &[usize],
+    out: &Path,
+    k0: &str,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<std::path::PathBuf> {
     let base = |p: &Path| {
         p.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
+    let edge = |i: usize| &graph.edges[i].file;
+    let compressed = merge.last().is_some_and(|&i| edge(i).compressed);
     let journal = crate::journal::write(
         dir,
         &crate::journal::Journal {
-            output: base(&out),
-            supersedes: merged.iter().map(|f| base(&f.path)).collect(),
+            output: base(out),
+            supersedes: delete.iter().map(|&i| base(&edge(i).path)).collect(),
         },
     )?;
+    // The merged file is of the lineage of what it merges, recorded before its commit.
+    let catalog = crate::archive::catalog::read(dir)?;
+    if let Some(rec) = merge
+        .last()
+        .and_then(|&i| catalog.files.get(&base(&edge(i).path)))
+    {
+        if let Err(e) = crate::archive::catalog::record(dir, &base(out), rec.clone()) {
+            let _ = std::fs::remove_file(&journal);
+            return Err(e);
+        }
+    }
+    let inputs: Vec<String> = merge.iter().map(|&i| edge(i).name()).collect();
+    let out_s = out.to_string_lossy().into_owned();
+    let copts = compressed.then(CompressOptions::default);
     // The commit does not clobber: when it fails, the name is someone else's file and
     // nothing of this run is left (the temporary file goes with the error).
     if let Err(e) = merge_files_to(
-        &report.merged,
+        &inputs,
         &out_s,
         false,
         &MergeOptions::default(),
@@ -797,40 +1021,43 @@ pub fn prune(
         let _ = std::fs::remove_file(&journal);
         return Err(e);
     }
-    let made = file_id(&out)?;
-    let checked = crate::sums::write_sums_for(&out).and_then(|_| {
-        // The new chain: the merged file, then the kept ones.
-        let mut new_chain = vec![read_chain_file(out.clone())?];
-        new_chain.extend(kept.iter().cloned());
-        verify_chain(&new_chain)?;
-        let d = File::open(dir).map_err(|e| Error::from(e).with_file(dir))?;
-        d.sync_all().map_err(|e| Error::from(e).with_file(dir))?;
-        Ok(())
-    });
+    let made = file_id(out)?;
+    // The merged file keeps the time of the backup of its snapshot (the last file merged),
+    // which snapshot order and times ([`crate::archive::listing`]) read.
+    let when = merge
+        .last()
+        .map(|&i| graph.edges[i].mtime)
+        .unwrap_or_else(std::time::SystemTime::now);
+    let checked = std::fs::File::options()
+        .write(true)
+        .open(out)
+        .and_then(|f| f.set_modified(when))
+        .map_err(|e| Error::from(e).with_file(out))
+        .and_then(|()| crate::sums::write_sums_for(out))
+        .and_then(|_| {
+            let f = read_chain_file(out.to_path_buf())?;
+            if f.from.is_some() || f.to.as_deref() != Some(k0) {
+                return Err(Error::invalid(format!(
+                    "the merged file runs from {} to {}, not from a full diff to '{k0}'",
+                    show(&f.from),
+                    show(&f.to)
+                ))
+                .with_file(out));
+            }
+            verify_chain(&[f])?;
+            sync_dir(dir)
+        });
     if let Err(e) = checked {
         // Only the file this run committed goes (never one that replaced it meanwhile).
-        if file_id(&out).ok() == Some(made) {
-            let _ = std::fs::remove_file(crate::sums::sums_path(&out));
-            let _ = std::fs::remove_file(&out);
+        if file_id(out).ok() == Some(made) {
+            let _ = std::fs::remove_file(crate::sums::sums_path(out));
+            let _ = std::fs::remove_file(out);
         }
         // After the output: a journal without its output is stale, never the reverse.
         let _ = std::fs::remove_file(&journal);
         return Err(e);
     }
-    report.bytes = std::fs::metadata(&out).map_or(0, |m| m.len());
-    for f in merged {
-        for p in [f.path.clone(), crate::sums::sums_path(&f.path)] {
-            match std::fs::remove_file(&p) {
-                Ok(()) => report.deleted.push(p.to_string_lossy().into_owned()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::from(e).with_file(&p)),
-            }
-        }
-    }
-    sync_dir(dir)?;
-    std::fs::remove_file(&journal).map_err(|e| Error::from(e).with_file(&journal))?;
-    sync_dir(dir)?;
-    Ok(report)
+    Ok(journal)
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ fn listing(dir: &Path) -> BTreeSet<String> {
     match fs::read_dir(dir) {
         Ok(rd) => rd
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n != rbddiff::dirlock::LOCK_NAME)
+            .filter(|n| n != rbddiff::dirlock::LOCK_NAME && n != rbddiff::archive::catalog::NAME)
             .collect(),
         Err(_) => BTreeSet::new(),
     }

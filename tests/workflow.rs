@@ -80,12 +80,16 @@ fn rbddiff_cli(args: &[&str]) -> std::process::Output {
         .expect("run rbddiff")
 }
 
-/// Every file in `dir` with its sha256 (but the directory's lock file).
+/// Every file in `dir` with its sha256 (but the directory's lock file and catalog).
 fn contents(dir: &Path) -> BTreeMap<String, String> {
     fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && !p.ends_with(rbddiff::dirlock::LOCK_NAME))
+        .filter(|p| {
+            p.is_file()
+                && !p.ends_with(rbddiff::dirlock::LOCK_NAME)
+                && !p.ends_with(rbddiff::archive::catalog::NAME)
+        })
         .map(|p| {
             (
                 p.file_name().unwrap().to_string_lossy().into_owned(),
@@ -1101,12 +1105,12 @@ fn backup_files_take_the_mode_of_the_chain() {
     };
     let mode = |p: &str| fs::metadata(p).unwrap().permissions().mode() & 0o777;
     fs::write(&snaps, "[]").unwrap();
-    let r = backup("rbd/vm", &dir, &opts("s0")).unwrap();
+    let r = until_free(|| backup("rbd/vm", &dir, &opts("s0")));
     assert_eq!(mode(&r.file), 0o600, "a new chain");
     assert_eq!(mode(&r.sums), 0o600);
     fs::set_permissions(&r.file, fs::Permissions::from_mode(0o640)).unwrap();
     fs::write(&snaps, r#"[{"id": 4, "name": "s0"}]"#).unwrap();
-    let r = backup("rbd/vm", &dir, &opts("s1")).unwrap();
+    let r = until_free(|| backup("rbd/vm", &dir, &opts("s1")));
     assert_eq!(r.from_snap.as_deref(), Some("s0"));
     assert_eq!(mode(&r.file), 0o640, "the chain's mode");
     assert_eq!(mode(&r.sums), 0o640);
@@ -1275,7 +1279,7 @@ fn exporting_rbd(bin: &Path, raw: &Path) -> (PathBuf, PathBuf) {
         &rbd,
         format!(
             "#!/bin/sh\nprintf '%s\\0' \"$@\" >> '{log}'\necho >> '{log}'\ncase \"$*\" in\n  \
-             *'snap ls'*) cat '{bin}/snaps.json' ;;\n  *export-diff*)\n    from=; spec=\n    \
+             *'snap ls'*) cat '{bin}/snaps.json' ;;\n  info*) cat '{bin}/info.json' ;;\n  *export-diff*)\n    from=; spec=\n    \
              for a in \"$@\"; do case \"$a\" in --from-snap=*) from=\"${{a#--from-snap=}}\" ;; \
              *@*) spec=\"$a\" ;; esac; done\n    snap=\"${{spec#*@}}\"\n    if [ -n \"$from\" ]; \
              then exec '{exe}' create --from '{raw}' --to-snap \"$snap\" --base '{raw}' \
@@ -1364,4 +1368,506 @@ fn backup_chooses_its_base_in_the_graph() {
         .map(|r| r.0)
         .collect();
     assert_eq!(restorable, ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7"]);
+}
+
+/// `n` states of a 1 MiB image, each with a few random writes.
+fn small_states(n: usize) -> Vec<Vec<u8>> {
+    let mut rng = Rng::new(23);
+    let mut cur = vec![0u8; 1 << 20];
+    (0..n)
+        .map(|_| {
+            for _ in 0..4 {
+                let at = rng.below(cur.len() as u64 - 40_000) as usize;
+                let len = 1 + rng.below(32_768) as usize;
+                cur[at..at + len].copy_from_slice(&noise(rng.next(), len));
+            }
+            cur.clone()
+        })
+        .collect()
+}
+
+/// The sha256 of snapshot `snap` of `vm` in `dir` restored offline through the path restore
+/// chooses, and that path's file names.
+fn restore_snap(dir: &Path, work: &Path, snap: &str) -> (String, Vec<String>) {
+    let g = rbddiff::archive::graph::discover(dir, "vm").unwrap();
+    let c = g.choose(Some(snap)).unwrap();
+    let files: Vec<PathBuf> = c
+        .path
+        .iter()
+        .map(|&i| g.edges[i].file.path.clone())
+        .collect();
+    let img = format!("snap-{snap}.img");
+    let _ = fs::remove_file(work.join(&img));
+    let _ = fs::remove_file(rbddiff::apply::state_path(&work.join(&img)));
+    let names = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    (applied(&files, work, &img), names)
+}
+
+/// Restorable snapshots of `vm` in `dir`, oldest first.
+fn restorable(dir: &Path) -> Vec<String> {
+    let g = rbddiff::archive::graph::discover(dir, "vm").unwrap();
+    g.restorable(&Default::default())
+        .into_iter()
+        .map(|r| r.0)
+        .collect()
+}
+
+/// prune on a graph: a chain s0..s5 with a periodic full at s3 keeps the newest N
+/// restorable snapshots; the path to the oldest kept one becomes one full diff, fulls and
+/// incrementals from it on stay (the periodic full still stands in for a damaged
+/// incremental), everything older goes, and every kept snapshot restores to its state.
+#[test]
+fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
+    let (_t, dir, work) = dirs();
+    let states = small_states(6);
+    let names = [
+        "vm@s0.full.diff",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff.zst",
+        "vm@s2..s3.diff",
+        "vm@s3..s4.diff",
+        "vm@s4..s5.diff",
+    ];
+    let chain = write_chain_of(&dir, &work, &names, &states);
+    let full3 = dir.join("vm@s3.full.diff");
+    let o = CreateOptions {
+        to_snap: Some("s3".into()),
+        ..CreateOptions::default()
+    };
+    create_diff(&work.join("raw3"), &s(&full3), &o).unwrap();
+    rbddiff::sums::write_sums_for(&full3).unwrap();
+    fs::copy(&chain[0], dir.join("vm2@s0.full.diff")).unwrap();
+    rbddiff::sums::write_sums_for(&dir.join("vm2@s0.full.diff")).unwrap();
+    let want = |k: usize| sha256_file(&work.join(format!("raw{k}")));
+    // verify DIR checks the graph: the fork is no problem.
+    let out = rbddiff_cli(&["verify", "--full", "--require-sums", &s(&dir)]);
+    assert!(out.status.success(), "{out:?}");
+
+    // Keep 4: s2..s5. The path to s2 (three files, the last compressed) becomes one
+    // compressed full diff, with the time of s2's backup; the periodic full at s3 stays.
+    let mtime = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    let f = fs::File::options().write(true).open(&chain[2]).unwrap();
+    f.set_modified(old).unwrap();
+    let r = until_free(|| prune(&dir, "vm", 4, false, &mut |_, _| {}));
+    assert_eq!(mtime(&dir.join("vm@s2.full.diff.zst")), old);
+    assert_eq!(r.kept_snapshots, ["s2", "s3", "s4", "s5"], "{r:?}");
+    assert_eq!(
+        r.merged,
+        chain[..3].iter().map(|p| s(p)).collect::<Vec<_>>()
+    );
+    assert_eq!(r.output, Some(s(&dir.join("vm@s2.full.diff.zst"))));
+    let mut merged = r.merged.clone();
+    merged.sort();
+    assert_eq!(r.delete, merged);
+    assert_eq!(r.deleted.len(), 6);
+    let mut expect = vec![
+        "vm2@s0.full.diff",
+        "vm2@s0.full.diff.sums",
+        "vm@s2..s3.diff",
+        "vm@s2..s3.diff.sums",
+        "vm@s2.full.diff.zst",
+        "vm@s2.full.diff.zst.sums",
+        "vm@s3..s4.diff",
+        "vm@s3..s4.diff.sums",
+        "vm@s3.full.diff",
+        "vm@s3.full.diff.sums",
+        "vm@s4..s5.diff",
+        "vm@s4..s5.diff.sums",
+    ];
+    expect.sort();
+    assert_eq!(contents(&dir).into_keys().collect::<Vec<_>>(), expect);
+    assert_eq!(restorable(&dir), ["s2", "s3", "s4", "s5"]);
+    for k in 2..6 {
+        assert_eq!(
+            restore_snap(&dir, &work, &format!("s{k}")).0,
+            want(k),
+            "s{k}"
+        );
+    }
+    assert_eq!(r.bytes_after, {
+        let c = contents(&dir);
+        c.keys()
+            .filter(|n| n.starts_with("vm@") && !n.ends_with(".sums"))
+            .map(|n| fs::metadata(dir.join(n)).unwrap().len())
+            .sum::<u64>()
+    });
+    // The periodic full still stands in for a damaged incremental before it.
+    let s23 = dir.join("vm@s2..s3.diff");
+    let good = fs::read(&s23).unwrap();
+    flip_payload_byte(&s23);
+    let (sha, used) = restore_snap(&dir, &work, "s5");
+    assert_eq!(sha, want(5));
+    assert_eq!(
+        used,
+        ["vm@s3.full.diff", "vm@s3..s4.diff", "vm@s4..s5.diff"]
+    );
+    // prune does not rewrite a damaged archive, and says which file is damaged.
+    let before = contents(&dir);
+    let e = prune(&dir, "vm", 2, false, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("vm@s2..s3.diff") && e.contains("sums"), "{e}");
+    assert_eq!(contents(&dir), before);
+    fs::write(&s23, good).unwrap();
+
+    // A dry run of keep 2 prints the plan and changes nothing.
+    let (_, path4) = restore_snap(&dir, &work, "s4");
+    let merge_line = format!("would merge {} file(s) into", path4.len());
+    let before = contents(&dir);
+    let out = rbddiff_cli(&[
+        "prune",
+        &s(&dir),
+        "--image",
+        "vm",
+        "--keep",
+        "2",
+        "--dry-run",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for w in [
+        "keeping 2 restorable snapshot(s): s4, s5",
+        merge_line.as_str(),
+        "would delete: ",
+        "vm@s2.full.diff.zst",
+        "bytes before",
+        "(estimated)",
+    ] {
+        assert!(text.contains(w), "{w}: {text}");
+    }
+    assert_eq!(contents(&dir), before);
+    // Keep 2: s4 and s5. The cheapest path to s4 is merged into a full to s4; every file
+    // before s4 goes, the older full and the periodic one too.
+    let r = until_free(|| prune(&dir, "vm", 2, false, &mut |_, _| {}));
+    assert_eq!(r.kept_snapshots, ["s4", "s5"]);
+    let merged: Vec<String> = r
+        .merged
+        .iter()
+        .map(|p| {
+            Path::new(p)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(merged, path4);
+    assert_eq!(r.output, Some(s(&dir.join("vm@s4.full.diff"))));
+    assert_eq!(r.delete.len(), 4, "{r:?}");
+    let expect = [
+        "vm2@s0.full.diff",
+        "vm2@s0.full.diff.sums",
+        "vm@s4..s5.diff",
+        "vm@s4..s5.diff.sums",
+        "vm@s4.full.diff",
+        "vm@s4.full.diff.sums",
+    ];
+    assert_eq!(contents(&dir).into_keys().collect::<Vec<_>>(), expect);
+    assert_eq!(restorable(&dir), ["s4", "s5"]);
+    for k in 4..6 {
+        assert_eq!(
+            restore_snap(&dir, &work, &format!("s{k}")).0,
+            want(k),
+            "s{k}"
+        );
+    }
+    // Nothing more to do.
+    let r = until_free(|| prune(&dir, "vm", 2, false, &mut |_, _| {}));
+    assert!(r.output.is_none() && r.delete.is_empty(), "{r:?}");
+}
+
+/// verify DIR checks every file of each image's graph: a missing incremental makes the
+/// files after it unreachable (named), though a periodic full still reaches later snapshots.
+#[test]
+fn verify_of_a_directory_reports_unreachable_files_of_the_graph() {
+    let (_t, dir, work) = dirs();
+    let states = small_states(5);
+    let names = [
+        "vm@s0.full.diff",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff",
+        "vm@s2..s3.diff",
+        "vm@s3..s4.diff",
+    ];
+    let chain = write_chain_of(&dir, &work, &names, &states);
+    let full3 = dir.join("vm@s3.full.diff");
+    let o = CreateOptions {
+        to_snap: Some("s3".into()),
+        ..CreateOptions::default()
+    };
+    create_diff(&work.join("raw3"), &s(&full3), &o).unwrap();
+    fs::copy(&chain[0], dir.join("vm2@s0.full.diff")).unwrap();
+    let out = rbddiff_cli(&["verify", "--full", &s(&dir)]);
+    assert!(out.status.success(), "{out:?}");
+    fs::remove_file(&chain[1]).unwrap();
+    let out = rbddiff_cli(&["verify", "--full", "--json", &s(&dir)]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bad: Vec<&str> = j["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == "chain")
+        .map(|f| f["file"].as_str().unwrap())
+        .collect();
+    // s1..s2 starts at s1 (gone with s0..s1), s2..s3 at s2; s3..s4 is reached via the full.
+    assert_eq!(bad, [s(&chain[2]), s(&chain[3])], "{j}");
+}
+
+/// `list` shows every restorable snapshot with its best path and bytes, the files no path
+/// uses and the unhealthy ones; `status --max-age` exits 1 when the newest restorable
+/// snapshot is older (here by the file's modification time: the names carry no time).
+#[test]
+fn list_and_status_of_an_archive() {
+    let (_t, dir, work) = dirs();
+    let states = compressible_states();
+    let names = [
+        "vm@s0.full.diff.zst",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff.zst",
+        "vm@s2..s3.diff.zst",
+    ];
+    let chain = write_chain_of(&dir, &work, &names, &states);
+    let full2 = dir.join("vm@s2.full.diff");
+    let o = CreateOptions {
+        to_snap: Some("s2".into()),
+        ..CreateOptions::default()
+    };
+    create_diff(&work.join("raw2"), &s(&full2), &o).unwrap();
+    fs::write(dir.join("vm@junk.diff"), b"rbd diff v1\nt").unwrap();
+    let size = |p: &PathBuf| fs::metadata(p).unwrap().len();
+    let out = rbddiff_cli(&["list", &s(&dir), "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let img = &j["images"][0];
+    assert_eq!(img["image"], "vm");
+    let snaps = img["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 4, "{j}");
+    for (k, sn) in snaps.iter().enumerate() {
+        assert_eq!(sn["name"], format!("s{k}"));
+        let files: Vec<String> = chain[..=k].iter().map(|p| s(p)).collect();
+        assert_eq!(sn["files"], serde_json::json!(files));
+        assert_eq!(sn["bytes"], chain[..=k].iter().map(size).sum::<u64>());
+        assert_eq!(sn["time_from"], "mtime");
+    }
+    assert_eq!(img["unused"], serde_json::json!([s(&full2)]));
+    assert_eq!(img["unhealthy"][0]["file"], s(&dir.join("vm@junk.diff")));
+    let text = String::from_utf8_lossy(&rbddiff_cli(&["list", &s(&dir)]).stdout).into_owned();
+    assert!(
+        text.contains("vm (image id unknown): 4 restorable snapshot(s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unused: ") && text.contains("unhealthy: "),
+        "{text}"
+    );
+
+    // The newest restorable snapshot (s3) was backed up two hours ago.
+    let two_h = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    let f = fs::File::options().write(true).open(&chain[3]).unwrap();
+    f.set_modified(two_h).unwrap();
+    let st = |age: &str| rbddiff_cli(&["status", &s(&dir), "--max-age", age, "--json"]);
+    let out = st("1h");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["images"][0]["newest"]["name"], "s3");
+    let age = j["images"][0]["age"].as_u64().unwrap();
+    assert!((7200..7300).contains(&age), "{j}");
+    assert_eq!(st("3h").status.code(), Some(0));
+    assert_eq!(st("1d").status.code(), Some(0));
+    // s3 damaged: the newest restorable snapshot is s2 (its files are of now).
+    flip_payload_byte(&chain[3]);
+    let out = st("1h");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["images"][0]["newest"]["name"], "s2");
+    // Nothing restorable (an unknown image) or a bad duration.
+    let out = rbddiff_cli(&["status", &s(&dir), "--max-age", "1d", "--image", "none"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = rbddiff_cli(&["status", &s(&dir), "--max-age", "soon"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// `restore DIR --to-file RAW` restores offline through apply, over the best healthy path
+/// (here round a damaged incremental, through the periodic full); `--snap` picks the
+/// snapshot; an existing file that holds no state of the chain needs `--force`.
+#[test]
+fn restore_to_a_file_offline() {
+    let (_t, dir, work) = dirs();
+    let states = compressible_states();
+    let names = [
+        "vm@s0.full.diff.zst",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff.zst",
+        "vm@s2..s3.diff.zst",
+    ];
+    let chain = write_chain_of(&dir, &work, &names, &states);
+    let full2 = dir.join("vm@s2.full.diff");
+    let o = CreateOptions {
+        to_snap: Some("s2".into()),
+        ..CreateOptions::default()
+    };
+    create_diff(&work.join("raw2"), &s(&full2), &o).unwrap();
+    flip_payload_byte(&chain[1]);
+    let want = |k: usize| sha256_file(&work.join(format!("raw{k}")));
+    let out_file = work.join("restored.raw");
+    let out = rbddiff_cli(&["restore", &s(&dir), "--to-file", &s(&out_file), "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["snap"], "s3");
+    assert_eq!(j["files"], serde_json::json!([s(&full2), s(&chain[3])]));
+    assert_eq!(j["created"], true);
+    assert_eq!(sha256_file(&out_file), want(3));
+    // An older snapshot into a new file.
+    let f0 = work.join("s0.raw");
+    let out = rbddiff_cli(&["restore", &s(&dir), "--to-file", &s(&f0), "--snap", "s0"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(sha256_file(&f0), want(0));
+    // A file that holds no state: refused, then overwritten with --force.
+    let other = work.join("other.raw");
+    fs::write(&other, vec![7u8; 4096]).unwrap();
+    let out = rbddiff_cli(&["restore", &s(&dir), "--to-file", &s(&other)]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(fs::read(&other).unwrap(), vec![7u8; 4096]);
+    let out = rbddiff_cli(&["restore", &s(&dir), "--to-file", &s(&other), "--force"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(sha256_file(&other), want(3));
+    // s1 has no healthy path: an error naming the damaged file.
+    let out = rbddiff_cli(&[
+        "restore",
+        &s(&dir),
+        "--to-file",
+        &s(&work.join("x")),
+        "--snap",
+        "s1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("vm@s0..s1.diff"),
+        "{out:?}"
+    );
+    assert!(!work.join("x").exists());
+}
+
+/// An image deleted and recreated under the same name is a new lineage: its first backup is
+/// a full even though a snapshot of the same name exists on it, restore and list keep the
+/// lineages apart, prune works on the newest and leaves the older one alone.
+#[test]
+fn a_recreated_image_starts_a_new_lineage() {
+    use rbddiff::workflow::{backup, BackupOptions, Rbd};
+    let (t, dir, work) = dirs();
+    let bin = t.path().join("bin");
+    let raw = work.join("img.raw");
+    write_sparse(&raw, &noise(4, 1 << 16));
+    let (program, _log) = exporting_rbd(&bin, &raw);
+    let cluster = |id: &str, names: &[(&str, u64)]| {
+        fs::write(
+            bin.join("info.json"),
+            format!(r#"{{"id": "{id}", "name": "vm"}}"#),
+        )
+        .unwrap();
+        let v: Vec<serde_json::Value> = names
+            .iter()
+            .map(|(n, id)| serde_json::json!({"id": id, "name": n}))
+            .collect();
+        fs::write(bin.join("snaps.json"), serde_json::to_string(&v).unwrap()).unwrap();
+    };
+    let run = |snap: &str| {
+        let o = BackupOptions {
+            snap: Some(snap.into()),
+            rbd: Rbd {
+                program: program.clone(),
+                ..Rbd::default()
+            },
+            ..BackupOptions::default()
+        };
+        until_free(|| backup("rbd/vm", &dir, &o))
+    };
+    cluster("aaa", &[]);
+    assert_eq!(run("s0").image_id.as_deref(), Some("aaa"));
+    cluster("aaa", &[("s0", 1)]);
+    assert_eq!(run("s1").from_snap.as_deref(), Some("s0"));
+    // Recreated, with a snapshot named like the old base: still a full.
+    cluster("bbb", &[("s1", 1)]);
+    let r = run("s2");
+    assert_eq!(r.from_snap, None, "{r:?}");
+    assert!(r.full_reason.unwrap().contains("another image id"));
+    cluster("bbb", &[("s1", 1), ("s2", 2)]);
+    assert_eq!(run("s3").from_snap.as_deref(), Some("s2"));
+    // list: two lineages.
+    let out = rbddiff_cli(&["list", &s(&dir), "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let l: Vec<(String, Vec<String>)> = j["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let snaps = i["snapshots"].as_array().unwrap();
+            assert!(snaps.iter().all(|s| s["time_from"] == "catalog"), "{i}");
+            (
+                i["image_id"].as_str().unwrap().to_string(),
+                snaps
+                    .iter()
+                    .map(|s| s["name"].as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        l,
+        [
+            ("aaa".to_string(), vec!["s0".to_string(), "s1".into()]),
+            ("bbb".to_string(), vec!["s2".to_string(), "s3".into()])
+        ]
+    );
+    // restore: the newest lineage, or the one holding the snapshot asked for.
+    let f = work.join("r.raw");
+    let out = rbddiff_cli(&["restore", &s(&dir), "--to-file", &s(&f), "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["snap"], "s3");
+    assert_eq!(j["files"].as_array().unwrap().len(), 2);
+    assert!(
+        j["warnings"][0].as_str().unwrap().contains("lineage"),
+        "{j}"
+    );
+    assert_eq!(sha256_file(&f), sha256_file(&raw));
+    let f1 = work.join("r1.raw");
+    let out = rbddiff_cli(&[
+        "restore",
+        &s(&dir),
+        "--to-file",
+        &s(&f1),
+        "--snap",
+        "s1",
+        "--json",
+    ]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["files"][0], s(&dir.join("vm@s0.full.diff")), "{j}");
+    // prune keeps the newest lineage's newest snapshot; the old lineage is left, listed.
+    let r = until_free(|| prune(&dir, "vm", 1, false, &mut |_, _| {}));
+    assert_eq!(r.output, Some(s(&dir.join("vm@s3.full.diff"))));
+    let left: Vec<&str> = r.left.iter().map(|l| l.file.as_str()).collect();
+    assert_eq!(
+        left,
+        [
+            s(&dir.join("vm@s0..s1.diff")),
+            s(&dir.join("vm@s0.full.diff"))
+        ],
+        "{r:?}"
+    );
+    assert!(r.left[0].reason.contains("aaa"));
+    let cat = rbddiff::archive::catalog::read(&dir).unwrap();
+    assert_eq!(cat.files["vm@s0..s1.diff"].image_id.as_deref(), Some("aaa"));
+    assert_eq!(
+        cat.files["vm@s3.full.diff"].image_id.as_deref(),
+        Some("bbb")
+    );
+    let lin = rbddiff::archive::graph::lineages(&dir, "vm").unwrap();
+    assert_eq!(lin.len(), 2);
 }

@@ -113,6 +113,77 @@ pub fn discover(dir: &Path, image: &str) -> Result<Graph> {
     Ok(g)
 }
 
+/// The files of one image of one lineage: one image id ([`super::catalog`]).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Lineage {
+    /// The image id recorded for its files (none: unknown, e.g. files written before the
+    /// catalog).
+    pub image_id: Option<String>,
+    /// Its files.
+    pub graph: Graph,
+}
+
+/// The lineages of `image` in `dir`, oldest first (by the modification time of their newest
+/// file): its files split by the image id the catalog records for them, each lineage a
+/// graph of its own, so that files of a recreated image never chain with the old ones.
+///
+/// # Errors
+/// As [`discover`]; the catalog cannot be read.
+pub fn lineages(dir: &Path, image: &str) -> Result<Vec<Lineage>> {
+    let all = discover(dir, image)?;
+    if all.is_empty() {
+        return Ok(Vec::new());
+    }
+    let catalog = super::catalog::read(dir)?;
+    let id_of = |p: &Path| {
+        let n = p.file_name()?.to_str()?;
+        catalog.files.get(n)?.image_id.clone()
+    };
+    let mut by_id: BTreeMap<Option<String>, Graph> = BTreeMap::new();
+    for e in all.edges {
+        by_id.entry(id_of(&e.file.path)).or_default().edges.push(e);
+    }
+    for u in all.unreadable {
+        by_id
+            .entry(id_of(Path::new(&u.file)))
+            .or_default()
+            .unreadable
+            .push(u);
+    }
+    let mut out: Vec<Lineage> = by_id
+        .into_iter()
+        .map(|(image_id, mut graph)| {
+            graph.snapshots = snapshot_order(&graph.edges);
+            Lineage { image_id, graph }
+        })
+        .collect();
+    out.sort_by_key(|l| l.graph.edges.iter().map(|e| e.mtime).max());
+    Ok(out)
+}
+
+/// The graph of the newest lineage of `image` in `dir` ([`lineages`]); with `snap`, of the
+/// newest lineage holding a file that ends at it. Also returns how many other lineages there
+/// are.
+///
+/// # Errors
+/// As [`lineages`].
+pub fn newest_lineage(dir: &Path, image: &str, snap: Option<&str>) -> Result<(Graph, usize)> {
+    let mut all = lineages(dir, image)?;
+    let n = all.len().saturating_sub(1);
+    let pick = match snap {
+        Some(s) => all
+            .iter()
+            .rposition(|l| l.graph.snapshots.iter().any(|x| x == s)),
+        None => None,
+    };
+    let i = pick.unwrap_or(n);
+    Ok(if all.is_empty() {
+        (Graph::default(), 0)
+    } else {
+        (all.swap_remove(i).graph, n)
+    })
+}
+
 /// The snapshots of `edges` in topological order of their links (see the module docs).
 fn snapshot_order(edges: &[Edge]) -> Vec<String> {
     let mut first: HashMap<&str, SystemTime> = HashMap::new();
@@ -190,6 +261,16 @@ impl Graph {
     /// True when the image has no file at all.
     pub fn is_empty(&self) -> bool {
         self.edges.is_empty() && self.unreadable.is_empty()
+    }
+
+    /// Verifies every file (structure, sums sidecar where present): the damaged ones, with
+    /// the reason.
+    pub fn damaged(&self) -> BTreeMap<usize, String> {
+        self.edges
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| check_file(&e.file.path).err().map(|why| (i, why)))
+            .collect()
     }
 
     /// The cheapest path (fewest bytes, then fewest files) of files not in `skip` from

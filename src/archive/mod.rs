@@ -1,12 +1,17 @@
 //! The archive: a backup directory holding the diff files of one or more images, each with
 //! its `.sums` sidecar, named by [`names`] for humans and read by their headers.
 //!
-//! [`discover_chain`] reads one image's files as a single linear chain (a fork or a gap is
-//! an error). Maintenance under the directory's exclusive lock finishes
+//! [`graph`] reads one image's files as a graph over snapshots (what backup, restore and
+//! prune use), [`retention`] plans which files a prune keeps; [`discover_chain`] reads them
+//! as a single linear chain (a fork or a gap is an error), for callers that need one.
+//! Maintenance under the directory's exclusive lock finishes
 //! what an interrupted prune left (see [`crate::journal`] and [`crate::workflow`]).
 
+pub mod catalog;
 pub mod graph;
+pub mod listing;
 pub mod names;
+pub mod retention;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -206,7 +211,7 @@ fn order_chain(files: Vec<ChainFile>) -> Result<Vec<ChainFile>> {
 
 /// Files left by an interrupted run, removed under the exclusive lock: the files a committed
 /// prune output supersedes (with their sidecars, once the output verifies), stale journals
-/// and rbddiff's temporary files (`.NAME.XXXXXX.tmp`) of `image`. Returns what was removed.
+/// and rbddiff's temporary files (`.NAME.XXXXXX.tmp`) of `image` and of the catalog. Returns what was removed.
 ///
 /// # Errors
 /// A journal cannot be read; the output of a half-done prune does not verify (then nothing
@@ -257,8 +262,9 @@ pub(crate) fn finish_pending(dir: &Path, image: &str) -> Result<Vec<String>> {
     }
     // Temporary files of killed runs: no live rbddiff writes here while the lock is held.
     for (name, path) in dir_entries(dir)? {
-        let base = stale_temp_of(&name).map(|b| b.strip_prefix('.').unwrap_or(b));
-        if base.is_some_and(ours) {
+        let of = stale_temp_of(&name);
+        let base = of.map(|b| b.strip_prefix('.').unwrap_or(b));
+        if base.is_some_and(ours) || of == Some(catalog::NAME) {
             remove(&path, &mut removed)?;
         }
     }

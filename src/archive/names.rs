@@ -78,6 +78,54 @@ pub fn file_name(image: &str, from: Option<&str>, to: &str, compressed: bool) ->
     }
 }
 
+/// Prefix of the snapshots `backup` names itself; `--keep-snaps` only removes these.
+pub const SNAP_PREFIX: &str = "rbddiff-";
+
+/// The name of a snapshot [`backup`] makes when none is given:
+/// `rbddiff-YYYYmmddTHHMMSS.NNNNNNNNNZ` (UTC, with nanoseconds: two backups within one
+/// second get two names).
+pub fn default_snap_name() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = stamp(now.as_secs());
+    format!(
+        "{SNAP_PREFIX}{}.{:09}Z",
+        &s[..s.len() - 1],
+        now.subsec_nanos()
+    )
+}
+
+/// The current UTC time as `YYYYmmddTHHMMSSZ`.
+pub fn utc_stamp() -> String {
+    stamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+/// `secs` since the epoch as `YYYYmmddTHHMMSSZ`.
+pub fn stamp(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Whether `name` is a backup file of `image` (by the naming convention; the chain itself is
 /// read from the headers).
 pub(crate) fn is_candidate(name: &str, image: &str) -> bool {

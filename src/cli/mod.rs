@@ -14,9 +14,11 @@ mod compress;
 mod create;
 mod docs;
 mod inspect;
+mod list;
 mod merge;
 mod prune;
 mod restore;
+mod status;
 mod verify;
 
 /// Offline toolkit for Ceph RBD export-diff backup files.
@@ -80,6 +82,8 @@ enum Command {
     Backup(backup::Args),
     Restore(restore::Args),
     Prune(prune::Args),
+    List(list::Args),
+    Status(status::Args),
     Completions(docs::CompletionsArgs),
     Man(docs::ManArgs),
 }
@@ -219,6 +223,8 @@ pub fn run() -> ExitCode {
         Command::Backup(a) => backup::run(a),
         Command::Restore(a) => restore::run(a),
         Command::Prune(a) => prune::run(a),
+        Command::List(a) => list::run(a),
+        Command::Status(a) => status::run(a),
         Command::Completions(a) => docs::run_completions(a),
         Command::Man(a) => docs::run_man(a),
     };
@@ -244,5 +250,14 @@ pub fn run() -> ExitCode {
             let _ = writeln!(io::stderr(), "rbddiff: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

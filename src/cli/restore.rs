@@ -2,27 +2,39 @@
 
 use std::path::PathBuf;
 
-use rbddiff::workflow::{restore, RestoreOptions};
+use rbddiff::workflow::{restore, restore_to_file, FileRestoreOptions, RestoreOptions};
 use rbddiff::Result;
 
 use super::Status;
 
-/// Restore a backup directory into an image, through `rbd import-diff`.
+/// Restore a backup directory into an image (through `rbd import-diff`) or a file.
 ///
 /// Takes the path of healthy files with the fewest bytes from a full diff to `--to SNAP`
 /// (default: the newest restorable snapshot), verifying each file (structure, sums sidecar)
 /// and going round damaged ones, merges it in one pass and streams the result into
 /// `rbd import-diff - POOL/IMAGE` (no temporary file). The report lists the files used and
-/// those passed over, with the reason.
+/// those passed over, with the reason. With `--to-file RAW|DEVICE` instead of an image, the
+/// path is applied offline to a raw image file (created sparse when missing) or a block
+/// device, as `rbddiff apply` does: no cluster is needed.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The backup directory.
     dir: PathBuf,
-    /// The target image: POOL/IMAGE.
-    image: String,
+    /// The target image: POOL/IMAGE (or give --to-file).
+    #[arg(required_unless_present = "to_file", conflicts_with = "to_file")]
+    image: Option<String>,
     /// Restore this snapshot (default: the newest restorable one).
-    #[arg(long, value_name = "SNAP")]
+    #[arg(long, visible_alias = "snap", value_name = "SNAP")]
     to: Option<String>,
+    /// Restore offline into this raw image file or block device instead of an image.
+    #[arg(long, value_name = "RAW|DEVICE", conflicts_with = "create")]
+    to_file: Option<PathBuf>,
+    /// With --to-file: overwrite a target that has no state file (see `rbddiff apply`).
+    #[arg(long, requires = "to_file")]
+    force: bool,
+    /// With --to-file: the target's state sidecar (needed for a block device).
+    #[arg(long, requires = "to_file", value_name = "PATH")]
+    state_file: Option<PathBuf>,
     /// Create the image (with the restored size) when it does not exist; a failed restore
     /// removes it again.
     #[arg(long)]
@@ -39,13 +51,47 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<Status> {
+    if let Some(target) = &a.to_file {
+        let opts = FileRestoreOptions {
+            image: a.from_image,
+            snap: a.to,
+            force: a.force,
+            state_file: a.state_file,
+        };
+        let r = super::with_progress(|p| restore_to_file(&a.dir, target, &opts, p))?;
+        super::print_report(a.json, &r, |out| {
+            writeln!(
+                out,
+                "{}: restored snapshot '{}' of {} from {} file(s), {} bytes read, image size {}{}",
+                target.display(),
+                r.snap,
+                r.image,
+                r.files.len(),
+                r.bytes_read,
+                r.apply.size,
+                if r.created { " (created)" } else { "" }
+            )?;
+            for f in &r.files {
+                writeln!(out, "  used: {f}")?;
+            }
+            for p in &r.passed_over {
+                writeln!(out, "  passed over: {} ({})", p.file, p.reason)?;
+            }
+            for w in &r.warnings {
+                writeln!(out, "warning: {w}")?;
+            }
+            Ok(())
+        })?;
+        return Ok(Status::Ok);
+    }
+    let image = a.image.unwrap_or_default();
     let opts = RestoreOptions {
         image: a.from_image,
         to: a.to,
         create: a.create,
         rbd: a.cluster.into(),
     };
-    let r = super::with_progress(|p| restore(&a.dir, &a.image, &opts, p));
+    let r = super::with_progress(|p| restore(&a.dir, &image, &opts, p));
     let r = r?;
     super::print_report(a.json, &r, |out| {
         writeln!(

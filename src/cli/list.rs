@@ -1,0 +1,65 @@
+//! `rbddiff list`.
+
+use std::path::PathBuf;
+
+use rbddiff::archive::listing::list;
+use rbddiff::Result;
+
+use super::Status;
+
+/// List an archive: per image, every restorable snapshot with the files of its best path.
+///
+/// Every file is verified first (structure, sums sidecar), as restore would. Also lists the
+/// healthy files no best path uses and the damaged or unreadable ones, with the reason.
+/// Files of different image ids (a recreated image) are listed as separate lineages. A
+/// snapshot's time is the backup time the catalog records, else the UTC time in its name
+/// when `backup` named it, else the modification time of the file ending at it.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The backup directory.
+    dir: PathBuf,
+    /// Only this image (default: every image with files in DIR).
+    #[arg(long)]
+    image: Option<String>,
+    /// Print the listing as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<Status> {
+    let r = list(&a.dir, a.image.as_deref())?;
+    super::print_report(a.json, &r, |out| {
+        for i in &r.images {
+            writeln!(
+                out,
+                "{} (image id {}): {} restorable snapshot(s)",
+                i.image,
+                i.image_id.as_deref().unwrap_or("unknown"),
+                i.snapshots.len()
+            )?;
+            for s in &i.snapshots {
+                writeln!(
+                    out,
+                    "  {} ({} from {}) size {}: {} file(s), {} bytes to read",
+                    s.name,
+                    s.time_utc,
+                    s.time_from,
+                    s.size,
+                    s.files.len(),
+                    s.bytes
+                )?;
+                for f in &s.files {
+                    writeln!(out, "    {f}")?;
+                }
+            }
+            for f in &i.unused {
+                writeln!(out, "  unused: {f}")?;
+            }
+            for u in &i.unhealthy {
+                writeln!(out, "  unhealthy: {} ({})", u.file, u.reason)?;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(Status::Ok)
+}
