@@ -631,14 +631,6 @@ fn healthy(c: &Checked) -> bool {
 /// diff not reachable is a problem, naming its start and the snapshots that are reached.
 fn graph_findings(files: &[Checked], healthy: &[bool], full: bool) -> Vec<Finding> {
     let mut out = Vec::new();
-    let chain_problem = |file: &str, msg: String| Finding {
-        severity: Severity::Problem,
-        check: "chain",
-        file: file.to_string(),
-        offset: None,
-        record: None,
-        message: msg,
-    };
     let mut start = 0;
     while start < files.len() {
         let g = group_of(&files[start]);
@@ -705,16 +697,20 @@ fn graph_findings(files: &[Checked], healthy: &[bool], full: bool) -> Vec<Findin
     out
 }
 
-fn chain_findings(files: &[Checked], full: bool) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let chain_problem = |file: &str, msg: String| Finding {
+/// A problem with the links between files.
+fn chain_problem(file: &str, msg: String) -> Finding {
+    Finding {
         severity: Severity::Problem,
         check: "chain",
         file: file.to_string(),
         offset: None,
         record: None,
         message: msg,
-    };
+    }
+}
+
+fn chain_findings(files: &[Checked], full: bool) -> Vec<Finding> {
+    let mut out = Vec::new();
     if full {
         if let Some(f) = files.first() {
             if f.info.from.is_some() || f.meta.is_none() {

@@ -8,6 +8,7 @@ use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::gen::relabel;
 use common::manifest::{self, diff_files, export_format2_stream, sha256_hex};
 use common::model::Image;
 use proptest::prelude::*;
@@ -935,23 +936,6 @@ fn merge_decompresses_only_frames_with_surviving_data() {
         .filter(|n| !n.ends_with(".zst") && !n.ends_with(".diff"))
         .collect();
     assert!(left.is_empty(), "temp files left: {left:?}");
-}
-
-/// `z` with its record index changed by `f` (the index checksum recomputed, frames and seek
-/// table kept): an archive whose content is right but whose index lies.
-fn relabel(z: &[u8], f: impl FnOnce(&mut rbddiff::zst::ArchiveIndex)) -> Vec<u8> {
-    use rbddiff::zst::{decode_index, encode_index, index_frame, parse_seek_table};
-    let (frames, seek_start) = parse_seek_table(z).unwrap().unwrap();
-    let last = frames.last().unwrap();
-    let data_end = (last.c_offset + u64::from(last.c_len)) as usize;
-    let mut idx = decode_index(&z[data_end + 8..seek_start]).unwrap();
-    f(&mut idx);
-    [
-        &z[..data_end],
-        &index_frame(&encode_index(&idx))[..],
-        &z[seek_start..],
-    ]
-    .concat()
 }
 
 /// An index altered with a recomputed checksum (payload positions swapped, an extent moved, a

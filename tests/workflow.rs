@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::gen::{noise, path_str as s, write_sparse, Rng};
+use common::gen::{noise, path_str as s, relabel, write_sparse, Rng};
 use common::manifest::sha256_file;
 use rbddiff::apply::{apply_chain, ApplyOptions};
 use rbddiff::create::{create_diff, CreateOptions};
@@ -952,22 +952,6 @@ fn a_prune_killed_before_its_commit_leaves_a_stale_journal() {
     .unwrap();
     let e = discover_chain(&dir, "vm").unwrap_err().to_string();
     assert!(e.contains(".vm@x.diff.prune-journal"), "{e}");
-}
-
-/// `bytes` of an archive with its record index rewritten by `f` (checksum recomputed).
-fn relabel(z: &[u8], f: impl FnOnce(&mut rbddiff::zst::ArchiveIndex)) -> Vec<u8> {
-    use rbddiff::zst::{decode_index, encode_index, index_frame, parse_seek_table};
-    let (frames, seek_start) = parse_seek_table(z).unwrap().unwrap();
-    let last = frames.last().unwrap();
-    let data_end = (last.c_offset + u64::from(last.c_len)) as usize;
-    let mut idx = decode_index(&z[data_end + 8..seek_start]).unwrap();
-    f(&mut idx);
-    [
-        &z[..data_end],
-        &index_frame(&encode_index(&idx))[..],
-        &z[seek_start..],
-    ]
-    .concat()
 }
 
 /// An archive whose record index lies about its (intact) content does not stop restore or

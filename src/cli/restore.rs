@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use rbddiff::archive::graph::PassedOver;
 use rbddiff::workflow::{restore, restore_to_file, FileRestoreOptions, RestoreOptions};
 use rbddiff::Result;
 
@@ -71,16 +72,7 @@ pub fn run(a: Args) -> Result<Status> {
                 r.apply.size,
                 if r.created { " (created)" } else { "" }
             )?;
-            for f in &r.files {
-                writeln!(out, "  used: {f}")?;
-            }
-            for p in &r.passed_over {
-                writeln!(out, "  passed over: {} ({})", p.file, p.reason)?;
-            }
-            for w in &r.warnings {
-                writeln!(out, "warning: {w}")?;
-            }
-            Ok(())
+            path_lines(out, &r.files, &r.passed_over, &r.warnings)
         })?;
         return Ok(Status::Ok);
     }
@@ -106,16 +98,26 @@ pub fn run(a: Args) -> Result<Status> {
             r.image_size,
             if r.created { " (created)" } else { "" }
         )?;
-        for f in &r.files {
-            writeln!(out, "  used: {f}")?;
-        }
-        for p in &r.passed_over {
-            writeln!(out, "  passed over: {} ({})", p.file, p.reason)?;
-        }
-        for w in &r.warnings {
-            writeln!(out, "warning: {w}")?;
-        }
-        Ok(())
+        path_lines(out, &r.files, &r.passed_over, &r.warnings)
     })?;
     Ok(Status::Ok)
+}
+
+/// The files a restore used and passed over (with the reason), and its warnings.
+fn path_lines(
+    out: &mut dyn std::io::Write,
+    files: &[String],
+    passed_over: &[PassedOver],
+    warnings: &[String],
+) -> std::io::Result<()> {
+    for f in files {
+        writeln!(out, "  used: {f}")?;
+    }
+    for p in passed_over {
+        writeln!(out, "  passed over: {} ({})", p.file, p.reason)?;
+    }
+    for w in warnings {
+        writeln!(out, "warning: {w}")?;
+    }
+    Ok(())
 }
