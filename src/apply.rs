@@ -508,13 +508,6 @@ fn name(n: &Option<Vec<u8>>) -> Option<String> {
     n.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
-fn show(n: &Option<String>) -> String {
-    match n {
-        Some(s) => format!("'{s}'"),
-        None => "(none: image HEAD)".to_string(),
-    }
-}
-
 /// An input diff: a mapped file (fully checked when opened), one diff embedded in a mapped
 /// image stream (at this byte offset), or a stream (stdin, pipes, zstd-compressed files),
 /// checked while it is applied.
@@ -1010,9 +1003,9 @@ pub fn apply_chain_with_progress(
                 return Err(Error::new(ErrorKind::ChainBreak(format!(
                     "{} starts at snapshot {} but {} ends at {}",
                     files[i],
-                    show(&name(&b.from_snap)),
+                    crate::format::show_from(name(&b.from_snap).as_deref()),
                     files[i - 1],
-                    show(&name(&a.to_snap))
+                    crate::format::show_to(name(&a.to_snap).as_deref())
                 ))));
             }
         }
@@ -1032,8 +1025,8 @@ pub fn apply_chain_with_progress(
                     return Err(Error::invalid(format!(
                         "target was left half-way through applying {file} ({} -> {}); \
                          give that diff again to finish it (or --force)",
-                        show(from),
-                        show(to)
+                        crate::format::show_from(from.as_deref()),
+                        crate::format::show_to(to.as_deref())
                     ))
                     .with_file(target))
                 }
@@ -1052,7 +1045,7 @@ pub fn apply_chain_with_progress(
                         "start snapshot '{from}' of {} does not match the target, which holds {} \
                          (like rbd import-diff's \"start snapshot does not exist\"); use --force to apply anyway",
                         files[0],
-                        show(snap)
+                        crate::format::show_to(snap.as_deref())
                     ))
                     .with_file(target));
                 }

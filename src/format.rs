@@ -269,3 +269,17 @@ pub fn sniff(prefix: &[u8]) -> Kind {
         Kind::Unknown
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// How messages name snapshots
+
+/// A start snapshot as every message spells it: `'NAME'`, or `(full)` for a full diff.
+pub fn show_from(name: Option<&str>) -> String {
+    name.map_or_else(|| "(full)".to_string(), |n| format!("'{n}'"))
+}
+
+/// An end snapshot as every message spells it: `'NAME'`, or `(HEAD)` for a diff to the image
+/// HEAD.
+pub fn show_to(name: Option<&str>) -> String {
+    name.map_or_else(|| "(HEAD)".to_string(), |n| format!("'{n}'"))
+}

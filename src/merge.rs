@@ -235,13 +235,6 @@ pub struct Plan {
     warnings: Vec<InputWarning>,
 }
 
-fn show(n: Option<&[u8]>) -> String {
-    match n {
-        Some(b) => format!("'{}'", String::from_utf8_lossy(b)),
-        None => "none".to_string(),
-    }
-}
-
 /// The headers of an input: a parsed diff in memory, or an archive's index.
 enum Parsed<'x> {
     Slice(DiffSlice<'x>),
@@ -371,7 +364,10 @@ pub fn check_links(names: &[&str], metas: &[Option<&Metadata>], force_chain: boo
             continue;
         };
         let (na, nb) = (names[i], names[i + 1]);
-        let (end, start) = (show(a.to_snap.as_deref()), show(b.from_snap.as_deref()));
+        let lossy =
+            |n: &Option<Vec<u8>>| n.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+        let end = crate::format::show_to(lossy(&a.to_snap).as_deref());
+        let start = crate::format::show_from(lossy(&b.from_snap).as_deref());
         let follows = |from: &Option<Vec<u8>>| from.is_some() && *from == a.to_snap;
         let broken = b.from_snap.is_none() || (!force_chain && a.to_snap != b.from_snap);
         if !broken {

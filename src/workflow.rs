@@ -43,7 +43,7 @@ use std::process::Stdio;
 
 use serde::Serialize;
 
-use crate::archive::{file_id, finish_pending, read_chain_file, show, sync_dir, verify_chain};
+use crate::archive::{file_id, finish_pending, read_chain_file, sync_dir, verify_chain};
 use crate::compress::{compress_stream, CompressOptions};
 use crate::error::{Error, Result};
 use crate::merge::{merge_files_to, merge_input, open_input, plan, MergeOptions};
@@ -421,9 +421,9 @@ fn export_to(
     if x.to.as_deref() != Some(snap) || x.from.as_deref() != prev {
         return Err(Error::invalid(format!(
             "rbd export-diff of {spec} wrote a diff from {} to {}, expected from {} to '{snap}'",
-            show(&x.from),
-            show(&x.to),
-            show(&prev.map(String::from)),
+            crate::format::show_from(x.from.as_deref()),
+            crate::format::show_to(x.to.as_deref()),
+            crate::format::show_from(prev),
         ))
         .with_file(path));
     }
@@ -1039,8 +1039,8 @@ fn merge_output(
             if f.from.is_some() || f.to.as_deref() != Some(k0) {
                 return Err(Error::invalid(format!(
                     "the merged file runs from {} to {}, not from a full diff to '{k0}'",
-                    show(&f.from),
-                    show(&f.to)
+                    crate::format::show_from(f.from.as_deref()),
+                    crate::format::show_to(f.to.as_deref())
                 ))
                 .with_file(out));
             }

@@ -539,3 +539,39 @@ fn the_ceph16_p_length_warning_is_one_note() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["warnings"].as_array().unwrap().len(), 3, "{v}");
 }
+
+/// "No snapshot" has one spelling in every message: `(full)` for the start of a full diff,
+/// `(HEAD)` for the end of a diff to the image HEAD.
+#[test]
+fn no_snapshot_is_spelled_the_same_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A full diff to the image HEAD, applied; then a diff from 's1' refused by the target.
+    let meta = Metadata {
+        image_size: Some(1 << 20),
+        ..Metadata::default()
+    };
+    let mut w = DiffWriter::new(Vec::new(), Version::V1, &meta).unwrap();
+    w.write_data(0, &[1; 4096]).unwrap();
+    let head = d.join("head.diff");
+    fs::write(&head, w.finish().unwrap()).unwrap();
+    let next = d.join("next.diff");
+    fs::write(&next, diff(Some("s1"), "s2", 2)).unwrap();
+    let img = d.join("img");
+    let o = run(&["apply", &s(&head), "--to", &s(&img), "--create"]);
+    assert!(o.status.success(), "{o:?}");
+    let o = run(&["apply", &s(&next), "--to", &s(&img)]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("holds (HEAD)"), "{e}");
+    // inspect says the same.
+    let o = run(&["inspect", &s(&head)]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("from (full)") && out.contains("to (HEAD)"),
+        "{out}"
+    );
+    for text in [e, out.into_owned()] {
+        assert!(!text.contains("none") && !text.contains(" - "), "{text}");
+    }
+}

@@ -46,11 +46,6 @@ impl ChainFile {
     }
 }
 
-pub(crate) fn show(s: &Option<String>) -> String {
-    s.as_ref()
-        .map_or("none (full diff / image HEAD)".into(), |s| format!("'{s}'"))
-}
-
 fn not_a_diff(path: &Path) -> Error {
     Error::invalid("not a diff (an image stream cannot be part of a chain)").with_file(path)
 }
@@ -142,7 +137,7 @@ fn order_chain(files: Vec<ChainFile>) -> Result<Vec<ChainFile>> {
                 "fork in the chain: {} and {} both end at snapshot {}",
                 files[j].name(),
                 f.name(),
-                show(&f.to)
+                crate::format::show_to(f.to.as_deref())
             )));
         }
         by_to.insert(f.to.clone(), i);

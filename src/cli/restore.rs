@@ -92,7 +92,7 @@ pub fn run(a: Args) -> Result<Status> {
             r.image,
             r.files.len(),
             r.from_snap.as_deref().unwrap_or("(full)"),
-            r.to_snap.as_deref().unwrap_or("HEAD"),
+            r.to_snap.as_deref().unwrap_or("(HEAD)"),
             r.bytes,
             r.records,
             r.image_size,
