@@ -434,31 +434,21 @@ fn chain_order(metas: &[Option<&Metadata>]) -> Option<Vec<usize>> {
     Some(order)
 }
 
-/// The header of the diff in the file `path`, read without spilling anything: mapped bytes
-/// are parsed in place, a zstd file is decompressed only as far as its header. `None` for
-/// stdin and other streams (they can be read only once).
+/// The header of an opened input, read without spilling or consuming anything: mapped bytes
+/// are parsed in place, a mapped zstd file is decompressed only as far as its header. `None`
+/// for stdin and other streams (they can be read only once).
 ///
 /// # Errors
-/// The file cannot be opened, is an image export, or its header is invalid.
-pub fn peek_header(path: &str) -> Result<Option<Metadata>> {
-    if path == "-" {
-        return Ok(None);
-    }
-    let input = Input::open(path)?;
-    if input.kind() == Kind::Image {
-        return Err(Error::invalid(
-            "an 'rbd image v2' export cannot be merged as a diff (merge its diffs instead)",
-        )
-        .with_file(path));
-    }
-    let wrap = |e: Error| e.with_file(path);
+/// The header is invalid.
+fn header_of(input: &Input) -> Result<Option<Metadata>> {
+    let wrap = |e: Error| e.with_file(input.name());
     if let Some(b) = input.bytes() {
         return Ok(Some(DiffSlice::parse(b).map_err(wrap)?.metadata().clone()));
     }
-    if input.raw_bytes().is_none() {
+    let Some(raw) = input.raw_bytes() else {
         return Ok(None);
-    }
-    let rd = DiffReader::new(input.into_reader()).map_err(wrap)?;
+    };
+    let rd = DiffReader::new(crate::zst::ZstdReader::new(raw).map_err(wrap)?).map_err(wrap)?;
     Ok(Some(rd.metadata().clone()))
 }
 
@@ -773,20 +763,33 @@ pub fn merge<W: Write>(
 /// # Errors
 /// Opening, reading or decompressing fails, or the input is an image export.
 pub fn open_input(path: &str) -> Result<Input> {
-    let input = Input::open(path)?;
+    prepare(Input::open(path)?)
+}
+
+/// An image export is refused.
+fn refuse_image(input: &Input) -> Result<()> {
+    if input.kind() == Kind::Image {
+        return Err(Error::invalid(
+            "an 'rbd image v2' export cannot be merged as a diff (merge its diffs instead)",
+        )
+        .with_file(input.name()));
+    }
+    Ok(())
+}
+
+/// An opened input made ready for merging (see [`open_input`]).
+fn prepare(input: Input) -> Result<Input> {
+    refuse_image(&input)?;
     let input = if index_checked(&input) {
         input
     } else {
         input.into_mapped()?
     };
-    match input.kind() {
-        Kind::Image => Err(Error::invalid(
-            "an 'rbd image v2' export cannot be merged as a diff (merge its diffs instead)",
-        )
-        .with_file(path)),
-        Kind::Zstd => Err(Error::invalid("doubly compressed input").with_file(path)),
-        _ => Ok(input),
+    refuse_image(&input)?;
+    if input.kind() == Kind::Zstd {
+        return Err(Error::invalid("doubly compressed input").with_file(input.name()));
     }
+    Ok(input)
 }
 
 /// True when `input` is an indexed archive whose index matches its content
@@ -860,19 +863,21 @@ pub fn merge_files_to(
     crate::output::check_output(out, &files)?;
     let names: Vec<&str> = paths.iter().map(String::as_str).collect();
     // The chain is checked on the headers before any input is decompressed to a
-    // temporary file.
-    let heads = paths
+    // temporary file: each file is opened once.
+    let opened = paths
         .iter()
-        .map(|p| peek_header(p))
+        .map(|p| Input::open(p))
         .collect::<Result<Vec<_>>>()?;
+    opened.iter().try_for_each(refuse_image)?;
+    let heads = opened.iter().map(header_of).collect::<Result<Vec<_>>>()?;
     check_links(
         &names,
         &heads.iter().map(Option::as_ref).collect::<Vec<_>>(),
         opts.force_chain,
     )?;
-    let opened = paths
-        .iter()
-        .map(|p| open_input(p))
+    let opened = opened
+        .into_iter()
+        .map(prepare)
         .collect::<Result<Vec<_>>>()?;
     let mut inputs = opened.iter().map(merge_input).collect::<Result<Vec<_>>>()?;
     let p = plan(&inputs, opts)?;
