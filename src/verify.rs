@@ -831,31 +831,26 @@ pub fn verify_with_progress(
             && checked.iter().filter(|c| c.info.from.is_none()).count() <= 1
     };
     if let Some(raw) = &opts.against {
+        let not_compared = |why: &str| Finding {
+            severity: Severity::Note,
+            check: "against",
+            file: raw.to_string_lossy().into_owned(),
+            offset: None,
+            record: None,
+            message: format!("not compared: {why}"),
+        };
         if !linear {
-            report.findings.push(Finding {
-                severity: Severity::Note,
-                check: "against",
-                file: raw.to_string_lossy().into_owned(),
-                offset: None,
-                record: None,
-                message: "not compared: the directory holds no single chain (forks or several \
-                          images); give the files of one path"
-                    .into(),
-            });
+            report.findings.push(not_compared(
+                "the directory holds no single chain (forks or several images); give the \
+                 files of one path",
+            ));
         } else if report.ok() {
             let order: Vec<String> = checked.iter().map(|c| c.info.file.clone()).collect();
             let (diff, finding) = against(&order, raw)?;
             report.first_difference = diff;
             report.findings.extend(finding);
         } else {
-            report.findings.push(Finding {
-                severity: Severity::Note,
-                check: "against",
-                file: raw.to_string_lossy().into_owned(),
-                offset: None,
-                record: None,
-                message: "not compared: the chain has problems".into(),
-            });
+            report.findings.push(not_compared("the chain has problems"));
         }
     }
     report.files = checked.into_iter().map(|c| c.info).collect();
