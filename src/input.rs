@@ -474,7 +474,7 @@ struct Spill {
 impl Spill {
     fn new() -> Result<Spill> {
         let dir = std::env::temp_dir();
-        let file = tempfile::tempfile_in(&dir).map_err(|e| spill_error(&dir, e))?;
+        let file = tempfile::tempfile_in(&dir).map_err(|e| Error::from(in_spill_dir(&dir, e)))?;
         Ok(Spill {
             file,
             dir,
@@ -501,9 +501,12 @@ impl Spill {
     }
 }
 
-fn spill_error(dir: &Path, e: io::Error) -> Error {
-    let msg = format!("temporary file in {}: {e}", dir.display());
-    Error::from(io::Error::new(e.kind(), msg))
+/// `e`, saying that it happened to a temporary file in `dir`.
+fn in_spill_dir(dir: &Path, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("temporary file in {}: {e}", dir.display()),
+    )
 }
 
 impl Write for Spill {
@@ -512,12 +515,10 @@ impl Write for Spill {
         if self.room < want {
             self.check_room(want)?;
         }
-        let n = self.file.write(&b[..want as usize]).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("temporary file in {}: {e}", self.dir.display()),
-            )
-        })?;
+        let n = self
+            .file
+            .write(&b[..want as usize])
+            .map_err(|e| in_spill_dir(&self.dir, e))?;
         self.room -= n as u64;
         self.written += n as u64;
         Ok(n)

@@ -571,23 +571,7 @@ pub fn restore(
     }
     let _lock = crate::dirlock::lock(dir, false)?;
     let src_image = pick_image(dir, Some(image_name(spec)?), opts.image.as_deref())?;
-    let (graph, others) =
-        crate::archive::graph::newest_lineage(dir, &src_image, opts.to.as_deref())?;
-    if graph.is_empty() {
-        return Err(Error::invalid(format!(
-            "{}: no backup files of {src_image}",
-            dir.display()
-        )));
-    }
-    let mut choice = graph
-        .choose(opts.to.as_deref())
-        .map_err(|e| e.with_file(dir))?;
-    lineage_warning(&mut choice.warnings, others, &src_image);
-    let names: Vec<String> = choice
-        .path
-        .iter()
-        .map(|&i| graph.edges[i].file.path.to_string_lossy().into_owned())
-        .collect();
+    let (choice, names) = best_path(dir, &src_image, opts.to.as_deref())?;
     let opened = names
         .iter()
         .map(|p| open_input(p))
@@ -669,6 +653,31 @@ pub fn restore(
 }
 
 /// Says that `others` other lineages of `image` were not looked at.
+/// The path of healthy files with the fewest bytes to `to` (default: the newest restorable
+/// snapshot) in the newest lineage of `image` that holds it, and its files' names; other
+/// lineages are a warning of the choice.
+fn best_path(
+    dir: &Path,
+    image: &str,
+    to: Option<&str>,
+) -> Result<(crate::archive::graph::Choice, Vec<String>)> {
+    let (graph, others) = crate::archive::graph::newest_lineage(dir, image, to)?;
+    if graph.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no backup files of {image}",
+            dir.display()
+        )));
+    }
+    let mut choice = graph.choose(to).map_err(|e| e.with_file(dir))?;
+    lineage_warning(&mut choice.warnings, others, image);
+    let files = choice
+        .path
+        .iter()
+        .map(|&i| graph.edges[i].file.name())
+        .collect();
+    Ok((choice, files))
+}
+
 fn lineage_warning(warnings: &mut Vec<String>, others: usize, image: &str) {
     if others > 0 {
         warnings.push(format!(
@@ -734,22 +743,7 @@ pub fn restore_to_file(
     }
     let _lock = crate::dirlock::lock(dir, false)?;
     let image = pick_image(dir, None, opts.image.as_deref())?;
-    let (graph, others) = crate::archive::graph::newest_lineage(dir, &image, opts.snap.as_deref())?;
-    if graph.is_empty() {
-        return Err(Error::invalid(format!(
-            "{}: no backup files of {image}",
-            dir.display()
-        )));
-    }
-    let mut choice = graph
-        .choose(opts.snap.as_deref())
-        .map_err(|e| e.with_file(dir))?;
-    lineage_warning(&mut choice.warnings, others, &image);
-    let files: Vec<String> = choice
-        .path
-        .iter()
-        .map(|&i| graph.edges[i].file.name())
-        .collect();
+    let (choice, files) = best_path(dir, &image, opts.snap.as_deref())?;
     let created = !target.exists();
     let aopts = crate::apply::ApplyOptions {
         create: created,
