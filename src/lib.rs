@@ -76,6 +76,7 @@ pub mod slice;
 pub mod smallfile;
 pub mod stream;
 pub mod sums;
+mod sweep;
 pub mod verify;
 pub mod workflow;
 pub mod write;

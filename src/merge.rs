@@ -7,45 +7,62 @@
 //! reads as zeros after import, whatever the target held there. Merging `d1 … dn` in one call
 //! therefore gives the same image as `rbd merge-diff` applied pairwise along the chain.
 //!
-//! How: [`plan`] walks only the record heads of every input (for an indexed archive, its
-//! record index, trusted only once [`open_input`] has checked it against the record heads of
-//! the content: the frames holding a head are decompressed once, frames of payload bytes
-//! only are not; an archive whose index does not match is read as a plain zstd stream), building an [`ExtentMap`] in which later extents
-//! clip earlier ones; then [`Plan::write`] streams the surviving payload ranges, in image
-//! order, to the output: from mapped files with `pread` through one 1 MiB buffer, from
-//! archives with [`ZstArchive::copy_range`], which decompresses only the frames holding
-//! surviving data (a small frame cache makes consecutive pieces of one frame cheap).
-//! Payloads are never held whole: memory is the map (about 50 bytes per extent, measured by
-//! `benches/merge.rs`) plus that buffer and the cached frames. Every input is fully validated
-//! (chain, records, truncation) before the first output byte is written; a corrupt archive
-//! frame is only noticed when a surviving payload is read from it (a frame holding only
-//! overwritten data is never read), and fails the merge, leaving no output.
+//! How: one sweep over all inputs at once in image-offset order ([`crate::sweep`]), holding only
+//! the current record of each input: every input is a layer of ascending records (a growth
+//! `z` extent is a layer of its own just below its input), a later layer clips the records of
+//! earlier ones, and each layer is cut at the smallest image size that follows it. Each
+//! surviving piece is written as it is found: adjacent `z` pieces, and adjacent data pieces up
+//! to [`COALESCE_MAX`], become one record, whose payload is gathered in one buffer of at most
+//! [`COALESCE_MAX`] bytes (a larger piece is copied straight through).
 //!
-//! Streams (stdin, pipes) and zstd files without an rbddiff index (written by `zstd` itself)
-//! are first copied to an anonymous temporary file ([`Input::spill`]) and mapped, which costs
-//! their size in `$TMPDIR` disk space but no memory. [`merge_files_to`] writes a compressed
-//! archive directly (`merge … -o OUT.zst`).
+//! Payload is read only where it survives: from mapped files with `pread`, from indexed
+//! archives with [`ZstArchive::copy_range`] (only the frames holding surviving bytes are
+//! decompressed; the record index, checked by [`open_input`] against the record heads of the
+//! content, gives the heads), and from streams (stdin, pipes, zstd files without an index),
+//! read once, forward, skipping what does not survive: any input may be a stream, since every
+//! input's payload is consumed in ascending order and a piece is final when it is emitted.
+//!
+//! Memory is independent of records, extents and bytes: the payload buffer (4 MiB), about 100
+//! bytes per input for the sweep, plus what an input holds open: nothing for a mapped file
+//! (its pages are the page cache's), a 64 KiB read buffer for a stream (and for a zstd stream,
+//! the decoder's window: up to 8 MiB at the levels `rbddiff compress` and `zstd` use), and
+//! for an archive its record index (in memory since it was opened) and its frame cache.
+//!
+//! Checks: [`plan`] checks the chain on the headers of every input, then walks the record
+//! heads of every seekable input (a dry run of the same sweep: O(records) time, O(inputs)
+//! memory), so that a bad seekable input fails before the first output byte. A stream is
+//! checked as it is read: a bad record in it fails the merge after output was written, and
+//! [`merge_files_to`] then leaves no output (its output is a temporary file committed only on
+//! success). A corrupt archive frame is found only when a surviving payload is read from it
+//! (a frame holding only overwritten data is never read), and fails the merge likewise.
+//! [`merge_files_to`] writes a compressed archive directly (`merge … -o OUT.zst`).
+
+mod oracle;
+#[doc(hidden)]
+pub use oracle::merge as merge_oracle;
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 
 use crate::error::{Error, ErrorKind, Result, Warning, WarningKind};
-use crate::extent::{ExtentMap, Piece, MAX_INPUT, MAX_SRC_OFFSET};
-use crate::format::{tag, Metadata, Record, Version};
+use crate::extent::{MAX_INPUT, MAX_SRC_OFFSET};
+use crate::format::{tag, Extent, Metadata, Record, Version};
 use crate::input::{Input, Kind};
 use crate::output::Output;
 use crate::progress::Ticker;
-use crate::slice::DiffSlice;
-use crate::stream::{DiffReader, RecordSource};
+use crate::slice::{DiffSlice, Records};
+use crate::stream::{DiffReader, ItemKind, RecordSource};
+use crate::sweep::{sweep, Ext, Layers};
 use crate::write::DiffWriter;
 use crate::zst::{IndexedDiff, ZstArchive};
+
 
 /// Adjacent data pieces are joined into one `w` record up to this length (the default RBD
 /// object size, the largest record `rbd export-diff` writes for default images): `rbd
 /// import-diff` holds a whole record in memory. Larger input records are never split.
 pub const COALESCE_MAX: u64 = 4 << 20;
 
-/// Size of the copy buffer of [`Plan::write_from_files`].
+/// Largest piece of a payload copied at once when it is copied straight through.
 pub const COPY_BUF: usize = 1 << 20;
 
 /// Where the payloads of a merge input come from.
@@ -62,7 +79,13 @@ pub enum Source<'a> {
     /// decompressing anything, and only the frames holding surviving payloads are
     /// decompressed while the output is written.
     Archive(Box<ZstArchive<'a>>),
+    /// A diff read once, forward, from a stream (stdin, a pipe, a zstd file without an index):
+    /// its header is read when it is opened, its records as the merge reaches them.
+    Stream(Box<StreamDiff<'a>>),
 }
+
+/// A diff read from a stream, for [`Source::Stream`].
+pub type StreamDiff<'a> = DiffReader<Box<dyn Read + Send + 'a>>;
 
 impl std::fmt::Debug for Source<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,6 +97,7 @@ impl std::fmt::Debug for Source<'_> {
                 if file.is_some() { ", file" } else { "" }
             ),
             Source::Archive(a) => write!(f, "{a:?}"),
+            Source::Stream(_) => f.write_str("Stream"),
         }
     }
 }
@@ -115,20 +139,37 @@ impl<'a> MergeInput<'a> {
         }
     }
 
+    /// A diff read from a stream (see [`Source::Stream`]).
+    ///
+    /// # Errors
+    /// The banner or the header of the diff is invalid or cannot be read.
+    pub fn stream(name: &'a str, r: Box<dyn Read + Send + 'a>) -> Result<Self> {
+        let rd = DiffReader::new(r).map_err(|e| e.with_file(name))?;
+        Ok(MergeInput {
+            name,
+            source: Source::Stream(Box::new(rd)),
+        })
+    }
+
     /// zstd frames decompressed so far (0 unless the input is an archive).
     pub fn frames_decompressed(&self) -> u64 {
         match &self.source {
             Source::Archive(a) => a.frames_decompressed(),
-            Source::Bytes { .. } => 0,
+            Source::Bytes { .. } | Source::Stream(_) => 0,
         }
     }
 
-    /// Length of the (decompressed) diff.
+    /// Length of the (decompressed) diff; for a stream, what was read of it so far.
     fn len(&self) -> u64 {
         match &self.source {
             Source::Bytes { bytes, .. } => bytes.len() as u64,
             Source::Archive(a) => a.len(),
+            Source::Stream(r) => r.position(),
         }
+    }
+
+    fn is_stream(&self) -> bool {
+        matches!(self.source, Source::Stream(_))
     }
 }
 
@@ -224,21 +265,11 @@ impl std::fmt::Display for InputWarning {
     }
 }
 
-/// The merged extent map of a chain, ready to be written.
-#[derive(Debug)]
-pub struct Plan {
-    inputs: usize,
-    meta: Metadata,
-    map: ExtentMap,
-    data_bytes: u64,
-    input_bytes: u64,
-    warnings: Vec<InputWarning>,
-}
-
-/// The headers of an input: a parsed diff in memory, or an archive's index.
+/// The headers of an input: a parsed diff in memory, an archive's index, or a stream's header.
 enum Parsed<'x> {
     Slice(DiffSlice<'x>),
     Index(&'x IndexedDiff, u64),
+    Head(&'x Metadata),
 }
 
 impl Parsed<'_> {
@@ -246,6 +277,7 @@ impl Parsed<'_> {
         match self {
             Parsed::Slice(d) => d.metadata(),
             Parsed::Index(d, _) => &d.metadata,
+            Parsed::Head(m) => m,
         }
     }
 }
@@ -272,80 +304,8 @@ fn parse_input<'x>(inp: &'x MergeInput<'_>) -> Result<Parsed<'x>> {
                 )),
             }
         }
+        Source::Stream(r) => Ok(Parsed::Head(r.metadata())),
     }
-}
-
-/// Adds the records of an archive's index to `map`, checking them as the record walk of a
-/// plain diff would (the index is checksummed, but may have been crafted): ascending,
-/// non-empty, inside the image size, payloads inside the stream, `e` present.
-fn insert_indexed(map: &mut ExtentMap, input: u32, d: &IndexedDiff, total: u64) -> Result<()> {
-    let size = d.metadata.image_size.ok_or_else(|| {
-        Error::at(
-            ErrorKind::MissingSize,
-            d.start,
-            Some(d.record_count.saturating_sub(d.records.len() as u64)),
-        )
-    })?;
-    let base = d.record_count.saturating_sub(d.records.len() as u64);
-    let (mut prev_end, mut prev_pos, mut ended) = (0u64, d.start, false);
-    for (k, r) in d.records.iter().enumerate() {
-        let at = |kind: ErrorKind| Error::at(kind, r.pos, Some(base + k as u64));
-        if ended || r.pos < prev_pos || (k > 0 && r.pos == prev_pos) {
-            return Err(at(ErrorKind::Invalid(
-                "record index: records out of stream order".into(),
-            )));
-        }
-        prev_pos = r.pos;
-        match r.tag {
-            tag::WRITE | tag::ZERO => {
-                if r.len == 0 {
-                    return Err(at(ErrorKind::ZeroLength {
-                        tag: r.tag,
-                        offset: r.offset,
-                    }));
-                }
-                if r.offset < prev_end {
-                    return Err(at(ErrorKind::OutOfOrder {
-                        tag: r.tag,
-                        offset: r.offset,
-                        prev_end,
-                    }));
-                }
-                let end = r.offset.checked_add(r.len).filter(|&e| e <= size);
-                let end = end.ok_or_else(|| {
-                    at(ErrorKind::ExtentPastSize {
-                        tag: r.tag,
-                        offset: r.offset,
-                        len: r.len,
-                        size,
-                    })
-                })?;
-                prev_end = end;
-                if r.tag == tag::ZERO {
-                    map.insert(r.offset, end, Piece::Zero);
-                    continue;
-                }
-                let src = d.payload_pos(r);
-                let limit = d.records.get(k + 1).map_or(d.end, |n| n.pos).min(total);
-                if src.checked_add(r.len).filter(|&e| e <= limit).is_none() {
-                    return Err(at(ErrorKind::Invalid(
-                        "record index: payload runs past the next record".into(),
-                    )));
-                }
-                let piece = Piece::Data {
-                    input,
-                    src_offset: src,
-                };
-                map.insert(r.offset, end, piece);
-            }
-            tag::END => ended = true,
-            _ => {}
-        }
-    }
-    if !ended {
-        return Err(Error::at(ErrorKind::MissingEnd, d.end, None));
-    }
-    Ok(())
 }
 
 /// Checks that each header starts where the one before ends (pairs with an unknown header,
@@ -452,13 +412,28 @@ fn header_of(input: &Input) -> Result<Option<Metadata>> {
     Ok(Some(rd.metadata().clone()))
 }
 
-/// Checks the chain and builds the merged map from the record heads of every input (for an
-/// archive: from its record index, decompressing nothing).
+/// A checked merge, ready to be written: the merged header, the image sizes of the chain, and
+/// what the dry run over the seekable inputs found.
+#[derive(Debug)]
+pub struct Plan {
+    inputs: usize,
+    meta: Metadata,
+    sizes: Vec<u64>,
+    /// Payload bytes of the output; `None` when an input is a stream.
+    data_bytes: Option<u64>,
+    /// Warnings of each seekable input (streams: found while writing).
+    warnings: Vec<Vec<InputWarning>>,
+    all_warnings: Vec<InputWarning>,
+}
+
+/// Checks the chain on the headers of every input, then every record of every seekable input
+/// (a dry run of the sweep, reading record heads or an archive's index, no payload), counting
+/// the payload bytes of the output. Streams are checked while [`Plan::write`] reads them.
 ///
 /// # Errors
 /// An input that does not parse or has a bad record (named with file, byte offset and record);
 /// a broken chain (naming both files and snapshots); a full diff that is not first; more inputs
-/// or bigger files than the map can address.
+/// or bigger files than can be addressed.
 pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
     if inputs.is_empty() {
         return Err(Error::invalid("nothing to merge: no inputs"));
@@ -478,55 +453,11 @@ pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
     let names: Vec<&str> = inputs.iter().map(|i| i.name).collect();
     let metas: Vec<Option<&Metadata>> = parsed.iter().map(|d| Some(d.metadata())).collect();
     check_links(&names, &metas, opts.force_chain)?;
-    let mut map = ExtentMap::new();
-    let mut size: Option<u64> = None;
-    let mut input_bytes = 0u64;
-    let mut warnings = Vec::new();
-    for (i, (inp, d)) in inputs.iter().zip(&parsed).enumerate() {
-        input_bytes += inp.len();
-        let wrap = |e: Error| e.with_file(inp.name);
-        // A missing `s` is reported by the record walk below.
-        let s = d.metadata().image_size.unwrap_or(0);
-        match size {
-            Some(prev) if s < prev => map.truncate(s),
-            Some(prev) if s > prev => map.insert(prev, s, Piece::Zero),
-            _ => {}
-        }
-        size = Some(s);
-        match d {
-            Parsed::Slice(d) => {
-                let Source::Bytes { bytes, .. } = inp.source else {
-                    return Err(Error::invalid("internal: parsed input is not in memory"));
-                };
-                let base = bytes.as_ptr() as usize;
-                let mut recs = d.records();
-                for r in recs.by_ref() {
-                    let (_, rec) = r.map_err(wrap)?;
-                    match rec {
-                        Record::Write { offset, data } => {
-                            let src = (data.as_ptr() as usize).wrapping_sub(base) as u64;
-                            let piece = Piece::Data {
-                                input: i as u32,
-                                src_offset: src,
-                            };
-                            map.insert(offset, offset + data.len() as u64, piece);
-                        }
-                        Record::Zero(e) => map.insert(e.offset, e.offset + e.len, Piece::Zero),
-                        _ => {}
-                    }
-                }
-                warnings.extend(
-                    recs.warnings()
-                        .iter()
-                        .map(|w| InputWarning::new(inp.name, w)),
-                );
-            }
-            Parsed::Index(d, total) => {
-                insert_indexed(&mut map, i as u32, d, *total).map_err(wrap)?;
-                warnings.extend(d.warnings.iter().map(|w| InputWarning::new(inp.name, w)));
-            }
-        }
-    }
+    // A missing `s` is reported by the record walk.
+    let sizes: Vec<u64> = metas
+        .iter()
+        .map(|m| m.and_then(|m| m.image_size).unwrap_or(0))
+        .collect();
     let last = parsed
         .last()
         .map(|d| d.metadata().clone())
@@ -535,82 +466,480 @@ pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
         from_snap: parsed.first().and_then(|d| d.metadata().from_snap.clone()),
         to_snap: last.to_snap,
         protected: last.protected,
-        image_size: size,
+        image_size: Some(*sizes.last().unwrap_or(&0)),
     };
-    let data_bytes = map
-        .iter()
-        .filter(|(_, _, p)| matches!(p, Piece::Data { .. }))
-        .map(|(s, e, _)| e - s)
-        .sum();
+    let streams = inputs.iter().any(MergeInput::is_stream);
+    let (layers, caps) = build_layers(inputs, &sizes, |i| !inputs[i].is_stream())?;
+    let mut dry = Sweep {
+        inputs: Inputs::Shared(inputs),
+        layers,
+        sink: Count::default(),
+    };
+    sweep(&mut dry, &caps)?;
+    let warnings: Vec<Vec<InputWarning>> = (0..inputs.len())
+        .map(|i| dry.warnings_of(i))
+        .collect();
     Ok(Plan {
         inputs: inputs.len(),
         meta,
-        map,
-        data_bytes,
-        input_bytes,
+        sizes,
+        data_bytes: (!streams).then_some(dry.sink.data_bytes),
+        all_warnings: warnings.concat(),
         warnings,
     })
 }
 
-/// A run of adjacent extents to be written as one record.
+/// Where a layer's extents come from.
+enum Cursor<'a> {
+    /// The `z` extent a growing input adds over the regrown range.
+    Grow(Option<Ext>),
+    /// The records of a diff in memory.
+    Slice { recs: Records<'a>, base: usize },
+    /// The record index of an archive, checked as it is walked.
+    Index(IndexCursor),
+    /// The records of a stream input.
+    Stream,
+}
+
+/// Position in an archive's record index.
+#[derive(Default)]
+struct IndexCursor {
+    k: usize,
+    prev_end: u64,
+    prev_pos: u64,
+    ended: bool,
+}
+
+/// The layers of `inputs` (those `include` takes) and their caps: for each input, its growth
+/// layer (when its size is larger than the one before), then its records; each cut at the
+/// smallest size of the inputs after it.
+fn build_layers<'a>(
+    inputs: &[MergeInput<'a>],
+    sizes: &[u64],
+    include: impl Fn(usize) -> bool,
+) -> Result<(Vec<(usize, Cursor<'a>)>, Vec<u64>)> {
+    let mut caps_after = vec![u64::MAX; sizes.len()];
+    for i in (0..sizes.len().saturating_sub(1)).rev() {
+        caps_after[i] = caps_after[i + 1].min(sizes[i + 1]);
+    }
+    let (mut layers, mut caps) = (Vec::new(), Vec::new());
+    for (i, inp) in inputs.iter().enumerate().filter(|&(i, _)| include(i)) {
+        if i > 0 && sizes[i] > sizes[i - 1] {
+            let grow = Ext {
+                start: sizes[i - 1],
+                end: sizes[i],
+                src: None,
+            };
+            layers.push((i, Cursor::Grow(Some(grow))));
+            caps.push(caps_after[i]);
+        }
+        let cursor = match &inp.source {
+            Source::Bytes { bytes, .. } => {
+                let bytes: &'a [u8] = bytes;
+                let d = DiffSlice::parse(bytes).map_err(|e| e.with_file(inp.name))?;
+                Cursor::Slice {
+                    recs: d.records(),
+                    base: bytes.as_ptr() as usize,
+                }
+            }
+            Source::Archive(_) => Cursor::Index(IndexCursor::default()),
+            Source::Stream(_) => Cursor::Stream,
+        };
+        layers.push((i, cursor));
+        caps.push(caps_after[i]);
+    }
+    Ok((layers, caps))
+}
+
+/// The inputs of a sweep: shared for the dry run, owned for writing (streams and archives
+/// change as they are read).
+enum Inputs<'m, 'a> {
+    Shared(&'m [MergeInput<'a>]),
+    Owned(&'m mut [MergeInput<'a>]),
+}
+
+impl<'a> Inputs<'_, 'a> {
+    fn get(&self, i: usize) -> &MergeInput<'a> {
+        match self {
+            Inputs::Shared(s) => &s[i],
+            Inputs::Owned(s) => &s[i],
+        }
+    }
+
+    fn get_mut(&mut self, i: usize) -> Result<&mut MergeInput<'a>> {
+        match self {
+            Inputs::Owned(s) => Ok(&mut s[i]),
+            Inputs::Shared(_) => Err(Error::invalid("internal: input read in a dry run")),
+        }
+    }
+}
+
+/// Where the pieces of a sweep go.
+trait Sink {
+    /// A piece `[start, end)`: zeros, or payload of input `src.0` at offset `src.1`.
+    fn piece(
+        &mut self,
+        inputs: &mut Inputs<'_, '_>,
+        start: u64,
+        end: u64,
+        src: Option<(usize, u64)>,
+    ) -> Result<()>;
+}
+
+/// The dry run's sink: counts payload bytes.
+#[derive(Default)]
+struct Count {
+    data_bytes: u64,
+}
+
+impl Sink for Count {
+    fn piece(&mut self, _: &mut Inputs<'_, '_>, s: u64, e: u64, src: Option<(usize, u64)>) -> Result<()> {
+        if src.is_some() {
+            self.data_bytes += e - s;
+        }
+        Ok(())
+    }
+}
+
+/// A sweep over the layers of some inputs.
+struct Sweep<'m, 'a, S> {
+    inputs: Inputs<'m, 'a>,
+    layers: Vec<(usize, Cursor<'a>)>,
+    sink: S,
+}
+
+impl<S> Sweep<'_, '_, S> {
+    /// The warnings input `i` gave (once read to its end).
+    fn warnings_of(&self, i: usize) -> Vec<InputWarning> {
+        let inp = self.inputs.get(i);
+        let ws: &[Warning] = match &inp.source {
+            Source::Archive(a) => a.index().diffs.first().map_or(&[], |d| &d.warnings),
+            Source::Stream(r) => r.warnings(),
+            Source::Bytes { .. } => self
+                .layers
+                .iter()
+                .find_map(|(k, c)| match c {
+                    Cursor::Slice { recs, .. } if *k == i => Some(recs.warnings()),
+                    _ => None,
+                })
+                .unwrap_or(&[]),
+        };
+        ws.iter().map(|w| InputWarning::new(inp.name, w)).collect()
+    }
+}
+
+impl<S: Sink> Layers for Sweep<'_, '_, S> {
+    fn next(&mut self, k: usize) -> Result<Option<Ext>> {
+        let (i, cur) = &mut self.layers[k];
+        let i = *i;
+        let name = self.inputs.get(i).name;
+        let r = match cur {
+            Cursor::Grow(e) => Ok(e.take()),
+            Cursor::Slice { recs, base } => next_record(recs, *base),
+            Cursor::Index(c) => match &self.inputs.get(i).source {
+                Source::Archive(a) => next_indexed(c, a),
+                _ => Err(Error::invalid("internal: index cursor over a plain input")),
+            },
+            Cursor::Stream => match &mut self.inputs.get_mut(i)?.source {
+                Source::Stream(r) => next_streamed(r),
+                _ => Err(Error::invalid("internal: stream cursor over a seekable input")),
+            },
+        };
+        r.map_err(|e| e.with_file(name))
+    }
+
+    fn emit(&mut self, k: usize, start: u64, end: u64, src: Option<u64>) -> Result<()> {
+        let i = self.layers[k].0;
+        self.sink
+            .piece(&mut self.inputs, start, end, src.map(|s| (i, s)))
+    }
+}
+
+/// The next `w` or `z` record of a diff in memory (`src`: offset in the diff's bytes).
+fn next_record(recs: &mut Records<'_>, base: usize) -> Result<Option<Ext>> {
+    for r in recs.by_ref() {
+        match r?.1 {
+            Record::Write { offset, data } => {
+                let src = (data.as_ptr() as usize).wrapping_sub(base) as u64;
+                return Ok(Some(Ext {
+                    start: offset,
+                    end: offset + data.len() as u64,
+                    src: Some(src),
+                }));
+            }
+            Record::Zero(e) => {
+                return Ok(Some(Ext {
+                    start: e.offset,
+                    end: e.offset + e.len,
+                    src: None,
+                }))
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// The next `w` or `z` record of a stream (`src`: offset of its payload in the stream).
+fn next_streamed(r: &mut StreamDiff<'_>) -> Result<Option<Ext>> {
+    loop {
+        let ext = match r.next_item()? {
+            None => return Ok(None),
+            Some(item) => match item.kind {
+                ItemKind::Write { extent, .. } => (extent, true),
+                ItemKind::Zero(e) => (e, false),
+                _ => continue,
+            },
+        };
+        let (e, data) = ext;
+        return Ok(Some(Ext {
+            start: e.offset,
+            end: e.offset + e.len,
+            src: data.then(|| r.payload_pos()),
+        }));
+    }
+}
+
+/// The next `w` or `z` record of an archive's index, checked as the record walk of a plain
+/// diff would (the index is checksummed, but may have been crafted): ascending, non-empty,
+/// inside the image size, payloads inside the stream, `e` present.
+fn next_indexed(c: &mut IndexCursor, a: &ZstArchive<'_>) -> Result<Option<Ext>> {
+    let d = a
+        .index()
+        .diffs
+        .first()
+        .ok_or_else(|| Error::invalid("internal: archive without a diff"))?;
+    let total = a.len();
+    let base = d.record_count.saturating_sub(d.records.len() as u64);
+    let size = d
+        .metadata
+        .image_size
+        .ok_or_else(|| Error::at(ErrorKind::MissingSize, d.start, Some(base)))?;
+    if c.k == 0 {
+        c.prev_pos = d.start;
+    }
+    while let Some(r) = d.records.get(c.k) {
+        let k = c.k;
+        c.k += 1;
+        let at = |kind: ErrorKind| Error::at(kind, r.pos, Some(base + k as u64));
+        if c.ended || r.pos < c.prev_pos || (k > 0 && r.pos == c.prev_pos) {
+            return Err(at(ErrorKind::Invalid(
+                "record index: records out of stream order".into(),
+            )));
+        }
+        c.prev_pos = r.pos;
+        match r.tag {
+            tag::WRITE | tag::ZERO => {
+                if r.len == 0 {
+                    return Err(at(ErrorKind::ZeroLength {
+                        tag: r.tag,
+                        offset: r.offset,
+                    }));
+                }
+                if r.offset < c.prev_end {
+                    return Err(at(ErrorKind::OutOfOrder {
+                        tag: r.tag,
+                        offset: r.offset,
+                        prev_end: c.prev_end,
+                    }));
+                }
+                let end = r.offset.checked_add(r.len).filter(|&e| e <= size);
+                let end = end.ok_or_else(|| {
+                    at(ErrorKind::ExtentPastSize {
+                        tag: r.tag,
+                        offset: r.offset,
+                        len: r.len,
+                        size,
+                    })
+                })?;
+                c.prev_end = end;
+                let mut src = None;
+                if r.tag == tag::WRITE {
+                    let pos = d.payload_pos(r);
+                    let limit = d.records.get(k + 1).map_or(d.end, |n| n.pos).min(total);
+                    if pos.checked_add(r.len).filter(|&e| e <= limit).is_none() {
+                        return Err(at(ErrorKind::Invalid(
+                            "record index: payload runs past the next record".into(),
+                        )));
+                    }
+                    src = Some(pos);
+                }
+                return Ok(Some(Ext {
+                    start: r.offset,
+                    end,
+                    src,
+                }));
+            }
+            tag::END => c.ended = true,
+            _ => {}
+        }
+    }
+    if !c.ended {
+        return Err(Error::at(ErrorKind::MissingEnd, d.end, None));
+    }
+    Ok(None)
+}
+
+/// The record being gathered by [`Writer`].
 enum Run {
     None,
     Zero(u64, u64),
     Data(u64, u64),
 }
 
-/// Copies `len` payload bytes at `src` of `inp` to `out`: from the mapped bytes, with `pread`
-/// from the mapped file through `buf` (faster than copying from the mapping, with no
-/// page-table work for the payload pages, and measured no slower than `copy_file_range`,
-/// which ext4 without reflinks runs through splice), or through the archive's frame cache.
+/// The writing sink: joins pieces into records and copies their payloads.
+struct Writer<'p, W: Write> {
+    w: DiffWriter<W>,
+    run: Run,
+    /// Data pieces in the run.
+    pieces: usize,
+    /// Payload of the open data run (less than [`COALESCE_MAX`] bytes); a copy buffer when
+    /// a piece is copied straight through.
+    buf: Vec<u8>,
+    stats: MergeStats,
+    tick: Ticker<'p>,
+}
+
+impl<W: Write> Writer<'_, W> {
+    /// Writes the run gathered so far.
+    fn flush(&mut self) -> Result<()> {
+        match std::mem::replace(&mut self.run, Run::None) {
+            Run::None => {}
+            Run::Zero(s, e) => {
+                self.w.zero(Extent::new(s, e - s))?;
+                self.stats.zero_records += 1;
+                self.stats.zero_bytes += e - s;
+            }
+            Run::Data(s, e) => {
+                self.w.begin_data(Extent::new(s, e - s))?;
+                self.w.get_mut().write_all(&self.buf)?;
+                self.w.add_written(self.buf.len() as u64);
+                self.buf.clear();
+                self.stats.write_records += 1;
+                self.stats.data_bytes += e - s;
+                self.tick.set(self.stats.data_bytes);
+            }
+        }
+        self.pieces = 0;
+        Ok(())
+    }
+}
+
+impl<W: Write> Sink for Writer<'_, W> {
+    fn piece(
+        &mut self,
+        inputs: &mut Inputs<'_, '_>,
+        s: u64,
+        e: u64,
+        src: Option<(usize, u64)>,
+    ) -> Result<()> {
+        self.stats.extents += 1;
+        let Some((i, at)) = src else {
+            match &mut self.run {
+                Run::Zero(_, re) if *re == s => *re = e,
+                _ => {
+                    self.flush()?;
+                    self.run = Run::Zero(s, e);
+                }
+            }
+            return Ok(());
+        };
+        let rs = match self.run {
+            Run::Data(rs, re) if re == s && e - rs <= COALESCE_MAX && self.pieces < 1024 => rs,
+            _ => {
+                self.flush()?;
+                s
+            }
+        };
+        self.run = Run::Data(rs, e);
+        self.pieces += 1;
+        let inp = inputs.get_mut(i)?;
+        // No later piece can join a run this long: write it now, this piece straight through.
+        if e - rs >= COALESCE_MAX || self.pieces >= 1024 {
+            self.w.begin_data(Extent::new(rs, e - rs))?;
+            self.w.get_mut().write_all(&self.buf)?;
+            self.w.add_written(self.buf.len() as u64);
+            self.buf.clear();
+            copy_piece(inp, at, e - s, &mut self.w, &mut self.buf)?;
+            self.buf.clear();
+            self.run = Run::None;
+            self.pieces = 0;
+            self.stats.write_records += 1;
+            self.stats.data_bytes += e - rs;
+            self.tick.set(self.stats.data_bytes);
+            return Ok(());
+        }
+        append_piece(inp, at, e - s, &mut self.buf)
+    }
+}
+
+/// Copies `len` payload bytes at `src` of `inp` to `w` (counted as written), through `chunk`
+/// for files and streams: with `pread` from a mapped file (faster than copying from the
+/// mapping, with no page-table work for the payload pages), from the mapped bytes, through
+/// the archive's frame cache, or read from a stream after skipping to `src`.
 fn copy_piece<W: Write>(
     inp: &mut MergeInput<'_>,
     src: u64,
     len: u64,
-    out: &mut W,
-    buf: &mut Vec<u8>,
+    w: &mut DiffWriter<W>,
+    chunk: &mut Vec<u8>,
 ) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    let MergeInput { name, source } = inp;
-    match source {
-        Source::Bytes {
-            file: Some(f),
-            bytes,
-        } => {
-            if src
-                .checked_add(len)
-                .filter(|&e| e <= bytes.len() as u64)
-                .is_none()
-            {
-                return Err(Error::invalid("internal: payload range outside its input"));
-            }
-            if buf.is_empty() {
-                *buf = vec![0; COPY_BUF];
-            }
-            let (mut off, mut left) = (src, len);
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                let chunk = &mut buf[..n];
-                f.read_exact_at(chunk, off)
-                    .map_err(|e| Error::from(e).with_file(&**name))?;
-                out.write_all(chunk)?;
-                off += n as u64;
-                left -= n as u64;
-            }
-            Ok(())
-        }
-        Source::Bytes { bytes, file: None } => {
-            let data = usize::try_from(src)
-                .ok()
-                .zip(usize::try_from(src + len).ok())
-                .and_then(|(a, b)| bytes.get(a..b))
-                .ok_or_else(|| Error::invalid("internal: payload range outside its input"))?;
-            Ok(out.write_all(data)?)
-        }
-        Source::Archive(a) => a
-            .copy_range(src, len, out)
-            .map_err(|e| e.with_file(&**name)),
+    if let Source::Archive(a) = &mut inp.source {
+        a.copy_range(src, len, w.get_mut())
+            .map_err(|e| e.with_file(inp.name))?;
+        w.add_written(len);
+        return Ok(());
     }
+    let (mut at, mut left) = (src, len);
+    while left > 0 {
+        let n = left.min(COPY_BUF as u64);
+        chunk.clear();
+        append_piece(inp, at, n, chunk)?;
+        w.get_mut().write_all(chunk)?;
+        w.add_written(n);
+        at += n;
+        left -= n;
+    }
+    Ok(())
+}
+
+/// Appends `len` payload bytes at `src` of `inp` to `buf`.
+fn append_piece(inp: &mut MergeInput<'_>, src: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let name = inp.name;
+    let outside = || Error::invalid("internal: payload range outside its input");
+    let n = usize::try_from(len).map_err(|_| outside())?;
+    match &mut inp.source {
+        Source::Bytes { bytes, file } => {
+            let range = usize::try_from(src)
+                .ok()
+                .and_then(|a| Some(a..a.checked_add(n)?))
+                .filter(|r| r.end <= bytes.len())
+                .ok_or_else(outside)?;
+            match file {
+                Some(f) => {
+                    let old = buf.len();
+                    buf.resize(old + n, 0);
+                    f.read_exact_at(&mut buf[old..], src)
+                        .map_err(|e| Error::from(e).with_file(name))?;
+                }
+                None => buf.extend_from_slice(&bytes[range]),
+            }
+        }
+        Source::Archive(a) => a.copy_range(src, len, buf).map_err(|e| e.with_file(name))?,
+        Source::Stream(r) => {
+            let pos = r.payload_pos();
+            let skip = src.checked_sub(pos).ok_or_else(outside)?;
+            let wrap = |e: Error| e.with_file(name);
+            r.skip_payload(skip).map_err(wrap)?;
+            let old = buf.len();
+            buf.resize(old + n, 0);
+            r.payload()
+                .read_exact(&mut buf[old..])
+                .map_err(|e| wrap(Error::from(e)))?;
+        }
+    }
+    Ok(())
 }
 
 impl Plan {
@@ -620,29 +949,24 @@ impl Plan {
         &self.meta
     }
 
-    /// The merged extent map.
-    pub fn extents(&self) -> &ExtentMap {
-        &self.map
-    }
-
-    /// Payload bytes the output will carry.
+    /// Payload bytes the output will carry (0 when an input is a stream: not known before).
     pub fn data_bytes(&self) -> u64 {
-        self.data_bytes
+        self.data_bytes.unwrap_or(0)
     }
 
-    /// Warnings found in the inputs.
+    /// Warnings found in the seekable inputs (those of streams are in [`MergeStats`]).
     pub fn warnings(&self) -> &[InputWarning] {
-        &self.warnings
+        &self.all_warnings
     }
 
-    /// Writes the merged diff to `out`, reading the surviving payloads from `inputs` (the
-    /// inputs the plan was made from, in the same order). Adjacent `z` extents, and adjacent
-    /// data extents up to [`COALESCE_MAX`], become one record. `progress` is called with the
-    /// payload bytes written so far and [`Plan::data_bytes`] (see [`crate::progress`]).
+    /// Writes the merged diff to `out` in one sweep, reading the surviving payloads from
+    /// `inputs` (the inputs the plan was made from, in the same order; streams are read
+    /// here). `progress` is called with the payload bytes written so far and
+    /// [`Plan::data_bytes`] (see [`crate::progress`]).
     ///
     /// # Errors
-    /// I/O errors from `out` or the inputs; a corrupt archive frame holding a surviving
-    /// payload (named with the input, the frame and its offsets).
+    /// I/O errors from `out` or the inputs; a bad record in a stream; a corrupt archive frame
+    /// holding a surviving payload (named with the input, the frame and its offsets).
     pub fn write<W: Write>(
         &self,
         inputs: &mut [MergeInput<'_>],
@@ -654,78 +978,49 @@ impl Plan {
             return Err(Error::invalid("internal: plan written with other inputs"));
         }
         let before: u64 = inputs.iter().map(MergeInput::frames_decompressed).sum();
-        let mut w = DiffWriter::new(out, version, &self.meta)?;
-        let mut stats = MergeStats {
+        let stats = MergeStats {
             inputs: self.inputs,
-            input_bytes: self.input_bytes,
-            extents: self.map.len() as u64,
             from_snap: self.meta.from_snap.as_deref().map(lossy),
             to_snap: self.meta.to_snap.as_deref().map(lossy),
             image_size: self.meta.image_size.unwrap_or(0),
-            warnings: self.warnings.clone(),
             ..MergeStats::default()
         };
-        let mut tick = Ticker::new(progress, self.data_bytes);
-        let mut buf = Vec::new();
-        let mut run = Run::None;
-        let mut pieces: Vec<(u64, u64, Piece)> = Vec::new();
-        let mut flush = |run: &mut Run,
-                         pieces: &mut Vec<(u64, u64, Piece)>,
-                         w: &mut DiffWriter<W>,
-                         stats: &mut MergeStats|
-         -> Result<()> {
-            match std::mem::replace(run, Run::None) {
-                Run::None => {}
-                Run::Zero(s, e) => {
-                    w.zero(crate::Extent::new(s, e - s))?;
-                    stats.zero_records += 1;
-                    stats.zero_bytes += e - s;
-                }
-                Run::Data(s, e) => {
-                    w.begin_data(crate::Extent::new(s, e - s))?;
-                    for &(ps, pe, p) in pieces.iter() {
-                        if let Piece::Data { input, src_offset } = p {
-                            let inp = inputs.get_mut(input as usize).ok_or_else(|| {
-                                Error::invalid("internal: piece of an unknown input")
-                            })?;
-                            copy_piece(inp, src_offset, pe - ps, w.get_mut(), &mut buf)?;
-                            w.add_written(pe - ps);
-                        }
-                    }
-                    stats.write_records += 1;
-                    stats.data_bytes += e - s;
-                    tick.set(stats.data_bytes);
-                }
-            }
-            pieces.clear();
-            Ok(())
+        let (layers, caps) = build_layers(inputs, &self.sizes, |_| true)?;
+        let sink = Writer {
+            w: DiffWriter::new(out, version, &self.meta)?,
+            run: Run::None,
+            pieces: 0,
+            buf: Vec::new(),
+            stats,
+            tick: Ticker::new(progress, self.data_bytes()),
         };
-        for (s, e, p) in self.map.iter() {
-            let joins = match (&run, p) {
-                (Run::Zero(_, re), Piece::Zero) => *re == s,
-                (Run::Data(rs, re), Piece::Data { .. }) => {
-                    *re == s && e - rs <= COALESCE_MAX && pieces.len() < 1024
-                }
-                _ => false,
-            };
-            if joins {
-                match &mut run {
-                    Run::Zero(_, re) | Run::Data(_, re) => *re = e,
-                    Run::None => {}
-                }
-            } else {
-                flush(&mut run, &mut pieces, &mut w, &mut stats)?;
-                run = match p {
-                    Piece::Zero => Run::Zero(s, e),
-                    Piece::Data { .. } => Run::Data(s, e),
-                };
-            }
-            if matches!(p, Piece::Data { .. }) {
-                pieces.push((s, e, p));
+        let mut sw = Sweep {
+            inputs: Inputs::Owned(inputs),
+            layers,
+            sink,
+        };
+        sweep(&mut sw, &caps)?;
+        sw.sink.flush()?;
+        let mut warnings = Vec::new();
+        for (i, seekable) in self.warnings.iter().enumerate() {
+            match sw.inputs.get(i).is_stream() {
+                true => warnings.extend(sw.warnings_of(i)),
+                false => warnings.extend(seekable.iter().cloned()),
             }
         }
-        flush(&mut run, &mut pieces, &mut w, &mut stats)?;
+        let Sweep { inputs, sink, .. } = sw;
+        let Writer {
+            w,
+            mut stats,
+            mut tick,
+            ..
+        } = sink;
+        let Inputs::Owned(inputs) = inputs else {
+            return Err(Error::invalid("internal: inputs not owned"));
+        };
         tick.finish();
+        stats.warnings = warnings;
+        stats.input_bytes = inputs.iter().map(MergeInput::len).sum();
         stats.records = stats.write_records + stats.zero_records;
         stats.bytes_written = w.bytes_written() + 1;
         let out = w.finish()?;
@@ -743,7 +1038,7 @@ fn lossy(b: &[u8]) -> String {
 /// Merges `inputs` (in chain order) into `out`: [`plan`], then [`Plan::write`].
 ///
 /// # Errors
-/// As [`plan`] and [`Plan::write`]; nothing is written when the inputs are invalid.
+/// As [`plan`] and [`Plan::write`]; nothing is written when a seekable input is invalid.
 pub fn merge<W: Write>(
     inputs: &mut [MergeInput<'_>],
     out: W,
@@ -790,6 +1085,25 @@ fn prepare(input: Input) -> Result<Input> {
         return Err(Error::invalid("doubly compressed input").with_file(input.name()));
     }
     Ok(input)
+}
+
+/// An opened input of [`merge_files_to`]: kept for random access, or to be read as a stream.
+enum Held {
+    Seekable(Input),
+    Stream(Option<Box<dyn Read + Send>>),
+}
+
+/// A mapped plain file or an indexed archive whose index matches is kept for random access;
+/// anything else is read as a stream (never spilled).
+fn hold(input: Input) -> Result<Held> {
+    refuse_image(&input)?;
+    if input.kind() == Kind::Zstd {
+        return Err(Error::invalid("doubly compressed input").with_file(input.name()));
+    }
+    if index_checked(&input) || input.bytes().is_some() {
+        return Ok(Held::Seekable(input));
+    }
+    Ok(Held::Stream(Some(input.into_reader())))
 }
 
 /// True when `input` is an indexed archive whose index matches its content
@@ -875,11 +1189,22 @@ pub fn merge_files_to(
         &heads.iter().map(Option::as_ref).collect::<Vec<_>>(),
         opts.force_chain,
     )?;
-    let opened = opened
+    // Streams (stdin, pipes, zstd files without a usable index) are read once, forward.
+    let mut held = opened
         .into_iter()
-        .map(prepare)
+        .map(hold)
         .collect::<Result<Vec<_>>>()?;
-    let mut inputs = opened.iter().map(merge_input).collect::<Result<Vec<_>>>()?;
+    let mut inputs = held
+        .iter_mut()
+        .zip(&names)
+        .map(|(h, name)| match h {
+            Held::Seekable(input) => merge_input(input),
+            Held::Stream(r) => {
+                let r = r.take().unwrap_or_else(|| Box::new(std::io::empty()));
+                MergeInput::stream(name, r)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
     let p = plan(&inputs, opts)?;
     let mut output = Output::create_for(out, force, &files)?;
     let wrap = |e: Error| {

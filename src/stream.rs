@@ -655,6 +655,32 @@ impl<R: Read> DiffReader<R> {
         self.checker.ended
     }
 
+    /// Byte offset of the next unread byte of the current `w` payload.
+    pub(crate) fn payload_pos(&self) -> u64 {
+        self.body.src.pos
+    }
+
+    /// The unread rest of the current `w` payload (empty after any other record).
+    pub(crate) fn payload(&mut self) -> &mut dyn Read {
+        &mut self.body
+    }
+
+    /// Skips `n` bytes of the current `w` payload.
+    ///
+    /// # Errors
+    /// The input ends first, or `n` is more than is left of the payload.
+    pub(crate) fn skip_payload(&mut self, n: u64) -> Result<()> {
+        if n > self.body.remaining {
+            return Err(Error::invalid("internal: skip past the end of a payload"));
+        }
+        let done = self.body.src.skip(n)?;
+        self.body.remaining -= done;
+        if done < n {
+            return Err(self.body.truncated());
+        }
+        Ok(())
+    }
+
     /// Absolute byte offset of the banner.
     pub fn start_offset(&self) -> u64 {
         self.start
