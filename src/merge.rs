@@ -56,7 +56,6 @@ use crate::sweep::{sweep, Ext, Layers};
 use crate::write::DiffWriter;
 use crate::zst::{IndexedDiff, ZstArchive};
 
-
 /// Adjacent data pieces are joined into one `w` record up to this length (the default RBD
 /// object size, the largest record `rbd export-diff` writes for default images): `rbd
 /// import-diff` holds a whole record in memory. Larger input records are never split.
@@ -476,9 +475,7 @@ pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
         sink: Count::default(),
     };
     sweep(&mut dry, &caps)?;
-    let warnings: Vec<Vec<InputWarning>> = (0..inputs.len())
-        .map(|i| dry.warnings_of(i))
-        .collect();
+    let warnings: Vec<Vec<InputWarning>> = (0..inputs.len()).map(|i| dry.warnings_of(i)).collect();
     Ok(Plan {
         inputs: inputs.len(),
         meta,
@@ -501,6 +498,9 @@ enum Cursor<'a> {
     Stream,
 }
 
+/// A layer of the sweep: the input it belongs to and its cursor.
+type Layer<'a> = (usize, Cursor<'a>);
+
 /// Position in an archive's record index.
 #[derive(Default)]
 struct IndexCursor {
@@ -517,7 +517,7 @@ fn build_layers<'a>(
     inputs: &[MergeInput<'a>],
     sizes: &[u64],
     include: impl Fn(usize) -> bool,
-) -> Result<(Vec<(usize, Cursor<'a>)>, Vec<u64>)> {
+) -> Result<(Vec<Layer<'a>>, Vec<u64>)> {
     let mut caps_after = vec![u64::MAX; sizes.len()];
     for i in (0..sizes.len().saturating_sub(1)).rev() {
         caps_after[i] = caps_after[i + 1].min(sizes[i + 1]);
@@ -593,7 +593,13 @@ struct Count {
 }
 
 impl Sink for Count {
-    fn piece(&mut self, _: &mut Inputs<'_, '_>, s: u64, e: u64, src: Option<(usize, u64)>) -> Result<()> {
+    fn piece(
+        &mut self,
+        _: &mut Inputs<'_, '_>,
+        s: u64,
+        e: u64,
+        src: Option<(usize, u64)>,
+    ) -> Result<()> {
         if src.is_some() {
             self.data_bytes += e - s;
         }
@@ -604,7 +610,7 @@ impl Sink for Count {
 /// A sweep over the layers of some inputs.
 struct Sweep<'m, 'a, S> {
     inputs: Inputs<'m, 'a>,
-    layers: Vec<(usize, Cursor<'a>)>,
+    layers: Vec<Layer<'a>>,
     sink: S,
 }
 
@@ -642,7 +648,9 @@ impl<S: Sink> Layers for Sweep<'_, '_, S> {
             },
             Cursor::Stream => match &mut self.inputs.get_mut(i)?.source {
                 Source::Stream(r) => next_streamed(r),
-                _ => Err(Error::invalid("internal: stream cursor over a seekable input")),
+                _ => Err(Error::invalid(
+                    "internal: stream cursor over a seekable input",
+                )),
             },
         };
         r.map_err(|e| e.with_file(name))
@@ -780,6 +788,9 @@ fn next_indexed(c: &mut IndexCursor, a: &ZstArchive<'_>) -> Result<Option<Ext>> 
     Ok(None)
 }
 
+/// Pieces of a mapped file at least this long are read with `pread`.
+const PREAD_MIN: usize = 64 << 10;
+
 /// The record being gathered by [`Writer`].
 enum Run {
     None,
@@ -875,7 +886,7 @@ impl<W: Write> Sink for Writer<'_, W> {
 
 /// Copies `len` payload bytes at `src` of `inp` to `w` (counted as written), through `chunk`
 /// for files and streams: with `pread` from a mapped file (faster than copying from the
-/// mapping, with no page-table work for the payload pages), from the mapped bytes, through
+/// mapping for large pieces, with no page-table work for the payload pages), through
 /// the archive's frame cache, or read from a stream after skipping to `src`.
 fn copy_piece<W: Write>(
     inp: &mut MergeInput<'_>,
@@ -917,13 +928,15 @@ fn append_piece(inp: &mut MergeInput<'_>, src: u64, len: u64, buf: &mut Vec<u8>)
                 .filter(|r| r.end <= bytes.len())
                 .ok_or_else(outside)?;
             match file {
-                Some(f) => {
+                // Small pieces are copied from the mapping: their record heads, walked
+                // through it, share their pages, and a system call each would dominate.
+                Some(f) if n >= PREAD_MIN => {
                     let old = buf.len();
                     buf.resize(old + n, 0);
                     f.read_exact_at(&mut buf[old..], src)
                         .map_err(|e| Error::from(e).with_file(name))?;
                 }
-                None => buf.extend_from_slice(&bytes[range]),
+                _ => buf.extend_from_slice(&bytes[range]),
             }
         }
         Source::Archive(a) => a.copy_range(src, len, buf).map_err(|e| e.with_file(name))?,
@@ -1190,10 +1203,7 @@ pub fn merge_files_to(
         opts.force_chain,
     )?;
     // Streams (stdin, pipes, zstd files without a usable index) are read once, forward.
-    let mut held = opened
-        .into_iter()
-        .map(hold)
-        .collect::<Result<Vec<_>>>()?;
+    let mut held = opened.into_iter().map(hold).collect::<Result<Vec<_>>>()?;
     let mut inputs = held
         .iter_mut()
         .zip(&names)

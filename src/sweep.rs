@@ -68,8 +68,8 @@ pub fn sweep<L: Layers + ?Sized>(l: &mut L, caps: &[u64]) -> Result<()> {
     // still reach past `pos` before it is used (layers below it may be stale).
     let mut active: BinaryHeap<usize> = BinaryHeap::with_capacity(n);
     let mut pos = 0u64;
-    for k in 0..n {
-        load(l, k, caps[k], pos, &mut cur, &mut pending)?;
+    for (k, &cap) in caps.iter().enumerate() {
+        load(l, k, cap, pos, &mut cur, &mut pending)?;
     }
     loop {
         loop {

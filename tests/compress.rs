@@ -819,12 +819,16 @@ fn merge_archives(paths: &[&Path]) -> (Vec<u8>, Vec<u64>, rbddiff::merge::MergeS
     (out, frames, stats)
 }
 
+/// The merge of plain diffs by the extent-map planner the sweep replaced (the sweep must
+/// agree with it byte for byte).
 fn merge_plain(plains: &[&[u8]]) -> Vec<u8> {
-    use rbddiff::merge::{merge, MergeInput, MergeOptions};
+    use rbddiff::merge::{merge, merge_oracle, MergeInput, MergeOptions};
     let mut inputs: Vec<_> = plains.iter().map(|p| MergeInput::bytes("p", p)).collect();
-    let mut out = Vec::new();
+    let (mut out, mut want) = (Vec::new(), Vec::new());
     merge(&mut inputs, &mut out, &MergeOptions::default()).unwrap();
-    out
+    merge_oracle(&mut inputs, &mut want, &MergeOptions::default()).unwrap();
+    assert!(out == want, "the sweep differs from the oracle");
+    want
 }
 
 /// Merge reads archives through their index: after the index check (which reads the frames

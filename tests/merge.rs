@@ -227,7 +227,11 @@ proptest! {
 
 /// The merge of `diffs` by the sweep, with its inputs in memory, or read as streams when
 /// `streams[k]` holds, and by the old planner (the oracle); both must be byte-identical.
-fn sweep_and_oracle(diffs: &[Vec<u8>], streams: &[bool], opts: &MergeOptions) -> (Vec<u8>, Vec<u8>) {
+fn sweep_and_oracle(
+    diffs: &[Vec<u8>],
+    streams: &[bool],
+    opts: &MergeOptions,
+) -> (Vec<u8>, Vec<u8>) {
     let names: Vec<String> = (0..diffs.len()).map(|i| format!("in{i}.diff")).collect();
     let mut inputs: Vec<MergeInput<'_>> = diffs
         .iter()
@@ -303,12 +307,29 @@ fn sweep_matches_oracle_at_the_coalescing_limits() {
     a.extend((0..12).map(|i| (mib + i * 700 * 1024, 700 * 1024, true)));
     a.push((10 * mib, 9 * mib, true));
     // Later inputs cut those runs and the big record, with writes and zeros.
-    let b = vec![(1500, 3, true), (2 * mib, 5, false), (12 * mib, mib, true), (15 * mib, 4 * mib + 1, true)];
-    let c = vec![(0, 1, true), (3 * mib + 1, 2 * mib, true), (14 * mib, 10, false), (20 * mib, 1, true)];
+    let b = vec![
+        (1500, 3, true),
+        (2 * mib, 5, false),
+        (12 * mib, mib, true),
+        (15 * mib, 4 * mib + 1, true),
+    ];
+    let c = vec![
+        (0, 1, true),
+        (3 * mib + 1, 2 * mib, true),
+        (14 * mib, 10, false),
+        (20 * mib, 1, true),
+    ];
     let diffs = vec![diff(0, &a), diff(1, &b), diff(2, &c)];
-    for streams in [[false, false, false], [true, true, true], [true, false, true]] {
+    for streams in [
+        [false, false, false],
+        [true, true, true],
+        [true, false, true],
+    ] {
         let (got, want) = sweep_and_oracle(&diffs, &streams, &MergeOptions::default());
-        assert!(got == want, "sweep output differs from the oracle's ({streams:?})");
+        assert!(
+            got == want,
+            "sweep output differs from the oracle's ({streams:?})"
+        );
     }
 }
 
@@ -348,6 +369,17 @@ fn real_chains_every_prefix_reproduces_ground_truth() {
                 for j in i + 1..chain.len() {
                     let out = merged(&data[i..=j]);
                     assert_well_formed(&out);
+                    // Byte-identical to the extent-map planner, from memory and from streams.
+                    let sub = &data[i..=j];
+                    for streams in [vec![false; sub.len()], vec![true; sub.len()]] {
+                        let (got, want) = sweep_and_oracle(sub, &streams, &MergeOptions::default());
+                        assert!(
+                            got == want && got == out,
+                            "{}..{}",
+                            chain[i].rel,
+                            chain[j].rel
+                        );
+                    }
                     let img = apply_all(&start, &[&out]);
                     let truth = chain[j].expected();
                     assert_eq!(

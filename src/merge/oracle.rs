@@ -362,7 +362,6 @@ impl Plan {
     }
 }
 
-
 /// Merges `inputs` (in chain order) into `out` the way this crate did before the sweep:
 /// [`plan`] (the whole extent map), then [`Plan::write`]. A test oracle; streams are refused.
 ///
