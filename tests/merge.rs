@@ -1160,6 +1160,44 @@ fn stdin_input_and_stdout_output() {
     assert_eq!(r.status.code(), Some(2));
 }
 
+/// A stdin input is checked as it streams: one truncated after output began fails the merge
+/// (exit 2, the error names `-` and the record), and no output file is left.
+#[test]
+fn a_bad_stdin_input_found_late_leaves_no_output() {
+    let mib = 1u64 << 20;
+    let meta = |from: Option<&str>, to: &str| Metadata {
+        from_snap: from.map(|f| f.as_bytes().to_vec()),
+        to_snap: Some(to.as_bytes().to_vec()),
+        protected: None,
+        image_size: Some(64 * mib),
+    };
+    let mut w = DiffWriter::new(Vec::new(), Version::V1, &meta(None, "a")).unwrap();
+    w.write_data(0, &noise(1, 8 * mib as usize)).unwrap();
+    let a = w.finish().unwrap();
+    let mut w = DiffWriter::new(Vec::new(), Version::V1, &meta(Some("a"), "b")).unwrap();
+    for k in 0..6 {
+        w.write_data(k * 9 * mib, &noise(k + 2, mib as usize))
+            .unwrap();
+    }
+    let b = w.finish().unwrap();
+    let b = &b[..b.len() - mib as usize / 2];
+    let dir = tempfile::tempdir().unwrap();
+    let f = write_files(dir.path(), &[("a.diff", &a)]);
+    let out = dir.path().join("m.diff");
+    let mut child = Command::new(exe())
+        .args(["merge", &f[0], "-", "-o", out.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b).unwrap();
+    let r = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains('-') && err.contains("record"), "{err}");
+    assert_eq!(dir_entries(dir.path()), ["a.diff"]);
+}
+
 /// The `rbd merge-diff` results committed in testdata/real/*/rbd-merge: our N-way merge of the
 /// same span applies to the same image; and rbd merge-diff accepts our merged prefixes.
 #[test]
