@@ -583,7 +583,7 @@ fn image_stream_applies_every_embedded_diff() {
     let diffs = rep["diffs"].as_array().unwrap();
     assert_eq!(diffs.len(), 6);
     assert!(diffs.iter().all(|d| d["applied"] == true));
-    assert!(rep["snap"].is_null());
+    assert!(rep["to_snap"].is_null());
     assert_eq!(
         read_state(&state_path(&t)).unwrap().unwrap(),
         TargetState::At {

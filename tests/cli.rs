@@ -466,7 +466,7 @@ fn quiet_prints_nothing_but_errors_and_json() {
     let o = run(&["inspect", "-q", "--json", &p("a")]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v[0]["diffs"][0]["to_snap"], "a");
+    assert_eq!(v["files"][0]["diffs"][0]["to_snap"], "a");
 }
 
 #[test]
@@ -517,7 +517,7 @@ fn the_ceph16_p_length_warning_is_one_note() {
     check("inspect", &String::from_utf8_lossy(&o.stdout));
     let o = run(&[&["inspect", "--json"], &f[..]].concat());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    for r in v.as_array().unwrap() {
+    for r in v["files"].as_array().unwrap() {
         let w = &r["diffs"][0]["warnings"][0];
         assert_eq!(w["kind"]["kind"], "length_mismatch", "{r}");
     }

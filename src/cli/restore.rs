@@ -69,7 +69,7 @@ pub fn run(a: Args) -> Result<Status> {
                 r.image,
                 r.files.len(),
                 r.bytes_read,
-                r.apply.size,
+                r.apply.image_size,
                 if r.created { " (created)" } else { "" }
             )?;
             path_lines(out, &r.files, &r.passed_over, &r.warnings)
