@@ -157,8 +157,11 @@ pub fn expand_chain(args: &[String]) -> Result<Expanded> {
     Ok(x)
 }
 
-/// Start and end snapshot of a diff file, read from its header only.
-fn ends(path: &str) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+/// Start and end snapshot of a diff (`None`: a full diff, a diff to HEAD).
+type Ends = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// The [`Ends`] of a diff file, read from its header only.
+fn ends(path: &str) -> Result<Ends> {
     let input = Input::open(path)?;
     if input.kind() == Kind::Image {
         return Err(Error::invalid(
@@ -206,7 +209,7 @@ fn order(dir: &str, files: Vec<String>) -> Result<Vec<String>> {
 }
 
 /// The one order of `heads` (start, end) as a chain, when there is exactly one.
-fn chain_order(heads: &[(Option<Vec<u8>>, Option<Vec<u8>>)]) -> Option<Vec<usize>> {
+fn chain_order(heads: &[Ends]) -> Option<Vec<usize>> {
     let n = heads.len();
     if n == 0 {
         return None;
@@ -236,7 +239,7 @@ fn chain_order(heads: &[(Option<Vec<u8>>, Option<Vec<u8>>)]) -> Option<Vec<usize
 mod tests {
     use super::*;
 
-    fn h(from: Option<&str>, to: Option<&str>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    fn h(from: Option<&str>, to: Option<&str>) -> Ends {
         (from.map(|s| s.into()), to.map(|s| s.into()))
     }
 

@@ -34,7 +34,11 @@ fn ok(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     if args.contains(&"--json") {
-        serde_json::from_slice(&out.stdout).expect("json report")
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+        // The envelope of docs/json.md.
+        assert_eq!(v["schema"], "rbddiff/1", "{v}");
+        assert_eq!(v["command"], args[0], "{v}");
+        v
     } else {
         serde_json::Value::Null
     }
