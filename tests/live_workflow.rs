@@ -1,6 +1,6 @@
 //! Live: `rbddiff backup`, `restore` and `prune` against a real, throw-away Ceph cluster.
-//! One `#[test]` starts the cluster and runs every case (see tests/common/ceph.rs); without
-//! Ceph it passes with a note, unless `RBDDIFF_REQUIRE_CEPH=1`.
+//! One suite runs every case against one cluster (see tests/common/live.rs); without Ceph it
+//! is reported as ignored, or fails with `RBDDIFF_REQUIRE_CEPH=1`.
 
 mod common;
 
@@ -111,11 +111,11 @@ fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-#[test]
-fn live_workflow_suite() {
-    let Some(cluster) = Cluster::start() else {
-        return;
-    };
+fn main() {
+    common::live::main(&[("live_workflow_suite", live_workflow_suite)])
+}
+
+fn live_workflow_suite(cluster: std::sync::Arc<Cluster>) {
     let root = tempfile::tempdir().unwrap();
     let snaps = backup_restore_prune(&cluster, root.path(), false);
     backup_restore_prune(&cluster, root.path(), true);

@@ -10,5 +10,6 @@
 
 pub mod ceph;
 pub mod gen;
+pub mod live;
 pub mod manifest;
 pub mod model;
