@@ -497,7 +497,7 @@ fn apply_with_sums_refuses_damaged_input() {
 #[test]
 fn rbd_merged_diffs_apply_to_ground_truth() {
     if !common::ceph::rbd_available() {
-        eprintln!("rbd not installed: skipped");
+        common::skipped_without_rbd();
         return;
     }
     let dir = tempfile::tempdir().unwrap();

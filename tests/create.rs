@@ -175,7 +175,7 @@ fn real_states_round_trip_to_ground_truth() {
 #[test]
 fn rbd_merge_diff_accepts_created_diffs() {
     if !rbd_available() {
-        eprintln!("rbd not installed: skipped");
+        common::skipped_without_rbd();
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -42,7 +42,10 @@ fn states() -> Vec<Vec<u8>> {
 }
 
 fn main() {
-    common::live::main(&[("created_diffs_import_into_ceph", created_diffs_import_into_ceph)])
+    common::live::main(&[(
+        "created_diffs_import_into_ceph",
+        created_diffs_import_into_ceph,
+    )])
 }
 
 fn created_diffs_import_into_ceph(cluster: std::sync::Arc<Cluster>) {

@@ -977,14 +977,14 @@ fn full_file_system_is_found_before_writing() {
     match mounted {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
-            eprintln!(
-                "note: skipping, cannot mount a tmpfs: {}",
+            common::skipped(&format!(
+                "cannot mount a tmpfs: {}",
                 String::from_utf8_lossy(&o.stderr)
-            );
+            ));
             return;
         }
         Err(e) => {
-            eprintln!("note: skipping, no mount: {e}");
+            common::skipped(&format!("no mount: {e}"));
             return;
         }
     }

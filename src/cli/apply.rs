@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long)]
     create: bool,
     /// Apply even when the diff's start snapshot does not match the target.
-    #[arg(long)]
+    #[arg(short, long)]
     force: bool,
     /// Check each diff against its FILE.sums sidecar before writing anything.
     #[arg(long)]

@@ -36,7 +36,7 @@ pub struct CompressArgs {
           default_value_t = compress::DEFAULT_FRAME_TARGET)]
     frame_size: u64,
     /// Replace an existing output file.
-    #[arg(long)]
+    #[arg(short, long)]
     force: bool,
     /// Also write the checksum sidecar OUT.sums: sums of the uncompressed diff stream plus
     /// the archive's length and digest; `rbddiff verify` checks it.
@@ -59,7 +59,7 @@ pub struct DecompressArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Replace an existing output file.
-    #[arg(long)]
+    #[arg(short, long)]
     force: bool,
     /// Print statistics as JSON on stdout (on stderr when the output is stdout).
     #[arg(long)]

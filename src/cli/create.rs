@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(short, long)]
     output: String,
     /// Replace an existing output file.
-    #[arg(long)]
+    #[arg(short, long)]
     force: bool,
     /// Print the report as JSON (on stderr when the diff goes to stdout).
     #[arg(long)]

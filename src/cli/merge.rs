@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Format::V1)]
     format: Format,
     /// Replace the output file if it exists.
-    #[arg(long)]
+    #[arg(short, long)]
     force: bool,
     /// Do not check that each input starts at the snapshot the previous one ends at.
     #[arg(long)]

@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, value_name = "RAW|DEVICE", conflicts_with = "create")]
     to_file: Option<PathBuf>,
     /// With --to-file: overwrite a target that has no state file (see `rbddiff apply`).
-    #[arg(long, requires = "to_file")]
+    #[arg(short, long, requires = "to_file")]
     force: bool,
     /// With --to-file: the target's state sidecar (needed for a block device).
     #[arg(long, requires = "to_file", value_name = "PATH")]

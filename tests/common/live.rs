@@ -47,8 +47,10 @@ pub fn main(suites: &[Suite]) -> ! {
             Err(why) => {
                 let why = why.clone();
                 let required = ceph_required();
-                Trial::test(name, move || Err(Failed::from(format!("needs Ceph: {why}"))))
-                    .with_ignored_flag(!required)
+                Trial::test(name, move || {
+                    Err(Failed::from(format!("needs Ceph: {why}")))
+                })
+                .with_ignored_flag(!required)
             }
         })
         .collect();
