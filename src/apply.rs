@@ -153,12 +153,12 @@ pub struct ApplyStats {
 pub struct AppliedDiff {
     /// File name (`-` for stdin).
     pub file: String,
-    /// Start snapshot.
-    pub from: Option<String>,
-    /// End snapshot.
-    pub to: Option<String>,
+    /// Start snapshot (`None` for a full diff).
+    pub from_snap: Option<String>,
+    /// End snapshot (`None` for a diff to the image HEAD).
+    pub to_snap: Option<String>,
     /// Image size after it.
-    pub size: u64,
+    pub image_size: u64,
     /// False when skipped because the target already held its result.
     pub applied: bool,
     /// Counters.
@@ -176,10 +176,12 @@ pub struct ApplyReport {
     pub block_device: bool,
     /// Each diff of the chain.
     pub diffs: Vec<AppliedDiff>,
-    /// Snapshot the target now holds.
-    pub snap: Option<String>,
+    /// Snapshot the target now holds (the end snapshot of the chain; `None`: the image HEAD).
+    pub to_snap: Option<String>,
     /// Image size now.
-    pub size: u64,
+    pub image_size: u64,
+    /// Arguments and directory entries passed over (see [`crate::dirlist`]).
+    pub skipped: Vec<crate::dirlist::Skipped>,
 }
 
 /// Applies records to an open target. Used by [`apply_chain`] and by `verify --against`.
@@ -883,6 +885,19 @@ pub fn apply_chain(files: &[String], target: &Path, opts: &ApplyOptions) -> Resu
 /// # Errors
 /// As [`apply_chain`].
 pub fn apply_chain_with_progress(
+    paths: &[String],
+    target: &Path,
+    opts: &ApplyOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ApplyReport> {
+    // A directory stands for its diff files in chain order (see [`crate::dirlist`]).
+    let x = crate::dirlist::expand_chain(paths)?;
+    let mut report = apply_files(&x.files, target, opts, progress)?;
+    report.skipped = x.skipped;
+    Ok(report)
+}
+
+fn apply_files(
     files: &[String],
     target: &Path,
     opts: &ApplyOptions,
@@ -1092,9 +1107,9 @@ pub fn apply_chain_with_progress(
         .zip(&files)
         .map(|(m, f)| AppliedDiff {
             file: f.clone(),
-            from: name(&m.from_snap),
-            to: name(&m.to_snap),
-            size: m.image_size.unwrap_or(0),
+            from_snap: name(&m.from_snap),
+            to_snap: name(&m.to_snap),
+            image_size: m.image_size.unwrap_or(0),
             applied: false,
             stats: ApplyStats::default(),
         })
@@ -1107,20 +1122,21 @@ pub fn apply_chain_with_progress(
     };
     let Some(first) = report_diffs.get(start) else {
         // Nothing left to apply: the target already holds the end of the chain.
-        let size = report_diffs.last().map_or(0, |d| d.size);
-        let snap = report_diffs.last().and_then(|d| d.to.clone());
+        let size = report_diffs.last().map_or(0, |d| d.image_size);
+        let snap = report_diffs.last().and_then(|d| d.to_snap.clone());
         return Ok(ApplyReport {
             target: target.to_path_buf(),
             state_file: sp,
             block_device,
             diffs: report_diffs,
-            snap,
-            size,
+            to_snap: snap,
+            image_size: size,
+            skipped: Vec::new(),
         });
     };
     let largest = report_diffs[start..]
         .iter()
-        .map(|d| d.size)
+        .map(|d| d.image_size)
         .max()
         .unwrap_or(0);
     let file = match held {
@@ -1134,7 +1150,9 @@ pub fn apply_chain_with_progress(
             .seek(SeekFrom::End(0))
             .map_err(|e| Error::from(e).with_file(target))?;
         if largest > dev_size {
-            let d = report_diffs[start..].iter().find(|d| d.size > dev_size);
+            let d = report_diffs[start..]
+                .iter()
+                .find(|d| d.image_size > dev_size);
             return Err(Error::invalid(format!(
                 "block device is {dev_size} bytes, but {} needs an image of {largest} bytes; \
                  nothing was written",
@@ -1146,8 +1164,8 @@ pub fn apply_chain_with_progress(
     write_state(
         &sp,
         &TargetState::Applying {
-            from: first.from.clone(),
-            to: first.to.clone(),
+            from: first.from_snap.clone(),
+            to: first.to_snap.clone(),
             file: first.file.clone(),
             size: known_size,
         },
@@ -1166,8 +1184,8 @@ pub fn apply_chain_with_progress(
             write_state(
                 &sp,
                 &TargetState::Applying {
-                    from: d.from.clone(),
-                    to: d.to.clone(),
+                    from: d.from_snap.clone(),
+                    to: d.to_snap.clone(),
                     file: d.file.clone(),
                     size: ap.image_size(),
                 },
@@ -1197,22 +1215,25 @@ pub fn apply_chain_with_progress(
         write_state(
             &sp,
             &TargetState::At {
-                snap: d.to.clone(),
-                size: Some(d.size),
+                snap: d.to_snap.clone(),
+                size: Some(d.image_size),
             },
             target,
         )?;
     }
     tick.finish();
-    let last = report_diffs.last().map(|d| (d.to.clone(), d.size));
+    let last = report_diffs
+        .last()
+        .map(|d| (d.to_snap.clone(), d.image_size));
     let (snap, size) = last.unwrap_or((None, 0));
     Ok(ApplyReport {
         target: target.to_path_buf(),
         state_file: sp,
         block_device: ap.block_device,
         diffs: report_diffs,
-        snap,
-        size,
+        to_snap: snap,
+        image_size: size,
+        skipped: Vec::new(),
     })
 }
 

@@ -365,6 +365,130 @@ fn compressor(level: i32) -> Result<zstd::bulk::Compressor<'static>> {
     Ok(c)
 }
 
+/// One file compressed by [`compress_paths`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Compressed {
+    /// The input (`-` for stdin).
+    pub input: String,
+    /// The archive written (`-` for stdout).
+    pub output: String,
+    /// What was done.
+    #[serde(flatten)]
+    pub stats: Stats,
+}
+
+/// What [`compress_paths`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CompressReport {
+    /// The sums over every file.
+    #[serde(flatten)]
+    pub total: Stats,
+    /// Each input, in order.
+    pub files: Vec<Compressed>,
+    /// Arguments and directory entries passed over (see [`crate::dirlist`]), and inputs
+    /// already compressed.
+    pub skipped: Vec<crate::dirlist::Skipped>,
+}
+
+/// Compresses `inputs` into archives, committed atomically, each with its `.sums` sidecar
+/// when `sums`: one input (`-` for stdin) into `output` (`-` for stdout); several, or a
+/// directory (its diff files, see [`crate::dirlist`]), each into the directory `output` as
+/// `NAME.zst` (inputs already compressed are passed over).
+///
+/// # Errors
+/// As [`compress`]; `--sums` with stdout; several inputs and `output` no directory; an
+/// output exists (unless `force`) or is an input.
+pub fn compress_paths(
+    inputs: &[String],
+    output: &str,
+    force: bool,
+    sums: bool,
+    opts: &CompressOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<CompressReport> {
+    if sums && output == "-" {
+        return Err(Error::invalid(
+            "--sums needs an output file (a sidecar cannot follow stdout)",
+        ));
+    }
+    let x = crate::dirlist::expand(inputs)?;
+    let mut report = CompressReport {
+        skipped: x.skipped,
+        ..CompressReport::default()
+    };
+    if !x.dirs && x.files.len() == 1 {
+        let stats = compress_one(&x.files[0], output, force, sums, opts, progress)?;
+        report.total = stats;
+        report.files.push(Compressed {
+            input: x.files[0].clone(),
+            output: output.to_string(),
+            stats,
+        });
+        return Ok(report);
+    }
+    let dir = std::path::Path::new(output);
+    if output == "-" || !dir.is_dir() {
+        return Err(Error::invalid(
+            "several inputs (or a directory) are compressed into a directory: -o must name an              existing directory",
+        )
+        .with_file(output));
+    }
+    for f in x.files {
+        if f == "-" {
+            return Err(Error::invalid(
+                "stdin ('-') cannot be compressed beside other inputs: it has no name",
+            ));
+        }
+        let name = std::path::Path::new(&f)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.ends_with(".zst") {
+            report.skipped.push(crate::dirlist::Skipped {
+                file: f,
+                reason: "already compressed (.zst)".into(),
+            });
+            continue;
+        }
+        let out = dir
+            .join(format!("{name}.zst"))
+            .to_string_lossy()
+            .into_owned();
+        let stats = compress_one(&f, &out, force, sums, opts, progress)?;
+        report.total.diff_bytes += stats.diff_bytes;
+        report.total.compressed_bytes += stats.compressed_bytes;
+        report.total.frames += stats.frames;
+        report.total.records += stats.records;
+        report.files.push(Compressed {
+            input: f,
+            output: out,
+            stats,
+        });
+    }
+    Ok(report)
+}
+
+/// Compresses the file `input` into `output`, committed atomically, with its sidecar when
+/// `sums`.
+fn compress_one(
+    input: &str,
+    output: &str,
+    force: bool,
+    sums: bool,
+    opts: &CompressOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Stats> {
+    let inp = Input::open(input)?;
+    let mut out = crate::output::Output::create_for(output, force, &[std::path::Path::new(input)])?;
+    let watch = inp.watch();
+    let stats = watch.check(compress_with_progress(inp, &mut out, opts, progress))?;
+    out.commit()?;
+    if sums {
+        crate::sums::write_sums_for(std::path::Path::new(output))?;
+    }
+    Ok(stats)
+}
+
 /// Compresses a diff (v1, v2 or image stream; mapped or streamed) into a seekable, indexed
 /// zstd archive written to `out`. The input is validated while walking; an invalid diff is
 /// an error (and `out` must then be discarded).

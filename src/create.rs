@@ -64,14 +64,18 @@ impl Default for CreateOptions {
 /// What [`create_diff`] wrote.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CreateReport {
+    /// Start snapshot (`f`); `None` for a full diff.
+    pub from_snap: Option<String>,
+    /// End snapshot (`t`); `None` for a diff to the image HEAD.
+    pub to_snap: Option<String>,
     /// Image size (`s`).
-    pub size: u64,
+    pub image_size: u64,
     /// `w` records.
     pub writes: u64,
     /// `z` records.
     pub zeros: u64,
-    /// Payload bytes.
-    pub data_bytes: u64,
+    /// Payload bytes of `w` records.
+    pub write_bytes: u64,
     /// Bytes covered by `z` records.
     pub zero_bytes: u64,
     /// Length of the diff file.
@@ -164,7 +168,7 @@ impl<W: io::Write> Emitter<'_, W> {
         if !self.data.is_empty() {
             self.w.write_data(self.data_start, &self.data)?;
             self.report.writes += 1;
-            self.report.data_bytes += self.data.len() as u64;
+            self.report.write_bytes += self.data.len() as u64;
             self.data.clear();
         }
         Ok(())
@@ -276,7 +280,9 @@ pub fn create_diff_with_progress(
     let mut em = Emitter {
         w: &mut w,
         report: CreateReport {
-            size: nlen,
+            from_snap: opts.from_snap.clone(),
+            to_snap: opts.to_snap.clone(),
+            image_size: nlen,
             ..CreateReport::default()
         },
         max_record: opts.max_record,

@@ -115,6 +115,31 @@ pub enum ErrorKind {
     ChainBreak(String),
 }
 
+impl ErrorKind {
+    /// A stable one-word name of the kind, for JSON reports: `io`, `bad_banner`, `truncated`,
+    /// `missing_end`, `unknown_tag`, `name_too_long`, `extent_overflow`, `zero_length`,
+    /// `out_of_order`, `metadata_after_data`, `missing_size`, `extent_past_size`, `invalid`
+    /// or `chain_break`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ErrorKind::Io(_) => "io",
+            ErrorKind::BadBanner { .. } => "bad_banner",
+            ErrorKind::Truncated { .. } => "truncated",
+            ErrorKind::MissingEnd => "missing_end",
+            ErrorKind::UnknownTag(_) => "unknown_tag",
+            ErrorKind::NameTooLong { .. } => "name_too_long",
+            ErrorKind::ExtentOverflow { .. } => "extent_overflow",
+            ErrorKind::ZeroLength { .. } => "zero_length",
+            ErrorKind::OutOfOrder { .. } => "out_of_order",
+            ErrorKind::MetadataAfterData(_) => "metadata_after_data",
+            ErrorKind::MissingSize => "missing_size",
+            ErrorKind::ExtentPastSize { .. } => "extent_past_size",
+            ErrorKind::Invalid(_) => "invalid",
+            ErrorKind::ChainBreak(_) => "chain_break",
+        }
+    }
+}
+
 fn printable(b: u8) -> String {
     if b.is_ascii_graphic() {
         format!("'{}'", b as char)

@@ -125,6 +125,53 @@ impl Report {
     }
 }
 
+/// What `inspect` found in its arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Inspection {
+    /// One report per file, in argument order (a directory's diff files in name order).
+    pub files: Vec<Report>,
+    /// Arguments and directory entries passed over (see [`crate::dirlist`]).
+    pub skipped: Vec<crate::dirlist::Skipped>,
+}
+
+impl Inspection {
+    /// The first error found in a file, if any.
+    pub fn error(&self) -> Option<&str> {
+        self.files.iter().find_map(|r| r.error.as_deref())
+    }
+}
+
+/// Inspects every file of `paths` (`-` for stdin; a directory stands for its diff files, see
+/// [`crate::dirlist`]): a regular file through [`inspect_file`], anything else streamed.
+///
+/// # Errors
+/// A file or directory cannot be opened or read; nothing is left to inspect.
+pub fn inspect_paths(paths: &[String], with_records: bool) -> crate::Result<Inspection> {
+    let x = crate::dirlist::expand(paths)?;
+    if x.files.is_empty() {
+        return Err(Error::invalid(format!(
+            "no diff files to inspect{}",
+            if x.skipped.is_empty() {
+                ""
+            } else {
+                " (every argument was passed over)"
+            }
+        )));
+    }
+    let mut files = Vec::with_capacity(x.files.len());
+    for f in &x.files {
+        files.push(if f == "-" {
+            inspect_input(Input::open(f)?, with_records)
+        } else {
+            inspect_file(f, with_records)?
+        });
+    }
+    Ok(Inspection {
+        files,
+        skipped: x.skipped,
+    })
+}
+
 /// One record as `summarize` counts it.
 struct Seen {
     pos: u64,

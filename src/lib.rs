@@ -57,6 +57,7 @@ pub mod archive;
 mod check;
 pub mod compress;
 pub mod create;
+pub mod dirlist;
 pub mod dirlock;
 pub mod error;
 pub mod extent;

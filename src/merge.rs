@@ -201,17 +201,22 @@ pub struct MergeStats {
     pub inputs: usize,
     /// Sum of the input sizes in bytes.
     pub input_bytes: u64,
-    /// Bytes written (whole output stream).
+    /// Bytes written (whole diff stream, before any compression).
+    #[serde(rename = "diff_bytes")]
     pub bytes_written: u64,
-    /// `input_bytes - bytes_written` (negative if the output is larger).
+    /// `input_bytes - diff_bytes` (negative if the output is larger).
     pub bytes_saved: i64,
     /// Data records written (`w` + `z`).
+    #[serde(rename = "data_records")]
     pub records: u64,
     /// `w` records written.
+    #[serde(rename = "writes")]
     pub write_records: u64,
     /// `z` records written.
+    #[serde(rename = "zeros")]
     pub zero_records: u64,
     /// Payload bytes written.
+    #[serde(rename = "write_bytes")]
     pub data_bytes: u64,
     /// Bytes covered by `z` records.
     pub zero_bytes: u64,
@@ -229,6 +234,8 @@ pub struct MergeStats {
     /// zstd frames decompressed from indexed archive inputs to copy payloads (only those
     /// holding surviving payloads; the index check of [`open_input`] is not counted).
     pub frames_decompressed: u64,
+    /// Arguments and directory entries passed over (see [`crate::dirlist`]).
+    pub skipped: Vec<crate::dirlist::Skipped>,
 }
 
 /// A warning found in one input of a merge.
@@ -1171,6 +1178,24 @@ pub fn merge_files(
 /// # Errors
 /// As [`merge_files`] and [`crate::compress::compress_stream`].
 pub fn merge_files_to(
+    paths: &[String],
+    out: &str,
+    force: bool,
+    opts: &MergeOptions,
+    compress: Option<&crate::compress::CompressOptions>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<MergeStats> {
+    // A directory stands for its diff files in chain order (see [`crate::dirlist`]).
+    let x = crate::dirlist::expand_chain(paths)?;
+    if x.files.is_empty() {
+        return Err(Error::invalid("no diff files to merge"));
+    }
+    let mut stats = merge_paths(&x.files, out, force, opts, compress, progress)?;
+    stats.skipped = x.skipped;
+    Ok(stats)
+}
+
+fn merge_paths(
     paths: &[String],
     out: &str,
     force: bool,

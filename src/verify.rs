@@ -120,12 +120,12 @@ pub struct FileInfo {
     pub file: String,
     /// `diff v1`, `diff v2`, `image v2`, ...
     pub kind: String,
-    /// Start snapshot.
-    pub from: Option<String>,
-    /// End snapshot.
-    pub to: Option<String>,
+    /// Start snapshot (`None` for a full diff).
+    pub from_snap: Option<String>,
+    /// End snapshot (`None` for a diff to the image HEAD).
+    pub to_snap: Option<String>,
     /// Image size.
-    pub size: Option<u64>,
+    pub image_size: Option<u64>,
     /// True when the structure is valid.
     pub valid: bool,
     /// `ok`, `mismatch`, `absent`, `written`, `damaged` or `skipped` (streams).
@@ -143,6 +143,10 @@ pub struct VerifyReport {
     pub findings: Vec<Finding>,
     /// First differing image offset found by `against` (None when identical or not run).
     pub first_difference: Option<u64>,
+    /// Arguments and directory entries that are no diff, passed over (see
+    /// [`crate::dirlist`]): rbddiff's own files named as arguments, unrelated files of a
+    /// directory.
+    pub skipped: Vec<crate::dirlist::Skipped>,
 }
 
 impl VerifyReport {
@@ -170,41 +174,6 @@ fn problem(check: &'static str, file: &str, e: &Error) -> Finding {
 
 fn name(n: &Option<Vec<u8>>) -> Option<String> {
     n.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
-}
-
-/// Expands directories into their diff files (hidden files, `.sums` and state sidecars, and
-/// files superseded by a half-done prune ([`crate::journal`]) skipped), returning the list and whether a directory was given.
-fn expand(paths: &[String]) -> Result<(Vec<String>, bool)> {
-    let mut out = Vec::new();
-    let mut dir = false;
-    for p in paths {
-        let path = Path::new(p);
-        if p != "-" && path.is_dir() {
-            dir = true;
-            // Files a half-done prune has replaced are not part of the chain.
-            let gone = crate::journal::superseded(path)?;
-            let mut v: Vec<String> = std::fs::read_dir(path)
-                .map_err(|e| Error::from(e).with_file(path))?
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-                .map(|e| e.path())
-                .filter(|p| {
-                    let n = p.file_name().map(|n| n.to_string_lossy().into_owned());
-                    let n = n.unwrap_or_default();
-                    !n.starts_with('.')
-                        && !n.ends_with(".sums")
-                        && !n.ends_with(".rbddiff-state")
-                        && !gone.contains(&n)
-                })
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect();
-            v.sort();
-            out.extend(v);
-        } else {
-            out.push(p.clone());
-        }
-    }
-    Ok((out, dir))
 }
 
 /// The structure findings of one file, with at most [`MAX_WARNINGS`] notes kept (an image
@@ -338,9 +307,9 @@ fn check_opened(
             Kind::Unknown => "unknown",
         }
         .to_string(),
-        from: None,
-        to: None,
-        size: None,
+        from_snap: None,
+        to_snap: None,
+        image_size: None,
         valid: false,
         sums: "skipped",
     };
@@ -416,9 +385,9 @@ fn check_opened(
         info.valid = !findings.iter().any(|f| f.severity == Severity::Problem);
     }
     if let Some(m) = &meta {
-        info.from = name(&m.from_snap);
-        info.to = name(&m.to_snap);
-        info.size = m.image_size;
+        info.from_snap = name(&m.from_snap);
+        info.to_snap = name(&m.to_snap);
+        info.image_size = m.image_size;
     }
     if path != "-" {
         let p = Path::new(path);
@@ -571,21 +540,21 @@ fn chain_order(v: Vec<Checked>) -> Vec<Checked> {
     let mut left = v;
     let mut out: Vec<Checked> = Vec::with_capacity(left.len());
     while !left.is_empty() {
-        let next = match out.last().and_then(|c| c.info.to.clone()) {
+        let next = match out.last().and_then(|c| c.info.to_snap.clone()) {
             Some(to) => left
                 .iter()
-                .position(|c| c.info.from.as_deref() == Some(to.as_str())),
+                .position(|c| c.info.from_snap.as_deref() == Some(to.as_str())),
             None => None,
         };
         let i = next.unwrap_or_else(|| {
             // A start: a full diff, else a diff whose start no remaining diff ends at.
             left.iter()
-                .position(|c| c.info.from.is_none() && c.meta.is_some())
+                .position(|c| c.info.from_snap.is_none() && c.meta.is_some())
                 .or_else(|| {
                     left.iter().position(|c| {
                         !left
                             .iter()
-                            .any(|o| o.info.to.is_some() && o.info.to == c.info.from)
+                            .any(|o| o.info.to_snap.is_some() && o.info.to_snap == c.info.from_snap)
                     })
                 })
                 .unwrap_or(0)
@@ -641,7 +610,7 @@ fn graph_findings(files: &[Checked], healthy: &[bool], full: bool) -> Vec<Findin
                 .count();
         let (group, ok) = (&files[start..end], &healthy[start..end]);
         start = end;
-        let is_full = |c: &Checked| c.meta.is_some() && c.info.from.is_none();
+        let is_full = |c: &Checked| c.meta.is_some() && c.info.from_snap.is_none();
         let mut reached: Vec<String> = Vec::new();
         if !group.iter().any(is_full) {
             if full {
@@ -649,7 +618,7 @@ fn graph_findings(files: &[Checked], healthy: &[bool], full: bool) -> Vec<Findin
                     &group[0].info.file,
                     "the chain does not start with a full diff (none of these files is one)".into(),
                 ));
-            } else if let Some(f) = &group[0].info.from {
+            } else if let Some(f) = &group[0].info.from_snap {
                 // A chain that starts with an incremental (restored onto its start).
                 reached.push(f.clone());
             }
@@ -657,8 +626,12 @@ fn graph_findings(files: &[Checked], healthy: &[bool], full: bool) -> Vec<Findin
         loop {
             let before = reached.len();
             for (c, &h) in group.iter().zip(ok) {
-                let from_ok = c.info.from.as_ref().map_or(true, |f| reached.contains(f));
-                if let (true, true, Some(to)) = (h, from_ok, &c.info.to) {
+                let from_ok = c
+                    .info
+                    .from_snap
+                    .as_ref()
+                    .map_or(true, |f| reached.contains(f));
+                if let (true, true, Some(to)) = (h, from_ok, &c.info.to_snap) {
                     if !reached.contains(to) {
                         reached.push(to.clone());
                     }
@@ -677,7 +650,7 @@ fn graph_findings(files: &[Checked], healthy: &[bool], full: bool) -> Vec<Findin
             .collect();
         let more = if reached.len() > 5 { "…, " } else { "" };
         for c in group.iter().filter(|c| c.meta.is_some()) {
-            if let Some(f) = c.info.from.as_ref().filter(|f| !reached.contains(*f)) {
+            if let Some(f) = c.info.from_snap.as_ref().filter(|f| !reached.contains(*f)) {
                 let reach = if reached.is_empty() {
                     "none".to_string()
                 } else {
@@ -713,7 +686,7 @@ fn chain_findings(files: &[Checked], full: bool) -> Vec<Finding> {
     let mut out = Vec::new();
     if full {
         if let Some(f) = files.first() {
-            if f.info.from.is_some() || f.meta.is_none() {
+            if f.info.from_snap.is_some() || f.meta.is_none() {
                 out.push(chain_problem(
                     &f.info.file,
                     "the chain does not start with a full diff (it has a start snapshot)".into(),
@@ -726,7 +699,7 @@ fn chain_findings(files: &[Checked], full: bool) -> Vec<Finding> {
         if a.meta.is_none() || b.meta.is_none() {
             continue;
         }
-        let ok = b.info.from.is_some() && a.info.to == b.info.from;
+        let ok = b.info.from_snap.is_some() && a.info.to_snap == b.info.from_snap;
         if !ok {
             let show = |s: &Option<String>| {
                 s.as_ref()
@@ -739,9 +712,9 @@ fn chain_findings(files: &[Checked], full: bool) -> Vec<Finding> {
                 format!(
                     "broken link: {} ends at {} but {} starts at {}",
                     a.info.file,
-                    show(&a.info.to),
+                    show(&a.info.to_snap),
                     b.info.file,
-                    show(&b.info.from)
+                    show(&b.info.from_snap)
                 ),
             ));
             break;
@@ -776,14 +749,30 @@ pub fn verify_with_progress(
         .filter(|p| *p != "-" && Path::new(p).is_dir())
         .map(|p| crate::dirlock::lock(Path::new(p), opts.write_sums))
         .collect::<Result<Vec<_>>>()?;
-    let (files, dir) = expand(paths)?;
+    let crate::dirlist::Expanded {
+        files,
+        skipped,
+        dirs: dir,
+    } = crate::dirlist::expand(paths)?;
     if opts.against.is_some() && files.iter().any(|f| f == "-") {
         return Err(Error::invalid(
             "--against needs diff files (stdin can only be read once)",
         ));
     }
     if files.is_empty() {
-        return Err(Error::invalid("no files to verify"));
+        return Err(Error::invalid(if skipped.is_empty() {
+            "no files to verify".to_string()
+        } else {
+            format!(
+                "no files to verify ({} passed over: {})",
+                skipped.len(),
+                skipped
+                    .iter()
+                    .map(|s| s.file.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }));
     }
     let total = if files.iter().any(|f| f == "-") {
         0
@@ -806,6 +795,7 @@ pub fn verify_with_progress(
     let healthy: Vec<bool> = checked.iter().map(healthy).collect();
     let mut report = VerifyReport {
         chain,
+        skipped,
         ..VerifyReport::default()
     };
     for c in &mut checked {
@@ -820,7 +810,7 @@ pub fn verify_with_progress(
     }
     // A directory that is no single chain has no one image to compare.
     let linear = !graph || {
-        let mut ends: Vec<&Option<String>> = checked.iter().map(|c| &c.info.to).collect();
+        let mut ends: Vec<&Option<String>> = checked.iter().map(|c| &c.info.to_snap).collect();
         ends.sort();
         ends.dedup();
         ends.len() == checked.len()
@@ -828,7 +818,11 @@ pub fn verify_with_progress(
                 .iter()
                 .map(group_of)
                 .all(|g| g == group_of(&checked[0]))
-            && checked.iter().filter(|c| c.info.from.is_none()).count() <= 1
+            && checked
+                .iter()
+                .filter(|c| c.info.from_snap.is_none())
+                .count()
+                <= 1
     };
     if let Some(raw) = &opts.against {
         let not_compared = |why: &str| Finding {

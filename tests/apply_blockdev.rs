@@ -46,14 +46,14 @@ impl Loop {
                 })
             }
             Ok(o) => {
-                eprintln!(
-                    "note: skipping block-device test, losetup failed: {}",
+                common::skipped(&format!(
+                    "losetup failed: {}",
                     String::from_utf8_lossy(&o.stderr).trim()
-                );
+                ));
                 None
             }
             Err(e) => {
-                eprintln!("note: skipping block-device test, no losetup: {e}");
+                common::skipped(&format!("no losetup: {e}"));
                 None
             }
         }

@@ -190,7 +190,11 @@ fn binary_output_to_a_terminal_is_refused() {
     ];
     for args in cases {
         let Some((code, shown)) = on_terminal(&args) else {
-            eprintln!("skipped: no `script` to give the command a terminal");
+            // On the real stderr: seen even though the test passes.
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                b"SKIPPED: no `script` to give the command a terminal\n",
+            );
             return;
         };
         assert_eq!(code, 2, "{args:?}: {shown}");
@@ -466,7 +470,7 @@ fn quiet_prints_nothing_but_errors_and_json() {
     let o = run(&["inspect", "-q", "--json", &p("a")]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v[0]["diffs"][0]["to_snap"], "a");
+    assert_eq!(v["files"][0]["diffs"][0]["to_snap"], "a");
 }
 
 #[test]
@@ -517,7 +521,7 @@ fn the_ceph16_p_length_warning_is_one_note() {
     check("inspect", &String::from_utf8_lossy(&o.stdout));
     let o = run(&[&["inspect", "--json"], &f[..]].concat());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    for r in v.as_array().unwrap() {
+    for r in v["files"].as_array().unwrap() {
         let w = &r["diffs"][0]["warnings"][0];
         assert_eq!(w["kind"]["kind"], "length_mismatch", "{r}");
     }
@@ -573,5 +577,48 @@ fn no_snapshot_is_spelled_the_same_everywhere() {
     );
     for text in [e, out.into_owned()] {
         assert!(!text.contains("none") && !text.contains(" - "), "{text}");
+    }
+}
+
+/// `-f` is short for `--force` wherever `--force` replaces an existing output.
+#[test]
+fn dash_f_replaces_an_output() {
+    let real = |n: &str| format!("{}/testdata/real/img64k/{n}", env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let (a, b) = (real("full_v1.diff"), real("v1_v2.diff"));
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "merge".into(),
+            a.clone(),
+            b.clone(),
+            "-o".into(),
+            d("m.diff"),
+        ],
+        vec!["compress".into(), a.clone(), "-o".into(), d("a.zst")],
+        vec!["decompress".into(), d("a.zst"), "-o".into(), d("a.diff")],
+        vec![
+            "apply".into(),
+            a.clone(),
+            "--to".into(),
+            d("raw"),
+            "--create".into(),
+        ],
+        vec![
+            "create".into(),
+            "--from".into(),
+            d("raw"),
+            "-o".into(),
+            d("c.diff"),
+        ],
+    ];
+    for args in cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert!(run(&a).status.success(), "{a:?}");
+        if a[0] != "apply" {
+            assert_eq!(run(&a).status.code(), Some(2), "{a:?} replaced its output");
+        }
+        let o = run(&[&a[..], &["-f"]].concat());
+        assert!(o.status.success(), "{a:?} -f: {}", stderr(&o));
     }
 }

@@ -28,14 +28,18 @@ fn rbddiff(args: &[&str], stdin: Option<&[u8]>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// The per-file reports of `inspect --json` (its `files`), after checking the envelope.
 fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "not JSON ({e}): {}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
-    })
+    });
+    assert_eq!(v["schema"], "rbddiff/1", "{v}");
+    assert_eq!(v["command"], "inspect", "{v}");
+    v["files"].clone()
 }
 
 fn p(path: &Path) -> &str {
@@ -213,6 +217,10 @@ fn exit_codes() {
         .as_str()
         .unwrap()
         .contains("overlap.diff: byte "));
+    // Under --json the error is in the document only; without, on stderr too.
+    assert!(out.stderr.is_empty(), "{out:?}");
+    let out = rbddiff(&["inspect", p(&good), p(&bad)], None);
+    assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.starts_with("rbddiff: "), "{stderr}");
     // A missing file.

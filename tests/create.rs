@@ -123,7 +123,7 @@ fn holes_are_skipped() {
     let out = dir.path().join("d");
     let r = create_diff(&p, &s(&out), &opts(None, 4096, 4 << 20)).unwrap();
     assert_eq!(r.writes, 2);
-    assert_eq!(r.data_bytes, 8192);
+    assert_eq!(r.write_bytes, 8192);
     assert!(fs::metadata(&out).unwrap().len() < 9000);
     let t = dir.path().join("t");
     apply_chain(
@@ -175,7 +175,7 @@ fn real_states_round_trip_to_ground_truth() {
 #[test]
 fn rbd_merge_diff_accepts_created_diffs() {
     if !rbd_available() {
-        eprintln!("rbd not installed: skipped");
+        common::skipped_without_rbd();
         return;
     }
     let dir = tempfile::tempdir().unwrap();

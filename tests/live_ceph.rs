@@ -1,8 +1,8 @@
 //! Live tests against a real, throw-away Ceph cluster (tests/harness/).
 //!
-//! Everything runs inside ONE `#[test]` so that the cluster is started once
-//! and stopped before this test binary exits. Without ceph-mon/ceph-osd the
-//! test prints a note and passes, unless `RBDDIFF_REQUIRE_CEPH=1` (CI).
+//! Everything runs inside ONE suite (tests/common/live.rs) so that the cluster is started
+//! once and stopped before this test binary exits. Without ceph-mon/ceph-osd the suite is
+//! reported as ignored, or fails with `RBDDIFF_REQUIRE_CEPH=1` (CI).
 //!
 //! Later suites (diffs written by our own merge / apply / convert code,
 //! imported into the cluster and compared with the ground truth) add their
@@ -14,11 +14,11 @@ use common::ceph::{rbd_merge_diff, Cluster};
 use common::manifest::{self, DiffFile};
 use std::time::Instant;
 
-#[test]
-fn live_ceph_suite() {
-    let Some(cluster) = Cluster::start() else {
-        return;
-    };
+fn main() {
+    common::live::main(&[("live_ceph_suite", live_ceph_suite)])
+}
+
+fn live_ceph_suite(cluster: std::sync::Arc<Cluster>) {
     let t0 = Instant::now();
 
     for chains in manifest::chains() {

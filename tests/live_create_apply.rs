@@ -1,6 +1,6 @@
 //! Live: diffs built by `rbddiff create` are accepted by real `rbd import-diff`, and the
 //! image Ceph exports equals both the source raw image and what `rbddiff apply` produces.
-//! Passes with a note when no Ceph daemons are installed (see tests/common/ceph.rs).
+//! Reported as ignored when no Ceph daemons are installed (see tests/common/live.rs).
 
 mod common;
 use common::gen::path_str as s;
@@ -41,11 +41,14 @@ fn states() -> Vec<Vec<u8>> {
     vec![a, b, c]
 }
 
-#[test]
-fn created_diffs_import_into_ceph() {
-    let Some(cluster) = Cluster::start() else {
-        return;
-    };
+fn main() {
+    common::live::main(&[(
+        "created_diffs_import_into_ceph",
+        created_diffs_import_into_ceph,
+    )])
+}
+
+fn created_diffs_import_into_ceph(cluster: std::sync::Arc<Cluster>) {
     let dir = tempfile::tempdir().unwrap();
     let image = cluster.create_image("created", 1);
     let target = dir.path().join("target.img");

@@ -1,6 +1,6 @@
 //! Live: `rbddiff backup`, `restore` and `prune` against a real, throw-away Ceph cluster.
-//! One `#[test]` starts the cluster and runs every case (see tests/common/ceph.rs); without
-//! Ceph it passes with a note, unless `RBDDIFF_REQUIRE_CEPH=1`.
+//! One suite runs every case against one cluster (see tests/common/live.rs); without Ceph it
+//! is reported as ignored, or fails with `RBDDIFF_REQUIRE_CEPH=1`.
 
 mod common;
 
@@ -34,7 +34,11 @@ fn ok(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     if args.contains(&"--json") {
-        serde_json::from_slice(&out.stdout).expect("json report")
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+        // The envelope of docs/json.md.
+        assert_eq!(v["schema"], "rbddiff/1", "{v}");
+        assert_eq!(v["command"], args[0], "{v}");
+        v
     } else {
         serde_json::Value::Null
     }
@@ -107,11 +111,11 @@ fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-#[test]
-fn live_workflow_suite() {
-    let Some(cluster) = Cluster::start() else {
-        return;
-    };
+fn main() {
+    common::live::main(&[("live_workflow_suite", live_workflow_suite)])
+}
+
+fn live_workflow_suite(cluster: std::sync::Arc<Cluster>) {
     let root = tempfile::tempdir().unwrap();
     let snaps = backup_restore_prune(&cluster, root.path(), false);
     backup_restore_prune(&cluster, root.path(), true);

@@ -418,7 +418,7 @@ fn real_chain_through_the_cli() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let stats: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     let bytes = fs::read(&out).unwrap();
-    assert_eq!(stats["bytes_written"].as_u64(), Some(bytes.len() as u64));
+    assert_eq!(stats["diff_bytes"].as_u64(), Some(bytes.len() as u64));
     assert_eq!(stats["inputs"].as_u64(), Some(c.v1.len() as u64));
     let input_bytes: u64 = c.v1.iter().map(|d| d.read().len() as u64).sum();
     assert_eq!(stats["input_bytes"].as_u64(), Some(input_bytes));
@@ -1099,14 +1099,14 @@ fn full_file_system_is_found_before_writing() {
     match mounted {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
-            eprintln!(
-                "note: skipping, cannot mount a tmpfs: {}",
+            common::skipped(&format!(
+                "cannot mount a tmpfs: {}",
                 String::from_utf8_lossy(&o.stderr)
-            );
+            ));
             return;
         }
         Err(e) => {
-            eprintln!("note: skipping, no mount: {e}");
+            common::skipped(&format!("no mount: {e}"));
             return;
         }
     }

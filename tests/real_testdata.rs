@@ -78,7 +78,7 @@ fn rbd_merge_diff_reproduces_committed_merges() {
             !common::ceph::ceph_required(),
             "RBDDIFF_REQUIRE_CEPH=1 but rbd is not installed"
         );
-        eprintln!("note: rbd not installed, merge-diff reference check skipped");
+        common::skipped("rbd is not installed: no merge-diff reference check");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -144,7 +144,7 @@ fn directory_chain_and_first_broken_link() {
     };
     let r = verify(&[s(dir.path())], &opts).unwrap();
     assert!(r.ok() && r.chain, "{:?}", r.findings);
-    let order: Vec<_> = r.files.iter().map(|f| f.to.clone()).collect();
+    let order: Vec<_> = r.files.iter().map(|f| f.to_snap.clone()).collect();
     assert_eq!(order.first().unwrap().as_deref(), Some("v1"));
     // Remove v2_v3: the link v1_v2 -> v3_v4 is broken and named.
     fs::remove_file(dir.path().join("v2_v3.diff")).unwrap();

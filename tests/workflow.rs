@@ -731,7 +731,7 @@ fn backup_into_an_unwritable_directory_makes_no_snapshot() {
             drop(rbddiff::dirlock::lock(&dir, true).unwrap());
         }
         let Some(out) = run_in_read_only(&dir, &bin, &["backup", "rbd/vm", &s(&dir)]) else {
-            eprintln!("SKIPPED: no way to make a directory read-only here");
+            common::skipped("no way to make a directory read-only here");
             return;
         };
         let err = String::from_utf8_lossy(&out.stderr);

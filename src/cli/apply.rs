@@ -16,7 +16,8 @@ use super::Status;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Diff files, in chain order (`-` for stdin; zstd-compressed files are decompressed on the
-    /// fly). An `rbd export --export-format 2` image stream counts as its diffs in order.
+    /// fly), or directories: a directory stands for its diff files, ordered by their headers
+    /// into a chain. An `rbd export --export-format 2` image stream counts as its diffs in order.
     #[arg(required = true)]
     files: Vec<String>,
     /// Raw image file or block device to apply to.
@@ -26,7 +27,7 @@ pub struct Args {
     #[arg(long)]
     create: bool,
     /// Apply even when the diff's start snapshot does not match the target.
-    #[arg(long)]
+    #[arg(short, long)]
     force: bool,
     /// Check each diff against its FILE.sums sidecar before writing anything.
     #[arg(long)]
@@ -48,6 +49,7 @@ pub fn run(a: Args) -> Result<Status> {
     };
     let r = super::with_progress(|p| apply_chain_with_progress(&a.files, &a.to, &opts, p));
     let r = r?;
+    super::note_skipped(&r.skipped)?;
     super::print_report(a.json, &r, |out| {
         for d in &r.diffs {
             let show = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
@@ -56,11 +58,11 @@ pub fn run(a: Args) -> Result<Status> {
                     out,
                     "applied {} ({} -> {}): {} written, {} zeroed, size {}",
                     d.file,
-                    show(&d.from),
-                    show(&d.to),
+                    show(&d.from_snap),
+                    show(&d.to_snap),
                     Bytes(d.stats.bytes_written),
                     Bytes(d.stats.bytes_zeroed),
-                    Bytes(d.size)
+                    Bytes(d.image_size)
                 )?;
             } else {
                 writeln!(out, "skipped {} (target already past it)", d.file)?;
@@ -70,10 +72,10 @@ pub fn run(a: Args) -> Result<Status> {
             out,
             "{} now holds {} ({})",
             r.target.display(),
-            r.snap
+            r.to_snap
                 .clone()
                 .map_or("the image HEAD".into(), |s| format!("snapshot '{s}'")),
-            Bytes(r.size)
+            Bytes(r.image_size)
         )?;
         Ok(())
     })?;

@@ -1,13 +1,12 @@
 //! `rbddiff compress` and `rbddiff decompress`.
 
-use std::io;
 use std::path::Path;
 
-use rbddiff::compress::{self, CompressOptions, Stats};
+use rbddiff::compress::{self, CompressOptions};
 use rbddiff::input::Input;
 use rbddiff::output::Output;
 use rbddiff::size::parse_size;
-use rbddiff::{Error, Result};
+use rbddiff::Result;
 
 use super::Status;
 
@@ -18,9 +17,11 @@ use super::Status;
 /// every rbddiff command reads the archive directly.
 #[derive(clap::Args, Debug)]
 pub struct CompressArgs {
-    /// Diff or image stream (`-` for stdin; may itself be zstd-compressed).
-    input: String,
-    /// Output archive (`-` for stdout).
+    /// Diff or image stream (`-` for stdin; may itself be zstd-compressed); or several, or
+    /// directories (their diff files), each compressed into the directory OUTPUT as NAME.zst.
+    #[arg(required = true)]
+    inputs: Vec<String>,
+    /// Output archive (`-` for stdout), or the directory for several inputs.
     #[arg(short, long)]
     output: String,
     /// zstd compression level.
@@ -35,7 +36,7 @@ pub struct CompressArgs {
           default_value_t = compress::DEFAULT_FRAME_TARGET)]
     frame_size: u64,
     /// Replace an existing output file.
-    #[arg(long)]
+    #[arg(short, long)]
     force: bool,
     /// Also write the checksum sidecar OUT.sums: sums of the uncompressed diff stream plus
     /// the archive's length and digest; `rbddiff verify` checks it.
@@ -58,45 +59,24 @@ pub struct DecompressArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Replace an existing output file.
-    #[arg(long)]
+    #[arg(short, long)]
     force: bool,
     /// Print statistics as JSON on stdout (on stderr when the output is stdout).
     #[arg(long)]
     json: bool,
 }
 
-/// Prints the statistics as JSON when asked: on stdout, or on stderr when the data goes there.
-fn report(s: &Stats, json: bool, to_stdout: bool) -> Result<()> {
-    if json && to_stdout {
-        super::write_json(&mut io::stderr().lock(), s)?;
-    } else if json {
-        super::write_json(&mut io::stdout().lock(), s)?;
-    }
-    Ok(())
-}
-
 pub fn run_compress(a: CompressArgs) -> Result<Status> {
-    if a.sums && a.output == "-" {
-        return Err(Error::invalid(
-            "--sums needs an output file (a sidecar cannot follow stdout)",
-        ));
-    }
-    let input = Input::open(&a.input)?;
-    let mut out = Output::create_for(&a.output, a.force, &[Path::new(&a.input)])?;
     let opts = CompressOptions {
         level: a.level,
         threads: a.threads.unwrap_or_else(compress::default_threads),
         frame_target: a.frame_size,
     };
-    let watch = input.watch();
-    let stats =
-        super::with_progress(|p| compress::compress_with_progress(input, &mut out, &opts, p));
-    let stats = watch.check(stats)?;
-    out.commit()?;
-    if a.sums {
-        rbddiff::sums::write_sums_for(Path::new(&a.output))?;
-    }
-    report(&stats, a.json, a.output == "-")?;
+    let r = super::with_progress(|p| {
+        compress::compress_paths(&a.inputs, &a.output, a.force, a.sums, &opts, p)
+    })?;
+    super::note_skipped(&r.skipped)?;
+    super::print_report(a.json, &r, |_| Ok(()))?;
     Ok(Status::Ok)
 }
 
@@ -117,6 +97,6 @@ pub fn run_decompress(a: DecompressArgs) -> Result<Status> {
         }
     })?;
     out.commit()?;
-    report(&stats, a.json, a.output == "-")?;
+    super::print_report(a.json, &stats, |_| Ok(()))?;
     Ok(Status::Ok)
 }

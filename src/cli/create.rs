@@ -1,6 +1,5 @@
 //! `rbddiff create`.
 
-use std::io::{self, Write};
 use std::path::PathBuf;
 
 use rbddiff::create::{
@@ -38,7 +37,7 @@ pub struct Args {
     #[arg(short, long)]
     output: String,
     /// Replace an existing output file.
-    #[arg(long)]
+    #[arg(short, long)]
     force: bool,
     /// Print the report as JSON (on stderr when the diff goes to stdout).
     #[arg(long)]
@@ -56,26 +55,22 @@ pub fn run(a: Args) -> Result<Status> {
     };
     let r = super::with_progress(|p| create_diff_with_progress(&a.from, &a.output, &opts, p));
     let r = r?;
-    let mut out: Box<dyn Write> = if a.output == "-" {
-        Box::new(io::stderr())
-    } else {
-        Box::new(io::stdout())
-    };
-    if a.json {
-        super::write_json(&mut out, &r)?;
-    } else if a.output != "-" && !super::quiet() {
+    // With the diff on stdout, the human report is left out (a JSON one goes to stderr).
+    let output = &a.output;
+    super::print_report(a.json, &r, |out| {
+        if output == "-" {
+            return Ok(());
+        }
         writeln!(
             out,
-            "{}: size {}, {} data records ({}), {} zero records ({}), {} written",
-            a.output,
-            Bytes(r.size),
+            "{output}: size {}, {} data records ({}), {} zero records ({}), {} written",
+            Bytes(r.image_size),
             r.writes,
-            Bytes(r.data_bytes),
+            Bytes(r.write_bytes),
             r.zeros,
             Bytes(r.zero_bytes),
             Bytes(r.diff_bytes)
-        )?;
-    }
-    out.flush()?;
+        )
+    })?;
     Ok(Status::Ok)
 }

@@ -1,7 +1,6 @@
 //! `rbddiff inspect`.
 
-use rbddiff::input::Input;
-use rbddiff::inspect::{inspect_file, inspect_input, render_reports};
+use rbddiff::inspect::{inspect_paths, render_reports};
 use rbddiff::{Error, Result};
 
 use super::Status;
@@ -12,32 +11,23 @@ use super::Status;
 /// read before the problem). Payloads are never read from a file, so this is fast.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Diff files (`-` for stdin).
+    /// Diff files or directories (`-` for stdin; a directory stands for its diff files).
     #[arg(required = true)]
     files: Vec<String>,
     /// List every record with its byte position.
     #[arg(long)]
     records: bool,
-    /// Print one JSON document (an array with one report per file).
+    /// Print one JSON document (a report per file under `files`; see docs/json.md).
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(a: Args) -> Result<Status> {
-    let mut reports = Vec::new();
-    for f in &a.files {
-        // A regular file is walked head by head (payloads seeked over); stdin and pipes
-        // are streamed.
-        let report = if f == "-" {
-            inspect_input(Input::open(f)?, a.records)
-        } else {
-            inspect_file(f, a.records)?
-        };
-        reports.push(report);
-    }
-    super::print_report(a.json, &reports, |out| render_reports(&reports, out))?;
-    match reports.iter().find_map(|r| r.error.clone()) {
-        Some(e) => Err(Error::invalid(e)),
+    let r = inspect_paths(&a.files, a.records)?;
+    super::print_report(a.json, &r, |out| render_reports(&r.files, out))?;
+    super::note_skipped(&r.skipped)?;
+    match r.error() {
+        Some(e) => Ok(Status::Failed(Error::invalid(e))),
         None => Ok(Status::Ok),
     }
 }

@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use rbddiff::compress::{self, CompressOptions};
 use rbddiff::merge::{merge_files_to, MergeOptions};
-use rbddiff::{Error, Result, Version};
+use rbddiff::{Result, Version};
 
 use super::Status;
 
@@ -16,8 +16,9 @@ use super::Status;
 /// Inputs may be v1 or v2 diffs, or zstd-compressed; one may be `-` (stdin).
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Diff files, oldest first (`-` for stdin, at most once).
-    #[arg(required = true, num_args = 2..)]
+    /// Diff files, oldest first (`-` for stdin, at most once), or directories: a
+    /// directory stands for its diff files, ordered by their headers into a chain.
+    #[arg(required = true, num_args = 1..)]
     inputs: Vec<String>,
     /// Output file (`-` for stdout).
     #[arg(short, long)]
@@ -26,7 +27,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Format::V1)]
     format: Format,
     /// Replace the output file if it exists.
-    #[arg(long)]
+    #[arg(short, long)]
     force: bool,
     /// Do not check that each input starts at the snapshot the previous one ends at.
     #[arg(long)]
@@ -79,6 +80,7 @@ pub fn run(a: Args) -> Result<Status> {
         merge_files_to(&a.inputs, &a.output, a.force, &opts, copts.as_ref(), p)
     });
     let stats = stats?;
+    super::note_skipped(&stats.skipped)?;
     if !a.json {
         // Tolerated by rbd, but worth knowing: the merged output no longer carries them.
         // Ceph 16's `p` length field is known Ceph behaviour: one note for all inputs.
@@ -98,14 +100,6 @@ pub fn run(a: Args) -> Result<Status> {
             )?;
         }
     }
-    if a.json {
-        let text =
-            serde_json::to_string_pretty(&stats).map_err(|e| Error::from(io::Error::from(e)))?;
-        if a.output == "-" {
-            writeln!(io::stderr(), "{text}")?;
-        } else {
-            writeln!(io::stdout(), "{text}")?;
-        }
-    }
+    super::print_report(a.json, &stats, |_| Ok(()))?;
     Ok(Status::Ok)
 }

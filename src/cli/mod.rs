@@ -6,7 +6,7 @@ use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod apply;
 mod backup;
@@ -14,6 +14,7 @@ mod compress;
 mod create;
 mod docs;
 mod inspect;
+mod json;
 mod list;
 mod merge;
 mod prune;
@@ -70,6 +71,19 @@ pub fn warn(w: impl std::fmt::Display) -> rbddiff::Result<()> {
     Ok(())
 }
 
+/// Notes on stderr the inputs passed over (unless `--quiet` or `--json`: the JSON report
+/// lists them under `skipped`).
+pub fn note_skipped(skipped: &[rbddiff::dirlist::Skipped]) -> rbddiff::Result<()> {
+    if quiet() || json::wanted() {
+        return Ok(());
+    }
+    let mut err = io::stderr().lock();
+    for s in skipped {
+        writeln!(err, "rbddiff: note: skipped {}: {}", s.file, s.reason)?;
+    }
+    Ok(())
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     Inspect(inspect::Args),
@@ -109,29 +123,21 @@ impl From<RbdArgs> for rbddiff::workflow::Rbd {
     }
 }
 
-/// Prints a command's report on stdout: as JSON with `--json`, else through `text` (nothing
-/// with `--quiet`).
+/// Prints a command's report: with `--json` as one JSON document in the shared envelope
+/// (see [`json`]), else through `text` (nothing with `--quiet`); on stdout, or on stderr when
+/// stdout carries the command's data (`-o -`).
 pub fn print_report<T: serde::Serialize>(
     json: bool,
     report: &T,
     text: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> rbddiff::Result<()> {
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
+    let mut out = io::BufWriter::new(json::report_stream());
     if json {
-        write_json(&mut out, report)?;
+        json::write(&mut out, report)?;
     } else if !quiet() {
         text(&mut out)?;
     }
     out.flush()?;
-    Ok(())
-}
-
-/// Writes `value` as pretty JSON and a newline.
-pub fn write_json(out: &mut dyn Write, value: &impl serde::Serialize) -> rbddiff::Result<()> {
-    serde_json::to_writer_pretty(&mut *out, value)
-        .map_err(|e| rbddiff::Error::from(io::Error::from(e)))?;
-    writeln!(out)?;
     Ok(())
 }
 
@@ -205,11 +211,24 @@ pub enum Status {
     Ok,
     /// The command ran and found problems (exit 1).
     Problems,
+    /// The command failed after printing its report, which names the error (exit 2; the
+    /// error is also printed on stderr, unless `--json`).
+    Failed(rbddiff::Error),
 }
 
 /// Runs the command line.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some((name, sub)) = matches.subcommand() {
+        let flag = |id: &str| sub.try_get_one::<bool>(id).ok().flatten().copied();
+        let output = sub.try_get_one::<String>("output").ok().flatten();
+        json::init(
+            name,
+            flag("json").unwrap_or(false),
+            output.is_some_and(|o| o == "-"),
+        );
+    }
     QUIET.store(cli.common.quiet, Ordering::Relaxed);
     NO_PROGRESS.store(cli.common.no_progress, Ordering::Relaxed);
     let result = match cli.command {
@@ -240,6 +259,12 @@ pub fn run() -> ExitCode {
     match result {
         Ok(Status::Ok) => ExitCode::SUCCESS,
         Ok(Status::Problems) => ExitCode::from(1),
+        Ok(Status::Failed(e)) => {
+            if !json::wanted() {
+                let _ = writeln!(io::stderr(), "rbddiff: {e}");
+            }
+            ExitCode::from(2)
+        }
         Err(e) => {
             // A closed pipe on stdout (e.g. `| head`) is not an error.
             if let rbddiff::ErrorKind::Io(io) = e.kind() {
@@ -247,7 +272,10 @@ pub fn run() -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             }
-            let _ = writeln!(io::stderr(), "rbddiff: {e}");
+            // Under --json the error is the command's JSON document (docs/json.md).
+            if !json::wanted() || json::write_error(&e).is_err() {
+                let _ = writeln!(io::stderr(), "rbddiff: {e}");
+            }
             ExitCode::from(2)
         }
     }

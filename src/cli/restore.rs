@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, value_name = "RAW|DEVICE", conflicts_with = "create")]
     to_file: Option<PathBuf>,
     /// With --to-file: overwrite a target that has no state file (see `rbddiff apply`).
-    #[arg(long, requires = "to_file")]
+    #[arg(short, long, requires = "to_file")]
     force: bool,
     /// With --to-file: the target's state sidecar (needed for a block device).
     #[arg(long, requires = "to_file", value_name = "PATH")]
@@ -69,7 +69,7 @@ pub fn run(a: Args) -> Result<Status> {
                 r.image,
                 r.files.len(),
                 r.bytes_read,
-                r.apply.size,
+                r.apply.image_size,
                 if r.created { " (created)" } else { "" }
             )?;
             path_lines(out, &r.files, &r.passed_over, &r.warnings)

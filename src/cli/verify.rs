@@ -14,7 +14,9 @@ use super::Status;
 /// Several files (or a directory) are checked as one chain.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Diff files or directories (`-` for stdin).
+    /// Diff files or directories (`-` for stdin). A directory stands for its diff files;
+    /// rbddiff's own files (`.sums` sidecars, state files) given by name are passed over
+    /// with a note, so `verify backups/*` checks the diffs.
     #[arg(required = true)]
     files: Vec<String>,
     /// Write a FILE.sums checksum sidecar for every valid file.
@@ -51,6 +53,7 @@ pub fn run(a: Args) -> Result<Status> {
     };
     let r = super::with_progress(|p| verify_with_progress(&a.files, &opts, p));
     let r = r?;
+    super::note_skipped(&r.skipped)?;
     super::print_report(a.json, &r, |out| {
         for f in &r.files {
             let show = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
@@ -59,9 +62,9 @@ pub fn run(a: Args) -> Result<Status> {
                 "{}: {} {} -> {} size {} structure {} sums {}",
                 f.file,
                 f.kind,
-                show(&f.from),
-                show(&f.to),
-                f.size.map_or("?".into(), |s| Bytes(s).to_string()),
+                show(&f.from_snap),
+                show(&f.to_snap),
+                f.image_size.map_or("?".into(), |s| Bytes(s).to_string()),
                 if f.valid { "ok" } else { "BAD" },
                 f.sums
             )?;

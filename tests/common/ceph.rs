@@ -87,9 +87,17 @@ impl Cluster {
     /// ceph-osd or rbd is not installed or the start fails, unless
     /// `RBDDIFF_REQUIRE_CEPH=1`, in which case it panics.
     pub fn start() -> Option<Cluster> {
+        match Self::try_start() {
+            Ok(c) => Some(c),
+            Err(why) => unavailable(&why),
+        }
+    }
+
+    /// Starts a cluster, or says why it cannot run (Ceph not installed, the start failed).
+    pub fn try_start() -> Result<Cluster, String> {
         for bin in ["ceph-mon", "ceph-osd", "rbd", "ceph"] {
             if which(bin).is_none() {
-                return unavailable(&format!(
+                return Err(format!(
                     "{bin} is not installed (apt-get install ceph-mon ceph-osd ceph-common)"
                 ));
             }
@@ -128,7 +136,7 @@ impl Cluster {
                     .arg("stop")
                     .arg(dir.path())
                     .output();
-                return unavailable(&msg);
+                return Err(msg);
             }
         };
         eprintln!(
@@ -136,7 +144,7 @@ impl Cluster {
             t0.elapsed().as_secs_f64(),
             dir.path().display()
         );
-        Some(Cluster {
+        Ok(Cluster {
             conf,
             counter: AtomicU64::new(0),
             stopped: false,

@@ -10,5 +10,27 @@
 
 pub mod ceph;
 pub mod gen;
+pub mod live;
 pub mod manifest;
 pub mod model;
+
+/// Says on the real stderr (not captured by the test harness, so it is seen even when the
+/// test passes) that the running test could not do its work, and why. Tests that need Ceph
+/// run through [`live`] and are reported as ignored instead; this is for the few checks
+/// inside ordinary tests that need root, a tool or a file system feature.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let t = std::thread::current();
+    let name = t.name().unwrap_or("a test");
+    let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
+}
+
+/// [`skipped`] for a check that needs the `rbd` binary: a failure with
+/// `RBDDIFF_REQUIRE_CEPH=1`.
+pub fn skipped_without_rbd() {
+    assert!(
+        !ceph::ceph_required(),
+        "RBDDIFF_REQUIRE_CEPH=1 but rbd is not installed"
+    );
+    skipped("rbd is not installed");
+}

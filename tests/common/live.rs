@@ -1,0 +1,61 @@
+//! The runner of the live test files (`harness = false` in Cargo.toml, through
+//! libtest-mimic): one throw-away cluster for the binary, then each suite as a test. Without
+//! Ceph (not installed, or the cluster does not start) every suite is reported as **ignored**,
+//! with the reason on stderr; with `RBDDIFF_REQUIRE_CEPH=1` (CI) each fails instead. A
+//! `#[test]` function in such a file would not run: add suites to the list given to [`main`].
+
+use std::sync::Arc;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+use super::ceph::{ceph_required, Cluster};
+
+/// A live suite: a name and the function run with the cluster.
+pub type Suite = (&'static str, fn(Arc<Cluster>));
+
+/// Runs `suites` against one cluster and exits with the result.
+pub fn main(suites: &[Suite]) -> ! {
+    let args = Arguments::from_args();
+    // No cluster is started just to list the tests.
+    let cluster = if args.list {
+        Err("listing only".to_string())
+    } else {
+        Cluster::try_start().map(Arc::new)
+    };
+    if let Err(why) = &cluster {
+        if !args.list {
+            eprintln!(
+                "note: live Ceph tests {}: {why}",
+                if ceph_required() {
+                    "fail (RBDDIFF_REQUIRE_CEPH=1)"
+                } else {
+                    "ignored (set RBDDIFF_REQUIRE_CEPH=1 to make this an error)"
+                }
+            );
+        }
+    }
+    let trials = suites
+        .iter()
+        .map(|&(name, suite)| match &cluster {
+            Ok(c) => {
+                let c = Arc::clone(c);
+                Trial::test(name, move || {
+                    suite(c);
+                    Ok(())
+                })
+            }
+            Err(why) => {
+                let why = why.clone();
+                let required = ceph_required();
+                Trial::test(name, move || {
+                    Err(Failed::from(format!("needs Ceph: {why}")))
+                })
+                .with_ignored_flag(!required)
+            }
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // The trials are done with the cluster: stop it before exiting.
+    drop(cluster);
+    conclusion.exit()
+}
