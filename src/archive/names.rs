@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Longest escaped image name in a file name; [`crate::workflow::backup`] refuses longer ones.
+/// Longest escaped image name in a file name; [`crate::archive::backup::backup`] refuses longer ones.
 pub const MAX_IMAGE_NAME: usize = 128;
 /// Longest escaped snapshot name in a file name: a longer one is cut and given a hash suffix
 /// (the real name is in the diff's header, which is what discovery reads).
