@@ -13,8 +13,9 @@ use std::process::Stdio;
 
 use serde::Serialize;
 
-use super::finish_pending;
-use super::names::{default_snap_name, escape, file_name, MAX_IMAGE_NAME, SNAP_PREFIX};
+use super::graph::Graph;
+use super::names::{default_snap_name, escape, file_name, is_own_snap, MAX_IMAGE_NAME};
+use super::{catalog, finish_pending};
 use crate::compress::{compress_stream, CompressOptions};
 use crate::error::{Error, Result};
 use crate::output::Output;
@@ -23,16 +24,21 @@ use crate::rbd::{collect_stderr, image_name, rbd_failed, safe_arg, Rbd};
 /// Options of [`backup`].
 #[derive(Clone, Debug, Default)]
 pub struct BackupOptions {
-    /// Name of the snapshot to create (default `rbddiff-<UTC time>`).
+    /// Name of the snapshot to create (default `rbddiff-<archive tag>-<UTC time>`, see
+    /// [`super::names::default_snap_name`]).
     pub snap: Option<String>,
     /// Make a full backup (also into an archive that has chains: a periodic full).
     pub full: bool,
     /// Make a full backup when the path to the base already holds this many files (a full
     /// diff and its incrementals): every Nth backup of a chain is a full.
     pub full_every: Option<usize>,
+    /// Make a full backup when the newest full diff of the lineage is older than this (by
+    /// its backup time in the catalog, else its modification time).
+    pub full_after: Option<std::time::Duration>,
     /// Write a compressed archive (`.diff.zst`).
     pub compress: Option<CompressOptions>,
-    /// Afterwards, keep only the newest K snapshots named `rbddiff-…`.
+    /// Afterwards, keep only the newest K snapshots this archive's backups made (by their
+    /// default names, which carry the archive's tag), besides the one just made.
     pub keep_snaps: Option<usize>,
     /// How to run `rbd`.
     pub rbd: Rbd,
@@ -72,6 +78,12 @@ pub struct BackupReport {
     pub full_reason: Option<String>,
     /// The image's id (`rbd info`), recorded in the catalog; none when rbd gave none.
     pub image_id: Option<String>,
+    /// The archive's id ([`super::catalog`]); its first digits tag the default snapshot names.
+    pub archive_id: String,
+    /// The cluster fsid rbd's configuration sets (none when it does not set it).
+    pub fsid: Option<String>,
+    /// The first line of `rbd --version`.
+    pub rbd_version: Option<String>,
 }
 
 /// What the stream check of an export found.
@@ -118,9 +130,11 @@ fn copy_checked(src: impl Read, out: &mut dyn Write) -> Result<Exported> {
 /// stream parser into a new file written atomically, checks rbd's status and writes the
 /// `.sums` sidecar. The base of the incremental is the restorable snapshot (by the files'
 /// structure; sums are checked by restore and verify) created last on the cluster; the backup
-/// is full when `opts.full` asks, when `opts.full_every` is reached, or when there is no such
-/// snapshot ([`BackupReport::full_reason`] says which). On any failure no file is left and
-/// the snapshot made by this call is removed again.
+/// is full when `opts.full` asks, when `opts.full_every` or `opts.full_after` is reached, or
+/// when there is no such snapshot ([`BackupReport::full_reason`] says which). On any failure
+/// no file is left and the snapshot made by this call is removed again. The outcome (the
+/// file, or the error of a run that got the lock) is recorded in the catalog for `status`,
+/// unless the run created the directory and failed (then the directory is removed again).
 ///
 /// # Errors
 /// A snapshot name from a header that `rbd` could read as an option; the snapshot to create
@@ -150,10 +164,92 @@ pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupRepo
         }
     };
     let r = backup_locked(spec, image, dir, opts);
-    if r.is_err() && !existed {
-        lock.remove_with_dir();
+    match &r {
+        Err(_) if !existed => {
+            // Nothing but what this run made: its catalog goes with the directory.
+            let _ = std::fs::remove_file(dir.join(catalog::NAME));
+            lock.remove_with_dir();
+        }
+        // A failure to record the outcome does not change what the backup did.
+        Err(e) => {
+            let _ = catalog::record_outcome(dir, image, now(), Err(&e.to_string()));
+        }
+        Ok(rep) => {
+            let name = Path::new(&rep.file)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let _ = catalog::record_outcome(dir, image, now(), Ok(&name));
+        }
     }
     r
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Why a backup must be a full diff by `opts.full_every` / `opts.full_after`: `path` leads
+/// to the base, `graph` is the lineage.
+fn periodic_full(
+    opts: &BackupOptions,
+    graph: &Graph,
+    path: &[usize],
+    cat: &catalog::Catalog,
+) -> Option<String> {
+    if let Some(n) = opts.full_every.filter(|&n| path.len() >= n) {
+        return Some(format!(
+            "the path to the base holds {} file(s) since its full diff (--full-every {n})",
+            path.len()
+        ));
+    }
+    let limit = opts.full_after?;
+    let time = |e: &super::graph::Edge| {
+        let recorded = e
+            .file
+            .path
+            .file_name()
+            .and_then(|n| cat.files.get(n.to_str()?)?.time);
+        recorded.unwrap_or_else(|| {
+            e.mtime
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })
+    };
+    let newest = graph
+        .edges
+        .iter()
+        .filter(|e| e.file.from.is_none())
+        .map(|e| (time(e), e))
+        .max_by_key(|(t, _)| *t)?;
+    let age = now().saturating_sub(newest.0);
+    (age > limit.as_secs()).then(|| {
+        format!(
+            "the newest full diff of the lineage ({}, backed up {}) is {} old (--full-after {})",
+            newest.1.file.name(),
+            super::names::stamp(newest.0),
+            show_secs(age),
+            show_secs(limit.as_secs())
+        )
+    })
+}
+
+/// `secs` as days, hours, minutes and seconds (`1d2h`, `90s` → `1m30s`).
+fn show_secs(secs: u64) -> String {
+    let mut out = String::new();
+    let mut rest = secs;
+    for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if rest >= n {
+            out.push_str(&format!("{}{unit}", rest / n));
+            rest %= n;
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
 }
 
 /// [`backup`], with `dir` locked.
@@ -173,21 +269,30 @@ fn backup_locked(
             return Err(e.with_file(&f.path));
         }
     }
-    let snap = match &opts.snap {
-        Some(s) => s.clone(),
-        None => default_snap_name(),
-    };
-    safe_arg("snapshot name", &snap)?;
-    if snap.contains(['/', '@']) || snap.starts_with('.') {
-        return Err(Error::invalid(format!("bad snapshot name '{snap}'")));
+    if let Some(s) = &opts.snap {
+        safe_arg("snapshot name", s)?;
+        if s.contains(['/', '@']) || s.starts_with('.') {
+            return Err(Error::invalid(format!("bad snapshot name '{s}'")));
+        }
     }
     if opts.full_every == Some(0) {
         return Err(Error::invalid("--full-every must be at least 1"));
     }
+    if opts.full_after.is_some_and(|d| d.as_secs() == 0) {
+        return Err(Error::invalid("--full-after must be longer than 0 s"));
+    }
     let rbd = &opts.rbd;
     let snaps = rbd.snapshots(spec)?;
+    // Made once per archive (after rbd has found the image): it tags the snapshot names.
+    let archive_id = catalog::archive_id(dir)?;
+    let snap = match &opts.snap {
+        Some(s) => s.clone(),
+        None => default_snap_name(&archive_id),
+    };
     // Only files of this image id (its lineage) are a base: a recreated image starts anew.
     let image_id = rbd.image_id(spec)?;
+    let (fsid, rbd_version) = (rbd.fsid()?, rbd.version()?);
+    let cat = catalog::read(dir)?;
     let all = graph;
     let graph = crate::archive::graph::lineages(dir, image)?
         .into_iter()
@@ -235,13 +340,7 @@ fn backup_locked(
             dir.display()
         ))
     } else {
-        match (opts.full_every, base) {
-            (Some(n), Some((_, _, path))) if path.len() >= n => Some(format!(
-                "the path to the base holds {} file(s) since its full diff (--full-every {n})",
-                path.len()
-            )),
-            _ => None,
-        }
+        base.and_then(|(_, _, path)| periodic_full(opts, &graph, path, &cat))
     };
     let prev = if full_reason.is_some() {
         None
@@ -264,15 +363,14 @@ fn backup_locked(
     let output = Output::create_like(&path.to_string_lossy(), false, like.as_deref())?;
     // Recorded before the file is committed: a kill never leaves it unrecorded (a record of
     // a file that never came goes when the catalog is written next).
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    crate::archive::catalog::record(
+    catalog::record(
         dir,
         &file_name(image, prev.as_deref(), &snap, compressed),
-        crate::archive::catalog::Record {
+        catalog::Record {
             image_id: image_id.clone(),
-            time: Some(now),
+            time: Some(now()),
+            fsid: fsid.clone(),
+            rbd_version: rbd_version.clone(),
         },
     )?;
     let snap_spec = format!("{spec}@{snap}");
@@ -295,9 +393,12 @@ fn backup_locked(
                 cleaned,
                 full_reason,
                 image_id,
+                archive_id,
+                fsid,
+                rbd_version,
             };
             if let Some(k) = opts.keep_snaps {
-                keep_snaps(rbd, spec, &snap, k, &mut report)?;
+                keep_snaps(rbd, spec, &snap, k, &mut report);
             }
             Ok(report)
         }
@@ -396,39 +497,44 @@ fn export_to(
     Ok(x)
 }
 
-/// Removes snapshots named `rbddiff-…` of `spec` beyond the newest `k` (never `made`).
-fn keep_snaps(
-    rbd: &Rbd,
-    spec: &str,
-    made: &str,
-    k: usize,
-    report: &mut BackupReport,
-) -> Result<()> {
-    let snaps = rbd.snapshots(spec)?;
+/// Removes the snapshots of `spec` this archive's backups made (named with its tag,
+/// [`super::names::is_own_snap`]) beyond the newest `k` of them, never `made` (the newest
+/// restorable snapshot, the base of the next incremental) nor any other snapshot. The
+/// backup is complete: what fails here is a warning.
+fn keep_snaps(rbd: &Rbd, spec: &str, made: &str, k: usize, report: &mut BackupReport) {
+    let snaps = match rbd.snapshots(spec) {
+        Ok(s) => s,
+        Err(e) => {
+            report.warnings.push(format!("--keep-snaps: {e}"));
+            return;
+        }
+    };
     let ours: Vec<&String> = snaps
         .iter()
         .map(|(_, n)| n)
-        .filter(|n| n.starts_with(SNAP_PREFIX))
+        .filter(|n| n.as_str() != made && is_own_snap(n, &report.archive_id))
         .collect();
-    let excess = ours.len().saturating_sub(k);
+    // `made` is kept besides the others when it is one of ours.
+    let keep = if is_own_snap(made, &report.archive_id) {
+        k - 1
+    } else {
+        k
+    };
+    let excess = ours.len().saturating_sub(keep);
     for name in ours.into_iter().take(excess) {
-        if name == made {
-            continue;
-        }
         if let Err(e) = safe_arg("snapshot name", name) {
             report.warnings.push(format!("not removed: {e}"));
             continue;
         }
         let s = format!("{spec}@{name}");
-        let r = rbd.run(&["snap", "rm", "--no-progress", &s])?;
-        if r.ok {
-            report.removed_snapshots.push(name.clone());
-        } else {
-            report
+        match rbd.run(&["snap", "rm", "--no-progress", &s]) {
+            Ok(r) if r.ok => report.removed_snapshots.push(name.clone()),
+            Ok(r) => report
                 .warnings
-                .push(format!("could not remove snapshot {s}: {}", r.stderr));
+                .push(format!("could not remove snapshot {s}: {}", r.stderr)),
+            Err(e) => report
+                .warnings
+                .push(format!("could not remove snapshot {s}: {e}")),
         }
     }
-    Ok(())
 }
-

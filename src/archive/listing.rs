@@ -68,9 +68,9 @@ pub struct Listing {
     pub images: Vec<ImageListing>,
 }
 
-/// The UTC time in a name `backup` makes (`rbddiff-YYYYmmddTHHMMSS[.N…]Z`).
+/// The UTC time in a name `backup` makes (`rbddiff-[TAG-]YYYYmmddTHHMMSS[.N…]Z`).
 fn name_time(name: &str) -> Option<u64> {
-    let s = name.strip_prefix(super::names::SNAP_PREFIX)?;
+    let (_, s) = super::names::parse_snap_name(name)?;
     let s = s.strip_suffix('Z')?;
     let (dt, frac) = s.split_once('.').unwrap_or((s, ""));
     if dt.len() != 15 || dt.as_bytes()[8] != b'T' || !frac.bytes().all(|b| b.is_ascii_digit()) {
@@ -309,6 +309,10 @@ mod tests {
             name_time("rbddiff-20260301T000000.123456789Z"),
             Some(1_772_323_200)
         );
+        assert_eq!(
+            name_time("rbddiff-0123abcd-20260301T000000.5Z"),
+            Some(1_772_323_200)
+        );
         assert_eq!(name_time("nightly"), None);
         assert_eq!(name_time("rbddiff-20261301T000000Z"), None);
         // The name backup makes reads back as the time it was made.
@@ -316,7 +320,7 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let t = name_time(&crate::archive::names::default_snap_name()).unwrap();
+        let t = name_time(&crate::archive::names::default_snap_name(&"a".repeat(32))).unwrap();
         assert!(t <= now && now - t < 5, "{t} {now}");
     }
 }
