@@ -5,7 +5,7 @@
 //! {"version": 2, "archive_id": "6f1c…(32 hex digits)",
 //!  "files": {"vm@s1.full.diff": {"image_id": "10226b8b4567", "time": 1767225600,
 //!            "fsid": "5c9c5fc2-…", "rbd_version": "ceph version 16.2.15 (…) pacific (stable)"}},
-//!  "images": {"vm": {"success": 1767225600, "file": "vm@s1.full.diff",
+//!  "images": {"vm": {"last_ok": false, "success": 1767225600, "file": "vm@s1.full.diff",
 //!                    "failure": 1767139200, "error": "rbd export-diff … failed: …"}}}
 //! ```
 //!
@@ -67,6 +67,9 @@ pub struct Record {
 /// The outcome of the last backups of one image.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastBackup {
+    /// Whether the last backup recorded succeeded.
+    #[serde(default)]
+    pub last_ok: Option<bool>,
     /// Time of the last successful backup, seconds since the epoch.
     #[serde(default)]
     pub success: Option<u64>,
@@ -79,16 +82,6 @@ pub struct LastBackup {
     /// Its error message.
     #[serde(default)]
     pub error: Option<String>,
-}
-
-impl LastBackup {
-    /// Whether the last backup recorded succeeded (none when none is recorded).
-    pub fn ok(&self) -> Option<bool> {
-        match (self.success, self.failure) {
-            (None, None) => None,
-            (s, f) => Some(s >= f),
-        }
-    }
 }
 
 /// The catalog: records by file name.
@@ -184,6 +177,7 @@ pub fn record_outcome(
         let last = c.images.entry(image.to_string()).or_default();
         match outcome {
             Ok(file) => {
+                last.last_ok = Some(true);
                 last.success = Some(time);
                 last.file = Some(file.to_string());
             }
@@ -197,6 +191,7 @@ pub fn record_outcome(
                     m.truncate(cut);
                     m.push('…');
                 }
+                last.last_ok = Some(false);
                 last.failure = Some(time);
                 last.error = Some(m);
             }
@@ -295,16 +290,16 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let d = t.path();
         record_outcome(d, "vm", 10, Ok("vm@a.full.diff")).unwrap();
-        assert_eq!(read(d).unwrap().images["vm"].ok(), Some(true));
+        assert_eq!(read(d).unwrap().images["vm"].last_ok, Some(true));
         record_outcome(d, "vm", 20, Err(&"x".repeat(5000))).unwrap();
         let last = read(d).unwrap().images["vm"].clone();
-        assert_eq!(last.ok(), Some(false));
+        assert_eq!(last.last_ok, Some(false));
         assert_eq!((last.success, last.failure), (Some(10), Some(20)));
         assert!(last.error.unwrap().len() < 2100);
-        record_outcome(d, "vm", 30, Ok("vm@b.full.diff")).unwrap();
+        // The last one counts, also within one second.
+        record_outcome(d, "vm", 20, Ok("vm@b.full.diff")).unwrap();
         let last = read(d).unwrap().images["vm"].clone();
-        assert_eq!(last.ok(), Some(true));
+        assert_eq!(last.last_ok, Some(true));
         assert_eq!(last.file.as_deref(), Some("vm@b.full.diff"));
-        assert_eq!(LastBackup::default().ok(), None);
     }
 }

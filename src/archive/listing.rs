@@ -436,7 +436,7 @@ pub fn prometheus(dir: &Path, st: &Status) -> String {
         (
             "rbddiff_backup_last_success",
             "1 when the last backup recorded succeeded, 0 when it failed.",
-            per(&|i| last(i).ok().map(u64::from)),
+            per(&|i| last(i).last_ok.map(u64::from)),
         ),
         (
             "rbddiff_backup_last_success_timestamp_seconds",
@@ -534,5 +534,50 @@ mod tests {
             .as_secs();
         let t = name_time(&crate::archive::names::default_snap_name(&"a".repeat(32))).unwrap();
         assert!(t <= now && now - t < 5, "{t} {now}");
+    }
+
+    #[test]
+    fn metrics_escape_labels_and_leave_out_what_is_unknown() {
+        let img = |name: &str, age: Option<u64>| ImageStatus {
+            image: name.into(),
+            newest: None,
+            age,
+            ok: age.is_some(),
+            restorable: 0,
+            unhealthy: 0,
+            files: 2,
+            bytes: 10,
+            last_backup: None,
+        };
+        let st = Status {
+            max_age: None,
+            images: vec![img("a\"b\\c\nd", Some(5)), img("e", None)],
+            prometheus: None,
+        };
+        let text = prometheus(Path::new("/x\"y"), &st);
+        assert!(
+            text.contains(
+                "rbddiff_backup_age_seconds{archive=\"/x\\\"y\",image=\"a\\\"b\\\\c\\nd\"} 5\n"
+            ),
+            "{text}"
+        );
+        // An unknown value is no sample; no backup outcome recorded: no such metric.
+        assert_eq!(
+            text.matches("rbddiff_backup_age_seconds{").count(),
+            1,
+            "{text}"
+        );
+        assert!(!text.contains("rbddiff_backup_last_success"), "{text}");
+        assert!(!text.contains("max_age"), "{text}");
+        assert!(
+            text.contains("rbddiff_archive_ok{archive=\"/x\\\"y\"} 0\n"),
+            "{text}"
+        );
+        // Every sample line is `name{labels} value`, each metric typed once.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = l.rsplit_once("} ").unwrap();
+            assert!(v.parse::<u64>().is_ok(), "{l}");
+        }
+        assert_eq!(text.matches("# TYPE rbddiff_backup_files gauge").count(), 1);
     }
 }

@@ -77,7 +77,7 @@ pub fn run(a: Args) -> Result<Status> {
                 writeln!(
                     out,
                     "  last backup: {} (last success {}, last failure {})",
-                    match l.ok() {
+                    match l.last_ok {
                         Some(true) => "ok",
                         Some(false) => "FAILED",
                         None => "none",

@@ -72,7 +72,7 @@ pub fn run(a: Args) -> Result<Status> {
                 )?,
                 _ => writeln!(out, "{state} {}: no restorable snapshot", i.image)?,
             }
-            if let Some(l) = i.last_backup.as_ref().filter(|l| l.ok() == Some(false)) {
+            if let Some(l) = i.last_backup.as_ref().filter(|l| l.last_ok == Some(false)) {
                 writeln!(
                     out,
                     "  the last backup failed ({}): {}",
