@@ -285,7 +285,7 @@ fn keep_snaps_and_missing_previous(cluster: &Cluster, root: &Path, prev: &(Strin
     let p4s = p4["to_snap"].as_str().unwrap().to_string();
     assert!(p4s.starts_with(&format!("rbddiff-{tag_p}-")), "{p4}");
     assert!(s3.starts_with(&format!("rbddiff-{tag_p}-")), "{s3}");
-    assert_eq!(names(&p4, "removed_snapshots"), [s3.clone()]);
+    assert_eq!(names(&p4, "removed_snapshots"), [s3.as_str()]);
     assert_eq!(
         cluster.snapshots(img),
         ["rbddiff-one", "rbddiff-two", "manual", p4s.as_str()]
@@ -299,10 +299,10 @@ fn keep_snaps_and_missing_previous(cluster: &Cluster, root: &Path, prev: &(Strin
     // Each one's next backup is an incremental from its own base, which the other left.
     let p5 = backup(&ds);
     assert_eq!(p5["from_snap"].as_str(), Some(p4s.as_str()), "{p5}");
-    assert_eq!(names(&p5, "removed_snapshots"), [p4s.clone()]);
+    assert_eq!(names(&p5, "removed_snapshots"), [p4s.as_str()]);
     let q2 = backup(&ss);
     assert_eq!(q2["from_snap"].as_str(), Some(q1s.as_str()), "{q2}");
-    assert_eq!(names(&q2, "removed_snapshots"), [q1s.clone()]);
+    assert_eq!(names(&q2, "removed_snapshots"), [q1s.as_str()]);
     let p5s = p5["to_snap"].as_str().unwrap().to_string();
     let q2s = q2["to_snap"].as_str().unwrap().to_string();
     assert_eq!(

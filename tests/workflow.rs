@@ -1979,7 +1979,7 @@ fn keep_snaps_removes_only_the_snapshots_of_its_archive() {
     cluster(&[(&a1.to_snap, 1)]);
     let a2 = run(&dir, Some(1));
     assert_eq!(a2.from_snap.as_deref(), Some(a1.to_snap.as_str()));
-    assert_eq!(a2.removed_snapshots, [a1.to_snap.clone()]);
+    assert_eq!(a2.removed_snapshots, [a1.to_snap.as_str()]);
     assert_eq!(removed_snaps(&log), [format!("rbd/vm@{}", a1.to_snap)]);
     // K = 2: the one just made and one more of this archive stay.
     cluster(&[(&a2.to_snap, 5)]);
@@ -2000,7 +2000,7 @@ fn keep_snaps_removes_only_the_snapshots_of_its_archive() {
     cluster(&[(&a4.to_snap, 7)]);
     let b2 = run(&other, Some(1));
     assert_eq!(b2.from_snap.as_deref(), Some(b1.to_snap.as_str()));
-    assert_eq!(b2.removed_snapshots, [b1.to_snap.clone()]);
+    assert_eq!(b2.removed_snapshots, [b1.to_snap.as_str()]);
     // The catalog keeps the archive id, the fsid and the rbd version of each file.
     let cat = rbddiff::archive::catalog::read(&dir).unwrap();
     assert_eq!(cat.version, 2);
