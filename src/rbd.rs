@@ -101,6 +101,28 @@ impl Rbd {
             .map(String::from))
     }
 
+    /// The first line of `rbd --version` (none when rbd fails or prints nothing usable).
+    pub(crate) fn version(&self) -> Result<Option<String>> {
+        let r = self.run(&["--version"])?;
+        let out = String::from_utf8_lossy(&r.stdout);
+        let line = out.lines().next().unwrap_or_default().trim();
+        Ok((r.ok && !line.is_empty() && line.len() <= 256).then(|| line.to_string()))
+    }
+
+    /// The cluster fsid as rbd's configuration sets it (`rbd --show-config-value fsid`:
+    /// the conf file, `CEPH_ARGS`); none when it is not set (rbd prints the nil UUID) or
+    /// rbd fails. A client learns the fsid from the monitors only once connected, and
+    /// rbd has no command that prints it.
+    pub(crate) fn fsid(&self) -> Result<Option<String>> {
+        let r = self.run(&["--show-config-value", "fsid"])?;
+        let out = String::from_utf8_lossy(&r.stdout);
+        let v = out.trim();
+        let uuid = v.len() == 36
+            && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+            && v.bytes().any(|b| b.is_ascii_hexdigit() && b != b'0');
+        Ok((r.ok && uuid).then(|| v.to_ascii_lowercase()))
+    }
+
     /// Snapshots of `spec` as `(id, name)`, oldest first.
     pub(crate) fn snapshots(&self, spec: &str) -> Result<Vec<(u64, String)>> {
         let out = self.run_ok(&["snap", "ls", "--format", "json", spec])?;

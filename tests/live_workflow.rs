@@ -165,7 +165,12 @@ fn backup_restore_prune(cluster: &Cluster, root: &Path, compress: bool) -> (Stri
     write_data(cluster, &img);
     let r3 = run_backup(None);
     let s3 = r3["to_snap"].as_str().unwrap().to_string();
-    assert!(s3.starts_with("rbddiff-2") && s3.ends_with('Z'), "{s3}");
+    // The default name: the archive's tag and the UTC time.
+    let tag = &r3["archive_id"].as_str().unwrap()[..8];
+    assert!(
+        s3.starts_with(&format!("rbddiff-{tag}-2")) && s3.ends_with('Z'),
+        "{s3}"
+    );
     assert_eq!(r3["from_snap"], "rbddiff-two");
     write_data(cluster, &img); // HEAD moves on; the backups hold the snapshots
 
@@ -248,45 +253,138 @@ fn backup_restore_prune(cluster: &Cluster, root: &Path, compress: bool) -> (Stri
     (img, dir)
 }
 
-/// `--keep-snaps 1` leaves exactly the newest rbddiff snapshot (and every other snapshot);
-/// a backup whose previous snapshot is gone is a full diff.
-fn keep_snaps_and_missing_previous(cluster: &Cluster, _root: &Path, prev: &(String, PathBuf)) {
+/// Snapshot ownership: `--keep-snaps` removes only the snapshots the archive's own backups
+/// named (with its tag), so backing one image into two archives never removes the base the
+/// other needs; other snapshots (given names, manual ones) stay. Each archive restores to the
+/// `rbd export` of its snapshots. A backup whose restorable snapshots are all gone from the
+/// image is a full diff.
+fn keep_snaps_and_missing_previous(cluster: &Cluster, root: &Path, prev: &(String, PathBuf)) {
     let (img, dir) = prev;
     let spec = format!("rbd/{img}");
     let ds = dir.to_string_lossy().into_owned();
+    let second = root.join("second");
+    let ss = second.to_string_lossy().into_owned();
+    let before = cluster.snapshots(img);
+    assert_eq!(before.len(), 3, "{before:?}");
+    let s3 = before[2].clone();
     cluster.rbd_ok(["snap", "create", &format!("{spec}@manual")]);
-    write_data(cluster, img);
-    let r = ok(
+    let names = |r: &serde_json::Value, key: &str| -> Vec<String> {
+        r[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let backup = |d: &str| {
+        write_data(cluster, img);
+        ok(
+            cluster,
+            &["backup", &spec, d, "--keep-snaps", "1", "--json"],
+        )
+    };
+    // The first archive's own default-named snapshot goes; the given names and manual stay.
+    let p4 = backup(&ds);
+    let tag_p = p4["archive_id"].as_str().unwrap()[..8].to_string();
+    let p4s = p4["to_snap"].as_str().unwrap().to_string();
+    assert!(p4s.starts_with(&format!("rbddiff-{tag_p}-")), "{p4}");
+    assert!(s3.starts_with(&format!("rbddiff-{tag_p}-")), "{s3}");
+    assert_eq!(names(&p4, "removed_snapshots"), [s3.as_str()]);
+    assert_eq!(
+        cluster.snapshots(img),
+        ["rbddiff-one", "rbddiff-two", "manual", p4s.as_str()]
+    );
+    // A second archive of the same image: its own full, and it removes none of the first's.
+    let q1 = backup(&ss);
+    let q1s = q1["to_snap"].as_str().unwrap().to_string();
+    assert!(q1["from_snap"].is_null(), "{q1}");
+    assert_ne!(q1["archive_id"], p4["archive_id"]);
+    assert!(names(&q1, "removed_snapshots").is_empty(), "{q1}");
+    // Each one's next backup is an incremental from its own base, which the other left.
+    let p5 = backup(&ds);
+    assert_eq!(p5["from_snap"].as_str(), Some(p4s.as_str()), "{p5}");
+    assert_eq!(names(&p5, "removed_snapshots"), [p4s.as_str()]);
+    let q2 = backup(&ss);
+    assert_eq!(q2["from_snap"].as_str(), Some(q1s.as_str()), "{q2}");
+    assert_eq!(names(&q2, "removed_snapshots"), [q1s.as_str()]);
+    let p5s = p5["to_snap"].as_str().unwrap().to_string();
+    let q2s = q2["to_snap"].as_str().unwrap().to_string();
+    assert_eq!(
+        cluster.snapshots(img),
+        [
+            "rbddiff-one",
+            "rbddiff-two",
+            "manual",
+            p5s.as_str(),
+            q2s.as_str()
+        ]
+    );
+    for (d, snap) in [(&ds, &p5s), (&ss, &q2s)] {
+        let target = cluster.unique_name("own");
+        let tspec = format!("rbd/{target}");
+        ok(cluster, &["restore", d, &tspec, "--create", "--json"]);
+        assert_eq!(
+            cluster.export_sha256(&target),
+            cluster.export_sha256(&format!("{img}@{snap}")),
+            "restore of {snap} from {d}"
+        );
+    }
+    // list and status see the catalog's times; the metrics name the last backup's success.
+    let l = ok(cluster, &["list", &ds, "--json"]);
+    let snaps = l["images"][0]["snapshots"].as_array().unwrap();
+    assert!(
+        snaps
+            .iter()
+            .all(|s| s["time_from"] == "catalog" && s["sums"] == "ok"),
+        "{l}"
+    );
+    let prom = root.join("metrics.prom");
+    let st = ok(
         cluster,
         &[
-            "backup",
-            &spec,
+            "status",
             &ds,
-            "--snap",
-            "rbddiff-four",
-            "--keep-snaps",
-            "1",
+            "--max-age",
+            "1h",
+            "--prometheus",
+            &prom.to_string_lossy(),
             "--json",
         ],
     );
-    let removed: BTreeSet<String> = r["removed_snapshots"]
-        .as_array()
+    assert_eq!(
+        st["images"][0]["newest"]["name"].as_str(),
+        Some(p5s.as_str()),
+        "{st}"
+    );
+    let text = fs::read_to_string(&prom).unwrap();
+    assert!(
+        text.contains(&format!(
+            "rbddiff_backup_last_success{{archive=\"{ds}\",image=\"{img}\"}} 1\n"
+        )),
+        "{text}"
+    );
+    let cat = rbddiff::archive::catalog::read(dir).unwrap();
+    let fsid = fs::read_to_string(cluster.conf())
         .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(removed.len(), 3, "{r}");
-    let now = cluster.snapshots(img);
-    assert_eq!(now, ["manual", "rbddiff-four"]);
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("fsid = ").map(String::from))
+        .unwrap();
+    let rec = &cat.files[&format!("{img}@{p4s}..{p5s}.diff")];
+    assert_eq!(rec.fsid.as_deref(), Some(fsid.as_str()), "{rec:?}");
+    assert!(
+        rec.rbd_version
+            .as_deref()
+            .unwrap()
+            .starts_with("ceph version"),
+        "{rec:?}"
+    );
 
-    // Delete the chain's last snapshot: no restorable snapshot of the archive is left on the
-    // image, so the next backup is a full diff, and says why.
-    cluster.rbd_ok([
-        "snap",
-        "rm",
-        "--no-progress",
-        &format!("{spec}@rbddiff-four"),
-    ]);
+    // Delete the first archive's restorable snapshots from the image: the next backup is a
+    // full diff, and says why.
+    for s in ["rbddiff-two", p5s.as_str()] {
+        cluster.rbd_ok(["snap", "rm", "--no-progress", &format!("{spec}@{s}")]);
+    }
+    write_data(cluster, img);
     let r = ok(
         cluster,
         &["backup", &spec, &ds, "--snap", "rbddiff-five", "--json"],
@@ -297,7 +395,10 @@ fn keep_snaps_and_missing_previous(cluster: &Cluster, _root: &Path, prev: &(Stri
         "{r}"
     );
     assert!(listing(dir).contains(&format!("{img}@rbddiff-five.full.diff")));
-    assert_eq!(cluster.snapshots(img), ["manual", "rbddiff-five"]);
+    assert_eq!(
+        cluster.snapshots(img),
+        ["rbddiff-one", "manual", q2s.as_str(), "rbddiff-five"]
+    );
 }
 
 /// A wrapper around the real `rbd` that damages what `export-diff` writes.

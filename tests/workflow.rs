@@ -592,13 +592,18 @@ fn rbddiff_with_path(bin: &Path, args: &[&str]) -> std::process::Output {
 /// `f()` once the directory it locks is free. A lock released in this (multi-threaded) test
 /// process can stay held for a moment by a child that another test forked meanwhile and
 /// that has not yet reached `exec` (which closes the inherited descriptor).
-fn until_free<T>(mut f: impl FnMut() -> rbddiff::Result<T>) -> T {
+fn until_free<T>(f: impl FnMut() -> rbddiff::Result<T>) -> T {
+    until_free_or_err(f).unwrap()
+}
+
+/// [`until_free`], returning an error other than a lock conflict.
+fn until_free_or_err<T>(mut f: impl FnMut() -> rbddiff::Result<T>) -> rbddiff::Result<T> {
     for _ in 0..100 {
         match f() {
             Err(e) if e.to_string().contains("in use") => {
                 std::thread::sleep(std::time::Duration::from_millis(50))
             }
-            r => return r.unwrap(),
+            r => return r,
         }
     }
     panic!("the directory stays locked")
@@ -1253,7 +1258,8 @@ fn restore_takes_the_cheapest_healthy_path_through_a_periodic_full() {
 
 /// A fake `rbd` in `bin` whose `export-diff` writes a real diff (`rbddiff create`) of the raw
 /// image `raw` to the snapshot asked for (an incremental when `--from-snap=` is given); `snap
-/// ls` prints `bin/snaps.json`; every call is logged as by [`fake_rbd`].
+/// ls` prints `bin/snaps.json`, `info` `bin/info.json`; `--version` and `--show-config-value
+/// fsid` print a version and an fsid; every call is logged as by [`fake_rbd`].
 fn exporting_rbd(bin: &Path, raw: &Path) -> (PathBuf, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     fs::create_dir_all(bin).unwrap();
@@ -1263,7 +1269,9 @@ fn exporting_rbd(bin: &Path, raw: &Path) -> (PathBuf, PathBuf) {
         &rbd,
         format!(
             "#!/bin/sh\nprintf '%s\\0' \"$@\" >> '{log}'\necho >> '{log}'\ncase \"$*\" in\n  \
-             *'snap ls'*) cat '{bin}/snaps.json' ;;\n  info*) cat '{bin}/info.json' ;;\n  *export-diff*)\n    from=; spec=\n    \
+             *'snap ls'*) cat '{bin}/snaps.json' ;;\n  info*) cat '{bin}/info.json' ;;\n  \
+             --version) echo 'ceph version 99.0.1 (fake) test (stable)' ;;\n  \
+             --show-config-value*) echo 5c9c5fc2-d960-477c-ab60-c9d8b2c68f59 ;;\n  *export-diff*)\n    from=; spec=\n    \
              for a in \"$@\"; do case \"$a\" in --from-snap=*) from=\"${{a#--from-snap=}}\" ;; \
              *@*) spec=\"$a\" ;; esac; done\n    snap=\"${{spec#*@}}\"\n    if [ -n \"$from\" ]; \
              then exec '{exe}' create --from '{raw}' --to-snap \"$snap\" --base '{raw}' \
@@ -1640,6 +1648,31 @@ fn list_and_status_of_an_archive() {
     }
     assert_eq!(img["unused"], serde_json::json!([s(&full2)]));
     assert_eq!(img["unhealthy"][0]["file"], s(&dir.join("vm@junk.diff")));
+    // Sidecar states: each chain file has one, the periodic full none, the junk is unread.
+    let sums: BTreeMap<String, String> = img["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["file"].as_str().unwrap().into(),
+                f["sums"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let mut want: BTreeMap<String, String> =
+        chain.iter().map(|p| (s(p), "ok".to_string())).collect();
+    want.insert(s(&full2), "missing".into());
+    want.insert(s(&dir.join("vm@junk.diff")), "unchecked".into());
+    assert_eq!(sums, want, "{j}");
+    assert!(snaps.iter().all(|s| s["sums"] == "ok"), "{j}");
+    let all: u64 = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".diff") || p.to_string_lossy().ends_with(".zst"))
+        .map(|p| size(&p))
+        .sum();
+    assert_eq!(img["bytes"], all);
     let text = String::from_utf8_lossy(&rbddiff_cli(&["list", &s(&dir)]).stdout).into_owned();
     assert!(
         text.contains("vm (image id unknown): 4 restorable snapshot(s)"),
@@ -1674,6 +1707,30 @@ fn list_and_status_of_an_archive() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let out = rbddiff_cli(&["status", &s(&dir), "--max-age", "soon"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // A plain file that no longer matches its sidecar: stale.
+    flip_payload_byte(&chain[1]);
+    let j: serde_json::Value =
+        serde_json::from_slice(&rbddiff_cli(&["list", &s(&dir), "--json"]).stdout).unwrap();
+    let state = |f: &Path| {
+        j["images"][0]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["file"] == s(f))
+            .map(|x| x["sums"].clone())
+    };
+    assert_eq!(state(&chain[1]), Some("stale".into()), "{j}");
+    // Without its sidecar the damage goes unseen: s1 restorable, its path's sums missing.
+    let aside = work.join("s1.sums");
+    fs::rename(rbddiff::sums::sums_path(&chain[1]), &aside).unwrap();
+    let j2: serde_json::Value =
+        serde_json::from_slice(&rbddiff_cli(&["list", &s(&dir), "--json"]).stdout).unwrap();
+    let s1 = j2["images"][0]["snapshots"][1].clone();
+    assert_eq!(
+        (s1["name"].clone(), s1["sums"].clone()),
+        ("s1".into(), "missing".into())
+    );
+    fs::rename(&aside, rbddiff::sums::sums_path(&chain[1])).unwrap();
 }
 
 /// `restore DIR --to-file RAW` restores offline through apply, over the best healthy path
@@ -1854,4 +1911,280 @@ fn a_recreated_image_starts_a_new_lineage() {
     );
     let lin = rbddiff::archive::graph::lineages(&dir, "vm").unwrap();
     assert_eq!(lin.len(), 2);
+}
+
+/// Writes `names` (name, id) as the fake cluster's snapshots of [`exporting_rbd`].
+fn snaps_on(bin: &Path, names: &[(&str, u64)]) {
+    let v: Vec<serde_json::Value> = names
+        .iter()
+        .map(|(n, id)| serde_json::json!({"id": id, "name": n}))
+        .collect();
+    fs::write(bin.join("snaps.json"), serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+/// The snapshots `snap rm` was called for, in order.
+fn removed_snaps(log: &Path) -> Vec<String> {
+    calls(log)
+        .into_iter()
+        .filter(|c| c.len() > 1 && c[0] == "snap" && c[1] == "rm")
+        .map(|c| c.last().unwrap().clone())
+        .collect()
+}
+
+/// Default snapshot names carry the archive's tag; `--keep-snaps` removes only the archive's
+/// own, beyond the newest K, never the one just made: backing one image into two archives
+/// never removes the other's base, nor snapshots of older rbddiff versions or others.
+#[test]
+fn keep_snaps_removes_only_the_snapshots_of_its_archive() {
+    use rbddiff::workflow::{backup, BackupOptions, Rbd};
+    let (t, dir, work) = dirs();
+    let other = t.path().join("other-archive");
+    let bin = t.path().join("bin");
+    let raw = work.join("img.raw");
+    write_sparse(&raw, &noise(8, 1 << 16));
+    let (program, log) = exporting_rbd(&bin, &raw);
+    let run = |dir: &Path, keep: Option<usize>| {
+        let o = BackupOptions {
+            keep_snaps: keep,
+            rbd: Rbd {
+                program: program.clone(),
+                ..Rbd::default()
+            },
+            ..BackupOptions::default()
+        };
+        until_free(|| backup("rbd/vm", dir, &o))
+    };
+    snaps_on(&bin, &[]);
+    let a1 = run(&dir, Some(1));
+    let tag_a = &a1.archive_id[..8];
+    assert!(
+        a1.to_snap.starts_with(&format!("rbddiff-{tag_a}-20")),
+        "{a1:?}"
+    );
+    assert_eq!(
+        a1.fsid.as_deref(),
+        Some("5c9c5fc2-d960-477c-ab60-c9d8b2c68f59")
+    );
+    assert!(a1.rbd_version.as_deref().unwrap().contains("99.0.1"));
+    snaps_on(&bin, &[(&a1.to_snap, 1)]);
+    let b1 = run(&other, None);
+    assert_ne!(b1.archive_id, a1.archive_id);
+    assert_eq!(b1.from_snap, None, "another archive: its own first full");
+    let old = "rbddiff-20250101T000000Z";
+    let cluster = |extra: &[(&str, u64)]| {
+        let mut v = vec![(b1.to_snap.as_str(), 2), (old, 3), ("manual", 4)];
+        v.extend_from_slice(extra);
+        snaps_on(&bin, &v);
+    };
+    cluster(&[(&a1.to_snap, 1)]);
+    let a2 = run(&dir, Some(1));
+    assert_eq!(a2.from_snap.as_deref(), Some(a1.to_snap.as_str()));
+    assert_eq!(a2.removed_snapshots, [a1.to_snap.as_str()]);
+    assert_eq!(removed_snaps(&log), [format!("rbd/vm@{}", a1.to_snap)]);
+    // K = 2: the one just made and one more of this archive stay.
+    cluster(&[(&a2.to_snap, 5)]);
+    let a3 = run(&dir, Some(2));
+    assert_eq!(a3.from_snap.as_deref(), Some(a2.to_snap.as_str()));
+    assert!(a3.removed_snapshots.is_empty(), "{a3:?}");
+    cluster(&[(&a2.to_snap, 5), (&a3.to_snap, 6)]);
+    let a4 = run(&dir, Some(1));
+    assert_eq!(
+        a4.removed_snapshots,
+        [a2.to_snap.clone(), a3.to_snap.clone()]
+    );
+    // B's base, the old-style and the manual snapshot were never touched.
+    let rm = removed_snaps(&log);
+    assert_eq!(rm.len(), 3, "{rm:?}");
+    assert!(rm.iter().all(|s| s.contains(tag_a)), "{rm:?}");
+    // A backup of B's archive still has its base.
+    cluster(&[(&a4.to_snap, 7)]);
+    let b2 = run(&other, Some(1));
+    assert_eq!(b2.from_snap.as_deref(), Some(b1.to_snap.as_str()));
+    assert_eq!(b2.removed_snapshots, [b1.to_snap.as_str()]);
+    // The catalog keeps the archive id, the fsid and the rbd version of each file.
+    let cat = rbddiff::archive::catalog::read(&dir).unwrap();
+    assert_eq!(cat.version, 2);
+    assert_eq!(cat.archive_id.as_deref(), Some(a1.archive_id.as_str()));
+    let rec = &cat.files[&rbddiff::workflow::file_name("vm", None, &a1.to_snap, false)];
+    assert_eq!(rec.fsid, a1.fsid);
+    assert_eq!(rec.rbd_version, a1.rbd_version);
+    // list reads the time from the catalog, the restorable snapshots of both names.
+    let out = rbddiff_cli(&["list", &s(&dir), "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        j["images"][0]["snapshots"].as_array().unwrap().len(),
+        4,
+        "{j}"
+    );
+}
+
+/// Sets the catalog's backup time of the file `name` of `dir` (none: removes it).
+fn set_catalog_time(dir: &Path, name: &str, time: Option<u64>) {
+    let p = dir.join(rbddiff::archive::catalog::NAME);
+    let mut c: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+    c["files"][name]["time"] = serde_json::json!(time);
+    fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+}
+
+/// `--full-after`: a full when the newest full diff of the lineage is older (by its catalog
+/// time, else its modification time), and the report says why; the outcome of each backup
+/// (failures too) is recorded, and `status --prometheus` writes it with the archive's state.
+#[test]
+fn full_after_outcomes_and_prometheus_metrics() {
+    use rbddiff::workflow::{backup, BackupOptions, Rbd};
+    let (t, dir, work) = dirs();
+    let bin = t.path().join("bin");
+    let raw = work.join("img.raw");
+    write_sparse(&raw, &noise(6, 1 << 16));
+    let (program, _log) = exporting_rbd(&bin, &raw);
+    let week = std::time::Duration::from_secs(7 * 86_400);
+    let run = |snap: &str, after: Option<std::time::Duration>| {
+        let o = BackupOptions {
+            snap: Some(snap.into()),
+            full_after: after,
+            rbd: Rbd {
+                program: program.clone(),
+                ..Rbd::default()
+            },
+            ..BackupOptions::default()
+        };
+        until_free_or_err(|| backup("rbd/vm", &dir, &o))
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    snaps_on(&bin, &[]);
+    run("s0", Some(week)).unwrap();
+    snaps_on(&bin, &[("s0", 1)]);
+    let r = run("s1", Some(week)).unwrap();
+    assert_eq!((r.from_snap.as_deref(), r.full_reason), (Some("s0"), None));
+    // The full diff was backed up 8 days ago (catalog).
+    set_catalog_time(&dir, "vm@s0.full.diff", Some(now - 8 * 86_400));
+    snaps_on(&bin, &[("s0", 1), ("s1", 2)]);
+    let r = run("s2", Some(week)).unwrap();
+    assert_eq!(r.from_snap, None);
+    let why = r.full_reason.unwrap();
+    assert!(
+        why.contains("vm@s0.full.diff") && why.contains("--full-after 7d") && why.contains("8d"),
+        "{why}"
+    );
+    snaps_on(&bin, &[("s0", 1), ("s1", 2), ("s2", 3)]);
+    assert_eq!(
+        run("s3", Some(week)).unwrap().from_snap.as_deref(),
+        Some("s2")
+    );
+    // Without a catalog time: the modification time counts.
+    set_catalog_time(&dir, "vm@s0.full.diff", Some(now - 30 * 86_400));
+    set_catalog_time(&dir, "vm@s2.full.diff", None);
+    let f = fs::File::options()
+        .write(true)
+        .open(dir.join("vm@s2.full.diff"))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() - week * 2)
+        .unwrap();
+    snaps_on(&bin, &[("s2", 3), ("s3", 4)]);
+    let r = run("s4", Some(week * 3)).unwrap();
+    assert_eq!(r.from_snap.as_deref(), Some("s3"), "14 days < 21 days");
+    snaps_on(&bin, &[("s2", 3), ("s3", 4), ("s4", 5)]);
+    let r = run("s5", Some(week)).unwrap();
+    let why = r.full_reason.unwrap();
+    assert!(
+        why.contains("vm@s2.full.diff") && why.contains("14d"),
+        "{why}"
+    );
+
+    // A failed backup (its snapshot name is taken in the archive) is recorded.
+    let e = run("s1", None).unwrap_err().to_string();
+    let last = &rbddiff::archive::catalog::read(&dir).unwrap().images["vm"];
+    assert_eq!(last.last_ok, Some(false));
+    assert_eq!(last.error.as_deref(), Some(e.as_str()));
+    assert_eq!(last.file.as_deref(), Some("vm@s5.full.diff"));
+    let prom = work.join("rbddiff.prom");
+    let out = rbddiff_cli(&["status", &s(&dir), "--prometheus", &s(&prom), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = fs::read_to_string(&prom).unwrap();
+    let value = |metric: &str| -> Option<u64> {
+        let key = format!("{metric}{{archive=\"{}\",image=\"vm\"}} ", dir.display());
+        let line = text.lines().find(|l| l.starts_with(&key))?;
+        line[key.len()..].parse().ok()
+    };
+    let files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".diff"))
+        .collect();
+    assert_eq!(
+        value("rbddiff_backup_files"),
+        Some(files.len() as u64),
+        "{text}"
+    );
+    let bytes: u64 = files.iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+    assert_eq!(value("rbddiff_backup_bytes"), Some(bytes));
+    assert_eq!(value("rbddiff_backup_restorable_snapshots"), Some(6));
+    assert_eq!(value("rbddiff_backup_unhealthy_files"), Some(0));
+    assert_eq!(value("rbddiff_backup_ok"), Some(1));
+    assert_eq!(value("rbddiff_backup_last_success"), Some(0));
+    let failed = value("rbddiff_backup_last_failure_timestamp_seconds").unwrap();
+    assert!(failed >= now && failed < now + 600, "{text}");
+    assert!(value("rbddiff_backup_age_seconds").unwrap() < 600);
+    assert_eq!(
+        value("rbddiff_backup_newest_timestamp_seconds"),
+        j["images"][0]["newest"]["time"].as_u64()
+    );
+    assert!(
+        text.contains(&format!(
+            "rbddiff_archive_ok{{archive=\"{}\"}} 1\n",
+            dir.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE rbddiff_backup_age_seconds gauge\n"));
+    let human =
+        String::from_utf8_lossy(&rbddiff_cli(&["status", &s(&dir), "--max-age", "1d"]).stdout)
+            .into_owned();
+    assert!(human.contains("the last backup failed"), "{human}");
+    // Success again; the newest snapshot too old for --max-age: overall 0, exit 1.
+    snaps_on(&bin, &[("s5", 6)]);
+    run("s6", None).unwrap();
+    set_catalog_time(&dir, "vm@s5..s6.diff", Some(now - 7 * 86_400));
+    let out = rbddiff_cli(&[
+        "status",
+        &s(&dir),
+        "--max-age",
+        "1d",
+        "--prometheus",
+        &s(&prom),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = fs::read_to_string(&prom).unwrap();
+    let value = |metric: &str| -> Option<u64> {
+        let key = format!("{metric}{{archive=\"{}\",image=\"vm\"}} ", dir.display());
+        let line = text.lines().find(|l| l.starts_with(&key))?;
+        line[key.len()..].parse().ok()
+    };
+    assert_eq!(value("rbddiff_backup_last_success"), Some(1), "{text}");
+    assert_eq!(value("rbddiff_backup_ok"), Some(0));
+    assert!(value("rbddiff_backup_age_seconds").unwrap() >= 7 * 86_400);
+    assert!(
+        text.contains("rbddiff_archive_ok{") && text.contains("} 0\n"),
+        "{text}"
+    );
+    assert!(text.contains("rbddiff_archive_max_age_seconds{"), "{text}");
+    // No temporary file is left beside the metrics file.
+    assert_eq!(
+        fs::read_dir(&work)
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp"))
+            .count(),
+        0
+    );
+    // status needs --max-age or --prometheus.
+    assert_eq!(rbddiff_cli(&["status", &s(&dir)]).status.code(), Some(2));
 }

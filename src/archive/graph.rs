@@ -235,26 +235,65 @@ fn snapshot_order(edges: &[Edge]) -> Vec<String> {
     out
 }
 
+/// The state of a file's `.sums` sidecar, as a verification of the file found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SumsState {
+    /// The sidecar matches the file.
+    Ok,
+    /// No sidecar: only the file's structure is checked.
+    Missing,
+    /// The sidecar does not describe the file (a length or record checksum differs, or the
+    /// sidecar is unreadable): the file was damaged since, or replaced without a new
+    /// sidecar. The file is damaged.
+    Stale,
+    /// Not checked: the file's structure failed first, or it could not be read.
+    Unchecked,
+}
+
+impl SumsState {
+    /// The name used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SumsState::Ok => "ok",
+            SumsState::Missing => "missing",
+            SumsState::Stale => "stale",
+            SumsState::Unchecked => "unchecked",
+        }
+    }
+}
+
 /// Whether a verification of `path` finds a problem (an index that disagrees with its content
-/// is none: readers stream the content instead). Returns the problems.
-fn check_file(path: &Path) -> std::result::Result<(), String> {
+/// is none: readers stream the content instead). Returns the problems, and the state of the
+/// sidecar.
+fn check_file(path: &Path) -> (std::result::Result<(), String>, SumsState) {
     let p = path.to_string_lossy().into_owned();
     let opts = VerifyOptions {
         no_chain: true,
         ..VerifyOptions::default()
     };
-    let report = verify(&[p], &opts).map_err(|e| e.to_string())?;
+    let report = match verify(&[p], &opts) {
+        Ok(r) => r,
+        Err(e) => return (Err(e.to_string()), SumsState::Unchecked),
+    };
+    let sums = match report.files.first().map(|f| f.sums) {
+        Some("ok") => SumsState::Ok,
+        Some("absent") => SumsState::Missing,
+        Some("mismatch" | "damaged") => SumsState::Stale,
+        _ => SumsState::Unchecked,
+    };
     let problems: Vec<String> = report
         .findings
         .iter()
         .filter(|f| f.severity == Severity::Problem && f.check != "index")
         .map(|f| f.to_string())
         .collect();
-    if problems.is_empty() {
+    let result = if problems.is_empty() {
         Ok(())
     } else {
         Err(problems.join("; "))
-    }
+    };
+    (result, sums)
 }
 
 impl Graph {
@@ -266,11 +305,22 @@ impl Graph {
     /// Verifies every file (structure, sums sidecar where present): the damaged ones, with
     /// the reason.
     pub fn damaged(&self) -> BTreeMap<usize, String> {
-        self.edges
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| check_file(&e.file.path).err().map(|why| (i, why)))
-            .collect()
+        self.check().0
+    }
+
+    /// [`Graph::damaged`], and the state of each file's sidecar (by index into
+    /// [`Graph::edges`]).
+    pub fn check(&self) -> (BTreeMap<usize, String>, Vec<SumsState>) {
+        let mut damaged = BTreeMap::new();
+        let mut sums = Vec::with_capacity(self.edges.len());
+        for (i, e) in self.edges.iter().enumerate() {
+            let (r, s) = check_file(&e.file.path);
+            if let Err(why) = r {
+                damaged.insert(i, why);
+            }
+            sums.push(s);
+        }
+        (damaged, sums)
     }
 
     /// The cheapest path (fewest bytes, then fewest files) of files not in `skip` from
@@ -350,7 +400,7 @@ impl Graph {
                 if good.contains(&i) {
                     continue;
                 }
-                match check_file(&self.edges[i].file.path) {
+                match check_file(&self.edges[i].file.path).0 {
                     Ok(()) => {
                         good.insert(i);
                     }

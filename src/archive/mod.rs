@@ -7,6 +7,7 @@
 //! Maintenance under the directory's exclusive lock finishes
 //! what an interrupted prune left (see [`crate::journal`] and [`crate::workflow`]).
 
+pub mod backup;
 pub mod catalog;
 pub mod graph;
 pub mod listing;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Longest escaped image name in a file name; [`crate::workflow::backup`] refuses longer ones.
+/// Longest escaped image name in a file name; [`crate::archive::backup::backup`] refuses longer ones.
 pub const MAX_IMAGE_NAME: usize = 128;
 /// Longest escaped snapshot name in a file name: a longer one is cut and given a hash suffix
 /// (the real name is in the diff's header, which is what discovery reads).
@@ -78,22 +78,48 @@ pub fn file_name(image: &str, from: Option<&str>, to: &str, compressed: bool) ->
     }
 }
 
-/// Prefix of the snapshots `backup` names itself; `--keep-snaps` only removes these.
+/// Prefix of the snapshots `backup` names itself.
 pub const SNAP_PREFIX: &str = "rbddiff-";
+/// Hex digits of the archive id in the names of the snapshots `backup` makes.
+pub const TAG_LEN: usize = 8;
 
-/// The name of a snapshot [`backup`] makes when none is given:
-/// `rbddiff-YYYYmmddTHHMMSS.NNNNNNNNNZ` (UTC, with nanoseconds: two backups within one
-/// second get two names).
-pub fn default_snap_name() -> String {
+/// The name of a snapshot [`crate::archive::backup::backup`] makes when none is given:
+/// `rbddiff-TAG-YYYYmmddTHHMMSS.NNNNNNNNNZ`, TAG the first [`TAG_LEN`] digits of the
+/// archive's id (its owner, see [`super::catalog`]), the time UTC with nanoseconds (two
+/// backups within one second get two names).
+pub fn default_snap_name(archive_id: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let s = stamp(now.as_secs());
+    let tag = archive_id.get(..TAG_LEN).unwrap_or(archive_id);
     format!(
-        "{SNAP_PREFIX}{}.{:09}Z",
+        "{SNAP_PREFIX}{tag}-{}.{:09}Z",
         &s[..s.len() - 1],
         now.subsec_nanos()
     )
+}
+
+/// For a name `backup` makes, the tag of the archive that made it (none for the names of
+/// older versions, `rbddiff-STAMP`) and the stamp (`YYYYmmddTHHMMSS[.N…]Z`, unchecked).
+pub fn parse_snap_name(name: &str) -> Option<(Option<&str>, &str)> {
+    let rest = name.strip_prefix(SNAP_PREFIX)?;
+    let tagged = rest.as_bytes().get(TAG_LEN) == Some(&b'-')
+        && rest.as_bytes()[..TAG_LEN]
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    Some(if tagged {
+        (Some(&rest[..TAG_LEN]), &rest[TAG_LEN + 1..])
+    } else {
+        (None, rest)
+    })
+}
+
+/// Whether the snapshot `name` was made by a backup into the archive of id `archive_id`
+/// (its default name carries the archive's tag).
+pub fn is_own_snap(name: &str, archive_id: &str) -> bool {
+    let tag = archive_id.get(..TAG_LEN);
+    parse_snap_name(name).is_some_and(|(t, s)| t.is_some() && t == tag && s.ends_with('Z'))
 }
 
 /// The current UTC time as `YYYYmmddTHHMMSSZ`.
@@ -208,5 +234,25 @@ mod tests {
         );
         let m = MAX_IMAGE_NAME;
         assert!(file_name(&"i".repeat(m), Some(&long), &"%".repeat(300), true).len() <= 255);
+    }
+
+    #[test]
+    fn snapshot_names_carry_their_archive() {
+        let id = "0123abcd".repeat(4);
+        let n = default_snap_name(&id);
+        assert!(n.starts_with("rbddiff-0123abcd-20"), "{n}");
+        assert!(is_own_snap(&n, &id));
+        assert!(!is_own_snap(&n, &"f".repeat(32)));
+        let (tag, st) = parse_snap_name(&n).unwrap();
+        assert_eq!(tag, Some("0123abcd"));
+        assert_eq!(st.len(), 26, "{st}");
+        // The names of older versions: no owner.
+        let old = "rbddiff-20260301T000000.123456789Z";
+        assert_eq!(parse_snap_name(old), Some((None, &old[8..])));
+        assert!(!is_own_snap(old, &id));
+        for other in ["nightly", "rbddiff-0123abcd", "rbddiff-0123ABCD-x"] {
+            assert!(!is_own_snap(other, &id), "{other}");
+        }
+        assert_ne!(default_snap_name(&id), default_snap_name(&id));
     }
 }

@@ -12,16 +12,19 @@ use super::Status;
 ///
 /// Reads the image's files in DIR as a graph (from the files' headers), creates a snapshot and
 /// streams `rbd export-diff` (incremental from the newest snapshot that exists on the cluster
-/// and is restorable in DIR, else full, and the report says why) through the parser into `IMAGE@FROM..TO.diff` (or `IMAGE@TO.full.diff`), written
-/// atomically, with its `.sums` sidecar. On failure no file is left and the new snapshot is
-/// removed again.
+/// and is restorable in DIR, else full, and the report says why) through the parser into
+/// `IMAGE@FROM..TO.diff` (or `IMAGE@TO.full.diff`), written atomically, with its `.sums`
+/// sidecar. On failure no file is left and the new snapshot is removed again. The archive's
+/// catalog records the backup time, image id, cluster fsid (as rbd's configuration sets it)
+/// and rbd version of the file, and the outcome of the run (for `status`).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The image: POOL/IMAGE.
     image: String,
     /// The backup directory (created if missing).
     dir: PathBuf,
-    /// Name of the snapshot to create (default rbddiff-<UTC time, YYYYmmddTHHMMSS.NNNNNNNNNZ>).
+    /// Name of the snapshot to create (default rbddiff-<TAG>-<UTC time,
+    /// YYYYmmddTHHMMSS.NNNNNNNNNZ>, TAG the first 8 hex digits of the archive's id).
     #[arg(long, value_name = "NAME")]
     snap: Option<String>,
     /// Make a full backup (into an archive with chains too: a periodic full).
@@ -31,10 +34,16 @@ pub struct Args {
     /// of a chain is a full).
     #[arg(long, value_name = "N")]
     full_every: Option<usize>,
+    /// Make a full backup when the newest full diff of the lineage is older than DURATION
+    /// (by its backup time in the catalog, else its modification time), e.g. 7d or 1w.
+    #[arg(long, value_name = "DURATION")]
+    full_after: Option<String>,
     /// Write a compressed, indexed zstd archive (`.diff.zst`).
     #[arg(long)]
     compress: bool,
-    /// Afterwards keep only the newest K snapshots named rbddiff-… (others are never touched).
+    /// Afterwards keep only the newest K snapshots this archive's backups made (default names
+    /// with its tag; the one just made is always kept; other snapshots, those of other
+    /// archives and of older rbddiff versions, are never touched).
     #[arg(long, value_name = "K")]
     keep_snaps: Option<usize>,
     #[command(flatten)]
@@ -49,6 +58,11 @@ pub fn run(a: Args) -> Result<Status> {
         snap: a.snap,
         full: a.full,
         full_every: a.full_every,
+        full_after: a
+            .full_after
+            .as_deref()
+            .map(rbddiff::archive::listing::parse_duration)
+            .transpose()?,
         compress: a.compress.then(CompressOptions::default),
         keep_snaps: a.keep_snaps,
         rbd: a.cluster.into(),

@@ -9,8 +9,10 @@ use super::Status;
 
 /// List an archive: per image, every restorable snapshot with the files of its best path.
 ///
-/// Every file is verified first (structure, sums sidecar), as restore would. Also lists the
-/// healthy files no best path uses and the damaged or unreadable ones, with the reason.
+/// Every file is verified first (structure, sums sidecar), as restore would. Each file of a
+/// path is shown with its bytes and the state of its sidecar (ok, missing, stale: it does not
+/// match the file). Also lists the healthy files no best path uses and the damaged or
+/// unreadable ones, with the reason, and the outcome of the image's last backup.
 /// Files of different image ids (a recreated image) are listed as separate lineages. A
 /// snapshot's time is the backup time the catalog records, else the UTC time in its name
 /// when `backup` named it, else the modification time of the file ending at it.
@@ -32,24 +34,36 @@ pub fn run(a: Args) -> Result<Status> {
         for i in &r.images {
             writeln!(
                 out,
-                "{} (image id {}): {} restorable snapshot(s)",
+                "{} (image id {}): {} restorable snapshot(s), {} file(s), {} bytes",
                 i.image,
                 i.image_id.as_deref().unwrap_or("unknown"),
-                i.snapshots.len()
+                i.snapshots.len(),
+                i.files.len(),
+                i.bytes
             )?;
+            let state = |f: &str| i.files.iter().find(|s| s.file == f);
             for s in &i.snapshots {
                 writeln!(
                     out,
-                    "  {} ({} from {}) size {}: {} file(s), {} bytes to read",
+                    "  {} ({} from {}) size {}: {} file(s), {} bytes to read, sums {}",
                     s.name,
                     s.time_utc,
                     s.time_from,
                     s.size,
                     s.files.len(),
-                    s.bytes
+                    s.bytes,
+                    s.sums.as_str()
                 )?;
                 for f in &s.files {
-                    writeln!(out, "    {f}")?;
+                    match state(f) {
+                        Some(st) => writeln!(
+                            out,
+                            "    {f} ({} bytes, sums {})",
+                            st.bytes,
+                            st.sums.as_str()
+                        )?,
+                        None => writeln!(out, "    {f}")?,
+                    }
                 }
             }
             for f in &i.unused {
@@ -57,6 +71,20 @@ pub fn run(a: Args) -> Result<Status> {
             }
             for u in &i.unhealthy {
                 writeln!(out, "  unhealthy: {} ({})", u.file, u.reason)?;
+            }
+            if let Some(l) = &i.last_backup {
+                let when = |t: Option<u64>| t.map_or("never".into(), rbddiff::workflow::stamp);
+                writeln!(
+                    out,
+                    "  last backup: {} (last success {}, last failure {})",
+                    match l.last_ok {
+                        Some(true) => "ok",
+                        Some(false) => "FAILED",
+                        None => "none",
+                    },
+                    when(l.success),
+                    when(l.failure)
+                )?;
             }
         }
         Ok(())
