@@ -316,12 +316,24 @@ fn an_archive_serves_every_restorable_snapshot() {
             "{snap} not listed: {list}"
         );
     }
-    let copy = t.path().join("copy.raw");
-    for (snap, state) in &snaps {
-        let _ = std::fs::remove_file(&copy);
-        run(Command::new("nbdcopy").args([&format!("{}/{snap}", srv.uri), &s(&copy)]));
-        assert_eq!(sha256_file(&copy), truth("img64k", state).sha256, "{snap}");
+    // Every snapshot copied at once, one client each.
+    let copies: Vec<(PathBuf, Child, &String)> = snaps
+        .iter()
+        .enumerate()
+        .map(|(i, (snap, state))| {
+            let out = t.path().join(format!("copy{i}.raw"));
+            let child = Command::new("nbdcopy")
+                .args([&format!("{}/{snap}", srv.uri), &s(&out)])
+                .spawn()
+                .unwrap();
+            (out, child, state)
+        })
+        .collect();
+    for (out, mut child, state) in copies {
+        assert!(child.wait().unwrap().success());
+        assert_eq!(sha256_file(&out), truth("img64k", state).sha256);
     }
+    let copy = t.path().join("copy.raw");
     let info = run(Command::new("qemu-img").args(["info", "--output=json", &srv.uri]));
     let (newest, state) = snaps.last().unwrap();
     let size = truth("img64k", state).size;

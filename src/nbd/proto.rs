@@ -544,3 +544,199 @@ pub fn serve_client(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nbd::{STATE_HOLE, STATE_ZERO};
+
+    struct Mem(Vec<u8>);
+
+    impl Export for Mem {
+        fn size(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read(&self, offset: u64, buf: &mut [u8]) -> crate::Result<()> {
+            let o = offset as usize;
+            buf.copy_from_slice(&self.0[o..o + buf.len()]);
+            Ok(())
+        }
+        fn status(&self, offset: u64, len: u64) -> crate::Result<Vec<(u64, u32)>> {
+            let half = self.size() / 2;
+            Ok(if offset < half {
+                vec![(half - offset, 0), (len - (half - offset), STATE_HOLE | STATE_ZERO)]
+            } else {
+                vec![(len, STATE_HOLE | STATE_ZERO)]
+            })
+        }
+    }
+
+    struct One(Arc<Mem>);
+
+    impl Exports for One {
+        fn names(&self) -> Vec<String> {
+            vec!["snap1".into()]
+        }
+        fn open(&self, name: &str) -> std::result::Result<Arc<dyn Export>, String> {
+            match name {
+                "" | "snap1" => Ok(self.0.clone()),
+                _ => Err(format!("no export '{name}'")),
+            }
+        }
+    }
+
+    fn opt(m: &mut Vec<u8>, opt: u32, data: &[u8]) {
+        m.extend_from_slice(b"IHAVEOPT");
+        m.extend_from_slice(&opt.to_be_bytes());
+        m.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        m.extend_from_slice(data);
+    }
+
+    fn req(m: &mut Vec<u8>, flags: u16, kind: u16, cookie: u64, off: u64, len: u32) {
+        m.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        m.extend_from_slice(&flags.to_be_bytes());
+        m.extend_from_slice(&kind.to_be_bytes());
+        m.extend_from_slice(&cookie.to_be_bytes());
+        m.extend_from_slice(&off.to_be_bytes());
+        m.extend_from_slice(&len.to_be_bytes());
+    }
+
+    fn meta(name: &str, queries: &[&str]) -> Vec<u8> {
+        let mut d = (name.len() as u32).to_be_bytes().to_vec();
+        d.extend_from_slice(name.as_bytes());
+        d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+        for q in queries {
+            d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+            d.extend_from_slice(q.as_bytes());
+        }
+        d
+    }
+
+    /// Reads a big-endian integer of `n` bytes from `r` at `*at`.
+    fn take(r: &[u8], at: &mut usize, n: usize) -> u64 {
+        let v = r[*at..*at + n].iter().fold(0u64, |a, &b| a << 8 | u64::from(b));
+        *at += n;
+        v
+    }
+
+    /// Option replies up to the final one: (type, data).
+    fn replies(r: &[u8], at: &mut usize) -> Vec<(u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            assert_eq!(take(r, at, 8), REPLY_MAGIC);
+            let _opt = take(r, at, 4);
+            let kind = take(r, at, 4) as u32;
+            let len = take(r, at, 4) as usize;
+            out.push((kind, r[*at..*at + len].to_vec()));
+            *at += len;
+            if kind == REP_ACK || kind & 0x8000_0000 != 0 {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn a_structured_session_negotiates_reads_and_reports_status() {
+        let image: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        let exports = One(Arc::new(Mem(image.clone())));
+        let mut c = 3u32.to_be_bytes().to_vec();
+        opt(&mut c, OPT_SET_META_CONTEXT, &meta("snap1", &[BASE_ALLOCATION]));
+        opt(&mut c, OPT_STRUCTURED_REPLY, &[]);
+        opt(&mut c, OPT_LIST_META_CONTEXT, &meta("snap1", &[]));
+        opt(&mut c, OPT_SET_META_CONTEXT, &meta("snap1", &["x:y", BASE_ALLOCATION]));
+        opt(&mut c, OPT_LIST, &[]);
+        let mut go = meta("snap1", &[]);
+        go.truncate(4 + 5);
+        go.extend_from_slice(&2u16.to_be_bytes());
+        go.extend_from_slice(&INFO_NAME.to_be_bytes());
+        go.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+        opt(&mut c, OPT_GO, &go);
+        req(&mut c, CMD_FLAG_DF, CMD_READ, 11, 1000, 3000);
+        req(&mut c, 0, CMD_BLOCK_STATUS, 12, 1024, 40960);
+        req(&mut c, CMD_FLAG_REQ_ONE, CMD_BLOCK_STATUS, 13, 1024, 40960);
+        req(&mut c, 0, CMD_READ, 14, 65536 - 10, 20);
+        req(&mut c, 0, CMD_DISC, 15, 0, 0);
+        let mut out = Vec::new();
+        serve_client(&mut c.as_slice(), &mut out, &exports, Limits::default(), &|| false)
+            .unwrap();
+        let r = out.as_slice();
+        let mut at = 16;
+        assert_eq!(take(r, &mut at, 2), 3, "fixed newstyle, no zeroes");
+        // SET before STRUCTURED_REPLY is refused; then the context is listed and set.
+        assert_eq!(replies(r, &mut at)[0].0, REP_ERR_INVALID);
+        assert_eq!(replies(r, &mut at), [(REP_ACK, vec![])]);
+        for _ in 0..2 {
+            let got = replies(r, &mut at);
+            assert_eq!(got.len(), 2);
+            assert_eq!(got[0].0, REP_META_CONTEXT);
+            assert_eq!(&got[0].1[4..], BASE_ALLOCATION.as_bytes());
+        }
+        let list = replies(r, &mut at);
+        assert_eq!(list[0], (REP_SERVER, b"\0\0\0\x05snap1".to_vec()));
+        let go = replies(r, &mut at);
+        assert_eq!(go.len(), 4, "{go:?}");
+        assert_eq!(&go[0].1[2..10], &65536u64.to_be_bytes());
+        assert_eq!(go[1].1, b"\0\x01snap1");
+        assert_eq!(&go[2].1[10..14], &(32u32 << 20).to_be_bytes());
+        // The read: one data chunk, done.
+        assert_eq!(take(r, &mut at, 4), u64::from(STRUCTURED_REPLY_MAGIC));
+        assert_eq!(take(r, &mut at, 2), u64::from(REPLY_FLAG_DONE));
+        assert_eq!(take(r, &mut at, 2), u64::from(REPLY_TYPE_OFFSET_DATA));
+        assert_eq!(take(r, &mut at, 8), 11);
+        assert_eq!(take(r, &mut at, 4), 3008);
+        assert_eq!(take(r, &mut at, 8), 1000);
+        assert_eq!(&r[at..at + 3000], &image[1000..4000]);
+        at += 3000;
+        // Block status: two descriptors, then one with REQ_ONE.
+        for (cookie, n) in [(12, 2), (13, 1)] {
+            assert_eq!(take(r, &mut at, 4), u64::from(STRUCTURED_REPLY_MAGIC));
+            at += 2;
+            assert_eq!(take(r, &mut at, 2), u64::from(REPLY_TYPE_BLOCK_STATUS));
+            assert_eq!(take(r, &mut at, 8), cookie);
+            assert_eq!(take(r, &mut at, 4), 4 + 8 * n);
+            assert_eq!(take(r, &mut at, 4), u64::from(CONTEXT_ID));
+            assert_eq!(take(r, &mut at, 4), 32768 - 1024);
+            assert_eq!(take(r, &mut at, 4), 0);
+            if n == 2 {
+                assert_eq!(take(r, &mut at, 4), 40960 - (32768 - 1024));
+                assert_eq!(take(r, &mut at, 4), u64::from(STATE_HOLE | STATE_ZERO));
+            }
+        }
+        // Past the end: an error chunk.
+        assert_eq!(take(r, &mut at, 4), u64::from(STRUCTURED_REPLY_MAGIC));
+        at += 2;
+        assert_eq!(take(r, &mut at, 2), u64::from(REPLY_TYPE_ERROR));
+        assert_eq!(take(r, &mut at, 8), 14);
+        let len = take(r, &mut at, 4) as usize;
+        assert_eq!(take(r, &mut at, 4), u64::from(EINVAL));
+        at += len - 4;
+        assert_eq!(at, r.len(), "nothing after DISC");
+    }
+
+    #[test]
+    fn old_style_export_name_and_abort() {
+        let exports = One(Arc::new(Mem(vec![7; 4096])));
+        let mut c = 1u32.to_be_bytes().to_vec();
+        opt(&mut c, OPT_EXPORT_NAME, b"snap1");
+        req(&mut c, 0, CMD_READ, 1, 0, 16);
+        let mut out = Vec::new();
+        serve_client(&mut c.as_slice(), &mut out, &exports, Limits::default(), &|| false)
+            .unwrap();
+        // Size, flags, 124 zeros (no NO_ZEROES), then a simple reply with 16 bytes.
+        assert_eq!(&out[18..26], &4096u64.to_be_bytes());
+        assert_eq!(out.len(), 18 + 8 + 2 + 124 + 16 + 16);
+        assert_eq!(&out[out.len() - 16..], &[7; 16]);
+        let mut c = 3u32.to_be_bytes().to_vec();
+        opt(&mut c, OPT_EXPORT_NAME, b"other");
+        let mut out = Vec::new();
+        serve_client(&mut c.as_slice(), &mut out, &exports, Limits::default(), &|| false)
+            .unwrap();
+        assert_eq!(out.len(), 18, "an unknown name ends the session without a reply");
+        let mut c = 3u32.to_be_bytes().to_vec();
+        opt(&mut c, OPT_ABORT, &[]);
+        let mut out = Vec::new();
+        serve_client(&mut c.as_slice(), &mut out, &exports, Limits::default(), &|| true)
+            .unwrap();
+        assert_eq!(out.len(), 18 + 20, "ABORT is acknowledged even while stopping");
+    }
+}
