@@ -69,3 +69,21 @@ for f in ../testdata/real/img64k/v3_v4.diff ../testdata/real/img64k/v5_head.diff
   n=$((n + 1))
 done
 echo "seeded $n diffs into fuzz/corpus/sums and fuzz/corpus/compress"
+
+# nbd: a whole client session (flags, STRUCTURED_REPLY, SET_META_CONTEXT base:allocation,
+# LIST, GO, a read, a block status, a write, DISC), and its prefixes cut at each message.
+out=corpus/nbd
+mkdir -p "$out"
+hex() { printf "$(echo "$1" | sed 's/../\\x&/g')"; }
+{
+  hex 00000003
+  printf IHAVEOPT; hex 0000000800000000
+  printf IHAVEOPT; hex 0000000a0000001b00000000000000010000000f; printf 'base:allocation'
+  printf IHAVEOPT; hex 0000000300000000
+  printf IHAVEOPT; hex 0000000700000006000000000000
+  hex 25609513000000000000000000000001000000000000000000001000
+  hex 25609513000000070000000000000002000000000000000000100000
+  hex 25609513000000010000000000000003000000000000000000000004; hex aabbccdd
+  hex 25609513000000020000000000000004000000000000000000000000
+} > "$out/session"
+echo "seeded 1 session into fuzz/$out"

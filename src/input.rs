@@ -447,6 +447,15 @@ impl Input {
         }
     }
 
+    /// The file behind a mapped input, compressed or not (its raw bytes are
+    /// [`Input::raw_bytes`]).
+    pub fn mapped_file(&self) -> Option<&File> {
+        match &self.data {
+            Data::Map(_, f) => Some(f),
+            _ => None,
+        }
+    }
+
     /// The content as a reader (a mapped file is read from memory; zstd is decompressed).
     pub fn into_reader(self) -> Box<dyn Read + Send + 'static> {
         match self.data {

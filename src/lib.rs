@@ -67,6 +67,7 @@ pub mod input;
 pub mod inspect;
 pub mod journal;
 pub mod merge;
+pub mod nbd;
 pub mod output;
 mod parallel;
 mod parse;

@@ -105,7 +105,7 @@ pub struct RestoreReport {
 
 /// Chooses the image whose backups `dir` holds for a restore into `target` (an image name,
 /// none for a file).
-fn pick_image(dir: &Path, target: Option<&str>, given: Option<&str>) -> Result<String> {
+pub(crate) fn pick_image(dir: &Path, target: Option<&str>, given: Option<&str>) -> Result<String> {
     if let Some(g) = given {
         return Ok(g.to_string());
     }
@@ -242,7 +242,7 @@ pub fn restore(
 /// The path of healthy files with the fewest bytes to `to` (default: the newest restorable
 /// snapshot) in the newest lineage of `image` that holds it, and its files' names; other
 /// lineages are a warning of the choice.
-fn best_path(
+pub(crate) fn best_path(
     dir: &Path,
     image: &str,
     to: Option<&str>,

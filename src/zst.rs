@@ -1162,7 +1162,7 @@ pub(crate) fn item_fields(kind: &crate::ItemKind<'_>) -> (u8, u64, u64) {
 }
 
 /// The frame of `frames` holding diff stream byte `pos`.
-fn frame_at(frames: &[FrameEntry], pos: u64) -> Option<usize> {
+pub(crate) fn frame_at(frames: &[FrameEntry], pos: u64) -> Option<usize> {
     let i = frames
         .partition_point(|f| f.d_offset <= pos)
         .checked_sub(1)?;

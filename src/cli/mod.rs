@@ -19,6 +19,7 @@ mod list;
 mod merge;
 mod prune;
 mod restore;
+mod serve;
 mod status;
 mod verify;
 
@@ -98,6 +99,8 @@ enum Command {
     Prune(prune::Args),
     List(list::Args),
     Status(status::Args),
+    /// Serve snapshots read-only over NBD, without restoring them.
+    Serve(serve::Args),
     Completions(docs::CompletionsArgs),
     Man(docs::ManArgs),
 }
@@ -244,6 +247,7 @@ pub fn run() -> ExitCode {
         Command::Prune(a) => prune::run(a),
         Command::List(a) => list::run(a),
         Command::Status(a) => status::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Completions(a) => docs::run_completions(a),
         Command::Man(a) => docs::run_man(a),
     };
