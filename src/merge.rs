@@ -614,6 +614,22 @@ impl Sink for Count {
     }
 }
 
+/// A sink that hands each piece to a function ([`Plan::pieces`]).
+struct Collect<'f>(&'f mut dyn FnMut(u64, u64, Option<(usize, u64)>));
+
+impl Sink for Collect<'_> {
+    fn piece(
+        &mut self,
+        _: &mut Inputs<'_, '_>,
+        s: u64,
+        e: u64,
+        src: Option<(usize, u64)>,
+    ) -> Result<()> {
+        (self.0)(s, e, src);
+        Ok(())
+    }
+}
+
 /// A sweep over the layers of some inputs.
 struct Sweep<'m, 'a, S> {
     inputs: Inputs<'m, 'a>,
@@ -977,6 +993,32 @@ impl Plan {
     /// Warnings found in the seekable inputs (those of streams are in [`MergeStats`]).
     pub fn warnings(&self) -> &[InputWarning] {
         &self.all_warnings
+    }
+
+    /// Calls `f` with every visible piece of the merged image in offset order, reading no
+    /// payload: `(start, end, None)` for zeros, `(start, end, Some((input, offset)))` for the
+    /// payload of input `input` at `offset` (for an archive, an offset in its decompressed
+    /// diff stream). Memory is the sweep's, O(inputs).
+    ///
+    /// # Errors
+    /// An input is a stream (its records can be walked only once), or is invalid.
+    pub fn pieces(
+        &self,
+        inputs: &[MergeInput<'_>],
+        f: &mut dyn FnMut(u64, u64, Option<(usize, u64)>),
+    ) -> Result<()> {
+        if inputs.len() != self.inputs || inputs.iter().any(MergeInput::is_stream) {
+            return Err(Error::invalid(
+                "internal: pieces of streams or of other inputs",
+            ));
+        }
+        let (layers, caps) = build_layers(inputs, &self.sizes, |_| true)?;
+        let mut sw = Sweep {
+            inputs: Inputs::Shared(inputs),
+            layers,
+            sink: Collect(f),
+        };
+        sweep(&mut sw, &caps)
     }
 
     /// Writes the merged diff to `out` in one sweep, reading the surviving payloads from

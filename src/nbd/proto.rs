@@ -564,7 +564,10 @@ mod tests {
         fn status(&self, offset: u64, len: u64) -> crate::Result<Vec<(u64, u32)>> {
             let half = self.size() / 2;
             Ok(if offset < half {
-                vec![(half - offset, 0), (len - (half - offset), STATE_HOLE | STATE_ZERO)]
+                vec![
+                    (half - offset, 0),
+                    (len - (half - offset), STATE_HOLE | STATE_ZERO),
+                ]
             } else {
                 vec![(len, STATE_HOLE | STATE_ZERO)]
             })
@@ -614,7 +617,9 @@ mod tests {
 
     /// Reads a big-endian integer of `n` bytes from `r` at `*at`.
     fn take(r: &[u8], at: &mut usize, n: usize) -> u64 {
-        let v = r[*at..*at + n].iter().fold(0u64, |a, &b| a << 8 | u64::from(b));
+        let v = r[*at..*at + n]
+            .iter()
+            .fold(0u64, |a, &b| a << 8 | u64::from(b));
         *at += n;
         v
     }
@@ -640,10 +645,18 @@ mod tests {
         let image: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
         let exports = One(Arc::new(Mem(image.clone())));
         let mut c = 3u32.to_be_bytes().to_vec();
-        opt(&mut c, OPT_SET_META_CONTEXT, &meta("snap1", &[BASE_ALLOCATION]));
+        opt(
+            &mut c,
+            OPT_SET_META_CONTEXT,
+            &meta("snap1", &[BASE_ALLOCATION]),
+        );
         opt(&mut c, OPT_STRUCTURED_REPLY, &[]);
         opt(&mut c, OPT_LIST_META_CONTEXT, &meta("snap1", &[]));
-        opt(&mut c, OPT_SET_META_CONTEXT, &meta("snap1", &["x:y", BASE_ALLOCATION]));
+        opt(
+            &mut c,
+            OPT_SET_META_CONTEXT,
+            &meta("snap1", &["x:y", BASE_ALLOCATION]),
+        );
         opt(&mut c, OPT_LIST, &[]);
         let mut go = meta("snap1", &[]);
         go.truncate(4 + 5);
@@ -657,8 +670,14 @@ mod tests {
         req(&mut c, 0, CMD_READ, 14, 65536 - 10, 20);
         req(&mut c, 0, CMD_DISC, 15, 0, 0);
         let mut out = Vec::new();
-        serve_client(&mut c.as_slice(), &mut out, &exports, Limits::default(), &|| false)
-            .unwrap();
+        serve_client(
+            &mut c.as_slice(),
+            &mut out,
+            &exports,
+            Limits::default(),
+            &|| false,
+        )
+        .unwrap();
         let r = out.as_slice();
         let mut at = 16;
         assert_eq!(take(r, &mut at, 2), 3, "fixed newstyle, no zeroes");
@@ -720,8 +739,14 @@ mod tests {
         opt(&mut c, OPT_EXPORT_NAME, b"snap1");
         req(&mut c, 0, CMD_READ, 1, 0, 16);
         let mut out = Vec::new();
-        serve_client(&mut c.as_slice(), &mut out, &exports, Limits::default(), &|| false)
-            .unwrap();
+        serve_client(
+            &mut c.as_slice(),
+            &mut out,
+            &exports,
+            Limits::default(),
+            &|| false,
+        )
+        .unwrap();
         // Size, flags, 124 zeros (no NO_ZEROES), then a simple reply with 16 bytes.
         assert_eq!(&out[18..26], &4096u64.to_be_bytes());
         assert_eq!(out.len(), 18 + 8 + 2 + 124 + 16 + 16);
@@ -729,14 +754,34 @@ mod tests {
         let mut c = 3u32.to_be_bytes().to_vec();
         opt(&mut c, OPT_EXPORT_NAME, b"other");
         let mut out = Vec::new();
-        serve_client(&mut c.as_slice(), &mut out, &exports, Limits::default(), &|| false)
-            .unwrap();
-        assert_eq!(out.len(), 18, "an unknown name ends the session without a reply");
+        serve_client(
+            &mut c.as_slice(),
+            &mut out,
+            &exports,
+            Limits::default(),
+            &|| false,
+        )
+        .unwrap();
+        assert_eq!(
+            out.len(),
+            18,
+            "an unknown name ends the session without a reply"
+        );
         let mut c = 3u32.to_be_bytes().to_vec();
         opt(&mut c, OPT_ABORT, &[]);
         let mut out = Vec::new();
-        serve_client(&mut c.as_slice(), &mut out, &exports, Limits::default(), &|| true)
-            .unwrap();
-        assert_eq!(out.len(), 18 + 20, "ABORT is acknowledged even while stopping");
+        serve_client(
+            &mut c.as_slice(),
+            &mut out,
+            &exports,
+            Limits::default(),
+            &|| true,
+        )
+        .unwrap();
+        assert_eq!(
+            out.len(),
+            18 + 20,
+            "ABORT is acknowledged even while stopping"
+        );
     }
 }

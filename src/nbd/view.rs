@@ -87,7 +87,21 @@ impl ChainView {
                 .map(merge_input)
                 .collect::<Result<Vec<MergeInput<'_>>>>()?;
             let p = plan(&mis, &MergeOptions::default())?;
-            (p.extents().iter().collect::<Vec<_>>(), p.metadata().clone())
+            let mut map = Vec::new();
+            p.pieces(&mis, &mut |s, e, src| {
+                map.push((
+                    s,
+                    e,
+                    match src {
+                        Some((input, src_offset)) => Piece::Data {
+                            input: input as u32,
+                            src_offset,
+                        },
+                        None => Piece::Zero,
+                    },
+                ))
+            })?;
+            (map, p.metadata().clone())
         };
         let files = inputs
             .iter()
