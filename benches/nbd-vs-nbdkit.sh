@@ -47,7 +47,8 @@ echo "chain: $(du -ch "${chain[@]}" | tail -1 | cut -f1) plain, $(du -ch "${zcha
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 serve() { # serve PORT FILES...: starts rbddiff serve, prints its pid
     local p=$1; shift
-    "$BIN" serve -q --listen "127.0.0.1:$p" "$@" & echo $!
+    # Its stdout must not be the command substitution's pipe, or $(serve ...) never returns.
+    "$BIN" serve -q --listen "127.0.0.1:$p" "$@" >/dev/null </dev/null & echo $!
 }
 P1=$(port); S1=$(serve "$P1" "${chain[@]}"); PIDS+=("$S1")
 P2=$(port); S2=$(serve "$P2" "${zchain[@]}"); PIDS+=("$S2")

@@ -32,6 +32,14 @@ pub const CACHE_BYTES: usize = 64 << 20;
 pub const STATUS_READ: u64 = 64 << 20;
 const BLOCK: u64 = 4096;
 
+/// A serving thread's decompression context (made on its first frame) and buffer for the
+/// compressed bytes of a frame.
+type Work = (Option<zstd::bulk::Decompressor<'static>>, Vec<u8>);
+
+thread_local! {
+    static WORK: std::cell::RefCell<Work> = const { std::cell::RefCell::new((None, Vec::new())) };
+}
+
 /// The image at the end snapshot of a chain of diff files.
 pub struct ChainView {
     to_snap: Option<String>,
@@ -56,13 +64,15 @@ impl std::fmt::Debug for ChainView {
     }
 }
 
-/// A decompressed frame: (input, frame) and its content.
-type Frame = ((usize, usize), Arc<Vec<u8>>);
+/// The slot of one frame in the cache: filled by the first reader that wants it while the
+/// others wait on its lock, so a frame is decompressed once however many clients read it.
+type Slot = Arc<Mutex<Option<Arc<Vec<u8>>>>>;
 
+/// Frames in the cache, oldest first: (input, frame), decompressed length, slot.
 #[derive(Default)]
 struct Cache {
     bytes: usize,
-    frames: VecDeque<Frame>,
+    frames: VecDeque<((usize, usize), usize, Slot)>,
 }
 
 impl ChainView {
@@ -146,33 +156,50 @@ impl ChainView {
 
     /// The decompressed frame `f` of input `i`, from the cache or decompressed now.
     fn frame(&self, i: usize, f: usize, entry: &FrameEntry) -> Result<Arc<Vec<u8>>> {
-        if let Ok(c) = self.cache.lock() {
-            if let Some((_, d)) = c.frames.iter().find(|(k, _)| *k == (i, f)) {
-                return Ok(d.clone());
+        let poisoned = || Error::invalid("internal: a reader of the frame cache panicked");
+        let slot = {
+            let mut c = self.cache.lock().map_err(|_| poisoned())?;
+            match c.frames.iter().find(|(k, _, _)| *k == (i, f)) {
+                Some((_, _, slot)) => slot.clone(),
+                None => {
+                    let slot = Slot::default();
+                    let len = entry.d_len as usize;
+                    c.frames.push_back(((i, f), len, slot.clone()));
+                    c.bytes += len;
+                    while c.bytes > CACHE_BYTES && c.frames.len() > 1 {
+                        if let Some((_, n, _)) = c.frames.pop_front() {
+                            c.bytes -= n;
+                        }
+                    }
+                    slot
+                }
             }
+        };
+        let mut held = slot.lock().map_err(|_| poisoned())?;
+        if let Some(d) = held.as_ref() {
+            return Ok(d.clone());
         }
         let (name, file) = &self.files[i];
-        let mut raw = vec![0; entry.c_len as usize];
-        file.read_exact_at(&mut raw, entry.c_offset)
-            .map_err(|e| Error::from(e).with_file(name))?;
         let at_start = FrameEntry {
             c_offset: 0,
             ..*entry
         };
-        let mut dctx = zstd::bulk::Decompressor::new()?;
         let mut out = Vec::new();
-        crate::zst::decompress_frame(&mut dctx, &raw, f, &at_start, &mut out)
-            .map_err(|e| e.with_file(name))?;
-        let out = Arc::new(out);
-        if let Ok(mut c) = self.cache.lock() {
-            c.bytes += out.len();
-            c.frames.push_back(((i, f), out.clone()));
-            while c.bytes > CACHE_BYTES && c.frames.len() > 1 {
-                if let Some((_, d)) = c.frames.pop_front() {
-                    c.bytes -= d.len();
-                }
+        WORK.with(|w| -> Result<()> {
+            let (dctx, raw) = &mut *w.borrow_mut();
+            if dctx.is_none() {
+                *dctx = Some(zstd::bulk::Decompressor::new()?);
             }
-        }
+            let dctx = dctx.as_mut().ok_or_else(poisoned)?;
+            // The seek table's frames lie within the file (checked when it was parsed).
+            raw.resize(entry.c_len as usize, 0);
+            file.read_exact_at(raw, entry.c_offset)?;
+            crate::zst::decompress_frame(dctx, raw, f, &at_start, &mut out)
+        })
+        .map_err(|e| e.with_file(name))?;
+        let out = Arc::new(out);
+        // An error above leaves the slot empty: the next reader tries again.
+        *held = Some(out.clone());
         Ok(out)
     }
 
@@ -233,17 +260,21 @@ impl Export for ChainView {
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let end = offset + buf.len() as u64;
-        buf.fill(0);
+        // Bytes up to `done` are filled; gaps between extents and zero extents read as zeros.
+        let mut done = offset;
         for &(s, e, p) in &self.map[self.first_after(offset)..] {
             if s >= end {
                 break;
             }
             let (a, b) = (s.max(offset), e.min(end));
             if let Piece::Data { input, src_offset } = p {
+                buf[(done - offset) as usize..(a - offset) as usize].fill(0);
                 let out = &mut buf[(a - offset) as usize..(b - offset) as usize];
                 self.payload(input as usize, src_offset + (a - s), out)?;
+                done = b;
             }
         }
+        buf[(done - offset) as usize..].fill(0);
         Ok(())
     }
 
