@@ -9,6 +9,7 @@
 //! Unix socket, one thread per client, and stops on SIGINT/SIGTERM.
 
 pub mod exports;
+pub mod map;
 pub mod proto;
 pub mod server;
 pub mod view;

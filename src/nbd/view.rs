@@ -1,8 +1,8 @@
 //! The image of a snapshot, read through a chain of diff files without materialising it.
 //!
 //! [`ChainView::open`] plans the merge of the chain ([`crate::merge::plan`]: every input is
-//! validated, the chain checked) and keeps the merged extent map as a sorted vector (32 bytes
-//! per extent of the merged diff). A read takes, for every byte, the newest record covering
+//! validated, the chain checked) and keeps the data extents of the merged diff in a
+//! [`Map`] (32 bytes each, in memory up to [`MEM_EXTENTS`], else in a temporary file). A read takes, for every byte, the newest record covering
 //! it: payload bytes with `pread` from plain files, or from the frames of an indexed `.zst`
 //! archive that hold them (read with `pread` and decompressed on demand, kept in a cache of
 //! at most [`CACHE_BYTES`] per view); holes and `z` ranges read as zeros. Reads go through
@@ -20,9 +20,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use super::map::{Builder, Ext, Map, MEM_EXTENTS};
 use super::{Export, STATE_HOLE, STATE_ZERO};
 use crate::error::{Error, Result};
-use crate::extent::Piece;
 use crate::merge::{merge_input, open_input, plan, MergeInput, MergeOptions};
 use crate::zst::FrameEntry;
 
@@ -49,7 +49,7 @@ pub struct ChainView {
     /// The seek table of each input read through its index (payload offsets are then
     /// offsets in the decompressed diff stream); `None` for plain, mapped inputs.
     frames: Vec<Option<Vec<FrameEntry>>>,
-    map: Vec<(u64, u64, Piece)>,
+    map: Map,
     cache: Mutex<Cache>,
 }
 
@@ -84,6 +84,15 @@ impl ChainView {
     /// As [`crate::merge::open_input`] and [`crate::merge::plan`]: an input cannot be read or
     /// is invalid, or the files do not form a chain.
     pub fn open<P: AsRef<Path>>(paths: &[P]) -> Result<ChainView> {
+        ChainView::open_with(paths, MEM_EXTENTS)
+    }
+
+    /// [`ChainView::open`], keeping at most `mem_extents` extents of the map in memory (more
+    /// move it to a temporary file, [`super::map`]).
+    ///
+    /// # Errors
+    /// As [`ChainView::open`], or the map's temporary file cannot be written.
+    pub fn open_with<P: AsRef<Path>>(paths: &[P], mem_extents: usize) -> Result<ChainView> {
         if paths.is_empty() {
             return Err(Error::invalid("no diff file to serve"));
         }
@@ -97,21 +106,18 @@ impl ChainView {
                 .map(merge_input)
                 .collect::<Result<Vec<MergeInput<'_>>>>()?;
             let p = plan(&mis, &MergeOptions::default())?;
-            let mut map = Vec::new();
-            p.pieces(&mis, &mut |s, e, src| {
-                map.push((
-                    s,
-                    e,
-                    match src {
-                        Some((input, src_offset)) => Piece::Data {
-                            input: input as u32,
-                            src_offset,
-                        },
-                        None => Piece::Zero,
-                    },
-                ))
+            let mut map = Builder::new(mem_extents);
+            p.pieces(&mis, &mut |start, end, src| {
+                if let Some((input, src)) = src {
+                    map.push(Ext {
+                        start,
+                        end,
+                        src,
+                        input: input as u32,
+                    });
+                }
             })?;
-            (map, p.metadata().clone())
+            (map.finish()?, p.metadata().clone())
         };
         let files = inputs
             .iter()
@@ -149,9 +155,14 @@ impl ChainView {
         self.to_snap.as_deref()
     }
 
-    /// Extents of the merged map.
+    /// Data extents of the merged map.
     pub fn extents(&self) -> usize {
         self.map.len()
+    }
+
+    /// Whether the merged map lives in a temporary file.
+    pub fn map_on_disk(&self) -> bool {
+        self.map.on_disk()
     }
 
     /// The decompressed frame `f` of input `i`, from the cache or decompressed now.
@@ -239,17 +250,15 @@ impl ChainView {
         }
     }
 
-    /// Index of the first extent ending after `offset`.
-    fn first_after(&self, offset: u64) -> usize {
-        self.map.partition_point(|&(_, e, _)| e <= offset)
-    }
-
-    /// Start of the first data extent that ends after `offset` (`u64::MAX`: none).
-    fn next_data(&self, offset: u64) -> u64 {
-        self.map[self.first_after(offset)..]
-            .iter()
-            .find(|(_, _, p)| matches!(p, Piece::Data { .. }))
-            .map_or(u64::MAX, |&(s, _, _)| s.max(offset))
+    /// Start of the first data extent that ends after `offset`, or `offset` inside it
+    /// (`u64::MAX`: none).
+    fn next_data(&self, offset: u64) -> Result<u64> {
+        let mut at = u64::MAX;
+        self.map.walk_from(offset, &mut |e| {
+            at = e.start.max(offset);
+            Ok(false)
+        })?;
+        Ok(at)
     }
 }
 
@@ -260,20 +269,19 @@ impl Export for ChainView {
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let end = offset + buf.len() as u64;
-        // Bytes up to `done` are filled; gaps between extents and zero extents read as zeros.
+        // Bytes up to `done` are filled; gaps between data extents read as zeros.
         let mut done = offset;
-        for &(s, e, p) in &self.map[self.first_after(offset)..] {
-            if s >= end {
-                break;
+        self.map.walk_from(offset, &mut |e| {
+            if e.start >= end {
+                return Ok(false);
             }
-            let (a, b) = (s.max(offset), e.min(end));
-            if let Piece::Data { input, src_offset } = p {
-                buf[(done - offset) as usize..(a - offset) as usize].fill(0);
-                let out = &mut buf[(a - offset) as usize..(b - offset) as usize];
-                self.payload(input as usize, src_offset + (a - s), out)?;
-                done = b;
-            }
-        }
+            let (a, b) = (e.start.max(offset), e.end.min(end));
+            buf[(done - offset) as usize..(a - offset) as usize].fill(0);
+            let out = &mut buf[(a - offset) as usize..(b - offset) as usize];
+            self.payload(e.input as usize, e.src + (a - e.start), out)?;
+            done = b;
+            Ok(true)
+        })?;
         buf[(done - offset) as usize..].fill(0);
         Ok(())
     }
@@ -291,7 +299,7 @@ impl Export for ChainView {
         let mut buf = Vec::new();
         while pos < end {
             let block_end = ((pos / BLOCK + 1) * BLOCK).min(end);
-            let data = self.next_data(pos);
+            let data = self.next_data(pos)?;
             if data >= block_end {
                 // Every block wholly before the next data extent reads as zeros.
                 let to = (data / BLOCK * BLOCK).clamp(block_end, end);
