@@ -269,3 +269,52 @@ fn backup_killed_at_random_points_leaves_every_snapshot_restorable() {
         "no kill landed between the snapshot and the commit"
     );
 }
+
+/// A snapshot that a killed `backup` made on the cluster but never archived (the newest on
+/// the cluster) is harmless: the next backup bases its incremental on the newest snapshot
+/// that is both on the cluster and restorable, and `--keep-snaps` removes the orphan in time
+/// like any other snapshot of the archive, never the newest restorable one.
+#[test]
+fn a_snapshot_a_killed_backup_left_on_the_cluster_is_harmless() {
+    use common::fakerbd::{restorable, restored, FakeCluster};
+    let t = tempfile::tempdir().unwrap();
+    let (dir, work) = (t.path().join("backups"), t.path().join("work"));
+    fs::create_dir_all(&work).unwrap();
+    let ds = s(&dir);
+    let cluster = FakeCluster::new(&t.path().join("bin"), 1 << 20);
+    let mut rng = Rng::new(31);
+    let backup = |extra: &[&str]| {
+        let o = cluster
+            .rbddiff(&["backup", "rbd/vm", &ds, "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v
+    };
+    let a = backup(&[]);
+    cluster.write(&mut rng);
+    let b = backup(&[]);
+    let tag = &a["archive_id"].as_str().unwrap()[..8];
+    let orphan = format!("rbddiff-{tag}-20261203T150000.000000000Z");
+    let o = Command::new(cluster.bin.join("rbd"))
+        .args(["snap", "create", &format!("rbd/vm@{orphan}")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    cluster.write(&mut rng);
+    let c = backup(&["--keep-snaps", "2"]);
+    assert_eq!(c["from_snap"], b["to_snap"], "{c}");
+    let cs = c["to_snap"].as_str().unwrap();
+    assert_eq!(restorable(&dir).last().map(String::as_str), Some(cs));
+    assert_eq!(restored(&dir, &work, cs), cluster.snap_sha256(cs));
+    cluster.write(&mut rng);
+    let d = backup(&["--keep-snaps", "2"]);
+    assert_eq!(d["from_snap"], c["to_snap"], "{d}");
+    let on: Vec<String> = cluster.snapshots().into_iter().map(|(_, n)| n).collect();
+    assert_eq!(on, [cs, d["to_snap"].as_str().unwrap()], "{d}");
+    for s in restorable(&dir) {
+        assert_eq!(restored(&dir, &work, &s), cluster.snap_sha256(&s), "{s}");
+    }
+}

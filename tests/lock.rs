@@ -85,7 +85,7 @@ fn the_lock_file_records_its_holders_and_a_refusal_names_them() {
         assert_eq!(recs.len(), 1, "{recs:?}");
         let h = Holder::parse(&recs[0]).unwrap_or_else(|| panic!("{recs:?}"));
         assert_eq!((h.pid, h.exclusive, h.command), (me, true, Cmd::Backup));
-        assert_eq!(holders(&dir), [h.clone()]);
+        assert_eq!(holders(&dir), std::slice::from_ref(&h));
         let want = format!(
             "archive {ds} locked by PID {me} (backup, since {})",
             h.since
