@@ -4,8 +4,9 @@
 //! `list`, `status`, `verify DIR`, `prune --dry-run`, and `serve` of an archive for the
 //! server's lifetime) a shared one.
 //!
-//! A conflicting lock is refused at once, or, with a wait, polled for (non-blocking
-//! attempts with short sleeps) until it is free or the wait is over. The refusal
+//! A conflicting lock is refused at once (after retrying for 100 ms: readers emptying the
+//! records hold the lock exclusively for a moment, see below), or, with a wait, polled for
+//! (non-blocking attempts with short sleeps) until it is free or the wait is over. The refusal
 //! ([`crate::ErrorKind::Locked`]) names the archive and its holders:
 //! `archive DIR locked by PID 4711 (backup, since 2026-12-03T14:00:00Z)`.
 //!
@@ -47,6 +48,9 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// Name of the lock file in a backup directory (hidden: chain discovery ignores it).
 pub const LOCK_NAME: &str = ".rbddiff.lock";
+
+/// How long a conflict is tried again without a wait (see [`lock`]).
+const GRACE: Duration = Duration::from_millis(100);
 
 /// The most bytes of a lock file read for its records.
 const MAX_RECORD_BYTES: u64 = 64 << 10;
@@ -273,7 +277,9 @@ enum Attempt {
 
 /// Locks `dir` for `command`: exclusively (to change it) or shared (to read it). With
 /// `wait`, a conflicting lock is waited for up to that long (polled: non-blocking attempts
-/// with sleeps of 10 ms growing to 250 ms); without, or once the wait is over, it is refused.
+/// with sleeps of 2 ms growing to 250 ms); without, or once the wait is over, it is refused
+/// (a conflict is always tried again for 100 ms: a reader emptying the records holds the
+/// lock exclusively for a moment).
 ///
 /// # Errors
 /// Another run holds a conflicting lock ([`ErrorKind::Locked`]: the message names `dir` and
@@ -287,8 +293,11 @@ pub fn lock(
 ) -> Result<DirLock> {
     let path = dir.join(LOCK_NAME);
     let start = Instant::now();
-    let wait = wait.unwrap_or_default();
-    let mut nap = Duration::from_millis(10);
+    let asked = wait.unwrap_or_default();
+    // Readers hold the lock exclusively for a moment (to empty the records): a conflict is
+    // tried again for a little while before it counts.
+    let wait = asked.max(GRACE);
+    let mut nap = Duration::from_millis(2);
     let mut replaced = 0;
     loop {
         match attempt(&path, exclusive, command)? {
@@ -305,8 +314,8 @@ pub fn lock(
                 let left = wait.saturating_sub(start.elapsed());
                 if left.is_zero() {
                     let mut msg = locked_message(dir, &live(records(&mut f)));
-                    if !wait.is_zero() {
-                        msg.push_str(&format!("; gave up after waiting {}", show(wait)));
+                    if !asked.is_zero() {
+                        msg.push_str(&format!("; gave up after waiting {}", show(asked)));
                     }
                     return Err(Error::new(ErrorKind::Locked(msg)));
                 }

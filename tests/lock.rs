@@ -439,3 +439,48 @@ fn overlapping_backups_and_prunes_never_lose_or_damage_a_file() {
     }
     eprintln!("{backups} backups, {refused} runs without --wait refused");
 }
+
+/// Readers never refuse each other, also while they empty the records (taking and leaving
+/// the lock in many threads at once, and as processes).
+#[test]
+fn readers_never_refuse_each_other() {
+    let (_t, dir) = archive();
+    let dir = std::sync::Arc::new(dir);
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                for k in 0..300 {
+                    let cmd = [Cmd::List, Cmd::Status, Cmd::Restore, Cmd::Verify][i];
+                    let l = lock(&dir, false, cmd, None)
+                        .unwrap_or_else(|e| panic!("thread {i}, round {k}: {e}"));
+                    if k % 3 == 0 {
+                        std::thread::yield_now();
+                    }
+                    drop(l);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let ds = s(&dir);
+    for round in 0..3 {
+        let runs: Vec<Child> = (0..6)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+                    .args(["list", &ds])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in runs {
+            let o = c.wait_with_output().unwrap();
+            assert!(o.status.success(), "round {round}: {o:?}");
+        }
+    }
+    assert!(records(&dir).is_empty(), "{:?}", records(&dir));
+}
