@@ -365,7 +365,6 @@ fn attempt(path: &Path, exclusive: bool, command: Command) -> Result<Attempt> {
     };
     // A reader that is the only holder clears the records of holders gone (as an
     // exclusive holder does), then holds the lock shared.
-    let mut clear = exclusive;
     if exclusive {
         if let Err(e) = flock(&f, FlockOperation::NonBlockingLockExclusive) {
             busy(e)?;
@@ -373,7 +372,6 @@ fn attempt(path: &Path, exclusive: bool, command: Command) -> Result<Attempt> {
         }
     } else {
         if writable && flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok() {
-            clear = true;
             // Not atomic: a writer may take the lock in between, and the shared lock fails.
             let _ = f.set_len(0);
         }
@@ -396,7 +394,7 @@ fn attempt(path: &Path, exclusive: bool, command: Command) -> Result<Attempt> {
         };
         // For the message of a refused run only: failures do not matter. One write of the
         // whole line, appended (O_APPEND): concurrent readers' lines never overlap.
-        if exclusive && clear {
+        if exclusive {
             let _ = f.set_len(0);
         }
         let _ = f.write_all(format!("{}\n", h.line()).as_bytes());
