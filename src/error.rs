@@ -113,13 +113,17 @@ pub enum ErrorKind {
     /// Two diffs that do not form a chain.
     #[error("{0}")]
     ChainBreak(String),
+    /// Another run holds a conflicting lock on an archive ([`crate::dirlock`]); the message
+    /// names the archive and the holders.
+    #[error("{0}")]
+    Locked(String),
 }
 
 impl ErrorKind {
     /// A stable one-word name of the kind, for JSON reports: `io`, `bad_banner`, `truncated`,
     /// `missing_end`, `unknown_tag`, `name_too_long`, `extent_overflow`, `zero_length`,
-    /// `out_of_order`, `metadata_after_data`, `missing_size`, `extent_past_size`, `invalid`
-    /// or `chain_break`.
+    /// `out_of_order`, `metadata_after_data`, `missing_size`, `extent_past_size`, `invalid`,
+    /// `chain_break` or `locked`.
     pub fn code(&self) -> &'static str {
         match self {
             ErrorKind::Io(_) => "io",
@@ -136,6 +140,7 @@ impl ErrorKind {
             ErrorKind::ExtentPastSize { .. } => "extent_past_size",
             ErrorKind::Invalid(_) => "invalid",
             ErrorKind::ChainBreak(_) => "chain_break",
+            ErrorKind::Locked(_) => "locked",
         }
     }
 }

@@ -79,6 +79,7 @@ pub mod smallfile;
 pub mod stream;
 pub mod sums;
 mod sweep;
+pub mod utc;
 pub mod verify;
 pub mod workflow;
 pub mod write;

@@ -111,6 +111,9 @@ pub struct VerifyOptions {
     pub no_chain: bool,
     /// Apply the chain to a scratch file and compare with this raw image.
     pub against: Option<PathBuf>,
+    /// Wait up to this long for another run's lock on a directory verified (default: refuse
+    /// at once; see [`crate::dirlock`]).
+    pub wait: Option<std::time::Duration>,
 }
 
 /// What was learnt about one file.
@@ -747,7 +750,10 @@ pub fn verify_with_progress(
     let _locks = paths
         .iter()
         .filter(|p| *p != "-" && Path::new(p).is_dir())
-        .map(|p| crate::dirlock::lock(Path::new(p), opts.write_sums))
+        .map(|p| {
+            let verify = crate::dirlock::Command::Verify;
+            crate::dirlock::lock(Path::new(p), opts.write_sums, verify, opts.wait)
+        })
         .collect::<Result<Vec<_>>>()?;
     let crate::dirlist::Expanded {
         files,

@@ -25,8 +25,9 @@
 //!
 //! # Concurrency and interrupted runs
 //!
-//! `backup` and `prune` hold an exclusive [`crate::dirlock`] lock on the directory, `restore`
-//! a shared one; a conflicting run is refused at once. A prune is made safe against a kill
+//! `backup` and `prune` hold an exclusive [`crate::dirlock`] lock on the directory for their
+//! whole run, `restore` (and `prune --dry-run`) a shared one; a conflicting run is refused at
+//! once, or waited for up to the `wait` asked for. A prune is made safe against a kill
 //! by a journal ([`crate::journal`]): before it commits its output it writes (atomically,
 //! fsynced) `.OUTPUT.prune-journal`, naming the output and the files it deletes, and it
 //! removes the journal after deleting them. Between the commit and the deletions the
@@ -46,6 +47,7 @@ use serde::Serialize;
 
 use crate::archive::{file_id, finish_pending, read_chain_file, sync_dir, verify_chain};
 use crate::compress::CompressOptions;
+use crate::dirlock::Command;
 use crate::error::{Error, Result};
 use crate::merge::{merge_files_to, merge_input, open_input, plan, MergeOptions};
 use crate::rbd::{collect_stderr, image_name, is_broken_pipe, rbd_failed, safe_arg};
@@ -73,6 +75,8 @@ pub struct RestoreOptions {
     pub create: bool,
     /// How to run `rbd`.
     pub rbd: Rbd,
+    /// Wait up to this long for another run's lock on the archive (default: refuse at once).
+    pub wait: Option<std::time::Duration>,
 }
 
 /// What [`restore`] did.
@@ -155,7 +159,7 @@ pub fn restore(
     if !dir.is_dir() {
         return Err(Error::invalid("not a directory").with_file(dir));
     }
-    let _lock = crate::dirlock::lock(dir, false)?;
+    let _lock = crate::dirlock::lock(dir, false, Command::Restore, opts.wait)?;
     let src_image = pick_image(dir, Some(image_name(spec)?), opts.image.as_deref())?;
     let (choice, names) = best_path(dir, &src_image, opts.to.as_deref())?;
     let opened = names
@@ -286,6 +290,8 @@ pub struct FileRestoreOptions {
     pub force: bool,
     /// Where the target's state sidecar lives (needed for a block device).
     pub state_file: Option<std::path::PathBuf>,
+    /// Wait up to this long for another run's lock on the archive (default: refuse at once).
+    pub wait: Option<std::time::Duration>,
 }
 
 /// What [`restore_to_file`] did.
@@ -327,7 +333,7 @@ pub fn restore_to_file(
     if !dir.is_dir() {
         return Err(Error::invalid("not a directory").with_file(dir));
     }
-    let _lock = crate::dirlock::lock(dir, false)?;
+    let _lock = crate::dirlock::lock(dir, false, Command::Restore, opts.wait)?;
     let image = pick_image(dir, None, opts.image.as_deref())?;
     let (choice, files) = best_path(dir, &image, opts.snap.as_deref())?;
     let created = !target.exists();
@@ -394,10 +400,11 @@ pub struct PruneReport {
 /// written before the commit names them, so that the next run finishes a prune killed in
 /// between (see the module docs); what an interrupted run left is cleaned up first. Files no
 /// restore can use (unreachable ones) are left alone and reported. With `dry_run` nothing
-/// is changed.
+/// is changed. `wait` is how long to wait for another run's lock on the archive (none: refuse
+/// at once, see [`crate::dirlock`]).
 ///
 /// # Errors
-/// `keep` is 0; a file of the image is damaged or unreadable (prune rewrites only a healthy
+/// Another run holds the archive's lock (past `wait`); `keep` is 0; a file of the image is damaged or unreadable (prune rewrites only a healthy
 /// archive; the message names the files and why); no snapshot is restorable; the new file
 /// exists or cannot be written or verified (then every original file is left as it was).
 pub fn prune(
@@ -406,6 +413,7 @@ pub fn prune(
     keep: usize,
     dry_run: bool,
     progress: &mut dyn FnMut(u64, u64),
+    wait: Option<std::time::Duration>,
 ) -> Result<PruneReport> {
     if keep == 0 {
         return Err(Error::invalid("--keep must be at least 1"));
@@ -414,7 +422,7 @@ pub fn prune(
         return Err(Error::invalid("not a directory").with_file(dir));
     }
     // A dry run changes nothing: it only needs the directory not to change meanwhile.
-    let _lock = crate::dirlock::lock(dir, !dry_run)?;
+    let _lock = crate::dirlock::lock(dir, !dry_run, Command::Prune, wait)?;
     let cleaned = if dry_run {
         Vec::new()
     } else {

@@ -138,3 +138,183 @@ fn prune_killed_at_random_points_leaves_a_usable_directory() {
         "no kill landed between the commit and the deletions"
     );
 }
+
+/// `kill -9` of a running `backup` (a fake `rbd`, [`common::fakerbd`]) at random points over
+/// 30 rounds: every snapshot restorable before stays restorable (to the image the cluster held
+/// then), no file that discovery takes for a backup is partial, the catalog stays readable,
+/// a rerun completes on the newest snapshot that is both on the cluster and restorable (a
+/// snapshot the killed run made but did not archive is harmless), and a later `prune` leaves
+/// no temporary file.
+#[test]
+fn backup_killed_at_random_points_leaves_every_snapshot_restorable() {
+    use common::fakerbd::{restorable, restored, FakeCluster};
+    let t = tempfile::tempdir().unwrap();
+    let (dir, work) = (t.path().join("backups"), t.path().join("work"));
+    fs::create_dir_all(&work).unwrap();
+    let ds = s(&dir);
+    let cluster = FakeCluster::new(&t.path().join("bin"), 8 << 20);
+    let mut rng = Rng::new(29);
+    let backup = |json: bool| {
+        let mut c = cluster.rbddiff(&["backup", "rbd/vm", &ds]);
+        if json {
+            c.arg("--json");
+        }
+        c
+    };
+    // Two backups to start with; the second one timed.
+    assert!(backup(false).output().unwrap().status.success());
+    cluster.write(&mut rng);
+    let t0 = Instant::now();
+    assert!(backup(false).output().unwrap().status.success());
+    let full = t0.elapsed();
+    let (mut killed, mut orphans, mut temps, mut archived) = (0, 0, 0, 0);
+    for round in 0..30 {
+        cluster.write(&mut rng);
+        let before = restorable(&dir);
+        let snaps_before = cluster.snapshots().len();
+        let delay = Duration::from_micros(rng.below(full.as_micros() as u64 * 6 / 5 + 1));
+        let mut child = backup(false)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        if !child.wait().unwrap().success() {
+            killed += 1;
+        }
+        // A killed run's `rbd` child may still be finishing its call.
+        std::thread::sleep(Duration::from_millis(20));
+        let after = restorable(&dir);
+        for s in &before {
+            assert!(after.contains(s), "round {round} ({delay:?}): {s} lost");
+        }
+        if after.len() > before.len() {
+            archived += 1;
+        }
+        // Nothing partial is taken for a backup; every restorable snapshot restores.
+        let g = rbddiff::archive::graph::discover(&dir, "vm").unwrap();
+        assert!(
+            g.unreadable.is_empty() && g.damaged().is_empty(),
+            "round {round} ({delay:?}): {:?} {:?}",
+            g.unreadable,
+            g.damaged()
+        );
+        for s in &after {
+            assert_eq!(
+                restored(&dir, &work, s),
+                cluster.snap_sha256(s),
+                "round {round} ({delay:?}): {s}"
+            );
+        }
+        rbddiff::archive::catalog::read(&dir).unwrap();
+        let on_cluster = cluster.snapshots();
+        if on_cluster.len() > snaps_before && after.len() == before.len() {
+            orphans += 1;
+        }
+        if fs::read_dir(&dir)
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        {
+            temps += 1;
+        }
+        // The rerun's base: the newest snapshot on the cluster that is restorable.
+        let base = on_cluster
+            .iter()
+            .rev()
+            .find(|(_, n)| after.contains(n))
+            .map(|(_, n)| n.clone());
+        let o = backup(true).output().unwrap();
+        assert!(o.status.success(), "round {round}: {o:?}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let r = &v;
+        assert_eq!(
+            r["from_snap"].as_str().map(String::from),
+            base,
+            "round {round}: {v}"
+        );
+        let made = r["to_snap"].as_str().unwrap();
+        assert_eq!(restored(&dir, &work, made), cluster.snap_sha256(made));
+        // A prune afterwards: no temporary file is left, the newest snapshots restore.
+        let o = cluster
+            .rbddiff(&["prune", &ds, "--image", "vm", "--keep", "3"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "round {round}: {o:?}");
+        for e in fs::read_dir(&dir).unwrap() {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(
+                !n.starts_with('.') || n == ".rbddiff.lock" || n == ".rbddiff-catalog.json",
+                "round {round}: {n} left"
+            );
+        }
+        let kept = restorable(&dir);
+        assert_eq!(
+            kept.len(),
+            3.min(after.len() + 1),
+            "round {round}: {kept:?}"
+        );
+        assert_eq!(kept.last().map(String::as_str), Some(made), "round {round}");
+    }
+    eprintln!(
+        "{killed} of 30 backups killed; {archived} had archived their file, {orphans} left \
+         a snapshot on the cluster only, {temps} a temporary file"
+    );
+    assert!(
+        killed >= 10,
+        "the kills landed too late to test anything: {killed}"
+    );
+    assert!(
+        orphans + temps >= 1,
+        "no kill landed between the snapshot and the commit"
+    );
+}
+
+/// A snapshot that a killed `backup` made on the cluster but never archived (the newest on
+/// the cluster) is harmless: the next backup bases its incremental on the newest snapshot
+/// that is both on the cluster and restorable, and `--keep-snaps` removes the orphan in time
+/// like any other snapshot of the archive, never the newest restorable one.
+#[test]
+fn a_snapshot_a_killed_backup_left_on_the_cluster_is_harmless() {
+    use common::fakerbd::{restorable, restored, FakeCluster};
+    let t = tempfile::tempdir().unwrap();
+    let (dir, work) = (t.path().join("backups"), t.path().join("work"));
+    fs::create_dir_all(&work).unwrap();
+    let ds = s(&dir);
+    let cluster = FakeCluster::new(&t.path().join("bin"), 1 << 20);
+    let mut rng = Rng::new(31);
+    let backup = |extra: &[&str]| {
+        let o = cluster
+            .rbddiff(&["backup", "rbd/vm", &ds, "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v
+    };
+    let a = backup(&[]);
+    cluster.write(&mut rng);
+    let b = backup(&[]);
+    let tag = &a["archive_id"].as_str().unwrap()[..8];
+    let orphan = format!("rbddiff-{tag}-20261203T150000.000000000Z");
+    let o = Command::new(cluster.bin.join("rbd"))
+        .args(["snap", "create", &format!("rbd/vm@{orphan}")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    cluster.write(&mut rng);
+    let c = backup(&["--keep-snaps", "2"]);
+    assert_eq!(c["from_snap"], b["to_snap"], "{c}");
+    let cs = c["to_snap"].as_str().unwrap();
+    assert_eq!(restorable(&dir).last().map(String::as_str), Some(cs));
+    assert_eq!(restored(&dir, &work, cs), cluster.snap_sha256(cs));
+    cluster.write(&mut rng);
+    let d = backup(&["--keep-snaps", "2"]);
+    assert_eq!(d["from_snap"], c["to_snap"], "{d}");
+    let on: Vec<String> = cluster.snapshots().into_iter().map(|(_, n)| n).collect();
+    assert_eq!(on, [cs, d["to_snap"].as_str().unwrap()], "{d}");
+    for s in restorable(&dir) {
+        assert_eq!(restored(&dir, &work, &s), cluster.snap_sha256(&s), "{s}");
+    }
+}

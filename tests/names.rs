@@ -55,7 +55,7 @@ fn escaped_image_names_are_found_again() {
             images_in(&dir).unwrap().into_iter().collect::<Vec<_>>(),
             [image]
         );
-        let r = prune(&dir, image, 1, false, &mut |_, _| {}).unwrap();
+        let r = prune(&dir, image, 1, false, &mut |_, _| {}, None).unwrap();
         assert_eq!(r.merged.len(), 3, "{image}: {r:?}");
         assert_eq!(discover_chain(&dir, image).unwrap().len(), 1);
         assert_eq!(restored_sha256(&dir, image, &work), want, "{image}");
@@ -100,7 +100,7 @@ fn long_and_control_snapshot_names_prune_run_after_run() {
             .collect::<Vec<_>>()
     );
     for keep in [4, 3, 1] {
-        let r = prune(&dir, image, keep, false, &mut |_, _| {}).unwrap();
+        let r = prune(&dir, image, keep, false, &mut |_, _| {}, None).unwrap();
         assert!(r.output.is_some(), "keep {keep}");
         assert_eq!(discover_chain(&dir, image).unwrap().len(), keep);
     }

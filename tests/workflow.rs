@@ -237,7 +237,7 @@ fn prune_merges_the_oldest_files_and_keeps_the_image() {
 
     // A dry run changes nothing.
     let before = contents(&dir);
-    let r = prune(&dir, "vm", 2, true, &mut |_, _| {}).unwrap();
+    let r = prune(&dir, "vm", 2, true, &mut |_, _| {}, None).unwrap();
     assert!(r.dry_run);
     assert_eq!(r.merged.len(), 3);
     assert_eq!(contents(&dir), before);
@@ -255,7 +255,7 @@ fn prune_merges_the_oldest_files_and_keeps_the_image() {
     assert_eq!(contents(&dir), before);
 
     // Keeping as many files as the chain has: nothing to do.
-    let r = prune(&dir, "vm", 4, false, &mut |_, _| {}).unwrap();
+    let r = prune(&dir, "vm", 4, false, &mut |_, _| {}, None).unwrap();
     assert!(r.output.is_none());
     assert_eq!(contents(&dir), before);
 
@@ -307,7 +307,7 @@ fn prune_merges_the_oldest_files_and_keeps_the_image() {
     );
 
     // Again down to one file: a plain full diff to s3 (the newest merged file is plain).
-    let r = prune(&dir, "vm", 1, false, &mut |_, _| {}).unwrap();
+    let r = prune(&dir, "vm", 1, false, &mut |_, _| {}, None).unwrap();
     assert_eq!(
         r.output.as_deref(),
         Some(s(&dir.join("vm@s3.full.diff")).as_str())
@@ -315,7 +315,7 @@ fn prune_merges_the_oldest_files_and_keeps_the_image() {
     let chain = discover_chain(&dir, "vm").unwrap();
     assert_eq!(chain.len(), 1);
     assert_eq!(applied(&[chain[0].path.clone()], &work, "one.img"), want);
-    assert!(prune(&dir, "vm", 0, false, &mut |_, _| {}).is_err());
+    assert!(prune(&dir, "vm", 0, false, &mut |_, _| {}, None).is_err());
 }
 
 #[test]
@@ -327,7 +327,7 @@ fn a_failed_prune_leaves_every_original_file() {
     // The merged file's name is taken (by a directory, which discovery skips).
     let before = contents(&dir);
     fs::create_dir(dir.join("vm@s1.full.diff")).unwrap();
-    let e = prune(&dir, "vm", 2, false, &mut |_, _| {})
+    let e = prune(&dir, "vm", 2, false, &mut |_, _| {}, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("vm@s1.full.diff"), "{e}");
@@ -600,7 +600,7 @@ fn until_free<T>(f: impl FnMut() -> rbddiff::Result<T>) -> T {
 fn until_free_or_err<T>(mut f: impl FnMut() -> rbddiff::Result<T>) -> rbddiff::Result<T> {
     for _ in 0..100 {
         match f() {
-            Err(e) if e.to_string().contains("in use") => {
+            Err(e) if e.to_string().contains("locked by") => {
                 std::thread::sleep(std::time::Duration::from_millis(50))
             }
             r => return r,
@@ -611,7 +611,7 @@ fn until_free_or_err<T>(mut f: impl FnMut() -> rbddiff::Result<T>) -> rbddiff::R
 
 #[test]
 fn a_locked_directory_is_refused_at_once() {
-    use rbddiff::dirlock::{lock, LOCK_NAME};
+    use rbddiff::dirlock::{lock, Command::Backup, Command::List, LOCK_NAME};
     let (t, dir, work) = dirs();
     write_chain(&dir, &work, &["vm@a.diff", "vm@b.diff", "vm@c.diff"]);
     let bin = t.path().join("bin");
@@ -621,7 +621,7 @@ fn a_locked_directory_is_refused_at_once() {
     let before = contents(&dir);
     {
         // Another run changing the directory: everyone is refused, naming it and the pid.
-        let held = lock(&dir, true).unwrap();
+        let held = lock(&dir, true, Backup, None).unwrap();
         assert!(fs::read_to_string(dir.join(LOCK_NAME))
             .unwrap()
             .contains(&me));
@@ -636,13 +636,13 @@ fn a_locked_directory_is_refused_at_once() {
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
             assert!(
-                err.contains(&ds) && err.contains(&format!("pid {me}")) && err.contains("in use"),
+                err.contains(&format!("archive {ds} locked by PID {me} (backup, since ")),
                 "{args:?}: {err}"
             );
         }
-        let e = prune(&dir, "vm", 1, false, &mut |_, _| {}).unwrap_err();
-        assert!(e.to_string().contains("in use"), "{e}");
-        assert!(lock(&dir, false).is_err());
+        let e = prune(&dir, "vm", 1, false, &mut |_, _| {}, None).unwrap_err();
+        assert!(e.to_string().contains("locked by"), "{e}");
+        assert!(lock(&dir, false, List, None).is_err());
         drop(held);
     }
     assert!(calls(&log).is_empty(), "rbd ran: {:?}", calls(&log));
@@ -650,9 +650,9 @@ fn a_locked_directory_is_refused_at_once() {
     let lock_file = dir.join(LOCK_NAME);
     {
         // Readers share the directory with each other, not with a writer.
-        let _r = until_free(|| lock(&dir, false));
-        let _r2 = lock(&dir, false).unwrap();
-        assert!(lock(&dir, true).is_err());
+        let _r = until_free(|| lock(&dir, false, List, None));
+        let _r2 = lock(&dir, false, List, None).unwrap();
+        assert!(lock(&dir, true, Backup, None).is_err());
         let out = rbddiff_with_path(&bin, &["verify", &ds]);
         assert!(out.status.success(), "{out:?}");
         for args in [
@@ -662,21 +662,21 @@ fn a_locked_directory_is_refused_at_once() {
             let out = rbddiff_with_path(&bin, &args);
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-            assert!(err.contains("in use"), "{args:?}: {err}");
+            assert!(err.contains("locked by"), "{args:?}: {err}");
         }
         // A restore only reads: it gets as far as rbd.
         let out = rbddiff_with_path(&bin, &["restore", &ds, "rbd/vm2"]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!err.contains("in use"), "{err}");
+        assert!(!err.contains("locked by"), "{err}");
         assert!(!calls(&log).is_empty());
     }
     // Free again: prune runs.
-    let r = until_free(|| prune(&dir, "vm", 1, false, &mut |_, _| {}));
+    let r = until_free(|| prune(&dir, "vm", 1, false, &mut |_, _| {}, None));
     assert_eq!(r.merged.len(), 3);
     // The lock file is not followed when it is a symbolic link.
     fs::remove_file(&lock_file).unwrap();
     std::os::unix::fs::symlink(work.join("elsewhere"), &lock_file).unwrap();
-    let e = prune(&dir, "vm", 1, false, &mut |_, _| {}).unwrap_err();
+    let e = prune(&dir, "vm", 1, false, &mut |_, _| {}, None).unwrap_err();
     assert!(e.to_string().contains("symbolic link"), "{e}");
     assert!(!work.join("elsewhere").exists());
 }
@@ -733,7 +733,8 @@ fn backup_into_an_unwritable_directory_makes_no_snapshot() {
         if with_lock_file {
             // A lock file left by an earlier run (it opens for writing even in a directory
             // whose mode forbids new files).
-            drop(rbddiff::dirlock::lock(&dir, true).unwrap());
+            let backup = rbddiff::dirlock::Command::Backup;
+            drop(rbddiff::dirlock::lock(&dir, true, backup, None).unwrap());
         }
         let Some(out) = run_in_read_only(&dir, &bin, &["backup", "rbd/vm", &s(&dir)]) else {
             common::skipped("no way to make a directory read-only here");
@@ -762,13 +763,20 @@ fn a_prune_whose_output_name_is_taken_meanwhile_leaves_the_other_file() {
     let out = dir.join("vm@s1.full.diff");
     let other = b"another run's file";
     let mut made = false;
-    let e = prune(&dir, "vm", 2, false, &mut |_, _| {
-        if !made {
-            fs::write(&out, other).unwrap();
-            fs::write(rbddiff::sums::sums_path(&out), "its sidecar").unwrap();
-            made = true;
-        }
-    })
+    let e = prune(
+        &dir,
+        "vm",
+        2,
+        false,
+        &mut |_, _| {
+            if !made {
+                fs::write(&out, other).unwrap();
+                fs::write(rbddiff::sums::sums_path(&out), "its sidecar").unwrap();
+                made = true;
+            }
+        },
+        None,
+    )
     .unwrap_err();
     assert!(made);
     assert!(e.to_string().contains("vm@s1.full.diff"), "{e}");
@@ -862,12 +870,12 @@ fn a_prune_killed_after_its_commit_is_finished_by_the_next_run() {
         assert_eq!(applied(&[imported], &work, "restored.img"), want);
         // A dry run changes nothing.
         let before = contents(&dir);
-        prune(&dir, "vm", 1, true, &mut |_, _| {}).unwrap();
+        prune(&dir, "vm", 1, true, &mut |_, _| {}, None).unwrap();
         assert_eq!(contents(&dir), before);
 
         // The next run holding the lock finishes the prune and removes the stale files.
         let cleaned = if next == "prune" {
-            let r = prune(&dir, "vm", 2, false, &mut |_, _| {}).unwrap();
+            let r = prune(&dir, "vm", 2, false, &mut |_, _| {}, None).unwrap();
             assert!(r.output.is_none(), "{r:?}");
             r.cleaned
         } else {
@@ -933,7 +941,7 @@ fn a_prune_killed_before_its_commit_leaves_a_stale_journal() {
     fs::write(dir.join(".vm@s1.full.diff.k3J9aa.tmp"), vec![0u8; 1 << 16]).unwrap();
     // No output: the journal counts for nothing.
     assert_eq!(discover_chain(&dir, "vm").unwrap().len(), 3);
-    let r = prune(&dir, "vm", 2, false, &mut |_, _| {}).unwrap();
+    let r = prune(&dir, "vm", 2, false, &mut |_, _| {}, None).unwrap();
     assert_eq!(r.merged.len(), 2);
     assert!(!journal.exists());
     assert!(!dir.join(".vm@s1.full.diff.k3J9aa.tmp").exists());
@@ -1008,7 +1016,7 @@ fn a_lying_archive_index_falls_back_to_the_content() {
     let imported = bin.join("snaps.json.imported");
     assert_eq!(applied(&[imported], &work, "restored.img"), want);
     // prune merges it (the newest merged file is plain: so is the output).
-    let r = prune(&dir, "vm", 1, false, &mut |_, _| {}).unwrap();
+    let r = prune(&dir, "vm", 1, false, &mut |_, _| {}, None).unwrap();
     assert_eq!(r.merged.len(), 4);
     let chain = discover_chain(&dir, "vm").unwrap();
     assert_eq!(chain.len(), 1);
@@ -1037,7 +1045,7 @@ fn a_half_done_prune_whose_output_is_damaged_deletes_nothing() {
     bytes[n - 100] ^= 1;
     fs::write(&out, &bytes).unwrap();
     let before = contents(&dir);
-    let e = prune(&dir, "vm", 1, false, &mut |_, _| {})
+    let e = prune(&dir, "vm", 1, false, &mut |_, _| {}, None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -1444,7 +1452,7 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
     let f = fs::File::options().write(true).open(&chain[2]).unwrap();
     f.set_modified(old).unwrap();
-    let r = until_free(|| prune(&dir, "vm", 4, false, &mut |_, _| {}));
+    let r = until_free(|| prune(&dir, "vm", 4, false, &mut |_, _| {}, None));
     assert_eq!(mtime(&dir.join("vm@s2.full.diff.zst")), old);
     assert_eq!(r.kept_snapshots, ["s2", "s3", "s4", "s5"], "{r:?}");
     assert_eq!(
@@ -1499,7 +1507,7 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
     );
     // prune does not rewrite a damaged archive, and says which file is damaged.
     let before = contents(&dir);
-    let e = prune(&dir, "vm", 2, false, &mut |_, _| {})
+    let e = prune(&dir, "vm", 2, false, &mut |_, _| {}, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("vm@s2..s3.diff") && e.contains("sums"), "{e}");
@@ -1534,7 +1542,7 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
     assert_eq!(contents(&dir), before);
     // Keep 2: s4 and s5. The cheapest path to s4 is merged into a full to s4; every file
     // before s4 goes, the older full and the periodic one too.
-    let r = until_free(|| prune(&dir, "vm", 2, false, &mut |_, _| {}));
+    let r = until_free(|| prune(&dir, "vm", 2, false, &mut |_, _| {}, None));
     assert_eq!(r.kept_snapshots, ["s4", "s5"]);
     let merged: Vec<String> = r
         .merged
@@ -1568,7 +1576,7 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
         );
     }
     // Nothing more to do.
-    let r = until_free(|| prune(&dir, "vm", 2, false, &mut |_, _| {}));
+    let r = until_free(|| prune(&dir, "vm", 2, false, &mut |_, _| {}, None));
     assert!(r.output.is_none() && r.delete.is_empty(), "{r:?}");
 }
 
@@ -1891,7 +1899,7 @@ fn a_recreated_image_starts_a_new_lineage() {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["files"][0], s(&dir.join("vm@s0.full.diff")), "{j}");
     // prune keeps the newest lineage's newest snapshot; the old lineage is left, listed.
-    let r = until_free(|| prune(&dir, "vm", 1, false, &mut |_, _| {}));
+    let r = until_free(|| prune(&dir, "vm", 1, false, &mut |_, _| {}, None));
     assert_eq!(r.output, Some(s(&dir.join("vm@s3.full.diff"))));
     let left: Vec<&str> = r.left.iter().map(|l| l.file.as_str()).collect();
     assert_eq!(

@@ -42,6 +42,9 @@ pub struct BackupOptions {
     pub keep_snaps: Option<usize>,
     /// How to run `rbd`.
     pub rbd: Rbd,
+    /// Wait up to this long for another run's lock on the archive (default: refuse at once;
+    /// see [`crate::dirlock`]).
+    pub wait: Option<std::time::Duration>,
 }
 
 /// What [`backup`] did.
@@ -154,7 +157,7 @@ pub fn backup(spec: &str, dir: &Path, opts: &BackupOptions) -> Result<BackupRepo
     let existed = dir.is_dir();
     std::fs::create_dir_all(dir).map_err(|e| Error::from(e).with_file(dir))?;
     // Creating the lock file also finds out, before any snapshot, that `dir` is not writable.
-    let lock = match crate::dirlock::lock(dir, true) {
+    let lock = match crate::dirlock::lock(dir, true, crate::dirlock::Command::Backup, opts.wait) {
         Ok(l) => l,
         Err(e) => {
             if !existed {

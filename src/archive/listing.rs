@@ -196,15 +196,27 @@ fn listing(image: String, image_id: Option<String>, g: &Graph, cat: &Catalog) ->
     }
 }
 
-/// Lists the archive `dir` (every image, or only `image`); see the module docs.
+/// Lists the archive `dir` (every image, or only `image`) under a shared lock, waiting up to
+/// `wait` for a run that changes it ([`crate::dirlock`]); see the module docs.
 ///
 /// # Errors
-/// `dir` is not a directory or cannot be read; it is locked by a run that changes it.
-pub fn list(dir: &Path, image: Option<&str>) -> Result<Listing> {
+/// `dir` is not a directory or cannot be read; it is locked by a run that changes it (past
+/// `wait`).
+pub fn list(dir: &Path, image: Option<&str>, wait: Option<Duration>) -> Result<Listing> {
+    list_for(dir, image, crate::dirlock::Command::List, wait)
+}
+
+/// [`list`], locking for `command`.
+fn list_for(
+    dir: &Path,
+    image: Option<&str>,
+    command: crate::dirlock::Command,
+    wait: Option<Duration>,
+) -> Result<Listing> {
     if !dir.is_dir() {
         return Err(Error::invalid("not a directory").with_file(dir));
     }
-    let _lock = crate::dirlock::lock(dir, false)?;
+    let _lock = crate::dirlock::lock(dir, false, command, wait)?;
     let images: Vec<String> = match image {
         Some(i) => vec![i.to_string()],
         None => images_in(dir)?.into_iter().collect(),
@@ -273,6 +285,8 @@ pub struct StatusOptions {
     pub max_age: Option<Duration>,
     /// Write node-exporter textfile metrics to this file ([`prometheus`]).
     pub prometheus: Option<std::path::PathBuf>,
+    /// Wait up to this long for another run's lock on the archive (default: refuse at once).
+    pub wait: Option<Duration>,
 }
 
 /// Whether each image of `dir` (or only `opts.image`) has a restorable snapshot no older than
@@ -284,7 +298,12 @@ pub struct StatusOptions {
 /// # Errors
 /// As [`list`]; the metrics file cannot be written.
 pub fn status(dir: &Path, opts: &StatusOptions) -> Result<Status> {
-    let l = list(dir, opts.image.as_deref())?;
+    let l = list_for(
+        dir,
+        opts.image.as_deref(),
+        crate::dirlock::Command::Status,
+        opts.wait,
+    )?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

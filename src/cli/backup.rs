@@ -48,6 +48,8 @@ pub struct Args {
     keep_snaps: Option<usize>,
     #[command(flatten)]
     cluster: super::RbdArgs,
+    #[command(flatten)]
+    wait: super::WaitArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -66,6 +68,7 @@ pub fn run(a: Args) -> Result<Status> {
         compress: a.compress.then(CompressOptions::default),
         keep_snaps: a.keep_snaps,
         rbd: a.cluster.into(),
+        wait: a.wait.get()?,
     };
     let r = backup(&a.image, &a.dir, &opts)?;
     super::print_report(a.json, &r, |out| {

@@ -23,13 +23,15 @@ pub struct Args {
     /// Only this image (default: every image with files in DIR).
     #[arg(long)]
     image: Option<String>,
+    #[command(flatten)]
+    wait: super::WaitArgs,
     /// Print the listing as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(a: Args) -> Result<Status> {
-    let r = list(&a.dir, a.image.as_deref())?;
+    let r = list(&a.dir, a.image.as_deref(), a.wait.get()?)?;
     super::print_report(a.json, &r, |out| {
         for i in &r.images {
             writeln!(

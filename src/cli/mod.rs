@@ -116,6 +116,25 @@ pub struct RbdArgs {
     id: Option<String>,
 }
 
+/// `--wait`, for the commands that lock an archive.
+#[derive(clap::Args, Debug)]
+pub struct WaitArgs {
+    /// When another run holds the archive's lock, wait for it up to DURATION (e.g. 30s, 5m)
+    /// instead of failing at once (exit 2, naming the holder).
+    #[arg(long, value_name = "DURATION")]
+    wait: Option<String>,
+}
+
+impl WaitArgs {
+    /// The wait asked for.
+    pub fn get(&self) -> rbddiff::Result<Option<std::time::Duration>> {
+        self.wait
+            .as_deref()
+            .map(rbddiff::archive::listing::parse_duration)
+            .transpose()
+    }
+}
+
 impl From<RbdArgs> for rbddiff::workflow::Rbd {
     fn from(a: RbdArgs) -> Self {
         rbddiff::workflow::Rbd {

@@ -28,13 +28,16 @@ pub struct Args {
     /// Print the plan only; change nothing.
     #[arg(long)]
     dry_run: bool,
+    #[command(flatten)]
+    wait: super::WaitArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(a: Args) -> Result<Status> {
-    let r = super::with_progress(|p| prune(&a.dir, &a.image, a.keep, a.dry_run, p));
+    let wait = a.wait.get()?;
+    let r = super::with_progress(|p| prune(&a.dir, &a.image, a.keep, a.dry_run, p, wait));
     let r = r?;
     super::print_report(a.json, &r, |out| {
         for f in &r.cleaned {

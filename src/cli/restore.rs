@@ -46,6 +46,8 @@ pub struct Args {
     from_image: Option<String>,
     #[command(flatten)]
     cluster: super::RbdArgs,
+    #[command(flatten)]
+    wait: super::WaitArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -58,6 +60,7 @@ pub fn run(a: Args) -> Result<Status> {
             snap: a.to,
             force: a.force,
             state_file: a.state_file,
+            wait: a.wait.get()?,
         };
         let r = super::with_progress(|p| restore_to_file(&a.dir, target, &opts, p))?;
         super::print_report(a.json, &r, |out| {
@@ -82,6 +85,7 @@ pub fn run(a: Args) -> Result<Status> {
         to: a.to,
         create: a.create,
         rbd: a.cluster.into(),
+        wait: a.wait.get()?,
     };
     let r = super::with_progress(|p| restore(&a.dir, &image, &opts, p));
     let r = r?;

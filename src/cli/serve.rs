@@ -57,6 +57,8 @@ pub struct Args {
     /// The most clients served at once.
     #[arg(long, default_value_t = 64, value_name = "N")]
     max_clients: usize,
+    #[command(flatten)]
+    wait: super::WaitArgs,
 }
 
 pub fn run(a: Args) -> Result<Status> {
@@ -65,11 +67,12 @@ pub fn run(a: Args) -> Result<Status> {
             dir,
             a.image.as_deref(),
             a.snap.as_deref(),
+            a.wait.get()?,
         )?),
         files => {
-            if a.snap.is_some() || a.image.is_some() {
+            if a.snap.is_some() || a.image.is_some() || a.wait.wait.is_some() {
                 return Err(Error::invalid(
-                    "--snap and --image apply to an archive directory",
+                    "--snap, --image and --wait apply to an archive directory",
                 ));
             }
             Arc::new(ChainExports::open(files)?)

@@ -31,6 +31,8 @@ pub struct Args {
     /// names are in the README.
     #[arg(long, value_name = "FILE")]
     prometheus: Option<PathBuf>,
+    #[command(flatten)]
+    wait: super::WaitArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -41,6 +43,7 @@ pub fn run(a: Args) -> Result<Status> {
         image: a.image,
         max_age: a.max_age.as_deref().map(parse_duration).transpose()?,
         prometheus: a.prometheus,
+        wait: a.wait.get()?,
     };
     let r = status(&a.dir, &opts)?;
     super::print_report(a.json, &r, |out| {

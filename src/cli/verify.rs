@@ -37,6 +37,8 @@ pub struct Args {
     /// Apply the chain to a scratch sparse file and compare it with this raw image.
     #[arg(long, value_name = "RAW")]
     against: Option<PathBuf>,
+    #[command(flatten)]
+    wait: super::WaitArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -50,6 +52,7 @@ pub fn run(a: Args) -> Result<Status> {
         digest: a.digest,
         no_chain: a.no_chain,
         against: a.against,
+        wait: a.wait.get()?,
     };
     let r = super::with_progress(|p| verify_with_progress(&a.files, &opts, p));
     let r = r?;

@@ -3,9 +3,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::view::ChainView;
 use super::{Export, Exports};
+use crate::dirlock::DirLock;
 use crate::error::{Error, Result};
 
 /// A chain of files: one export named by its end snapshot, also the default export.
@@ -48,12 +50,14 @@ impl Exports for ChainExports {
 
 /// Every restorable snapshot of one image of an archive, each an export named by its
 /// snapshot; the default export is the chosen snapshot, else the newest restorable one.
-/// The list is read again for each `NBD_OPT_LIST` (backups made meanwhile appear); an
-/// export's path is chosen ([`crate::archive::graph::Graph::choose`]: its files verified,
-/// damaged ones gone round) when a client first opens it, under the archive's shared lock,
-/// and kept for later clients.
+/// The archive's shared lock ([`crate::dirlock`]) is held for as long as this lives (the
+/// server's lifetime): no `backup` or `prune` changes the archive while it is served, they
+/// wait or are refused. The list is read for each `NBD_OPT_LIST`; an export's path is chosen
+/// ([`crate::archive::graph::Graph::choose`]: its files verified, damaged ones gone round)
+/// when a client first opens it, and kept for later clients.
 #[derive(Debug)]
 pub struct ArchiveExports {
+    _lock: DirLock,
     dir: PathBuf,
     image: String,
     default: Option<String>,
@@ -62,17 +66,25 @@ pub struct ArchiveExports {
 
 impl ArchiveExports {
     /// The exports of `image` in `dir` (default: the one image `dir` holds); `snap` is the
-    /// default export.
+    /// default export. Takes the archive's shared lock, waiting up to `wait` for a run that
+    /// changes it.
     ///
     /// # Errors
-    /// `dir` is not a directory, holds no backup of the image, or several images and none
-    /// was named; `snap` is not restorable.
-    pub fn open(dir: &Path, image: Option<&str>, snap: Option<&str>) -> Result<ArchiveExports> {
+    /// `dir` is not a directory, is locked by a run that changes it (past `wait`), holds no
+    /// backup of the image, or several images and none was named; `snap` is not restorable.
+    pub fn open(
+        dir: &Path,
+        image: Option<&str>,
+        snap: Option<&str>,
+        wait: Option<Duration>,
+    ) -> Result<ArchiveExports> {
         if !dir.is_dir() {
             return Err(Error::invalid("not a directory").with_file(dir));
         }
+        let lock = crate::dirlock::lock(dir, false, crate::dirlock::Command::Serve, wait)?;
         let image = crate::workflow::pick_image(dir, None, image)?;
         let e = ArchiveExports {
+            _lock: lock,
             dir: dir.to_path_buf(),
             image,
             default: snap.map(String::from),
@@ -104,7 +116,6 @@ impl ArchiveExports {
 
     /// The restorable snapshots, oldest first (file headers only: nothing is verified).
     pub fn restorable(&self) -> Result<Vec<String>> {
-        let _lock = crate::dirlock::lock(&self.dir, false)?;
         let (g, _) = crate::archive::graph::newest_lineage(&self.dir, &self.image, None)?;
         Ok(g.restorable(&Default::default())
             .into_iter()
@@ -121,7 +132,6 @@ impl ArchiveExports {
         if let Some(v) = self.open.lock().ok().and_then(|m| m.get(&name).cloned()) {
             return Ok(v);
         }
-        let _lock = crate::dirlock::lock(&self.dir, false)?;
         let (_, files) = crate::workflow::best_path(&self.dir, &self.image, Some(&name))?;
         let view = Arc::new(ChainView::open(&files)?);
         if let Ok(mut m) = self.open.lock() {

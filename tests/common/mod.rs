@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod ceph;
+pub mod fakerbd;
 pub mod gen;
 pub mod live;
 pub mod manifest;
