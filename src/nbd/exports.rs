@@ -71,7 +71,7 @@ impl ArchiveExports {
         if !dir.is_dir() {
             return Err(Error::invalid("not a directory").with_file(dir));
         }
-        let image = crate::workflow::pick_image(dir, None, image)?;
+        let image = crate::archive::pick_image(dir, None, image)?;
         let e = ArchiveExports {
             dir: dir.to_path_buf(),
             image,
