@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use common::gen::{noise, path_str as s, restored_sha256, write_sparse, Rng};
 use common::manifest::sha256_file;
 use rbddiff::create::{create_diff, CreateOptions};
-use rbddiff::workflow::{discover_chain, file_name, images_in, prune};
+use common::prune_last as prune;
+use rbddiff::workflow::{discover_chain, file_name, images_in};
 
 /// Writes a chain of `snaps.len()` diffs of image `image` into `dir` (named as `backup` and
 /// `prune` name them, with sidecars) and returns the sha256 of the last image state.
@@ -101,8 +102,8 @@ fn long_and_control_snapshot_names_prune_run_after_run() {
     );
     for keep in [4, 3, 1] {
         let r = prune(&dir, image, keep, false, &mut |_, _| {}).unwrap();
-        assert!(r.output.is_some(), "keep {keep}");
-        assert_eq!(discover_chain(&dir, image).unwrap().len(), keep);
+        assert!(r.output.is_some(), "keep {keep}: {r:#?}");
+        assert_eq!(discover_chain(&dir, image).unwrap().len(), keep, "{r:#?}");
     }
     assert_eq!(restored_sha256(&dir, image, &work), want);
 }

@@ -11,7 +11,8 @@ use common::gen::{noise, path_str as s, relabel, write_sparse, Rng};
 use common::manifest::sha256_file;
 use rbddiff::apply::{apply_chain, ApplyOptions};
 use rbddiff::create::{create_diff, CreateOptions};
-use rbddiff::workflow::{discover_chain, prune};
+use common::prune_last as prune;
+use rbddiff::workflow::discover_chain;
 
 /// Four image states of 2 MiB (the third grows to 3 MiB), with writes and zeroed regions.
 fn states() -> Vec<Vec<u8>> {
@@ -794,6 +795,7 @@ fn half_done_prune(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
         dir,
         &rbddiff::journal::Journal {
             output: "vm@s2.full.diff".into(),
+            more_outputs: Vec::new(),
             supersedes: chain[..3]
                 .iter()
                 .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
@@ -926,6 +928,7 @@ fn a_prune_killed_before_its_commit_leaves_a_stale_journal() {
         &dir,
         &rbddiff::journal::Journal {
             output: "vm@s1.full.diff".into(),
+            more_outputs: Vec::new(),
             supersedes: vec!["vm@a.diff".into(), "vm@b.diff".into()],
         },
     )
@@ -1442,8 +1445,12 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
     // compressed full diff, with the time of s2's backup; the periodic full at s3 stays.
     let mtime = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
-    let f = fs::File::options().write(true).open(&chain[2]).unwrap();
-    f.set_modified(old).unwrap();
+    // (Keep-last is by backup time: the older snapshots are older by time too.)
+    for (k, p) in chain[..3].iter().enumerate() {
+        let f = fs::File::options().write(true).open(p).unwrap();
+        f.set_modified(old - std::time::Duration::from_secs(60 * (2 - k as u64)))
+            .unwrap();
+    }
     let r = until_free(|| prune(&dir, "vm", 4, false, &mut |_, _| {}));
     assert_eq!(mtime(&dir.join("vm@s2.full.diff.zst")), old);
     assert_eq!(r.kept_snapshots, ["s2", "s3", "s4", "s5"], "{r:?}");
@@ -1508,7 +1515,7 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
 
     // A dry run of keep 2 prints the plan and changes nothing.
     let (_, path4) = restore_snap(&dir, &work, "s4");
-    let merge_line = format!("would merge {} file(s) into", path4.len());
+    let merge_line = format!("would merge {} file(s) (", path4.len());
     let before = contents(&dir);
     let out = rbddiff_cli(&[
         "prune",
@@ -1522,8 +1529,14 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     for w in [
-        "keeping 2 restorable snapshot(s): s4, s5",
+        "keeping 2 restorable snapshot(s), dropping 2",
+        "keep s4 (",
+        "keep s5 (",
+        "drop s2",
+        "drop s3",
         merge_line.as_str(),
+        "into ",
+        "vm@s4.full.diff:",
         "would delete: ",
         "vm@s2.full.diff.zst",
         "bytes before",

@@ -121,7 +121,12 @@ pub fn select(policy: &Policy, snaps: &[Snap]) -> BTreeMap<String, Vec<&'static 
             if left == 0 {
                 break;
             }
-            let key = bucket(rule, snaps[i].time);
+            // Each snapshot is a bucket of its own for keep-last (also within one second).
+            let key = if rule == "last" {
+                i as i64
+            } else {
+                bucket(rule, snaps[i].time)
+            };
             if last != Some(key) {
                 last = Some(key);
                 left -= 1;
@@ -190,6 +195,8 @@ mod tests {
         // s2 is older by time than s1: the newest two by time are s3 and s1.
         assert_eq!(kept(&p, &[10, 30, 20, 40]), ["s1", "s3"]);
         assert_eq!(kept(&p, &[10]), ["s0"]);
+        // Within one second: the newest two by graph order.
+        assert_eq!(kept(&p, &[5, 5, 5]), ["s1", "s2"]);
     }
 
     #[test]

@@ -191,9 +191,6 @@ pub fn prune(
              (prune never deletes every older snapshot by default)",
         ));
     }
-    if let Some(i) = &opts.image {
-        crate::rbd::safe_arg("image name", i)?;
-    }
     if !dir.is_dir() {
         return Err(Error::invalid("not a directory").with_file(dir));
     }
