@@ -327,6 +327,15 @@ pub fn prune(
     if dry_run || (plan.merges.is_empty() && plan.delete.is_empty()) {
         return Ok(report);
     }
+    // Deletions go from the latest end snapshot back: a run stopped in between never leaves
+    // a file to delete whose start no path reaches any more (which the next run would have
+    // to leave alone).
+    let pos = |i: usize| {
+        let to = edge(i).file.to.as_deref();
+        graph.snapshots.iter().position(|s| Some(s.as_str()) == to)
+    };
+    let mut delete = plan.delete.clone();
+    delete.sort_by_key(|&i| std::cmp::Reverse((pos(i), i)));
     let mut steps = Steps {
         left: opts.stop_after,
         stopped: false,
@@ -339,7 +348,7 @@ pub fn prune(
             &crate::journal::Journal {
                 output: base(&outputs[0]),
                 more_outputs: outputs[1..].iter().map(|o| base(o)).collect(),
-                supersedes: plan.delete.iter().map(|&i| base(&edge(i).file.path)).collect(),
+                supersedes: delete.iter().map(|&i| base(&edge(i).file.path)).collect(),
             },
         )?;
         steps.step()?;
@@ -382,9 +391,11 @@ pub fn prune(
     steps.step()?;
     report.bytes = report.merges.iter().filter_map(|m| m.bytes).sum();
     report.bytes_after = bytes_before - deleted_bytes + report.bytes;
-    for &i in &plan.delete {
+    for &i in &delete {
         let f = &edge(i).file.path;
-        for p in [f.clone(), crate::sums::sums_path(f)] {
+        // The sidecar first: a file left without it (by a kill in between) is still found,
+        // and deleted, by the next run; a sidecar left alone would not be.
+        for p in [crate::sums::sums_path(f), f.clone()] {
             match std::fs::remove_file(&p) {
                 Ok(()) => report.deleted.push(p.to_string_lossy().into_owned()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
