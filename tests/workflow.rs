@@ -2201,3 +2201,106 @@ fn full_after_outcomes_and_prometheus_metrics() {
     // status needs --max-age or --prometheus.
     assert_eq!(rbddiff_cli(&["status", &s(&dir)]).status.code(), Some(2));
 }
+
+/// prune by a policy through the CLI: six backups, two a day (catalog times), --keep-daily
+/// 3 keeps the newest of each day; the plan (dry run) names each merge's inputs and output
+/// and the rule of each kept snapshot; --compress writes the merged files compressed from
+/// plain inputs; every kept snapshot restores to its state. Without a rule, and without
+/// --image in an archive of two images, prune refuses and changes nothing.
+#[test]
+fn prune_by_a_policy_merges_runs_into_incrementals() {
+    let (_t, dir, work) = dirs();
+    let states = small_states(6);
+    let names = [
+        "vm@s0.full.diff",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff",
+        "vm@s2..s3.diff",
+        "vm@s3..s4.diff",
+        "vm@s4..s5.diff",
+    ];
+    write_chain_of(&dir, &work, &names, &states);
+    let day0 = 1_767_571_200u64;
+    for (k, n) in names.iter().enumerate() {
+        let k = k as u64;
+        let rec = rbddiff::archive::catalog::Record {
+            time: Some(day0 + (k / 2) * 86_400 + (k % 2) * 3600),
+            ..Default::default()
+        };
+        rbddiff::archive::catalog::record(&dir, n, rec).unwrap();
+    }
+    let want = |k: usize| sha256_file(&work.join(format!("raw{k}")));
+    let ds = s(&dir);
+    let before = contents(&dir);
+    // No rule: refused.
+    let out = rbddiff_cli(&["prune", &ds]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no retention rule") && err.contains("--keep-daily"), "{err}");
+    // The plan, without --image (one image).
+    let out = rbddiff_cli(&["prune", &ds, "--keep-daily", "3", "--compress", "--dry-run"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for w in [
+        "keeping 3 restorable snapshot(s), dropping 3",
+        "keep s1 (20260105T010000Z): daily",
+        "keep s3 (20260106T010000Z): daily",
+        "keep s5 (20260107T010000Z): daily",
+        "drop s0",
+        "would merge 2 file(s) (",
+        "vm@s1.full.diff.zst:",
+        "vm@s1..s3.diff.zst:",
+        "vm@s3..s5.diff.zst:",
+        "would delete: ",
+        "(estimated)",
+    ] {
+        assert!(text.contains(w), "{w}: {text}");
+    }
+    assert_eq!(contents(&dir), before);
+    // Another image's file: --image is needed.
+    fs::copy(dir.join(names[0]), dir.join("vm2@s0.full.diff")).unwrap();
+    let out = rbddiff_cli(&["prune", &ds, "--keep-daily", "3"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("several images (vm, vm2)") && err.contains("--image"), "{err}");
+    fs::remove_file(dir.join("vm2@s0.full.diff")).unwrap();
+    assert_eq!(contents(&dir), before);
+
+    let out = rbddiff_cli(&["prune", &ds, "--keep-daily", "3", "--compress", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["kept_snapshots"], serde_json::json!(["s1", "s3", "s5"]), "{r}");
+    assert_eq!(r["dropped_snapshots"], serde_json::json!(["s0", "s2", "s4"]), "{r}");
+    let merges = r["merges"].as_array().unwrap();
+    assert_eq!(merges.len(), 3, "{r}");
+    assert!(merges.iter().all(|m| m["compressed"] == true && m["bytes"].is_u64()), "{r}");
+    assert_eq!(merges[1]["from_snap"], "s1");
+    assert_eq!(merges[1]["to_snap"], "s3");
+    let mut expect = vec![
+        "vm@s1.full.diff.zst",
+        "vm@s1.full.diff.zst.sums",
+        "vm@s1..s3.diff.zst",
+        "vm@s1..s3.diff.zst.sums",
+        "vm@s3..s5.diff.zst",
+        "vm@s3..s5.diff.zst.sums",
+    ];
+    expect.sort();
+    assert_eq!(contents(&dir).into_keys().collect::<Vec<_>>(), expect);
+    assert_eq!(restorable(&dir), ["s1", "s3", "s5"]);
+    for k in [1, 3, 5] {
+        assert_eq!(restore_snap(&dir, &work, &format!("s{k}")).0, want(k), "s{k}");
+    }
+    // The merged files keep the backup times: the same policy keeps the same snapshots.
+    let r = until_free(|| {
+        let opts = rbddiff::workflow::PruneOptions {
+            policy: rbddiff::archive::policy::Policy {
+                daily: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        rbddiff::workflow::prune(&dir, &opts, &mut |_, _| {})
+    });
+    assert_eq!(r.kept_snapshots, ["s1", "s3", "s5"]);
+    assert!(r.merges.is_empty() && r.delete.is_empty(), "{r:?}");
+}
