@@ -40,11 +40,11 @@ use crate::rbd::{collect_stderr, image_name, is_broken_pipe, rbd_failed, safe_ar
 use crate::Version;
 
 pub use crate::archive::backup::{backup, BackupOptions, BackupReport};
-pub use crate::archive::prune::{prune, PruneOptions, PruneReport};
 pub use crate::archive::names::{
     default_snap_name, escape, file_name, images_in, stamp, unescape, utc_stamp, MAX_IMAGE_NAME,
     SNAP_PREFIX,
 };
+pub use crate::archive::prune::{prune, PruneOptions, PruneReport};
 pub use crate::archive::{discover_chain, ChainFile};
 pub use crate::rbd::Rbd;
 

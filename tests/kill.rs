@@ -222,7 +222,11 @@ fn policy_prune_killed_at_random_points_keeps_every_kept_snapshot() {
     assert_eq!(names_in(&dir), done);
     let check = |dir: &Path, what: &str| {
         for (k, snap) in [(1, "s1"), (3, "s3"), (5, "s5")] {
-            assert_eq!(restored_snap(dir, snap, &work).as_ref(), Ok(&shas[k]), "{what}: {snap}");
+            assert_eq!(
+                restored_snap(dir, snap, &work).as_ref(),
+                Ok(&shas[k]),
+                "{what}: {snap}"
+            );
         }
     };
     check(&dir, "after a whole prune");
@@ -253,6 +257,9 @@ fn policy_prune_killed_at_random_points_keeps_every_kept_snapshot() {
         check(&dir, &format!("round {round}, after the rerun"));
     }
     eprintln!("{killed} of 24 runs killed, {half_done} with a journal left");
-    assert!(killed >= 4, "the kills landed too late to test anything: {killed}");
+    assert!(
+        killed >= 4,
+        "the kills landed too late to test anything: {killed}"
+    );
     assert!(half_done >= 1, "no kill landed while the journal was there");
 }

@@ -522,7 +522,16 @@ fn full_every_and_a_policy_prune(cluster: &Cluster, root: &Path) {
         let snap = format!("s{k}");
         let r = ok(
             cluster,
-            &["backup", &spec, &ds, "--full-every", "5", "--snap", &snap, "--json"],
+            &[
+                "backup",
+                &spec,
+                &ds,
+                "--full-every",
+                "5",
+                "--snap",
+                &snap,
+                "--json",
+            ],
         );
         assert_eq!(r["to_snap"], snap.as_str(), "{r}");
         if r["from_snap"].is_null() {
@@ -539,7 +548,9 @@ fn full_every_and_a_policy_prune(cluster: &Cluster, root: &Path) {
         let tspec = format!("rbd/{target}");
         let r = ok(
             cluster,
-            &["restore", dir, &tspec, "--create", "--to", &snaps[k], "--json"],
+            &[
+                "restore", dir, &tspec, "--create", "--to", &snaps[k], "--json",
+            ],
         );
         assert_eq!(
             cluster.export_sha256(&format!("{target}@{}", snaps[k])),
@@ -563,16 +574,22 @@ fn full_every_and_a_policy_prune(cluster: &Cluster, root: &Path) {
     let ls = lost.to_string_lossy().into_owned();
     for (k, full) in [(13, 10), (17, 15), (21, 20)] {
         let r = restore(&ls, k);
-        assert_eq!(r["files"][0], lost.join(&files[full]).to_string_lossy().as_ref(), "{r}");
+        assert_eq!(
+            r["files"][0],
+            lost.join(&files[full]).to_string_lossy().as_ref(),
+            "{r}"
+        );
     }
     let target = format!("rbd/{}", cluster.unique_name("fer"));
-    let err = fails(cluster, &["restore", &ls, &target, "--create", "--to", "s8"]);
+    let err = fails(
+        cluster,
+        &["restore", &ls, &target, "--create", "--to", "s8"],
+    );
     assert!(err.contains("s8"), "{err}");
 
     // Backup times six hours apart, from a midnight (UTC) on.
     let cat_path = dir.join(rbddiff::archive::catalog::NAME);
-    let mut cat: serde_json::Value =
-        serde_json::from_slice(&fs::read(&cat_path).unwrap()).unwrap();
+    let mut cat: serde_json::Value = serde_json::from_slice(&fs::read(&cat_path).unwrap()).unwrap();
     let t0 = 1_767_571_200u64;
     for (k, f) in files.iter().enumerate() {
         cat["files"][f]["time"] = serde_json::json!(t0 + k as u64 * 6 * 3600);
@@ -594,7 +611,11 @@ fn full_every_and_a_policy_prune(cluster: &Cluster, root: &Path) {
     args.pop();
     let r = ok(cluster, &args);
     assert_eq!(r["kept_snapshots"], kept, "{r}");
-    assert_eq!(r["kept_by"][1]["rules"], serde_json::json!(["daily"]), "{r}");
+    assert_eq!(
+        r["kept_by"][1]["rules"],
+        serde_json::json!(["daily"]),
+        "{r}"
+    );
     let left = listing(&dir);
     let merged = format!("{img}@s15..s19.diff");
     let want = set(&[
@@ -613,6 +634,9 @@ fn full_every_and_a_policy_prune(cluster: &Cluster, root: &Path) {
         restore(&ds, k);
     }
     let target = format!("rbd/{}", cluster.unique_name("fer"));
-    let err = fails(cluster, &["restore", &ds, &target, "--create", "--to", "s18"]);
+    let err = fails(
+        cluster,
+        &["restore", &ds, &target, "--create", "--to", "s18"],
+    );
     assert!(err.contains("no file ends at snapshot 's18'"), "{err}");
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use common::gen::{noise, path_str as s, restored_sha256, write_sparse, Rng};
 use common::manifest::sha256_file;
-use rbddiff::create::{create_diff, CreateOptions};
 use common::prune_last as prune;
+use rbddiff::create::{create_diff, CreateOptions};
 use rbddiff::workflow::{discover_chain, file_name, images_in};
 
 /// Writes a chain of `snaps.len()` diffs of image `image` into `dir` (named as `backup` and

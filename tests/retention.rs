@@ -37,7 +37,18 @@ fn backup() -> impl Strategy<Value = Backup> {
     (
         prop::bool::weighted(0.2),
         prop::sample::select(vec![0usize, 0, 0, 1, 2]),
-        prop::sample::select(vec![0u64, 60, 1800, 3600, 5400, 86_400, 90_000, 7 * 86_400, 40 * 86_400, 400 * 86_400]),
+        prop::sample::select(vec![
+            0u64,
+            60,
+            1800,
+            3600,
+            5400,
+            86_400,
+            90_000,
+            7 * 86_400,
+            40 * 86_400,
+            400 * 86_400,
+        ]),
         prop::collection::vec((0usize..16, 1usize..4, any::<u64>()), 0..4),
     )
         .prop_map(|(full, back, gap, writes)| Backup {
@@ -59,15 +70,17 @@ fn policy() -> impl Strategy<Value = Policy> {
         n(),
         prop::option::of(prop::sample::select(vec![3600u64, 86_400, 30 * 86_400])),
     )
-        .prop_map(|(last, hourly, daily, weekly, monthly, yearly, within)| Policy {
-            last,
-            hourly,
-            daily,
-            weekly,
-            monthly,
-            yearly,
-            within: within.map(std::time::Duration::from_secs),
-        })
+        .prop_map(
+            |(last, hourly, daily, weekly, monthly, yearly, within)| Policy {
+                last,
+                hourly,
+                daily,
+                weekly,
+                monthly,
+                yearly,
+                within: within.map(std::time::Duration::from_secs),
+            },
+        )
 }
 
 /// Writes the history into `dir` (work files in `work`); returns each snapshot's bytes.
@@ -141,7 +154,12 @@ fn copy_dir(from: &Path, to: &Path) {
             let t = to.join(e.file_name());
             fs::copy(e.path(), &t).unwrap();
             let m = e.metadata().unwrap().modified().unwrap();
-            fs::File::options().write(true).open(&t).unwrap().set_modified(m).unwrap();
+            fs::File::options()
+                .write(true)
+                .open(&t)
+                .unwrap()
+                .set_modified(m)
+                .unwrap();
         }
     }
 }

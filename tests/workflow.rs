@@ -9,9 +9,9 @@ use std::process::Command;
 
 use common::gen::{noise, path_str as s, relabel, write_sparse, Rng};
 use common::manifest::sha256_file;
+use common::prune_last as prune;
 use rbddiff::apply::{apply_chain, ApplyOptions};
 use rbddiff::create::{create_diff, CreateOptions};
-use common::prune_last as prune;
 use rbddiff::workflow::discover_chain;
 
 /// Four image states of 2 MiB (the third grows to 3 MiB), with writes and zeroed regions.
@@ -2236,7 +2236,10 @@ fn prune_by_a_policy_merges_runs_into_incrementals() {
     let out = rbddiff_cli(&["prune", &ds]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no retention rule") && err.contains("--keep-daily"), "{err}");
+    assert!(
+        err.contains("no retention rule") && err.contains("--keep-daily"),
+        "{err}"
+    );
     // The plan, without --image (one image).
     let out = rbddiff_cli(&["prune", &ds, "--keep-daily", "3", "--compress", "--dry-run"]);
     assert!(out.status.success(), "{out:?}");
@@ -2262,18 +2265,34 @@ fn prune_by_a_policy_merges_runs_into_incrementals() {
     let out = rbddiff_cli(&["prune", &ds, "--keep-daily", "3"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("several images (vm, vm2)") && err.contains("--image"), "{err}");
+    assert!(
+        err.contains("several images (vm, vm2)") && err.contains("--image"),
+        "{err}"
+    );
     fs::remove_file(dir.join("vm2@s0.full.diff")).unwrap();
     assert_eq!(contents(&dir), before);
 
     let out = rbddiff_cli(&["prune", &ds, "--keep-daily", "3", "--compress", "--json"]);
     assert!(out.status.success(), "{out:?}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["kept_snapshots"], serde_json::json!(["s1", "s3", "s5"]), "{r}");
-    assert_eq!(r["dropped_snapshots"], serde_json::json!(["s0", "s2", "s4"]), "{r}");
+    assert_eq!(
+        r["kept_snapshots"],
+        serde_json::json!(["s1", "s3", "s5"]),
+        "{r}"
+    );
+    assert_eq!(
+        r["dropped_snapshots"],
+        serde_json::json!(["s0", "s2", "s4"]),
+        "{r}"
+    );
     let merges = r["merges"].as_array().unwrap();
     assert_eq!(merges.len(), 3, "{r}");
-    assert!(merges.iter().all(|m| m["compressed"] == true && m["bytes"].is_u64()), "{r}");
+    assert!(
+        merges
+            .iter()
+            .all(|m| m["compressed"] == true && m["bytes"].is_u64()),
+        "{r}"
+    );
     assert_eq!(merges[1]["from_snap"], "s1");
     assert_eq!(merges[1]["to_snap"], "s3");
     let mut expect = vec![
@@ -2288,7 +2307,11 @@ fn prune_by_a_policy_merges_runs_into_incrementals() {
     assert_eq!(contents(&dir).into_keys().collect::<Vec<_>>(), expect);
     assert_eq!(restorable(&dir), ["s1", "s3", "s5"]);
     for k in [1, 3, 5] {
-        assert_eq!(restore_snap(&dir, &work, &format!("s{k}")).0, want(k), "s{k}");
+        assert_eq!(
+            restore_snap(&dir, &work, &format!("s{k}")).0,
+            want(k),
+            "s{k}"
+        );
     }
     // The merged files keep the backup times: the same policy keeps the same snapshots.
     let r = until_free(|| {

@@ -74,10 +74,13 @@ fn cheapest<'a>(
 ) -> Option<(Option<&'a str>, Vec<usize>)> {
     use std::cmp::Reverse;
     use std::collections::{BinaryHeap, HashMap};
+    /// A snapshot, or none for "empty".
     type Node<'a> = Option<&'a str>;
+    /// Bytes and files from a source, the node, and the file that led to it.
+    type Step<'a> = (u64, usize, Node<'a>, Option<usize>);
     // node -> (bytes, files, the file that led to it)
     let mut best: HashMap<Node<'a>, (u64, usize, Option<usize>)> = HashMap::new();
-    let mut heap: BinaryHeap<Reverse<(u64, usize, Node<'a>, Option<usize>)>> = BinaryHeap::new();
+    let mut heap: BinaryHeap<Reverse<Step<'a>>> = BinaryHeap::new();
     heap.push(Reverse((0, 0, None, None)));
     for &s in sources {
         heap.push(Reverse((0, 0, Some(s), None)));
@@ -275,10 +278,7 @@ mod tests {
         assert_eq!(p.dropped, ["s0", "s1"]);
         assert_eq!(
             p.merges,
-            [
-                merge(None, "s2", &[0, 1, 2]),
-                merge(None, "s3", &[0, 1, 3])
-            ]
+            [merge(None, "s2", &[0, 1, 2]), merge(None, "s3", &[0, 1, 3])]
         );
         assert!(p.kept.is_empty());
         assert_eq!(p.delete, [0, 1, 2, 3]);
