@@ -32,8 +32,17 @@ pub struct Policy {
     pub monthly: usize,
     /// Years (UTC).
     pub yearly: usize,
-    /// Keep every snapshot newer than the newest one's time minus this.
+    /// Keep every snapshot newer than the newest one's time minus this (in reports: whole
+    /// seconds).
+    #[serde(serialize_with = "as_secs")]
     pub within: Option<Duration>,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs()),
+        None => s.serialize_none(),
+    }
 }
 
 impl Policy {
