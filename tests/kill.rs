@@ -57,7 +57,17 @@ fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for e in fs::read_dir(from).unwrap() {
         let e = e.unwrap();
-        fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        // With the modification times: without a catalog they are the backup times, which
+        // --keep-last goes by.
+        let t = to.join(e.file_name());
+        fs::copy(e.path(), &t).unwrap();
+        let m = e.metadata().unwrap().modified().unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&t)
+            .unwrap()
+            .set_modified(m)
+            .unwrap();
     }
 }
 
