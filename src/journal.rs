@@ -1,8 +1,9 @@
 //! The journal of a prune: a small hidden file `.OUTPUT.prune-journal` in a backup directory
-//! naming the merged output of a prune and the files it supersedes. `prune` writes it
-//! (atomically, fsynced) before it commits the output and removes it after deleting the
-//! superseded files, so a prune killed in between leaves a journal that says which files
-//! are no longer part of the chain (see [`crate::workflow`] for how it is finished).
+//! naming the merged outputs of a prune (the first one names the journal) and the files they
+//! supersede. `prune` writes it (atomically, fsynced) before it commits the first output and
+//! removes it after deleting the superseded files, so a prune killed in between leaves a
+//! journal that says which files are no longer part of the chain once **every** output is
+//! committed (see [`crate::archive::prune`] for how it is finished).
 //!
 //! A journal names plain file names of its directory only (no `/`, not hidden). It is read
 //! through [`crate::smallfile::read_small`] (no symbolic link, a regular file, bounded).
@@ -25,10 +26,35 @@ const MAX_BYTES: u64 = 4 << 20;
 /// What a journal records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
-    /// File name of the merged output.
+    /// File name of the (first) merged output; it names the journal.
     pub output: String,
+    /// File names of the further outputs of the same prune.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_outputs: Vec<String>,
     /// File names of the files the output replaces.
     pub supersedes: Vec<String>,
+}
+
+impl Journal {
+    /// Every output's file name, the first one first.
+    pub fn outputs(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.output).chain(&self.more_outputs)
+    }
+
+    /// True when its names are plain file names of the directory, every output is named once
+    /// and no output is also superseded.
+    fn well_formed(&self) -> Option<&String> {
+        let outs: Vec<&String> = self.outputs().collect();
+        let mut seen = HashSet::new();
+        outs.iter()
+            .copied()
+            .find(|n| !plain(n) || !seen.insert(n.as_str()))
+            .or_else(|| {
+                self.supersedes
+                    .iter()
+                    .find(|n| !plain(n) || outs.contains(n))
+            })
+    }
 }
 
 /// The path of the journal of a prune into `output` (a file name in `dir`).
@@ -51,7 +77,7 @@ fn plain(name: &str) -> bool {
 /// A name in `j` is not a plain file name; writing fails.
 pub fn write(dir: &Path, j: &Journal) -> Result<PathBuf> {
     let path = path_for(dir, &j.output);
-    if !plain(&j.output) || !j.supersedes.iter().all(|n| plain(n) && *n != j.output) {
+    if j.well_formed().is_some() {
         return Err(
             Error::invalid("internal: a journal names a file outside its directory")
                 .with_file(&path),
@@ -84,10 +110,7 @@ pub fn read(path: &Path) -> Result<Option<Journal>> {
     if own != format!(".{}{SUFFIX}", j.output) {
         return Err(bad(format!("its output {:?} is not its name's", j.output)));
     }
-    if !plain(&j.output) {
-        return Err(bad(format!("bad output name {:?}", j.output)));
-    }
-    if let Some(n) = j.supersedes.iter().find(|n| !plain(n) || **n == j.output) {
+    if let Some(n) = j.well_formed() {
         return Err(bad(format!("bad file name {n:?}")));
     }
     Ok(Some(j))
@@ -117,14 +140,19 @@ pub fn all(dir: &Path) -> Result<Vec<(PathBuf, Journal)>> {
     Ok(out)
 }
 
-/// True when the output `j` names is in `dir` (committed: outputs appear whole, by rename).
-pub fn output_present(dir: &Path, j: &Journal) -> bool {
-    std::fs::symlink_metadata(dir.join(&j.output)).is_ok_and(|m| m.is_file())
+/// True when the output `name` is in `dir` (committed: outputs appear whole, by rename).
+pub fn present(dir: &Path, name: &str) -> bool {
+    std::fs::symlink_metadata(dir.join(name)).is_ok_and(|m| m.is_file())
 }
 
-/// The file names in `dir` that are superseded: listed by a journal whose output is there.
-/// A journal whose output is missing is stale (its prune never committed) and counts for
-/// nothing.
+/// True when every output `j` names is in `dir`.
+pub fn output_present(dir: &Path, j: &Journal) -> bool {
+    j.outputs().all(|o| present(dir, o))
+}
+
+/// The file names in `dir` that are superseded: listed by a journal whose outputs are all
+/// there. A journal with an output missing is stale (its prune never committed them all)
+/// and counts for nothing.
 ///
 /// # Errors
 /// As [`all`].

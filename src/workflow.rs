@@ -10,10 +10,8 @@
 //! Discovery and names live in [`crate::archive`]; [`backup`] and [`restore`] delegate the
 //! cluster side to the `rbd` CLI ([`Rbd`], [`crate::rbd`]):
 //! `rbd snap create` + `rbd export-diff … -` streamed through the stream parser into an atomic
-//! output, and a one-pass merge of the best path streamed into `rbd import-diff -`. [`prune`]
-//! is offline: it keeps the newest N restorable snapshots ([`crate::archive::retention`]),
-//! merges the path to the oldest kept one into one full diff and deletes the files no kept
-//! snapshot needs only once that is committed and verified.
+//! output, and a one-pass merge of the best path streamed into `rbd import-diff -`. `prune`
+//! (offline) lives in [`crate::archive::prune`], re-exported.
 //!
 //! Files of another image id under the same name (a recreated image, recorded in the
 //! archive's [`crate::archive::catalog`]) are another lineage: `backup` never bases an
@@ -27,29 +25,19 @@
 //!
 //! `backup` and `prune` hold an exclusive [`crate::dirlock`] lock on the directory for their
 //! whole run, `restore` (and `prune --dry-run`) a shared one; a conflicting run is refused at
-//! once, or waited for up to the `wait` asked for. A prune is made safe against a kill
-//! by a journal ([`crate::journal`]): before it commits its output it writes (atomically,
-//! fsynced) `.OUTPUT.prune-journal`, naming the output and the files it deletes, and it
-//! removes the journal after deleting them. Between the commit and the deletions the
-//! directory holds both; chain discovery (of every command, `verify` of a directory too)
-//! then ignores the superseded files as long as the journal's output exists (outputs appear
-//! whole, by rename). A journal whose output does not exist is stale (the prune never
-//! committed) and ignored. The next run holding the exclusive lock finishes the job: it
-//! verifies the output, deletes the superseded files and their sidecars, then the journal
-//! (a stale journal is just deleted), and removes the temporary files (`.NAME.XXXXXX.tmp`)
-//! of killed runs of the image, which no live run can be writing while it holds the lock.
+//! once, or waited for up to the `wait` asked for. How a prune survives a kill (its journal)
+//! is described in [`crate::archive::prune`].
 
-use std::io::{self, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::process::Stdio;
 
 use serde::Serialize;
 
-use crate::archive::{file_id, finish_pending, read_chain_file, sync_dir, verify_chain};
-use crate::compress::CompressOptions;
+use crate::archive::pick_image;
 use crate::dirlock::Command;
 use crate::error::{Error, Result};
-use crate::merge::{merge_files_to, merge_input, open_input, plan, MergeOptions};
+use crate::merge::{merge_input, open_input, plan, MergeOptions};
 use crate::rbd::{collect_stderr, image_name, is_broken_pipe, rbd_failed, safe_arg};
 use crate::Version;
 
@@ -58,6 +46,7 @@ pub use crate::archive::names::{
     default_snap_name, escape, file_name, images_in, stamp, unescape, utc_stamp, MAX_IMAGE_NAME,
     SNAP_PREFIX,
 };
+pub use crate::archive::prune::{prune, PruneOptions, PruneReport};
 pub use crate::archive::{discover_chain, ChainFile};
 pub use crate::rbd::Rbd;
 
@@ -105,32 +94,6 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// Data records sent (`w` + `z`).
     pub records: u64,
-}
-
-/// Chooses the image whose backups `dir` holds for a restore into `target` (an image name,
-/// none for a file).
-pub(crate) fn pick_image(dir: &Path, target: Option<&str>, given: Option<&str>) -> Result<String> {
-    if let Some(g) = given {
-        return Ok(g.to_string());
-    }
-    let images = images_in(dir)?;
-    if images.len() == 1 {
-        return Ok(images.into_iter().next().unwrap_or_default());
-    }
-    if let Some(t) = target.filter(|t| images.contains(*t)) {
-        return Ok(t.to_string());
-    }
-    if images.is_empty() {
-        return Err(Error::invalid(format!(
-            "{}: no backup files (IMAGE@….diff[.zst])",
-            dir.display()
-        )));
-    }
-    Err(Error::invalid(format!(
-        "{} holds backups of several images ({}): choose one with --image",
-        dir.display(),
-        images.into_iter().collect::<Vec<_>>().join(", ")
-    )))
 }
 
 /// Restores a snapshot of the archive `dir` into `spec` (`POOL/IMAGE`): takes the path of
@@ -354,298 +317,6 @@ pub fn restore_to_file(
         created,
         apply,
     })
-}
-
-// ---------------------------------------------------------------------------------------------
-// prune
-
-/// What [`prune`] did (or would do, for a dry run).
-#[derive(Clone, Debug, Serialize)]
-pub struct PruneReport {
-    /// Files of the image before pruning.
-    pub files: usize,
-    /// The snapshots kept restorable, oldest first.
-    pub kept_snapshots: Vec<String>,
-    /// The files merged into [`PruneReport::output`], in order.
-    pub merged: Vec<String>,
-    /// The new full diff to the oldest kept snapshot (none when no merge is needed).
-    pub output: Option<String>,
-    /// The files that stay, besides the output.
-    pub kept: Vec<String>,
-    /// The files deleted (for a dry run: to be deleted), their sidecars aside.
-    pub delete: Vec<String>,
-    /// Files deleted, sidecars included (none for a dry run).
-    pub deleted: Vec<String>,
-    /// Files left alone because no restore can use them, with the reason.
-    pub left: Vec<crate::archive::graph::PassedOver>,
-    /// True for a dry run: nothing was changed.
-    pub dry_run: bool,
-    /// Size of the new file.
-    pub bytes: u64,
-    /// Bytes of the image's readable files before.
-    pub bytes_before: u64,
-    /// Bytes of them after (for a dry run an estimate: the output counted at the bytes of
-    /// the files it merges).
-    pub bytes_after: u64,
-    /// Files of an interrupted earlier run removed first: what a half-done prune had
-    /// replaced, its journal, temporary files.
-    pub cleaned: Vec<String>,
-}
-
-/// Prunes the files of `image` in `dir` so that its newest `keep` restorable snapshots stay
-/// restorable ([`crate::archive::retention`] says which files stay): the best path to the
-/// oldest kept snapshot is merged into one new full diff (compressed like the last file
-/// merged), written atomically with its sidecar and verified, the directory fsynced, and
-/// only then are the files no kept snapshot needs deleted, with their sidecars. A journal
-/// written before the commit names them, so that the next run finishes a prune killed in
-/// between (see the module docs); what an interrupted run left is cleaned up first. Files no
-/// restore can use (unreachable ones) are left alone and reported. With `dry_run` nothing
-/// is changed. `wait` is how long to wait for another run's lock on the archive (none: refuse
-/// at once, see [`crate::dirlock`]).
-///
-/// # Errors
-/// Another run holds the archive's lock (past `wait`); `keep` is 0; a file of the image is damaged or unreadable (prune rewrites only a healthy
-/// archive; the message names the files and why); no snapshot is restorable; the new file
-/// exists or cannot be written or verified (then every original file is left as it was).
-pub fn prune(
-    dir: &Path,
-    image: &str,
-    keep: usize,
-    dry_run: bool,
-    progress: &mut dyn FnMut(u64, u64),
-    wait: Option<std::time::Duration>,
-) -> Result<PruneReport> {
-    if keep == 0 {
-        return Err(Error::invalid("--keep must be at least 1"));
-    }
-    if !dir.is_dir() {
-        return Err(Error::invalid("not a directory").with_file(dir));
-    }
-    // A dry run changes nothing: it only needs the directory not to change meanwhile.
-    let _lock = crate::dirlock::lock(dir, !dry_run, Command::Prune, wait)?;
-    let cleaned = if dry_run {
-        Vec::new()
-    } else {
-        finish_pending(dir, image)?
-    };
-    // The newest lineage is pruned; older ones (a recreated image's) are left alone.
-    let mut lineages = crate::archive::graph::lineages(dir, image)?;
-    let graph = lineages.pop().map(|l| l.graph).unwrap_or_default();
-    let older: Vec<crate::archive::graph::PassedOver> = lineages
-        .iter()
-        .flat_map(|l| {
-            let why = format!(
-                "an older lineage (image id {})",
-                l.image_id.as_deref().unwrap_or("unknown")
-            );
-            l.graph
-                .edges
-                .iter()
-                .map(|e| e.file.name())
-                .chain(l.graph.unreadable.iter().map(|u| u.file.clone()))
-                .map(move |file| crate::archive::graph::PassedOver {
-                    file,
-                    reason: why.clone(),
-                })
-        })
-        .collect();
-    let bytes_before: u64 = graph.edges.iter().map(|e| e.bytes).sum();
-    let mut report = PruneReport {
-        files: graph.edges.len() + graph.unreadable.len(),
-        kept_snapshots: Vec::new(),
-        merged: Vec::new(),
-        output: None,
-        kept: graph.edges.iter().map(|e| e.file.name()).collect(),
-        delete: Vec::new(),
-        deleted: Vec::new(),
-        left: older.clone(),
-        dry_run,
-        bytes: 0,
-        bytes_before,
-        bytes_after: bytes_before,
-        cleaned,
-    };
-    if graph.is_empty() {
-        return Ok(report);
-    }
-    let damaged = graph.damaged();
-    let bad: Vec<String> = damaged
-        .iter()
-        .map(|(&i, why)| format!("{} ({why})", graph.edges[i].file.name()))
-        .chain(
-            graph
-                .unreadable
-                .iter()
-                .map(|u| format!("{} ({})", u.file, u.reason)),
-        )
-        .collect();
-    if !bad.is_empty() {
-        return Err(Error::invalid(format!(
-            "prune rewrites only a healthy archive; damaged or unreadable files of {image}: {} \
-             (restore goes round them; move them away to prune)",
-            bad.join("; ")
-        ))
-        .with_file(dir));
-    }
-    let plan = crate::archive::retention::plan(&graph, &damaged, keep).ok_or_else(|| {
-        Error::invalid(format!("no snapshot of {image} is restorable")).with_file(dir)
-    })?;
-    let edge = |i: usize| &graph.edges[i];
-    let names = |v: &[usize]| v.iter().map(|&i| edge(i).file.name()).collect::<Vec<_>>();
-    report.kept_snapshots = plan.keep.clone();
-    report.kept = names(&plan.kept);
-    report.delete = names(&plan.delete);
-    report.left.extend(plan.left.iter().cloned());
-    let k0 = plan.keep[0].clone();
-    let mut merge = plan.merge.clone();
-    let mut out = None;
-    if let Some(&last) = merge.last() {
-        let p = dir.join(file_name(image, None, &k0, edge(last).file.compressed));
-        // A kept full diff to the snapshot under that name already: nothing to merge.
-        if plan.kept.iter().any(|&i| edge(i).file.path == p) {
-            merge.clear();
-        } else {
-            out = Some(p);
-        }
-    }
-    report.merged = names(&merge);
-    report.output = out.as_ref().map(|p| p.to_string_lossy().into_owned());
-    let deleted_bytes: u64 = plan.delete.iter().map(|&i| edge(i).bytes).sum();
-    let merged_bytes: u64 = merge.iter().map(|&i| edge(i).bytes).sum();
-    report.bytes_after = bytes_before - deleted_bytes + merged_bytes;
-    if dry_run || (out.is_none() && plan.delete.is_empty()) {
-        return Ok(report);
-    }
-    let journal = match &out {
-        None => None,
-        Some(out) => {
-            if std::fs::symlink_metadata(out).is_ok() {
-                return Err(Error::invalid("the merged output exists already").with_file(out));
-            }
-            Some(merge_output(
-                dir,
-                &graph,
-                &merge,
-                &plan.delete,
-                out,
-                &k0,
-                progress,
-            )?)
-        }
-    };
-    if let Some(o) = &out {
-        report.bytes = std::fs::metadata(o).map_or(0, |m| m.len());
-        report.bytes_after = bytes_before - deleted_bytes + report.bytes;
-    }
-    for &i in &plan.delete {
-        let f = &edge(i).file.path;
-        for p in [f.clone(), crate::sums::sums_path(f)] {
-            match std::fs::remove_file(&p) {
-                Ok(()) => report.deleted.push(p.to_string_lossy().into_owned()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::from(e).with_file(&p)),
-            }
-        }
-    }
-    sync_dir(dir)?;
-    if let Some(j) = journal {
-        std::fs::remove_file(&j).map_err(|e| Error::from(e).with_file(&j))?;
-        sync_dir(dir)?;
-    }
-    Ok(report)
-}
-
-/// Merges the files `merge` of `graph` into the full diff `out` to snapshot `k0` under a
-/// journal naming `delete` as superseded: commits it (never clobbering), writes its sidecar,
-/// verifies it and fsyncs the directory. Returns the journal's path. On failure nothing of
-/// this run is left.
-fn merge_output(
-    dir: &Path,
-    graph: &crate::archive::graph::Graph,
-    merge: &[usize],
-    delete: &[usize],
-    out: &Path,
-    k0: &str,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<std::path::PathBuf> {
-    let base = |p: &Path| {
-        p.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
-    let edge = |i: usize| &graph.edges[i].file;
-    let compressed = merge.last().is_some_and(|&i| edge(i).compressed);
-    let journal = crate::journal::write(
-        dir,
-        &crate::journal::Journal {
-            output: base(out),
-            supersedes: delete.iter().map(|&i| base(&edge(i).path)).collect(),
-        },
-    )?;
-    // The merged file is of the lineage of what it merges, recorded before its commit.
-    let catalog = crate::archive::catalog::read(dir)?;
-    if let Some(rec) = merge
-        .last()
-        .and_then(|&i| catalog.files.get(&base(&edge(i).path)))
-    {
-        if let Err(e) = crate::archive::catalog::record(dir, &base(out), rec.clone()) {
-            let _ = std::fs::remove_file(&journal);
-            return Err(e);
-        }
-    }
-    let inputs: Vec<String> = merge.iter().map(|&i| edge(i).name()).collect();
-    let out_s = out.to_string_lossy().into_owned();
-    let copts = compressed.then(CompressOptions::default);
-    // The commit does not clobber: when it fails, the name is someone else's file and
-    // nothing of this run is left (the temporary file goes with the error).
-    if let Err(e) = merge_files_to(
-        &inputs,
-        &out_s,
-        false,
-        &MergeOptions::default(),
-        copts.as_ref(),
-        progress,
-    ) {
-        let _ = std::fs::remove_file(&journal);
-        return Err(e);
-    }
-    let made = file_id(out)?;
-    // The merged file keeps the time of the backup of its snapshot (the last file merged),
-    // which snapshot order and times ([`crate::archive::listing`]) read.
-    let when = merge
-        .last()
-        .map(|&i| graph.edges[i].mtime)
-        .unwrap_or_else(std::time::SystemTime::now);
-    let checked = std::fs::File::options()
-        .write(true)
-        .open(out)
-        .and_then(|f| f.set_modified(when))
-        .map_err(|e| Error::from(e).with_file(out))
-        .and_then(|()| crate::sums::write_sums_for(out))
-        .and_then(|_| {
-            let f = read_chain_file(out.to_path_buf())?;
-            if f.from.is_some() || f.to.as_deref() != Some(k0) {
-                return Err(Error::invalid(format!(
-                    "the merged file runs from {} to {}, not from a full diff to '{k0}'",
-                    crate::format::show_from(f.from.as_deref()),
-                    crate::format::show_to(f.to.as_deref())
-                ))
-                .with_file(out));
-            }
-            verify_chain(&[f])?;
-            sync_dir(dir)
-        });
-    if let Err(e) = checked {
-        // Only the file this run committed goes (never one that replaced it meanwhile).
-        if file_id(out).ok() == Some(made) {
-            let _ = std::fs::remove_file(crate::sums::sums_path(out));
-            let _ = std::fs::remove_file(out);
-        }
-        // After the output: a journal without its output is stale, never the reverse.
-        let _ = std::fs::remove_file(&journal);
-        return Err(e);
-    }
-    Ok(journal)
 }
 
 #[cfg(test)]

@@ -266,19 +266,22 @@ fn offline_commands_match_the_documented_shapes() {
         "status",
         "status",
     );
-    check(
-        &ok(&[
-            "prune",
-            "arch",
-            "--image",
-            "img",
-            "--keep",
-            "1",
-            "--dry-run",
-        ]),
+    let p = ok(&[
         "prune",
-        "prune",
-    );
+        "arch",
+        "--image",
+        "img",
+        "--keep",
+        "1",
+        "--dry-run",
+    ]);
+    check(&p, "prune", "prune");
+    // The plan merges both files into a full to v2 (so `merges[]` is checked too).
+    assert_eq!(p["merges"].as_array().map(Vec::len), Some(1), "{p}");
+    assert_eq!(p["kept_by"][0]["rules"][0], "last", "{p}");
+    // Without --image (one image in the archive) and by another rule.
+    let p = ok(&["prune", "arch", "--keep-within", "1h", "--dry-run"]);
+    check(&p, "prune", "prune");
     check(
         &ok(&["restore", "arch", "--to-file", "restored.raw"]),
         "restore",
@@ -317,6 +320,8 @@ fn errors_are_json_documents_too() {
             "prune",
             &["prune", "a.diff", "--image", "img", "--keep", "1"],
         ),
+        // No retention rule: refused.
+        ("prune", &["prune", "arch"]),
         ("restore", &["restore", "arch", "--to-file", "a.diff"]),
     ];
     for (command, args) in cases {

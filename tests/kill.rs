@@ -1,6 +1,8 @@
 //! `kill -9` of a running `prune` at random points: the directory never holds a fork that
 //! stops the next command, the image at the chain's end stays restorable, and a rerun finishes
-//! the job (the half-done prune's journal, then the stale temporary files).
+//! the job (the half-done prune's journal, then the stale temporary files). A policy prune
+//! that writes three merged files (a full and two incrementals) keeps every kept snapshot
+//! restorable whenever it is killed.
 
 mod common;
 
@@ -17,10 +19,17 @@ use rbddiff::workflow::{discover_chain, file_name};
 /// A chain of four 8 MiB-ish diffs of image `vm` in `dir`, with sidecars; returns the sha256
 /// of the last image state.
 fn chain(dir: &Path, work: &Path) -> String {
+    chain_of(dir, work, 4).pop().unwrap()
+}
+
+/// A chain of `n` diffs (`s0` … `s{n-1}`) as [`chain`] makes; returns the sha256 of each
+/// image state.
+fn chain_of(dir: &Path, work: &Path, n: usize) -> Vec<String> {
     let mut rng = Rng::new(3);
     let mut cur = vec![0u8; 24 << 20];
     let mut prev: Option<PathBuf> = None;
-    for k in 0..4 {
+    let mut shas = Vec::new();
+    for k in 0..n {
         for _ in 0..8 {
             let at = rng.below(cur.len() as u64 - (1 << 20)) as usize;
             cur[at..at + (1 << 20)].copy_from_slice(&noise(rng.next(), 1 << 20));
@@ -37,9 +46,10 @@ fn chain(dir: &Path, work: &Path) -> String {
         };
         create_diff(&raw, &s(&path), &opts).unwrap();
         rbddiff::sums::write_sums_for(&path).unwrap();
+        shas.push(sha256_file(&raw));
         prev = Some(raw);
     }
-    sha256_file(prev.as_ref().unwrap())
+    shas
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -47,7 +57,17 @@ fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for e in fs::read_dir(from).unwrap() {
         let e = e.unwrap();
-        fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        // With the modification times: without a catalog they are the backup times, which
+        // --keep-last goes by.
+        let t = to.join(e.file_name());
+        fs::copy(e.path(), &t).unwrap();
+        let m = e.metadata().unwrap().modified().unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&t)
+            .unwrap()
+            .set_modified(m)
+            .unwrap();
     }
 }
 
@@ -137,6 +157,121 @@ fn prune_killed_at_random_points_leaves_a_usable_directory() {
         half_done >= 1,
         "no kill landed between the commit and the deletions"
     );
+}
+
+/// The sha256 of snapshot `snap` of `vm` restored offline from `dir`.
+fn restored_snap(dir: &Path, snap: &str, work: &Path) -> Result<String, String> {
+    let target = work.join("snap.raw");
+    let _ = fs::remove_file(&target);
+    let opts = rbddiff::workflow::FileRestoreOptions {
+        image: Some("vm".into()),
+        snap: Some(snap.into()),
+        ..Default::default()
+    };
+    rbddiff::workflow::restore_to_file(dir, &target, &opts, &mut |_, _| {})
+        .map_err(|e| e.to_string())?;
+    let sha = sha256_file(&target);
+    let _ = fs::remove_file(&target);
+    Ok(sha)
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn policy_prune_killed_at_random_points_keeps_every_kept_snapshot() {
+    let t = tempfile::tempdir().unwrap();
+    let (pristine, dir, work) = (t.path().join("p"), t.path().join("d"), t.path().join("w"));
+    for d in [&pristine, &work] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let shas = chain_of(&pristine, &work, 6);
+    // Two backups a day (UTC) for three days: --keep-daily 3 keeps s1, s3, s5, the newest of
+    // each day; the prune writes a full to s1 and the incrementals s1..s3 and s3..s5.
+    let day0 = 1_767_571_200u64;
+    for k in 0..6u64 {
+        let from = (k > 0).then(|| format!("s{}", k - 1));
+        let name = file_name("vm", from.as_deref(), &format!("s{k}"), false);
+        let rec = rbddiff::archive::catalog::Record {
+            image_id: Some("id1".into()),
+            time: Some(day0 + (k / 2) * 86_400 + (k % 2) * 3600),
+            ..Default::default()
+        };
+        rbddiff::archive::catalog::record(&pristine, &name, rec).unwrap();
+    }
+    let kept = ["s1", "s3", "s5"];
+    let prune = |dir: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rbddiff"));
+        c.args(["prune", &s(dir), "--keep-daily", "3", "--json"]);
+        c
+    };
+    let done = [
+        ".rbddiff-catalog.json",
+        ".rbddiff.lock",
+        "vm@s1..s3.diff",
+        "vm@s1..s3.diff.sums",
+        "vm@s1.full.diff",
+        "vm@s1.full.diff.sums",
+        "vm@s3..s5.diff",
+        "vm@s3..s5.diff.sums",
+    ];
+    copy_dir(&pristine, &dir);
+    let t0 = Instant::now();
+    let o = prune(&dir).output().unwrap();
+    let full = t0.elapsed();
+    assert!(o.status.success(), "{o:?}");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["kept_snapshots"], serde_json::json!(kept), "{r}");
+    assert_eq!(r["merges"].as_array().unwrap().len(), 3, "{r}");
+    assert_eq!(names_in(&dir), done);
+    let check = |dir: &Path, what: &str| {
+        for (k, snap) in [(1, "s1"), (3, "s3"), (5, "s5")] {
+            assert_eq!(
+                restored_snap(dir, snap, &work).as_ref(),
+                Ok(&shas[k]),
+                "{what}: {snap}"
+            );
+        }
+    };
+    check(&dir, "after a whole prune");
+    let mut rng = Rng::new(29);
+    let (mut killed, mut half_done) = (0, 0);
+    for round in 0..24 {
+        copy_dir(&pristine, &dir);
+        let delay = Duration::from_micros(rng.below(full.as_micros() as u64 * 6 / 5 + 1));
+        let mut child = prune(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        if !child.wait().unwrap().success() {
+            killed += 1;
+        }
+        let files = names_in(&dir);
+        if files.iter().any(|n| n.ends_with(".prune-journal")) {
+            half_done += 1;
+        }
+        check(&dir, &format!("round {round} ({delay:?}, {files:?})"));
+        // A rerun completes the job.
+        let o = prune(&dir).output().unwrap();
+        assert!(o.status.success(), "round {round}: {o:?}");
+        assert_eq!(names_in(&dir), done, "round {round} ({delay:?})");
+        check(&dir, &format!("round {round}, after the rerun"));
+    }
+    eprintln!("{killed} of 24 runs killed, {half_done} with a journal left");
+    assert!(
+        killed >= 4,
+        "the kills landed too late to test anything: {killed}"
+    );
+    assert!(half_done >= 1, "no kill landed while the journal was there");
 }
 
 /// `kill -9` of a running `backup` (a fake `rbd`, [`common::fakerbd`]) at random points over

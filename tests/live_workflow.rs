@@ -122,6 +122,7 @@ fn live_workflow_suite(cluster: std::sync::Arc<Cluster>) {
     keep_snaps_and_missing_previous(&cluster, root.path(), &snaps);
     failures_leave_nothing(&cluster, root.path());
     incremental_onto_an_image_without_its_start(&cluster, root.path());
+    full_every_and_a_policy_prune(&cluster, root.path());
 }
 
 /// Three backups (full, then incrementals across a resize), a restore at each snapshot, a
@@ -499,4 +500,143 @@ fn incremental_onto_an_image_without_its_start(cluster: &Cluster, root: &Path) {
         !cluster.rbd(["info", new_spec.as_str()]).status.success(),
         "{new_spec} was left behind"
     );
+}
+
+/// 22 backups with `--full-every 5` and writes between them. A middle incremental deleted:
+/// the snapshots after the next periodic full still restore through it. Then the backups
+/// are given times six hours apart (the catalog's `time`, as a history of five and a half
+/// days would have) and pruned by `--keep-daily 3 --keep-last 2`: exactly s15, s19, s20 and
+/// s21 stay restorable, each restores to the `rbd export` of its source snapshot, and the
+/// dropped ones are gone.
+fn full_every_and_a_policy_prune(cluster: &Cluster, root: &Path) {
+    let img = cluster.create_image("fe", 4 << 20);
+    let spec = format!("rbd/{img}");
+    let dir = root.join("full-every");
+    let ds = dir.to_string_lossy().into_owned();
+    let mut files: Vec<String> = Vec::new();
+    let mut snaps: Vec<String> = Vec::new();
+    let mut truth: Vec<String> = Vec::new();
+    let mut fulls = Vec::new();
+    for k in 0..22 {
+        write_data(cluster, &img);
+        let snap = format!("s{k}");
+        let r = ok(
+            cluster,
+            &[
+                "backup",
+                &spec,
+                &ds,
+                "--full-every",
+                "5",
+                "--snap",
+                &snap,
+                "--json",
+            ],
+        );
+        assert_eq!(r["to_snap"], snap.as_str(), "{r}");
+        if r["from_snap"].is_null() {
+            fulls.push(k);
+        }
+        let f = Path::new(r["file"].as_str().unwrap());
+        files.push(f.file_name().unwrap().to_string_lossy().into_owned());
+        truth.push(cluster.export_sha256(&format!("{img}@{snap}")));
+        snaps.push(snap);
+    }
+    assert_eq!(fulls, [0, 5, 10, 15, 20], "every 5th backup is a full");
+    let restore = |dir: &str, k: usize| -> serde_json::Value {
+        let target = cluster.unique_name("fer");
+        let tspec = format!("rbd/{target}");
+        let r = ok(
+            cluster,
+            &[
+                "restore", dir, &tspec, "--create", "--to", &snaps[k], "--json",
+            ],
+        );
+        assert_eq!(
+            cluster.export_sha256(&format!("{target}@{}", snaps[k])),
+            truth[k],
+            "restore of s{k} from {dir}"
+        );
+        cluster.remove_image(&target);
+        r
+    };
+
+    // A middle incremental lost (in a copy): s13 and later restore through the full at s10.
+    let lost = root.join("full-every-lost");
+    fs::create_dir_all(&lost).unwrap();
+    for e in fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            fs::copy(e.path(), lost.join(e.file_name())).unwrap();
+        }
+    }
+    fs::remove_file(lost.join(&files[7])).unwrap();
+    let ls = lost.to_string_lossy().into_owned();
+    for (k, full) in [(13, 10), (17, 15), (21, 20)] {
+        let r = restore(&ls, k);
+        assert_eq!(
+            r["files"][0],
+            lost.join(&files[full]).to_string_lossy().as_ref(),
+            "{r}"
+        );
+    }
+    let target = format!("rbd/{}", cluster.unique_name("fer"));
+    let err = fails(
+        cluster,
+        &["restore", &ls, &target, "--create", "--to", "s8"],
+    );
+    assert!(err.contains("s8"), "{err}");
+
+    // Backup times six hours apart, from a midnight (UTC) on.
+    let cat_path = dir.join(rbddiff::archive::catalog::NAME);
+    let mut cat: serde_json::Value = serde_json::from_slice(&fs::read(&cat_path).unwrap()).unwrap();
+    let t0 = 1_767_571_200u64;
+    for (k, f) in files.iter().enumerate() {
+        cat["files"][f]["time"] = serde_json::json!(t0 + k as u64 * 6 * 3600);
+    }
+    fs::write(&cat_path, serde_json::to_vec(&cat).unwrap()).unwrap();
+    let policy = ["--keep-daily", "3", "--keep-last", "2"];
+    let mut args = vec!["prune", ds.as_str(), "--json"];
+    args.extend(policy);
+    args.push("--dry-run");
+    let before = listing(&dir);
+    let plan = ok(cluster, &args);
+    assert_eq!(listing(&dir), before, "a dry run changes nothing");
+    let kept = serde_json::json!(["s15", "s19", "s20", "s21"]);
+    assert_eq!(plan["kept_snapshots"], kept, "{plan}");
+    // s16..s19 become one incremental s15..s19; the fulls at s15 and s20 stay.
+    assert_eq!(plan["merges"].as_array().unwrap().len(), 1, "{plan}");
+    assert_eq!(plan["merges"][0]["from_snap"], "s15", "{plan}");
+    assert_eq!(plan["merges"][0]["to_snap"], "s19", "{plan}");
+    args.pop();
+    let r = ok(cluster, &args);
+    assert_eq!(r["kept_snapshots"], kept, "{r}");
+    assert_eq!(
+        r["kept_by"][1]["rules"],
+        serde_json::json!(["daily"]),
+        "{r}"
+    );
+    let left = listing(&dir);
+    let merged = format!("{img}@s15..s19.diff");
+    let want = set(&[
+        &files[15],
+        &merged,
+        &files[20],
+        &files[21],
+        &format!("{}.sums", files[15]),
+        &format!("{merged}.sums"),
+        &format!("{}.sums", files[20]),
+        &format!("{}.sums", files[21]),
+    ]);
+    assert_eq!(left, want);
+    ok(cluster, &["verify", "--full", "--require-sums", &ds]);
+    for k in [15, 19, 20, 21] {
+        restore(&ds, k);
+    }
+    let target = format!("rbd/{}", cluster.unique_name("fer"));
+    let err = fails(
+        cluster,
+        &["restore", &ds, &target, "--create", "--to", "s18"],
+    );
+    assert!(err.contains("no file ends at snapshot 's18'"), "{err}");
 }

@@ -9,9 +9,10 @@ use std::process::Command;
 
 use common::gen::{noise, path_str as s, relabel, write_sparse, Rng};
 use common::manifest::sha256_file;
+use common::prune_last as prune;
 use rbddiff::apply::{apply_chain, ApplyOptions};
 use rbddiff::create::{create_diff, CreateOptions};
-use rbddiff::workflow::{discover_chain, prune};
+use rbddiff::workflow::discover_chain;
 
 /// Four image states of 2 MiB (the third grows to 3 MiB), with writes and zeroed regions.
 fn states() -> Vec<Vec<u8>> {
@@ -237,7 +238,7 @@ fn prune_merges_the_oldest_files_and_keeps_the_image() {
 
     // A dry run changes nothing.
     let before = contents(&dir);
-    let r = prune(&dir, "vm", 2, true, &mut |_, _| {}, None).unwrap();
+    let r = prune(&dir, "vm", 2, true, &mut |_, _| {}).unwrap();
     assert!(r.dry_run);
     assert_eq!(r.merged.len(), 3);
     assert_eq!(contents(&dir), before);
@@ -255,7 +256,7 @@ fn prune_merges_the_oldest_files_and_keeps_the_image() {
     assert_eq!(contents(&dir), before);
 
     // Keeping as many files as the chain has: nothing to do.
-    let r = prune(&dir, "vm", 4, false, &mut |_, _| {}, None).unwrap();
+    let r = prune(&dir, "vm", 4, false, &mut |_, _| {}).unwrap();
     assert!(r.output.is_none());
     assert_eq!(contents(&dir), before);
 
@@ -307,7 +308,7 @@ fn prune_merges_the_oldest_files_and_keeps_the_image() {
     );
 
     // Again down to one file: a plain full diff to s3 (the newest merged file is plain).
-    let r = prune(&dir, "vm", 1, false, &mut |_, _| {}, None).unwrap();
+    let r = prune(&dir, "vm", 1, false, &mut |_, _| {}).unwrap();
     assert_eq!(
         r.output.as_deref(),
         Some(s(&dir.join("vm@s3.full.diff")).as_str())
@@ -315,7 +316,7 @@ fn prune_merges_the_oldest_files_and_keeps_the_image() {
     let chain = discover_chain(&dir, "vm").unwrap();
     assert_eq!(chain.len(), 1);
     assert_eq!(applied(&[chain[0].path.clone()], &work, "one.img"), want);
-    assert!(prune(&dir, "vm", 0, false, &mut |_, _| {}, None).is_err());
+    assert!(prune(&dir, "vm", 0, false, &mut |_, _| {}).is_err());
 }
 
 #[test]
@@ -327,7 +328,7 @@ fn a_failed_prune_leaves_every_original_file() {
     // The merged file's name is taken (by a directory, which discovery skips).
     let before = contents(&dir);
     fs::create_dir(dir.join("vm@s1.full.diff")).unwrap();
-    let e = prune(&dir, "vm", 2, false, &mut |_, _| {}, None)
+    let e = prune(&dir, "vm", 2, false, &mut |_, _| {})
         .unwrap_err()
         .to_string();
     assert!(e.contains("vm@s1.full.diff"), "{e}");
@@ -640,7 +641,7 @@ fn a_locked_directory_is_refused_at_once() {
                 "{args:?}: {err}"
             );
         }
-        let e = prune(&dir, "vm", 1, false, &mut |_, _| {}, None).unwrap_err();
+        let e = prune(&dir, "vm", 1, false, &mut |_, _| {}).unwrap_err();
         assert!(e.to_string().contains("locked by"), "{e}");
         assert!(lock(&dir, false, List, None).is_err());
         drop(held);
@@ -671,12 +672,12 @@ fn a_locked_directory_is_refused_at_once() {
         assert!(!calls(&log).is_empty());
     }
     // Free again: prune runs.
-    let r = until_free(|| prune(&dir, "vm", 1, false, &mut |_, _| {}, None));
+    let r = until_free(|| prune(&dir, "vm", 1, false, &mut |_, _| {}));
     assert_eq!(r.merged.len(), 3);
     // The lock file is not followed when it is a symbolic link.
     fs::remove_file(&lock_file).unwrap();
     std::os::unix::fs::symlink(work.join("elsewhere"), &lock_file).unwrap();
-    let e = prune(&dir, "vm", 1, false, &mut |_, _| {}, None).unwrap_err();
+    let e = prune(&dir, "vm", 1, false, &mut |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("symbolic link"), "{e}");
     assert!(!work.join("elsewhere").exists());
 }
@@ -763,20 +764,13 @@ fn a_prune_whose_output_name_is_taken_meanwhile_leaves_the_other_file() {
     let out = dir.join("vm@s1.full.diff");
     let other = b"another run's file";
     let mut made = false;
-    let e = prune(
-        &dir,
-        "vm",
-        2,
-        false,
-        &mut |_, _| {
-            if !made {
-                fs::write(&out, other).unwrap();
-                fs::write(rbddiff::sums::sums_path(&out), "its sidecar").unwrap();
-                made = true;
-            }
-        },
-        None,
-    )
+    let e = prune(&dir, "vm", 2, false, &mut |_, _| {
+        if !made {
+            fs::write(&out, other).unwrap();
+            fs::write(rbddiff::sums::sums_path(&out), "its sidecar").unwrap();
+            made = true;
+        }
+    })
     .unwrap_err();
     assert!(made);
     assert!(e.to_string().contains("vm@s1.full.diff"), "{e}");
@@ -802,6 +796,7 @@ fn half_done_prune(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
         dir,
         &rbddiff::journal::Journal {
             output: "vm@s2.full.diff".into(),
+            more_outputs: Vec::new(),
             supersedes: chain[..3]
                 .iter()
                 .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
@@ -870,12 +865,12 @@ fn a_prune_killed_after_its_commit_is_finished_by_the_next_run() {
         assert_eq!(applied(&[imported], &work, "restored.img"), want);
         // A dry run changes nothing.
         let before = contents(&dir);
-        prune(&dir, "vm", 1, true, &mut |_, _| {}, None).unwrap();
+        prune(&dir, "vm", 1, true, &mut |_, _| {}).unwrap();
         assert_eq!(contents(&dir), before);
 
         // The next run holding the lock finishes the prune and removes the stale files.
         let cleaned = if next == "prune" {
-            let r = prune(&dir, "vm", 2, false, &mut |_, _| {}, None).unwrap();
+            let r = prune(&dir, "vm", 2, false, &mut |_, _| {}).unwrap();
             assert!(r.output.is_none(), "{r:?}");
             r.cleaned
         } else {
@@ -934,6 +929,7 @@ fn a_prune_killed_before_its_commit_leaves_a_stale_journal() {
         &dir,
         &rbddiff::journal::Journal {
             output: "vm@s1.full.diff".into(),
+            more_outputs: Vec::new(),
             supersedes: vec!["vm@a.diff".into(), "vm@b.diff".into()],
         },
     )
@@ -941,7 +937,7 @@ fn a_prune_killed_before_its_commit_leaves_a_stale_journal() {
     fs::write(dir.join(".vm@s1.full.diff.k3J9aa.tmp"), vec![0u8; 1 << 16]).unwrap();
     // No output: the journal counts for nothing.
     assert_eq!(discover_chain(&dir, "vm").unwrap().len(), 3);
-    let r = prune(&dir, "vm", 2, false, &mut |_, _| {}, None).unwrap();
+    let r = prune(&dir, "vm", 2, false, &mut |_, _| {}).unwrap();
     assert_eq!(r.merged.len(), 2);
     assert!(!journal.exists());
     assert!(!dir.join(".vm@s1.full.diff.k3J9aa.tmp").exists());
@@ -1016,7 +1012,7 @@ fn a_lying_archive_index_falls_back_to_the_content() {
     let imported = bin.join("snaps.json.imported");
     assert_eq!(applied(&[imported], &work, "restored.img"), want);
     // prune merges it (the newest merged file is plain: so is the output).
-    let r = prune(&dir, "vm", 1, false, &mut |_, _| {}, None).unwrap();
+    let r = prune(&dir, "vm", 1, false, &mut |_, _| {}).unwrap();
     assert_eq!(r.merged.len(), 4);
     let chain = discover_chain(&dir, "vm").unwrap();
     assert_eq!(chain.len(), 1);
@@ -1045,7 +1041,7 @@ fn a_half_done_prune_whose_output_is_damaged_deletes_nothing() {
     bytes[n - 100] ^= 1;
     fs::write(&out, &bytes).unwrap();
     let before = contents(&dir);
-    let e = prune(&dir, "vm", 1, false, &mut |_, _| {}, None)
+    let e = prune(&dir, "vm", 1, false, &mut |_, _| {})
         .unwrap_err()
         .to_string();
     assert!(
@@ -1450,9 +1446,13 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
     // compressed full diff, with the time of s2's backup; the periodic full at s3 stays.
     let mtime = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
-    let f = fs::File::options().write(true).open(&chain[2]).unwrap();
-    f.set_modified(old).unwrap();
-    let r = until_free(|| prune(&dir, "vm", 4, false, &mut |_, _| {}, None));
+    // (Keep-last is by backup time: the older snapshots are older by time too.)
+    for (k, p) in chain[..3].iter().enumerate() {
+        let f = fs::File::options().write(true).open(p).unwrap();
+        f.set_modified(old - std::time::Duration::from_secs(60 * (2 - k as u64)))
+            .unwrap();
+    }
+    let r = until_free(|| prune(&dir, "vm", 4, false, &mut |_, _| {}));
     assert_eq!(mtime(&dir.join("vm@s2.full.diff.zst")), old);
     assert_eq!(r.kept_snapshots, ["s2", "s3", "s4", "s5"], "{r:?}");
     assert_eq!(
@@ -1507,7 +1507,7 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
     );
     // prune does not rewrite a damaged archive, and says which file is damaged.
     let before = contents(&dir);
-    let e = prune(&dir, "vm", 2, false, &mut |_, _| {}, None)
+    let e = prune(&dir, "vm", 2, false, &mut |_, _| {})
         .unwrap_err()
         .to_string();
     assert!(e.contains("vm@s2..s3.diff") && e.contains("sums"), "{e}");
@@ -1516,7 +1516,7 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
 
     // A dry run of keep 2 prints the plan and changes nothing.
     let (_, path4) = restore_snap(&dir, &work, "s4");
-    let merge_line = format!("would merge {} file(s) into", path4.len());
+    let merge_line = format!("would merge {} file(s) (", path4.len());
     let before = contents(&dir);
     let out = rbddiff_cli(&[
         "prune",
@@ -1530,8 +1530,14 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     for w in [
-        "keeping 2 restorable snapshot(s): s4, s5",
+        "keeping 2 restorable snapshot(s), dropping 2",
+        "keep s4 (",
+        "keep s5 (",
+        "drop s2",
+        "drop s3",
         merge_line.as_str(),
+        "into ",
+        "vm@s4.full.diff:",
         "would delete: ",
         "vm@s2.full.diff.zst",
         "bytes before",
@@ -1542,7 +1548,7 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
     assert_eq!(contents(&dir), before);
     // Keep 2: s4 and s5. The cheapest path to s4 is merged into a full to s4; every file
     // before s4 goes, the older full and the periodic one too.
-    let r = until_free(|| prune(&dir, "vm", 2, false, &mut |_, _| {}, None));
+    let r = until_free(|| prune(&dir, "vm", 2, false, &mut |_, _| {}));
     assert_eq!(r.kept_snapshots, ["s4", "s5"]);
     let merged: Vec<String> = r
         .merged
@@ -1576,7 +1582,7 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
         );
     }
     // Nothing more to do.
-    let r = until_free(|| prune(&dir, "vm", 2, false, &mut |_, _| {}, None));
+    let r = until_free(|| prune(&dir, "vm", 2, false, &mut |_, _| {}));
     assert!(r.output.is_none() && r.delete.is_empty(), "{r:?}");
 }
 
@@ -1899,7 +1905,7 @@ fn a_recreated_image_starts_a_new_lineage() {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["files"][0], s(&dir.join("vm@s0.full.diff")), "{j}");
     // prune keeps the newest lineage's newest snapshot; the old lineage is left, listed.
-    let r = until_free(|| prune(&dir, "vm", 1, false, &mut |_, _| {}, None));
+    let r = until_free(|| prune(&dir, "vm", 1, false, &mut |_, _| {}));
     assert_eq!(r.output, Some(s(&dir.join("vm@s3.full.diff"))));
     let left: Vec<&str> = r.left.iter().map(|l| l.file.as_str()).collect();
     assert_eq!(
@@ -2195,4 +2201,130 @@ fn full_after_outcomes_and_prometheus_metrics() {
     );
     // status needs --max-age or --prometheus.
     assert_eq!(rbddiff_cli(&["status", &s(&dir)]).status.code(), Some(2));
+}
+
+/// prune by a policy through the CLI: six backups, two a day (catalog times), --keep-daily
+/// 3 keeps the newest of each day; the plan (dry run) names each merge's inputs and output
+/// and the rule of each kept snapshot; --compress writes the merged files compressed from
+/// plain inputs; every kept snapshot restores to its state. Without a rule, and without
+/// --image in an archive of two images, prune refuses and changes nothing.
+#[test]
+fn prune_by_a_policy_merges_runs_into_incrementals() {
+    let (_t, dir, work) = dirs();
+    let states = small_states(6);
+    let names = [
+        "vm@s0.full.diff",
+        "vm@s0..s1.diff",
+        "vm@s1..s2.diff",
+        "vm@s2..s3.diff",
+        "vm@s3..s4.diff",
+        "vm@s4..s5.diff",
+    ];
+    write_chain_of(&dir, &work, &names, &states);
+    let day0 = 1_767_571_200u64;
+    for (k, n) in names.iter().enumerate() {
+        let k = k as u64;
+        let rec = rbddiff::archive::catalog::Record {
+            time: Some(day0 + (k / 2) * 86_400 + (k % 2) * 3600),
+            ..Default::default()
+        };
+        rbddiff::archive::catalog::record(&dir, n, rec).unwrap();
+    }
+    let want = |k: usize| sha256_file(&work.join(format!("raw{k}")));
+    let ds = s(&dir);
+    let before = contents(&dir);
+    // No rule: refused.
+    let out = rbddiff_cli(&["prune", &ds]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no retention rule") && err.contains("--keep-daily"),
+        "{err}"
+    );
+    // The plan, without --image (one image).
+    let out = rbddiff_cli(&["prune", &ds, "--keep-daily", "3", "--compress", "--dry-run"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for w in [
+        "keeping 3 restorable snapshot(s), dropping 3",
+        "keep s1 (20260105T010000Z): daily",
+        "keep s3 (20260106T010000Z): daily",
+        "keep s5 (20260107T010000Z): daily",
+        "drop s0",
+        "would merge 2 file(s) (",
+        "vm@s1.full.diff.zst:",
+        "vm@s1..s3.diff.zst:",
+        "vm@s3..s5.diff.zst:",
+        "would delete: ",
+        "(estimated)",
+    ] {
+        assert!(text.contains(w), "{w}: {text}");
+    }
+    assert_eq!(contents(&dir), before);
+    // Another image's file: --image is needed.
+    fs::copy(dir.join(names[0]), dir.join("vm2@s0.full.diff")).unwrap();
+    let out = rbddiff_cli(&["prune", &ds, "--keep-daily", "3"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("several images (vm, vm2)") && err.contains("--image"),
+        "{err}"
+    );
+    fs::remove_file(dir.join("vm2@s0.full.diff")).unwrap();
+    assert_eq!(contents(&dir), before);
+
+    let out = rbddiff_cli(&["prune", &ds, "--keep-daily", "3", "--compress", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        r["kept_snapshots"],
+        serde_json::json!(["s1", "s3", "s5"]),
+        "{r}"
+    );
+    assert_eq!(
+        r["dropped_snapshots"],
+        serde_json::json!(["s0", "s2", "s4"]),
+        "{r}"
+    );
+    let merges = r["merges"].as_array().unwrap();
+    assert_eq!(merges.len(), 3, "{r}");
+    assert!(
+        merges
+            .iter()
+            .all(|m| m["compressed"] == true && m["bytes"].is_u64()),
+        "{r}"
+    );
+    assert_eq!(merges[1]["from_snap"], "s1");
+    assert_eq!(merges[1]["to_snap"], "s3");
+    let mut expect = vec![
+        "vm@s1.full.diff.zst",
+        "vm@s1.full.diff.zst.sums",
+        "vm@s1..s3.diff.zst",
+        "vm@s1..s3.diff.zst.sums",
+        "vm@s3..s5.diff.zst",
+        "vm@s3..s5.diff.zst.sums",
+    ];
+    expect.sort();
+    assert_eq!(contents(&dir).into_keys().collect::<Vec<_>>(), expect);
+    assert_eq!(restorable(&dir), ["s1", "s3", "s5"]);
+    for k in [1, 3, 5] {
+        assert_eq!(
+            restore_snap(&dir, &work, &format!("s{k}")).0,
+            want(k),
+            "s{k}"
+        );
+    }
+    // The merged files keep the backup times: the same policy keeps the same snapshots.
+    let r = until_free(|| {
+        let opts = rbddiff::workflow::PruneOptions {
+            policy: rbddiff::archive::policy::Policy {
+                daily: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        rbddiff::workflow::prune(&dir, &opts, &mut |_, _| {})
+    });
+    assert_eq!(r.kept_snapshots, ["s1", "s3", "s5"]);
+    assert!(r.merges.is_empty() && r.delete.is_empty(), "{r:?}");
 }

@@ -118,6 +118,30 @@ fn name_time(name: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
+/// The time of the snapshot `name` whose best path is `path` (indexes into `g`'s edges), and
+/// where it comes from (`catalog`, `name` or `mtime`): see the module docs.
+pub(crate) fn snapshot_time(
+    g: &Graph,
+    cat: &Catalog,
+    name: &str,
+    path: &[usize],
+) -> (u64, &'static str) {
+    let last = path.last().map(|&i| &g.edges[i]);
+    let recorded = last.and_then(|e| {
+        let n = e.file.path.file_name()?.to_str()?;
+        cat.files.get(n)?.time
+    });
+    match (recorded, name_time(name)) {
+        (Some(t), _) => (t, "catalog"),
+        (None, Some(t)) => (t, "name"),
+        (None, None) => (
+            last.and_then(|e| e.mtime.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs()),
+            "mtime",
+        ),
+    }
+}
+
 fn listing(image: String, image_id: Option<String>, g: &Graph, cat: &Catalog) -> ImageListing {
     let (damaged, sums) = g.check();
     let restorable = g.restorable(&damaged);
@@ -127,19 +151,7 @@ fn listing(image: String, image_id: Option<String>, g: &Graph, cat: &Catalog) ->
         .map(|(name, bytes, path)| {
             used.extend(path.iter().copied());
             let last = path.last().map(|&i| &g.edges[i]);
-            let recorded = last.and_then(|e| {
-                let n = e.file.path.file_name()?.to_str()?;
-                cat.files.get(n)?.time
-            });
-            let (time, time_from) = match (recorded, name_time(&name)) {
-                (Some(t), _) => (t, "catalog"),
-                (None, Some(t)) => (t, "name"),
-                (None, None) => (
-                    last.and_then(|e| e.mtime.duration_since(UNIX_EPOCH).ok())
-                        .map_or(0, |d| d.as_secs()),
-                    "mtime",
-                ),
-            };
+            let (time, time_from) = snapshot_time(g, cat, &name, &path);
             Snapshot {
                 time_utc: super::names::stamp(time),
                 time,

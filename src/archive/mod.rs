@@ -4,14 +4,17 @@
 //! [`graph`] reads one image's files as a graph over snapshots (what backup, restore and
 //! prune use), [`retention`] plans which files a prune keeps; [`discover_chain`] reads them
 //! as a single linear chain (a fork or a gap is an error), for callers that need one.
+//! [`policy`] chooses the snapshots a prune keeps, [`prune`] rewrites the graph.
 //! Maintenance under the directory's exclusive lock finishes
-//! what an interrupted prune left (see [`crate::journal`] and [`crate::workflow`]).
+//! what an interrupted prune left (see [`crate::journal`] and [`prune`]).
 
 pub mod backup;
 pub mod catalog;
 pub mod graph;
 pub mod listing;
 pub mod names;
+pub mod policy;
+pub mod prune;
 pub mod retention;
 
 use std::collections::HashMap;
@@ -205,6 +208,35 @@ fn order_chain(files: Vec<ChainFile>) -> Result<Vec<ChainFile>> {
     Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
 }
 
+/// Chooses the image whose backups `dir` holds: `given`, else the only image with files in
+/// `dir`, else `target` (an image name) when `dir` has files of it.
+///
+/// # Errors
+/// `dir` has no backup files, or files of several images and neither says which.
+pub(crate) fn pick_image(dir: &Path, target: Option<&str>, given: Option<&str>) -> Result<String> {
+    if let Some(g) = given {
+        return Ok(g.to_string());
+    }
+    let images = names::images_in(dir)?;
+    if images.len() == 1 {
+        return Ok(images.into_iter().next().unwrap_or_default());
+    }
+    if let Some(t) = target.filter(|t| images.contains(*t)) {
+        return Ok(t.to_string());
+    }
+    if images.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no backup files (IMAGE@….diff[.zst])",
+            dir.display()
+        )));
+    }
+    Err(Error::invalid(format!(
+        "{} holds backups of several images ({}): choose one with --image",
+        dir.display(),
+        images.into_iter().collect::<Vec<_>>().join(", ")
+    )))
+}
+
 /// Files left by an interrupted run, removed under the exclusive lock: the files a committed
 /// prune output supersedes (with their sidecars, once the output verifies), stale journals
 /// and rbddiff's temporary files (`.NAME.XXXXXX.tmp`) of `image` and of the catalog. Returns what was removed.
@@ -232,18 +264,20 @@ pub(crate) fn finish_pending(dir: &Path, image: &str) -> Result<Vec<String>> {
             continue;
         }
         if crate::journal::output_present(dir, &j) {
-            let out = dir.join(&j.output);
-            verify_chain(&[read_chain_file(out.clone())?]).map_err(|e| {
-                Error::invalid(format!(
-                    "an interrupted prune (journal {}) left {}, which does not verify: {e}; \
-                     the files it replaces are kept",
-                    jpath.display(),
-                    out.display()
-                ))
-            })?;
-            if !crate::sums::sums_path(&out).exists() {
-                // Killed before its sidecar was written.
-                crate::sums::write_sums_for(&out)?;
+            for o in j.outputs() {
+                let out = dir.join(o);
+                verify_chain(&[read_chain_file(out.clone())?]).map_err(|e| {
+                    Error::invalid(format!(
+                        "an interrupted prune (journal {}) left {}, which does not verify: \
+                         {e}; the files it replaces are kept",
+                        jpath.display(),
+                        out.display()
+                    ))
+                })?;
+                if !crate::sums::sums_path(&out).exists() {
+                    // Killed before its sidecar was written.
+                    crate::sums::write_sums_for(&out)?;
+                }
             }
             for n in &j.supersedes {
                 let p = dir.join(n);
@@ -251,8 +285,25 @@ pub(crate) fn finish_pending(dir: &Path, image: &str) -> Result<Vec<String>> {
                 remove(&p, &mut removed)?;
             }
             sync_dir(dir)?;
+        } else {
+            // Killed before every output was committed: the superseded files were never
+            // passed over. An output that is there is an ordinary file of the graph once it
+            // verifies (the next prune uses it); one that does not goes.
+            for o in j.outputs().filter(|o| crate::journal::present(dir, o)) {
+                let out = dir.join(o);
+                let ok = read_chain_file(out.clone()).and_then(|f| verify_chain(&[f]));
+                if ok.is_ok() {
+                    if !crate::sums::sums_path(&out).exists() {
+                        crate::sums::write_sums_for(&out)?;
+                    }
+                } else {
+                    remove(&crate::sums::sums_path(&out), &mut removed)?;
+                    remove(&out, &mut removed)?;
+                }
+            }
+            sync_dir(dir)?;
         }
-        // Done, or stale (its prune never committed).
+        // Done, or stale (its prune never committed every output).
         remove(&jpath, &mut removed)?;
         sync_dir(dir)?;
     }

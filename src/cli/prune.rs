@@ -2,29 +2,62 @@
 
 use std::path::PathBuf;
 
-use rbddiff::workflow::prune;
+use rbddiff::archive::listing::parse_duration;
+use rbddiff::archive::policy::Policy;
+use rbddiff::archive::prune::{prune, PruneOptions};
 use rbddiff::Result;
 
 use super::Status;
 
-/// Prune an archive: keep the newest N restorable snapshots of IMAGE (offline).
+/// Prune an archive by a retention policy (restic's flags and meaning, by backup time, UTC;
+/// offline).
 ///
-/// The best path to the oldest kept snapshot is merged into one new full diff (with its
-/// sidecar), which is verified; only then are the files no kept snapshot needs deleted
-/// (older fulls, chains and incrementals starting before it). Full diffs and incrementals
-/// from the oldest kept snapshot on stay, periodic fulls included. Files no restore can use
-/// are left alone and listed. A damaged or unreadable file of IMAGE stops the prune.
+/// Snapshots are walked newest first by backup time. --keep-last N keeps the N newest;
+/// --keep-hourly/-daily/-weekly/-monthly/-yearly N keep the newest snapshot of each of the N
+/// newest hours, days, ISO weeks (from Monday), months or years that hold one; --keep-within
+/// D keeps every snapshot newer than the newest one's time minus D. The kept set is their
+/// union, and the newest restorable snapshot is always kept. At least one rule is required.
+///
+/// Files between kept snapshots stay (periodic fulls at kept snapshots included); each run
+/// of files across dropped snapshots is merged in one pass into one new file (a full diff,
+/// or an incremental between two kept snapshots) with its sidecar, verified; only then are
+/// the files no kept snapshot needs deleted. Files no restore can use are left alone and
+/// listed. A damaged or unreadable file of the image stops the prune.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The backup directory.
     dir: PathBuf,
-    /// The image whose files are pruned (files IMAGE@…).
+    /// The image whose files are pruned (files IMAGE@…); optional when DIR holds one image.
+    /// With several images it is required (prune refuses and names them).
     #[arg(long)]
-    image: String,
-    /// Restorable snapshots to keep, newest first (at least 1). On a single chain that
-    /// starts with a full diff this leaves N files, as before.
-    #[arg(long, value_name = "N")]
-    keep: usize,
+    image: Option<String>,
+    /// Keep the N newest snapshots. `--keep N` is the same flag (its old name).
+    #[arg(long, value_name = "N", visible_alias = "keep", default_value_t = 0)]
+    keep_last: usize,
+    /// Keep the newest snapshot of each of the N newest hours (UTC) that hold one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_hourly: usize,
+    /// Keep the newest snapshot of each of the N newest days (UTC) that hold one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_daily: usize,
+    /// Keep the newest snapshot of each of the N newest ISO weeks (Monday to Sunday, UTC).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_weekly: usize,
+    /// Keep the newest snapshot of each of the N newest months (UTC) that hold one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_monthly: usize,
+    /// Keep the newest snapshot of each of the N newest years (UTC) that hold one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    keep_yearly: usize,
+    /// Keep every snapshot newer than the newest one's time minus DURATION (e.g. 36h, 2w).
+    #[arg(long, value_name = "DURATION")]
+    keep_within: Option<String>,
+    /// Compress the merged files (default: like the newest file each one merges).
+    #[arg(long, conflicts_with = "no_compress")]
+    compress: bool,
+    /// Write the merged files uncompressed.
+    #[arg(long)]
+    no_compress: bool,
     /// Print the plan only; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -36,26 +69,63 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<Status> {
-    let wait = a.wait.get()?;
-    let r = super::with_progress(|p| prune(&a.dir, &a.image, a.keep, a.dry_run, p, wait));
-    let r = r?;
+    let opts = PruneOptions {
+        image: a.image.clone(),
+        policy: Policy {
+            last: a.keep_last,
+            hourly: a.keep_hourly,
+            daily: a.keep_daily,
+            weekly: a.keep_weekly,
+            monthly: a.keep_monthly,
+            yearly: a.keep_yearly,
+            within: a.keep_within.as_deref().map(parse_duration).transpose()?,
+        },
+        dry_run: a.dry_run,
+        compress: (a.compress || a.no_compress).then_some(a.compress),
+        stop_after: None,
+        wait: a.wait.get()?,
+    };
+    let r = super::with_progress(|p| prune(&a.dir, &opts, p))?;
     super::print_report(a.json, &r, |out| {
         for f in &r.cleaned {
             writeln!(out, "removed (left by an interrupted run): {f}")?;
         }
-        let verb = if r.dry_run { "would delete" } else { "deleted" };
+        let (would, verb) = if r.dry_run {
+            ("would ", "would delete")
+        } else {
+            ("", "deleted")
+        };
         writeln!(
             out,
-            "{}: {} file(s); keeping {} restorable snapshot(s): {}",
+            "{} ({}): {} file(s); keeping {} restorable snapshot(s), dropping {}",
             a.dir.display(),
+            r.image,
             r.files,
             r.kept_snapshots.len(),
-            r.kept_snapshots.join(", ")
+            r.dropped_snapshots.len()
         )?;
-        if let Some(o) = &r.output {
-            let m = if r.dry_run { "would merge" } else { "merged" };
-            writeln!(out, "{m} {} file(s) into {o}:", r.merged.len())?;
-            for f in &r.merged {
+        for k in &r.kept_by {
+            writeln!(
+                out,
+                "keep {} ({}): {}",
+                k.snapshot,
+                k.time_utc,
+                k.rules.join(", ")
+            )?;
+        }
+        for s in &r.dropped_snapshots {
+            writeln!(out, "drop {s}")?;
+        }
+        for m in &r.merges {
+            writeln!(
+                out,
+                "{would}merge {} file(s) ({} bytes) into {}{}:",
+                m.inputs.len(),
+                m.input_bytes,
+                m.output,
+                m.bytes.map(|b| format!(" ({b} bytes)")).unwrap_or_default()
+            )?;
+            for f in &m.inputs {
                 writeln!(out, "  {f}")?;
             }
         }
@@ -72,7 +142,7 @@ pub fn run(a: Args) -> Result<Status> {
                 l.file, l.reason
             )?;
         }
-        if r.output.is_none() && r.delete.is_empty() {
+        if r.merges.is_empty() && r.delete.is_empty() {
             return writeln!(out, "nothing to do");
         }
         writeln!(

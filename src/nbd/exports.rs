@@ -82,7 +82,7 @@ impl ArchiveExports {
             return Err(Error::invalid("not a directory").with_file(dir));
         }
         let lock = crate::dirlock::lock(dir, false, crate::dirlock::Command::Serve, wait)?;
-        let image = crate::workflow::pick_image(dir, None, image)?;
+        let image = crate::archive::pick_image(dir, None, image)?;
         let e = ArchiveExports {
             _lock: lock,
             dir: dir.to_path_buf(),

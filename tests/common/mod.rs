@@ -35,3 +35,23 @@ pub fn skipped_without_rbd() {
     );
     skipped("rbd is not installed");
 }
+
+/// `prune` of `image` by `--keep-last keep` (what `--keep N` always meant).
+pub fn prune_last(
+    dir: &std::path::Path,
+    image: &str,
+    keep: usize,
+    dry_run: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> rbddiff::Result<rbddiff::workflow::PruneReport> {
+    let opts = rbddiff::workflow::PruneOptions {
+        image: Some(image.to_string()),
+        policy: rbddiff::archive::policy::Policy {
+            last: keep,
+            ..Default::default()
+        },
+        dry_run,
+        ..Default::default()
+    };
+    rbddiff::workflow::prune(dir, &opts, progress)
+}
