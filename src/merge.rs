@@ -1106,6 +1106,12 @@ impl Plan {
             return Err(Error::invalid("internal: plan written with other inputs"));
         }
         let before: u64 = inputs.iter().map(MergeInput::frames_decompressed).sum();
+        // Payloads are read in ascending order: an archive needs only the frame being read.
+        for inp in inputs.iter_mut() {
+            if let Source::Archive(a) = &mut inp.source {
+                a.set_cache_frames(1);
+            }
+        }
         let stats = MergeStats {
             inputs: self.inputs,
             from_snap: self.meta.from_snap.as_deref().map(lossy),
