@@ -15,7 +15,7 @@
 //! to [`COALESCE_MAX`], become one record, whose payload is gathered in one buffer of at most
 //! [`COALESCE_MAX`] bytes (a larger piece is copied straight through).
 //!
-//! Payload is read only where it survives: from mapped files with `pread`, from indexed
+//! Payload is read only where it survives: from files with `pread`, from indexed
 //! archives with [`ZstArchive::copy_range`] (only the frames holding surviving bytes are
 //! decompressed; the record index, checked by [`open_input`] against the record heads of the
 //! content, gives the heads), and from streams (stdin, pipes, zstd files without an index),
@@ -23,10 +23,13 @@
 //! input's payload is consumed in ascending order and a piece is final when it is emitted.
 //!
 //! Memory is independent of records, extents and bytes: the payload buffer (4 MiB), about 100
-//! bytes per input for the sweep, plus what an input holds open: nothing for a mapped file
-//! (its pages are the page cache's), a 64 KiB read buffer for a stream (and for a zstd stream,
-//! the decoder's window: up to 8 MiB at the levels `rbddiff compress` and `zstd` use), and
-//! for an archive its record index (in memory since it was opened) and its frame cache.
+//! bytes per input for the sweep, plus what an input holds open: for a file, the buffer its
+//! record heads are read into with `pread` (64 KiB at most; payloads are skipped, not read)
+//! and a 64 KiB block for its short payload pieces (no page of the file is mapped or counted
+//! in the process's RSS); a 64 KiB read buffer for a stream (and for a zstd stream, the
+//! decoder's window: up to 8 MiB at the levels `rbddiff compress` and `zstd` use); for an
+//! archive its record index (in memory since it was opened) and one decompressed frame (4 MiB
+//! at the default frame size).
 //!
 //! Checks: [`plan`] checks the chain on the headers of every input, then walks the record
 //! heads of every seekable input (a dry run of the same sweep: O(records) time, O(inputs)
@@ -842,9 +845,18 @@ struct Block {
 
 impl Block {
     /// Appends `n` bytes at `src` of `f` (of `len` bytes) to `buf`.
-    fn append(&mut self, f: &File, len: u64, src: u64, n: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+    fn append(
+        &mut self,
+        f: &File,
+        len: u64,
+        src: u64,
+        n: usize,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let off = src.checked_sub(self.at).and_then(|o| usize::try_from(o).ok());
+        let off = src
+            .checked_sub(self.at)
+            .and_then(|o| usize::try_from(o).ok());
         let inside = off.filter(|&o| o.checked_add(n).is_some_and(|e| e <= self.data.len()));
         let off = match inside {
             Some(o) => o,

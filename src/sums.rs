@@ -128,12 +128,33 @@ pub fn sums_path(file: &Path) -> PathBuf {
     crate::output::with_suffix(file, crate::output::SIDECAR_SUFFIX)
 }
 
-/// Record boundaries of a diff: `(offset, tag)` of the banner, every record and the trailing
-/// bytes, in file order. The diff must be structurally valid.
-fn boundaries(bytes: &[u8]) -> Result<(DiffSlice<'_>, Vec<(u64, char)>)> {
+/// Computes the sums of a diff held in memory, in one walk over its records: memory is the
+/// sidecar's (one entry per [`SEGMENT`] at most), not one per record.
+///
+/// # Errors
+/// The diff is not structurally valid.
+pub fn compute(bytes: &[u8]) -> Result<Sums> {
     let d = DiffSlice::parse(bytes)?;
-    let mut v = vec![(0u64, 'B')];
-    v.extend(d.metadata_records().iter().map(|&(o, t)| (o, t as char)));
+    let len = bytes.len() as u64;
+    let mut records = Vec::new();
+    // The range `(offset, tag)` ending at `end`, summed and joined to the run before.
+    let close = |records: &mut Vec<RecordSum>, (offset, tag): (u64, char), end: u64| {
+        let part = bytes.get(offset as usize..end as usize).unwrap_or_default();
+        let r = RecordSum {
+            offset,
+            len: end - offset,
+            tag,
+            crc32: crc32fast::hash(part),
+            count: 1,
+        };
+        push_grouped(records, r);
+    };
+    // The banner, every record and the trailing bytes tile the file, in file order.
+    let mut open = (0u64, 'B');
+    for &(o, t) in d.metadata_records() {
+        close(&mut records, open, o);
+        open = (o, t as char);
+    }
     let mut recs = d.records();
     loop {
         let off = recs.position();
@@ -146,35 +167,15 @@ fn boundaries(bytes: &[u8]) -> Result<(DiffSlice<'_>, Vec<(u64, char)>)> {
                 ItemKind::Unknown { tag, .. } => tag as char,
             },
         };
-        v.push((off, tag));
+        close(&mut records, open, off);
+        open = (off, tag);
     }
     let end = recs.position();
-    if end < bytes.len() as u64 {
-        v.push((end, '-'));
+    if end < len {
+        close(&mut records, open, end);
+        open = (end, '-');
     }
-    Ok((d, v))
-}
-
-/// Computes the sums of a diff held in memory.
-///
-/// # Errors
-/// The diff is not structurally valid.
-pub fn compute(bytes: &[u8]) -> Result<Sums> {
-    let (d, b) = boundaries(bytes)?;
-    let len = bytes.len() as u64;
-    let mut records = Vec::new();
-    for (i, &(offset, tag)) in b.iter().enumerate() {
-        let end = b.get(i + 1).map_or(len, |n| n.0);
-        let part = bytes.get(offset as usize..end as usize).unwrap_or_default();
-        let r = RecordSum {
-            offset,
-            len: end - offset,
-            tag,
-            crc32: crc32fast::hash(part),
-            count: 1,
-        };
-        push_grouped(&mut records, r);
-    }
+    close(&mut records, open, len);
     let m = d.metadata();
     Ok(Sums {
         format: FORMAT.into(),

@@ -537,7 +537,8 @@ fn encode_content(idx: &ArchiveIndex, compact: bool) -> Vec<u8> {
                 Some(p) => (
                     next_pos(d.version, p),
                     p.frame,
-                    p.frame_offset.wrapping_add(r.pos.wrapping_sub(p.pos) as u32),
+                    p.frame_offset
+                        .wrapping_add(r.pos.wrapping_sub(p.pos) as u32),
                 ),
                 None => (d.start, 0, 0),
             };

@@ -116,7 +116,10 @@ fn records_flag_lists_every_record() {
         .iter()
         .map(|e| (e["offset"].as_u64().unwrap(), e["len"].as_u64().unwrap()))
         .collect();
-    assert!(ends.windows(2).all(|w| w[0].0 + w[0].1 < w[1].0), "{ends:?}");
+    assert!(
+        ends.windows(2).all(|w| w[0].0 + w[0].1 < w[1].0),
+        "{ends:?}"
+    );
     // Positions ascend from just after the banner; data records carry offset and len.
     assert_eq!(list[0]["pos"], 12);
     let pos: Vec<u64> = list.iter().map(|r| r["pos"].as_u64().unwrap()).collect();
