@@ -137,17 +137,36 @@ pub fn compute(bytes: &[u8]) -> Result<Sums> {
     let d = DiffSlice::parse(bytes)?;
     let len = bytes.len() as u64;
     let mut records = Vec::new();
-    // The range `(offset, tag)` ending at `end`, summed and joined to the run before.
-    let close = |records: &mut Vec<RecordSum>, (offset, tag): (u64, char), end: u64| {
-        let part = bytes.get(offset as usize..end as usize).unwrap_or_default();
-        let r = RecordSum {
-            offset,
-            len: end - offset,
-            tag,
-            crc32: crc32fast::hash(part),
-            count: 1,
-        };
-        push_grouped(records, r);
+    // The run being summed, `(offset, tag of its first record, len, records)`: the result is
+    // that of [`push_grouped`] over one sum per record, but each run's bytes are hashed once
+    // (combining a CRC per record costs more than hashing a small record).
+    let mut run: Option<(u64, char, u64, u64)> = None;
+    let plain = |t: char| t != 'B' && t != '-';
+    let flush = |records: &mut Vec<RecordSum>, run: Option<(u64, char, u64, u64)>| {
+        if let Some((offset, tag, len, count)) = run {
+            let part = bytes.get(offset as usize..(offset + len) as usize);
+            records.push(RecordSum {
+                offset,
+                len,
+                tag,
+                crc32: crc32fast::hash(part.unwrap_or_default()),
+                count,
+            });
+        }
+    };
+    // The range `(offset, tag)` ending at `end`, joined to the run or starting the next one.
+    let mut close = |records: &mut Vec<RecordSum>, (offset, tag): (u64, char), end: u64| {
+        let len = end - offset;
+        match &mut run {
+            Some((_, t, l, n)) if plain(*t) && plain(tag) && *l + len <= SEGMENT => {
+                *l += len;
+                *n += 1;
+            }
+            _ => {
+                flush(records, run.take());
+                run = Some((offset, tag, len, 1));
+            }
+        }
     };
     // The banner, every record and the trailing bytes tile the file, in file order.
     let mut open = (0u64, 'B');
@@ -176,6 +195,7 @@ pub fn compute(bytes: &[u8]) -> Result<Sums> {
         open = (end, '-');
     }
     close(&mut records, open, len);
+    flush(&mut records, run);
     let m = d.metadata();
     Ok(Sums {
         format: FORMAT.into(),
