@@ -58,8 +58,14 @@ pub struct DiffSummary {
     pub first_offset: Option<u64>,
     /// One past the last image byte touched.
     pub last_end: Option<u64>,
-    /// Covered image ranges (`w` and `z`), adjacent ones joined.
-    pub covered: Vec<Extent>,
+    /// Image bytes covered by `w` and `z` records.
+    pub covered_bytes: u64,
+    /// Ranges those bytes form, adjacent records joined.
+    pub covered_ranges: u64,
+    /// The covered ranges themselves, when every record is asked for (they are as many as
+    /// the records in the worst case; the counts above cost nothing per record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub covered: Option<Vec<Extent>>,
     /// Byte offset just past `e` (when reached).
     pub end: Option<u64>,
     /// Tolerated problems (at most [`crate::error::MAX_WARNINGS`], then bytes after `e`).
@@ -76,7 +82,7 @@ pub struct DiffSummary {
 impl DiffSummary {
     /// Total bytes covered by data records.
     pub fn covered_bytes(&self) -> u64 {
-        self.covered.iter().map(|e| e.len).sum()
+        self.covered_bytes
     }
 }
 
@@ -198,10 +204,17 @@ impl Seen {
         }
         if let Some(e) = self.ext {
             s.first_offset.get_or_insert(e.offset);
+            let joined = s.last_end == Some(e.offset);
             s.last_end = e.end();
-            match s.covered.last_mut() {
-                Some(last) if last.end() == Some(e.offset) => last.len += e.len,
-                _ => s.covered.push(e),
+            s.covered_bytes += e.len;
+            if !joined {
+                s.covered_ranges += 1;
+            }
+            if let Some(c) = s.covered.as_mut() {
+                match c.last_mut() {
+                    Some(last) if joined => last.len += e.len,
+                    _ => c.push(e),
+                }
             }
         }
         if let Some(list) = list {
@@ -223,6 +236,7 @@ pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> 
         start,
         records: src.metadata_records().len() as u64,
         version: Some(src.version()),
+        covered: with_records.then(Vec::new),
         ..Default::default()
     };
     let mut list = with_records.then(Vec::new);
@@ -682,8 +696,8 @@ fn render_one(r: &Report, out: &mut dyn Write) -> io::Result<()> {
             (Some(a), Some(b)) => writeln!(
                 out,
                 "{indent}covers {} in {} ranges, image offsets {a}..{b}",
-                Bytes(d.covered_bytes()),
-                d.covered.len()
+                Bytes(d.covered_bytes),
+                d.covered_ranges
             )?,
             _ => writeln!(out, "{indent}no data records")?,
         }

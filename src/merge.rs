@@ -15,7 +15,7 @@
 //! to [`COALESCE_MAX`], become one record, whose payload is gathered in one buffer of at most
 //! [`COALESCE_MAX`] bytes (a larger piece is copied straight through).
 //!
-//! Payload is read only where it survives: from mapped files with `pread`, from indexed
+//! Payload is read only where it survives: from files with `pread`, from indexed
 //! archives with [`ZstArchive::copy_range`] (only the frames holding surviving bytes are
 //! decompressed; the record index, checked by [`open_input`] against the record heads of the
 //! content, gives the heads), and from streams (stdin, pipes, zstd files without an index),
@@ -23,10 +23,13 @@
 //! input's payload is consumed in ascending order and a piece is final when it is emitted.
 //!
 //! Memory is independent of records, extents and bytes: the payload buffer (4 MiB), about 100
-//! bytes per input for the sweep, plus what an input holds open: nothing for a mapped file
-//! (its pages are the page cache's), a 64 KiB read buffer for a stream (and for a zstd stream,
-//! the decoder's window: up to 8 MiB at the levels `rbddiff compress` and `zstd` use), and
-//! for an archive its record index (in memory since it was opened) and its frame cache.
+//! bytes per input for the sweep, plus what an input holds open: for a file, the buffer its
+//! record heads are read into with `pread` (64 KiB at most; payloads are skipped, not read)
+//! and a 64 KiB block for its short payload pieces (no page of the file is mapped or counted
+//! in the process's RSS); a 64 KiB read buffer for a stream (and for a zstd stream, the
+//! decoder's window: up to 8 MiB at the levels `rbddiff compress` and `zstd` use); for an
+//! archive its record index (in memory since it was opened) and one decompressed frame (4 MiB
+//! at the default frame size).
 //!
 //! Checks: [`plan`] checks the chain on the headers of every input, then walks the record
 //! heads of every seekable input (a dry run of the same sweep: O(records) time, O(inputs)
@@ -42,7 +45,7 @@ mod oracle;
 pub use oracle::merge as merge_oracle;
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 
 use crate::error::{Error, ErrorKind, Result, Warning, WarningKind};
 use crate::extent::{MAX_INPUT, MAX_SRC_OFFSET};
@@ -499,6 +502,8 @@ enum Cursor<'a> {
     Grow(Option<Ext>),
     /// The records of a diff in memory.
     Slice { recs: Records<'a>, base: usize },
+    /// The records of a file, their heads read with `pread` (the mapping is not touched).
+    File(Box<DiffReader<&'a File>>),
     /// The record index of an archive, checked as it is walked.
     Index(IndexCursor),
     /// The records of a stream input.
@@ -541,6 +546,14 @@ fn build_layers<'a>(
             caps.push(caps_after[i]);
         }
         let cursor = match &inp.source {
+            Source::Bytes {
+                bytes,
+                file: Some(f),
+            } => {
+                let f: &'a File = f;
+                let rd = DiffReader::at_file(f, bytes.len() as u64);
+                Cursor::File(Box::new(rd.map_err(|e| e.with_file(inp.name))?))
+            }
             Source::Bytes { bytes, .. } => {
                 let bytes: &'a [u8] = bytes;
                 let d = DiffSlice::parse(bytes).map_err(|e| e.with_file(inp.name))?;
@@ -649,6 +662,7 @@ impl<S> Sweep<'_, '_, S> {
                 .iter()
                 .find_map(|(k, c)| match c {
                     Cursor::Slice { recs, .. } if *k == i => Some(recs.warnings()),
+                    Cursor::File(r) if *k == i => Some(r.warnings()),
                     _ => None,
                 })
                 .unwrap_or(&[]),
@@ -665,6 +679,7 @@ impl<S: Sink> Layers for Sweep<'_, '_, S> {
         let r = match cur {
             Cursor::Grow(e) => Ok(e.take()),
             Cursor::Slice { recs, base } => next_record(recs, *base),
+            Cursor::File(r) => next_streamed(r),
             Cursor::Index(c) => match &self.inputs.get(i).source {
                 Source::Archive(a) => next_indexed(c, a),
                 _ => Err(Error::invalid("internal: index cursor over a plain input")),
@@ -711,8 +726,8 @@ fn next_record(recs: &mut Records<'_>, base: usize) -> Result<Option<Ext>> {
     Ok(None)
 }
 
-/// The next `w` or `z` record of a stream (`src`: offset of its payload in the stream).
-fn next_streamed(r: &mut StreamDiff<'_>) -> Result<Option<Ext>> {
+/// The next `w` or `z` record of a stream or a file (`src`: offset of its payload).
+fn next_streamed<R: Read>(r: &mut DiffReader<R>) -> Result<Option<Ext>> {
     loop {
         let ext = match r.next_item()? {
             None => return Ok(None),
@@ -811,8 +826,56 @@ fn next_indexed(c: &mut IndexCursor, a: &ZstArchive<'_>) -> Result<Option<Ext>> 
     Ok(None)
 }
 
-/// Pieces of a mapped file at least this long are read with `pread`.
+/// Pieces of a file at least this long are read with `pread` straight into the output
+/// buffer; shorter ones go through the input's [`Block`].
 const PREAD_MIN: usize = 64 << 10;
+
+/// Bytes of a file read at once for its short pieces (see [`Block`]).
+const BLOCK_LEN: usize = 64 << 10;
+
+/// The last bytes read from a file input for its short pieces: a piece inside them is copied
+/// from here, else [`BLOCK_LEN`] bytes from the piece on are read with one `pread` (pieces
+/// of an input are read in ascending order, so record-dense inputs cost one system call per
+/// [`BLOCK_LEN`] bytes and no mapped page).
+#[derive(Default)]
+struct Block {
+    at: u64,
+    data: Vec<u8>,
+}
+
+impl Block {
+    /// Appends `n` bytes at `src` of `f` (of `len` bytes) to `buf`.
+    fn append(
+        &mut self,
+        f: &File,
+        len: u64,
+        src: u64,
+        n: usize,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let off = src
+            .checked_sub(self.at)
+            .and_then(|o| usize::try_from(o).ok());
+        let inside = off.filter(|&o| o.checked_add(n).is_some_and(|e| e <= self.data.len()));
+        let off = match inside {
+            Some(o) => o,
+            None => {
+                let want = BLOCK_LEN.max(n) as u64;
+                let want = want.min(len.saturating_sub(src)).max(n as u64) as usize;
+                self.data.resize(want, 0);
+                self.at = src;
+                if let Err(e) = f.read_exact_at(&mut self.data, src) {
+                    self.data.clear();
+                    return Err(e);
+                }
+                0
+            }
+        };
+        buf.extend_from_slice(&self.data[off..off + n]);
+        Ok(())
+    }
+}
 
 /// The record being gathered by [`Writer`].
 enum Run {
@@ -830,6 +893,8 @@ struct Writer<'p, W: Write> {
     /// Payload of the open data run (less than [`COALESCE_MAX`] bytes); a copy buffer when
     /// a piece is copied straight through.
     buf: Vec<u8>,
+    /// Each input's [`Block`] (empty until a short piece of a file is read).
+    blocks: Vec<Block>,
     stats: MergeStats,
     tick: Ticker<'p>,
 }
@@ -888,13 +953,17 @@ impl<W: Write> Sink for Writer<'_, W> {
         self.run = Run::Data(rs, e);
         self.pieces += 1;
         let inp = inputs.get_mut(i)?;
+        if self.blocks.len() <= i {
+            self.blocks.resize_with(i + 1, Block::default);
+        }
+        let block = &mut self.blocks[i];
         // No later piece can join a run this long: write it now, this piece straight through.
         if e - rs >= COALESCE_MAX || self.pieces >= 1024 {
             self.w.begin_data(Extent::new(rs, e - rs))?;
             self.w.get_mut().write_all(&self.buf)?;
             self.w.add_written(self.buf.len() as u64);
             self.buf.clear();
-            copy_piece(inp, at, e - s, &mut self.w, &mut self.buf)?;
+            copy_piece(inp, at, e - s, &mut self.w, &mut self.buf, block)?;
             self.buf.clear();
             self.run = Run::None;
             self.pieces = 0;
@@ -903,13 +972,13 @@ impl<W: Write> Sink for Writer<'_, W> {
             self.tick.set(self.stats.data_bytes);
             return Ok(());
         }
-        append_piece(inp, at, e - s, &mut self.buf)
+        append_piece(inp, at, e - s, &mut self.buf, block)
     }
 }
 
 /// Copies `len` payload bytes at `src` of `inp` to `w` (counted as written), through `chunk`
-/// for files and streams: with `pread` from a mapped file (faster than copying from the
-/// mapping for large pieces, with no page-table work for the payload pages), through
+/// for files and streams: with `pread` from a file (faster than copying from a mapping,
+/// with no page-table work and no mapped page counted in the process's RSS), through
 /// the archive's frame cache, or read from a stream after skipping to `src`.
 fn copy_piece<W: Write>(
     inp: &mut MergeInput<'_>,
@@ -917,6 +986,7 @@ fn copy_piece<W: Write>(
     len: u64,
     w: &mut DiffWriter<W>,
     chunk: &mut Vec<u8>,
+    block: &mut Block,
 ) -> Result<()> {
     if let Source::Archive(a) = &mut inp.source {
         a.copy_range(src, len, w.get_mut())
@@ -928,7 +998,7 @@ fn copy_piece<W: Write>(
     while left > 0 {
         let n = left.min(COPY_BUF as u64);
         chunk.clear();
-        append_piece(inp, at, n, chunk)?;
+        append_piece(inp, at, n, chunk, block)?;
         w.get_mut().write_all(chunk)?;
         w.add_written(n);
         at += n;
@@ -937,8 +1007,15 @@ fn copy_piece<W: Write>(
     Ok(())
 }
 
-/// Appends `len` payload bytes at `src` of `inp` to `buf`.
-fn append_piece(inp: &mut MergeInput<'_>, src: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
+/// Appends `len` payload bytes at `src` of `inp` to `buf` (a short piece of a file through
+/// `block`).
+fn append_piece(
+    inp: &mut MergeInput<'_>,
+    src: u64,
+    len: u64,
+    buf: &mut Vec<u8>,
+    block: &mut Block,
+) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let name = inp.name;
     let outside = || Error::invalid("internal: payload range outside its input");
@@ -950,16 +1027,17 @@ fn append_piece(inp: &mut MergeInput<'_>, src: u64, len: u64, buf: &mut Vec<u8>)
                 .and_then(|a| Some(a..a.checked_add(n)?))
                 .filter(|r| r.end <= bytes.len())
                 .ok_or_else(outside)?;
+            let io = |e: io::Error| Error::from(e).with_file(name);
             match file {
-                // Small pieces are copied from the mapping: their record heads, walked
-                // through it, share their pages, and a system call each would dominate.
                 Some(f) if n >= PREAD_MIN => {
                     let old = buf.len();
                     buf.resize(old + n, 0);
-                    f.read_exact_at(&mut buf[old..], src)
-                        .map_err(|e| Error::from(e).with_file(name))?;
+                    f.read_exact_at(&mut buf[old..], src).map_err(io)?;
                 }
-                _ => buf.extend_from_slice(&bytes[range]),
+                Some(f) => block
+                    .append(f, bytes.len() as u64, src, n, buf)
+                    .map_err(io)?,
+                None => buf.extend_from_slice(&bytes[range]),
             }
         }
         Source::Archive(a) => a.copy_range(src, len, buf).map_err(|e| e.with_file(name))?,
@@ -1040,6 +1118,12 @@ impl Plan {
             return Err(Error::invalid("internal: plan written with other inputs"));
         }
         let before: u64 = inputs.iter().map(MergeInput::frames_decompressed).sum();
+        // Payloads are read in ascending order: an archive needs only the frame being read.
+        for inp in inputs.iter_mut() {
+            if let Source::Archive(a) = &mut inp.source {
+                a.set_cache_frames(1);
+            }
+        }
         let stats = MergeStats {
             inputs: self.inputs,
             from_snap: self.meta.from_snap.as_deref().map(lossy),
@@ -1053,6 +1137,7 @@ impl Plan {
             run: Run::None,
             pieces: 0,
             buf: Vec::new(),
+            blocks: Vec::new(),
             stats,
             tick: Ticker::new(progress, self.data_bytes()),
         };

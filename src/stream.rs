@@ -519,6 +519,37 @@ impl DiffReader<std::fs::File> {
     }
 }
 
+impl<'f> DiffReader<&'f std::fs::File> {
+    /// [`DiffReader::from_file`] over a borrowed file (no second descriptor): record heads
+    /// are read with `pread` into a buffer of at most 64 KiB, payloads are skipped unread.
+    ///
+    /// # Errors
+    /// As [`DiffReader::new`].
+    pub fn at_file(file: &'f std::fs::File, len: u64) -> Result<Self> {
+        Self::from_source(Source::positioned(file, len, file_ref_read_at), true)
+    }
+}
+
+#[cfg(unix)]
+fn file_ref_read_at(
+    f: &mut &std::fs::File,
+    buf: &mut [u8],
+    at: u64,
+    _: &mut u64,
+) -> io::Result<usize> {
+    rustix::io::pread(*f, buf, at).map_err(io::Error::from)
+}
+
+#[cfg(not(unix))]
+fn file_ref_read_at(
+    f: &mut &std::fs::File,
+    buf: &mut [u8],
+    at: u64,
+    cur: &mut u64,
+) -> io::Result<usize> {
+    seek_read(f, buf, at, cur)
+}
+
 impl<R: Read> DiffReader<R> {
     pub(crate) fn from_source(mut src: Source<R>, standalone: bool) -> Result<Self> {
         let start = src.pos;

@@ -68,21 +68,12 @@ fn is_one(n: &u64) -> bool {
 /// always hold more than this), whatever the record sizes: about 0.06 % of the diff.
 pub const SEGMENT: u64 = 256 << 10;
 
-/// Appends the sum of one record to `done`, joining it to the run before when both are
-/// records (not the banner or trailing bytes) and the run stays within [`SEGMENT`].
-fn push_grouped(done: &mut Vec<RecordSum>, r: RecordSum) {
-    if let Some(last) = done.last_mut() {
-        let plain = |t: char| t != 'B' && t != '-';
-        if plain(last.tag) && plain(r.tag) && last.len + r.len <= SEGMENT {
-            let mut h = crc32fast::Hasher::new_with_initial_len(last.crc32, last.len);
-            h.combine(&crc32fast::Hasher::new_with_initial_len(r.crc32, r.len));
-            last.crc32 = h.finalize();
-            last.len += r.len;
-            last.count += r.count;
-            return;
-        }
-    }
-    done.push(r);
+/// True when a record (`tag`, `len` bytes) joins the run before it (`run_tag` of its first
+/// record, `run_len` bytes): both are records (not the banner or trailing bytes) and the run
+/// stays within [`SEGMENT`].
+fn joins(run_tag: char, run_len: u64, tag: char, len: u64) -> bool {
+    let plain = |t: char| t != 'B' && t != '-';
+    plain(run_tag) && plain(tag) && run_len + len <= SEGMENT
 }
 
 /// The content of a `.sums` sidecar.
@@ -128,12 +119,50 @@ pub fn sums_path(file: &Path) -> PathBuf {
     crate::output::with_suffix(file, crate::output::SIDECAR_SUFFIX)
 }
 
-/// Record boundaries of a diff: `(offset, tag)` of the banner, every record and the trailing
-/// bytes, in file order. The diff must be structurally valid.
-fn boundaries(bytes: &[u8]) -> Result<(DiffSlice<'_>, Vec<(u64, char)>)> {
+/// Computes the sums of a diff held in memory, in one walk over its records: memory is the
+/// sidecar's (one entry per [`SEGMENT`] at most), not one per record.
+///
+/// # Errors
+/// The diff is not structurally valid.
+pub fn compute(bytes: &[u8]) -> Result<Sums> {
     let d = DiffSlice::parse(bytes)?;
-    let mut v = vec![(0u64, 'B')];
-    v.extend(d.metadata_records().iter().map(|&(o, t)| (o, t as char)));
+    let len = bytes.len() as u64;
+    let mut records = Vec::new();
+    // The run being summed, `(offset, tag of its first record, len, records)`, records
+    // joined as [`joins`] says; each run's bytes are hashed once.
+    let mut run: Option<(u64, char, u64, u64)> = None;
+    let flush = |records: &mut Vec<RecordSum>, run: Option<(u64, char, u64, u64)>| {
+        if let Some((offset, tag, len, count)) = run {
+            let part = bytes.get(offset as usize..(offset + len) as usize);
+            records.push(RecordSum {
+                offset,
+                len,
+                tag,
+                crc32: crc32fast::hash(part.unwrap_or_default()),
+                count,
+            });
+        }
+    };
+    // The range `(offset, tag)` ending at `end`, joined to the run or starting the next one.
+    let mut close = |records: &mut Vec<RecordSum>, (offset, tag): (u64, char), end: u64| {
+        let len = end - offset;
+        match &mut run {
+            Some((_, t, l, n)) if joins(*t, *l, tag, len) => {
+                *l += len;
+                *n += 1;
+            }
+            _ => {
+                flush(records, run.take());
+                run = Some((offset, tag, len, 1));
+            }
+        }
+    };
+    // The banner, every record and the trailing bytes tile the file, in file order.
+    let mut open = (0u64, 'B');
+    for &(o, t) in d.metadata_records() {
+        close(&mut records, open, o);
+        open = (o, t as char);
+    }
     let mut recs = d.records();
     loop {
         let off = recs.position();
@@ -146,35 +175,16 @@ fn boundaries(bytes: &[u8]) -> Result<(DiffSlice<'_>, Vec<(u64, char)>)> {
                 ItemKind::Unknown { tag, .. } => tag as char,
             },
         };
-        v.push((off, tag));
+        close(&mut records, open, off);
+        open = (off, tag);
     }
     let end = recs.position();
-    if end < bytes.len() as u64 {
-        v.push((end, '-'));
+    if end < len {
+        close(&mut records, open, end);
+        open = (end, '-');
     }
-    Ok((d, v))
-}
-
-/// Computes the sums of a diff held in memory.
-///
-/// # Errors
-/// The diff is not structurally valid.
-pub fn compute(bytes: &[u8]) -> Result<Sums> {
-    let (d, b) = boundaries(bytes)?;
-    let len = bytes.len() as u64;
-    let mut records = Vec::new();
-    for (i, &(offset, tag)) in b.iter().enumerate() {
-        let end = b.get(i + 1).map_or(len, |n| n.0);
-        let part = bytes.get(offset as usize..end as usize).unwrap_or_default();
-        let r = RecordSum {
-            offset,
-            len: end - offset,
-            tag,
-            crc32: crc32fast::hash(part),
-            count: 1,
-        };
-        push_grouped(&mut records, r);
-    }
+    close(&mut records, open, len);
+    flush(&mut records, run);
     let m = d.metadata();
     Ok(Sums {
         format: FORMAT.into(),
@@ -326,6 +336,12 @@ struct StreamSums {
     crc_pos: u64,
     /// Bytes `crc_pos..fed`, not yet assigned to a record.
     held: Vec<u8>,
+    /// The run of closed records the open one may join (see [`joins`]):
+    /// `(offset, tag, len, records)`, its CRC before the open record (`before`) and with the
+    /// open record's bytes so far (`group`), so that joining costs no CRC combination.
+    run: Option<(u64, char, u64, u64)>,
+    before: crc32fast::Hasher,
+    group: crc32fast::Hasher,
     done: Vec<RecordSum>,
 }
 
@@ -338,6 +354,9 @@ impl StreamSums {
             crc: crc32fast::Hasher::new(),
             crc_pos: 0,
             held: Vec::new(),
+            run: None,
+            before: crc32fast::Hasher::new(),
+            group: crc32fast::Hasher::new(),
             done: Vec::new(),
         }
     }
@@ -356,6 +375,7 @@ impl StreamSums {
         if self.held.is_empty() {
             let n = self.room().min(data.len() as u64) as usize;
             self.crc.update(&data[..n]);
+            self.group.update(&data[..n]);
             self.crc_pos += n as u64;
             data = &data[n..];
         }
@@ -366,21 +386,43 @@ impl StreamSums {
     fn take_held(&mut self, n: usize) {
         let n = n.min(self.held.len());
         self.crc.update(&self.held[..n]);
+        self.group.update(&self.held[..n]);
         self.held.drain(..n);
         self.crc_pos += n as u64;
     }
 
-    /// Ends the open record at `crc_pos`.
+    /// Ends the open record at `crc_pos`: it joins the run before, or the run is summed and
+    /// the record starts the next.
     fn close(&mut self) {
         let (start, tag, _) = self.open;
-        let r = RecordSum {
-            offset: start,
-            len: self.crc_pos - start,
-            tag,
-            crc32: std::mem::take(&mut self.crc).finalize(),
-            count: 1,
-        };
-        push_grouped(&mut self.done, r);
+        let len = self.crc_pos - start;
+        let rec = std::mem::take(&mut self.crc);
+        match &mut self.run {
+            Some((_, t, l, n)) if joins(*t, *l, tag, len) => {
+                *l += len;
+                *n += 1;
+            }
+            _ => {
+                let before = std::mem::replace(&mut self.before, crc32fast::Hasher::new());
+                self.flush_run(before);
+                self.run = Some((start, tag, len, 1));
+                self.group = rec;
+            }
+        }
+        self.before = self.group.clone();
+    }
+
+    /// Sums the run whose CRC is `crc`.
+    fn flush_run(&mut self, crc: crc32fast::Hasher) {
+        if let Some((offset, tag, len, count)) = self.run.take() {
+            self.done.push(RecordSum {
+                offset,
+                len,
+                tag,
+                crc32: crc.finalize(),
+                count,
+            });
+        }
     }
 
     /// Closes the open record where the next starts (`offset`) and opens that one.
@@ -408,6 +450,8 @@ impl StreamSums {
         let n = self.held.len();
         self.take_held(n);
         self.close();
+        let group = std::mem::replace(&mut self.group, crc32fast::Hasher::new());
+        self.flush_run(group);
         (self.done, hex(&self.sha.finalize()), self.fed)
     }
 }

@@ -318,7 +318,9 @@ fn check_opened(
     };
     let mut findings = Notes::default();
     let mut meta = None;
-    match (kind, input.bytes()) {
+    // The input is closed (its mapping unmapped) once its records are checked, before the
+    // sums check below opens the file again: the file is never mapped twice.
+    let mut check = |input: Input| match (kind, input.bytes()) {
         (Kind::Image, Some(b)) => match ImageSlice::parse(b) {
             Ok(img) => {
                 let mut ok = true;
@@ -379,7 +381,8 @@ fn check_opened(
             }
             Err(e) => findings.push(problem("structure", path, &e)),
         },
-    }
+    };
+    check(input);
     if let Some(len) = len {
         tick.set(base + len);
     }

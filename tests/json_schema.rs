@@ -107,10 +107,13 @@ fn check(doc: &Value, command: &str, section: &str) {
         .unwrap_or_else(|| panic!("docs/json.md has no section {section}"));
     assert_eq!(doc["schema"], "rbddiff/1", "{doc}");
     assert_eq!(doc["command"], command, "{doc}");
-    // Every documented field, with its type (optional fields: `record_list` and `image`).
+    // Every documented field, with its type (optional fields: `record_list` and `covered`,
+    // with `--records` only, and `image`).
     for (path, ty) in &shape.fields {
         for (v, present) in values(doc, path) {
-            let optional = path.ends_with("record_list") || path.ends_with("].image");
+            let optional = path.ends_with("record_list")
+                || path.ends_with("].covered")
+                || path.ends_with("].image");
             if !present {
                 assert!(optional, "{command}: `{path}` missing in {doc}");
                 continue;
