@@ -72,6 +72,15 @@ pub fn warn(w: impl std::fmt::Display) -> rbddiff::Result<()> {
     Ok(())
 }
 
+/// Prints the one-line summary of a long command on stderr (unless `--quiet` or `--json`),
+/// for commands whose stdout carries nothing else.
+pub fn summary(line: std::fmt::Arguments<'_>) -> rbddiff::Result<()> {
+    if !quiet() && !json::wanted() {
+        writeln!(io::stderr().lock(), "rbddiff: {line}")?;
+    }
+    Ok(())
+}
+
 /// Notes on stderr the inputs passed over (unless `--quiet` or `--json`: the JSON report
 /// lists them under `skipped`).
 pub fn note_skipped(skipped: &[rbddiff::dirlist::Skipped]) -> rbddiff::Result<()> {
