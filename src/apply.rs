@@ -1,5 +1,5 @@
 //! Applying a chain of diffs to a raw image file or a block device, offline, with the same
-//! result as `rbd import-diff` on an image (FORMAT.md §8 "offline equivalent").
+//! result as `rbd import-diff` on an image.
 //!
 //! - `s` resizes a regular file (a block device must already be large enough);
 //! - `w` becomes positioned writes; all-zero 4 KiB blocks inside a payload are punched

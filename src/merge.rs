@@ -7,7 +7,7 @@
 //! reads as zeros after import, whatever the target held there. Merging `d1 … dn` in one call
 //! therefore gives the same image as `rbd merge-diff` applied pairwise along the chain.
 //!
-//! How: one sweep over all inputs at once in image-offset order ([`crate::sweep`]), holding only
+//! How: one sweep over all inputs at once in image-offset order (the crate's `sweep` module), holding only
 //! the current record of each input: every input is a layer of ascending records (a growth
 //! `z` extent is a layer of its own just below its input), a later layer clips the records of
 //! earlier ones, and each layer is cut at the smallest image size that follows it. Each

@@ -228,8 +228,23 @@ pub enum Status {
     Failed(rbddiff::Error),
 }
 
+/// On SIGINT/SIGTERM, removes the temporary files of uncommitted outputs and exits with
+/// 128 + the signal (installed when the first output is opened).
+fn install_interrupt_cleanup() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                rbddiff::output::remove_pending();
+                std::process::exit(128 + sig);
+            }
+        });
+    }
+}
+
 /// Runs the command line.
 pub fn run() -> ExitCode {
+    rbddiff::output::set_interrupt_cleanup(install_interrupt_cleanup);
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Some((name, sub)) = matches.subcommand() {

@@ -365,11 +365,11 @@ impl Plan {
     }
 }
 
-/// Merges `inputs` (in chain order) into `out` the way this crate did before the sweep:
-/// [`plan`] (the whole extent map), then [`Plan::write`]. A test oracle; streams are refused.
+/// Merges `inputs` (in chain order) into `out` the way this crate did before the sweep: the
+/// whole extent map is built, then written. A test oracle; streams are refused.
 ///
 /// # Errors
-/// As [`plan`] and [`Plan::write`]; nothing is written when the inputs are invalid.
+/// As [`super::merge`]; nothing is written when the inputs are invalid.
 pub fn merge<W: Write>(
     inputs: &mut [MergeInput<'_>],
     out: W,
