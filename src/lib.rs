@@ -164,6 +164,7 @@ pub mod create;
 pub mod dirlist;
 pub mod dirlock;
 pub mod error;
+pub mod explode;
 pub mod extent;
 pub mod format;
 mod image;

@@ -103,7 +103,7 @@ pub fn run(a: Args) -> Result<Status> {
         threads: a.threads.unwrap_or_else(compress::default_threads),
         ..CompressOptions::default()
     });
-    let stats = super::with_progress(|p| {
+    let stats = super::with_progress_on(super::first(&a.inputs), |p| {
         merge_files_to(&a.inputs, &a.output, a.force, &opts, copts.as_ref(), p)
     });
     let stats = stats?;

@@ -59,7 +59,9 @@ pub fn run(a: Args) -> Result<Status> {
             force: a.force,
             state_file: a.state_file,
         };
-        let r = super::with_progress(|p| restore_to_file(&a.dir, target, &opts, p))?;
+        let r = super::with_progress_on(&a.dir.to_string_lossy(), |p| {
+            restore_to_file(&a.dir, target, &opts, p)
+        })?;
         super::print_report(a.json, &r, |out| {
             writeln!(
                 out,
@@ -83,7 +85,9 @@ pub fn run(a: Args) -> Result<Status> {
         create: a.create,
         rbd: a.cluster.into(),
     };
-    let r = super::with_progress(|p| restore(&a.dir, &image, &opts, p));
+    let r = super::with_progress_on(&a.dir.to_string_lossy(), |p| {
+        restore(&a.dir, &image, &opts, p)
+    });
     let r = r?;
     super::print_report(a.json, &r, |out| {
         writeln!(
