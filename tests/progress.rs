@@ -99,6 +99,25 @@ fn apply_reports_payload_bytes() {
 fn apply_from_a_stream_reports_an_unknown_total_then_the_count() {
     let dir = tempfile::tempdir().unwrap();
     let (diff, payload) = write_diff(dir.path(), "full.diff", None, "s1", 2);
+    // Plain zstd (no index): the payload bytes are not known before the end.
+    let zst = dir.path().join("full.diff.zst");
+    let plain = zstd::encode_all(&std::fs::read(&diff).unwrap()[..], 3).unwrap();
+    std::fs::write(&zst, plain).unwrap();
+    let mut calls = Vec::new();
+    let opts = ApplyOptions {
+        create: true,
+        ..ApplyOptions::default()
+    };
+    let target = dir.path().join("target.img");
+    apply_chain_with_progress(&[s(&zst)], &target, &opts, &mut |d, t| calls.push((d, t))).unwrap();
+    assert_eq!(check(&calls), (payload, payload));
+    assert!(calls[..calls.len() - 1].iter().all(|&(_, t)| t == 0));
+}
+
+#[test]
+fn apply_of_an_indexed_archive_knows_its_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let (diff, payload) = write_diff(dir.path(), "full.diff", None, "s1", 2);
     let zst = dir.path().join("full.diff.zst");
     let mut out = Vec::new();
     rbddiff::compress::compress(
@@ -116,7 +135,7 @@ fn apply_from_a_stream_reports_an_unknown_total_then_the_count() {
     let target = dir.path().join("target.img");
     apply_chain_with_progress(&[s(&zst)], &target, &opts, &mut |d, t| calls.push((d, t))).unwrap();
     assert_eq!(check(&calls), (payload, payload));
-    assert!(calls[..calls.len() - 1].iter().all(|&(_, t)| t == 0));
+    assert_eq!(calls[0], (0, payload), "the total is known from the start");
 }
 
 #[test]
@@ -258,7 +277,17 @@ fn no_progress_output_when_stderr_is_not_a_terminal() {
     quiet(&["create", "--from", &s(&raw), "-o", &d("c.diff")], None);
     quiet(&["verify", &s(&a), &s(&b)], None);
     quiet(&["verify", "-"], Some(&a));
-    quiet(&["merge", &s(&a), &s(&b), "-o", &d("m.diff")], None);
+    // merge's one-line summary is all it prints.
+    let out = Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+        .args(["merge", &s(&a), &s(&b), "-o", &d("m.diff")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.starts_with("rbddiff: merged ") && e.lines().count() == 1, "{e:?}");
+    assert!(!e.contains('\r') && !e.contains('\x1b'), "{e:?}");
+    quiet(&["merge", &s(&a), &s(&b), "-o", &d("m2.diff"), "-q"], None);
     quiet(&["compress", &s(&a), "-o", &d("a.zst")], None);
     quiet(&["compress", "-", "-o", &d("s.zst")], Some(&a));
     quiet(&["decompress", &d("a.zst"), "-o", &d("a2.diff")], None);
