@@ -154,6 +154,30 @@ fn verify_reports_file_bytes() {
     assert!(calls.len() >= 3, "{calls:?}");
 }
 
+/// With --write-sums each file is read twice (structure, then sums): its bytes count once
+/// both are done, so that the rate is that of the whole work.
+#[test]
+fn verify_write_sums_counts_a_file_when_its_sums_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = write_diff(dir.path(), "a.diff", None, "s1", 3);
+    let (b, _) = write_diff(dir.path(), "b.diff", Some("s1"), "s2", 4);
+    let la = std::fs::metadata(&a).unwrap().len();
+    let len = la + std::fs::metadata(&b).unwrap().len();
+    let opts = VerifyOptions {
+        write_sums: true,
+        ..VerifyOptions::default()
+    };
+    let mut calls = Vec::new();
+    let r = verify_with_progress(&[s(&a), s(&b)], &opts, &mut |d, t| calls.push((d, t))).unwrap();
+    assert!(r.ok());
+    assert!(dir.path().join("b.diff.sums").exists());
+    assert_eq!(check(&calls), (len, len));
+    assert!(
+        calls.iter().all(|&(d, _)| d == 0 || d == la || d == len),
+        "progress inside a file before its sums: {calls:?}"
+    );
+}
+
 #[test]
 fn compress_and_decompress_report_bytes() {
     let dir = tempfile::tempdir().unwrap();
