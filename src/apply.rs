@@ -707,16 +707,20 @@ fn open_group(path: &str, input: Input, watch: &Rc<Watch>) -> Result<Vec<Opened>
         }
         None => {
             // An indexed archive of one diff knows its payload bytes: the progress has a total.
-            let hint = input.archive().ok().flatten().and_then(|a| match &a.index().diffs[..] {
-                [d] => Some(
-                    d.records
-                        .iter()
-                        .filter(|r| r.tag == crate::format::tag::WRITE)
-                        .map(|r| r.len)
-                        .sum(),
-                ),
-                _ => None,
-            });
+            let hint = input
+                .archive()
+                .ok()
+                .flatten()
+                .and_then(|a| match &a.index().diffs[..] {
+                    [d] => Some(
+                        d.records
+                            .iter()
+                            .filter(|r| r.tag == crate::format::tag::WRITE)
+                            .map(|r| r.len)
+                            .sum(),
+                    ),
+                    _ => None,
+                });
             stream(input.into_reader(), hint)
         }
     }
@@ -999,9 +1003,20 @@ fn apply_files(
         .with_file(target));
     }
 
-    let mut opened = Vec::with_capacity(files.len());
+    // Every input's problem is reported, not only the first one's.
+    let mut groups = Vec::with_capacity(files.len());
+    let mut errors = Vec::new();
     for f in files {
-        let group = open_inputs(f)?;
+        match open_inputs(f) {
+            Ok(g) => groups.push(g),
+            Err(e) => errors.push(e.with_file(f)),
+        }
+    }
+    if let Some(e) = Error::of_inputs(errors) {
+        return Err(e);
+    }
+    let mut opened = Vec::with_capacity(files.len());
+    for (f, group) in files.iter().zip(groups) {
         if opts.check_sums {
             match group.first().map(|o| &o.src) {
                 Some(Src::Mapped(inp, _)) if f != "-" && Path::new(f).is_file() => {

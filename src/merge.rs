@@ -338,7 +338,8 @@ fn parse_input<'x>(inp: &'x MergeInput<'_>) -> Result<Parsed<'x>> {
                     Err(Error::invalid("input larger than 256 TiB"))
                 }
                 _ => Err(Error::invalid(
-                    "an 'rbd image v2' export cannot be merged as a diff (merge its diffs instead)",
+                    "an 'rbd image v2' export cannot be merged as a diff: `rbddiff explode FILE -o DIR` \
+             writes its diffs as a chain to merge",
                 )),
             }
         }
@@ -1199,7 +1200,8 @@ pub fn open_input(path: &str) -> Result<Input> {
 fn refuse_image(input: &Input) -> Result<()> {
     if input.kind() == Kind::Image {
         return Err(Error::invalid(
-            "an 'rbd image v2' export cannot be merged as a diff (merge its diffs instead)",
+            "an 'rbd image v2' export cannot be merged as a diff: `rbddiff explode FILE -o DIR` \
+             writes its diffs as a chain to merge",
         )
         .with_file(input.name()));
     }
@@ -1333,12 +1335,25 @@ fn merge_paths(
     let names: Vec<&str> = paths.iter().map(String::as_str).collect();
     // The chain is checked on the headers before any input is decompressed to a
     // temporary file: each file is opened once.
-    let opened = paths
-        .iter()
-        .map(|p| Input::open(p))
-        .collect::<Result<Vec<_>>>()?;
-    opened.iter().try_for_each(refuse_image)?;
-    let heads = opened.iter().map(header_of).collect::<Result<Vec<_>>>()?;
+    // Every input's problem is reported, not only the first one's.
+    let (mut opened, mut heads, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    for p in paths {
+        let one = Input::open(p).and_then(|i| {
+            refuse_image(&i)?;
+            let h = header_of(&i)?;
+            Ok((i, h))
+        });
+        match one {
+            Ok((i, h)) => {
+                opened.push(i);
+                heads.push(h);
+            }
+            Err(e) => errors.push(e.with_file(p)),
+        }
+    }
+    if let Some(e) = Error::of_inputs(errors) {
+        return Err(e);
+    }
     check_links(
         &names,
         &heads.iter().map(Option::as_ref).collect::<Vec<_>>(),

@@ -761,3 +761,58 @@ fn merge_prints_a_one_line_summary_unless_quiet() {
     assert!(o.status.success());
     assert!(o.stderr.is_empty() && o.stdout.is_empty(), "{}", stderr(&o));
 }
+
+/// Several bad inputs: each one's problem is reported, not only the first one's.
+#[test]
+fn every_bad_input_is_reported() {
+    let dir = setup();
+    let p = |n: &str| s(&dir.path().join(n));
+    let gz: Vec<u8> = [0x1f, 0x8b, 8, 0].into_iter().chain(0..200u8).collect();
+    fs::write(dir.path().join("x.gz"), gz).unwrap();
+    fs::write(dir.path().join("empty"), b"").unwrap();
+    let bad = [p("missing1"), p("x.gz"), p("empty"), p("missing2")];
+    let mut merge: Vec<&str> = vec!["merge", &bad[0], &bad[1]];
+    let (a, b) = (p("a"), p("b"));
+    merge.extend([a.as_str(), &bad[2], &b, &bad[3]]);
+    let out = p("out");
+    merge.extend(["-o", &out]);
+    let target = p("t.raw");
+    let mut apply: Vec<&str> = vec!["apply"];
+    apply.extend(bad.iter().map(String::as_str));
+    apply.extend(["--to", &target, "--create"]);
+    for args in [merge, apply] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let e = stderr(&o);
+        assert!(e.contains("4 inputs have problems"), "{e}");
+        for (f, why) in [
+            (&bad[0], "No such file"),
+            (&bad[1], "gunzip -c FILE"),
+            (&bad[2], "the input is empty"),
+            (&bad[3], "No such file"),
+        ] {
+            let line = e
+                .lines()
+                .find(|l| l.contains(f.as_str()))
+                .unwrap_or_default();
+            assert!(line.contains(why), "{f}: {e}");
+        }
+        assert!(!Path::new(&out).exists() && !Path::new(&target).exists());
+    }
+}
+
+/// An image stream given to merge says how to get its diffs out.
+#[test]
+fn an_image_stream_given_to_merge_points_at_explode() {
+    let image =
+        env!("CARGO_MANIFEST_DIR").to_string() + "/testdata/real/img64k/export-format-2.rbdimg";
+    let dir = tempfile::tempdir().unwrap();
+    let out = s(&dir.path().join("out"));
+    let o = run(&["merge", &image, "-o", &out]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("rbddiff explode FILE -o DIR"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -309,7 +309,10 @@ fn no_progress_output_when_stderr_is_not_a_terminal() {
         .unwrap();
     assert!(out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
-    assert!(e.starts_with("rbddiff: merged ") && e.lines().count() == 1, "{e:?}");
+    assert!(
+        e.starts_with("rbddiff: merged ") && e.lines().count() == 1,
+        "{e:?}"
+    );
     assert!(!e.contains('\r') && !e.contains('\x1b'), "{e:?}");
     quiet(&["merge", &s(&a), &s(&b), "-o", &d("m2.diff"), "-q"], None);
     quiet(&["compress", &s(&a), "-o", &d("a.zst")], None);
