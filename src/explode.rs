@@ -139,10 +139,7 @@ pub fn explode(
             zero_bytes: 0,
             diff_bytes: 0,
         };
-        loop {
-            let Some(item) = d.next_item().map_err(wrap)? else {
-                break;
-            };
+        while let Some(item) = d.next_item().map_err(wrap)? {
             match item.kind {
                 ItemKind::Write { extent, mut data } => {
                     w.write_data_from(extent, &mut data)
