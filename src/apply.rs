@@ -1,5 +1,5 @@
 //! Applying a chain of diffs to a raw image file or a block device, offline, with the same
-//! result as `rbd import-diff` on an image (FORMAT.md §8 "offline equivalent").
+//! result as `rbd import-diff` on an image.
 //!
 //! - `s` resizes a regular file (a block device must already be large enough);
 //! - `w` becomes positioned writes; all-zero 4 KiB blocks inside a payload are punched
@@ -528,6 +528,8 @@ struct Opened {
     label: String,
     /// Truncation of the file while it is read (see [`crate::input::Watch`]).
     watch: Rc<Watch>,
+    /// `w` payload bytes of a stream, when an archive's index tells them (for progress).
+    payload_hint: Option<u64>,
 }
 
 /// A record source that reports the `w` payload bytes consumed from it.
@@ -589,8 +591,12 @@ impl Opened {
         }))
     }
 
-    /// Bytes of `w` payload, when known before applying (record heads only).
+    /// Bytes of `w` payload, when known before applying (record heads only, or the index
+    /// of a compressed archive).
     fn payload_bytes(&self) -> Option<u64> {
+        if self.payload_hint.is_some() {
+            return self.payload_hint;
+        }
         let d = self.slice().ok()??;
         let mut total = 0u64;
         for r in d.records() {
@@ -643,7 +649,7 @@ fn open_inputs(path: &str) -> Result<Vec<Opened>> {
 
 fn open_group(path: &str, input: Input, watch: &Rc<Watch>) -> Result<Vec<Opened>> {
     let wrap = |e: Error| e.with_file(path);
-    let stream = |r: Box<dyn Read>| -> Result<Vec<Opened>> {
+    let stream = |r: Box<dyn Read>, payload_hint: Option<u64>| -> Result<Vec<Opened>> {
         let rd = DiffReader::new(r).map_err(wrap)?;
         Ok(vec![Opened {
             meta: rd.metadata().clone(),
@@ -651,12 +657,13 @@ fn open_group(path: &str, input: Input, watch: &Rc<Watch>) -> Result<Vec<Opened>
             path: path.to_string(),
             label: path.to_string(),
             watch: Rc::clone(watch),
+            payload_hint,
         }])
     };
     match input.kind() {
         Kind::Zstd => {
             let z = crate::zst::ZstdReader::new(input.into_reader()).map_err(wrap)?;
-            return stream(Box::new(z));
+            return stream(Box::new(z), None);
         }
         Kind::Image => {
             let input = Rc::new(input.into_mapped()?);
@@ -672,6 +679,7 @@ fn open_group(path: &str, input: Input, watch: &Rc<Watch>) -> Result<Vec<Opened>
                     path: path.to_string(),
                     label: format!("{path} (diff {} of {count})", k + 1),
                     watch: Rc::clone(watch),
+                    payload_hint: None,
                 });
             }
             if out.is_empty() {
@@ -694,9 +702,27 @@ fn open_group(path: &str, input: Input, watch: &Rc<Watch>) -> Result<Vec<Opened>
                 path: path.to_string(),
                 label: path.to_string(),
                 watch: Rc::clone(watch),
+                payload_hint: None,
             }])
         }
-        None => stream(input.into_reader()),
+        None => {
+            // An indexed archive of one diff knows its payload bytes: the progress has a total.
+            let hint = input
+                .archive()
+                .ok()
+                .flatten()
+                .and_then(|a| match &a.index().diffs[..] {
+                    [d] => Some(
+                        d.records
+                            .iter()
+                            .filter(|r| r.tag == crate::format::tag::WRITE)
+                            .map(|r| r.len)
+                            .sum(),
+                    ),
+                    _ => None,
+                });
+            stream(input.into_reader(), hint)
+        }
     }
 }
 
@@ -977,9 +1003,20 @@ fn apply_files(
         .with_file(target));
     }
 
-    let mut opened = Vec::with_capacity(files.len());
+    // Every input's problem is reported, not only the first one's.
+    let mut groups = Vec::with_capacity(files.len());
+    let mut errors = Vec::new();
     for f in files {
-        let group = open_inputs(f)?;
+        match open_inputs(f) {
+            Ok(g) => groups.push(g),
+            Err(e) => errors.push(e.with_file(f)),
+        }
+    }
+    if let Some(e) = Error::of_inputs(errors) {
+        return Err(e);
+    }
+    let mut opened = Vec::with_capacity(files.len());
+    for (f, group) in files.iter().zip(groups) {
         if opts.check_sums {
             match group.first().map(|o| &o.src) {
                 Some(Src::Mapped(inp, _)) if f != "-" && Path::new(f).is_file() => {

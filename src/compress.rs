@@ -429,7 +429,8 @@ pub fn compress_paths(
     let dir = std::path::Path::new(output);
     if output == "-" || !dir.is_dir() {
         return Err(Error::invalid(
-            "several inputs (or a directory) are compressed into a directory: -o must name an              existing directory",
+            "several inputs (or a directory) are compressed into a directory: -o must name an \
+             existing directory",
         )
         .with_file(output));
     }

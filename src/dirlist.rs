@@ -149,7 +149,7 @@ pub fn expand_chain(args: &[String]) -> Result<Expanded> {
         x.skipped.extend(one.skipped);
         if one.dirs {
             x.dirs = true;
-            x.files.extend(order(a, one.files)?);
+            x.files.extend(order(&format!("{a}: its"), one.files)?);
         } else {
             x.files.extend(one.files);
         }
@@ -181,8 +181,26 @@ fn ends(path: &str) -> Result<Ends> {
     Ok((meta.from_snap, meta.to_snap))
 }
 
-/// The files of directory `dir` as one chain by their headers.
-fn order(dir: &str, files: Vec<String>) -> Result<Vec<String>> {
+/// `files` (diff files, no `-`) as one chain ordered by their headers: a full diff, or the
+/// one diff whose start no other file ends at, first; each next one starting where the one
+/// before ends. For `merge --sort`, so that `merge *.diff` works whatever the shell's order.
+///
+/// # Errors
+/// stdin among the files (its header cannot be read twice); a header cannot be read; the
+/// files are no single chain (the message lists them with their snapshots).
+pub fn sort_chain(files: Vec<String>) -> Result<Vec<String>> {
+    if files.iter().any(|f| f == "-") {
+        return Err(Error::invalid(
+            "stdin ('-') cannot be ordered by its header: give the files in chain order \
+             without --sort",
+        ));
+    }
+    order("the", files)
+}
+
+/// `files` as one chain by their headers; `what` starts the message when they are none
+/// ("DIR: its", or "the").
+fn order(what: &str, files: Vec<String>) -> Result<Vec<String>> {
     let heads = files.iter().map(|f| ends(f)).collect::<Result<Vec<_>>>()?;
     if let Some(order) = chain_order(&heads) {
         return Ok(order.into_iter().map(|i| files[i].clone()).collect());
@@ -199,13 +217,71 @@ fn order(dir: &str, files: Vec<String>) -> Result<Vec<String>> {
             )
         })
         .collect();
+    let gap = match one_gap(&heads) {
+        Some((end, start)) => format!(
+            "; the diff from '{}' to '{}' is missing (missing link: '{}' -> '{}')",
+            String::from_utf8_lossy(&end),
+            String::from_utf8_lossy(&start),
+            String::from_utf8_lossy(&end),
+            String::from_utf8_lossy(&start)
+        ),
+        None => String::new(),
+    };
     Err(Error::new(ErrorKind::ChainBreak(format!(
-        "{dir}: its {} diff files are no single chain (a fork, a gap, a second full diff or \
-         several images); give the files of one chain in order{}{}",
+        "{what} {} diff files are no single chain (a fork, a gap, a second full diff or \
+         several images){gap}; give the files of one chain in order{}{}",
         files.len(),
         if list.is_empty() { "" } else { ": " },
         list.join(", ")
     ))))
+}
+
+/// The one missing link `(end, start)` of `heads` when they are a chain but for one gap:
+/// exactly one start that no diff ends at, and one end (besides the chain's last) that no
+/// diff starts at.
+fn one_gap(heads: &[Ends]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let starts_at = |snap: &Vec<u8>| heads.iter().filter(|h| h.0.as_ref() == Some(snap)).count();
+    let ends_at = |snap: &Vec<u8>| heads.iter().filter(|h| h.1.as_ref() == Some(snap)).count();
+    if heads.iter().filter(|h| h.0.is_none()).count() > 1 {
+        return None;
+    }
+    let loose_starts: Vec<&Vec<u8>> = heads
+        .iter()
+        .filter_map(|h| h.0.as_ref())
+        .filter(|s| ends_at(s) == 0)
+        .collect();
+    let loose_ends: Vec<&Vec<u8>> = heads
+        .iter()
+        .filter_map(|h| h.1.as_ref())
+        .filter(|e| starts_at(e) == 0)
+        .collect();
+    let full = heads.iter().any(|h| h.0.is_none());
+    let ([start], [e1, e2]) = (&loose_starts[..], &loose_ends[..]) else {
+        return None;
+    };
+    if !full
+        || heads
+            .iter()
+            .any(|h| h.0.as_ref().is_some_and(|s| starts_at(s) > 1))
+    {
+        return None;
+    }
+    // The segment from the loose start ends at one of the loose ends: the other is the gap's.
+    let mut cur: &Vec<u8> = start;
+    for _ in 0..heads.len() {
+        match heads.iter().find(|h| h.0.as_ref() == Some(cur)) {
+            Some((_, Some(to))) => cur = to,
+            _ => break,
+        }
+    }
+    let end = if cur == *e1 {
+        e2
+    } else if cur == *e2 {
+        e1
+    } else {
+        return None;
+    };
+    Some(((*end).clone(), (*start).clone()))
 }
 
 /// The one order of `heads` (start, end) as a chain, when there is exactly one.
@@ -268,6 +344,29 @@ mod tests {
         let cycle = [h(Some("a"), Some("b")), h(Some("b"), Some("a"))];
         assert_eq!(chain_order(&cycle), None);
         assert_eq!(chain_order(&[]), None);
+    }
+
+    #[test]
+    fn a_single_gap_is_named() {
+        let heads = [
+            h(None, Some("s1")),
+            h(Some("s1"), Some("s2")),
+            h(Some("s3"), Some("s4")),
+            h(Some("s4"), Some("s5")),
+        ];
+        assert_eq!(one_gap(&heads), Some((b"s2".to_vec(), b"s3".to_vec())));
+        let fork = [
+            h(None, Some("a")),
+            h(Some("a"), Some("b")),
+            h(Some("a"), Some("c")),
+        ];
+        assert_eq!(one_gap(&fork), None);
+        let two_gaps = [
+            h(None, Some("a")),
+            h(Some("b"), Some("c")),
+            h(Some("d"), Some("e")),
+        ];
+        assert_eq!(one_gap(&two_gaps), None);
     }
 
     #[test]

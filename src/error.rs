@@ -177,6 +177,23 @@ impl Error {
         Error::new(ErrorKind::Invalid(msg.into()))
     }
 
+    /// One error for the problems of several inputs, so that all of them are reported at
+    /// once: `None` for none, the only one as it is, else an [`ErrorKind::Invalid`] listing
+    /// each on its own line.
+    pub fn of_inputs(mut errors: Vec<Error>) -> Option<Error> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            n => {
+                let list: Vec<String> = errors.iter().map(|e| format!("\n  {e}")).collect();
+                Some(Error::invalid(format!(
+                    "{n} inputs have problems:{}",
+                    list.concat()
+                )))
+            }
+        }
+    }
+
     /// Attaches the file name (kept if one is already set).
     pub fn with_file(mut self, file: impl AsRef<Path>) -> Self {
         if self.0.file.is_none() {

@@ -139,7 +139,12 @@ fn on_sigbus(addr: usize) {
             }
         }
     }
-    let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGBUS);
+    // Not a guarded mapping: the default action (the process dies, as without the guard).
+    // SAFETY: signal and raise are async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGBUS, libc::SIG_DFL);
+        libc::raise(libc::SIGBUS);
+    }
 }
 
 #[allow(unsafe_code)]
@@ -158,7 +163,7 @@ fn install_guard() {
         // neither allocates, locks nor panics. For SIGBUS the kernel fills in `si_addr`, the
         // faulting address, which the action reads.
         let _ = unsafe {
-            signal_hook_registry::register_sigaction(signal_hook::consts::SIGBUS, |info| {
+            signal_hook_registry::register_sigaction(libc::SIGBUS, |info| {
                 on_sigbus(info.si_addr() as usize)
             })
         };

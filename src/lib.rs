@@ -8,6 +8,110 @@
 //! Compressed inputs (seekable zstd archives written by [`compress`], or any zstd file) are read
 //! transparently by [`input::Input`]; see [`zst`].
 //!
+//! The command line is the feature `cli` (on by default); a library user can leave out its
+//! dependencies (clap, indicatif, signal-hook) with `default-features = false`.
+//!
+//! ## Examples
+//!
+//! Write a diff and parse it back (a real one would come from `rbd export-diff`, mapped with
+//! [`input::Input::open`]):
+//!
+//! ```
+//! use rbddiff::{DiffSlice, DiffWriter, Extent, Metadata, Record, Version};
+//!
+//! # fn main() -> rbddiff::Result<()> {
+//! let meta = Metadata {
+//!     from_snap: None, // a full diff
+//!     to_snap: Some(b"mon".to_vec()),
+//!     image_size: Some(1 << 20),
+//!     ..Metadata::default()
+//! };
+//! let mut w = DiffWriter::new(Vec::new(), Version::V1, &meta)?;
+//! w.write_data(4096, &[7u8; 512])?;
+//! w.zero(Extent { offset: 65536, len: 4096 })?;
+//! let bytes = w.finish()?;
+//!
+//! let diff = DiffSlice::parse(&bytes)?;
+//! assert_eq!(diff.metadata().to_snap.as_deref(), Some(&b"mon"[..]));
+//! let mut written = 0;
+//! for r in diff.records() {
+//!     let (_offset, record) = r?; // errors name the byte offset and record
+//!     if let Record::Write { data, .. } = record {
+//!         written += data.len();
+//!     }
+//! }
+//! assert_eq!(written, 512);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Merge two diffs of a chain into one, as `rbd merge-diff` would (a later record wins; the
+//! chain is checked first: the second must start where the first ends):
+//!
+//! ```
+//! use rbddiff::merge::{merge, MergeInput, MergeOptions};
+//! use rbddiff::{DiffSlice, DiffWriter, Metadata, Version};
+//!
+//! # fn main() -> rbddiff::Result<()> {
+//! let diff = |from: Option<&str>, to: &str, byte: u8| -> rbddiff::Result<Vec<u8>> {
+//!     let meta = Metadata {
+//!         from_snap: from.map(|f| f.as_bytes().to_vec()),
+//!         to_snap: Some(to.as_bytes().to_vec()),
+//!         image_size: Some(1 << 20),
+//!         ..Metadata::default()
+//!     };
+//!     let mut w = DiffWriter::new(Vec::new(), Version::V1, &meta)?;
+//!     w.write_data(0, &[byte; 4096])?;
+//!     w.finish()
+//! };
+//! let (full, incr) = (diff(None, "mon", 1)?, diff(Some("mon"), "tue", 2)?);
+//! let mut inputs = [MergeInput::bytes("full", &full), MergeInput::bytes("incr", &incr)];
+//! let mut out = Vec::new();
+//! let stats = merge(&mut inputs, &mut out, &MergeOptions::default())?;
+//! assert_eq!((stats.from_snap, stats.to_snap.as_deref()), (None, Some("tue")));
+//! assert_eq!(stats.data_bytes, 4096); // the second write replaced the first
+//!
+//! // Given the other way round, the chain check refuses them.
+//! let mut wrong = [MergeInput::bytes("incr", &incr), MergeInput::bytes("full", &full)];
+//! assert!(merge(&mut wrong, Vec::new(), &MergeOptions::default()).is_err());
+//! # let _ = DiffSlice::parse(&out)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Stream a diff from any reader, such as stdin (`std::io::stdin().lock()`), never holding
+//! a payload in memory:
+//!
+//! ```
+//! use std::io::Read;
+//! use rbddiff::{DiffReader, DiffWriter, ItemKind, Metadata, RecordSource, Version};
+//!
+//! /// Counts the bytes a diff writes and zeroes, reading it once, forward.
+//! fn summarize(r: impl Read) -> rbddiff::Result<(u64, u64)> {
+//!     let mut diff = DiffReader::new(r)?;
+//!     let (mut written, mut zeroed) = (0, 0);
+//!     while let Some(item) = diff.next_item()? {
+//!         match item.kind {
+//!             ItemKind::Write { extent, .. } => written += extent.len, // payload skipped
+//!             ItemKind::Zero(extent) => zeroed += extent.len,
+//!             _ => {}
+//!         }
+//!     }
+//!     Ok((written, zeroed))
+//! }
+//!
+//! # fn main() -> rbddiff::Result<()> {
+//! # let meta = Metadata { image_size: Some(1 << 20), ..Metadata::default() };
+//! # let mut w = DiffWriter::new(Vec::new(), Version::V2, &meta)?;
+//! # w.write_data(0, &[1u8; 8192])?;
+//! # w.zero(rbddiff::Extent { offset: 8192, len: 4096 })?;
+//! # let bytes = w.finish()?;
+//! // In a program: summarize(std::io::stdin().lock())
+//! assert_eq!(summarize(&bytes[..])?, (8192, 4096));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Slice or stream?
 //! - [`DiffSlice`] / [`ImageSlice`]: over a `&[u8]` such as a memory-mapped file
 //!   ([`input::Input`]). Zero-copy: `w` payloads are borrowed sub-slices.
@@ -60,6 +164,7 @@ pub mod create;
 pub mod dirlist;
 pub mod dirlock;
 pub mod error;
+pub mod explode;
 pub mod extent;
 pub mod format;
 mod image;

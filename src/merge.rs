@@ -7,7 +7,7 @@
 //! reads as zeros after import, whatever the target held there. Merging `d1 … dn` in one call
 //! therefore gives the same image as `rbd merge-diff` applied pairwise along the chain.
 //!
-//! How: one sweep over all inputs at once in image-offset order ([`crate::sweep`]), holding only
+//! How: one sweep over all inputs at once in image-offset order (the crate's `sweep` module), holding only
 //! the current record of each input: every input is a layer of ascending records (a growth
 //! `z` extent is a layer of its own just below its input), a later layer clips the records of
 //! earlier ones, and each layer is cut at the smallest image size that follows it. Each
@@ -176,12 +176,17 @@ impl<'a> MergeInput<'a> {
 }
 
 /// Merge options.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MergeOptions {
     /// Output format (`V1` is what `rbd import-diff` reads).
     pub version: Version,
-    /// Skip the snapshot-name continuity check (for renamed snapshots).
-    pub force_chain: bool,
+    /// Snapshots known to have been renamed, `(OLD, NEW)`: a diff starting at NEW may follow
+    /// one ending at OLD. Each must match a link of the chain, and each link it lets through
+    /// is reported ([`MergeStats::renames`]). Nothing else relaxes the chain check.
+    pub assume_renamed: Vec<(String, String)>,
+    /// [`merge_files_to`]: order the inputs into a chain by their headers (as for a
+    /// directory, see [`crate::dirlist`]) instead of taking them in the order given.
+    pub sort: bool,
     /// [`merge_files_to`]: write the checksum sidecar `OUT.sums` ([`crate::sums`]) once the
     /// output is committed (refused for stdout).
     pub sums: bool,
@@ -191,7 +196,8 @@ impl Default for MergeOptions {
     fn default() -> Self {
         MergeOptions {
             version: Version::V1,
-            force_chain: false,
+            assume_renamed: Vec::new(),
+            sort: false,
             sums: false,
         }
     }
@@ -239,6 +245,32 @@ pub struct MergeStats {
     pub frames_decompressed: u64,
     /// Arguments and directory entries passed over (see [`crate::dirlist`]).
     pub skipped: Vec<crate::dirlist::Skipped>,
+    /// Links accepted only because of [`MergeOptions::assume_renamed`].
+    pub renames: Vec<Rename>,
+}
+
+/// A link of the chain accepted because a snapshot was declared renamed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Rename {
+    /// The input that starts at the new name.
+    pub file: String,
+    /// The input before it, which ends at the old name.
+    pub follows: String,
+    /// The old name (end snapshot of `follows`).
+    pub old: String,
+    /// The new name (start snapshot of `file`).
+    pub new: String,
+}
+
+impl std::fmt::Display for Rename {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (from '{}') follows {} (to '{}') only because '{}' was declared renamed to '{}' \
+             (--assume-renamed)",
+            self.file, self.new, self.follows, self.old, self.old, self.new
+        )
+    }
 }
 
 /// A warning found in one input of a merge.
@@ -309,7 +341,8 @@ fn parse_input<'x>(inp: &'x MergeInput<'_>) -> Result<Parsed<'x>> {
                     Err(Error::invalid("input larger than 256 TiB"))
                 }
                 _ => Err(Error::invalid(
-                    "an 'rbd image v2' export cannot be merged as a diff (merge its diffs instead)",
+                    "an 'rbd image v2' export cannot be merged as a diff: `rbddiff explode FILE -o DIR` \
+             writes its diffs as a chain to merge",
                 )),
             }
         }
@@ -318,35 +351,57 @@ fn parse_input<'x>(inp: &'x MergeInput<'_>) -> Result<Parsed<'x>> {
 }
 
 /// Checks that each header starts where the one before ends (pairs with an unknown header,
-/// `None`, are skipped): a full diff only first, and, unless `force_chain`, the start snapshot
-/// of each diff is the end snapshot of the one before.
+/// `None`, are skipped): a full diff only first, and the start snapshot of each diff is the
+/// end snapshot of the one before, or its new name by `renamed` (`(OLD, NEW)` pairs).
 ///
 /// A break is explained without pointing at a flag that could give a wrong image: inputs
 /// given out of order are named with their chain order (found from the headers), and a
 /// missing diff is named by the snapshots it would link.
 ///
+/// Returns the links accepted through `renamed`.
+///
 /// # Errors
-/// A chain break, naming both files and snapshots.
-pub fn check_links(names: &[&str], metas: &[Option<&Metadata>], force_chain: bool) -> Result<()> {
+/// A chain break, naming both files and snapshots; when every header is known, a rename of
+/// `renamed` that matches no link.
+pub fn check_links(
+    names: &[&str],
+    metas: &[Option<&Metadata>],
+    renamed: &[(String, String)],
+) -> Result<Vec<Rename>> {
+    let lossy = |n: &Option<Vec<u8>>| n.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+    let mut renames = Vec::new();
+    let mut used = vec![false; renamed.len()];
     for (i, pair) in metas.windows(2).enumerate() {
         let (Some(a), Some(b)) = (pair[0], pair[1]) else {
             continue;
         };
         let (na, nb) = (names[i], names[i + 1]);
-        let lossy =
-            |n: &Option<Vec<u8>>| n.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
-        let end = crate::format::show_to(lossy(&a.to_snap).as_deref());
-        let start = crate::format::show_from(lossy(&b.from_snap).as_deref());
-        let follows = |from: &Option<Vec<u8>>| from.is_some() && *from == a.to_snap;
-        let broken = b.from_snap.is_none() || (!force_chain && a.to_snap != b.from_snap);
-        if !broken {
+        if b.from_snap.is_some() && a.to_snap == b.from_snap {
             continue;
         }
+        let (end_name, start_name) = (lossy(&a.to_snap), lossy(&b.from_snap));
+        let by_rename = match (&end_name, &start_name) {
+            (Some(old), Some(new)) => renamed.iter().position(|(o, n)| o == old && n == new),
+            _ => None,
+        };
+        if let (Some(k), Some(old), Some(new)) = (by_rename, end_name.clone(), start_name.clone()) {
+            used[k] = true;
+            renames.push(Rename {
+                file: nb.to_string(),
+                follows: na.to_string(),
+                old,
+                new,
+            });
+            continue;
+        }
+        let end = crate::format::show_to(end_name.as_deref());
+        let start = crate::format::show_from(start_name.as_deref());
+        let follows = |from: &Option<Vec<u8>>| from.is_some() && *from == a.to_snap;
         let msg = if let Some(order) = chain_order(metas) {
             let list: Vec<&str> = order.iter().map(|&k| names[k]).collect();
             format!(
                 "inputs out of order: {nb} does not start where {na} ends ({end}); by their \
-                 headers the chain is: {}",
+                 headers the chain is: {} (give them in that order, or add --sort)",
                 list.join(" ")
             )
         } else if let Some(k) = metas
@@ -365,16 +420,31 @@ pub fn check_links(names: &[&str], metas: &[Option<&Metadata>], force_chain: boo
                  come first"
             )
         } else if a.to_snap.is_none() {
-            format!("{na} ends at the image HEAD (no end snapshot): nothing can follow it, but {nb} does")
+            format!(
+                "{na} ends at the image HEAD (no end snapshot): nothing can follow it, but {nb} \
+                 does"
+            )
         } else {
             format!(
                 "chain break: {na} ends at {end} but {nb} starts at {start}: the diff from {end} \
-                 to {start} is missing"
+                 to {start} is missing (missing link: {end} -> {start}; `rbd export-diff \
+                 --from-snap {} POOL/IMAGE@{}` makes it while both snapshots exist)",
+                end_name.as_deref().unwrap_or_default(),
+                start_name.as_deref().unwrap_or_default()
             )
         };
         return Err(Error::new(ErrorKind::ChainBreak(msg)));
     }
-    Ok(())
+    if metas.iter().all(Option::is_some) {
+        if let Some(k) = used.iter().position(|u| !u) {
+            let (old, new) = &renamed[k];
+            return Err(Error::invalid(format!(
+                "--assume-renamed {old}={new} matches no link of the chain: no input ending at \
+                 '{old}' is followed by one starting at '{new}'"
+            )));
+        }
+    }
+    Ok(renames)
 }
 
 /// The order of all `metas` as one chain by their snapshots (a full diff, or the one diff
@@ -433,6 +503,7 @@ pub struct Plan {
     /// Warnings of each seekable input (streams: found while writing).
     warnings: Vec<Vec<InputWarning>>,
     all_warnings: Vec<InputWarning>,
+    renames: Vec<Rename>,
 }
 
 /// Checks the chain on the headers of every input, then every record of every seekable input
@@ -461,7 +532,7 @@ pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
     // Chain checks, on the headers only, before anything else.
     let names: Vec<&str> = inputs.iter().map(|i| i.name).collect();
     let metas: Vec<Option<&Metadata>> = parsed.iter().map(|d| Some(d.metadata())).collect();
-    check_links(&names, &metas, opts.force_chain)?;
+    let renames = check_links(&names, &metas, &opts.assume_renamed)?;
     // A missing `s` is reported by the record walk.
     let sizes: Vec<u64> = metas
         .iter()
@@ -493,6 +564,7 @@ pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
         data_bytes: (!streams).then_some(dry.sink.data_bytes),
         all_warnings: warnings.concat(),
         warnings,
+        renames,
     })
 }
 
@@ -1129,6 +1201,7 @@ impl Plan {
             from_snap: self.meta.from_snap.as_deref().map(lossy),
             to_snap: self.meta.to_snap.as_deref().map(lossy),
             image_size: self.meta.image_size.unwrap_or(0),
+            renames: self.renames.clone(),
             ..MergeStats::default()
         };
         let (layers, caps) = build_layers(inputs, &self.sizes, |_| true)?;
@@ -1212,7 +1285,8 @@ pub fn open_input(path: &str) -> Result<Input> {
 fn refuse_image(input: &Input) -> Result<()> {
     if input.kind() == Kind::Image {
         return Err(Error::invalid(
-            "an 'rbd image v2' export cannot be merged as a diff (merge its diffs instead)",
+            "an 'rbd image v2' export cannot be merged as a diff: `rbddiff explode FILE -o DIR` \
+             writes its diffs as a chain to merge",
         )
         .with_file(input.name()));
     }
@@ -1313,9 +1387,12 @@ pub fn merge_files_to(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<MergeStats> {
     // A directory stands for its diff files in chain order (see [`crate::dirlist`]).
-    let x = crate::dirlist::expand_chain(paths)?;
+    let mut x = crate::dirlist::expand_chain(paths)?;
     if x.files.is_empty() {
         return Err(Error::invalid("no diff files to merge"));
+    }
+    if opts.sort {
+        x.files = crate::dirlist::sort_chain(std::mem::take(&mut x.files))?;
     }
     let mut stats = merge_paths(&x.files, out, force, opts, compress, progress)?;
     stats.skipped = x.skipped;
@@ -1343,16 +1420,29 @@ fn merge_paths(
     let names: Vec<&str> = paths.iter().map(String::as_str).collect();
     // The chain is checked on the headers before any input is decompressed to a
     // temporary file: each file is opened once.
-    let opened = paths
-        .iter()
-        .map(|p| Input::open(p))
-        .collect::<Result<Vec<_>>>()?;
-    opened.iter().try_for_each(refuse_image)?;
-    let heads = opened.iter().map(header_of).collect::<Result<Vec<_>>>()?;
+    // Every input's problem is reported, not only the first one's.
+    let (mut opened, mut heads, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    for p in paths {
+        let one = Input::open(p).and_then(|i| {
+            refuse_image(&i)?;
+            let h = header_of(&i)?;
+            Ok((i, h))
+        });
+        match one {
+            Ok((i, h)) => {
+                opened.push(i);
+                heads.push(h);
+            }
+            Err(e) => errors.push(e.with_file(p)),
+        }
+    }
+    if let Some(e) = Error::of_inputs(errors) {
+        return Err(e);
+    }
     check_links(
         &names,
         &heads.iter().map(Option::as_ref).collect::<Vec<_>>(),
-        opts.force_chain,
+        &opts.assume_renamed,
     )?;
     // Streams (stdin, pipes, zstd files without a usable index) are read once, forward.
     let mut held = opened.into_iter().map(hold).collect::<Result<Vec<_>>>()?;

@@ -1,5 +1,6 @@
 //! Crash-safe outputs: data goes to a temporary file beside the target, is fsynced, then
-//! renamed into place. An error, a drop or SIGINT/SIGTERM leaves the old state and no temp file.
+//! renamed into place. An error, a drop or SIGINT/SIGTERM (with the program's handler, see
+//! [`set_interrupt_cleanup`]) leaves the old state and no temp file.
 //! A new file takes the permission bits of the file it replaces, else of the command's input,
 //! else 0600; sidecars take those of their main file. Replacing a file removes its old
 //! `.sums` sidecar (a command that writes one writes the new one after the commit).
@@ -7,28 +8,37 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, Once};
+use std::sync::{Mutex, Once, OnceLock};
 
 use crate::error::{Error, Result};
 
 /// Temp files to remove if the process is interrupted.
 static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static HANDLER: Once = Once::new();
+static INSTALLER: OnceLock<fn()> = OnceLock::new();
+
+/// Sets what installs the program's SIGINT/SIGTERM handler, run once when the first output
+/// is opened (not before: a command that writes no file keeps its own signal handling). The
+/// handler should call [`remove_pending`] and exit. A library installs no signal handler
+/// unless its program sets one here; the `rbddiff` command line does.
+pub fn set_interrupt_cleanup(install: fn()) {
+    let _ = INSTALLER.set(install);
+}
+
+/// Removes the temporary files of every output not yet committed or dropped: for a signal
+/// handler about to exit the process (see [`set_interrupt_cleanup`]).
+pub fn remove_pending() {
+    if let Ok(paths) = PENDING.lock() {
+        for p in paths.iter() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
 
 fn install_signal_cleanup() {
     HANDLER.call_once(|| {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
-            std::thread::spawn(move || {
-                if let Some(sig) = signals.forever().next() {
-                    if let Ok(paths) = PENDING.lock() {
-                        for p in paths.iter() {
-                            let _ = std::fs::remove_file(p);
-                        }
-                    }
-                    std::process::exit(128 + sig);
-                }
-            });
+        if let Some(install) = INSTALLER.get() {
+            install();
         }
     });
 }
@@ -396,7 +406,7 @@ impl Drop for WriteBack {
     }
 }
 
-/// `Write` adapter over an [`AtomicFile`] with write-behind (see [`WriteBack`]): the copy and
+/// `Write` adapter over an [`AtomicFile`] with write-behind (a writer thread): the copy and
 /// the disk work at the same time.
 #[derive(Debug)]
 pub struct AtomicFileWriter {

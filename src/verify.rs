@@ -297,7 +297,14 @@ fn check_opened(
     tick: &mut Ticker<'_>,
 ) -> Result<Checked> {
     let base = tick.done();
-    let mut at = |p: u64| tick.set(base + p);
+    // When a sidecar is written or checked, all of the file is read again for its sums: its
+    // bytes count once that is done too, so that the rate shown is that of the whole work.
+    let sums_pass = path != "-" && (opts.write_sums || sums::has_sums(Path::new(path)));
+    let mut at = |p: u64| {
+        if !sums_pass {
+            tick.set(base + p)
+        }
+    };
     let len = input.raw_bytes().map(|b| b.len() as u64);
     let kind = input.kind();
     let mut info = FileInfo {
@@ -383,7 +390,7 @@ fn check_opened(
         },
     };
     check(input);
-    if let Some(len) = len {
+    if let (Some(len), false) = (len, sums_pass) {
         tick.set(base + len);
     }
     let mut findings = findings.finish(path);
@@ -454,6 +461,9 @@ fn check_opened(
                 });
             }
         }
+    }
+    if let (Some(len), true) = (len, sums_pass) {
+        tick.set(base + len);
     }
     Ok(Checked {
         info,
@@ -740,7 +750,8 @@ pub fn verify(paths: &[String], opts: &VerifyOptions) -> Result<VerifyReport> {
 
 /// [`verify`], reporting `(input bytes checked, total)` to `progress` (see
 /// [`crate::progress`]; the total is unknown when stdin is among the inputs). Bytes count
-/// as checked once their structure is; sidecar checks and `--against` add no progress.
+/// as checked once their structure is, and their sums when a sidecar is written or checked
+/// (`--against` adds no progress).
 ///
 /// # Errors
 /// As [`verify`].

@@ -236,7 +236,7 @@ fn completions_name_every_command() {
             assert!(text.contains(c.as_str()), "{shell} lacks {c}");
         }
         // Flags of a command are completed too.
-        assert!(text.contains("force-chain"), "{shell}");
+        assert!(text.contains("assume-renamed"), "{shell}");
     }
     let o = run(&["completions", "tcsh"]);
     assert_eq!(o.status.code(), Some(2));
@@ -621,4 +621,198 @@ fn dash_f_replaces_an_output() {
         let o = run(&[&a[..], &["-f"]].concat());
         assert!(o.status.success(), "{a:?} -f: {}", stderr(&o));
     }
+}
+
+/// A chain `s1` (full) .. `s{n}` in `dir`, named `vm@sK.diff` (a shell sorts `s10` before
+/// `s2`); the files in shell order.
+fn shell_chain(dir: &Path, n: u8) -> Vec<String> {
+    for k in 1..=n {
+        let from = (k > 1).then(|| format!("s{}", k - 1));
+        fs::write(
+            dir.join(format!("vm@s{k}.diff")),
+            diff(from.as_deref(), &format!("s{k}"), k),
+        )
+        .unwrap();
+    }
+    let mut files: Vec<String> = (1..=n)
+        .map(|k| s(&dir.join(format!("vm@s{k}.diff"))))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn merge_sort_orders_a_shell_glob_by_the_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = shell_chain(dir.path(), 11);
+    let out = s(&dir.path().join("out.diff"));
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v = vec!["merge".to_string()];
+        v.extend(files.iter().cloned());
+        v.extend(["-o".to_string(), out.clone()]);
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let run_v = |v: &[String]| run(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    // Without --sort: refused, and the message says what to do.
+    let o = run_v(&args(&[]));
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("out of order") && e.contains("--sort"), "{e}");
+    assert!(!e.contains("force"), "{e}");
+    // With --sort: merged into s0..s11, as the ordered files give.
+    let o = run_v(&args(&["--sort", "--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["from_snap"], serde_json::Value::Null);
+    assert_eq!(v["to_snap"], "s11");
+    assert_eq!(v["inputs"], 11);
+    let mut ordered: Vec<String> = (1..=11)
+        .map(|k| s(&dir.path().join(format!("vm@s{k}.diff"))))
+        .collect();
+    let want = s(&dir.path().join("want.diff"));
+    ordered.splice(0..0, ["merge".to_string()]);
+    ordered.extend(["-o".to_string(), want.clone()]);
+    let o = run_v(&ordered);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&want).unwrap());
+}
+
+#[test]
+fn a_missing_link_is_named_and_nothing_dangerous_suggested() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = shell_chain(dir.path(), 5);
+    let gone = s(&dir.path().join("vm@s3.diff"));
+    files.retain(|f| *f != gone);
+    fs::remove_file(&gone).unwrap();
+    let out = s(&dir.path().join("out.diff"));
+    // In chain order, and with --sort: the link s2 -> s3 is named.
+    let mut ordered = files.clone();
+    ordered.sort_by_key(|f| f.len());
+    for (extra, list) in [(None, &ordered), (Some("--sort"), &files)] {
+        let mut args: Vec<&str> = vec!["merge"];
+        args.extend(list.iter().map(String::as_str));
+        args.extend(["-o", &out]);
+        args.extend(extra);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}");
+        let e = stderr(&o);
+        assert!(e.contains("missing link: 's2' -> 's3'"), "{extra:?}: {e}");
+        assert!(!e.contains("force") && !e.contains("assume"), "{e}");
+        assert!(!Path::new(&out).exists());
+    }
+    // The removed flag is refused with what to do instead.
+    let mut args: Vec<&str> = vec!["merge"];
+    args.extend(ordered.iter().map(String::as_str));
+    args.extend(["-o", &out, "--force-chain"]);
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--assume-renamed OLD=NEW"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!Path::new(&out).exists());
+    // A rename that matches no link is refused, not ignored.
+    let mut args: Vec<&str> = vec!["merge"];
+    args.extend(ordered.iter().map(String::as_str));
+    args.extend([
+        "-o",
+        &out,
+        "--assume-renamed",
+        "s2=s3",
+        "--assume-renamed",
+        "s9=s1",
+    ]);
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("s9=s1 matches no link"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!Path::new(&out).exists());
+    // A declared rename lets the one link through, with a warning and in the JSON report.
+    let mut args: Vec<&str> = vec!["merge"];
+    args.extend(ordered.iter().map(String::as_str));
+    args.extend(["-o", &out, "--assume-renamed", "s2=s3", "--json"]);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["renames"][0]["old"], "s2");
+    assert_eq!(v["renames"][0]["new"], "s3");
+    assert_eq!(v["renames"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn merge_prints_a_one_line_summary_unless_quiet() {
+    let dir = setup();
+    let p = |n: &str| s(&dir.path().join(n));
+    let o = run(&["merge", &p("a"), &p("b"), "-o", &p("ab")]);
+    assert!(o.status.success());
+    let e = stderr(&o);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(
+        e.contains("merged 2 input(s), (full) -> 'b'") && e.contains(&p("ab")),
+        "{e}"
+    );
+    assert!(o.stdout.is_empty());
+    let o = run(&["merge", &p("a"), &p("b"), "-o", &p("ab2"), "-q"]);
+    assert!(o.status.success());
+    assert!(o.stderr.is_empty() && o.stdout.is_empty(), "{}", stderr(&o));
+}
+
+/// Several bad inputs: each one's problem is reported, not only the first one's.
+#[test]
+fn every_bad_input_is_reported() {
+    let dir = setup();
+    let p = |n: &str| s(&dir.path().join(n));
+    let gz: Vec<u8> = [0x1f, 0x8b, 8, 0].into_iter().chain(0..200u8).collect();
+    fs::write(dir.path().join("x.gz"), gz).unwrap();
+    fs::write(dir.path().join("empty"), b"").unwrap();
+    let bad = [p("missing1"), p("x.gz"), p("empty"), p("missing2")];
+    let mut merge: Vec<&str> = vec!["merge", &bad[0], &bad[1]];
+    let (a, b) = (p("a"), p("b"));
+    merge.extend([a.as_str(), &bad[2], &b, &bad[3]]);
+    let out = p("out");
+    merge.extend(["-o", &out]);
+    let target = p("t.raw");
+    let mut apply: Vec<&str> = vec!["apply"];
+    apply.extend(bad.iter().map(String::as_str));
+    apply.extend(["--to", &target, "--create"]);
+    for args in [merge, apply] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let e = stderr(&o);
+        assert!(e.contains("4 inputs have problems"), "{e}");
+        for (f, why) in [
+            (&bad[0], "No such file"),
+            (&bad[1], "gunzip -c FILE"),
+            (&bad[2], "the input is empty"),
+            (&bad[3], "No such file"),
+        ] {
+            let line = e
+                .lines()
+                .find(|l| l.contains(f.as_str()))
+                .unwrap_or_default();
+            assert!(line.contains(why), "{f}: {e}");
+        }
+        assert!(!Path::new(&out).exists() && !Path::new(&target).exists());
+    }
+}
+
+/// An image stream given to merge says how to get its diffs out.
+#[test]
+fn an_image_stream_given_to_merge_points_at_explode() {
+    let image =
+        env!("CARGO_MANIFEST_DIR").to_string() + "/testdata/real/img64k/export-format-2.rbdimg";
+    let dir = tempfile::tempdir().unwrap();
+    let out = s(&dir.path().join("out"));
+    let o = run(&["merge", &image, "-o", &out]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("rbddiff explode FILE -o DIR"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -259,6 +259,11 @@ fn offline_commands_match_the_documented_shapes() {
         "decompress",
     );
     check(
+        &ok(&["explode", &image, "-o", "exploded"]),
+        "explode",
+        "explode",
+    );
+    check(
         &ok(&["create", "--from", "raw", "--to-snap", "x", "-o", "c.diff"]),
         "create",
         "create",

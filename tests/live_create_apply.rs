@@ -42,10 +42,71 @@ fn states() -> Vec<Vec<u8>> {
 }
 
 fn main() {
-    common::live::main(&[(
-        "created_diffs_import_into_ceph",
-        created_diffs_import_into_ceph,
-    )])
+    common::live::main(&[
+        (
+            "created_diffs_import_into_ceph",
+            created_diffs_import_into_ceph,
+        ),
+        (
+            "exploded_image_stream_imports_into_ceph",
+            exploded_image_stream_imports_into_ceph,
+        ),
+    ])
+}
+
+/// `rbddiff explode` of a real `rbd export --export-format 2` stream: `rbd import-diff` of
+/// the files in name order gives, at every snapshot and at the HEAD, the image that
+/// `rbd import --export-format 2` of the stream gives.
+fn exploded_image_stream_imports_into_ceph(cluster: std::sync::Arc<Cluster>) {
+    let stream = format!(
+        "{}/testdata/real/img64k/export-format-2.rbdimg",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let chain = dir.path().join("chain");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+        .args(["explode", &stream, "-o", &s(&chain), "-q"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (reference, out) = cluster.import_export_format2(std::path::Path::new(&stream), "ref");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = cluster.create_image("exploded", 1);
+    let mut files: Vec<_> = fs::read_dir(&chain)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in &files {
+        let out = cluster.import_diff(f, &image);
+        assert!(
+            out.status.success(),
+            "rbd import-diff {} failed: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let snaps = cluster.snapshots(&reference);
+    assert!(snaps.len() >= 2, "{snaps:?}");
+    assert_eq!(cluster.snapshots(&image), snaps);
+    for snap in &snaps {
+        assert_eq!(
+            cluster.export_sha256(&format!("{image}@{snap}")),
+            cluster.export_sha256(&format!("{reference}@{snap}")),
+            "snapshot {snap}"
+        );
+    }
+    assert_eq!(
+        cluster.export_sha256(&image),
+        cluster.export_sha256(&reference),
+        "HEAD"
+    );
+    cluster.remove_image(&image);
+    cluster.remove_image(&reference);
 }
 
 fn created_diffs_import_into_ceph(cluster: std::sync::Arc<Cluster>) {

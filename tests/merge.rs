@@ -191,8 +191,8 @@ proptest! {
         let diffs = build_chain(&c, false);
         let opts = MergeOptions {
             version: if v2_out { Version::V2 } else { Version::V1 },
-            force_chain: false,
             sums: false,
+            ..MergeOptions::default()
         };
         let out = merge_bytes(&diffs, &opts).unwrap();
         assert_well_formed(&out);
@@ -909,7 +909,7 @@ fn broken_chain_names_both_files_and_snapshots() {
     ]
     .concat());
     assert!(r.status.success(), "{r:?}");
-    // --force-chain accepts a real rename.
+    // --assume-renamed accepts a real rename, with a warning naming it.
     let out = dir.path().join("forced.diff");
     let r = run(&[
         "merge",
@@ -917,9 +917,15 @@ fn broken_chain_names_both_files_and_snapshots() {
         &f[1],
         "-o",
         out.to_str().unwrap(),
-        "--force-chain",
+        "--assume-renamed",
+        "mon=tue",
     ]);
-    assert!(r.status.success());
+    assert!(r.status.success(), "{r:?}");
+    let warned = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        warned.contains("warning") && warned.contains("'mon' was declared renamed to 'tue'"),
+        "{warned}"
+    );
     let img = apply_all(&Image::new(), &[&fs::read(&out).unwrap()]);
     assert!(img.data == apply_all(&Image::new(), &[&a, &b]).data);
     // A full diff after the first input.
@@ -940,12 +946,17 @@ fn broken_chain_names_both_files_and_snapshots() {
     let r = run(&[
         "merge",
         &dir.path().join("first.diff").display().to_string(),
-        &dir.path().join("first.diff").display().to_string(),
+        &dir.path().join("second.diff").display().to_string(),
         "-o",
         out.to_str().unwrap(),
-        "--force-chain",
+        "--assume-renamed",
+        "mon=tue",
     ]);
     assert_eq!(r.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("exists"),
+        "{r:?}"
+    );
 }
 
 #[test]

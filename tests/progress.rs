@@ -99,6 +99,25 @@ fn apply_reports_payload_bytes() {
 fn apply_from_a_stream_reports_an_unknown_total_then_the_count() {
     let dir = tempfile::tempdir().unwrap();
     let (diff, payload) = write_diff(dir.path(), "full.diff", None, "s1", 2);
+    // Plain zstd (no index): the payload bytes are not known before the end.
+    let zst = dir.path().join("full.diff.zst");
+    let plain = zstd::encode_all(&std::fs::read(&diff).unwrap()[..], 3).unwrap();
+    std::fs::write(&zst, plain).unwrap();
+    let mut calls = Vec::new();
+    let opts = ApplyOptions {
+        create: true,
+        ..ApplyOptions::default()
+    };
+    let target = dir.path().join("target.img");
+    apply_chain_with_progress(&[s(&zst)], &target, &opts, &mut |d, t| calls.push((d, t))).unwrap();
+    assert_eq!(check(&calls), (payload, payload));
+    assert!(calls[..calls.len() - 1].iter().all(|&(_, t)| t == 0));
+}
+
+#[test]
+fn apply_of_an_indexed_archive_knows_its_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let (diff, payload) = write_diff(dir.path(), "full.diff", None, "s1", 2);
     let zst = dir.path().join("full.diff.zst");
     let mut out = Vec::new();
     rbddiff::compress::compress(
@@ -116,7 +135,7 @@ fn apply_from_a_stream_reports_an_unknown_total_then_the_count() {
     let target = dir.path().join("target.img");
     apply_chain_with_progress(&[s(&zst)], &target, &opts, &mut |d, t| calls.push((d, t))).unwrap();
     assert_eq!(check(&calls), (payload, payload));
-    assert!(calls[..calls.len() - 1].iter().all(|&(_, t)| t == 0));
+    assert_eq!(calls[0], (0, payload), "the total is known from the start");
 }
 
 #[test]
@@ -133,6 +152,30 @@ fn verify_reports_file_bytes() {
     assert!(r.ok());
     assert_eq!(check(&calls), (len, len));
     assert!(calls.len() >= 3, "{calls:?}");
+}
+
+/// With --write-sums each file is read twice (structure, then sums): its bytes count once
+/// both are done, so that the rate is that of the whole work.
+#[test]
+fn verify_write_sums_counts_a_file_when_its_sums_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = write_diff(dir.path(), "a.diff", None, "s1", 3);
+    let (b, _) = write_diff(dir.path(), "b.diff", Some("s1"), "s2", 4);
+    let la = std::fs::metadata(&a).unwrap().len();
+    let len = la + std::fs::metadata(&b).unwrap().len();
+    let opts = VerifyOptions {
+        write_sums: true,
+        ..VerifyOptions::default()
+    };
+    let mut calls = Vec::new();
+    let r = verify_with_progress(&[s(&a), s(&b)], &opts, &mut |d, t| calls.push((d, t))).unwrap();
+    assert!(r.ok());
+    assert!(dir.path().join("b.diff.sums").exists());
+    assert_eq!(check(&calls), (len, len));
+    assert!(
+        calls.iter().all(|&(d, _)| d == 0 || d == la || d == len),
+        "progress inside a file before its sums: {calls:?}"
+    );
 }
 
 #[test]
@@ -258,7 +301,20 @@ fn no_progress_output_when_stderr_is_not_a_terminal() {
     quiet(&["create", "--from", &s(&raw), "-o", &d("c.diff")], None);
     quiet(&["verify", &s(&a), &s(&b)], None);
     quiet(&["verify", "-"], Some(&a));
-    quiet(&["merge", &s(&a), &s(&b), "-o", &d("m.diff")], None);
+    // merge's one-line summary is all it prints.
+    let out = Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+        .args(["merge", &s(&a), &s(&b), "-o", &d("m.diff")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.starts_with("rbddiff: merged ") && e.lines().count() == 1,
+        "{e:?}"
+    );
+    assert!(!e.contains('\r') && !e.contains('\x1b'), "{e:?}");
+    quiet(&["merge", &s(&a), &s(&b), "-o", &d("m2.diff"), "-q"], None);
     quiet(&["compress", &s(&a), "-o", &d("a.zst")], None);
     quiet(&["compress", "-", "-o", &d("s.zst")], Some(&a));
     quiet(&["decompress", &d("a.zst"), "-o", &d("a2.diff")], None);

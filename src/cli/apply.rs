@@ -47,7 +47,9 @@ pub fn run(a: Args) -> Result<Status> {
         check_sums: a.sums,
         state_file: a.state_file,
     };
-    let r = super::with_progress(|p| apply_chain_with_progress(&a.files, &a.to, &opts, p));
+    let r = super::with_progress_on(super::first(&a.files), |p| {
+        apply_chain_with_progress(&a.files, &a.to, &opts, p)
+    });
     let r = r?;
     super::note_skipped(&r.skipped)?;
     super::print_report(a.json, &r, |out| {

@@ -72,7 +72,7 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
         threads: a.threads.unwrap_or_else(compress::default_threads),
         frame_target: a.frame_size,
     };
-    let r = super::with_progress(|p| {
+    let r = super::with_progress_on(super::first(&a.inputs), |p| {
         compress::compress_paths(&a.inputs, &a.output, a.force, a.sums, &opts, p)
     })?;
     super::note_skipped(&r.skipped)?;
@@ -85,8 +85,9 @@ pub fn run_decompress(a: DecompressArgs) -> Result<Status> {
     let mut out = Output::create_for(&a.output, a.force, &[Path::new(&a.input)])?;
     let threads = a.threads.unwrap_or_else(compress::default_threads);
     let watch = input.watch();
-    let r =
-        super::with_progress(|p| compress::decompress_with_progress(input, &mut out, threads, p));
+    let r = super::with_progress_on(&a.input, |p| {
+        compress::decompress_with_progress(input, &mut out, threads, p)
+    });
     // A truncated input names the input; any other error that names no file is one of
     // writing the output.
     let stats = watch.check(r).map_err(|e| {

@@ -53,7 +53,9 @@ pub fn run(a: Args) -> Result<Status> {
         max_record: a.max_record,
         force: a.force,
     };
-    let r = super::with_progress(|p| create_diff_with_progress(&a.from, &a.output, &opts, p));
+    let r = super::with_progress_on(&a.from.to_string_lossy(), |p| {
+        create_diff_with_progress(&a.from, &a.output, &opts, p)
+    });
     let r = r?;
     // With the diff on stdout, the human report is left out (a JSON one goes to stderr).
     let output = &a.output;

@@ -38,6 +38,11 @@ fn context() -> &'static Context {
     })
 }
 
+/// The command's name (`merge`, …).
+pub fn command() -> &'static str {
+    &context().command
+}
+
 /// True with `--json`.
 pub fn wanted() -> bool {
     context().json

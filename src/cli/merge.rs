@@ -3,7 +3,9 @@
 use std::io::{self, Write};
 
 use rbddiff::compress::{self, CompressOptions};
+use rbddiff::format::{show_from, show_to};
 use rbddiff::merge::{merge_files_to, MergeOptions};
+use rbddiff::size::Bytes;
 use rbddiff::{Result, Version};
 
 use super::Status;
@@ -29,8 +31,16 @@ pub struct Args {
     /// Replace the output file if it exists.
     #[arg(short, long)]
     force: bool,
-    /// Do not check that each input starts at the snapshot the previous one ends at.
+    /// Order the inputs into a chain by their headers (as for a directory), so that
+    /// `merge *.diff` works whatever order the shell gives.
     #[arg(long)]
+    sort: bool,
+    /// Snapshot OLD was renamed to NEW: let a diff starting at NEW follow the one ending at
+    /// OLD (repeatable). Each must match a link; the report warns of each link it lets through.
+    #[arg(long, value_name = "OLD=NEW", value_parser = parse_rename)]
+    assume_renamed: Vec<(String, String)>,
+    /// Removed: it let any diff follow any other, so that a missing diff gave a wrong image.
+    #[arg(long, hide = true)]
     force_chain: bool,
     /// Also write the checksum sidecar OUT.sums (for a compressed output: sums of the
     /// merged diff stream plus the archive's length and digest); `rbddiff verify` checks it.
@@ -56,7 +66,23 @@ enum Format {
     V2,
 }
 
+fn parse_rename(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((old, new)) if !old.is_empty() && !new.is_empty() => {
+            Ok((old.to_string(), new.to_string()))
+        }
+        _ => Err(format!("{s:?} is not OLD=NEW (two snapshot names)")),
+    }
+}
+
 pub fn run(a: Args) -> Result<Status> {
+    if a.force_chain {
+        return Err(rbddiff::Error::invalid(
+            "--force-chain was removed: it accepted any diff after any other, and a missing \
+             diff then gave a wrong image; give the inputs in chain order (or add --sort), and \
+             for a snapshot that was really renamed use --assume-renamed OLD=NEW",
+        ));
+    }
     // With a file size limit (`ulimit -f`), fail the write with EFBIG instead of being killed,
     // so that the temporary output is removed.
     let _ = signal_hook::flag::register(
@@ -68,7 +94,8 @@ pub fn run(a: Args) -> Result<Status> {
             Format::V1 => Version::V1,
             Format::V2 => Version::V2,
         },
-        force_chain: a.force_chain,
+        assume_renamed: a.assume_renamed,
+        sort: a.sort,
         sums: a.sums,
     };
     let copts = (a.compress || a.output.ends_with(".zst")).then(|| CompressOptions {
@@ -76,7 +103,7 @@ pub fn run(a: Args) -> Result<Status> {
         threads: a.threads.unwrap_or_else(compress::default_threads),
         ..CompressOptions::default()
     });
-    let stats = super::with_progress(|p| {
+    let stats = super::with_progress_on(super::first(&a.inputs), |p| {
         merge_files_to(&a.inputs, &a.output, a.force, &opts, copts.as_ref(), p)
     });
     let stats = stats?;
@@ -99,6 +126,19 @@ pub fn run(a: Args) -> Result<Status> {
                 rbddiff::error::ceph16_note(quirky.len())
             )?;
         }
+        for r in &stats.renames {
+            super::warn(r)?;
+        }
+        super::summary(format_args!(
+            "merged {} input(s), {} -> {}, into {}: {} ({} data records), image size {}",
+            stats.inputs,
+            show_from(stats.from_snap.as_deref()),
+            show_to(stats.to_snap.as_deref()),
+            if a.output == "-" { "stdout" } else { &a.output },
+            Bytes(stats.bytes_written),
+            stats.records,
+            Bytes(stats.image_size)
+        ))?;
     }
     super::print_report(a.json, &stats, |_| Ok(()))?;
     Ok(Status::Ok)

@@ -13,6 +13,7 @@ mod backup;
 mod compress;
 mod create;
 mod docs;
+mod explode;
 mod inspect;
 mod json;
 mod list;
@@ -72,6 +73,15 @@ pub fn warn(w: impl std::fmt::Display) -> rbddiff::Result<()> {
     Ok(())
 }
 
+/// Prints the one-line summary of a long command on stderr (unless `--quiet` or `--json`),
+/// for commands whose stdout carries nothing else.
+pub fn summary(line: std::fmt::Arguments<'_>) -> rbddiff::Result<()> {
+    if !quiet() && !json::wanted() {
+        writeln!(io::stderr().lock(), "rbddiff: {line}")?;
+    }
+    Ok(())
+}
+
 /// Notes on stderr the inputs passed over (unless `--quiet` or `--json`: the JSON report
 /// lists them under `skipped`).
 pub fn note_skipped(skipped: &[rbddiff::dirlist::Skipped]) -> rbddiff::Result<()> {
@@ -94,6 +104,7 @@ enum Command {
     Create(create::Args),
     Compress(compress::CompressArgs),
     Decompress(compress::DecompressArgs),
+    Explode(explode::Args),
     Backup(backup::Args),
     Restore(restore::Args),
     Prune(prune::Args),
@@ -163,30 +174,94 @@ pub fn print_report<T: serde::Serialize>(
     Ok(())
 }
 
-/// A progress display on stderr: a bar (a spinner while the total is unknown) when stderr is
-/// a terminal, nothing otherwise or with `--quiet` or `--no-progress`. Cleared when finished or dropped (so that an error message
-/// is printed on a clean line).
+/// A progress display on stderr: a bar (a spinner while the total is unknown) labelled with
+/// the command and the file it works on, when stderr is a terminal; nothing otherwise or
+/// with `--quiet` or `--no-progress`. Cleared when finished or dropped (so that an error
+/// message is printed on a clean line).
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
     /// Whether the bar currently shows a known total.
     known: Cell<Option<bool>>,
 }
 
-/// Runs `f` with the callback of a progress display (see [`Progress`]), cleared afterwards.
+/// Runs `f` with the callback of a progress display (see [`Progress`]) labelled with the
+/// command's name, cleared afterwards.
 pub fn with_progress<T>(f: impl FnOnce(&mut dyn FnMut(u64, u64)) -> T) -> T {
-    let progress = progress();
+    with_progress_on("", f)
+}
+
+/// [`with_progress`], the label naming `file` too (the input, or the first of several).
+pub fn with_progress_on<T>(file: &str, f: impl FnOnce(&mut dyn FnMut(u64, u64)) -> T) -> T {
+    let progress = progress(&label(json::command(), file));
     let r = f(&mut progress.callback());
     progress.finish();
     r
 }
 
+/// The first of `files` (for a label), or nothing.
+pub fn first(files: &[String]) -> &str {
+    files.first().map_or("", String::as_str)
+}
+
+/// `COMMAND FILE`, the file's name shortened to its last 40 characters.
+fn label(command: &str, file: &str) -> String {
+    let file = match file {
+        "" => String::new(),
+        "-" => " stdin".into(),
+        f => {
+            let name = std::path::Path::new(f)
+                .file_name()
+                .map_or_else(|| f.to_string(), |n| n.to_string_lossy().into_owned());
+            let n = name.chars().count();
+            let short: String = name.chars().skip(n.saturating_sub(40)).collect();
+            format!(" {}{short}", if n > 40 { "…" } else { "" })
+        }
+    };
+    format!("{command}{file}")
+}
+
 /// Starts a progress display for a long command (see [`Progress`]).
-fn progress() -> Progress {
+fn progress(label: &str) -> Progress {
+    let bar = (io::stderr().is_terminal() && !quiet() && !NO_PROGRESS.load(Ordering::Relaxed))
+        .then(|| {
+            let b = indicatif::ProgressBar::new(0).with_prefix(label.to_string());
+            // The rate is the average over the run so far, steadier than indicatif's
+            // short-window estimate when progress arrives in bursts.
+            b.set_style(style(false));
+            b
+        });
     Progress {
-        bar: (io::stderr().is_terminal() && !quiet() && !NO_PROGRESS.load(Ordering::Relaxed))
-            .then(|| indicatif::ProgressBar::new(0)),
+        bar,
         known: Cell::new(None),
     }
+}
+
+fn style(known: bool) -> indicatif::ProgressStyle {
+    let template = if known {
+        "{prefix} {bar:30} {bytes}/{total_bytes} {avg_rate} eta {eta}"
+    } else {
+        "{prefix} {spinner} {bytes} {avg_rate}"
+    };
+    indicatif::ProgressStyle::with_template(template)
+        .map(|s| {
+            s.with_key(
+                "avg_rate",
+                |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let secs = st.elapsed().as_secs_f64();
+                    let rate = if secs > 0.5 {
+                        (st.pos() as f64 / secs) as u64
+                    } else {
+                        0
+                    };
+                    let _ = if rate == 0 {
+                        write!(w, "")
+                    } else {
+                        write!(w, "{}/s", indicatif::BinaryBytes(rate))
+                    };
+                },
+            )
+        })
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
 }
 
 impl Progress {
@@ -198,15 +273,7 @@ impl Progress {
             let known = total != 0;
             if self.known.get() != Some(known) {
                 self.known.set(Some(known));
-                let template = if known {
-                    "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
-                } else {
-                    "{spinner} {bytes} {binary_bytes_per_sec}"
-                };
-                b.set_style(
-                    indicatif::ProgressStyle::with_template(template)
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
+                b.set_style(style(known));
             }
             if known {
                 b.set_length(total);
@@ -238,8 +305,23 @@ pub enum Status {
     Failed(rbddiff::Error),
 }
 
+/// On SIGINT/SIGTERM, removes the temporary files of uncommitted outputs and exits with
+/// 128 + the signal (installed when the first output is opened).
+fn install_interrupt_cleanup() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                rbddiff::output::remove_pending();
+                std::process::exit(128 + sig);
+            }
+        });
+    }
+}
+
 /// Runs the command line.
 pub fn run() -> ExitCode {
+    rbddiff::output::set_interrupt_cleanup(install_interrupt_cleanup);
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Some((name, sub)) = matches.subcommand() {
@@ -261,6 +343,7 @@ pub fn run() -> ExitCode {
         Command::Create(a) => create::run(a),
         Command::Compress(a) => compress::run_compress(a),
         Command::Decompress(a) => compress::run_decompress(a),
+        Command::Explode(a) => explode::run(a),
         Command::Backup(a) => backup::run(a),
         Command::Restore(a) => restore::run(a),
         Command::Prune(a) => prune::run(a),

@@ -62,7 +62,9 @@ pub fn run(a: Args) -> Result<Status> {
             state_file: a.state_file,
             wait: a.wait.get()?,
         };
-        let r = super::with_progress(|p| restore_to_file(&a.dir, target, &opts, p))?;
+        let r = super::with_progress_on(&a.dir.to_string_lossy(), |p| {
+            restore_to_file(&a.dir, target, &opts, p)
+        })?;
         super::print_report(a.json, &r, |out| {
             writeln!(
                 out,
@@ -87,7 +89,9 @@ pub fn run(a: Args) -> Result<Status> {
         rbd: a.cluster.into(),
         wait: a.wait.get()?,
     };
-    let r = super::with_progress(|p| restore(&a.dir, &image, &opts, p));
+    let r = super::with_progress_on(&a.dir.to_string_lossy(), |p| {
+        restore(&a.dir, &image, &opts, p)
+    });
     let r = r?;
     super::print_report(a.json, &r, |out| {
         writeln!(

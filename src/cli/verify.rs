@@ -54,7 +54,9 @@ pub fn run(a: Args) -> Result<Status> {
         against: a.against,
         wait: a.wait.get()?,
     };
-    let r = super::with_progress(|p| verify_with_progress(&a.files, &opts, p));
+    let r = super::with_progress_on(super::first(&a.files), |p| {
+        verify_with_progress(&a.files, &opts, p)
+    });
     let r = r?;
     super::note_skipped(&r.skipped)?;
     super::print_report(a.json, &r, |out| {

@@ -22,6 +22,7 @@ pub struct Plan {
     data_bytes: u64,
     input_bytes: u64,
     warnings: Vec<InputWarning>,
+    renames: Vec<super::Rename>,
 }
 
 /// Adds the records of an archive's index to `map`, checking them as the record walk of a
@@ -122,7 +123,7 @@ pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
     // Chain checks, on the headers only, before anything else.
     let names: Vec<&str> = inputs.iter().map(|i| i.name).collect();
     let metas: Vec<Option<&Metadata>> = parsed.iter().map(|d| Some(d.metadata())).collect();
-    check_links(&names, &metas, opts.force_chain)?;
+    let renames = check_links(&names, &metas, &opts.assume_renamed)?;
     let mut map = ExtentMap::new();
     let mut size: Option<u64> = None;
     let mut input_bytes = 0u64;
@@ -195,6 +196,7 @@ pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
         data_bytes,
         input_bytes,
         warnings,
+        renames,
     })
 }
 
@@ -289,6 +291,7 @@ impl Plan {
             to_snap: self.meta.to_snap.as_deref().map(lossy),
             image_size: self.meta.image_size.unwrap_or(0),
             warnings: self.warnings.clone(),
+            renames: self.renames.clone(),
             ..MergeStats::default()
         };
         let mut tick = Ticker::new(progress, self.data_bytes);
@@ -362,11 +365,11 @@ impl Plan {
     }
 }
 
-/// Merges `inputs` (in chain order) into `out` the way this crate did before the sweep:
-/// [`plan`] (the whole extent map), then [`Plan::write`]. A test oracle; streams are refused.
+/// Merges `inputs` (in chain order) into `out` the way this crate did before the sweep: the
+/// whole extent map is built, then written. A test oracle; streams are refused.
 ///
 /// # Errors
-/// As [`plan`] and [`Plan::write`]; nothing is written when the inputs are invalid.
+/// As [`super::merge`]; nothing is written when the inputs are invalid.
 pub fn merge<W: Write>(
     inputs: &mut [MergeInput<'_>],
     out: W,
