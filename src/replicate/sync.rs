@@ -1,0 +1,366 @@
+//! `sync`: one new snapshot of a source image carried to a destination image on another
+//! cluster, in one run, without files in between.
+
+use serde::Serialize;
+
+use super::{
+    compare_with_export, copy_checked, expect_names, import_with, require_same,
+    roll_back_if_changed, undo_import, Checked, Imported, Verify,
+};
+use crate::archive::names::{default_snap_name, is_own_snap};
+use crate::error::{Error, Result};
+use crate::rbd::{collect_stderr, image_name, rbd_failed, safe_arg, Rbd};
+
+/// Options of [`sync`].
+#[derive(Clone, Debug, Default)]
+pub struct SyncOptions {
+    /// How to reach the source cluster.
+    pub src: Rbd,
+    /// How to reach the destination cluster.
+    pub dst: Rbd,
+    /// Name of the snapshot to create on the source (default `rbddiff-TAG-TIME`, TAG taken
+    /// from the destination cluster's fsid and image, see [`sync_tag`]).
+    pub snap: Option<String>,
+    /// The check after the import.
+    pub verify: Verify,
+    /// At most this many bytes per second into the destination.
+    pub limit_rate: Option<u64>,
+    /// Afterwards keep only the newest K snapshots this sync made on the source (by their
+    /// names' tag); the newest common snapshot (the one just made) is always kept.
+    pub keep_snaps: Option<usize>,
+    /// The same on the destination.
+    pub dst_keep_snaps: Option<usize>,
+}
+
+/// What [`sync`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct SyncReport {
+    /// The source image.
+    pub source: String,
+    /// The destination image.
+    pub destination: String,
+    /// The newest snapshot the two had in common before (none: first sync, a full diff).
+    pub base: Option<String>,
+    /// The snapshot made and carried.
+    pub imported: Imported,
+    /// True when the destination image was created.
+    pub created: bool,
+    /// Snapshots removed by `keep_snaps` on the source.
+    pub removed_source_snapshots: Vec<String>,
+    /// Snapshots removed by `dst_keep_snaps` on the destination.
+    pub removed_destination_snapshots: Vec<String>,
+    /// Things said on the way (a HEAD rolled back, a snapshot not removed).
+    pub warnings: Vec<String>,
+}
+
+/// The newest snapshot of the source (`src`, `(id, name)`) that the destination (`dst`)
+/// also holds, which must be the destination's newest: a destination snapshot newer than
+/// every common one means it was changed on its own and is refused. None: nothing in common.
+///
+/// # Errors
+/// The destination has snapshots newer than the newest common one.
+pub fn plan_sync(src: &[(u64, String)], dst: &[(u64, String)]) -> Result<Option<String>> {
+    let mut by_src: Vec<&(u64, String)> = src.iter().collect();
+    by_src.sort();
+    let on_dst = |n: &str| dst.iter().find(|(_, d)| d == n).map(|(id, _)| *id);
+    let Some((base, dst_id)) = by_src
+        .iter()
+        .rev()
+        .find_map(|(_, n)| on_dst(n).map(|id| (n.clone(), id)))
+    else {
+        return Ok(None);
+    };
+    let newer: Vec<&str> = dst
+        .iter()
+        .filter(|(id, _)| *id > dst_id)
+        .map(|(_, n)| n.as_str())
+        .collect();
+    if !newer.is_empty() {
+        return Err(Error::invalid(format!(
+            "the destination holds snapshot(s) newer than '{base}', the newest it has in common \
+             with the source, that the source does not have: {}",
+            newer.join(", ")
+        )));
+    }
+    Ok(Some(base))
+}
+
+/// The tag of the snapshot names a sync to `dst_spec` on the cluster of fsid `fsid` makes:
+/// the first digits of a sha256 of both, so that each destination's snapshots are told apart
+/// (by [`crate::archive::names::is_own_snap`]).
+pub fn sync_tag(fsid: Option<&str>, dst_spec: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(format!("sync:{}:{dst_spec}", fsid.unwrap_or("")).as_bytes());
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Syncs `src_spec` to `dst_spec` (both `POOL/IMAGE`, on the clusters of `opts.src` and
+/// `opts.dst`): finds the newest snapshot they have in common ([`plan_sync`]; none and no
+/// destination image: a first, full sync into a new image), creates a new snapshot on the
+/// source, streams `rbd export-diff --from-snap BASE` through the parser into
+/// `rbd import-diff -` on the destination, confirms the destination holds the new snapshot
+/// and checks it ([`Verify`]). On failure the destination is left at its previous snapshot
+/// (its HEAD rolled back to it, a half-made snapshot removed, an image this run created
+/// removed) and the source snapshot made is removed: a rerun completes.
+///
+/// # Errors
+/// A destination with data but no snapshot in common; an `rbd` call fails; the stream is
+/// malformed; the replica check fails.
+pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncReport> {
+    image_name(src_spec)?;
+    image_name(dst_spec)?;
+    if let Some(s) = &opts.snap {
+        safe_arg("snapshot name", s)?;
+        if s.contains(['/', '@']) {
+            return Err(Error::invalid(format!("bad snapshot name '{s}'")));
+        }
+    }
+    if opts.keep_snaps == Some(0) || opts.dst_keep_snaps == Some(0) {
+        return Err(Error::invalid("--keep-snaps must be at least 1"));
+    }
+    let (src, dst) = (&opts.src, &opts.dst);
+    let src_snaps = src.snapshots(src_spec)?;
+    let exists = dst.exists(dst_spec)?;
+    let dst_snaps = if exists {
+        dst.snapshots(dst_spec)?
+    } else {
+        Vec::new()
+    };
+    let base = plan_sync(&src_snaps, &dst_snaps)?;
+    let mut warnings = Vec::new();
+    match &base {
+        Some(b) => roll_back_if_changed(dst, dst_spec, b, &mut warnings)?,
+        None if exists && (!dst_snaps.is_empty() || dst.changed(dst_spec, None)?) => {
+            return Err(Error::invalid(format!(
+                "{dst_spec} holds {} but no snapshot in common with {src_spec}: a full diff \
+                 imported onto it would leave stale data (remove it, or rebuild it with \
+                 `rbddiff replay --reseed`)",
+                if dst_snaps.is_empty() {
+                    "data".to_string()
+                } else {
+                    format!("{} snapshot(s)", dst_snaps.len())
+                }
+            )));
+        }
+        None => {}
+    }
+    if let Some(b) = &base {
+        safe_arg("the newest common snapshot", b)?;
+    }
+    let tag = sync_tag(dst.fsid()?.as_deref(), dst_spec);
+    let snap = opts
+        .snap
+        .clone()
+        .unwrap_or_else(|| default_snap_name(&tag));
+    if src_snaps.iter().any(|(_, n)| *n == snap) {
+        return Err(Error::invalid(format!(
+            "snapshot '{snap}' already exists on {src_spec}"
+        )));
+    }
+    let created = !exists;
+    src.snap_create(src_spec, &snap)?;
+    let r = (|| {
+        if created {
+            dst.create(dst_spec, src.size(&format!("{src_spec}@{snap}"))?.max(1))?;
+        }
+        carry(src_spec, dst_spec, base.as_deref(), &snap, opts).map_err(|e| {
+            if created {
+                match dst.remove(dst_spec) {
+                    Ok(()) => e,
+                    Err(x) => Error::invalid(format!(
+                        "{e} (and the image {dst_spec} created for this sync could not be \
+                         removed: {x})"
+                    )),
+                }
+            } else {
+                undo_import(dst, dst_spec, base.as_deref(), &snap, e)
+            }
+        })
+    })();
+    let imported = match r {
+        Ok(i) => i,
+        Err(e) => {
+            return Err(match src.snap_rm(src_spec, &snap) {
+                Ok(()) => e,
+                Err(x) => Error::invalid(format!(
+                    "{e} (and the snapshot {src_spec}@{snap} made for this sync could not be \
+                     removed: {x})"
+                )),
+            })
+        }
+    };
+    let mut report = SyncReport {
+        source: src_spec.to_string(),
+        destination: dst_spec.to_string(),
+        base,
+        imported,
+        created,
+        removed_source_snapshots: Vec::new(),
+        removed_destination_snapshots: Vec::new(),
+        warnings,
+    };
+    if let Some(k) = opts.keep_snaps {
+        report.removed_source_snapshots =
+            keep_snaps(src, src_spec, &snap, &tag, k, &mut report.warnings);
+    }
+    if let Some(k) = opts.dst_keep_snaps {
+        report.removed_destination_snapshots =
+            keep_snaps(dst, dst_spec, &snap, &tag, k, &mut report.warnings);
+    }
+    Ok(report)
+}
+
+/// The transfer of `snap` (from `base`) and its check.
+fn carry(
+    src_spec: &str,
+    dst_spec: &str,
+    base: Option<&str>,
+    snap: &str,
+    opts: &SyncOptions,
+) -> Result<Imported> {
+    let (src, dst) = (&opts.src, &opts.dst);
+    let what = format!("rbd export-diff {src_spec}@{snap}");
+    let sent = import_with(dst, dst_spec, opts.limit_rate, |w| {
+        let mut child = src.spawn_export_diff(src_spec, base, snap)?;
+        let stderr = collect_stderr(&mut child);
+        let copied = match child.stdout.take() {
+            Some(out) => copy_checked(out, w),
+            None => Err(Error::invalid("internal: no pipe from rbd")),
+        };
+        let status = child.wait()?;
+        let err = stderr.join().unwrap_or_default();
+        if !status.success() {
+            return Err(rbd_failed(&what, &err));
+        }
+        let sent = copied.map_err(|e| e.with_file(&what))?;
+        expect_names(&sent, base, snap, &what)?;
+        Ok(sent)
+    })?;
+    if !dst.snapshots(dst_spec)?.iter().any(|(_, n)| n == snap) {
+        return Err(Error::invalid(format!(
+            "rbd import-diff into {dst_spec} succeeded but the snapshot '{snap}' is not there"
+        )));
+    }
+    let check = match opts.verify {
+        Verify::None => Checked {
+            mode: Verify::None,
+            comparison: None,
+            sha256: None,
+        },
+        Verify::Diff => {
+            // The source's diff again: the stream sent is gone.
+            let mut child = src.spawn_export_diff(src_spec, base, snap)?;
+            let stderr = collect_stderr(&mut child);
+            let c = match child.stdout.take() {
+                Some(out) => compare_with_export(dst, dst_spec, base, snap, out),
+                None => Err(Error::invalid("internal: no pipe from rbd")),
+            };
+            let status = child.wait()?;
+            let err = stderr.join().unwrap_or_default();
+            if !status.success() {
+                return Err(rbd_failed(&what, &err));
+            }
+            let c = c?;
+            require_same(&c, dst_spec, snap)?;
+            Checked {
+                mode: Verify::Diff,
+                comparison: Some(c),
+                sha256: None,
+            }
+        }
+        Verify::Full => {
+            let a = src.export_sha256(src_spec, snap)?;
+            let b = dst.export_sha256(dst_spec, snap)?;
+            if a != b {
+                return Err(Error::invalid(format!(
+                    "replica check failed: rbd export of {dst_spec}@{snap} has sha256 {b}, of \
+                     {src_spec}@{snap} {a}"
+                )));
+            }
+            Checked {
+                mode: Verify::Full,
+                comparison: None,
+                sha256: Some(a),
+            }
+        }
+    };
+    Ok(Imported {
+        from_snap: base.map(String::from),
+        to_snap: snap.to_string(),
+        files: Vec::new(),
+        bytes: sent.sums.file_len,
+        check,
+    })
+}
+
+/// Removes the snapshots of `spec` named with `tag` beyond the newest `k`, never `keep`.
+/// What fails is a warning.
+fn keep_snaps(
+    rbd: &Rbd,
+    spec: &str,
+    keep: &str,
+    tag: &str,
+    k: usize,
+    warnings: &mut Vec<String>,
+) -> Vec<String> {
+    let snaps = match rbd.snapshots(spec) {
+        Ok(s) => s,
+        Err(e) => {
+            warnings.push(format!("--keep-snaps: {e}"));
+            return Vec::new();
+        }
+    };
+    let ours: Vec<&String> = snaps
+        .iter()
+        .map(|(_, n)| n)
+        .filter(|n| n.as_str() != keep && is_own_snap(n, tag))
+        .collect();
+    let keep_others = if is_own_snap(keep, tag) { k - 1 } else { k };
+    let excess = ours.len().saturating_sub(keep_others);
+    let mut removed = Vec::new();
+    for name in ours.into_iter().take(excess) {
+        match rbd.snap_rm(spec, name) {
+            Ok(()) => removed.push(name.clone()),
+            Err(e) => warnings.push(format!("could not remove snapshot {spec}@{name}: {e}")),
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[(u64, &str)]) -> Vec<(u64, String)> {
+        v.iter().map(|(i, n)| (*i, n.to_string())).collect()
+    }
+
+    #[test]
+    fn base_is_the_newest_common_snapshot() {
+        let src = s(&[(1, "a"), (2, "b"), (3, "c")]);
+        let dst = s(&[(7, "a"), (9, "b")]);
+        assert_eq!(plan_sync(&src, &dst).unwrap().as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn nothing_in_common_is_none() {
+        let src = s(&[(1, "a")]);
+        assert_eq!(plan_sync(&src, &[]).unwrap(), None);
+        assert_eq!(plan_sync(&src, &s(&[(1, "x")])).unwrap(), None);
+    }
+
+    #[test]
+    fn a_destination_snapshot_past_the_base_is_refused() {
+        let src = s(&[(1, "a"), (2, "b")]);
+        let dst = s(&[(1, "a"), (2, "b"), (3, "local")]);
+        let e = plan_sync(&src, &dst).unwrap_err().to_string();
+        assert!(e.contains("local") && e.contains("'b'"), "{e}");
+    }
+
+    #[test]
+    fn tags_differ_by_destination() {
+        assert_ne!(sync_tag(Some("f"), "rbd/a"), sync_tag(Some("f"), "rbd/b"));
+        assert_ne!(sync_tag(Some("f"), "rbd/a"), sync_tag(Some("g"), "rbd/a"));
+        assert!(sync_tag(None, "x").len() >= crate::archive::names::TAG_LEN);
+    }
+}
