@@ -46,7 +46,9 @@ impl<W: Write> Write for Limited<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let piece = match self.rate {
             None => buf.len(),
-            Some(r) => buf.len().min(usize::try_from((r / 10).max(1)).unwrap_or(usize::MAX)),
+            Some(r) => buf
+                .len()
+                .min(usize::try_from((r / 10).max(1)).unwrap_or(usize::MAX)),
         };
         let n = self.inner.write(&buf[..piece])?;
         self.sent += n as u64;

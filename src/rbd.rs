@@ -232,7 +232,8 @@ impl Rbd {
     /// `rbd snap create spec@snap`.
     pub(crate) fn snap_create(&self, spec: &str, snap: &str) -> Result<()> {
         let s = format!("{spec}@{}", safe_arg("snapshot name", snap)?);
-        self.run_ok(&["snap", "create", "--no-progress", &s]).map(drop)
+        self.run_ok(&["snap", "create", "--no-progress", &s])
+            .map(drop)
     }
 
     /// `rbd snap rm spec@snap`.
@@ -265,8 +266,12 @@ impl Rbd {
 
     /// `rbd rename from to` (both `POOL/IMAGE`, same pool).
     pub(crate) fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.run_ok(&["rename", safe_arg("image spec", from)?, safe_arg("image spec", to)?])
-            .map(drop)
+        self.run_ok(&[
+            "rename",
+            safe_arg("image spec", from)?,
+            safe_arg("image spec", to)?,
+        ])
+        .map(drop)
     }
 
     /// Removes the image `spec` with its snapshots (`rbd snap purge`, `rbd rm`).
@@ -339,10 +344,6 @@ impl Rbd {
             return Err(rbd_failed(&format!("rbd export {s}"), &err));
         }
         read?;
-        Ok(sha
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect())
+        Ok(sha.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 }

@@ -136,7 +136,8 @@ pub fn compare(sent: impl Read, replica: impl Read) -> Result<Comparison> {
     let (ma, mb) = (a.rd.metadata().clone(), b.rd.metadata().clone());
     let name = |m: &crate::Metadata, from: bool| {
         let s = if from { &m.from_snap } else { &m.to_snap };
-        s.as_ref().map(|_| if from { m.from_name() } else { m.to_name() })
+        s.as_ref()
+            .map(|_| if from { m.from_name() } else { m.to_name() })
     };
     for (field, from) in [("start snapshot", true), ("end snapshot", false)] {
         let (x, y) = (name(&ma, from), name(&mb, from));
@@ -234,8 +235,18 @@ mod tests {
 
     #[test]
     fn zeros_written_as_data_equal_a_zero_record() {
-        let a = diff(Some("a"), "b", 1 << 20, &[R::W(0, vec![0; 8192]), R::W(8192, vec![5; 10])]);
-        let b = diff(Some("a"), "b", 1 << 20, &[R::Z(0, 4096), R::W(8192, vec![5; 10])]);
+        let a = diff(
+            Some("a"),
+            "b",
+            1 << 20,
+            &[R::W(0, vec![0; 8192]), R::W(8192, vec![5; 10])],
+        );
+        let b = diff(
+            Some("a"),
+            "b",
+            1 << 20,
+            &[R::Z(0, 4096), R::W(8192, vec![5; 10])],
+        );
         let c = compare(&a[..], &b[..]).unwrap();
         assert!(c.same(), "{c:?}");
         assert_eq!(c.bytes_compared, 4096 + 10);
@@ -250,7 +261,10 @@ mod tests {
             None,
             "s",
             1 << 20,
-            &[R::W(100, data[..7000].to_vec()), R::W(7100, data[7000..].to_vec())],
+            &[
+                R::W(100, data[..7000].to_vec()),
+                R::W(7100, data[7000..].to_vec()),
+            ],
         );
         assert!(compare(&a[..], &b[..]).unwrap().same());
     }
@@ -270,7 +284,12 @@ mod tests {
     #[test]
     fn data_on_one_side_only_differs() {
         let a = diff(None, "s", 1 << 20, &[R::W(0, vec![1; 10])]);
-        let b = diff(None, "s", 1 << 20, &[R::W(0, vec![1; 10]), R::W(4096, vec![3; 4])]);
+        let b = diff(
+            None,
+            "s",
+            1 << 20,
+            &[R::W(0, vec![1; 10]), R::W(4096, vec![3; 4])],
+        );
         let c = compare(&a[..], &b[..]).unwrap();
         assert_eq!(c.first_difference, Some(4096));
         assert_eq!(c.only_replica, 4);

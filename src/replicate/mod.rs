@@ -86,6 +86,8 @@ pub struct Imported {
     pub files: Vec<String>,
     /// Bytes of the diff stream sent.
     pub bytes: u64,
+    /// Seconds the transfer into `rbd import-diff` took.
+    pub seconds: f64,
     /// Its check.
     pub check: Checked,
 }
@@ -194,12 +196,7 @@ pub(crate) fn copy_checked(src: impl Read, out: &mut dyn Write) -> Result<Sent> 
 }
 
 /// The end snapshot and start of `sent` must be `to` and `from`.
-pub(crate) fn expect_names(
-    sent: &Sent,
-    from: Option<&str>,
-    to: &str,
-    what: &str,
-) -> Result<()> {
+pub(crate) fn expect_names(sent: &Sent, from: Option<&str>, to: &str, what: &str) -> Result<()> {
     if sent.sums.to.as_deref() != Some(to) || sent.sums.from.as_deref() != from {
         return Err(Error::invalid(format!(
             "{what} is a diff from {} to {}, expected from {} to '{to}'",
@@ -423,7 +420,9 @@ pub(crate) fn undo_import(rbd: &Rbd, spec: &str, base: Option<&str>, to: &str, e
     match rbd.snapshots(spec) {
         Ok(s) if s.iter().any(|(_, n)| n == to) => {
             if let Err(x) = rbd.snap_rm(spec, to) {
-                also.push(format!("the snapshot {spec}@{to} could not be removed: {x}"));
+                also.push(format!(
+                    "the snapshot {spec}@{to} could not be removed: {x}"
+                ));
             }
         }
         Ok(_) => {}
@@ -479,7 +478,11 @@ mod tests {
             Err(Error::invalid("boom"))
         });
         let mut v = Vec::new();
-        assert!(r.read_to_end(&mut v).unwrap_err().to_string().contains("boom"));
+        assert!(r
+            .read_to_end(&mut v)
+            .unwrap_err()
+            .to_string()
+            .contains("boom"));
     }
 
     #[test]

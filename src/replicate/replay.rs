@@ -200,7 +200,10 @@ pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepo
     let image = crate::workflow::pick_image(dir, Some(name), opts.image.as_deref())?;
     let (graph, others) = newest_lineage(dir, &image, opts.to.as_deref())?;
     if graph.is_empty() {
-        return Err(Error::invalid(format!("{}: no backup files of {image}", dir.display())));
+        return Err(Error::invalid(format!(
+            "{}: no backup files of {image}",
+            dir.display()
+        )));
     }
     let mut warnings = Vec::new();
     if others > 0 {
@@ -218,7 +221,11 @@ pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepo
     }
     let rbd = &opts.rbd;
     let exists = rbd.exists(spec)?;
-    let snaps = if exists { rbd.snapshots(spec)? } else { Vec::new() };
+    let snaps = if exists {
+        rbd.snapshots(spec)?
+    } else {
+        Vec::new()
+    };
     let plan = plan_replay(&graph.snapshots, &restorable, &snaps, opts.to.as_deref())?;
     let mut report = ReplayReport {
         image: spec.to_string(),
@@ -271,7 +278,9 @@ pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepo
             ))
         })?,
         None => {
-            let choice = graph.choose(Some(&plan.target)).map_err(|e| e.with_file(dir))?;
+            let choice = graph
+                .choose(Some(&plan.target))
+                .map_err(|e| e.with_file(dir))?;
             report.warnings.extend(choice.warnings);
             choice.path
         }
@@ -283,7 +292,15 @@ pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepo
         report.created = into == spec;
     }
     let src = (dir, image.as_str());
-    let r = import_steps(rbd, &into, plan.base.as_deref(), (&graph, src), &path, &files, opts);
+    let r = import_steps(
+        rbd,
+        &into,
+        plan.base.as_deref(),
+        (&graph, src),
+        &path,
+        &files,
+        opts,
+    );
     let imported = match r {
         Ok(v) => v,
         Err((done, e)) => {
@@ -300,7 +317,10 @@ pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepo
             if !done.is_empty() {
                 return Err(Error::invalid(format!(
                     "{e} ({spec} holds the snapshots imported before: {})",
-                    done.iter().map(|i| i.to_snap.clone()).collect::<Vec<_>>().join(", ")
+                    done.iter()
+                        .map(|i| i.to_snap.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
             return Err(e);
@@ -336,14 +356,22 @@ fn import_steps(
 ) -> StepsResult {
     let mut done = Vec::new();
     let steps: Vec<(Option<String>, String, Vec<String>)> = if opts.squash {
-        let to = graph.edges[path[path.len() - 1]].file.to.clone().unwrap_or_default();
+        let to = graph.edges[path[path.len() - 1]]
+            .file
+            .to
+            .clone()
+            .unwrap_or_default();
         vec![(base.map(String::from), to, files.to_vec())]
     } else {
         path.iter()
             .zip(files)
             .map(|(&i, f)| {
                 let e = &graph.edges[i].file;
-                (e.from.clone(), e.to.clone().unwrap_or_default(), vec![f.clone()])
+                (
+                    e.from.clone(),
+                    e.to.clone().unwrap_or_default(),
+                    vec![f.clone()],
+                )
             })
             .collect()
     };
@@ -381,6 +409,7 @@ fn import_one(
     opts: &ReplayOptions,
 ) -> Result<Imported> {
     let what = files.join(" + ");
+    let t0 = std::time::Instant::now();
     let sent: Sent = import_with(rbd, into, opts.limit_rate, |w| {
         let sent = copy_checked(stream_of(files)?, w).map_err(|e| e.with_file(&what))?;
         expect_names(&sent, from, to, &what)?;
@@ -389,6 +418,7 @@ fn import_one(
         }
         Ok(sent)
     })?;
+    let seconds = t0.elapsed().as_secs_f64();
     let check = match opts.verify {
         Verify::None => Checked {
             mode: Verify::None,
@@ -425,6 +455,7 @@ fn import_one(
         to_snap: to.to_string(),
         files: files.to_vec(),
         bytes: sent.sums.file_len,
+        seconds,
         check,
     })
 }

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::archive::names::{default_snap_name, is_own_snap};
 use crate::error::{Error, Result};
-use crate::rbd::{collect_stderr, image_name, rbd_failed, safe_arg, Rbd};
+use crate::rbd::{collect_stderr, image_name, is_broken_pipe, rbd_failed, safe_arg, Rbd};
 
 /// Options of [`sync`].
 #[derive(Clone, Debug, Default)]
@@ -148,10 +148,7 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
         safe_arg("the newest common snapshot", b)?;
     }
     let tag = sync_tag(dst.fsid()?.as_deref(), dst_spec);
-    let snap = opts
-        .snap
-        .clone()
-        .unwrap_or_else(|| default_snap_name(&tag));
+    let snap = opts.snap.clone().unwrap_or_else(|| default_snap_name(&tag));
     if src_snaps.iter().any(|(_, n)| *n == snap) {
         return Err(Error::invalid(format!(
             "snapshot '{snap}' already exists on {src_spec}"
@@ -220,6 +217,7 @@ fn carry(
 ) -> Result<Imported> {
     let (src, dst) = (&opts.src, &opts.dst);
     let what = format!("rbd export-diff {src_spec}@{snap}");
+    let t0 = std::time::Instant::now();
     let sent = import_with(dst, dst_spec, opts.limit_rate, |w| {
         let mut child = src.spawn_export_diff(src_spec, base, snap)?;
         let stderr = collect_stderr(&mut child);
@@ -229,6 +227,10 @@ fn carry(
         };
         let status = child.wait()?;
         let err = stderr.join().unwrap_or_default();
+        // The import ended first: its own error says why (the export then fails on EPIPE).
+        if matches!(&copied, Err(e) if is_broken_pipe(e)) {
+            return copied;
+        }
         if !status.success() {
             return Err(rbd_failed(&what, &err));
         }
@@ -236,6 +238,7 @@ fn carry(
         expect_names(&sent, base, snap, &what)?;
         Ok(sent)
     })?;
+    let seconds = t0.elapsed().as_secs_f64();
     if !dst.snapshots(dst_spec)?.iter().any(|(_, n)| n == snap) {
         return Err(Error::invalid(format!(
             "rbd import-diff into {dst_spec} succeeded but the snapshot '{snap}' is not there"
@@ -289,6 +292,7 @@ fn carry(
         to_snap: snap.to_string(),
         files: Vec::new(),
         bytes: sent.sums.file_len,
+        seconds,
         check,
     })
 }

@@ -1,0 +1,112 @@
+//! `rbddiff sync`.
+
+use rbddiff::replicate::{sync, Checked, SyncOptions, Verify};
+use rbddiff::workflow::Rbd;
+use rbddiff::Result;
+
+use super::Status;
+
+/// Carry a new snapshot of an image to another cluster.
+///
+/// Checks that the destination holds the newest snapshot the two images have in common
+/// (none and no destination image: a first, full sync), creates a new snapshot on the source,
+/// streams `rbd export-diff --from-snap BASE` through the parser into `rbd import-diff -` on
+/// the destination, confirms the destination now has the snapshot and checks it (its own
+/// export-diff must hold the same bytes; --verify full compares the sha256 of the whole
+/// snapshot on both sides). A failure leaves the destination at its previous snapshot and
+/// removes the source snapshot made: run it again.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The source image: POOL/IMAGE.
+    source: String,
+    /// The destination image: POOL/IMAGE.
+    destination: String,
+    /// Ceph configuration file of the source cluster.
+    #[arg(long, value_name = "CONF")]
+    src_conf: Option<std::path::PathBuf>,
+    /// Ceph user on the source cluster.
+    #[arg(long, value_name = "USER")]
+    src_id: Option<String>,
+    /// Ceph configuration file of the destination cluster.
+    #[arg(long, value_name = "CONF")]
+    dst_conf: Option<std::path::PathBuf>,
+    /// Ceph user on the destination cluster.
+    #[arg(long, value_name = "USER")]
+    dst_id: Option<String>,
+    /// Name of the snapshot to create (default rbddiff-TAG-TIME, TAG from the destination).
+    #[arg(long, value_name = "NAME")]
+    snap: Option<String>,
+    /// The check after the import: diff, full or none.
+    #[arg(long, value_name = "CHECK", default_value = "diff")]
+    verify: Verify,
+    /// At most RATE bytes per second to the destination (e.g. 50M).
+    #[arg(long, value_name = "RATE", value_parser = super::parse_rate)]
+    limit_rate: Option<u64>,
+    /// Afterwards keep only the newest K snapshots syncs to this destination made on the
+    /// source (the one just made, the newest common one, is always kept).
+    #[arg(long, value_name = "K")]
+    keep_snaps: Option<usize>,
+    /// The same for the destination's snapshots.
+    #[arg(long, value_name = "K")]
+    dst_keep_snaps: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A check as text.
+pub fn check_text(c: &Checked) -> String {
+    match (c.mode, &c.comparison, &c.sha256) {
+        (Verify::Diff, Some(x), _) => format!("same change, {} bytes compared", x.bytes_compared),
+        (Verify::Full, _, Some(s)) => format!("sha256 {s} on both sides"),
+        _ => "not checked".to_string(),
+    }
+}
+
+pub fn run(a: Args) -> Result<Status> {
+    let opts = SyncOptions {
+        src: Rbd {
+            conf: a.src_conf,
+            id: a.src_id,
+            ..Rbd::default()
+        },
+        dst: Rbd {
+            conf: a.dst_conf,
+            id: a.dst_id,
+            ..Rbd::default()
+        },
+        snap: a.snap,
+        verify: a.verify,
+        limit_rate: a.limit_rate,
+        keep_snaps: a.keep_snaps,
+        dst_keep_snaps: a.dst_keep_snaps,
+    };
+    let r = sync(&a.source, &a.destination, &opts)?;
+    super::print_report(a.json, &r, |out| {
+        let i = &r.imported;
+        writeln!(
+            out,
+            "{} -> {}: {} -> '{}', {} bytes{}, checked: {}",
+            r.source,
+            r.destination,
+            r.base
+                .as_deref()
+                .map_or("(full)".to_string(), |s| format!("'{s}'")),
+            i.to_snap,
+            i.bytes,
+            if r.created { " (created)" } else { "" },
+            check_text(&i.check)
+        )?;
+        for s in &r.removed_source_snapshots {
+            writeln!(out, "  removed source snapshot {s}")?;
+        }
+        for s in &r.removed_destination_snapshots {
+            writeln!(out, "  removed destination snapshot {s}")?;
+        }
+        for w in &r.warnings {
+            writeln!(out, "warning: {w}")?;
+        }
+        Ok(())
+    })?;
+    Ok(Status::Ok)
+}
