@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use common::ceph::Cluster;
 use common::gen::{noise, Rng};
-use rbddiff::replicate::{sync, SyncOptions, Verify};
+use rbddiff::replicate::{sync, SyncOptions};
 use rbddiff::workflow::Rbd;
 
 fn main() {
@@ -24,6 +24,7 @@ fn main() {
         ("missing_base_and_reseed", missing_base_and_reseed),
         ("failures_roll_back", failures_roll_back),
         ("parallel_and_rate", parallel_and_rate),
+        ("sync_with_archive", sync_with_archive),
     ])
 }
 
@@ -292,7 +293,7 @@ fn backup_then_replay(a: Arc<Cluster>, b: Arc<Cluster>) {
         &img,
     ]);
     assert_eq!(r["imported"].as_array().unwrap().len(), 1, "{r}");
-    assert_eq!(b.snapshots(&other), [s3.clone()]);
+    assert_eq!(b.snapshots(&other), [s3.as_str()]);
     assert_eq!(
         a.export_sha256(&format!("{img}@{s3}")),
         b.export_sha256(&format!("{other}@{s3}"))
@@ -373,7 +374,7 @@ fn missing_base_and_reseed(a: Arc<Cluster>, b: Arc<Cluster>) {
 
     let r = replay(&b, &dir, &img, &["--reseed"]);
     let old = r["replaced"].as_str().unwrap().to_string();
-    assert_eq!(b.snapshots(&img), [s1.clone()]);
+    assert_eq!(b.snapshots(&img), [s1.as_str()]);
     same_snapshots(&a, &b, &img);
     let old_name = old.strip_prefix("rbd/").unwrap();
     assert_eq!(b.snapshots(old_name), ["mine"]);
@@ -432,7 +433,7 @@ fn failures_roll_back(a: Arc<Cluster>, b: Arc<Cluster>) {
     let src_before = a.snapshots(&img);
     let e = sync(&spec, &spec, &opts).unwrap_err();
     assert!(e.to_string().contains("import-diff"), "{e}");
-    assert_eq!(b.snapshots(&img), [base.clone()]);
+    assert_eq!(b.snapshots(&img), [base.as_str()]);
     assert_eq!(b.export_sha256(&img), at_base, "HEAD rolled back");
     assert_eq!(
         a.snapshots(&img),
@@ -518,4 +519,54 @@ fn parallel_and_rate(a: Arc<Cluster>, b: Arc<Cluster>) {
     same_snapshots(&a, &b, &img);
     a.remove_image(&img);
     b.remove_image(&img);
+}
+
+/// `sync --archive` writes the diffs it carries into an archive, as backups: a replay of that
+/// archive elsewhere gives the same snapshots, and a backup continues from the sync's
+/// snapshot.
+fn sync_with_archive(a: Arc<Cluster>, b: Arc<Cluster>) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("arch");
+    let d = dir.to_string_lossy().into_owned();
+    let img = a.create_image("ar", 4 << 20);
+    scribble(&a, &img, 30);
+    let r1 = sync_cli(&a, &b, &img, &["--archive", &d]);
+    let f1 = r1["archive_file"].as_str().unwrap().to_string();
+    assert!(f1.ends_with(".full.diff"), "{r1}");
+    assert!(Path::new(&format!("{f1}.sums")).exists());
+    scribble(&a, &img, 31);
+    let r2 = sync_cli(&a, &b, &img, &["--archive", &d]);
+    assert!(r2["warnings"].as_array().unwrap().is_empty(), "{r2}");
+    let s2 = r2["imported"]["to_snap"].as_str().unwrap().to_string();
+    // The archive verifies, and replays into another image with the same bytes.
+    ok(&["verify", &d]);
+    let other = b.unique_name("arcopy");
+    let cb = conf(&b);
+    let ospec = format!("rbd/{other}");
+    let r = ok(&[
+        "replay",
+        &d,
+        &ospec,
+        "-c",
+        &cb,
+        "--create",
+        "--from-image",
+        &img,
+    ]);
+    assert_eq!(r["imported"].as_array().unwrap().len(), 2, "{r}");
+    for s in b.snapshots(&other) {
+        assert_eq!(
+            a.export_sha256(&format!("{img}@{s}")),
+            b.export_sha256(&format!("{other}@{s}"))
+        );
+    }
+    // A backup into the archive is an incremental from the sync's snapshot.
+    scribble(&a, &img, 32);
+    let spec = format!("rbd/{img}");
+    let ca = conf(&a);
+    let r = ok(&["backup", &spec, &d, "-c", &ca]);
+    assert_eq!(r["from_snap"], s2.as_str(), "{r}");
+    a.remove_image(&img);
+    b.remove_image(&img);
+    b.remove_image(&other);
 }

@@ -49,6 +49,10 @@ pub struct Args {
     /// The same for the destination's snapshots.
     #[arg(long, value_name = "K")]
     dst_keep_snaps: Option<usize>,
+    /// Also write the diff carried into this backup directory (the same atomic, summed file
+    /// as `backup` writes).
+    #[arg(long, value_name = "DIR")]
+    archive: Option<std::path::PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -80,6 +84,7 @@ pub fn run(a: Args) -> Result<Status> {
         limit_rate: a.limit_rate,
         keep_snaps: a.keep_snaps,
         dst_keep_snaps: a.dst_keep_snaps,
+        archive: a.archive,
     };
     let r = sync(&a.source, &a.destination, &opts)?;
     super::print_report(a.json, &r, |out| {
@@ -97,6 +102,9 @@ pub fn run(a: Args) -> Result<Status> {
             if r.created { " (created)" } else { "" },
             check_text(&i.check)
         )?;
+        if let Some(f) = &r.archive_file {
+            writeln!(out, "  archived: {f}")?;
+        }
         for s in &r.removed_source_snapshots {
             writeln!(out, "  removed source snapshot {s}")?;
         }

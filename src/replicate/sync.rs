@@ -1,14 +1,19 @@
 //! `sync`: one new snapshot of a source image carried to a destination image on another
 //! cluster, in one run, without files in between.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
 use serde::Serialize;
 
 use super::{
     compare_with_export, copy_checked, expect_names, import_with, require_same,
     roll_back_if_changed, undo_import, Checked, Imported, Verify,
 };
-use crate::archive::names::{default_snap_name, is_own_snap};
+use crate::archive::catalog;
+use crate::archive::names::{default_snap_name, file_name, is_own_snap};
 use crate::error::{Error, Result};
+use crate::output::Output;
 use crate::rbd::{collect_stderr, image_name, is_broken_pipe, rbd_failed, safe_arg, Rbd};
 
 /// Options of [`sync`].
@@ -30,6 +35,9 @@ pub struct SyncOptions {
     pub keep_snaps: Option<usize>,
     /// The same on the destination.
     pub dst_keep_snaps: Option<usize>,
+    /// Also write the diff carried into this archive (the same atomic, summed file as
+    /// `backup` writes; the snapshot names then carry the archive's tag).
+    pub archive: Option<std::path::PathBuf>,
 }
 
 /// What [`sync`] did.
@@ -45,6 +53,8 @@ pub struct SyncReport {
     pub imported: Imported,
     /// True when the destination image was created.
     pub created: bool,
+    /// The archive file written (with `archive`).
+    pub archive_file: Option<String>,
     /// Snapshots removed by `keep_snaps` on the source.
     pub removed_source_snapshots: Vec<String>,
     /// Snapshots removed by `dst_keep_snaps` on the destination.
@@ -147,7 +157,22 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
     if let Some(b) = &base {
         safe_arg("the newest common snapshot", b)?;
     }
-    let tag = sync_tag(dst.fsid()?.as_deref(), dst_spec);
+    let image = image_name(src_spec)?;
+    let archive = match &opts.archive {
+        Some(dir) => Some(Archive::open(
+            dir,
+            src_spec,
+            image,
+            src,
+            base.as_deref(),
+            &mut warnings,
+        )?),
+        None => None,
+    };
+    let tag = match &archive {
+        Some(a) => a.id.clone(),
+        None => sync_tag(dst.fsid()?.as_deref(), dst_spec),
+    };
     let snap = opts.snap.clone().unwrap_or_else(|| default_snap_name(&tag));
     if src_snaps.iter().any(|(_, n)| *n == snap) {
         return Err(Error::invalid(format!(
@@ -155,12 +180,28 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
         )));
     }
     let created = !exists;
+    let mut archive = match archive {
+        Some(a) => Some(a.start(image, base.as_deref(), &snap)?),
+        None => None,
+    };
     src.snap_create(src_spec, &snap)?;
     let r = (|| {
         if created {
             dst.create(dst_spec, src.size(&format!("{src_spec}@{snap}"))?.max(1))?;
         }
-        carry(src_spec, dst_spec, base.as_deref(), &snap, opts).map_err(|e| {
+        carry(
+            src_spec,
+            dst_spec,
+            base.as_deref(),
+            &snap,
+            opts,
+            archive.as_mut(),
+        )
+        .and_then(|i| match archive.take() {
+            Some(w) => w.commit().map(|f| (i, Some(f))),
+            None => Ok((i, None)),
+        })
+        .map_err(|e| {
             if created {
                 match dst.remove(dst_spec) {
                     Ok(()) => e,
@@ -174,7 +215,7 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
             }
         })
     })();
-    let imported = match r {
+    let (imported, archive_file) = match r {
         Ok(i) => i,
         Err(e) => {
             return Err(match src.snap_rm(src_spec, &snap) {
@@ -192,6 +233,7 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
         base,
         imported,
         created,
+        archive_file,
         removed_source_snapshots: Vec::new(),
         removed_destination_snapshots: Vec::new(),
         warnings,
@@ -214,6 +256,7 @@ fn carry(
     base: Option<&str>,
     snap: &str,
     opts: &SyncOptions,
+    mut archive: Option<&mut Writing>,
 ) -> Result<Imported> {
     let (src, dst) = (&opts.src, &opts.dst);
     let what = format!("rbd export-diff {src_spec}@{snap}");
@@ -222,7 +265,10 @@ fn carry(
         let mut child = src.spawn_export_diff(src_spec, base, snap)?;
         let stderr = collect_stderr(&mut child);
         let copied = match child.stdout.take() {
-            Some(out) => copy_checked(out, w),
+            Some(out) => match archive.as_mut() {
+                Some(a) => copy_checked(out, &mut Tee(w, &mut a.output)),
+                None => copy_checked(out, w),
+            },
             None => Err(Error::invalid("internal: no pipe from rbd")),
         };
         let status = child.wait()?;
@@ -236,6 +282,9 @@ fn carry(
         }
         let sent = copied.map_err(|e| e.with_file(&what))?;
         expect_names(&sent, base, snap, &what)?;
+        if let Some(a) = archive.as_mut() {
+            a.sums = Some(sent.sums.clone());
+        }
         Ok(sent)
     })?;
     let seconds = t0.elapsed().as_secs_f64();
@@ -295,6 +344,128 @@ fn carry(
         seconds,
         check,
     })
+}
+
+/// Writes to two writers.
+struct Tee<'a>(&'a mut dyn Write, &'a mut dyn Write);
+
+impl Write for Tee<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(buf)?;
+        self.1.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()?;
+        self.1.flush()
+    }
+}
+
+/// The archive a sync also writes into, locked for the run.
+struct Archive {
+    dir: PathBuf,
+    id: String,
+    image_id: Option<String>,
+    fsid: Option<String>,
+    rbd_version: Option<String>,
+    lock: crate::dirlock::DirLock,
+}
+
+/// The file being written into the archive.
+struct Writing {
+    path: PathBuf,
+    output: Output,
+    sums: Option<crate::sums::Sums>,
+    _lock: crate::dirlock::DirLock,
+}
+
+impl Archive {
+    /// Opens (creates) and locks the archive `dir`; says in `warnings` when it cannot
+    /// restore `base`, so that the file written will not be restorable.
+    fn open(
+        dir: &Path,
+        src_spec: &str,
+        image: &str,
+        src: &Rbd,
+        base: Option<&str>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Archive> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::from(e).with_file(dir))?;
+        let lock = crate::dirlock::lock(dir, true)?;
+        let id = crate::archive::catalog::archive_id(dir)?;
+        let image_id = src.image_id(src_spec)?;
+        if let Some(b) = base {
+            let lineage = crate::archive::graph::lineages(dir, image)?
+                .into_iter()
+                .find(|l| l.image_id == image_id);
+            let ok = lineage.is_some_and(|l| {
+                l.graph
+                    .restorable(&Default::default())
+                    .iter()
+                    .any(|r| r.0 == b)
+            });
+            if !ok {
+                warnings.push(format!(
+                    "{} cannot restore '{b}': the incremental written there is not restorable \
+                     until it can (back up a full diff)",
+                    dir.display()
+                ));
+            }
+        }
+        Ok(Archive {
+            dir: dir.to_path_buf(),
+            id,
+            image_id,
+            fsid: src.fsid()?,
+            rbd_version: src.version()?,
+            lock,
+        })
+    }
+
+    /// Starts the file of the diff from `base` to `snap` (recorded in the catalog first).
+    fn start(self, image: &str, base: Option<&str>, snap: &str) -> Result<Writing> {
+        let name = file_name(image, base, snap, false);
+        let path = self.dir.join(&name);
+        if path.exists() {
+            return Err(Error::invalid("output exists").with_file(&path));
+        }
+        let output = Output::create_like(&path.to_string_lossy(), false, None)?;
+        catalog::record(
+            &self.dir,
+            &name,
+            catalog::Record {
+                image_id: self.image_id.clone(),
+                time: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs()),
+                fsid: self.fsid.clone(),
+                rbd_version: self.rbd_version.clone(),
+            },
+        )?;
+        Ok(Writing {
+            path,
+            output,
+            sums: None,
+            _lock: self.lock,
+        })
+    }
+}
+
+impl Writing {
+    /// Commits the file and writes its sidecar; returns its path.
+    fn commit(self) -> Result<String> {
+        let sums = self
+            .sums
+            .ok_or_else(|| Error::invalid("internal: no sums of the archived diff"))?;
+        self.output.commit()?;
+        if let Err(e) = crate::sums::write_sums(&self.path, &sums) {
+            let _ = std::fs::remove_file(&self.path);
+            let _ = std::fs::remove_file(crate::sums::sums_path(&self.path));
+            return Err(e);
+        }
+        Ok(self.path.display().to_string())
+    }
 }
 
 /// Removes the snapshots of `spec` named with `tag` beyond the newest `k`, never `keep`.
