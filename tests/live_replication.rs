@@ -560,10 +560,54 @@ fn sync_with_archive(a: Arc<Cluster>, b: Arc<Cluster>) {
             b.export_sha256(&format!("{other}@{s}"))
         );
     }
+    // verify --replica, by diff and by sha256.
+    let (ca, spec) = (conf(&a), format!("rbd/{img}"));
+    let args = [
+        "verify",
+        "--replica",
+        &spec,
+        &spec,
+        "--src-conf",
+        &ca,
+        "--dst-conf",
+        &cb,
+    ];
+    let r = ok(&args);
+    assert_eq!(r["same"], true, "{r}");
+    assert_eq!(r["to_snap"], s2.as_str(), "{r}");
+    assert!(r["from_snap"].is_string(), "{r}");
+    let mut full = args.to_vec();
+    full.extend(["--replica-check", "full"]);
+    let r = ok(&full);
+    assert_eq!(r["check"]["sha256"].as_str().unwrap().len(), 64, "{r}");
+    // Images with a snapshot of the same name but other content differ: exit 1.
+    let x = a.create_image("vx", 1 << 20);
+    b.rbd_ok(["create", "--size", "1M", &format!("rbd/{x}")]);
+    write_records(&a, &x, &[(3, 2, Some(1))]);
+    write_records(&b, &x, &[(3, 2, Some(2))]);
+    for c in [&a, &b] {
+        c.rbd_ok(["snap", "create", &format!("rbd/{x}@s")]);
+    }
+    let xs = format!("rbd/{x}");
+    let out = rbddiff(&[
+        "verify",
+        "--replica",
+        &xs,
+        &xs,
+        "--src-conf",
+        &ca,
+        "--dst-conf",
+        &cb,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("DIFFERENT"),
+        "{out:?}"
+    );
+    a.remove_image(&x);
+    b.remove_image(&x);
     // A backup into the archive is an incremental from the sync's snapshot.
     scribble(&a, &img, 32);
-    let spec = format!("rbd/{img}");
-    let ca = conf(&a);
     let r = ok(&["backup", &spec, &d, "-c", &ca]);
     assert_eq!(r["from_snap"], s2.as_str(), "{r}");
     a.remove_image(&img);

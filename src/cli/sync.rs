@@ -61,7 +61,15 @@ pub struct Args {
 /// A check as text.
 pub fn check_text(c: &Checked) -> String {
     match (c.mode, &c.comparison, &c.sha256) {
-        (Verify::Diff, Some(x), _) => format!("same change, {} bytes compared", x.bytes_compared),
+        (Verify::Diff, Some(x), _) if x.same() => {
+            format!("same change, {} bytes compared", x.bytes_compared)
+        }
+        (Verify::Diff, Some(x), _) => format!(
+            "{} bytes differ (the first at offset {}) {}",
+            x.bytes_differing,
+            x.first_difference.unwrap_or(0),
+            x.header_differences.join("; ")
+        ),
         (Verify::Full, _, Some(s)) => format!("sha256 {s} on both sides"),
         _ => "not checked".to_string(),
     }

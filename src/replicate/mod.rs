@@ -20,6 +20,7 @@
 //! between the same two snapshots is compared with what was sent ([`compare`]); `Full`
 //! compares the sha256 of the whole snapshot on both sides.
 
+mod check;
 pub mod compare;
 mod replay;
 mod sync;
@@ -32,6 +33,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::rbd::{collect_stderr, is_broken_pipe, rbd_failed, Rbd};
 
+pub use check::{verify_replica, ReplicaOptions, ReplicaReport};
 pub use replay::{plan_replay, replay, ReplayOptions, ReplayPlan, ReplayReport};
 pub use sync::{plan_sync, sync, SyncOptions, SyncReport};
 
