@@ -1,8 +1,9 @@
 //! The runner of the live test files (`harness = false` in Cargo.toml, through
-//! libtest-mimic): one throw-away cluster for the binary ([`main2`]: two independent ones, started side by side), then each suite as a test. Without
-//! Ceph (not installed, or the cluster does not start) every suite is reported as **ignored**,
-//! with the reason on stderr; with `RBDDIFF_REQUIRE_CEPH=1` (CI) each fails instead. A
-//! `#[test]` function in such a file would not run: add suites to the list given to [`main`].
+//! libtest-mimic): one throw-away cluster for the binary ([`main2`]: two independent ones,
+//! started side by side), then each suite as a test. Without Ceph (not installed, or the
+//! cluster does not start) every suite is reported as **ignored**, with the reason on stderr;
+//! with `RBDDIFF_REQUIRE_CEPH=1` (CI) each fails instead. A `#[test]` function in such a file
+//! would not run: add suites to the list given to [`main`].
 
 use std::sync::Arc;
 
