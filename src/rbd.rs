@@ -347,3 +347,14 @@ impl Rbd {
         Ok(sha.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 }
+
+impl Rbd {
+    /// The images of `pool` (`rbd ls`), sorted.
+    pub(crate) fn images(&self, pool: &str) -> Result<Vec<String>> {
+        let out = self.run_ok(&["ls", "--format", "json", safe_arg("pool", pool)?])?;
+        let mut v: Vec<String> = serde_json::from_slice(&out)
+            .map_err(|e| Error::invalid(format!("rbd ls {pool}: unexpected output: {e}")))?;
+        v.sort();
+        Ok(v)
+    }
+}

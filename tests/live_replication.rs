@@ -504,6 +504,40 @@ fn parallel_and_rate(a: Arc<Cluster>, b: Arc<Cluster>) {
         b.remove_image(img);
     }
 
+    // sync --pool: the images selected by a glob, two at a time; one that fails (its
+    // destination holds data and no common snapshot) does not stop the others.
+    let pre = a.unique_name("pool");
+    let names: Vec<String> = (0..3).map(|i| format!("{pre}-{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        a.rbd_ok(["create", "--size", "2M", &format!("rbd/{n}")]);
+        scribble(&a, n, 40 + i as u64);
+    }
+    b.rbd_ok(["create", "--size", "2M", &format!("rbd/{}", names[2])]);
+    scribble(&b, &names[2], 50);
+    let (ca, cb) = (conf(&a), conf(&b));
+    let glob = format!("{pre}-*");
+    let args = ["sync", "--pool", "rbd", "--images", &glob, "--jobs", "2"];
+    let out = rbddiff(&[&args[..], &["--src-conf", &ca, "--dst-conf", &cb, "--json"]].concat());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["failed"], 1, "{r}");
+    let list = r["images"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "{r}");
+    assert!(
+        list[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no snapshot in common"),
+        "{r}"
+    );
+    for n in &names[..2] {
+        assert_eq!(same_snapshots(&a, &b, n).len(), 1);
+    }
+    for n in &names {
+        a.remove_image(n);
+        b.remove_image(n);
+    }
+
     // Some tens of MiB at 16 MiB/s.
     let img = a.create_image("rate", 48 << 20);
     write_records(&a, &img, &[(0, 10240, Some(5))]);

@@ -1,6 +1,6 @@
 //! `rbddiff sync`.
 
-use rbddiff::replicate::{sync, Checked, SyncOptions, Verify};
+use rbddiff::replicate::{sync, sync_pool, Checked, SyncOptions, Verify};
 use rbddiff::workflow::Rbd;
 use rbddiff::Result;
 
@@ -17,10 +17,25 @@ use super::Status;
 /// removes the source snapshot made: run it again.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The source image: POOL/IMAGE.
-    source: String,
+    /// The source image: POOL/IMAGE (or give --pool).
+    #[arg(required_unless_present = "pool", conflicts_with = "pool")]
+    source: Option<String>,
     /// The destination image: POOL/IMAGE.
-    destination: String,
+    #[arg(required_unless_present = "pool")]
+    destination: Option<String>,
+    /// Sync every image of this source pool (or those of --images) to the same names in
+    /// --dst-pool, --jobs at a time; one image's failure does not stop the others.
+    #[arg(long, value_name = "POOL")]
+    pool: Option<String>,
+    /// With --pool: the destination pool (default: the same name).
+    #[arg(long, requires = "pool", value_name = "POOL")]
+    dst_pool: Option<String>,
+    /// With --pool: only these images (names or globs, comma-separated).
+    #[arg(long, requires = "pool", value_delimiter = ',', value_name = "A,B")]
+    images: Vec<String>,
+    /// With --pool: images synced at the same time.
+    #[arg(long, requires = "pool", default_value_t = 2, value_name = "N")]
+    jobs: usize,
     /// Ceph configuration file of the source cluster.
     #[arg(long, value_name = "CONF")]
     src_conf: Option<std::path::PathBuf>,
@@ -50,7 +65,7 @@ pub struct Args {
     #[arg(long, value_name = "K")]
     dst_keep_snaps: Option<usize>,
     /// Also write the diff carried into this backup directory (the same atomic, summed file
-    /// as `backup` writes).
+    /// as `backup` writes; with --pool, into DIR/IMAGE).
     #[arg(long, value_name = "DIR")]
     archive: Option<std::path::PathBuf>,
     /// Print the report as JSON.
@@ -94,7 +109,49 @@ pub fn run(a: Args) -> Result<Status> {
         dst_keep_snaps: a.dst_keep_snaps,
         archive: a.archive,
     };
-    let r = sync(&a.source, &a.destination, &opts)?;
+    if let Some(pool) = &a.pool {
+        let dst_pool = a.dst_pool.as_deref().unwrap_or(pool);
+        let r = sync_pool(pool, dst_pool, &a.images, a.jobs, &opts)?;
+        super::print_report(a.json, &r, |out| {
+            writeln!(
+                out,
+                "{:<32} {:<8} {:>14}  snapshot / error",
+                "image", "result", "bytes"
+            )?;
+            for e in &r.images {
+                match (&e.report, &e.error) {
+                    (Some(x), _) => writeln!(
+                        out,
+                        "{:<32} {:<8} {:>14}  {}",
+                        e.image, "ok", x.imported.bytes, x.imported.to_snap
+                    )?,
+                    (_, err) => writeln!(
+                        out,
+                        "{:<32} {:<8} {:>14}  {}",
+                        e.image,
+                        "FAILED",
+                        "-",
+                        err.as_deref().unwrap_or_default()
+                    )?,
+                }
+            }
+            Ok(())
+        })?;
+        return Ok(if r.failed == 0 {
+            Status::Ok
+        } else {
+            Status::Failed(rbddiff::Error::invalid(format!(
+                "{} of {} image(s) failed to sync",
+                r.failed,
+                r.images.len()
+            )))
+        });
+    }
+    let (source, destination) = (
+        a.source.unwrap_or_default(),
+        a.destination.unwrap_or_default(),
+    );
+    let r = sync(&source, &destination, &opts)?;
     super::print_report(a.json, &r, |out| {
         let i = &r.imported;
         writeln!(

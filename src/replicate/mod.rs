@@ -22,6 +22,7 @@
 
 mod check;
 pub mod compare;
+mod pool;
 mod replay;
 mod sync;
 
@@ -34,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::rbd::{collect_stderr, is_broken_pipe, rbd_failed, Rbd};
 
 pub use check::{verify_replica, ReplicaOptions, ReplicaReport};
+pub use pool::{glob_match, sync_pool, PoolEntry, PoolReport};
 pub use replay::{plan_replay, replay, ReplayOptions, ReplayPlan, ReplayReport};
 pub use sync::{plan_sync, sync, SyncOptions, SyncReport};
 
