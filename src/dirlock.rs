@@ -72,10 +72,14 @@ pub enum Command {
     Verify,
     /// `serve` of an archive.
     Serve,
+    /// `replay` from an archive.
+    Replay,
+    /// `sync --archive`.
+    Sync,
 }
 
 impl Command {
-    const ALL: [Command; 7] = [
+    const ALL: [Command; 9] = [
         Command::Backup,
         Command::Prune,
         Command::Restore,
@@ -83,6 +87,8 @@ impl Command {
         Command::Status,
         Command::Verify,
         Command::Serve,
+        Command::Replay,
+        Command::Sync,
     ];
 
     /// The command's name.
@@ -95,6 +101,8 @@ impl Command {
             Command::Status => "status",
             Command::Verify => "verify",
             Command::Serve => "serve",
+            Command::Replay => "replay",
+            Command::Sync => "sync",
         }
     }
 

@@ -194,3 +194,167 @@ pub(crate) fn image_name(spec: &str) -> Result<&str> {
 pub(crate) fn is_broken_pipe(e: &Error) -> bool {
     matches!(e.kind(), ErrorKind::Io(io) if io.kind() == io::ErrorKind::BrokenPipe)
 }
+
+/// Whether `rbd info` says the image does not exist (status 2, ENOENT).
+fn is_missing(r: &Ran) -> bool {
+    r.code == Some(2) || r.stderr.contains("No such file")
+}
+
+impl Rbd {
+    /// Whether the image `spec` exists (`rbd info`); any failure other than "no such image"
+    /// is an error.
+    pub(crate) fn exists(&self, spec: &str) -> Result<bool> {
+        let r = self.run(&["info", "--format", "json", spec])?;
+        if r.ok {
+            return Ok(true);
+        }
+        if is_missing(&r) {
+            return Ok(false);
+        }
+        Err(rbd_failed(&format!("rbd info {spec}"), &r.stderr))
+    }
+
+    /// The size in bytes of the image (or snapshot) `spec`.
+    pub(crate) fn size(&self, spec: &str) -> Result<u64> {
+        let out = self.run_ok(&["info", "--format", "json", spec])?;
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+        v["size"]
+            .as_u64()
+            .ok_or_else(|| Error::invalid(format!("rbd info {spec}: no size in its output")))
+    }
+
+    /// `rbd create --size SIZE spec`.
+    pub(crate) fn create(&self, spec: &str, size: u64) -> Result<()> {
+        self.run_ok(&["create", "--size", &format!("{size}B"), spec])
+            .map(drop)
+    }
+
+    /// `rbd snap create spec@snap`.
+    pub(crate) fn snap_create(&self, spec: &str, snap: &str) -> Result<()> {
+        let s = format!("{spec}@{}", safe_arg("snapshot name", snap)?);
+        self.run_ok(&["snap", "create", "--no-progress", &s])
+            .map(drop)
+    }
+
+    /// `rbd snap rm spec@snap`.
+    pub(crate) fn snap_rm(&self, spec: &str, snap: &str) -> Result<()> {
+        let s = format!("{spec}@{}", safe_arg("snapshot name", snap)?);
+        self.run_ok(&["snap", "rm", "--no-progress", &s]).map(drop)
+    }
+
+    /// `rbd snap rollback spec@snap`: the image HEAD becomes the snapshot again.
+    pub(crate) fn snap_rollback(&self, spec: &str, snap: &str) -> Result<()> {
+        let s = format!("{spec}@{}", safe_arg("snapshot name", snap)?);
+        self.run_ok(&["snap", "rollback", "--no-progress", &s])
+            .map(drop)
+    }
+
+    /// Whether the image HEAD of `spec` holds any data (`rbd diff` of HEAD lists an extent),
+    /// or, with `since`, differs from that snapshot.
+    pub(crate) fn changed(&self, spec: &str, since: Option<&str>) -> Result<bool> {
+        let mut args = vec!["diff".to_string(), "--format=json".to_string()];
+        if let Some(s) = since {
+            args.push(format!("--from-snap={}", safe_arg("snapshot name", s)?));
+        }
+        args.push(spec.to_string());
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.run_ok(&a)?;
+        let v: serde_json::Value = serde_json::from_slice(&out)
+            .map_err(|e| Error::invalid(format!("rbd diff {spec}: unexpected output: {e}")))?;
+        Ok(v.as_array().is_some_and(|a| !a.is_empty()))
+    }
+
+    /// `rbd rename from to` (both `POOL/IMAGE`, same pool).
+    pub(crate) fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.run_ok(&[
+            "rename",
+            safe_arg("image spec", from)?,
+            safe_arg("image spec", to)?,
+        ])
+        .map(drop)
+    }
+
+    /// Removes the image `spec` with its snapshots (`rbd snap purge`, `rbd rm`).
+    pub(crate) fn remove(&self, spec: &str) -> Result<()> {
+        self.run_ok(&["snap", "purge", "--no-progress", spec])?;
+        self.run_ok(&["rm", "--no-progress", spec]).map(drop)
+    }
+
+    /// Starts `rbd export-diff [--from-snap=FROM] SPEC@SNAP -`, its stdout piped.
+    pub(crate) fn spawn_export_diff(
+        &self,
+        spec: &str,
+        from: Option<&str>,
+        snap: &str,
+    ) -> Result<Child> {
+        let mut cmd = self.command();
+        cmd.args(["export-diff", "--no-progress"]);
+        if let Some(f) = from {
+            cmd.arg(format!("--from-snap={}", safe_arg("snapshot name", f)?));
+        }
+        cmd.arg(format!("{spec}@{}", safe_arg("snapshot name", snap)?))
+            .arg("-")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().map_err(|e| self.spawn_error(e))
+    }
+
+    /// Starts `rbd import-diff - SPEC`, its stdin piped.
+    pub(crate) fn spawn_import_diff(&self, spec: &str) -> Result<Child> {
+        self.command()
+            .args(["import-diff", "--no-progress", "-", spec])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| self.spawn_error(e))
+    }
+
+    /// The sha256 (lowercase hex) of `rbd export SPEC@SNAP -`: every byte of the snapshot,
+    /// read once.
+    pub(crate) fn export_sha256(&self, spec: &str, snap: &str) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let s = format!("{spec}@{}", safe_arg("snapshot name", snap)?);
+        let mut child = self
+            .command()
+            .args(["export", "--no-progress", &s, "-"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| self.spawn_error(e))?;
+        let stderr = collect_stderr(&mut child);
+        let mut sha = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let read = match child.stdout.take() {
+            Some(mut out) => loop {
+                match out.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => sha.update(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            },
+            None => Ok(()),
+        };
+        let status = child.wait()?;
+        let err = stderr.join().unwrap_or_default();
+        if !status.success() {
+            return Err(rbd_failed(&format!("rbd export {s}"), &err));
+        }
+        read?;
+        Ok(sha.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+impl Rbd {
+    /// The images of `pool` (`rbd ls`), sorted.
+    pub(crate) fn images(&self, pool: &str) -> Result<Vec<String>> {
+        let out = self.run_ok(&["ls", "--format", "json", safe_arg("pool", pool)?])?;
+        let mut v: Vec<String> = serde_json::from_slice(&out)
+            .map_err(|e| Error::invalid(format!("rbd ls {pool}: unexpected output: {e}")))?;
+        v.sort();
+        Ok(v)
+    }
+}

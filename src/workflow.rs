@@ -62,6 +62,8 @@ pub struct RestoreOptions {
     /// Create the target image (with the size of the restored state) when it does not exist
     /// (and remove it again if the restore fails).
     pub create: bool,
+    /// At most this many bytes per second into `rbd import-diff`.
+    pub limit_rate: Option<u64>,
     /// How to run `rbd`.
     pub rbd: Rbd,
     /// Wait up to this long for another run's lock on the archive (default: refuse at once).
@@ -155,7 +157,10 @@ pub fn restore(
     let stderr = collect_stderr(&mut child);
     let written = match child.stdin.take() {
         Some(stdin) => {
-            let out = BufWriter::with_capacity(1 << 20, stdin);
+            let out = crate::rate::Limited::new(
+                BufWriter::with_capacity(1 << 20, stdin),
+                opts.limit_rate,
+            );
             p.write(&mut inputs, out, Version::V1, progress)
                 .and_then(|(mut w, stats)| {
                     w.flush()?;

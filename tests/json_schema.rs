@@ -331,6 +331,8 @@ fn errors_are_json_documents_too() {
         // No retention rule: refused.
         ("prune", &["prune", "arch"]),
         ("restore", &["restore", "arch", "--to-file", "a.diff"]),
+        ("replay", &["replay", "nosuch-dir", "rbd/img"]),
+        ("sync", &["sync", "rbd/img@snap", "rbd/img"]),
     ];
     for (command, args) in cases {
         let v = json(d, args, 2, false);

@@ -19,6 +19,7 @@ use super::{catalog, finish_pending};
 use crate::compress::{compress_stream, CompressOptions};
 use crate::error::{Error, Result};
 use crate::output::Output;
+use crate::rate::Limited;
 use crate::rbd::{collect_stderr, image_name, rbd_failed, safe_arg, Rbd};
 
 /// Options of [`backup`].
@@ -40,6 +41,8 @@ pub struct BackupOptions {
     /// Afterwards, keep only the newest K snapshots this archive's backups made (by their
     /// default names, which carry the archive's tag), besides the one just made.
     pub keep_snaps: Option<usize>,
+    /// At most this many bytes per second read from `rbd export-diff`.
+    pub limit_rate: Option<u64>,
     /// How to run `rbd`.
     pub rbd: Rbd,
     /// Wait up to this long for another run's lock on the archive (default: refuse at once;
@@ -453,12 +456,15 @@ fn export_to(
             Some(c) => {
                 // The sidecar of an archive also holds the digest of the compressed file.
                 let mut digest = crate::sums::DigestWriter::new(&mut output);
-                compress_stream(&mut digest, c, |w| copy_checked(src, w)).map(|(mut x, _)| {
+                compress_stream(&mut digest, c, |w| {
+                    copy_checked(src, &mut Limited::new(w, opts.limit_rate))
+                })
+                .map(|(mut x, _)| {
                     x.sums.compressed = Some(digest.compressed_sums());
                     x
                 })
             }
-            None => copy_checked(src, &mut output),
+            None => copy_checked(src, &mut Limited::new(&mut output, opts.limit_rate)),
         },
         None => Err(Error::invalid("internal: no pipe from rbd")),
     };

@@ -46,6 +46,9 @@ pub struct Args {
     /// archives and of older rbddiff versions, are never touched).
     #[arg(long, value_name = "K")]
     keep_snaps: Option<usize>,
+    /// At most RATE bytes per second through rbd (e.g. 50M).
+    #[arg(long, value_name = "RATE", value_parser = super::parse_rate)]
+    limit_rate: Option<u64>,
     #[command(flatten)]
     cluster: super::RbdArgs,
     #[command(flatten)]
@@ -67,6 +70,7 @@ pub fn run(a: Args) -> Result<Status> {
             .transpose()?,
         compress: a.compress.then(CompressOptions::default),
         keep_snaps: a.keep_snaps,
+        limit_rate: a.limit_rate,
         rbd: a.cluster.into(),
         wait: a.wait.get()?,
     };

@@ -19,9 +19,11 @@ mod json;
 mod list;
 mod merge;
 mod prune;
+mod replay;
 mod restore;
 mod serve;
 mod status;
+mod sync;
 mod verify;
 
 /// Offline toolkit for Ceph RBD export-diff backup files.
@@ -108,6 +110,8 @@ enum Command {
     Backup(backup::Args),
     Restore(restore::Args),
     Prune(prune::Args),
+    Replay(replay::Args),
+    Sync(sync::Args),
     List(list::Args),
     Status(status::Args),
     /// Serve snapshots read-only over NBD, without restoring them.
@@ -153,6 +157,14 @@ impl From<RbdArgs> for rbddiff::workflow::Rbd {
             id: a.id,
             ..Self::default()
         }
+    }
+}
+
+/// Parses `--limit-rate RATE`: bytes per second, with size suffixes (`50M`).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    match rbddiff::size::parse_size(s)? {
+        0 => Err("the rate must be more than 0".to_string()),
+        n => Ok(n),
     }
 }
 
@@ -347,6 +359,8 @@ pub fn run() -> ExitCode {
         Command::Backup(a) => backup::run(a),
         Command::Restore(a) => restore::run(a),
         Command::Prune(a) => prune::run(a),
+        Command::Replay(a) => replay::run(a),
+        Command::Sync(a) => sync::run(a),
         Command::List(a) => list::run(a),
         Command::Status(a) => status::run(a),
         Command::Serve(a) => serve::run(a),

@@ -44,6 +44,9 @@ pub struct Args {
     /// the target's name).
     #[arg(long = "from-image", value_name = "NAME")]
     from_image: Option<String>,
+    /// At most RATE bytes per second through rbd (e.g. 50M).
+    #[arg(long, value_name = "RATE", value_parser = super::parse_rate, conflicts_with = "to_file")]
+    limit_rate: Option<u64>,
     #[command(flatten)]
     cluster: super::RbdArgs,
     #[command(flatten)]
@@ -86,6 +89,7 @@ pub fn run(a: Args) -> Result<Status> {
         image: a.from_image,
         to: a.to,
         create: a.create,
+        limit_rate: a.limit_rate,
         rbd: a.cluster.into(),
         wait: a.wait.get()?,
     };

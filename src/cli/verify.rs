@@ -39,12 +39,81 @@ pub struct Args {
     against: Option<PathBuf>,
     #[command(flatten)]
     wait: super::WaitArgs,
+    /// Check a replica instead: FILES are SRC_POOL/IMAGE DST_POOL/IMAGE, and the newest
+    /// snapshot both hold (or --snap) must hold the same on the destination: their
+    /// export-diffs from the common snapshot before it describe the same change
+    /// (`--replica-check full`: the sha256 of `rbd export` of both).
+    #[arg(long)]
+    replica: bool,
+    /// With --replica: the snapshot to check.
+    #[arg(long, requires = "replica", value_name = "SNAP")]
+    snap: Option<String>,
+    /// With --replica: diff or full.
+    #[arg(
+        long,
+        requires = "replica",
+        value_name = "CHECK",
+        default_value = "diff"
+    )]
+    replica_check: rbddiff::replicate::Verify,
+    /// With --replica: the source cluster's configuration file.
+    #[arg(long, requires = "replica", value_name = "CONF")]
+    src_conf: Option<PathBuf>,
+    /// With --replica: the Ceph user on the source cluster.
+    #[arg(long, requires = "replica", value_name = "USER")]
+    src_id: Option<String>,
+    /// With --replica: the destination cluster's configuration file.
+    #[arg(long, requires = "replica", value_name = "CONF")]
+    dst_conf: Option<PathBuf>,
+    /// With --replica: the Ceph user on the destination cluster.
+    #[arg(long, requires = "replica", value_name = "USER")]
+    dst_id: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
 
+fn run_replica(a: Args) -> Result<Status> {
+    use rbddiff::replicate::{verify_replica, ReplicaOptions};
+    use rbddiff::workflow::Rbd;
+    let [src, dst] = a.files.as_slice() else {
+        return Err(rbddiff::Error::invalid(
+            "verify --replica takes two images: SRC_POOL/IMAGE DST_POOL/IMAGE",
+        ));
+    };
+    let opts = ReplicaOptions {
+        src: Rbd {
+            conf: a.src_conf,
+            id: a.src_id,
+            ..Rbd::default()
+        },
+        dst: Rbd {
+            conf: a.dst_conf,
+            id: a.dst_id,
+            ..Rbd::default()
+        },
+        snap: a.snap,
+        verify: a.replica_check,
+    };
+    let r = verify_replica(src, dst, &opts)?;
+    super::print_report(a.json, &r, |out| {
+        writeln!(
+            out,
+            "{} -> {} at '{}': {} ({})",
+            r.source,
+            r.destination,
+            r.to_snap,
+            if r.same { "same" } else { "DIFFERENT" },
+            super::sync::check_text(&r.check)
+        )
+    })?;
+    Ok(if r.same { Status::Ok } else { Status::Problems })
+}
+
 pub fn run(a: Args) -> Result<Status> {
+    if a.replica {
+        return run_replica(a);
+    }
     let opts = VerifyOptions {
         full: a.full,
         write_sums: a.write_sums,
