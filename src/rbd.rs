@@ -43,7 +43,7 @@ pub(crate) struct Ran {
 impl Rbd {
     /// The command with the connection options, each one `--option=VALUE` token (a value
     /// is never a separate argument that could be read as an option).
-    pub(crate) fn command(&self) -> Command {
+    fn command(&self) -> Command {
         let mut c = Command::new(&self.program);
         if let Some(conf) = &self.conf {
             let mut a = std::ffi::OsString::from("--conf=");

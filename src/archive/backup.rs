@@ -9,7 +9,6 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Stdio;
 
 use serde::Serialize;
 
@@ -78,7 +77,7 @@ pub struct BackupReport {
     /// Things that went wrong after the backup was complete (e.g. a snapshot that could not be
     /// removed).
     pub warnings: Vec<String>,
-    /// Files of an interrupted earlier run removed first (see [`crate::workflow::prune`]).
+    /// Files of an interrupted earlier run removed first (see [`crate::archive::prune`]).
     pub cleaned: Vec<String>,
     /// Why the backup is a full diff (none for an incremental).
     pub full_reason: Option<String>,
@@ -438,17 +437,8 @@ fn export_to(
     opts: &BackupOptions,
 ) -> Result<Exported> {
     let snap = snap_spec.rsplit('@').next().unwrap_or_default();
-    let mut cmd = rbd.command();
-    cmd.args(["export-diff", "--no-progress"]);
-    if let Some(p) = prev {
-        // One token: the name can never be read as an option of its own.
-        cmd.arg(format!("--from-snap={p}"));
-    }
-    cmd.args([snap_spec, "-"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| rbd.spawn_error(e))?;
+    // `--from-snap=PREV` is one token: the name can never be read as an option of its own.
+    let mut child = rbd.spawn_export_diff(spec, prev, snap)?;
     let stderr = collect_stderr(&mut child);
     // The pipe is dropped when the copy ends, so rbd cannot block on it after an error.
     let copied = match child.stdout.take() {

@@ -15,6 +15,7 @@ pub mod listing;
 pub mod names;
 pub mod policy;
 pub mod prune;
+pub mod restore;
 pub mod retention;
 
 use std::collections::HashMap;

@@ -132,7 +132,7 @@ impl ArchiveExports {
         if let Some(v) = self.open.lock().ok().and_then(|m| m.get(&name).cloned()) {
             return Ok(v);
         }
-        let (_, files) = crate::workflow::best_path(&self.dir, &self.image, Some(&name))?;
+        let (_, files) = crate::archive::restore::best_path(&self.dir, &self.image, Some(&name))?;
         let view = Arc::new(ChainView::open(&files)?);
         if let Ok(mut m) = self.open.lock() {
             m.insert(name, view.clone());

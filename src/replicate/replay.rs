@@ -474,7 +474,7 @@ fn archive_sha256((dir, image): Archive<'_>, files: &[String], to: &str) -> Resu
     let full = if first_full {
         files.to_vec()
     } else {
-        crate::workflow::best_path(dir, image, Some(to))?.1
+        crate::archive::restore::best_path(dir, image, Some(to))?.1
     };
     full_diff_sha256(merged(full))
 }

@@ -24,7 +24,7 @@ pub struct SyncOptions {
     /// How to reach the destination cluster.
     pub dst: Rbd,
     /// Name of the snapshot to create on the source (default `rbddiff-TAG-TIME`, TAG taken
-    /// from the destination cluster's fsid and image, see [`sync_tag`]).
+    /// from the destination cluster's fsid and image, see `sync_tag`).
     pub snap: Option<String>,
     /// The check after the import.
     pub verify: Verify,
