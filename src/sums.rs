@@ -358,8 +358,8 @@ fn compute_compressed(input: Input, name: &str) -> Result<Sums> {
     // A zstd file without a (usable) index is summed as it decompresses: nothing is
     // spilled.
     let compressed = compressed_sums(raw);
-    let mut s = copy_with_sums(input.into_reader(), &mut std::io::sink())
-        .map_err(|e| e.with_file(name))?;
+    let mut s =
+        copy_with_sums(input.into_reader(), &mut std::io::sink()).map_err(|e| e.with_file(name))?;
     s.compressed = Some(compressed);
     Ok(s)
 }
@@ -673,10 +673,7 @@ pub fn write_sums_for(path: &Path) -> Result<PathBuf> {
 ///
 /// # Errors
 /// As [`write_sums_for`].
-pub fn write_sums_for_with_progress(
-    path: &Path,
-    progress: &mut dyn FnMut(u64),
-) -> Result<PathBuf> {
+pub fn write_sums_for_with_progress(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<PathBuf> {
     let p = path.to_string_lossy();
     let s = compute_input_with_progress(Input::open(&p)?, progress)?;
     write_sums(path, &s)

@@ -364,7 +364,11 @@ fn foreign_input_is_explained() {
         ("empty", Vec::new(), "the input is empty"),
         // Files shorter than a banner that hold only a format's magic.
         ("short.gz", vec![0x1f, 0x8b, 8], "gunzip -c FILE | rbddiff"),
-        ("short.xz", b"\xfd7zXZ\x00".to_vec(), "xz -dc FILE | rbddiff"),
+        (
+            "short.xz",
+            b"\xfd7zXZ\x00".to_vec(),
+            "xz -dc FILE | rbddiff",
+        ),
         ("short.bz2", b"BZh9".to_vec(), "bzip2 -dc FILE | rbddiff"),
     ];
     let good = s(&dir.path().join("good"));
