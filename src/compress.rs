@@ -377,7 +377,7 @@ pub struct Compressed {
     pub stats: Stats,
 }
 
-/// What [`compress_paths`] did.
+/// What [`compress_paths`] (or [`decompress_paths`]) did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CompressReport {
     /// The sums over every file.
@@ -386,8 +386,22 @@ pub struct CompressReport {
     /// Each input, in order.
     pub files: Vec<Compressed>,
     /// Arguments and directory entries passed over (see [`crate::dirlist`]), and inputs
-    /// already compressed.
+    /// already compressed (for [`decompress_paths`]: inputs with no `.zst` name).
     pub skipped: Vec<crate::dirlist::Skipped>,
+}
+
+impl CompressReport {
+    fn add(&mut self, input: String, output: String, stats: Stats) {
+        self.total.diff_bytes += stats.diff_bytes;
+        self.total.compressed_bytes += stats.compressed_bytes;
+        self.total.frames += stats.frames;
+        self.total.records += stats.records;
+        self.files.push(Compressed {
+            input,
+            output,
+            stats,
+        });
+    }
 }
 
 /// Compresses `inputs` into archives, committed atomically, each with its `.sums` sidecar
@@ -418,12 +432,7 @@ pub fn compress_paths(
     };
     if !x.dirs && x.files.len() == 1 {
         let stats = compress_one(&x.files[0], output, force, sums, opts, progress)?;
-        report.total = stats;
-        report.files.push(Compressed {
-            input: x.files[0].clone(),
-            output: output.to_string(),
-            stats,
-        });
+        report.add(x.files[0].clone(), output.to_string(), stats);
         return Ok(report);
     }
     let dir = std::path::Path::new(output);
@@ -456,17 +465,91 @@ pub fn compress_paths(
             .to_string_lossy()
             .into_owned();
         let stats = compress_one(&f, &out, force, sums, opts, progress)?;
-        report.total.diff_bytes += stats.diff_bytes;
-        report.total.compressed_bytes += stats.compressed_bytes;
-        report.total.frames += stats.frames;
-        report.total.records += stats.records;
-        report.files.push(Compressed {
-            input: f,
-            output: out,
-            stats,
-        });
+        report.add(f, out, stats);
     }
     Ok(report)
+}
+
+/// Decompresses `inputs` (see [`decompress`]), each output committed atomically: one input
+/// (`-` for stdin) into `output` (`-` for stdout); several, or a directory (its diff files,
+/// see [`crate::dirlist`]), each `NAME.zst` into the directory `output` as `NAME` (inputs
+/// with no `.zst` name are passed over, as `zstd -d` does).
+///
+/// # Errors
+/// As [`decompress`] (an error of writing an output names it); several inputs and
+/// `output` no directory; an output exists (unless `force`) or is an input.
+pub fn decompress_paths(
+    inputs: &[String],
+    output: &str,
+    force: bool,
+    threads: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<CompressReport> {
+    let x = crate::dirlist::expand(inputs)?;
+    let mut report = CompressReport {
+        skipped: x.skipped,
+        ..CompressReport::default()
+    };
+    if !x.dirs && x.files.len() == 1 {
+        let stats = decompress_one(&x.files[0], output, force, threads, progress)?;
+        report.add(x.files[0].clone(), output.to_string(), stats);
+        return Ok(report);
+    }
+    let dir = std::path::Path::new(output);
+    if output == "-" || !dir.is_dir() {
+        return Err(Error::invalid(
+            "several inputs (or a directory) are decompressed into a directory: -o must name \
+             an existing directory",
+        )
+        .with_file(output));
+    }
+    if x.files.iter().any(|f| f == "-") {
+        return Err(Error::invalid(
+            "stdin ('-') cannot be decompressed beside other inputs: it has no name",
+        ));
+    }
+    for f in x.files {
+        let name = std::path::Path::new(&f)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(stem) = name.strip_suffix(".zst").filter(|s| !s.is_empty()) else {
+            report.skipped.push(crate::dirlist::Skipped {
+                file: f,
+                reason: "no .zst name (not decompressed; give it alone with -o OUTPUT)".into(),
+            });
+            continue;
+        };
+        let out = dir.join(stem).to_string_lossy().into_owned();
+        let stats = decompress_one(&f, &out, force, threads, progress)?;
+        report.add(f, out, stats);
+    }
+    Ok(report)
+}
+
+/// Decompresses the file `input` into `output` (`-`: stdout), committed atomically.
+fn decompress_one(
+    input: &str,
+    output: &str,
+    force: bool,
+    threads: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Stats> {
+    let inp = Input::open(input)?;
+    let mut out = crate::output::Output::create_for(output, force, &[std::path::Path::new(input)])?;
+    let watch = inp.watch();
+    let r = decompress_with_progress(inp, &mut out, threads, progress);
+    // A truncated input names the input; any other error that names no file is one of
+    // writing the output.
+    let stats = watch.check(r).map_err(|e| {
+        if output == "-" {
+            e
+        } else {
+            e.with_file(output)
+        }
+    })?;
+    out.commit()?;
+    Ok(stats)
 }
 
 /// Compresses the file `input` into `output`, committed atomically, with its sidecar when

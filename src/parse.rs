@@ -113,8 +113,12 @@ pub(crate) fn bad_banner(found: &[u8], expected: &'static str) -> ErrorKind {
 }
 
 /// The error for an input that ends inside the banner (`avail` is what there is of it):
-/// an empty input says so.
+/// an empty input says so, and a few bytes of a foreign format's magic (a short gzip, xz
+/// or bzip2 file) are a bad banner with the hint of [`crate::format::foreign`].
 pub(crate) fn truncated_banner(avail: &[u8]) -> ErrorKind {
+    if crate::format::foreign(avail).is_some() {
+        return bad_banner(avail, "'rbd diff v1\\n' or 'rbd diff v2\\n'");
+    }
     ErrorKind::Truncated {
         what: if avail.is_empty() {
             "banner: the input is empty (0 bytes), not an rbd diff".into()

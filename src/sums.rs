@@ -125,15 +125,36 @@ pub fn sums_path(file: &Path) -> PathBuf {
 /// # Errors
 /// The diff is not structurally valid.
 pub fn compute(bytes: &[u8]) -> Result<Sums> {
+    compute_with_progress(bytes, &mut |_| {})
+}
+
+/// [`compute`], telling `progress` the bytes summed so far (CRCs and sha256 both: each run
+/// of records is hashed by both as the walk reaches it), never decreasing, last `bytes.len()`.
+///
+/// # Errors
+/// As [`compute`].
+pub fn compute_with_progress(bytes: &[u8], progress: &mut dyn FnMut(u64)) -> Result<Sums> {
     let d = DiffSlice::parse(bytes)?;
     let len = bytes.len() as u64;
     let mut records = Vec::new();
+    let mut sha = Sha256::new();
+    // Bytes fed to `sha` so far: the runs tile the file in order, so each is fed as it is
+    // summed, and whatever no run covered is fed at the end.
+    let mut hashed = 0usize;
     // The run being summed, `(offset, tag of its first record, len, records)`, records
     // joined as [`joins`] says; each run's bytes are hashed once.
     let mut run: Option<(u64, char, u64, u64)> = None;
-    let flush = |records: &mut Vec<RecordSum>, run: Option<(u64, char, u64, u64)>| {
+    let mut flush = |records: &mut Vec<RecordSum>, run: Option<(u64, char, u64, u64)>| {
         if let Some((offset, tag, len, count)) = run {
             let part = bytes.get(offset as usize..(offset + len) as usize);
+            let end = usize::try_from(offset.saturating_add(len))
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            if end > hashed {
+                sha.update(&bytes[hashed..end]);
+                hashed = end;
+                progress(end as u64);
+            }
             records.push(RecordSum {
                 offset,
                 len,
@@ -185,13 +206,17 @@ pub fn compute(bytes: &[u8]) -> Result<Sums> {
     }
     close(&mut records, open, len);
     flush(&mut records, run);
+    if hashed < bytes.len() {
+        sha.update(&bytes[hashed..]);
+        progress(len);
+    }
     let m = d.metadata();
     Ok(Sums {
         format: FORMAT.into(),
         version: SUMS_VERSION,
         diff_version: d.version().to_string(),
         file_len: len,
-        sha256: hex(&Sha256::digest(bytes)),
+        sha256: hex(&sha.finalize()),
         from: m.from_snap.as_ref().map(|_| m.from_name()),
         to: m.to_snap.as_ref().map(|_| m.to_name()),
         size: m.image_size,
@@ -302,21 +327,39 @@ fn compressed_sums(raw: &[u8]) -> CompressedSums {
 /// # Errors
 /// The input is not a regular file or not a valid diff, or decompression fails.
 pub fn compute_input(input: Input) -> Result<Sums> {
+    compute_input_with_progress(input, &mut |_| {})
+}
+
+/// [`compute_input`], telling `progress` the bytes of the file summed so far: as the walk
+/// goes for a plain diff ([`compute_with_progress`]), once at the end for a compressed one.
+///
+/// # Errors
+/// As [`compute_input`].
+pub fn compute_input_with_progress(input: Input, progress: &mut dyn FnMut(u64)) -> Result<Sums> {
     let name = input.name().to_string();
     if let Some(b) = input.bytes() {
-        return compute(b).map_err(|e| e.with_file(&name));
+        return compute_with_progress(b, progress).map_err(|e| e.with_file(&name));
     }
+    let s = compute_compressed(input, &name)?;
+    if let Some(c) = &s.compressed {
+        progress(c.file_len);
+    }
+    Ok(s)
+}
+
+/// The sums of a compressed input (see [`compute_input`]).
+fn compute_compressed(input: Input, name: &str) -> Result<Sums> {
     let raw = input
         .raw_bytes()
-        .ok_or_else(|| Error::invalid("sums need a regular file").with_file(&name))?;
+        .ok_or_else(|| Error::invalid("sums need a regular file").with_file(name))?;
     if let Some(a) = input.archive()? {
-        return compute_archive(raw, &a).map_err(|e| e.with_file(&name));
+        return compute_archive(raw, &a).map_err(|e| e.with_file(name));
     }
     // A zstd file without a (usable) index is summed as it decompresses: nothing is
     // spilled.
     let compressed = compressed_sums(raw);
-    let mut s = copy_with_sums(input.into_reader(), &mut std::io::sink())
-        .map_err(|e| e.with_file(&name))?;
+    let mut s =
+        copy_with_sums(input.into_reader(), &mut std::io::sink()).map_err(|e| e.with_file(name))?;
     s.compressed = Some(compressed);
     Ok(s)
 }
@@ -622,8 +665,17 @@ pub fn decode(text: &[u8]) -> Result<Sums> {
 /// # Errors
 /// The file cannot be read, is not a valid diff, or the sidecar cannot be written.
 pub fn write_sums_for(path: &Path) -> Result<PathBuf> {
+    write_sums_for_with_progress(path, &mut |_| {})
+}
+
+/// [`write_sums_for`], telling `progress` the bytes of the file summed so far (see
+/// [`compute_input_with_progress`]).
+///
+/// # Errors
+/// As [`write_sums_for`].
+pub fn write_sums_for_with_progress(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<PathBuf> {
     let p = path.to_string_lossy();
-    let s = compute_input(Input::open(&p)?)?;
+    let s = compute_input_with_progress(Input::open(&p)?, progress)?;
     write_sums(path, &s)
 }
 

@@ -297,11 +297,16 @@ fn check_opened(
     tick: &mut Ticker<'_>,
 ) -> Result<Checked> {
     let base = tick.done();
-    // When a sidecar is written or checked, all of the file is read again for its sums: its
-    // bytes count once that is done too, so that the rate shown is that of the whole work.
+    // When a sidecar is written or checked, all of the file is read again for its sums, so
+    // that the rate shown is that of the whole work: a sidecar written, the structure walk
+    // counts for the first half of the file's bytes and the summing for the second; one
+    // checked, the file's bytes count once that is done.
     let sums_pass = path != "-" && (opts.write_sums || sums::has_sums(Path::new(path)));
+    let halves = path != "-" && opts.write_sums;
     let mut at = |p: u64| {
-        if !sums_pass {
+        if halves {
+            tick.set(base + p / 2)
+        } else if !sums_pass {
             tick.set(base + p)
         }
     };
@@ -406,7 +411,8 @@ fn check_opened(
         let p = Path::new(path);
         if opts.write_sums {
             if info.valid && matches!(kind, Kind::DiffV1 | Kind::DiffV2) {
-                sums::write_sums_for(p)?;
+                let half = len.map_or(0, |l| l / 2);
+                sums::write_sums_for_with_progress(p, &mut |s| tick.set(base + half + s / 2))?;
                 info.sums = "written";
             }
         } else if sums::has_sums(p) {

@@ -362,6 +362,14 @@ fn foreign_input_is_explained() {
         ("disk.raw", vec![0u8; 65536], "looks like a raw image"),
         ("boot.raw", with(b"\xebc\x90"), "looks like a raw image"),
         ("empty", Vec::new(), "the input is empty"),
+        // Files shorter than a banner that hold only a format's magic.
+        ("short.gz", vec![0x1f, 0x8b, 8], "gunzip -c FILE | rbddiff"),
+        (
+            "short.xz",
+            b"\xfd7zXZ\x00".to_vec(),
+            "xz -dc FILE | rbddiff",
+        ),
+        ("short.bz2", b"BZh9".to_vec(), "bzip2 -dc FILE | rbddiff"),
     ];
     let good = s(&dir.path().join("good"));
     fs::write(&good, diff(None, "a", 1)).unwrap();

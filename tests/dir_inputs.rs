@@ -1,4 +1,5 @@
-//! Directory arguments (src/dirlist.rs): inspect, merge, apply, compress and verify take a
+//! Directory arguments (src/dirlist.rs): inspect, merge, apply, compress, decompress and
+//! verify take a
 //! directory for its diff files, by one rule; rbddiff's own files and unrelated files are
 //! passed over, never reported as corrupt diffs; merge and apply order them by their headers.
 
@@ -167,6 +168,77 @@ fn inspect_verify_and_compress_take_a_directory() {
     let v = json(&ok(&["compress", s(&out), "-o", s(&out), "--json"]));
     assert!(v["files"].as_array().unwrap().is_empty(), "{v}");
     assert_eq!(v["skipped"].as_array().unwrap().len(), CHAIN.len(), "{v}");
+}
+
+/// decompress DIR -o OUT (and several files): each NAME.zst into OUT/NAME, its bytes those
+/// compressed; sidecars and files with no .zst name passed over.
+#[test]
+fn decompress_takes_a_directory_and_several_files() {
+    let t = tempfile::tempdir().unwrap();
+    let (dir, files) = chain_dir(t.path());
+    let z = t.path().join("z");
+    fs::create_dir(&z).unwrap();
+    ok(&["compress", "--sums", s(&dir), "-o", s(&z)]);
+    fs::copy(&files[0], z.join("plain.diff")).unwrap();
+    let back = t.path().join("back");
+    fs::create_dir(&back).unwrap();
+    let v = json(&ok(&["decompress", s(&z), "-o", s(&back), "--json"]));
+    assert_eq!(v["command"], "decompress", "{v}");
+    assert_eq!(v["files"].as_array().unwrap().len(), CHAIN.len(), "{v}");
+    assert_eq!(
+        names(&v, "skipped", "file"),
+        [s(&z.join("plain.diff"))],
+        "{v}"
+    );
+    let mut total = 0;
+    for f in &files {
+        let name = f.file_name().unwrap();
+        let got = fs::read(back.join(name)).unwrap();
+        assert_eq!(got, fs::read(f).unwrap(), "{name:?}");
+        total += got.len() as u64;
+    }
+    assert_eq!(v["diff_bytes"], total, "{v}");
+    let outputs = names(&v, "files", "output");
+    assert!(outputs.iter().all(|o| !o.ends_with(".zst")), "{v}");
+    // Again: the outputs exist, so nothing is replaced without --force.
+    let o = rbddiff(&["decompress", s(&z), "-o", s(&back)]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    ok(&["decompress", s(&z), "-o", s(&back), "--force"]);
+
+    // Several files, into a directory.
+    let two: Vec<String> = files[..2]
+        .iter()
+        .map(|f| format!("{}/{}.zst", s(&z), f.file_name().unwrap().to_string_lossy()))
+        .collect();
+    let back2 = t.path().join("back2");
+    fs::create_dir(&back2).unwrap();
+    let v = json(&ok(&[
+        "decompress",
+        &two[0],
+        &two[1],
+        "-o",
+        s(&back2),
+        "--json",
+    ]));
+    assert_eq!(v["files"].as_array().unwrap().len(), 2, "{v}");
+    for f in &files[..2] {
+        let got = fs::read(back2.join(f.file_name().unwrap())).unwrap();
+        assert_eq!(got, fs::read(f).unwrap());
+    }
+    // Several inputs need a directory to write into; stdin cannot be one of several.
+    let o = rbddiff(&["decompress", &two[0], &two[1], "-o", s(&t.path().join("x"))]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("directory"),
+        "{o:?}"
+    );
+    assert!(!t.path().join("x").exists());
+    let o = rbddiff(&["decompress", &two[0], "-", "-o", s(&back2), "--force"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("stdin"),
+        "{o:?}"
+    );
 }
 
 #[test]

@@ -258,6 +258,15 @@ fn offline_commands_match_the_documented_shapes() {
         "decompress",
         "decompress",
     );
+    // A directory: each NAME.zst, and the files passed over.
+    std::fs::create_dir(d.join("unz")).unwrap();
+    let v = ok(&["decompress", ".", "-o", "unz"]);
+    check(&v, "decompress", "decompress");
+    assert_eq!(v["files"].as_array().map(Vec::len), Some(1), "{v}");
+    assert!(
+        v["skipped"].as_array().is_some_and(|s| !s.is_empty()),
+        "{v}"
+    );
     check(
         &ok(&["explode", &image, "-o", "exploded"]),
         "explode",
@@ -370,7 +379,10 @@ fn errors_are_json_documents_too() {
 fn the_checker_rejects_wrong_shapes() {
     let good = serde_json::json!({
         "schema": "rbddiff/1", "command": "decompress",
-        "diff_bytes": 1, "compressed_bytes": 1, "frames": 1, "records": 0
+        "diff_bytes": 1, "compressed_bytes": 1, "frames": 1, "records": 0,
+        "files": [{"input": "a.zst", "output": "a", "diff_bytes": 1, "compressed_bytes": 1,
+                   "frames": 1, "records": 0}],
+        "skipped": []
     });
     check(&good, "decompress", "decompress");
     let mut missing = good.clone();

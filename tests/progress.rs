@@ -154,10 +154,11 @@ fn verify_reports_file_bytes() {
     assert!(calls.len() >= 3, "{calls:?}");
 }
 
-/// With --write-sums each file is read twice (structure, then sums): its bytes count once
-/// both are done, so that the rate is that of the whole work.
+/// With --write-sums each file is read twice (structure, then sums): the structure walk
+/// moves the bar over the first half of a file's bytes and the summing over the second, so
+/// that the bar moves inside a large file and the rate is that of the whole work.
 #[test]
-fn verify_write_sums_counts_a_file_when_its_sums_are_written() {
+fn verify_write_sums_moves_inside_a_file_while_summing() {
     let dir = tempfile::tempdir().unwrap();
     let (a, _) = write_diff(dir.path(), "a.diff", None, "s1", 3);
     let (b, _) = write_diff(dir.path(), "b.diff", Some("s1"), "s2", 4);
@@ -172,10 +173,23 @@ fn verify_write_sums_counts_a_file_when_its_sums_are_written() {
     assert!(r.ok());
     assert!(dir.path().join("b.diff.sums").exists());
     assert_eq!(check(&calls), (len, len));
+    // Inside the first file: during its structure walk, and during its summing.
     assert!(
-        calls.iter().all(|&(d, _)| d == 0 || d == la || d == len),
-        "progress inside a file before its sums: {calls:?}"
+        calls.iter().any(|&(d, _)| d > 0 && d <= la / 2),
+        "no progress during the structure walk: {calls:?}"
     );
+    assert!(
+        calls.iter().any(|&(d, _)| d > la / 2 + 1 && d < la),
+        "no progress while summing: {calls:?}"
+    );
+    // The sidecars written so (CRCs and sha256 as the walk goes) check out, digest too.
+    let check_opts = VerifyOptions {
+        digest: true,
+        require_sums: true,
+        ..VerifyOptions::default()
+    };
+    let r = verify_with_progress(&[s(&a), s(&b)], &check_opts, &mut |_, _| {}).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
 }
 
 #[test]

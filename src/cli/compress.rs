@@ -1,10 +1,6 @@
 //! `rbddiff compress` and `rbddiff decompress`.
 
-use std::path::Path;
-
 use rbddiff::compress::{self, CompressOptions};
-use rbddiff::input::Input;
-use rbddiff::output::Output;
 use rbddiff::size::parse_size;
 use rbddiff::Result;
 
@@ -50,9 +46,11 @@ pub struct CompressArgs {
 /// Decompress a zstd file (an rbddiff archive or any file written by `zstd`).
 #[derive(clap::Args, Debug)]
 pub struct DecompressArgs {
-    /// Compressed input (`-` for stdin).
-    input: String,
-    /// Output (`-` for stdout).
+    /// Compressed input (`-` for stdin); or several, or directories (their diff files), each
+    /// NAME.zst decompressed into the directory OUTPUT as NAME.
+    #[arg(required = true)]
+    inputs: Vec<String>,
+    /// Output (`-` for stdout), or the directory for several inputs.
     #[arg(short, long)]
     output: String,
     /// Decompression threads for indexed archives (default: all cores).
@@ -81,23 +79,11 @@ pub fn run_compress(a: CompressArgs) -> Result<Status> {
 }
 
 pub fn run_decompress(a: DecompressArgs) -> Result<Status> {
-    let input = Input::open(&a.input)?;
-    let mut out = Output::create_for(&a.output, a.force, &[Path::new(&a.input)])?;
     let threads = a.threads.unwrap_or_else(compress::default_threads);
-    let watch = input.watch();
-    let r = super::with_progress_on(&a.input, |p| {
-        compress::decompress_with_progress(input, &mut out, threads, p)
-    });
-    // A truncated input names the input; any other error that names no file is one of
-    // writing the output.
-    let stats = watch.check(r).map_err(|e| {
-        if a.output == "-" {
-            e
-        } else {
-            e.with_file(&a.output)
-        }
+    let r = super::with_progress_on(super::first(&a.inputs), |p| {
+        compress::decompress_paths(&a.inputs, &a.output, a.force, threads, p)
     })?;
-    out.commit()?;
-    super::print_report(a.json, &stats, |_| Ok(()))?;
+    super::note_skipped(&r.skipped)?;
+    super::print_report(a.json, &r, |_| Ok(()))?;
     Ok(Status::Ok)
 }
