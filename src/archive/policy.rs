@@ -70,20 +70,8 @@ pub struct Snap {
 /// The rule that keeps a snapshot with no other: the newest restorable one.
 pub const NEWEST: &str = "newest";
 
-/// Days since the epoch → (year, month 1-12, day 1-31), proleptic Gregorian
-/// (H. Hinnant's algorithm).
-pub fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
+/// Days since the epoch → (year, month 1-12, day 1-31), proleptic Gregorian.
+pub use crate::utc::civil_from_days as civil;
 
 /// The bucket of `t` (seconds since the epoch) for a rule: equal keys, same bucket.
 fn bucket(rule: &str, t: u64) -> i64 {

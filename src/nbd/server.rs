@@ -1,7 +1,7 @@
 //! Listening: TCP (loopback unless allowed otherwise) or a Unix socket, one thread per
 //! client, a bounded number of clients, and a clean stop on SIGINT/SIGTERM.
 
-use std::io::{self, BufReader, BufWriter};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -121,31 +121,32 @@ fn session(conn: Conn, exports: &dyn Exports, limits: Limits, stop: &AtomicBool)
         Conn::Tcp(s) => {
             let _ = s.set_nonblocking(false);
             let _ = s.set_nodelay(true);
-            match s.try_clone() {
-                Ok(r) => serve_client(
-                    &mut BufReader::new(r),
-                    &mut BufWriter::with_capacity(256 << 10, &s),
-                    exports,
-                    limits,
-                    &stopping,
-                ),
-                Err(e) => Err(e),
-            }
+            s.try_clone()
+                .and_then(|r| serve_on(r, &s, exports, limits, &stopping))
         }
         Conn::Unix(s) => {
             let _ = s.set_nonblocking(false);
-            match s.try_clone() {
-                Ok(r) => serve_client(
-                    &mut BufReader::new(r),
-                    &mut BufWriter::with_capacity(256 << 10, &s),
-                    exports,
-                    limits,
-                    &stopping,
-                ),
-                Err(e) => Err(e),
-            }
+            s.try_clone()
+                .and_then(|r| serve_on(r, &s, exports, limits, &stopping))
         }
     };
+}
+
+/// Serves one client reading from `r` and writing to `w` (two handles of one socket).
+fn serve_on<R: Read, W: Write>(
+    r: R,
+    w: W,
+    exports: &dyn Exports,
+    limits: Limits,
+    stopping: &dyn Fn() -> bool,
+) -> io::Result<()> {
+    serve_client(
+        &mut BufReader::new(r),
+        &mut BufWriter::with_capacity(256 << 10, w),
+        exports,
+        limits,
+        stopping,
+    )
 }
 
 /// Serves `exports` until `stop` is set (e.g. by SIGINT/SIGTERM): binds, calls `ready` with
