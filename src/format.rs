@@ -34,14 +34,14 @@ pub fn foreign(prefix: &[u8]) -> Option<&'static str> {
         "this is lz4-compressed data; decompress it first: `lz4 -dc FILE | rbddiff ... -`"
     } else if at(b"QFI\xfb") {
         "this is a qcow2 image, not a diff: convert it (`qemu-img convert -O raw FILE RAW`), \
-         then `rbddiff create --from RAW -o DIFF` makes a full diff of it"
+         then `rbddiff create --raw RAW -o DIFF` makes a full diff of it"
     } else if prefix.len() >= 12 && prefix[..12].iter().all(|b| *b == 0)
         || (prefix.first() == Some(&0xeb) && prefix.get(2) == Some(&0x90))
         || at(b"LUKS\xba\xbe")
     {
         // Zeros, an x86 boot sector's jump, a LUKS header: a disk image (`rbd export`).
         "this looks like a raw image (an `rbd export` or a disk), not a diff: \
-         `rbddiff create --from RAW -o DIFF` makes a full diff of it"
+         `rbddiff create --raw RAW -o DIFF` makes a full diff of it"
     } else {
         return None;
     })

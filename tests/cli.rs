@@ -824,3 +824,34 @@ fn an_image_stream_given_to_merge_points_at_explode() {
         stderr(&o)
     );
 }
+
+/// `-o/--output` is the output of every command (apply's older `--to` still works), and
+/// `create --raw` names the new image (its older `--from` still works): "from" is the older
+/// side, as in `--from-snap`.
+#[test]
+fn outputs_are_dash_o_and_from_is_always_the_older_side() {
+    let t = tempfile::tempdir().unwrap();
+    let raw = t.path().join("disk.raw");
+    let mut img = vec![0u8; 1 << 20];
+    img[4096..8192].fill(7);
+    fs::write(&raw, &img).unwrap();
+    let (d1, d2) = (t.path().join("a.diff"), t.path().join("b.diff"));
+    for (flag, out) in [("--raw", &d1), ("--from", &d2)] {
+        let o = run(&["create", flag, &s(&raw), "--to-snap", "s1", "-o", &s(out)]);
+        assert!(o.status.success(), "{flag}: {}", stderr(&o));
+    }
+    assert_eq!(fs::read(&d1).unwrap(), fs::read(&d2).unwrap());
+    for flag in ["-o", "--output", "--to"] {
+        let target = t.path().join(format!("out{flag}.raw"));
+        let o = run(&["apply", &s(&d1), "--create", flag, &s(&target)]);
+        assert!(o.status.success(), "{flag}: {}", stderr(&o));
+        assert_eq!(fs::read(&target).unwrap(), img, "{flag}");
+    }
+    let help = String::from_utf8(run(&["apply", "--help"]).stdout).unwrap();
+    assert!(help.contains("-o, --output <RAW|DEVICE>"), "{help}");
+    let help = String::from_utf8(run(&["create", "--help"]).stdout).unwrap();
+    assert!(
+        help.contains("--raw <RAW>") && !help.contains("--from <RAW>"),
+        "{help}"
+    );
+}

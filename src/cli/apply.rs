@@ -20,8 +20,8 @@ pub struct Args {
     /// into a chain. An `rbd export --export-format 2` image stream counts as its diffs in order.
     #[arg(required = true)]
     files: Vec<String>,
-    /// Raw image file or block device to apply to.
-    #[arg(long)]
+    /// Raw image file or block device to apply to (`--to` is its older spelling).
+    #[arg(short = 'o', long = "output", alias = "to", value_name = "RAW|DEVICE")]
     to: PathBuf,
     /// Create the target as a new sparse file (for a chain starting with a full diff).
     #[arg(long)]

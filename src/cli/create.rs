@@ -15,8 +15,9 @@ use super::Status;
 /// Holes and all-zero blocks are skipped; the output is what `rbd import-diff` accepts.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Raw image to describe (the new state).
-    #[arg(long, value_name = "RAW")]
+    /// Raw image to describe: the new state (`--from` is its older spelling; "from" means
+    /// the older side everywhere else, as in `--from-snap`).
+    #[arg(long = "raw", alias = "from", value_name = "RAW")]
     from: PathBuf,
     /// End snapshot name to record (`t`); omitted = a diff to the image HEAD.
     #[arg(long, value_name = "NAME")]
