@@ -18,6 +18,12 @@ use rbddiff::replicate::{sync, SyncOptions};
 use rbddiff::workflow::Rbd;
 
 fn main() {
+    // The destination images' locks of every run, the library's and the binary's, in a
+    // directory of this test run.
+    std::env::set_var(
+        "RBDDIFF_LOCK_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-replication-locks"),
+    );
     common::live::main2(&[
         ("sync_chain", sync_chain),
         ("backup_then_replay", backup_then_replay),
@@ -406,7 +412,9 @@ fn fake_rbd(dir: &Path, name: &str, import: &str) -> PathBuf {
 }
 
 /// An `rbd import-diff` that dies half way, and a `sync` killed with SIGKILL mid-import,
-/// leave the destination at its previous snapshot; a rerun completes.
+/// leave the destination at its previous snapshot; a rerun completes (the killed run's lock
+/// on the destination went with it). A second sync into the same image while one runs is
+/// refused, or waits.
 fn failures_roll_back(a: Arc<Cluster>, b: Arc<Cluster>) {
     let root = tempfile::tempdir().unwrap();
     let img = a.create_image_with("fl", 16 << 20, &["--object-size", "256K"]);
@@ -475,6 +483,44 @@ fn failures_roll_back(a: Arc<Cluster>, b: Arc<Cluster>) {
     assert_eq!(r["base"], base.as_str(), "{r}");
     let w = r["warnings"].to_string();
     assert!(w.contains("rolled back"), "{r}");
+    same_snapshots(&a, &b, &img);
+
+    // Two syncs into the same destination at once: the second is refused (exit 2, naming
+    // the image) without touching either side; with --wait it waits for the first and
+    // carries its own snapshot on top.
+    let recs: Vec<_> = (0..64).map(|i| (i * 16, 16, Some(500 + i))).collect();
+    write_records(&a, &img, &recs);
+    let slow = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+            .args(["sync", &spec, &spec, "--src-conf", &ca, "--dst-conf", &cb])
+            .args(extra)
+            .env_remove("CEPH_CONF")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = slow(&["--limit-rate", "1M", "--json"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let src_during = a.snapshots(&img);
+    let err = fails(&["sync", &spec, &spec, "--src-conf", &ca, "--dst-conf", &cb]);
+    assert!(
+        err.contains("another sync or replay") && err.contains(&spec),
+        "{err}"
+    );
+    assert_eq!(
+        a.snapshots(&img),
+        src_during,
+        "the refused run made no snapshot"
+    );
+    let second = slow(&["--wait", "2m", "--json"]);
+    let one = first.wait_with_output().unwrap();
+    assert!(one.status.success(), "{one:?}");
+    let two = second.wait_with_output().unwrap();
+    assert!(two.status.success(), "{two:?}");
+    let r1: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    let r2: serde_json::Value = serde_json::from_slice(&two.stdout).unwrap();
+    assert_eq!(r2["base"], r1["imported"]["to_snap"], "{r1} {r2}");
     same_snapshots(&a, &b, &img);
     a.remove_image(&img);
     b.remove_image(&img);

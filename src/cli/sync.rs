@@ -68,6 +68,13 @@ pub struct Args {
     /// as `backup` writes; with --pool, into DIR/IMAGE).
     #[arg(long, value_name = "DIR")]
     archive: Option<std::path::PathBuf>,
+    /// The directory of the destination images' locks: a second sync or replay into the
+    /// same image is refused (or, with --wait, waits). Default: $RBDDIFF_LOCK_DIR, else
+    /// $XDG_STATE_HOME/rbddiff/locks, else ~/.local/state/rbddiff/locks.
+    #[arg(long, value_name = "DIR")]
+    lock_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    wait: super::WaitArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -108,6 +115,8 @@ pub fn run(a: Args) -> Result<Status> {
         keep_snaps: a.keep_snaps,
         dst_keep_snaps: a.dst_keep_snaps,
         archive: a.archive,
+        wait: a.wait.get()?,
+        lock_dir: a.lock_dir,
     };
     if let Some(pool) = &a.pool {
         let dst_pool = a.dst_pool.as_deref().unwrap_or(pool);

@@ -34,6 +34,11 @@ pub struct ReplayOptions {
     pub limit_rate: Option<u64>,
     /// How to run `rbd` (the backup cluster).
     pub rbd: Rbd,
+    /// How long to wait for another run's lock on the archive or the target image (none:
+    /// refuse at once).
+    pub wait: Option<std::time::Duration>,
+    /// The directory of the target images' locks (default [`super::default_lock_dir`]).
+    pub lock_dir: Option<std::path::PathBuf>,
 }
 
 /// What [`replay`] did.
@@ -196,7 +201,14 @@ pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepo
     if !dir.is_dir() {
         return Err(Error::invalid("not a directory").with_file(dir));
     }
-    let _lock = crate::dirlock::lock(dir, false, crate::dirlock::Command::Replay, None)?;
+    let _lock = crate::dirlock::lock(dir, false, crate::dirlock::Command::Replay, opts.wait)?;
+    let _target_lock = super::lock_destination(
+        &opts.rbd,
+        spec,
+        opts.lock_dir.as_deref(),
+        crate::dirlock::Command::Replay,
+        opts.wait,
+    )?;
     let image = crate::archive::pick_image(dir, Some(name), opts.image.as_deref())?;
     let (graph, others) = newest_lineage(dir, &image, opts.to.as_deref())?;
     if graph.is_empty() {

@@ -38,6 +38,12 @@ pub struct SyncOptions {
     /// Also write the diff carried into this archive (the same atomic, summed file as
     /// `backup` writes; the snapshot names then carry the archive's tag).
     pub archive: Option<std::path::PathBuf>,
+    /// How long to wait for another run's lock on the destination image or the archive
+    /// (none: refuse at once).
+    pub wait: Option<std::time::Duration>,
+    /// The directory of the destination images' locks (default
+    /// [`super::default_lock_dir`]).
+    pub lock_dir: Option<PathBuf>,
 }
 
 /// What [`sync`] did.
@@ -129,6 +135,13 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
         return Err(Error::invalid("--keep-snaps must be at least 1"));
     }
     let (src, dst) = (&opts.src, &opts.dst);
+    let _dst_lock = super::lock_destination(
+        dst,
+        dst_spec,
+        opts.lock_dir.as_deref(),
+        crate::dirlock::Command::Sync,
+        opts.wait,
+    )?;
     let src_snaps = src.snapshots(src_spec)?;
     let exists = dst.exists(dst_spec)?;
     let dst_snaps = if exists {
@@ -165,6 +178,7 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
             image,
             src,
             base.as_deref(),
+            opts.wait,
             &mut warnings,
         )?),
         None => None,
@@ -388,10 +402,11 @@ impl Archive {
         image: &str,
         src: &Rbd,
         base: Option<&str>,
+        wait: Option<std::time::Duration>,
         warnings: &mut Vec<String>,
     ) -> Result<Archive> {
         std::fs::create_dir_all(dir).map_err(|e| Error::from(e).with_file(dir))?;
-        let lock = crate::dirlock::lock(dir, true, crate::dirlock::Command::Sync, None)?;
+        let lock = crate::dirlock::lock(dir, true, crate::dirlock::Command::Sync, wait)?;
         let id = crate::archive::catalog::archive_id(dir)?;
         let image_id = src.image_id(src_spec)?;
         if let Some(b) = base {
