@@ -215,8 +215,23 @@ fn sync_chain(a: Arc<Cluster>, b: Arc<Cluster>) {
     assert_eq!(a.snapshots(&img).len(), 3);
     assert_eq!(a.snapshots(&img).last(), Some(&newest));
     assert_eq!(b.snapshots(&img).len(), 4);
-    // The next sync still finds its base.
+    // The destination by prune's retention flags: --dst-keep-daily 1 keeps one snapshot of
+    // the syncs (the newest, the one just made, whatever the day) and never one named
+    // otherwise (here one made by a sync with --snap).
     scribble(&a, &img, 1000);
+    sync_cli(&a, &b, &img, &["--snap", "manual-1"]);
+    scribble(&a, &img, 1001);
+    let r = sync_cli(&a, &b, &img, &["--dst-keep-daily", "1"]);
+    let newest = r["imported"]["to_snap"].as_str().unwrap().to_string();
+    assert_eq!(
+        r["removed_destination_snapshots"].as_array().unwrap().len(),
+        4,
+        "{r}"
+    );
+    assert_eq!(b.snapshots(&img), ["manual-1", newest.as_str()]);
+    same_snapshots(&a, &b, &img);
+    // The next sync still finds its base.
+    scribble(&a, &img, 1002);
     let r = sync_cli(&a, &b, &img, &[]);
     assert_eq!(r["base"], newest.as_str(), "{r}");
     same_snapshots(&a, &b, &img);
