@@ -429,7 +429,7 @@ fn fake_rbd(dir: &Path, name: &str, import: &str) -> PathBuf {
 /// An `rbd import-diff` that dies half way, and a `sync` killed with SIGKILL mid-import,
 /// leave the destination at its previous snapshot; a rerun completes (the killed run's lock
 /// on the destination went with it). A second sync into the same image while one runs is
-/// refused, or waits.
+/// refused, or waits. A failed full import into an empty image leaves it empty.
 fn failures_roll_back(a: Arc<Cluster>, b: Arc<Cluster>) {
     let root = tempfile::tempdir().unwrap();
     let img = a.create_image_with("fl", 16 << 20, &["--object-size", "256K"]);
@@ -537,6 +537,33 @@ fn failures_roll_back(a: Arc<Cluster>, b: Arc<Cluster>) {
     let r2: serde_json::Value = serde_json::from_slice(&two.stdout).unwrap();
     assert_eq!(r2["base"], r1["imported"]["to_snap"], "{r1} {r2}");
     same_snapshots(&a, &b, &img);
+    a.remove_image(&img);
+    b.remove_image(&img);
+
+    // A full import that fails into an existing image without data or snapshots: the image
+    // is emptied again (no snapshot, no data, its size before), so nothing passes for a
+    // replica, and a rerun imports the full diff into it.
+    let img = a.create_image("empty", 4 << 20);
+    // Many short records: the import dies after writing some of them.
+    let recs: Vec<_> = (0..96).map(|i| (i * 8, 4, Some(90 + i))).collect();
+    write_records(&a, &img, &recs);
+    let spec = format!("rbd/{img}");
+    b.rbd_ok(["create", "--size", "2M", &spec]);
+    let e = sync(&spec, &spec, &opts).unwrap_err();
+    assert!(e.to_string().contains("import-diff"), "{e}");
+    assert!(b.snapshots(&img).is_empty());
+    let d = b.rbd_ok(["diff", "--format", "json", &spec]);
+    let d: serde_json::Value = serde_json::from_slice(&d.stdout).unwrap();
+    assert_eq!(d, serde_json::json!([]), "data left in {spec}");
+    assert_eq!(size_of(&b, &img), 2 << 20);
+    assert!(
+        a.snapshots(&img).is_empty(),
+        "the source snapshot made is removed"
+    );
+    let r = sync_cli(&a, &b, &img, &[]);
+    assert!(r["base"].is_null(), "{r}");
+    assert_eq!(r["created"], false, "{r}");
+    assert_eq!(same_snapshots(&a, &b, &img).len(), 1);
     a.remove_image(&img);
     b.remove_image(&img);
 }

@@ -495,6 +495,21 @@ pub(crate) fn undo_import(rbd: &Rbd, spec: &str, base: Option<&str>, to: &str, e
     }
 }
 
+/// After a failed full import into `spec`, an existing image that held neither data nor a
+/// snapshot before (its end snapshot, if made, already removed by [`undo_import`]): its
+/// HEAD emptied again by shrinking it to nothing (which removes every object) and growing it
+/// back to its `size` before, so that nothing of the import is left to pass for a replica,
+/// and a rerun finds an empty image again and imports the full diff anew.
+pub(crate) fn empty_again(rbd: &Rbd, spec: &str, size: u64, e: Error) -> Error {
+    match rbd.resize(spec, 0).and_then(|()| rbd.resize(spec, size)) {
+        Ok(()) => e,
+        Err(x) => Error::invalid(format!(
+            "{e} (and {spec}, empty before, could not be emptied again: {x}; it holds part of \
+             a full diff and no snapshot: remove it before a rerun)"
+        )),
+    }
+}
+
 /// `POOL/IMAGE` with the image name replaced by `name`.
 pub(crate) fn sibling(spec: &str, name: &str) -> String {
     match spec.rsplit_once('/') {

@@ -298,6 +298,12 @@ pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepo
         }
     };
     let files: Vec<String> = path.iter().map(|&i| graph.edges[i].file.name()).collect();
+    // An existing image without data or snapshots: its size, to empty it again should the
+    // full import fail.
+    let empty_size = match (&plan.base, fresh) {
+        (None, false) => Some(rbd.size(&into)?),
+        _ => None,
+    };
     if fresh {
         let size = graph.edges[path[0]].file.size.max(1);
         rbd.create(&into, size)?;
@@ -325,6 +331,9 @@ pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepo
                     )),
                 };
                 return Err(e);
+            }
+            if let (Some(size), true) = (empty_size, done.is_empty()) {
+                return Err(super::empty_again(rbd, &into, size, e));
             }
             if !done.is_empty() {
                 return Err(Error::invalid(format!(

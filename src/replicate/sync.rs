@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{
-    compare_with_export, copy_checked, expect_names, import_with, require_same,
+    compare_with_export, copy_checked, empty_again, expect_names, import_with, require_same,
     roll_back_if_changed, undo_import, Checked, Imported, Verify,
 };
 use crate::archive::catalog;
@@ -198,6 +198,12 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
         )));
     }
     let created = !exists;
+    // An existing image without snapshots is empty (else refused above): its size, to
+    // empty it again should the full import fail.
+    let empty_size = match (&base, exists) {
+        (None, true) => Some(dst.size(dst_spec)?),
+        _ => None,
+    };
     let mut archive = match archive {
         Some(a) => Some(a.start(image, base.as_deref(), &snap)?),
         None => None,
@@ -229,7 +235,11 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
                     )),
                 }
             } else {
-                undo_import(dst, dst_spec, base.as_deref(), &snap, e)
+                let e = undo_import(dst, dst_spec, base.as_deref(), &snap, e);
+                match empty_size {
+                    Some(size) => empty_again(dst, dst_spec, size, e),
+                    None => e,
+                }
             }
         })
     })();
