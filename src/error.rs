@@ -113,8 +113,9 @@ pub enum ErrorKind {
     /// Two diffs that do not form a chain.
     #[error("{0}")]
     ChainBreak(String),
-    /// Another run holds a conflicting lock on an archive ([`crate::dirlock`]); the message
-    /// names the archive and the holders.
+    /// Another run holds a conflicting lock on an archive ([`crate::dirlock`]), or on the
+    /// destination image of a sync or replay (`replicate::lock_destination`); the message
+    /// names the archive or image and the holders.
     #[error("{0}")]
     Locked(String),
 }

@@ -229,6 +229,20 @@ impl Rbd {
             .map(drop)
     }
 
+    /// `rbd resize --allow-shrink --size SIZE spec`.
+    pub(crate) fn resize(&self, spec: &str, size: u64) -> Result<()> {
+        let size = format!("{size}B");
+        self.run_ok(&[
+            "resize",
+            "--no-progress",
+            "--allow-shrink",
+            "--size",
+            &size,
+            spec,
+        ])
+        .map(drop)
+    }
+
     /// `rbd snap create spec@snap`.
     pub(crate) fn snap_create(&self, spec: &str, snap: &str) -> Result<()> {
         let s = format!("{spec}@{}", safe_arg("snapshot name", snap)?);

@@ -18,6 +18,12 @@ use rbddiff::replicate::{sync, SyncOptions};
 use rbddiff::workflow::Rbd;
 
 fn main() {
+    // The destination images' locks of every run, the library's and the binary's, in a
+    // directory of this test run.
+    std::env::set_var(
+        "RBDDIFF_LOCK_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-replication-locks"),
+    );
     common::live::main2(&[
         ("sync_chain", sync_chain),
         ("backup_then_replay", backup_then_replay),
@@ -209,8 +215,23 @@ fn sync_chain(a: Arc<Cluster>, b: Arc<Cluster>) {
     assert_eq!(a.snapshots(&img).len(), 3);
     assert_eq!(a.snapshots(&img).last(), Some(&newest));
     assert_eq!(b.snapshots(&img).len(), 4);
-    // The next sync still finds its base.
+    // The destination by prune's retention flags: --dst-keep-daily 1 keeps one snapshot of
+    // the syncs (the newest, the one just made, whatever the day) and never one named
+    // otherwise (here one made by a sync with --snap).
     scribble(&a, &img, 1000);
+    sync_cli(&a, &b, &img, &["--snap", "manual-1"]);
+    scribble(&a, &img, 1001);
+    let r = sync_cli(&a, &b, &img, &["--dst-keep-daily", "1"]);
+    let newest = r["imported"]["to_snap"].as_str().unwrap().to_string();
+    assert_eq!(
+        r["removed_destination_snapshots"].as_array().unwrap().len(),
+        4,
+        "{r}"
+    );
+    assert_eq!(b.snapshots(&img), ["manual-1", newest.as_str()]);
+    same_snapshots(&a, &b, &img);
+    // The next sync still finds its base.
+    scribble(&a, &img, 1002);
     let r = sync_cli(&a, &b, &img, &[]);
     assert_eq!(r["base"], newest.as_str(), "{r}");
     same_snapshots(&a, &b, &img);
@@ -406,7 +427,9 @@ fn fake_rbd(dir: &Path, name: &str, import: &str) -> PathBuf {
 }
 
 /// An `rbd import-diff` that dies half way, and a `sync` killed with SIGKILL mid-import,
-/// leave the destination at its previous snapshot; a rerun completes.
+/// leave the destination at its previous snapshot; a rerun completes (the killed run's lock
+/// on the destination went with it). A second sync into the same image while one runs is
+/// refused, or waits. A failed full import into an empty image leaves it empty.
 fn failures_roll_back(a: Arc<Cluster>, b: Arc<Cluster>) {
     let root = tempfile::tempdir().unwrap();
     let img = a.create_image_with("fl", 16 << 20, &["--object-size", "256K"]);
@@ -476,6 +499,71 @@ fn failures_roll_back(a: Arc<Cluster>, b: Arc<Cluster>) {
     let w = r["warnings"].to_string();
     assert!(w.contains("rolled back"), "{r}");
     same_snapshots(&a, &b, &img);
+
+    // Two syncs into the same destination at once: the second is refused (exit 2, naming
+    // the image) without touching either side; with --wait it waits for the first and
+    // carries its own snapshot on top.
+    let recs: Vec<_> = (0..64).map(|i| (i * 16, 16, Some(500 + i))).collect();
+    write_records(&a, &img, &recs);
+    let slow = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rbddiff"))
+            .args(["sync", &spec, &spec, "--src-conf", &ca, "--dst-conf", &cb])
+            .args(extra)
+            .env_remove("CEPH_CONF")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = slow(&["--limit-rate", "1M", "--json"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let src_during = a.snapshots(&img);
+    let err = fails(&["sync", &spec, &spec, "--src-conf", &ca, "--dst-conf", &cb]);
+    assert!(
+        err.contains("another sync or replay") && err.contains(&spec),
+        "{err}"
+    );
+    assert_eq!(
+        a.snapshots(&img),
+        src_during,
+        "the refused run made no snapshot"
+    );
+    let second = slow(&["--wait", "2m", "--json"]);
+    let one = first.wait_with_output().unwrap();
+    assert!(one.status.success(), "{one:?}");
+    let two = second.wait_with_output().unwrap();
+    assert!(two.status.success(), "{two:?}");
+    let r1: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    let r2: serde_json::Value = serde_json::from_slice(&two.stdout).unwrap();
+    assert_eq!(r2["base"], r1["imported"]["to_snap"], "{r1} {r2}");
+    same_snapshots(&a, &b, &img);
+    a.remove_image(&img);
+    b.remove_image(&img);
+
+    // A full import that fails into an existing image without data or snapshots: the image
+    // is emptied again (no snapshot, no data, its size before), so nothing passes for a
+    // replica, and a rerun imports the full diff into it.
+    let img = a.create_image("empty", 4 << 20);
+    // Many short records: the import dies after writing some of them.
+    let recs: Vec<_> = (0..96).map(|i| (i * 8, 4, Some(90 + i))).collect();
+    write_records(&a, &img, &recs);
+    let spec = format!("rbd/{img}");
+    b.rbd_ok(["create", "--size", "2M", &spec]);
+    let e = sync(&spec, &spec, &opts).unwrap_err();
+    assert!(e.to_string().contains("import-diff"), "{e}");
+    assert!(b.snapshots(&img).is_empty());
+    let d = b.rbd_ok(["diff", "--format", "json", &spec]);
+    let d: serde_json::Value = serde_json::from_slice(&d.stdout).unwrap();
+    assert_eq!(d, serde_json::json!([]), "data left in {spec}");
+    assert_eq!(size_of(&b, &img), 2 << 20);
+    assert!(
+        a.snapshots(&img).is_empty(),
+        "the source snapshot made is removed"
+    );
+    let r = sync_cli(&a, &b, &img, &[]);
+    assert!(r["base"].is_null(), "{r}");
+    assert_eq!(r["created"], false, "{r}");
+    assert_eq!(same_snapshots(&a, &b, &img).len(), 1);
     a.remove_image(&img);
     b.remove_image(&img);
 }

@@ -134,8 +134,9 @@ pub struct RbdArgs {
 /// `--wait`, for the commands that lock an archive.
 #[derive(clap::Args, Debug)]
 pub struct WaitArgs {
-    /// When another run holds the archive's lock, wait for it up to DURATION (e.g. 30s, 5m)
-    /// instead of failing at once (exit 2, naming the holder).
+    /// When another run holds the archive's lock (sync and replay: or the destination
+    /// image's), wait for it up to DURATION (e.g. 30s, 5m) instead of failing at once (exit
+    /// 2, naming the holder).
     #[arg(long, value_name = "DURATION")]
     wait: Option<String>,
 }

@@ -49,6 +49,11 @@ pub struct Args {
     from_image: Option<String>,
     #[command(flatten)]
     cluster: super::RbdArgs,
+    /// The directory of the target images' locks (as for sync).
+    #[arg(long, value_name = "DIR")]
+    lock_dir: Option<PathBuf>,
+    #[command(flatten)]
+    wait: super::WaitArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -64,6 +69,8 @@ pub fn run(a: Args) -> Result<Status> {
         verify: a.verify,
         limit_rate: a.limit_rate,
         rbd: a.cluster.into(),
+        wait: a.wait.get()?,
+        lock_dir: a.lock_dir,
     };
     let r = replay(&a.dir, &a.image, &opts)?;
     super::print_report(a.json, &r, |out| {

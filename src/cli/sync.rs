@@ -1,5 +1,6 @@
 //! `rbddiff sync`.
 
+use rbddiff::archive::policy::Policy;
 use rbddiff::replicate::{sync, sync_pool, Checked, SyncOptions, Verify};
 use rbddiff::workflow::Rbd;
 use rbddiff::Result;
@@ -61,13 +62,46 @@ pub struct Args {
     /// source (the one just made, the newest common one, is always kept).
     #[arg(long, value_name = "K")]
     keep_snaps: Option<usize>,
-    /// The same for the destination's snapshots.
-    #[arg(long, value_name = "K")]
-    dst_keep_snaps: Option<usize>,
+    /// Afterwards keep only the newest N snapshots syncs to this destination made on it
+    /// (prune's retention flags, by the time in the snapshots' names; the newest common
+    /// snapshot is always kept; other snapshots are never removed). `--dst-keep-snaps N` is
+    /// the same flag.
+    #[arg(
+        long,
+        value_name = "N",
+        visible_alias = "dst-keep-snaps",
+        default_value_t = 0
+    )]
+    dst_keep_last: usize,
+    /// Keep the newest destination snapshot of each of the N newest hours (UTC).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    dst_keep_hourly: usize,
+    /// The same by days (UTC).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    dst_keep_daily: usize,
+    /// The same by ISO weeks (Monday to Sunday, UTC).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    dst_keep_weekly: usize,
+    /// The same by months (UTC).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    dst_keep_monthly: usize,
+    /// The same by years (UTC).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    dst_keep_yearly: usize,
+    /// Keep every destination snapshot newer than the newest one's time minus DURATION.
+    #[arg(long, value_name = "DURATION")]
+    dst_keep_within: Option<String>,
     /// Also write the diff carried into this backup directory (the same atomic, summed file
     /// as `backup` writes; with --pool, into DIR/IMAGE).
     #[arg(long, value_name = "DIR")]
     archive: Option<std::path::PathBuf>,
+    /// The directory of the destination images' locks: a second sync or replay into the
+    /// same image is refused (or, with --wait, waits). Default: $RBDDIFF_LOCK_DIR, else
+    /// $XDG_STATE_HOME/rbddiff/locks, else ~/.local/state/rbddiff/locks.
+    #[arg(long, value_name = "DIR")]
+    lock_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    wait: super::WaitArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -106,8 +140,22 @@ pub fn run(a: Args) -> Result<Status> {
         verify: a.verify,
         limit_rate: a.limit_rate,
         keep_snaps: a.keep_snaps,
-        dst_keep_snaps: a.dst_keep_snaps,
+        dst_keep: Policy {
+            last: a.dst_keep_last,
+            hourly: a.dst_keep_hourly,
+            daily: a.dst_keep_daily,
+            weekly: a.dst_keep_weekly,
+            monthly: a.dst_keep_monthly,
+            yearly: a.dst_keep_yearly,
+            within: a
+                .dst_keep_within
+                .as_deref()
+                .map(rbddiff::archive::listing::parse_duration)
+                .transpose()?,
+        },
         archive: a.archive,
+        wait: a.wait.get()?,
+        lock_dir: a.lock_dir,
     };
     if let Some(pool) = &a.pool {
         let dst_pool = a.dst_pool.as_deref().unwrap_or(pool);

@@ -19,6 +19,12 @@
 //! After each import the replica is checked ([`Verify`]): by default its own export-diff
 //! between the same two snapshots is compared with what was sent ([`compare`]); `Full`
 //! compares the sha256 of the whole snapshot on both sides.
+//!
+//! A sync or replay holds an exclusive lock on its destination image for the whole run
+//! ([`lock_destination`]): a second run into the same image (of the same cluster) is
+//! refused, or waits. The lock is a `flock` ([`crate::dirlock`]) in a local lock directory,
+//! not an `rbd lock` on the image: a run that is killed releases it, so that a rerun can
+//! complete; it therefore keeps apart only runs that share that directory (one host).
 
 mod check;
 pub mod compare;
@@ -31,13 +37,58 @@ use std::sync::mpsc;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::rbd::{collect_stderr, is_broken_pipe, rbd_failed, Rbd};
 
 pub use check::{verify_replica, ReplicaOptions, ReplicaReport};
 pub use pool::{glob_match, sync_pool, PoolEntry, PoolReport};
 pub use replay::{plan_replay, replay, ReplayOptions, ReplayPlan, ReplayReport};
-pub use sync::{plan_sync, sync, SyncOptions, SyncReport};
+pub use sync::{plan_sync, sync, sync_tag, SyncOptions, SyncReport};
+
+/// The directory of the destination images' locks when none is given:
+/// `$RBDDIFF_LOCK_DIR`, else `$XDG_STATE_HOME/rbddiff/locks`, else
+/// `$HOME/.local/state/rbddiff/locks`, else `rbddiff-locks` in the temporary directory.
+pub fn default_lock_dir() -> std::path::PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(d) = var("RBDDIFF_LOCK_DIR") {
+        return d.into();
+    }
+    if let Some(d) = var("XDG_STATE_HOME") {
+        return std::path::PathBuf::from(d).join("rbddiff/locks");
+    }
+    match var("HOME") {
+        Some(h) => std::path::PathBuf::from(h).join(".local/state/rbddiff/locks"),
+        None => std::env::temp_dir().join("rbddiff-locks"),
+    }
+}
+
+/// Locks the destination image `spec` of the cluster `rbd` for `command` (exclusively),
+/// waiting up to `wait` for another run's lock: the lock file of the subdirectory
+/// `image-TAG` of `lock_dir` (default [`default_lock_dir`]), TAG the first 16 digits of
+/// [`sync_tag`] of the cluster's fsid and `spec`.
+///
+/// # Errors
+/// Another run holds it ([`ErrorKind::Locked`], naming `spec` and the holder); the lock
+/// directory cannot be created; the cluster's fsid cannot be asked for.
+pub fn lock_destination(
+    rbd: &Rbd,
+    spec: &str,
+    lock_dir: Option<&std::path::Path>,
+    command: crate::dirlock::Command,
+    wait: Option<std::time::Duration>,
+) -> Result<crate::dirlock::DirLock> {
+    let tag = sync_tag(rbd.fsid()?.as_deref(), spec);
+    let dir = lock_dir
+        .map_or_else(default_lock_dir, std::path::Path::to_path_buf)
+        .join(format!("image-{}", &tag[..16]));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::from(e).with_file(&dir))?;
+    crate::dirlock::lock(&dir, true, command, wait).map_err(|e| match e.kind() {
+        ErrorKind::Locked(m) => Error::new(ErrorKind::Locked(format!(
+            "{spec}: another sync or replay into this image is running ({m})"
+        ))),
+        _ => e,
+    })
+}
 
 /// How a replica is checked after each import.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -441,6 +492,21 @@ pub(crate) fn undo_import(rbd: &Rbd, spec: &str, base: Option<&str>, to: &str, e
         e
     } else {
         Error::invalid(format!("{e} ({})", also.join("; ")))
+    }
+}
+
+/// After a failed full import into `spec`, an existing image that held neither data nor a
+/// snapshot before (its end snapshot, if made, already removed by [`undo_import`]): its
+/// HEAD emptied again by shrinking it to nothing (which removes every object) and growing it
+/// back to its `size` before, so that nothing of the import is left to pass for a replica,
+/// and a rerun finds an empty image again and imports the full diff anew.
+pub(crate) fn empty_again(rbd: &Rbd, spec: &str, size: u64, e: Error) -> Error {
+    match rbd.resize(spec, 0).and_then(|()| rbd.resize(spec, size)) {
+        Ok(()) => e,
+        Err(x) => Error::invalid(format!(
+            "{e} (and {spec}, empty before, could not be emptied again: {x}; it holds part of \
+             a full diff and no snapshot: remove it before a rerun)"
+        )),
     }
 }
 

@@ -34,6 +34,11 @@ pub struct ReplayOptions {
     pub limit_rate: Option<u64>,
     /// How to run `rbd` (the backup cluster).
     pub rbd: Rbd,
+    /// How long to wait for another run's lock on the archive or the target image (none:
+    /// refuse at once).
+    pub wait: Option<std::time::Duration>,
+    /// The directory of the target images' locks (default [`super::default_lock_dir`]).
+    pub lock_dir: Option<std::path::PathBuf>,
 }
 
 /// What [`replay`] did.
@@ -196,7 +201,14 @@ pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepo
     if !dir.is_dir() {
         return Err(Error::invalid("not a directory").with_file(dir));
     }
-    let _lock = crate::dirlock::lock(dir, false, crate::dirlock::Command::Replay, None)?;
+    let _lock = crate::dirlock::lock(dir, false, crate::dirlock::Command::Replay, opts.wait)?;
+    let _target_lock = super::lock_destination(
+        &opts.rbd,
+        spec,
+        opts.lock_dir.as_deref(),
+        crate::dirlock::Command::Replay,
+        opts.wait,
+    )?;
     let image = crate::archive::pick_image(dir, Some(name), opts.image.as_deref())?;
     let (graph, others) = newest_lineage(dir, &image, opts.to.as_deref())?;
     if graph.is_empty() {
@@ -286,6 +298,12 @@ pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepo
         }
     };
     let files: Vec<String> = path.iter().map(|&i| graph.edges[i].file.name()).collect();
+    // An existing image without data or snapshots: its size, to empty it again should the
+    // full import fail.
+    let empty_size = match (&plan.base, fresh) {
+        (None, false) => Some(rbd.size(&into)?),
+        _ => None,
+    };
     if fresh {
         let size = graph.edges[path[0]].file.size.max(1);
         rbd.create(&into, size)?;
@@ -313,6 +331,9 @@ pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepo
                     )),
                 };
                 return Err(e);
+            }
+            if let (Some(size), true) = (empty_size, done.is_empty()) {
+                return Err(super::empty_again(rbd, &into, size, e));
             }
             if !done.is_empty() {
                 return Err(Error::invalid(format!(

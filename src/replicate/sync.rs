@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{
-    compare_with_export, copy_checked, expect_names, import_with, require_same,
+    compare_with_export, copy_checked, empty_again, expect_names, import_with, require_same,
     roll_back_if_changed, undo_import, Checked, Imported, Verify,
 };
 use crate::archive::catalog;
-use crate::archive::names::{default_snap_name, file_name, is_own_snap};
+use crate::archive::names::{default_snap_name, file_name, is_own_snap, parse_snap_name};
+use crate::archive::policy::{self, Policy};
 use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::rbd::{collect_stderr, image_name, is_broken_pipe, rbd_failed, safe_arg, Rbd};
@@ -33,11 +34,20 @@ pub struct SyncOptions {
     /// Afterwards keep only the newest K snapshots this sync made on the source (by their
     /// names' tag); the newest common snapshot (the one just made) is always kept.
     pub keep_snaps: Option<usize>,
-    /// The same on the destination.
-    pub dst_keep_snaps: Option<usize>,
+    /// Afterwards remove the destination's snapshots that syncs to it made (by their names'
+    /// tag) and this retention policy does not keep, by the time in their names (UTC, when
+    /// the snapshot was made on the source); the newest common snapshot (the one just made)
+    /// is always kept. An empty policy removes nothing. See [`destination_snaps_to_remove`].
+    pub dst_keep: Policy,
     /// Also write the diff carried into this archive (the same atomic, summed file as
     /// `backup` writes; the snapshot names then carry the archive's tag).
     pub archive: Option<std::path::PathBuf>,
+    /// How long to wait for another run's lock on the destination image or the archive
+    /// (none: refuse at once).
+    pub wait: Option<std::time::Duration>,
+    /// The directory of the destination images' locks (default
+    /// [`super::default_lock_dir`]).
+    pub lock_dir: Option<PathBuf>,
 }
 
 /// What [`sync`] did.
@@ -57,7 +67,7 @@ pub struct SyncReport {
     pub archive_file: Option<String>,
     /// Snapshots removed by `keep_snaps` on the source.
     pub removed_source_snapshots: Vec<String>,
-    /// Snapshots removed by `dst_keep_snaps` on the destination.
+    /// Snapshots removed by `dst_keep` on the destination.
     pub removed_destination_snapshots: Vec<String>,
     /// Things said on the way (a HEAD rolled back, a snapshot not removed).
     pub warnings: Vec<String>,
@@ -125,10 +135,17 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
             return Err(Error::invalid(format!("bad snapshot name '{s}'")));
         }
     }
-    if opts.keep_snaps == Some(0) || opts.dst_keep_snaps == Some(0) {
+    if opts.keep_snaps == Some(0) {
         return Err(Error::invalid("--keep-snaps must be at least 1"));
     }
     let (src, dst) = (&opts.src, &opts.dst);
+    let _dst_lock = super::lock_destination(
+        dst,
+        dst_spec,
+        opts.lock_dir.as_deref(),
+        crate::dirlock::Command::Sync,
+        opts.wait,
+    )?;
     let src_snaps = src.snapshots(src_spec)?;
     let exists = dst.exists(dst_spec)?;
     let dst_snaps = if exists {
@@ -165,6 +182,7 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
             image,
             src,
             base.as_deref(),
+            opts.wait,
             &mut warnings,
         )?),
         None => None,
@@ -180,6 +198,12 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
         )));
     }
     let created = !exists;
+    // An existing image without snapshots is empty (else refused above): its size, to
+    // empty it again should the full import fail.
+    let empty_size = match (&base, exists) {
+        (None, true) => Some(dst.size(dst_spec)?),
+        _ => None,
+    };
     let mut archive = match archive {
         Some(a) => Some(a.start(image, base.as_deref(), &snap)?),
         None => None,
@@ -211,7 +235,11 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
                     )),
                 }
             } else {
-                undo_import(dst, dst_spec, base.as_deref(), &snap, e)
+                let e = undo_import(dst, dst_spec, base.as_deref(), &snap, e);
+                match empty_size {
+                    Some(size) => empty_again(dst, dst_spec, size, e),
+                    None => e,
+                }
             }
         })
     })();
@@ -242,9 +270,15 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
         report.removed_source_snapshots =
             keep_snaps(src, src_spec, &snap, &tag, k, &mut report.warnings);
     }
-    if let Some(k) = opts.dst_keep_snaps {
-        report.removed_destination_snapshots =
-            keep_snaps(dst, dst_spec, &snap, &tag, k, &mut report.warnings);
+    if !opts.dst_keep.is_empty() {
+        report.removed_destination_snapshots = dst_keep(
+            dst,
+            dst_spec,
+            &snap,
+            &tag,
+            &opts.dst_keep,
+            &mut report.warnings,
+        );
     }
     Ok(report)
 }
@@ -388,10 +422,11 @@ impl Archive {
         image: &str,
         src: &Rbd,
         base: Option<&str>,
+        wait: Option<std::time::Duration>,
         warnings: &mut Vec<String>,
     ) -> Result<Archive> {
         std::fs::create_dir_all(dir).map_err(|e| Error::from(e).with_file(dir))?;
-        let lock = crate::dirlock::lock(dir, true, crate::dirlock::Command::Sync, None)?;
+        let lock = crate::dirlock::lock(dir, true, crate::dirlock::Command::Sync, wait)?;
         let id = crate::archive::catalog::archive_id(dir)?;
         let image_id = src.image_id(src_spec)?;
         if let Some(b) = base {
@@ -502,9 +537,130 @@ fn keep_snaps(
     removed
 }
 
+/// The snapshots of the destination (`snaps`, oldest first) that the retention `policy`
+/// removes: of those named with `tag` (made by syncs to this destination, see
+/// [`sync_tag`]), the ones the policy does not keep ([`policy::select`]), by the UTC time
+/// their names carry (when the snapshot was made on the source; `rbd snap ls` gives the
+/// time it was imported, in the rbd client's local time zone). `keep` (the newest common
+/// snapshot) and every other snapshot (not made by a sync, or with a time that does not
+/// parse) are never removed; the newest of the tagged ones is always kept.
+pub fn destination_snaps_to_remove(
+    snaps: &[String],
+    tag: &str,
+    keep: &str,
+    policy: &Policy,
+) -> Vec<String> {
+    let ours: Vec<policy::Snap> = snaps
+        .iter()
+        .filter(|n| is_own_snap(n, tag))
+        .filter_map(|n| {
+            let time = crate::utc::parse_stamp(parse_snap_name(n)?.1)?;
+            Some(policy::Snap {
+                name: n.clone(),
+                time,
+            })
+        })
+        .collect();
+    let kept = policy::select(policy, &ours);
+    ours.into_iter()
+        .map(|s| s.name)
+        .filter(|n| n != keep && !kept.contains_key(n))
+        .collect()
+}
+
+/// Removes the snapshots of the destination `spec` that [`destination_snaps_to_remove`]
+/// names. What fails is a warning.
+fn dst_keep(
+    rbd: &Rbd,
+    spec: &str,
+    keep: &str,
+    tag: &str,
+    policy: &Policy,
+    warnings: &mut Vec<String>,
+) -> Vec<String> {
+    let snaps = match rbd.snapshots(spec) {
+        Ok(s) => s.into_iter().map(|(_, n)| n).collect::<Vec<_>>(),
+        Err(e) => {
+            warnings.push(format!("--dst-keep-*: {e}"));
+            return Vec::new();
+        }
+    };
+    let mut removed = Vec::new();
+    for name in destination_snaps_to_remove(&snaps, tag, keep, policy) {
+        match rbd.snap_rm(spec, &name) {
+            Ok(()) => removed.push(name),
+            Err(e) => warnings.push(format!("could not remove snapshot {spec}@{name}: {e}")),
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sync's snapshot name of tag `t` made at `stamp` (`YYYYmmddTHHMMSS`).
+    fn named(t: &str, stamp: &str) -> String {
+        format!("rbddiff-{}-{stamp}.000000001Z", &t[..8])
+    }
+
+    #[test]
+    fn destination_retention_removes_only_what_the_policy_drops() {
+        let tag = sync_tag(Some("f"), "rbd/a");
+        let other = sync_tag(Some("g"), "rbd/a");
+        // Two a day for four days, oldest first, with others' snapshots between.
+        let mut snaps = vec!["manual".to_string(), named(&other, "20261101T000000")];
+        for day in 1..=4 {
+            for hour in ["01", "13"] {
+                snaps.push(named(&tag, &format!("2026110{day}T{hour}0000")));
+            }
+        }
+        snaps.push(format!("rbddiff-{}-garbageZ", &tag[..8]));
+        let newest = snaps[snaps.len() - 2].clone();
+        let daily = Policy {
+            daily: 2,
+            ..Policy::default()
+        };
+        let gone = destination_snaps_to_remove(&snaps, &tag, &newest, &daily);
+        // Kept: the newest of days 4 and 3; removed: the rest of ours, oldest first.
+        let expect: Vec<String> = [
+            "20261101T010000",
+            "20261101T130000",
+            "20261102T010000",
+            "20261102T130000",
+            "20261103T010000",
+            "20261104T010000",
+        ]
+        .iter()
+        .map(|s| named(&tag, s))
+        .collect();
+        assert_eq!(gone, expect);
+        // keep-last 3 and keep-within 1d (relative to the newest): the union.
+        let p = Policy {
+            last: 3,
+            within: Some(std::time::Duration::from_secs(86_400)),
+            ..Policy::default()
+        };
+        let gone = destination_snaps_to_remove(&snaps, &tag, &newest, &p);
+        assert_eq!(gone.len(), 5, "{gone:?}");
+        assert!(!gone.contains(&named(&tag, "20261103T130000")), "{gone:?}");
+        // The newest common snapshot is never removed, even when the policy would.
+        let base = named(&tag, "20261102T010000");
+        let last = Policy {
+            last: 1,
+            ..Policy::default()
+        };
+        let gone = destination_snaps_to_remove(&snaps, &tag, &base, &last);
+        assert_eq!(gone.len(), 6, "{gone:?}");
+        assert!(!gone.contains(&base) && !gone.contains(&newest), "{gone:?}");
+        // Never another's snapshot, nor one whose time does not parse.
+        for p in [&daily, &p, &last] {
+            let gone = destination_snaps_to_remove(&snaps, &tag, &newest, p);
+            assert!(gone
+                .iter()
+                .all(|n| is_own_snap(n, &tag) && n.ends_with("1Z")));
+        }
+    }
 
     fn s(v: &[(u64, &str)]) -> Vec<(u64, String)> {
         v.iter().map(|(i, n)| (*i, n.to_string())).collect()
