@@ -1446,11 +1446,18 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
     // compressed full diff, with the time of s2's backup; the periodic full at s3 stays.
     let mtime = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
-    // (Keep-last is by backup time: the older snapshots are older by time too.)
-    for (k, p) in chain[..3].iter().enumerate() {
+    // (Keep-last is by backup time, here the files' times: s0..s5 a minute apart, s2 at
+    // `old`, the periodic full at s3 as old as the incremental to s3.)
+    let minute = std::time::Duration::from_secs(60);
+    for (k, p) in chain.iter().chain([&full3]).enumerate() {
+        let k = if k == chain.len() { 3 } else { k as u32 };
+        let at = if k < 2 {
+            old - minute * (2 - k)
+        } else {
+            old + minute * (k - 2)
+        };
         let f = fs::File::options().write(true).open(p).unwrap();
-        f.set_modified(old - std::time::Duration::from_secs(60 * (2 - k as u64)))
-            .unwrap();
+        f.set_modified(at).unwrap();
     }
     let r = until_free(|| prune(&dir, "vm", 4, false, &mut |_, _| {}));
     assert_eq!(mtime(&dir.join("vm@s2.full.diff.zst")), old);
@@ -1513,6 +1520,9 @@ fn prune_keeps_the_newest_snapshots_of_a_graph_with_a_periodic_full() {
     assert!(e.contains("vm@s2..s3.diff") && e.contains("sums"), "{e}");
     assert_eq!(contents(&dir), before);
     fs::write(&s23, good).unwrap();
+    // Its backup time (the file's time) is s3's again, not the rewrite's.
+    let f = fs::File::options().write(true).open(&s23).unwrap();
+    f.set_modified(old + minute).unwrap();
 
     // A dry run of keep 2 prints the plan and changes nothing.
     let (_, path4) = restore_snap(&dir, &work, "s4");
