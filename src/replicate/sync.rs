@@ -37,7 +37,7 @@ pub struct SyncOptions {
     /// Afterwards remove the destination's snapshots that syncs to it made (by their names'
     /// tag) and this retention policy does not keep, by the time in their names (UTC, when
     /// the snapshot was made on the source); the newest common snapshot (the one just made)
-    /// is always kept. An empty policy removes nothing. See [`destination_snaps_to_remove`].
+    /// is always kept. An empty policy removes nothing. See `destination_snaps_to_remove`.
     pub dst_keep: Policy,
     /// Also write the diff carried into this archive (the same atomic, summed file as
     /// `backup` writes; the snapshot names then carry the archive's tag).
