@@ -16,7 +16,6 @@ fuzz_target!(|data: &[u8]| {
     }
     let (head, rest) = data.split_at(9);
     let v2 = head[0] & 1 == 1;
-    let force_chain = head[0] & 2 == 2;
     let three = head[0] & 4 == 4;
     let len = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
     let cut1 = len(&head[1..5]).min(rest.len());
@@ -36,8 +35,8 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let opts = MergeOptions {
         version: if v2 { Version::V2 } else { Version::V1 },
-        force_chain,
         sums: false,
+        ..MergeOptions::default()
     };
     let Ok(p) = plan(&inputs, &opts) else {
         return;
