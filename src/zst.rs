@@ -592,7 +592,13 @@ pub fn decode_index(body: &[u8]) -> Result<ArchiveIndex> {
         )));
     }
     let raw_len = usize::try_from(raw_len).map_err(|_| d.err())?;
-    let content = zstd::bulk::decompress(&data[d.pos..], raw_len)
+    // Decompressed as a stream into a buffer that grows with what really comes out: the
+    // length the index claims is never allocated up front.
+    let mut content = Vec::new();
+    zstd::stream::read::Decoder::with_buffer(&data[d.pos..])
+        .and_then(|dec| {
+            std::io::Read::take(dec, (raw_len as u64).saturating_add(1)).read_to_end(&mut content)
+        })
         .map_err(|e| bad_archive(format!("record index does not decompress: {e}")))?;
     if content.len() != raw_len {
         return Err(bad_archive("record index is shorter than it says"));
