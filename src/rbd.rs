@@ -32,6 +32,17 @@ impl Default for Rbd {
     }
 }
 
+impl Rbd {
+    /// The `rbd` on `PATH`, connecting with `-c CONF` and `--id USER` when given.
+    pub fn connect(conf: Option<PathBuf>, id: Option<String>) -> Rbd {
+        Rbd {
+            conf,
+            id,
+            ..Rbd::default()
+        }
+    }
+}
+
 /// What an `rbd` call printed and how it ended.
 pub(crate) struct Ran {
     pub(crate) ok: bool,

@@ -153,11 +153,7 @@ impl WaitArgs {
 
 impl From<RbdArgs> for rbddiff::workflow::Rbd {
     fn from(a: RbdArgs) -> Self {
-        rbddiff::workflow::Rbd {
-            conf: a.conf,
-            id: a.id,
-            ..Self::default()
-        }
+        rbddiff::workflow::Rbd::connect(a.conf, a.id)
     }
 }
 

@@ -126,16 +126,8 @@ pub fn check_text(c: &Checked) -> String {
 
 pub fn run(a: Args) -> Result<Status> {
     let opts = SyncOptions {
-        src: Rbd {
-            conf: a.src_conf,
-            id: a.src_id,
-            ..Rbd::default()
-        },
-        dst: Rbd {
-            conf: a.dst_conf,
-            id: a.dst_id,
-            ..Rbd::default()
-        },
+        src: Rbd::connect(a.src_conf, a.src_id),
+        dst: Rbd::connect(a.dst_conf, a.dst_id),
         snap: a.snap,
         verify: a.verify,
         limit_rate: a.limit_rate,

@@ -82,16 +82,8 @@ fn run_replica(a: Args) -> Result<Status> {
         ));
     };
     let opts = ReplicaOptions {
-        src: Rbd {
-            conf: a.src_conf,
-            id: a.src_id,
-            ..Rbd::default()
-        },
-        dst: Rbd {
-            conf: a.dst_conf,
-            id: a.dst_id,
-            ..Rbd::default()
-        },
+        src: Rbd::connect(a.src_conf, a.src_id),
+        dst: Rbd::connect(a.dst_conf, a.dst_id),
         snap: a.snap,
         verify: a.replica_check,
     };
