@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use super::map::{Builder, Ext, Map, MEM_EXTENTS};
 use super::{Export, STATE_HOLE, STATE_ZERO};
 use crate::error::{Error, Result};
-use crate::merge::{merge_input, open_input, plan, MergeInput, MergeOptions};
+use crate::merge::{merge_input, open_input, plan, MergeInput, MergeOptions, Source};
 use crate::zst::FrameEntry;
 
 /// The bytes of decompressed frames a view keeps.
@@ -100,7 +100,7 @@ impl ChainView {
             .iter()
             .map(|p| open_input(&p.as_ref().to_string_lossy()))
             .collect::<Result<Vec<_>>>()?;
-        let (map, meta) = {
+        let (map, meta, frames) = {
             let mis = inputs
                 .iter()
                 .map(merge_input)
@@ -117,7 +117,15 @@ impl ChainView {
                     });
                 }
             })?;
-            (map.finish()?, p.metadata().clone())
+            // The seek table of each archive the plan read, taken from the archive as opened.
+            let frames = mis
+                .iter()
+                .map(|m| match &m.source {
+                    Source::Archive(a) => Some(a.frames().to_vec()),
+                    _ => None,
+                })
+                .collect();
+            (map.finish()?, p.metadata().clone(), frames)
         };
         let files = inputs
             .iter()
@@ -126,15 +134,6 @@ impl ChainView {
                     Error::invalid("internal: input not mapped").with_file(i.name())
                 })?;
                 Ok((i.name().to_string(), f.try_clone()?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let frames = inputs
-            .iter()
-            .map(|i| {
-                Ok(match (i.archive()?, i.raw_bytes()) {
-                    (Some(_), Some(raw)) => crate::zst::parse_seek_table(raw)?.map(|(f, _)| f),
-                    _ => None,
-                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(ChainView {
