@@ -76,6 +76,8 @@ fn unavailable(why: &str) -> Option<Cluster> {
 /// instead, a watchdog left by the harness stops the daemons within ~1 s.
 pub struct Cluster {
     conf: PathBuf,
+    /// The S3 gateway's `AWS_*` variables, once [`Cluster::start_gateway`] has run.
+    s3_env: Vec<(String, String)>,
     counter: AtomicU64,
     stopped: bool,
     // Declared last: removed only after `Drop::drop` has stopped the daemons.
@@ -146,10 +148,90 @@ impl Cluster {
         );
         Ok(Cluster {
             conf,
+            s3_env: Vec::new(),
             counter: AtomicU64::new(0),
             stopped: false,
             dir,
         })
+    }
+
+    /// Starts an S3 gateway (radosgw on 127.0.0.1, one user) on this cluster; afterwards
+    /// [`Cluster::s3_env`] holds the variables a client needs. Says why when radosgw is not
+    /// installed or does not start.
+    pub fn start_gateway(&mut self) -> Result<(), String> {
+        if which("radosgw").is_none() {
+            return Err("radosgw is not installed (apt-get install radosgw)".to_string());
+        }
+        let t0 = std::time::Instant::now();
+        let out = Command::new("bash")
+            .arg(harness_script())
+            .arg("rgw")
+            .arg(self.dir.path())
+            .env_remove("CEPH_ARGS")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("run tests/harness/ceph-cluster.sh rgw: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "the S3 gateway did not start ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        self.s3_env = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export AWS_"))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (format!("AWS_{k}"), v.to_string()))
+            .collect();
+        if self.s3_env.is_empty() {
+            return Err("the S3 gateway started but printed no AWS_ variables".to_string());
+        }
+        eprintln!("S3 gateway up in {:.1} s", t0.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// The gateway's `AWS_*` variables (endpoint, keys, region, `AWS_ALLOW_HTTP`); empty
+    /// before [`Cluster::start_gateway`].
+    pub fn s3_env(&self) -> &[(String, String)] {
+        &self.s3_env
+    }
+
+    /// One of the gateway's variables, e.g. `s3_var("AWS_ENDPOINT_URL")`.
+    pub fn s3_var(&self, name: &str) -> &str {
+        self.s3_env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{name}: no S3 gateway started"))
+    }
+
+    /// Creates a bucket named from `prefix` (made unique; returned) on the gateway, with a
+    /// signed `PUT` from curl. Panics on failure.
+    pub fn create_bucket(&self, prefix: &str) -> String {
+        let name = self.unique_name(prefix).to_lowercase();
+        let out = Command::new("curl")
+            .args(["-s", "-S", "-f", "-X", "PUT", "--aws-sigv4"])
+            .arg(format!("aws:amz:{}:s3", self.s3_var("AWS_REGION")))
+            .arg("--user")
+            .arg(format!(
+                "{}:{}",
+                self.s3_var("AWS_ACCESS_KEY_ID"),
+                self.s3_var("AWS_SECRET_ACCESS_KEY")
+            ))
+            // curl 7.88 signs wrongly without it, and the gateway answers SignatureDoesNotMatch.
+            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+            .arg(format!("{}/{name}", self.s3_var("AWS_ENDPOINT_URL")))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run curl");
+        assert!(
+            out.status.success(),
+            "create bucket {name} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        name
     }
 
     /// The cluster's ceph.conf (what `CEPH_CONF` must point at).

@@ -29,6 +29,22 @@ pub fn main(suites: &[Suite]) -> ! {
     run(args, cluster, suites, |suite, c| suite(c))
 }
 
+/// Runs `suites` against one cluster that also runs an S3 gateway
+/// ([`Cluster::start_gateway`]), and exits with the result. Without radosgw the suites are
+/// ignored, or fail under `RBDDIFF_REQUIRE_CEPH=1`, as without Ceph.
+pub fn main_gateway(suites: &[Suite]) -> ! {
+    let args = Arguments::from_args();
+    let cluster = if args.list {
+        Err("listing only".to_string())
+    } else {
+        Cluster::try_start().and_then(|mut c| {
+            c.start_gateway()?;
+            Ok(Arc::new(c))
+        })
+    };
+    run(args, cluster, suites, |suite, c| suite(c))
+}
+
 /// Runs `suites` against two independent clusters (their own ports, fsids and state), started
 /// side by side, and exits with the result.
 pub fn main2(suites: &[Suite2]) -> ! {

@@ -14,6 +14,7 @@ pub mod gen;
 pub mod live;
 pub mod manifest;
 pub mod model;
+pub mod schema;
 
 /// Says on the real stderr (not captured by the test harness, so it is seen even when the
 /// test passes) that the running test could not do its work, and why. Tests that need Ceph

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# ceph-cluster.sh start DIR | stop DIR | env DIR
+# ceph-cluster.sh start DIR | rgw DIR | stop DIR | env DIR
 #
 # A throw-away single-node Ceph cluster for live tests: 1 mon + 1 memstore OSD,
 # bound to 127.0.0.1 only, auth none, pool `rbd`. All state lives under DIR.
 #
 #   start  bring the cluster up (or find it already up) and print
 #          `export CEPH_CONF=...` on stdout; progress goes to stderr
+#   rgw    on a started cluster, start an S3 gateway (radosgw, 127.0.0.1 only)
+#          with one user, and print its `export AWS_...=...` lines (endpoint,
+#          keys, region, AWS_ALLOW_HTTP=true)
 #   env    print the export lines again (exit 1 if the cluster is not up)
-#   stop   stop the daemons (OSD first, then mon) and wipe the cluster state
-#          in DIR, keeping DIR/log
+#   stop   stop the daemons (gateway, OSD, then mon) and wipe the cluster
+#          state in DIR, keeping DIR/log
 #
 # Only PIDs this script recorded in DIR/pids/ are ever signalled, and only if
 # /proc/PID/exe is still a ceph daemon. Knobs: CEPH_START_TIMEOUT (s, default
@@ -16,7 +19,7 @@
 # cluster once process PID is gone (so a killed test run leaks no daemons).
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop|env DIR" >&2; exit 2; }
+usage() { echo "usage: $0 start|rgw|stop|env DIR" >&2; exit 2; }
 [ $# -eq 2 ] || usage
 CMD=$1
 mkdir -p "$2"
@@ -36,7 +39,11 @@ running() {
 daemon_up() { running "$(pid_of "$1" || true)"; }
 is_up() { [ -f "$DIR/READY" ] && daemon_up mon.a && daemon_up osd.0; }
 
-print_env() { echo "export CEPH_CONF=$DIR/ceph.conf"; }
+print_env() {
+  echo "export CEPH_CONF=$DIR/ceph.conf"
+  [ -f "$DIR/rgw.env" ] && cat "$DIR/rgw.env"
+  return 0
+}
 
 stop_one() {
   local name=$1 pid exe i
@@ -44,7 +51,7 @@ stop_one() {
   running "$pid" || return 0
   exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
   case "$exe" in
-    */ceph-mon | */ceph-osd) ;;
+    */ceph-mon | */ceph-osd | */radosgw) ;;
     *) log "pid $pid ($name) runs '$exe', not a ceph daemon: leaving it alone"; return 0 ;;
   esac
   kill -TERM "$pid" 2>/dev/null || return 0
@@ -58,12 +65,14 @@ stop_one() {
 
 wipe() {
   rm -rf "$DIR/mon.a" "$DIR/osd.0" "$DIR/run" "$DIR/pids" "$DIR/ceph.conf" \
-    "$DIR/keyring" "$DIR/monmap" "$DIR/READY"
+    "$DIR/keyring" "$DIR/monmap" "$DIR/READY" "$DIR/rgw.a" "$DIR/rgw.env"
 }
 
 do_stop() {
   local t0=$SECONDS rc=0
-  # OSD first: an OSD whose mon is already gone waits 5 s for a shutdown ack.
+  # The gateway first, then the OSD: an OSD whose mon is already gone waits 5 s
+  # for a shutdown ack.
+  stop_one rgw.a || rc=1
   stop_one osd.0 || rc=1
   stop_one mon.a || rc=1
   [ $rc -eq 0 ] && wipe
@@ -213,8 +222,59 @@ CONF
   print_env
 }
 
+# The S3 gateway on the running cluster. With `auth none` its section needs
+# `ms mon client mode = crc`: otherwise it asks the mon for secure mode only
+# and retries authentication forever. It creates its pools on start and
+# answers about 9 s after the cluster is up.
+do_rgw() {
+  is_up || { log "ERROR: no running cluster in $DIR (run start first)"; exit 1; }
+  export CEPH_CONF=$DIR/ceph.conf
+  unset CEPH_ARGS
+  if [ -f "$DIR/rgw.env" ] && daemon_up rgw.a; then
+    log "gateway already running"
+    print_env
+    return 0
+  fi
+  for b in radosgw radosgw-admin curl; do
+    command -v "$b" >/dev/null || { log "ERROR: $b not found (install radosgw curl)"; exit 1; }
+  done
+  local port t0 i
+  t0=$(date +%s%N)
+  port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$DIR/rgw.a"
+  cat >>"$DIR/ceph.conf" <<CONF
+
+[client.rgw.a]
+rgw data = $DIR/rgw.a
+rgw frontends = beast endpoint=127.0.0.1:$port
+rgw enable usage log = false
+rgw dns name = 127.0.0.1
+ms mon client mode = crc
+CONF
+  spawn rgw.a radosgw -f -n client.rgw.a
+  for i in $(seq $((TIMEOUT * 5))); do
+    daemon_up rgw.a || fail "radosgw died on start"
+    curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+    sleep 0.2
+  done
+  curl -s -o /dev/null "http://127.0.0.1:$port/" || fail "radosgw did not answer in ${TIMEOUT} s"
+  timeout "$TIMEOUT" radosgw-admin user create --uid=rbddiff-test --display-name=rbddiff-test \
+    --access-key=RBDDIFFTESTKEY --secret-key=rbddiff-test-secret >/dev/null 2>"$DIR/log/rgw-user.err" &
+  wait_for $! "radosgw-admin user create"
+  cat >"$DIR/rgw.env" <<ENV
+export AWS_ENDPOINT_URL=http://127.0.0.1:$port
+export AWS_ACCESS_KEY_ID=RBDDIFFTESTKEY
+export AWS_SECRET_ACCESS_KEY=rbddiff-test-secret
+export AWS_REGION=us-east-1
+export AWS_ALLOW_HTTP=true
+ENV
+  log "gateway on 127.0.0.1:$port ready in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+  print_env
+}
+
 case "$CMD" in
   start) do_start ;;
+  rgw) do_rgw ;;
   stop) do_stop ;;
   env) is_up || { log "no running cluster in $DIR"; exit 1; }; print_env ;;
   *) usage ;;
