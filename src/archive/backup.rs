@@ -93,13 +93,13 @@ pub struct BackupReport {
 
 /// What the stream check of an export found.
 pub(crate) struct Exported {
-    bytes: u64,
-    records: u64,
-    from: Option<String>,
-    to: Option<String>,
-    size: u64,
+    pub(crate) bytes: u64,
+    pub(crate) records: u64,
+    pub(crate) from: Option<String>,
+    pub(crate) to: Option<String>,
+    pub(crate) size: u64,
     /// The sums of the diff stream, taken on the way (for the sidecar).
-    sums: crate::sums::Sums,
+    pub(crate) sums: crate::sums::Sums,
 }
 
 /// Parses the diff `src` gives while copying it to `out`, taking its sums on the way (the
@@ -550,7 +550,7 @@ pub(crate) fn export_stream(
 /// [`super::names::is_own_snap`]) beyond the newest `k` of them, never `made` (the newest
 /// restorable snapshot, the base of the next incremental) nor any other snapshot. The
 /// backup is complete: what fails here is a warning.
-fn keep_snaps(rbd: &Rbd, spec: &str, made: &str, k: usize, report: &mut BackupReport) {
+pub(crate) fn keep_snaps(rbd: &Rbd, spec: &str, made: &str, k: usize, report: &mut BackupReport) {
     let snaps = match rbd.snapshots(spec) {
         Ok(s) => s,
         Err(e) => {

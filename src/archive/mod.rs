@@ -16,6 +16,7 @@ pub mod listing;
 pub mod names;
 pub mod policy;
 pub mod prune;
+pub mod remote;
 pub mod restore;
 pub mod retention;
 pub mod store;
