@@ -130,6 +130,31 @@ fn copy_checked(src: impl Read, out: &mut dyn Write) -> Result<Exported> {
     })
 }
 
+/// Copies the diff `src` gives into `output` as [`copy_checked`] does, compressed when
+/// `compress` asks (the sums then also hold the compressed file's digest), at most `limit`
+/// bytes per second.
+pub(crate) fn stream_checked(
+    src: impl Read,
+    output: &mut (dyn Write + Send),
+    compress: Option<&CompressOptions>,
+    limit: Option<u64>,
+) -> Result<Exported> {
+    match compress {
+        Some(c) => {
+            // The sidecar of an archive also holds the digest of the compressed file.
+            let mut digest = crate::sums::DigestWriter::new(&mut *output);
+            compress_stream(&mut digest, c, |w| {
+                copy_checked(src, &mut Limited::new(w, limit))
+            })
+            .map(|(mut x, _)| {
+                x.sums.compressed = Some(digest.compressed_sums());
+                x
+            })
+        }
+        None => copy_checked(src, &mut Limited::new(&mut *output, limit)),
+    }
+}
+
 /// Backs up `spec` (`POOL/IMAGE`) into the archive `dir`: reads the image's files as a graph
 /// ([`crate::archive::graph`]), creates a snapshot, streams `rbd export-diff` through the
 /// stream parser into a new file written atomically, checks rbd's status and writes the
@@ -503,20 +528,7 @@ pub(crate) fn export_stream(
     let stderr = collect_stderr(&mut child);
     // The pipe is dropped when the copy ends, so rbd cannot block on it after an error.
     let copied = match child.stdout.take() {
-        Some(src) => match &opts.compress {
-            Some(c) => {
-                // The sidecar of an archive also holds the digest of the compressed file.
-                let mut digest = crate::sums::DigestWriter::new(&mut *output);
-                compress_stream(&mut digest, c, |w| {
-                    copy_checked(src, &mut Limited::new(w, opts.limit_rate))
-                })
-                .map(|(mut x, _)| {
-                    x.sums.compressed = Some(digest.compressed_sums());
-                    x
-                })
-            }
-            None => copy_checked(src, &mut Limited::new(&mut *output, opts.limit_rate)),
-        },
+        Some(src) => stream_checked(src, output, opts.compress.as_ref(), opts.limit_rate),
         None => Err(Error::invalid("internal: no pipe from rbd")),
     };
     let status = child.wait()?;

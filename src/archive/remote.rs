@@ -649,3 +649,174 @@ impl Drop for DigestSend {
         }
     }
 }
+
+/// [`super::prune::prune`] of the archive in `store`, holding its lease lock: each merged
+/// file streams from its inputs (ranged reads) through the merge into a multipart upload,
+/// then its sidecar; it is read back and checked against the sidecar before anything is
+/// deleted. Deletions remove a file's sidecar first (a file without one is no backup, and is
+/// removed by the next run). A run killed after its merges but before its deletions leaves
+/// both (every snapshot stays restorable); the next prune deletes what the plan no longer
+/// needs.
+///
+/// # Errors
+/// As [`super::prune::prune`]; the lock is held by another run.
+pub fn prune(
+    store: &dyn Store,
+    opts: &super::prune::PruneOptions,
+    break_lock: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<super::prune::PruneReport> {
+    if opts.policy.is_empty() {
+        return Err(Error::invalid(
+            "no retention rule: give at least one of --keep-last (--keep), --keep-hourly, \
+             --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within \
+             (prune never deletes every older snapshot by default)",
+        ));
+    }
+    let mut run = |_: Option<&super::lease::Owner>| prune_locked(store, opts, progress);
+    if opts.dry_run {
+        return run(None);
+    }
+    with_lock(
+        store,
+        &LockOptions::new("prune", opts.wait, break_lock),
+        run,
+    )
+}
+
+fn prune_locked(
+    store: &dyn Store,
+    opts: &super::prune::PruneOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<super::prune::PruneReport> {
+    let image = pick_image(store, None, opts.image.as_deref())?;
+    let cleaned = if opts.dry_run {
+        Vec::new()
+    } else {
+        clean(store, &image)?
+    };
+    let cat = catalog::read_from(store)?;
+    let mut ls = lineages(store, &image, &cat)?;
+    let graph = ls.pop().map(|l| l.graph).unwrap_or_default();
+    let older = super::prune::older_lineages(&ls);
+    let names: BTreeSet<String> = store.list("")?.into_iter().map(|o| o.name).collect();
+    let exists = |p: &std::path::Path| {
+        p.file_name()
+            .is_some_and(|n| names.contains(n.to_string_lossy().as_ref()))
+    };
+    let place = PathBuf::from(store.url());
+    let (mut report, plan, outputs) =
+        super::prune::plan_prune(&place, &image, &graph, older, cleaned, &cat, opts, &exists)?;
+    let Some(plan) = plan else {
+        return Ok(report);
+    };
+    let edge = |i: usize| &graph.edges[i];
+    let mut made: Vec<String> = Vec::new();
+    let merged = (|| -> Result<()> {
+        for (k, m) in plan.merges.iter().enumerate() {
+            let out = object_of(&ChainFile {
+                path: outputs[k].clone(),
+                from: None,
+                to: None,
+                size: 0,
+                compressed: false,
+            });
+            if let Some(rec) = m
+                .inputs
+                .last()
+                .and_then(|&i| cat.files.get(&object_of(&edge(i).file)))
+            {
+                let present = present_in(store)?;
+                catalog::update_in(store, &present, |c| {
+                    c.files.insert(out.clone(), rec.clone());
+                })?;
+            }
+            let inputs: Vec<&Edge> = m.inputs.iter().map(|&i| edge(i)).collect();
+            let compress = report.merges[k]
+                .compressed
+                .then(crate::compress::CompressOptions::default);
+            made.push(out.clone());
+            let n = merge_into(store, &inputs, &out, compress.as_ref(), progress)?;
+            report.merges[k].bytes = Some(n);
+            // Read back and checked before anything is deleted.
+            let o = store.head(&out)?.ok_or_else(|| {
+                Error::invalid("the merged file is gone").with_file(store.location(&out))
+            })?;
+            let s = read_sidecar(store, &o, &image)
+                .map_err(|e| Error::invalid(e).with_file(store.location(&out)))?;
+            check_content(store, &o, &s)?;
+            if s.from != m.from || s.to.as_deref() != Some(m.to.as_str()) {
+                return Err(
+                    Error::invalid("the merged file runs between other snapshots")
+                        .with_file(store.location(&out)),
+                );
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = merged {
+        for out in &made {
+            let _ = store.delete(&sidecar(out));
+            let _ = store.delete(out);
+        }
+        return Err(e);
+    }
+    report.bytes = report.merges.iter().filter_map(|m| m.bytes).sum();
+    let deleted_bytes: u64 = plan.delete.iter().map(|&i| edge(i).bytes).sum();
+    report.bytes_after = report.bytes_before - deleted_bytes + report.bytes;
+    for &i in &plan.delete {
+        let name = object_of(&edge(i).file);
+        for n in [sidecar(&name), name.clone()] {
+            store.delete(&n)?;
+            report.deleted.push(store.location(&n));
+        }
+    }
+    Ok(report)
+}
+
+/// Merges `inputs` (streamed from `store`) into the new object `out` and uploads its
+/// sidecar; returns the object's length. On failure nothing of `out` is left.
+fn merge_into(
+    store: &dyn Store,
+    inputs: &[&Edge],
+    out: &str,
+    compress: Option<&crate::compress::CompressOptions>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64> {
+    let names: Vec<String> = inputs.iter().map(|e| e.file.name()).collect();
+    let mut streams = Vec::new();
+    for e in inputs {
+        let r = store.reader(&object_of(&e.file), e.bytes)?;
+        streams.push(crate::input::Input::from_reader(&e.file.name(), r)?.into_reader());
+    }
+    let mut upload = store.put(out)?;
+    let place = store.location(out);
+    let (w, r) = crate::compress::pipe();
+    let x = std::thread::scope(|s| -> Result<super::backup::Exported> {
+        let producer = s.spawn(move || -> Result<()> {
+            let mut mi = names
+                .iter()
+                .zip(streams)
+                .map(|(n, r)| crate::merge::MergeInput::stream(n, r))
+                .collect::<Result<Vec<_>>>()?;
+            let p = crate::merge::plan(&mi, &crate::merge::MergeOptions::default())?;
+            let (mut w, _) = p.write(&mut mi, w, crate::Version::V1, &mut |_, _| {})?;
+            std::io::Write::flush(&mut w)?;
+            Ok(())
+        });
+        let x = super::backup::stream_checked(r, &mut *upload, compress, None);
+        let produced = producer
+            .join()
+            .map_err(|_| Error::invalid("internal: merge thread panicked"))?;
+        produced?;
+        x
+    })
+    .map_err(|e| e.with_file(&place))?;
+    progress(x.bytes, x.bytes);
+    let n = upload.commit()?;
+    if let Err(e) = store.put_small(&sidecar(out), &crate::sums::encode(&x.sums)) {
+        let _ = store.delete(out);
+        return Err(e);
+    }
+    Ok(n)
+}
