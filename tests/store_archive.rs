@@ -194,3 +194,113 @@ fn a_directory_store_writes_an_ordinary_archive() {
     assert_eq!(r.cleaned, [left.display().to_string()]);
     assert!(!left.exists());
 }
+
+#[test]
+fn prune_of_an_object_store_keeps_its_snapshots_restorable() {
+    let t = tempfile::tempdir().unwrap();
+    let c = FakeCluster::new(&t.path().join("bin"), 1 << 20);
+    let store = ObjStore::memory(&S3Config::default()).unwrap();
+    let mut rng = Rng::new(11);
+    let mut snaps = Vec::new();
+    for k in 0..5 {
+        let mut o = opts(&c);
+        o.compress = (k % 2 == 1).then(Default::default);
+        snaps.push(remote::backup("rbd/vm", &store, &o, false).unwrap().to_snap);
+        c.write(&mut rng);
+    }
+    let popts = |last| rbddiff::workflow::PruneOptions {
+        policy: rbddiff::archive::policy::Policy {
+            last,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // A failed upload of the merged file changes nothing.
+    let before = names(&store);
+    store.fail_at(Some(FailPoint::Complete));
+    assert!(remote::prune(&store, &popts(2), false, &mut |_, _| {}).is_err());
+    store.fail_at(None);
+    assert_eq!(names(&store), before);
+    let r = remote::prune(&store, &popts(2), false, &mut |_, _| {}).unwrap();
+    assert_eq!(r.kept_snapshots, snaps[3..]);
+    assert_eq!(r.merges.len(), 1, "{r:?}");
+    assert!(!r.deleted.is_empty());
+    let l = remote::list(&store, None).unwrap();
+    let kept: Vec<&str> = l.images[0]
+        .snapshots
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(kept, [snaps[3].as_str(), snaps[4].as_str()]);
+    assert_eq!(remote::verify(&store, None).unwrap().problems, 0);
+    let dir = t.path().join("copy");
+    download(&store, &dir);
+    for s in &snaps[3..] {
+        assert_eq!(restored(&dir, t.path(), s), c.snap_sha256(s), "{s}");
+    }
+    assert_eq!(holder(&store).unwrap(), None);
+}
+
+#[test]
+fn copy_directory_to_object_store_and_back_is_byte_identical() {
+    let t = tempfile::tempdir().unwrap();
+    let c = FakeCluster::new(&t.path().join("bin"), 1 << 20);
+    let src = t.path().join("src");
+    let mut rng = Rng::new(5);
+    // Written by the directory backup itself.
+    for k in 0..3 {
+        let mut o = opts(&c);
+        o.compress = (k == 1).then(Default::default);
+        rbddiff::workflow::backup("rbd/vm", &src, &o).unwrap();
+        c.write(&mut rng);
+    }
+    let store = ObjStore::memory(&S3Config::default()).unwrap();
+    let copts = remote::CopyOptions::default();
+    let r = remote::copy(&DirStore::new(&src), &store, &copts).unwrap();
+    assert_eq!((r.copied.len(), r.passed_over.len()), (3, 0), "{r:?}");
+    // Again: nothing to do.
+    let r = remote::copy(&DirStore::new(&src), &store, &copts).unwrap();
+    assert_eq!((r.copied.len(), r.present.len()), (0, 3), "{r:?}");
+    assert_eq!(
+        remote::list(&store, None).unwrap().images[0]
+            .snapshots
+            .len(),
+        3
+    );
+    let back = t.path().join("back");
+    let r = remote::copy(&store, &DirStore::new(&back), &copts).unwrap();
+    assert_eq!(r.copied.len(), 3);
+    let files = |d: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with("vm@")
+            })
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (files(&src), files(&back));
+    assert_eq!(a.len(), 6);
+    assert!(a == b, "the copies differ");
+    // The catalog went along: the snapshots' times are the backups'.
+    let l = rbddiff::archive::listing::list(&back, None, None).unwrap();
+    assert!(l.images[0]
+        .snapshots
+        .iter()
+        .all(|s| s.time_from == "catalog"));
+    // A different file of the same name at the destination stops the copy.
+    let name = &a[0].0;
+    let mut bad = a[0].1.clone();
+    bad.push(0);
+    store.put_small(name, &bad).unwrap();
+    assert!(remote::copy(&DirStore::new(&src), &store, &copts).is_err());
+}

@@ -212,8 +212,17 @@ pub fn prune(
     let older = older_lineages(&lineages);
     let cat = catalog::read(dir)?;
     let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
-    let (mut report, plan, outputs) =
-        plan_prune(dir, &image, &graph, older, cleaned, &cat, opts, &exists)?;
+    let (mut report, plan, outputs) = plan_prune(
+        dir,
+        &image,
+        &graph,
+        older,
+        cleaned,
+        &cat,
+        opts,
+        &exists,
+        graph.damaged(),
+    )?;
     let Some(plan) = plan else {
         return Ok(report);
     };
@@ -308,7 +317,7 @@ pub fn prune(
 /// The plan of a prune of `graph` (the newest lineage of `image` in the archive `dir`; the
 /// files of older ones in `older`) by `opts`: the report, and the retention plan with its
 /// outputs' paths when there is work to do (not for a dry run). `exists` tells whether an
-/// output's name is taken.
+/// output's name is taken; `damaged` holds the files found damaged, with the reason.
 ///
 /// # Errors
 /// As [`prune`].
@@ -322,6 +331,7 @@ pub(crate) fn plan_prune(
     cat: &catalog::Catalog,
     opts: &PruneOptions,
     exists: &dyn Fn(&Path) -> bool,
+    damaged: std::collections::BTreeMap<usize, String>,
 ) -> Result<(PruneReport, Option<retention::Plan>, Vec<PathBuf>)> {
     let dry_run = opts.dry_run;
     let mut outputs: Vec<PathBuf> = Vec::new();
@@ -349,7 +359,6 @@ pub(crate) fn plan_prune(
     if graph.is_empty() {
         return Ok((report, None, outputs));
     }
-    let damaged = graph.damaged();
     let bad: Vec<String> = damaged
         .iter()
         .map(|(&i, why)| format!("{} ({why})", graph.edges[i].file.name()))

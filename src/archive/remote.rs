@@ -705,8 +705,17 @@ fn prune_locked(
             .is_some_and(|n| names.contains(n.to_string_lossy().as_ref()))
     };
     let place = PathBuf::from(store.url());
-    let (mut report, plan, outputs) =
-        super::prune::plan_prune(&place, &image, &graph, older, cleaned, &cat, opts, &exists)?;
+    let (mut report, plan, outputs) = super::prune::plan_prune(
+        &place,
+        &image,
+        &graph,
+        older,
+        cleaned,
+        &cat,
+        opts,
+        &exists,
+        BTreeMap::new(),
+    )?;
     let Some(plan) = plan else {
         return Ok(report);
     };
@@ -819,4 +828,147 @@ fn merge_into(
         return Err(e);
     }
     Ok(n)
+}
+
+/// Options of [`copy`].
+#[derive(Clone, Debug, Default)]
+pub struct CopyOptions {
+    /// Only this image's files (default: every image's).
+    pub image: Option<String>,
+    /// Wait up to this long for another run's lock on the destination.
+    pub wait: Option<Duration>,
+    /// Break the destination's lease lock even when its lease has not expired.
+    pub break_lock: bool,
+}
+
+/// What [`copy`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct CopyReport {
+    /// The source archive.
+    pub source: String,
+    /// The destination archive.
+    pub destination: String,
+    /// The files copied (their sidecars aside), as named at the destination.
+    pub copied: Vec<String>,
+    /// Files the destination holds already, with the same sidecar.
+    pub present: Vec<String>,
+    /// Source files not copied, and why (no sidecar, or one that does not describe them).
+    pub passed_over: Vec<PassedOver>,
+    /// Bytes copied.
+    pub bytes: u64,
+}
+
+/// Copies the backup files of `src` (every image's, or `opts.image`'s) with their sidecars
+/// into `dst` (a directory or an object store, either way) and verifies each copy: it is
+/// read back and checked against its sidecar before the sidecar is written, so a file
+/// counts at the destination only once it is whole. The catalog records of the files (and
+/// the archive id, when the destination has none) go along. The destination is locked (a
+/// directory's exclusive lock, an object store's lease lock), a source directory shared.
+///
+/// # Errors
+/// A store fails; a destination file of the same name exists with another sidecar; a copy
+/// does not verify (it is removed again).
+pub fn copy(src: &dyn Store, dst: &dyn Store, opts: &CopyOptions) -> Result<CopyReport> {
+    use crate::dirlock::{lock, Command};
+    let _src_lock = match src.local_dir() {
+        Some(d) if d.is_dir() => Some(lock(d, false, Command::Copy, opts.wait)?),
+        Some(d) => return Err(Error::invalid("not a directory").with_file(d)),
+        None => None,
+    };
+    match dst.local_dir() {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| Error::from(e).with_file(d))?;
+            let _l = lock(d, true, Command::Copy, opts.wait)?;
+            copy_locked(src, dst, opts)
+        }
+        None => with_lock(
+            dst,
+            &LockOptions::new("copy", opts.wait, opts.break_lock),
+            |_| copy_locked(src, dst, opts),
+        ),
+    }
+}
+
+fn copy_locked(src: &dyn Store, dst: &dyn Store, opts: &CopyOptions) -> Result<CopyReport> {
+    let images: Vec<String> = match &opts.image {
+        Some(i) => vec![i.clone()],
+        None => images_in(src)?.into_iter().collect(),
+    };
+    let mut report = CopyReport {
+        source: src.url(),
+        destination: dst.url(),
+        copied: Vec::new(),
+        present: Vec::new(),
+        passed_over: Vec::new(),
+        bytes: 0,
+    };
+    let mut copied_names = Vec::new();
+    for image in &images {
+        for o in src.list(&escape(image))? {
+            if !is_candidate(&o.name, image) {
+                continue;
+            }
+            let sums = match read_sidecar(src, &o, image) {
+                Ok(s) => s,
+                Err(reason) => {
+                    report.passed_over.push(PassedOver {
+                        file: src.location(&o.name),
+                        reason,
+                    });
+                    continue;
+                }
+            };
+            let sc = sidecar(&o.name);
+            let text = crate::sums::encode(&sums);
+            if let Some(there) = dst.head(&o.name)? {
+                let same = there.size == o.size
+                    && dst.read_small(&sc, MAX_SIDECAR)?.is_some_and(|t| t == text);
+                if same {
+                    report.present.push(dst.location(&o.name));
+                    continue;
+                }
+                return Err(Error::invalid(
+                    "exists at the destination with other content (not replaced)",
+                )
+                .with_file(dst.location(&o.name)));
+            }
+            let mut up = dst.put(&o.name)?;
+            let mut r = src.reader(&o.name, o.size)?;
+            std::io::copy(&mut r, &mut up)
+                .map_err(|e| Error::from(e).with_file(src.location(&o.name)))?;
+            let n = up.commit()?;
+            let checked = dst
+                .head(&o.name)?
+                .ok_or_else(|| Error::invalid("the copy is gone").with_file(dst.location(&o.name)))
+                .and_then(|info| check_content(dst, &info, &sums))
+                .and_then(|()| dst.put_small(&sc, &text));
+            if let Err(e) = checked {
+                let _ = dst.delete(&sc);
+                let _ = dst.delete(&o.name);
+                return Err(e);
+            }
+            report.bytes += n;
+            report.copied.push(dst.location(&o.name));
+            copied_names.push(o.name.clone());
+        }
+    }
+    if !copied_names.is_empty() {
+        let from = catalog::read_from(src)?;
+        let present = present_in(dst)?;
+        let merge = |c: &mut Catalog| {
+            for n in &copied_names {
+                if let Some(r) = from.files.get(n) {
+                    c.files.insert(n.clone(), r.clone());
+                }
+            }
+            if c.archive_id.is_none() {
+                c.archive_id.clone_from(&from.archive_id);
+            }
+            for (i, last) in &from.images {
+                c.images.entry(i.clone()).or_insert_with(|| last.clone());
+            }
+        };
+        catalog::update_in(dst, &present, merge)?;
+    }
+    Ok(report)
 }

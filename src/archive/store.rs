@@ -113,6 +113,10 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// Listing or removing fails.
     fn clean_uploads(&self, prefix: &str) -> Result<Vec<String>>;
+    /// The directory, for a store in one (its runs lock it with [`crate::dirlock`]).
+    fn local_dir(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// Where an archive is: a local directory or an object store location.
@@ -474,6 +478,10 @@ impl Store for DirStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::from(e).with_file(&p)),
         }
+    }
+
+    fn local_dir(&self) -> Option<&Path> {
+        Some(&self.dir)
     }
 
     fn clean_uploads(&self, prefix: &str) -> Result<Vec<String>> {

@@ -11,6 +11,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 mod apply;
 mod backup;
 mod compress;
+mod copy;
 mod create;
 mod docs;
 mod explode;
@@ -109,6 +110,7 @@ enum Command {
     Explode(explode::Args),
     Backup(backup::Args),
     Restore(restore::Args),
+    Copy(copy::Args),
     Prune(prune::Args),
     Replay(replay::Args),
     Sync(sync::Args),
@@ -407,6 +409,7 @@ pub fn run() -> ExitCode {
         Command::Explode(a) => explode::run(a),
         Command::Backup(a) => backup::run(a),
         Command::Restore(a) => restore::run(a),
+        Command::Copy(a) => copy::run(a),
         Command::Prune(a) => prune::run(a),
         Command::Replay(a) => replay::run(a),
         Command::Sync(a) => sync::run(a),
