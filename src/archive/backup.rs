@@ -329,7 +329,11 @@ fn backup_locked(
         .find(|l| l.image_id == image_id)
         .map(|l| l.graph)
         .unwrap_or_default();
-    let (prev, full_reason, base) = choose_base(
+    let super::backup::Base {
+        prev,
+        full_reason,
+        path: base,
+    } = choose_base(
         opts,
         spec,
         image,
@@ -414,6 +418,16 @@ fn backup_locked(
     }
 }
 
+/// The base of a backup, as [`choose_base`] chose it.
+pub(crate) struct Base {
+    /// Its start snapshot (none: a full backup).
+    pub(crate) prev: Option<String>,
+    /// Why the backup is full.
+    pub(crate) full_reason: Option<String>,
+    /// The files of the base's path.
+    pub(crate) path: Option<Vec<usize>>,
+}
+
 /// The base of a backup of `spec` to the new snapshot `snap`: its start snapshot (none: a
 /// full backup), why it is full, and the base's path in `graph` (the image's lineage; `all`
 /// holds every file of the image in the archive `place`).
@@ -431,7 +445,7 @@ pub(crate) fn choose_base(
     all: &Graph,
     graph: &Graph,
     cat: &catalog::Catalog,
-) -> Result<(Option<String>, Option<String>, Option<Vec<usize>>)> {
+) -> Result<Base> {
     let restorable = graph.restorable(&Default::default());
     let has = |n: &str| snaps.iter().any(|(_, s)| s == n);
     if has(snap) {
@@ -477,7 +491,11 @@ pub(crate) fn choose_base(
     } else {
         base.map(|(s, _, _)| s.clone())
     };
-    Ok((prev, full_reason, base.map(|(_, _, p)| p.clone())))
+    Ok(Base {
+        prev,
+        full_reason,
+        path: base.map(|(_, _, p)| p.clone()),
+    })
 }
 
 /// Runs the export of `snap_spec` into `output` (for `path`) and writes its sidecar. On

@@ -462,7 +462,7 @@ impl Graph {
             .map(|(s, _, _)| s)
             .collect();
         for (i, e) in self.edges.iter().enumerate() {
-            let start_ok = e.file.from.as_ref().map_or(true, |f| reachable.contains(f));
+            let start_ok = e.file.from.as_ref().is_none_or(|f| reachable.contains(f));
             let to_leads = e.file.to.as_ref().is_some_and(|t| leads.contains(t));
             if !path.contains(&i) && !damaged.contains_key(&i) && start_ok && to_leads {
                 passed_over.push(PassedOver {
@@ -545,7 +545,7 @@ impl Graph {
             let gaps: Vec<String> = self
                 .edges
                 .iter()
-                .filter(|e| target.map_or(true, |t| e.file.to.as_deref() == Some(t)))
+                .filter(|e| target.is_none_or(|t| e.file.to.as_deref() == Some(t)))
                 .filter_map(|e| {
                     let f = e.file.from.as_ref().filter(|f| !reach.contains(*f))?;
                     Some(format!("'{f}', where {} starts", e.file.name()))

@@ -360,7 +360,7 @@ pub(crate) fn status_of(l: Listing, place: &str, opts: &StatusOptions) -> Result
             let newest = i.snapshots.last().cloned();
             let age = newest.as_ref().map(|s| now.saturating_sub(s.time));
             ImageStatus {
-                ok: age.is_some_and(|a| max_age.map_or(true, |m| a <= m)),
+                ok: age.is_some_and(|a| max_age.is_none_or(|m| a <= m)),
                 image: i.image,
                 newest,
                 age,

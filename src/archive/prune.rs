@@ -387,12 +387,12 @@ pub(crate) fn plan_prune(
         .iter()
         .map(|(name, _, path)| Snap {
             name: name.clone(),
-            time: super::listing::snapshot_time(&graph, &cat, name, path).0,
+            time: super::listing::snapshot_time(graph, cat, name, path).0,
         })
         .collect();
     let mut kept_by = select(&opts.policy, &snaps);
     let keep: BTreeSet<String> = kept_by.keys().cloned().collect();
-    let plan = retention::plan(&graph, &damaged, &keep).ok_or_else(no_snapshot)?;
+    let plan = retention::plan(graph, &damaged, &keep).ok_or_else(no_snapshot)?;
     let edge = |i: usize| &graph.edges[i];
     let names = |v: &[usize]| v.iter().map(|&i| edge(i).file.name()).collect::<Vec<_>>();
     report.kept_by = plan
@@ -423,7 +423,7 @@ pub(crate) fn plan_prune(
         let compressed = opts
             .compress
             .unwrap_or_else(|| last.is_some_and(|e| e.file.compressed));
-        let out = dir.join(file_name(&image, m.from.as_deref(), &m.to, compressed));
+        let out = dir.join(file_name(image, m.from.as_deref(), &m.to, compressed));
         if exists(&out) || outputs.contains(&out) {
             return Err(Error::invalid(format!(
                 "the merged output exists already (merging {})",

@@ -296,7 +296,9 @@ fn backup_locked(
         .find(|l| l.image_id == image_id)
         .map(|l| l.graph)
         .unwrap_or_default();
-    let (prev, full_reason, _) = choose_base(
+    let super::backup::Base {
+        prev, full_reason, ..
+    } = choose_base(
         opts,
         spec,
         image,
