@@ -791,8 +791,25 @@ impl Write for ChannelWriter {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.send()
     }
+}
+
+/// A pipe between two threads: what is written to the first end (in chunks of 1 MiB, 4 in
+/// flight; flushed, then dropped, to end the stream) is read from the second.
+pub(crate) fn pipe() -> (impl Write + Send, impl Read + Send) {
+    let (tx, rx) = sync_channel::<Vec<u8>>(4);
+    (
+        ChannelWriter {
+            tx: Some(tx),
+            buf: Vec::with_capacity(CHANNEL_CHUNK),
+        },
+        ChannelReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        },
+    )
 }
 
 /// The reading end used by the compressor thread of [`compress_stream`].

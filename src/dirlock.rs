@@ -76,10 +76,12 @@ pub enum Command {
     Replay,
     /// `sync --archive`.
     Sync,
+    /// `copy` (of its source, shared; of its destination, exclusive).
+    Copy,
 }
 
 impl Command {
-    const ALL: [Command; 9] = [
+    const ALL: [Command; 10] = [
         Command::Backup,
         Command::Prune,
         Command::Restore,
@@ -89,6 +91,7 @@ impl Command {
         Command::Serve,
         Command::Replay,
         Command::Sync,
+        Command::Copy,
     ];
 
     /// The command's name.
@@ -103,6 +106,7 @@ impl Command {
             Command::Serve => "serve",
             Command::Replay => "replay",
             Command::Sync => "sync",
+            Command::Copy => "copy",
         }
     }
 

@@ -652,7 +652,7 @@ fn graph_findings(files: &[Checked], healthy: &[bool], full: bool) -> Vec<Findin
                     .info
                     .from_snap
                     .as_ref()
-                    .map_or(true, |f| reached.contains(f));
+                    .is_none_or(|f| reached.contains(f));
                 if let (true, true, Some(to)) = (h, from_ok, &c.info.to_snap) {
                     if !reached.contains(to) {
                         reached.push(to.clone());

@@ -1515,7 +1515,7 @@ impl<'i> IndexCheck<'i> {
             ("end of the diff", d.end == end),
             (
                 "stream length",
-                len.map_or(true, |n| n == self.index.total_len),
+                len.is_none_or(|n| n == self.index.total_len),
             ),
         ];
         if let Some((what, _)) = header.iter().find(|(_, ok)| !ok) {

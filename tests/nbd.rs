@@ -148,7 +148,7 @@ fn data_blocks(runs: &[(u64, u64, u32)]) -> Vec<bool> {
     for &(o, n, t) in runs {
         assert_eq!(o % 512, 0);
         let blocks = n.div_ceil(4096);
-        v.extend(std::iter::repeat(t & 1 == 0).take(blocks as usize));
+        v.extend(std::iter::repeat_n(t & 1 == 0, blocks as usize));
     }
     v
 }

@@ -215,7 +215,7 @@ proptest! {
         let g = rbddiff::archive::graph::discover(&dir, "vm").unwrap();
         for e in &g.edges {
             let ok = e.file.to.as_ref().is_some_and(|t| kept.contains(t))
-                && e.file.from.as_ref().map_or(true, |f| kept.contains(f));
+                && e.file.from.as_ref().is_none_or(|f| kept.contains(f));
             prop_assert!(ok, "{} is left but runs outside the kept snapshots", e.file.path.display());
         }
         let done = diff_files(&dir);

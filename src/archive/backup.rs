@@ -92,14 +92,14 @@ pub struct BackupReport {
 }
 
 /// What the stream check of an export found.
-struct Exported {
-    bytes: u64,
-    records: u64,
-    from: Option<String>,
-    to: Option<String>,
-    size: u64,
+pub(crate) struct Exported {
+    pub(crate) bytes: u64,
+    pub(crate) records: u64,
+    pub(crate) from: Option<String>,
+    pub(crate) to: Option<String>,
+    pub(crate) size: u64,
     /// The sums of the diff stream, taken on the way (for the sidecar).
-    sums: crate::sums::Sums,
+    pub(crate) sums: crate::sums::Sums,
 }
 
 /// Parses the diff `src` gives while copying it to `out`, taking its sums on the way (the
@@ -128,6 +128,31 @@ fn copy_checked(src: impl Read, out: &mut dyn Write) -> Result<Exported> {
         size: sums.size.unwrap_or(0),
         sums,
     })
+}
+
+/// Copies the diff `src` gives into `output` as [`copy_checked`] does, compressed when
+/// `compress` asks (the sums then also hold the compressed file's digest), at most `limit`
+/// bytes per second.
+pub(crate) fn stream_checked(
+    src: impl Read,
+    output: &mut (dyn Write + Send),
+    compress: Option<&CompressOptions>,
+    limit: Option<u64>,
+) -> Result<Exported> {
+    match compress {
+        Some(c) => {
+            // The sidecar of an archive also holds the digest of the compressed file.
+            let mut digest = crate::sums::DigestWriter::new(&mut *output);
+            compress_stream(&mut digest, c, |w| {
+                copy_checked(src, &mut Limited::new(w, limit))
+            })
+            .map(|(mut x, _)| {
+                x.sums.compressed = Some(digest.compressed_sums());
+                x
+            })
+        }
+        None => copy_checked(src, &mut Limited::new(&mut *output, limit)),
+    }
 }
 
 /// Backs up `spec` (`POOL/IMAGE`) into the archive `dir`: reads the image's files as a graph
@@ -304,58 +329,26 @@ fn backup_locked(
         .find(|l| l.image_id == image_id)
         .map(|l| l.graph)
         .unwrap_or_default();
-    let restorable = graph.restorable(&Default::default());
-    let has = |n: &str| snaps.iter().any(|(_, s)| s == n);
-    if has(&snap) {
-        return Err(Error::invalid(format!(
-            "snapshot '{snap}' already exists on {spec}"
-        )));
-    }
-    if all.snapshots.contains(&snap) {
-        return Err(Error::invalid(format!(
-            "{} already holds a file ending at snapshot '{snap}'",
-            dir.display()
-        )));
-    }
-    // The base: the restorable snapshot created last on the cluster.
-    let id = |n: &str| snaps.iter().find(|(_, s)| s == n).map(|(id, _)| *id);
-    let base = restorable
-        .iter()
-        .filter_map(|r| Some((id(&r.0)?, r)))
-        .max_by_key(|(id, _)| *id)
-        .map(|(_, r)| r);
-    let full_reason = if opts.full {
-        Some("--full was asked".to_string())
-    } else if graph.is_empty() && !all.is_empty() {
-        Some(format!(
-            "the files of {image} in {} are of another image id (the image was recreated): \
-             a new lineage starts",
-            dir.display()
-        ))
-    } else if graph.is_empty() {
-        Some(format!("{} holds no backup of {image}", dir.display()))
-    } else if restorable.is_empty() {
-        Some(format!(
-            "no snapshot of {image} in {} is restorable",
-            dir.display()
-        ))
-    } else if base.is_none() {
-        Some(format!(
-            "no restorable snapshot of {} exists on {spec} any more",
-            dir.display()
-        ))
-    } else {
-        base.and_then(|(_, _, path)| periodic_full(opts, &graph, path, &cat))
-    };
-    let prev = if full_reason.is_some() {
-        None
-    } else {
-        base.map(|(s, _, _)| s.clone())
-    };
+    let super::backup::Base {
+        prev,
+        full_reason,
+        path: base,
+    } = choose_base(
+        opts,
+        spec,
+        image,
+        &dir.display().to_string(),
+        &snap,
+        &snaps,
+        &all,
+        &graph,
+        &cat,
+    )?;
     // The new file takes the permission bits of the base's newest file, else of the
     // archive's newest file (a new archive: 0600).
     let like = base
-        .and_then(|(_, _, p)| p.last())
+        .as_ref()
+        .and_then(|p| p.last())
         .map(|&i| &graph.edges[i])
         .or_else(|| graph.edges.iter().max_by_key(|e| e.mtime))
         .map(|e| e.file.path.clone());
@@ -425,6 +418,86 @@ fn backup_locked(
     }
 }
 
+/// The base of a backup, as [`choose_base`] chose it.
+pub(crate) struct Base {
+    /// Its start snapshot (none: a full backup).
+    pub(crate) prev: Option<String>,
+    /// Why the backup is full.
+    pub(crate) full_reason: Option<String>,
+    /// The files of the base's path.
+    pub(crate) path: Option<Vec<usize>>,
+}
+
+/// The base of a backup of `spec` to the new snapshot `snap`: its start snapshot (none: a
+/// full backup), why it is full, and the base's path in `graph` (the image's lineage; `all`
+/// holds every file of the image in the archive `place`).
+///
+/// # Errors
+/// `snap` exists on the image or ends a file of the archive.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn choose_base(
+    opts: &BackupOptions,
+    spec: &str,
+    image: &str,
+    place: &str,
+    snap: &str,
+    snaps: &[(u64, String)],
+    all: &Graph,
+    graph: &Graph,
+    cat: &catalog::Catalog,
+) -> Result<Base> {
+    let restorable = graph.restorable(&Default::default());
+    let has = |n: &str| snaps.iter().any(|(_, s)| s == n);
+    if has(snap) {
+        return Err(Error::invalid(format!(
+            "snapshot '{snap}' already exists on {spec}"
+        )));
+    }
+    if all.snapshots.iter().any(|s| s == snap) {
+        return Err(Error::invalid(format!(
+            "{} already holds a file ending at snapshot '{snap}'",
+            place
+        )));
+    }
+    // The base: the restorable snapshot created last on the cluster.
+    let id = |n: &str| snaps.iter().find(|(_, s)| s == n).map(|(id, _)| *id);
+    let base = restorable
+        .iter()
+        .filter_map(|r| Some((id(&r.0)?, r)))
+        .max_by_key(|(id, _)| *id)
+        .map(|(_, r)| r);
+    let full_reason = if opts.full {
+        Some("--full was asked".to_string())
+    } else if graph.is_empty() && !all.is_empty() {
+        Some(format!(
+            "the files of {image} in {} are of another image id (the image was recreated): \
+             a new lineage starts",
+            place
+        ))
+    } else if graph.is_empty() {
+        Some(format!("{} holds no backup of {image}", place))
+    } else if restorable.is_empty() {
+        Some(format!("no snapshot of {image} in {} is restorable", place))
+    } else if base.is_none() {
+        Some(format!(
+            "no restorable snapshot of {} exists on {spec} any more",
+            place
+        ))
+    } else {
+        base.and_then(|(_, _, path)| periodic_full(opts, graph, path, cat))
+    };
+    let prev = if full_reason.is_some() {
+        None
+    } else {
+        base.map(|(s, _, _)| s.clone())
+    };
+    Ok(Base {
+        prev,
+        full_reason,
+        path: base.map(|(_, _, p)| p.clone()),
+    })
+}
+
 /// Runs the export of `snap_spec` into `output` (for `path`) and writes its sidecar. On
 /// failure no file of this call is left.
 fn export_to(
@@ -436,56 +509,15 @@ fn export_to(
     path: &Path,
     opts: &BackupOptions,
 ) -> Result<Exported> {
-    let snap = snap_spec.rsplit('@').next().unwrap_or_default();
-    // `--from-snap=PREV` is one token: the name can never be read as an option of its own.
-    let mut child = rbd.spawn_export_diff(spec, prev, snap)?;
-    let stderr = collect_stderr(&mut child);
-    // The pipe is dropped when the copy ends, so rbd cannot block on it after an error.
-    let copied = match child.stdout.take() {
-        Some(src) => match &opts.compress {
-            Some(c) => {
-                // The sidecar of an archive also holds the digest of the compressed file.
-                let mut digest = crate::sums::DigestWriter::new(&mut output);
-                compress_stream(&mut digest, c, |w| {
-                    copy_checked(src, &mut Limited::new(w, opts.limit_rate))
-                })
-                .map(|(mut x, _)| {
-                    x.sums.compressed = Some(digest.compressed_sums());
-                    x
-                })
-            }
-            None => copy_checked(src, &mut Limited::new(&mut output, opts.limit_rate)),
-        },
-        None => Err(Error::invalid("internal: no pipe from rbd")),
-    };
-    let status = child.wait()?;
-    let err = stderr.join().unwrap_or_default();
-    if !status.success() {
-        // rbd's own failure explains a cut stream better than the parser can.
-        let mut e = rbd_failed(&format!("rbd export-diff {snap_spec}"), &err);
-        if let Err(c) = copied {
-            if c.is_io() {
-                e = Error::invalid(format!("{e} (while writing {}: {c})", path.display()));
-            }
-        }
-        return Err(e);
-    }
-    // A stream error is located in the stream rbd wrote.
-    let x = copied.map_err(|e| {
-        e.with_file(format!(
-            "rbd export-diff {snap_spec} (into {})",
-            path.display()
-        ))
-    })?;
-    if x.to.as_deref() != Some(snap) || x.from.as_deref() != prev {
-        return Err(Error::invalid(format!(
-            "rbd export-diff of {spec} wrote a diff from {} to {}, expected from {} to '{snap}'",
-            crate::format::show_from(x.from.as_deref()),
-            crate::format::show_to(x.to.as_deref()),
-            crate::format::show_from(prev),
-        ))
-        .with_file(path));
-    }
+    let x = export_stream(
+        rbd,
+        spec,
+        snap_spec,
+        prev,
+        &mut output,
+        &path.display().to_string(),
+        opts,
+    )?;
     output.commit()?;
     // Committed without clobbering: the file is this call's.
     if let Err(e) = crate::sums::write_sums(path, &x.sums) {
@@ -496,11 +528,59 @@ fn export_to(
     Ok(x)
 }
 
+/// Streams `rbd export-diff` of `snap_spec` (from `prev`) through the parser into `output`
+/// (named `path` in messages), compressed as `opts` asks, checks rbd's status and the
+/// snapshots of the stream; returns what was exported, with its sums.
+pub(crate) fn export_stream(
+    rbd: &Rbd,
+    spec: &str,
+    snap_spec: &str,
+    prev: Option<&str>,
+    output: &mut (dyn Write + Send),
+    path: &str,
+    opts: &BackupOptions,
+) -> Result<Exported> {
+    let snap = snap_spec.rsplit('@').next().unwrap_or_default();
+    // `--from-snap=PREV` is one token: the name can never be read as an option of its own.
+    let mut child = rbd.spawn_export_diff(spec, prev, snap)?;
+    let stderr = collect_stderr(&mut child);
+    // The pipe is dropped when the copy ends, so rbd cannot block on it after an error.
+    let copied = match child.stdout.take() {
+        Some(src) => stream_checked(src, output, opts.compress.as_ref(), opts.limit_rate),
+        None => Err(Error::invalid("internal: no pipe from rbd")),
+    };
+    let status = child.wait()?;
+    let err = stderr.join().unwrap_or_default();
+    if !status.success() {
+        // rbd's own failure explains a cut stream better than the parser can.
+        let mut e = rbd_failed(&format!("rbd export-diff {snap_spec}"), &err);
+        if let Err(c) = copied {
+            if c.is_io() {
+                e = Error::invalid(format!("{e} (while writing {path}: {c})"));
+            }
+        }
+        return Err(e);
+    }
+    // A stream error is located in the stream rbd wrote.
+    let x =
+        copied.map_err(|e| e.with_file(format!("rbd export-diff {snap_spec} (into {path})")))?;
+    if x.to.as_deref() != Some(snap) || x.from.as_deref() != prev {
+        return Err(Error::invalid(format!(
+            "rbd export-diff of {spec} wrote a diff from {} to {}, expected from {} to '{snap}'",
+            crate::format::show_from(x.from.as_deref()),
+            crate::format::show_to(x.to.as_deref()),
+            crate::format::show_from(prev),
+        ))
+        .with_file(path));
+    }
+    Ok(x)
+}
+
 /// Removes the snapshots of `spec` this archive's backups made (named with its tag,
 /// [`super::names::is_own_snap`]) beyond the newest `k` of them, never `made` (the newest
 /// restorable snapshot, the base of the next incremental) nor any other snapshot. The
 /// backup is complete: what fails here is a warning.
-fn keep_snaps(rbd: &Rbd, spec: &str, made: &str, k: usize, report: &mut BackupReport) {
+pub(crate) fn keep_snaps(rbd: &Rbd, spec: &str, made: &str, k: usize, report: &mut BackupReport) {
     let snaps = match rbd.snapshots(spec) {
         Ok(s) => s,
         Err(e) => {

@@ -115,22 +115,107 @@ pub fn read(dir: &Path) -> Result<Catalog> {
             ..Catalog::default()
         });
     };
-    let c: Catalog = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::invalid(format!("not an rbddiff catalog: {e}")).with_file(&p))?;
+    parse(&bytes, &p)
+}
+
+/// Parses a catalog read from `place`.
+///
+/// # Errors
+/// It is not a catalog, or has a newer format version.
+pub(crate) fn parse(bytes: &[u8], place: impl AsRef<Path>) -> Result<Catalog> {
+    let p = place.as_ref();
+    let c: Catalog = serde_json::from_slice(bytes)
+        .map_err(|e| Error::invalid(format!("not an rbddiff catalog: {e}")).with_file(p))?;
     if c.version == 0 || c.version > VERSION {
         return Err(Error::invalid(format!(
             "catalog format version {} is not known (this rbddiff writes {VERSION})",
             c.version
         ))
-        .with_file(&p));
+        .with_file(p));
     }
     if let Some(id) = c.archive_id.as_deref().filter(|id| !is_archive_id(id)) {
         return Err(Error::invalid(format!(
             "the archive id {id:?} is not {ID_LEN} lowercase hex digits"
         ))
-        .with_file(&p));
+        .with_file(p));
     }
     Ok(c)
+}
+
+/// The catalog in an object store `store` (empty when there is none).
+///
+/// # Errors
+/// As [`read`].
+pub(crate) fn read_from(store: &dyn super::store::Store) -> Result<Catalog> {
+    match store.read_small(NAME, MAX_BYTES)? {
+        Some(b) => parse(&b, store.location(NAME)),
+        None => Ok(Catalog {
+            version: VERSION,
+            ..Catalog::default()
+        }),
+    }
+}
+
+/// Reads the catalog of `store`, changes it with `f` and writes it back whole (records of
+/// files not in `present` are dropped). Call it holding the archive's lock.
+///
+/// # Errors
+/// As [`read`]; writing fails.
+pub(crate) fn update_in(
+    store: &dyn super::store::Store,
+    present: &dyn Fn(&str) -> bool,
+    f: impl FnOnce(&mut Catalog),
+) -> Result<Catalog> {
+    let mut c = read_from(store)?;
+    c.files.retain(|n, _| present(n));
+    f(&mut c);
+    c.version = VERSION;
+    let text = serde_json::to_vec_pretty(&c).map_err(|e| Error::invalid(e.to_string()))?;
+    store.put_small(NAME, &text)?;
+    Ok(c)
+}
+
+/// A new archive id (32 random hex digits).
+///
+/// # Errors
+/// The random source cannot be read.
+pub(crate) fn new_id() -> Result<String> {
+    let mut bytes = [0u8; ID_LEN / 2];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| Error::from(e).with_file("/dev/urandom"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Records the outcome of a backup in `c` (see [`record_outcome`]).
+pub(crate) fn set_outcome(
+    c: &mut Catalog,
+    image: &str,
+    time: u64,
+    outcome: std::result::Result<&str, &str>,
+) {
+    let last = c.images.entry(image.to_string()).or_default();
+    match outcome {
+        Ok(file) => {
+            last.last_ok = Some(true);
+            last.success = Some(time);
+            last.file = Some(file.to_string());
+        }
+        Err(msg) => {
+            let mut m = msg.to_string();
+            if m.len() > MAX_ERROR {
+                let mut cut = MAX_ERROR;
+                while !m.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                m.truncate(cut);
+                m.push('…');
+            }
+            last.last_ok = Some(false);
+            last.failure = Some(time);
+            last.error = Some(m);
+        }
+    }
 }
 
 /// Digits of an archive id.
@@ -151,11 +236,7 @@ pub fn archive_id(dir: &Path) -> Result<String> {
     if let Some(id) = read(dir)?.archive_id {
         return Ok(id);
     }
-    let mut bytes = [0u8; ID_LEN / 2];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .map_err(|e| Error::from(e).with_file("/dev/urandom"))?;
-    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let id = new_id()?;
     update(dir, |c| {
         c.archive_id.get_or_insert_with(|| id.clone());
     })?;
@@ -173,30 +254,7 @@ pub fn record_outcome(
     time: u64,
     outcome: std::result::Result<&str, &str>,
 ) -> Result<()> {
-    update(dir, |c| {
-        let last = c.images.entry(image.to_string()).or_default();
-        match outcome {
-            Ok(file) => {
-                last.last_ok = Some(true);
-                last.success = Some(time);
-                last.file = Some(file.to_string());
-            }
-            Err(msg) => {
-                let mut m = msg.to_string();
-                if m.len() > MAX_ERROR {
-                    let mut cut = MAX_ERROR;
-                    while !m.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    m.truncate(cut);
-                    m.push('…');
-                }
-                last.last_ok = Some(false);
-                last.failure = Some(time);
-                last.error = Some(m);
-            }
-        }
-    })
+    update(dir, |c| set_outcome(c, image, time, outcome))
 }
 
 /// Records `rec` for the file `name` of `dir` (replacing an older record), dropping the

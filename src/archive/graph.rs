@@ -134,7 +134,12 @@ pub fn lineages(dir: &Path, image: &str) -> Result<Vec<Lineage>> {
     if all.is_empty() {
         return Ok(Vec::new());
     }
-    let catalog = super::catalog::read(dir)?;
+    Ok(split_lineages(all, &super::catalog::read(dir)?))
+}
+
+/// The files of `all` split into lineages by the image id `catalog` records for them,
+/// oldest first (see [`lineages`]).
+pub(crate) fn split_lineages(all: Graph, catalog: &super::catalog::Catalog) -> Vec<Lineage> {
     let id_of = |p: &Path| {
         let n = p.file_name()?.to_str()?;
         catalog.files.get(n)?.image_id.clone()
@@ -158,7 +163,7 @@ pub fn lineages(dir: &Path, image: &str) -> Result<Vec<Lineage>> {
         })
         .collect();
     out.sort_by_key(|l| l.graph.edges.iter().map(|e| e.mtime).max());
-    Ok(out)
+    out
 }
 
 /// The graph of the newest lineage of `image` in `dir` ([`lineages`]); with `snap`, of the
@@ -297,6 +302,16 @@ fn check_file(path: &Path) -> (std::result::Result<(), String>, SumsState) {
 }
 
 impl Graph {
+    /// The graph of `edges` (files that could not be read: `unreadable`).
+    pub fn from_edges(mut edges: Vec<Edge>, unreadable: Vec<PassedOver>) -> Graph {
+        edges.sort_by(|a, b| a.file.path.cmp(&b.file.path));
+        Graph {
+            snapshots: snapshot_order(&edges),
+            edges,
+            unreadable,
+        }
+    }
+
     /// True when the image has no file at all.
     pub fn is_empty(&self) -> bool {
         self.edges.is_empty() && self.unreadable.is_empty()
@@ -372,6 +387,19 @@ impl Graph {
     /// No file; `target` is not a snapshot of the graph; no healthy path leads to it (the
     /// message names the files passed over and why).
     pub fn choose(&self, target: Option<&str>) -> Result<Choice> {
+        self.choose_with(target, &mut |e| check_file(&e.file.path).0)
+    }
+
+    /// [`Graph::choose`], checking each file of a candidate path with `check` (which gives
+    /// the reason a file is damaged).
+    ///
+    /// # Errors
+    /// As [`Graph::choose`].
+    pub fn choose_with(
+        &self,
+        target: Option<&str>,
+        check: &mut dyn FnMut(&Edge) -> std::result::Result<(), String>,
+    ) -> Result<Choice> {
         let mut damaged: BTreeMap<usize, String> = BTreeMap::new();
         let mut good: HashSet<usize> = HashSet::new();
         if let Some(t) = target {
@@ -400,7 +428,7 @@ impl Graph {
                 if good.contains(&i) {
                     continue;
                 }
-                match check_file(&self.edges[i].file.path).0 {
+                match check(&self.edges[i]) {
                     Ok(()) => {
                         good.insert(i);
                     }
@@ -434,7 +462,7 @@ impl Graph {
             .map(|(s, _, _)| s)
             .collect();
         for (i, e) in self.edges.iter().enumerate() {
-            let start_ok = e.file.from.as_ref().map_or(true, |f| reachable.contains(f));
+            let start_ok = e.file.from.as_ref().is_none_or(|f| reachable.contains(f));
             let to_leads = e.file.to.as_ref().is_some_and(|t| leads.contains(t));
             if !path.contains(&i) && !damaged.contains_key(&i) && start_ok && to_leads {
                 passed_over.push(PassedOver {
@@ -517,7 +545,7 @@ impl Graph {
             let gaps: Vec<String> = self
                 .edges
                 .iter()
-                .filter(|e| target.map_or(true, |t| e.file.to.as_deref() == Some(t)))
+                .filter(|e| target.is_none_or(|t| e.file.to.as_deref() == Some(t)))
                 .filter_map(|e| {
                     let f = e.file.from.as_ref().filter(|f| !reach.contains(*f))?;
                     Some(format!("'{f}', where {} starts", e.file.name()))

@@ -144,6 +144,19 @@ pub(crate) fn snapshot_time(
 
 fn listing(image: String, image_id: Option<String>, g: &Graph, cat: &Catalog) -> ImageListing {
     let (damaged, sums) = g.check();
+    listing_checked(image, image_id, g, cat, damaged, sums)
+}
+
+/// The listing of the lineage `g` whose files were checked: `damaged` (with the reason) and
+/// the state of each file's sidecar.
+pub(crate) fn listing_checked(
+    image: String,
+    image_id: Option<String>,
+    g: &Graph,
+    cat: &Catalog,
+    damaged: std::collections::BTreeMap<usize, String>,
+    sums: Vec<SumsState>,
+) -> ImageListing {
     let restorable = g.restorable(&damaged);
     let mut used = std::collections::BTreeSet::new();
     let snapshots = restorable
@@ -316,6 +329,14 @@ pub fn status(dir: &Path, opts: &StatusOptions) -> Result<Status> {
         crate::dirlock::Command::Status,
         opts.wait,
     )?;
+    status_of(l, &dir.display().to_string(), opts)
+}
+
+/// [`status`] of the listing `l` of the archive `place`.
+///
+/// # Errors
+/// The metrics file cannot be written.
+pub(crate) fn status_of(l: Listing, place: &str, opts: &StatusOptions) -> Result<Status> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -339,7 +360,7 @@ pub fn status(dir: &Path, opts: &StatusOptions) -> Result<Status> {
             let newest = i.snapshots.last().cloned();
             let age = newest.as_ref().map(|s| now.saturating_sub(s.time));
             ImageStatus {
-                ok: age.is_some_and(|a| max_age.map_or(true, |m| a <= m)),
+                ok: age.is_some_and(|a| max_age.is_none_or(|m| a <= m)),
                 image: i.image,
                 newest,
                 age,
@@ -357,7 +378,7 @@ pub fn status(dir: &Path, opts: &StatusOptions) -> Result<Status> {
         prometheus: None,
     };
     if let Some(p) = &opts.prometheus {
-        let text = prometheus(dir, &st);
+        let text = prometheus(Path::new(place), &st);
         let mut f = crate::output::AtomicFile::create(p, true)?;
         std::io::Write::write_all(f.file(), text.as_bytes())
             .map_err(|e| Error::from(e).with_file(p))?;

@@ -11,12 +11,15 @@
 pub mod backup;
 pub mod catalog;
 pub mod graph;
+pub mod lease;
 pub mod listing;
 pub mod names;
 pub mod policy;
 pub mod prune;
+pub mod remote;
 pub mod restore;
 pub mod retention;
+pub mod store;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -320,7 +323,7 @@ pub(crate) fn finish_pending(dir: &Path, image: &str) -> Result<Vec<String>> {
 }
 
 /// For the name of a temporary file of [`crate::output`] (`.NAME.XXXXXX.tmp`), `NAME`.
-fn stale_temp_of(name: &str) -> Option<&str> {
+pub(crate) fn stale_temp_of(name: &str) -> Option<&str> {
     let rest = name.strip_prefix('.')?.strip_suffix(".tmp")?;
     let (base, rand) = rest.rsplit_once('.')?;
     (rand.len() == 6 && rand.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(base)

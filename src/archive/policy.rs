@@ -54,7 +54,7 @@ impl Policy {
             && self.weekly == 0
             && self.monthly == 0
             && self.yearly == 0
-            && self.within.map_or(true, |d| d.is_zero())
+            && self.within.is_none_or(|d| d.is_zero())
     }
 }
 

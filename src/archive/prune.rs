@@ -210,126 +210,25 @@ pub fn prune(
     let mut lineages = super::graph::lineages(dir, &image)?;
     let graph = lineages.pop().map(|l| l.graph).unwrap_or_default();
     let older = older_lineages(&lineages);
-    let bytes_before: u64 = graph.edges.iter().map(|e| e.bytes).sum();
-    let mut report = PruneReport {
-        image: image.clone(),
-        policy: opts.policy.clone(),
-        files: graph.edges.len() + graph.unreadable.len(),
-        kept_snapshots: Vec::new(),
-        kept_by: Vec::new(),
-        dropped_snapshots: Vec::new(),
-        merges: Vec::new(),
-        merged: Vec::new(),
-        output: None,
-        kept: graph.edges.iter().map(|e| e.file.name()).collect(),
-        delete: Vec::new(),
-        deleted: Vec::new(),
-        left: older,
-        dry_run,
-        bytes: 0,
-        bytes_before,
-        bytes_after: bytes_before,
-        cleaned,
-    };
-    if graph.is_empty() {
-        return Ok(report);
-    }
-    let damaged = graph.damaged();
-    let bad: Vec<String> = damaged
-        .iter()
-        .map(|(&i, why)| format!("{} ({why})", graph.edges[i].file.name()))
-        .chain(
-            graph
-                .unreadable
-                .iter()
-                .map(|u| format!("{} ({})", u.file, u.reason)),
-        )
-        .collect();
-    if !bad.is_empty() {
-        return Err(Error::invalid(format!(
-            "prune rewrites only a healthy archive; damaged or unreadable files of {image}: {} \
-             (restore goes round them; move them away to prune)",
-            bad.join("; ")
-        ))
-        .with_file(dir));
-    }
-    let no_snapshot =
-        || Error::invalid(format!("no snapshot of {image} is restorable")).with_file(dir);
-    let restorable = graph.restorable(&damaged);
-    if restorable.is_empty() {
-        return Err(no_snapshot());
-    }
     let cat = catalog::read(dir)?;
-    let snaps: Vec<Snap> = restorable
-        .iter()
-        .map(|(name, _, path)| Snap {
-            name: name.clone(),
-            time: super::listing::snapshot_time(&graph, &cat, name, path).0,
-        })
-        .collect();
-    let mut kept_by = select(&opts.policy, &snaps);
-    let keep: BTreeSet<String> = kept_by.keys().cloned().collect();
-    let plan = retention::plan(&graph, &damaged, &keep).ok_or_else(no_snapshot)?;
-    let edge = |i: usize| &graph.edges[i];
-    let names = |v: &[usize]| v.iter().map(|&i| edge(i).file.name()).collect::<Vec<_>>();
-    report.kept_by = plan
-        .keep
-        .iter()
-        .map(|s| {
-            let time = snaps.iter().find(|x| x.name == *s).map_or(0, |x| x.time);
-            KeptBy {
-                snapshot: s.clone(),
-                time,
-                time_utc: stamp(time),
-                rules: kept_by
-                    .remove(s)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(String::from)
-                    .collect(),
-            }
-        })
-        .collect();
-    report.kept_snapshots = plan.keep.clone();
-    report.dropped_snapshots = plan.dropped.clone();
-    report.kept = names(&plan.kept);
-    report.delete = names(&plan.delete);
-    report.left.extend(plan.left.iter().cloned());
-    let mut outputs: Vec<PathBuf> = Vec::new();
-    for m in &plan.merges {
-        let last = m.inputs.last().map(|&i| edge(i));
-        let compressed = opts
-            .compress
-            .unwrap_or_else(|| last.is_some_and(|e| e.file.compressed));
-        let out = dir.join(file_name(&image, m.from.as_deref(), &m.to, compressed));
-        if std::fs::symlink_metadata(&out).is_ok() || outputs.contains(&out) {
-            return Err(Error::invalid(format!(
-                "the merged output exists already (merging {})",
-                names(&m.inputs).join(", ")
-            ))
-            .with_file(&out));
-        }
-        report.merges.push(MergeReport {
-            inputs: names(&m.inputs),
-            output: out.to_string_lossy().into_owned(),
-            from_snap: m.from.clone(),
-            to_snap: m.to.clone(),
-            compressed,
-            input_bytes: m.inputs.iter().map(|&i| edge(i).bytes).sum(),
-            bytes: None,
-        });
-        outputs.push(out);
-    }
-    if let Some(full) = report.merges.iter().find(|m| m.from_snap.is_none()) {
-        report.merged = full.inputs.clone();
-        report.output = Some(full.output.clone());
-    }
-    let deleted_bytes: u64 = plan.delete.iter().map(|&i| edge(i).bytes).sum();
-    let merged_bytes: u64 = report.merges.iter().map(|m| m.input_bytes).sum();
-    report.bytes_after = bytes_before - deleted_bytes + merged_bytes;
-    if dry_run || (plan.merges.is_empty() && plan.delete.is_empty()) {
+    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    let (mut report, plan, outputs) = plan_prune(
+        dir,
+        &image,
+        &graph,
+        older,
+        cleaned,
+        &cat,
+        opts,
+        &exists,
+        graph.damaged(),
+    )?;
+    let Some(plan) = plan else {
         return Ok(report);
-    }
+    };
+    let bytes_before = report.bytes_before;
+    let edge = |i: usize| &graph.edges[i];
+    let deleted_bytes: u64 = plan.delete.iter().map(|&i| edge(i).bytes).sum();
     // Deletions go from the latest end snapshot back: a run stopped in between never leaves
     // a file to delete whose start no path reaches any more (which the next run would have
     // to leave alone).
@@ -415,8 +314,149 @@ pub fn prune(
     Ok(report)
 }
 
+/// The plan of a prune of `graph` (the newest lineage of `image` in the archive `dir`; the
+/// files of older ones in `older`) by `opts`: the report, and the retention plan with its
+/// outputs' paths when there is work to do (not for a dry run). `exists` tells whether an
+/// output's name is taken; `damaged` holds the files found damaged, with the reason.
+///
+/// # Errors
+/// As [`prune`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plan_prune(
+    dir: &Path,
+    image: &str,
+    graph: &Graph,
+    older: Vec<PassedOver>,
+    cleaned: Vec<String>,
+    cat: &catalog::Catalog,
+    opts: &PruneOptions,
+    exists: &dyn Fn(&Path) -> bool,
+    damaged: std::collections::BTreeMap<usize, String>,
+) -> Result<(PruneReport, Option<retention::Plan>, Vec<PathBuf>)> {
+    let dry_run = opts.dry_run;
+    let mut outputs: Vec<PathBuf> = Vec::new();
+    let bytes_before: u64 = graph.edges.iter().map(|e| e.bytes).sum();
+    let mut report = PruneReport {
+        image: image.to_string(),
+        policy: opts.policy.clone(),
+        files: graph.edges.len() + graph.unreadable.len(),
+        kept_snapshots: Vec::new(),
+        kept_by: Vec::new(),
+        dropped_snapshots: Vec::new(),
+        merges: Vec::new(),
+        merged: Vec::new(),
+        output: None,
+        kept: graph.edges.iter().map(|e| e.file.name()).collect(),
+        delete: Vec::new(),
+        deleted: Vec::new(),
+        left: older,
+        dry_run,
+        bytes: 0,
+        bytes_before,
+        bytes_after: bytes_before,
+        cleaned,
+    };
+    if graph.is_empty() {
+        return Ok((report, None, outputs));
+    }
+    let bad: Vec<String> = damaged
+        .iter()
+        .map(|(&i, why)| format!("{} ({why})", graph.edges[i].file.name()))
+        .chain(
+            graph
+                .unreadable
+                .iter()
+                .map(|u| format!("{} ({})", u.file, u.reason)),
+        )
+        .collect();
+    if !bad.is_empty() {
+        return Err(Error::invalid(format!(
+            "prune rewrites only a healthy archive; damaged or unreadable files of {image}: {} \
+             (restore goes round them; move them away to prune)",
+            bad.join("; ")
+        ))
+        .with_file(dir));
+    }
+    let no_snapshot =
+        || Error::invalid(format!("no snapshot of {image} is restorable")).with_file(dir);
+    let restorable = graph.restorable(&damaged);
+    if restorable.is_empty() {
+        return Err(no_snapshot());
+    }
+    let snaps: Vec<Snap> = restorable
+        .iter()
+        .map(|(name, _, path)| Snap {
+            name: name.clone(),
+            time: super::listing::snapshot_time(graph, cat, name, path).0,
+        })
+        .collect();
+    let mut kept_by = select(&opts.policy, &snaps);
+    let keep: BTreeSet<String> = kept_by.keys().cloned().collect();
+    let plan = retention::plan(graph, &damaged, &keep).ok_or_else(no_snapshot)?;
+    let edge = |i: usize| &graph.edges[i];
+    let names = |v: &[usize]| v.iter().map(|&i| edge(i).file.name()).collect::<Vec<_>>();
+    report.kept_by = plan
+        .keep
+        .iter()
+        .map(|s| {
+            let time = snaps.iter().find(|x| x.name == *s).map_or(0, |x| x.time);
+            KeptBy {
+                snapshot: s.clone(),
+                time,
+                time_utc: stamp(time),
+                rules: kept_by
+                    .remove(s)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            }
+        })
+        .collect();
+    report.kept_snapshots = plan.keep.clone();
+    report.dropped_snapshots = plan.dropped.clone();
+    report.kept = names(&plan.kept);
+    report.delete = names(&plan.delete);
+    report.left.extend(plan.left.iter().cloned());
+    for m in &plan.merges {
+        let last = m.inputs.last().map(|&i| edge(i));
+        let compressed = opts
+            .compress
+            .unwrap_or_else(|| last.is_some_and(|e| e.file.compressed));
+        let out = dir.join(file_name(image, m.from.as_deref(), &m.to, compressed));
+        if exists(&out) || outputs.contains(&out) {
+            return Err(Error::invalid(format!(
+                "the merged output exists already (merging {})",
+                names(&m.inputs).join(", ")
+            ))
+            .with_file(&out));
+        }
+        report.merges.push(MergeReport {
+            inputs: names(&m.inputs),
+            output: out.to_string_lossy().into_owned(),
+            from_snap: m.from.clone(),
+            to_snap: m.to.clone(),
+            compressed,
+            input_bytes: m.inputs.iter().map(|&i| edge(i).bytes).sum(),
+            bytes: None,
+        });
+        outputs.push(out);
+    }
+    if let Some(full) = report.merges.iter().find(|m| m.from_snap.is_none()) {
+        report.merged = full.inputs.clone();
+        report.output = Some(full.output.clone());
+    }
+    let deleted_bytes: u64 = plan.delete.iter().map(|&i| edge(i).bytes).sum();
+    let merged_bytes: u64 = report.merges.iter().map(|m| m.input_bytes).sum();
+    report.bytes_after = bytes_before - deleted_bytes + merged_bytes;
+    if dry_run || (plan.merges.is_empty() && plan.delete.is_empty()) {
+        return Ok((report, None, outputs));
+    }
+    Ok((report, Some(plan), outputs))
+}
+
 /// The files of older lineages, each with why it is left alone.
-fn older_lineages(lineages: &[super::graph::Lineage]) -> Vec<PassedOver> {
+pub(crate) fn older_lineages(lineages: &[super::graph::Lineage]) -> Vec<PassedOver> {
     lineages
         .iter()
         .flat_map(|l| {

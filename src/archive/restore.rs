@@ -99,7 +99,43 @@ pub fn restore(
         .map(|p| open_input(p))
         .collect::<Result<Vec<_>>>()?;
     let mut inputs = opened.iter().map(merge_input).collect::<Result<Vec<_>>>()?;
-    let p = plan(&inputs, &MergeOptions::default())?;
+    let (stats, size, created) = import_merged(
+        &mut inputs,
+        spec,
+        &dir.display().to_string(),
+        opts,
+        progress,
+    )?;
+    Ok(RestoreReport {
+        image: spec.to_string(),
+        files: names,
+        bytes_read: choice.bytes,
+        passed_over: choice.passed_over,
+        warnings: choice.warnings,
+        from_snap: stats.from_snap,
+        to_snap: stats.to_snap,
+        image_size: size,
+        created,
+        bytes: stats.bytes_written,
+        records: stats.records,
+    })
+}
+
+/// Merges `inputs` (a path of the archive `place`) in one pass into `rbd import-diff - spec`
+/// (creating the image first when `opts.create` asks and it does not exist; removed again
+/// when the restore then fails): the merge's stats, the restored image size and whether the
+/// image was created.
+///
+/// # Errors
+/// The merge or an `rbd` call fails.
+pub(crate) fn import_merged(
+    inputs: &mut [crate::merge::MergeInput<'_>],
+    spec: &str,
+    place: &str,
+    opts: &RestoreOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(crate::merge::MergeStats, u64, bool)> {
+    let p = plan(inputs, &MergeOptions::default())?;
     let size = p.metadata().image_size.unwrap_or(0);
     let rbd = &opts.rbd;
     let mut created = false;
@@ -121,7 +157,7 @@ pub fn restore(
                 BufWriter::with_capacity(1 << 20, stdin),
                 opts.limit_rate,
             );
-            p.write(&mut inputs, out, Version::V1, progress)
+            p.write(inputs, out, Version::V1, progress)
                 .and_then(|(mut w, stats)| {
                     w.flush()?;
                     Ok(stats)
@@ -136,7 +172,7 @@ pub fn restore(
         // Our side failed first (a bad input, a read error): rbd only saw a cut stream.
         Err(e) if !is_broken_pipe(&e) => Err(e),
         _ if !status.success() => Err(rbd_failed(
-            &format!("rbd import-diff into {spec} (from {})", dir.display()),
+            &format!("rbd import-diff into {spec} (from {place})"),
             &err,
         )),
         written => written,
@@ -155,19 +191,7 @@ pub fn restore(
         },
         r => r,
     };
-    result.map(|stats| RestoreReport {
-        image: spec.to_string(),
-        files: names,
-        bytes_read: choice.bytes,
-        passed_over: choice.passed_over,
-        warnings: choice.warnings,
-        from_snap: stats.from_snap,
-        to_snap: stats.to_snap,
-        image_size: size,
-        created,
-        bytes: stats.bytes_written,
-        records: stats.records,
-    })
+    result.map(|stats| (stats, size, created))
 }
 
 /// Says that `others` other lineages of `image` were not looked at.

@@ -54,7 +54,7 @@ fn reachable<'a>(links: &[(Option<&'a str>, &'a str)]) -> HashSet<&'a str> {
     loop {
         let before = reach.len();
         for (from, to) in links {
-            if from.map_or(true, |f| reach.contains(f)) {
+            if from.is_none_or(|f| reach.contains(f)) {
                 reach.insert(to);
             }
         }
@@ -151,7 +151,7 @@ pub fn plan(g: &Graph, damaged: &BTreeMap<usize, String>, keep: &BTreeSet<String
                 file: e.file.name(),
                 reason: "ends at the image HEAD, no snapshot".into(),
             });
-        } else if e.file.from.as_deref().map_or(true, |f| reach.contains(f)) {
+        } else if e.file.from.as_deref().is_none_or(|f| reach.contains(f)) {
             usable.insert(i);
         } else {
             plan.left.push(PassedOver {
@@ -169,7 +169,7 @@ pub fn plan(g: &Graph, damaged: &BTreeMap<usize, String>, keep: &BTreeSet<String
         .copied()
         .filter(|&i| {
             let f = &g.edges[i].file;
-            f.to.as_deref().is_some_and(is_kept) && f.from.as_deref().map_or(true, is_kept)
+            f.to.as_deref().is_some_and(is_kept) && f.from.as_deref().is_none_or(is_kept)
         })
         .collect();
     let mut links: Vec<(Option<&str>, &str)> = kept

@@ -17,11 +17,16 @@ use super::Status;
 /// sidecar. On failure no file is left and the new snapshot is removed again. The archive's
 /// catalog records the backup time, image id, cluster fsid (as rbd's configuration sets it)
 /// and rbd version of the file, and the outcome of the run (for `status`).
+///
+/// Into s3://BUCKET/PREFIX (S3, Ceph RGW) the export streams into a multipart upload (8 MiB
+/// parts, 4 in flight: at most 32 MiB held), the sidecar is uploaded after it, and the run
+/// holds the archive's lock object with a lease of 120 s, renewed while it runs; a lock
+/// whose lease expired is broken, a live one only with --break-lock.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The image: POOL/IMAGE.
     image: String,
-    /// The backup directory (created if missing).
+    /// The backup directory (created if missing), or s3://BUCKET/PREFIX.
     dir: PathBuf,
     /// Name of the snapshot to create (default rbddiff-<TAG>-<UTC time,
     /// YYYYmmddTHHMMSS.NNNNNNNNNZ>, TAG the first 8 hex digits of the archive's id).
@@ -53,6 +58,12 @@ pub struct Args {
     cluster: super::RbdArgs,
     #[command(flatten)]
     wait: super::WaitArgs,
+    /// With s3://: break the archive's lock even when its lease has not expired (only when
+    /// its holder is known to be gone; an expired lease is broken without it).
+    #[arg(long)]
+    break_lock: bool,
+    #[command(flatten)]
+    s3: super::S3Args,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -74,7 +85,10 @@ pub fn run(a: Args) -> Result<Status> {
         rbd: a.cluster.into(),
         wait: a.wait.get()?,
     };
-    let r = backup(&a.image, &a.dir, &opts)?;
+    let r = match a.s3.store(&a.dir)? {
+        Some(store) => rbddiff::archive::remote::backup(&a.image, &*store, &opts, a.break_lock)?,
+        None => backup(&a.image, &a.dir, &opts)?,
+    };
     super::print_report(a.json, &r, |out| {
         writeln!(
             out,

@@ -18,20 +18,25 @@ use super::Status;
 /// when `backup` named it, else the modification time of the file ending at it.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The backup directory.
+    /// The backup directory, or s3://BUCKET/PREFIX.
     dir: PathBuf,
     /// Only this image (default: every image with files in DIR).
     #[arg(long)]
     image: Option<String>,
     #[command(flatten)]
     wait: super::WaitArgs,
+    #[command(flatten)]
+    s3: super::S3Args,
     /// Print the listing as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(a: Args) -> Result<Status> {
-    let r = list(&a.dir, a.image.as_deref(), a.wait.get()?)?;
+    let r = match a.s3.store(&a.dir)? {
+        Some(s) => rbddiff::archive::remote::list(&*s, a.image.as_deref())?,
+        None => list(&a.dir, a.image.as_deref(), a.wait.get()?)?,
+    };
     super::print_report(a.json, &r, |out| {
         for i in &r.images {
             writeln!(

@@ -11,6 +11,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 mod apply;
 mod backup;
 mod compress;
+mod copy;
 mod create;
 mod docs;
 mod explode;
@@ -109,6 +110,7 @@ enum Command {
     Explode(explode::Args),
     Backup(backup::Args),
     Restore(restore::Args),
+    Copy(copy::Args),
     Prune(prune::Args),
     Replay(replay::Args),
     Sync(sync::Args),
@@ -148,6 +150,58 @@ impl WaitArgs {
             .as_deref()
             .map(rbddiff::archive::listing::parse_duration)
             .transpose()
+    }
+}
+
+/// How to reach an archive on object storage (`s3://BUCKET/PREFIX`), for the archive
+/// commands. Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and
+/// AWS_SESSION_TOKEN); the endpoint, region and plain-http permission from the flags, else
+/// from AWS_ENDPOINT_URL, AWS_REGION and AWS_ALLOW_HTTP=true.
+#[derive(clap::Args, Debug, Default)]
+pub struct S3Args {
+    /// With s3://: the endpoint URL, e.g. a Ceph RGW's http://HOST:7480 (default
+    /// AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// With s3://: the region (default AWS_REGION, else us-east-1).
+    #[arg(long, value_name = "REGION")]
+    s3_region: Option<String>,
+    /// With s3://: path-style requests (HOST/BUCKET/KEY; the default when an endpoint is
+    /// given).
+    #[arg(long, conflicts_with = "s3_virtual_hosted")]
+    s3_path_style: bool,
+    /// With s3://: virtual-hosted-style requests (BUCKET.HOST/KEY; the default for AWS).
+    #[arg(long)]
+    s3_virtual_hosted: bool,
+    /// With s3://: allow a plain-http endpoint (as AWS_ALLOW_HTTP=true).
+    #[arg(long)]
+    s3_allow_http: bool,
+}
+
+impl S3Args {
+    /// The store of the archive `loc` (a directory or `s3://…`), when it is on object
+    /// storage.
+    pub fn store(
+        &self,
+        loc: &std::path::Path,
+    ) -> rbddiff::Result<Option<Box<dyn rbddiff::archive::store::Store>>> {
+        use rbddiff::archive::store::{open, Location, S3Config};
+        let l = Location::parse(&loc.to_string_lossy())?;
+        if !l.is_remote() {
+            return Ok(None);
+        }
+        let cfg = S3Config {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            path_style: match (self.s3_path_style, self.s3_virtual_hosted) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            allow_http: self.s3_allow_http.then_some(true),
+            ..S3Config::default()
+        };
+        open(&l, &cfg).map(Some)
     }
 }
 
@@ -355,6 +409,7 @@ pub fn run() -> ExitCode {
         Command::Explode(a) => explode::run(a),
         Command::Backup(a) => backup::run(a),
         Command::Restore(a) => restore::run(a),
+        Command::Copy(a) => copy::run(a),
         Command::Prune(a) => prune::run(a),
         Command::Replay(a) => replay::run(a),
         Command::Sync(a) => sync::run(a),

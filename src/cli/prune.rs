@@ -25,7 +25,8 @@ use super::Status;
 /// listed. A damaged or unreadable file of the image stops the prune.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The backup directory.
+    /// The backup directory, or s3://BUCKET/PREFIX (merged files are streamed into new
+    /// objects and read back before any delete; the lease lock is held, see `backup`).
     dir: PathBuf,
     /// The image whose files are pruned (files IMAGE@…); optional when DIR holds one image.
     /// With several images it is required (prune refuses and names them).
@@ -63,6 +64,11 @@ pub struct Args {
     dry_run: bool,
     #[command(flatten)]
     wait: super::WaitArgs,
+    /// With s3://: break the archive's lock even when its lease has not expired.
+    #[arg(long)]
+    break_lock: bool,
+    #[command(flatten)]
+    s3: super::S3Args,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -85,7 +91,11 @@ pub fn run(a: Args) -> Result<Status> {
         stop_after: None,
         wait: a.wait.get()?,
     };
-    let r = super::with_progress(|p| prune(&a.dir, &opts, p))?;
+    let store = a.s3.store(&a.dir)?;
+    let r = super::with_progress(|p| match &store {
+        Some(s) => rbddiff::archive::remote::prune(&**s, &opts, a.break_lock, p),
+        None => prune(&a.dir, &opts, p),
+    })?;
     super::print_report(a.json, &r, |out| {
         for f in &r.cleaned {
             writeln!(out, "removed (left by an interrupted run): {f}")?;

@@ -17,9 +17,13 @@ use super::Status;
 /// those passed over, with the reason. With `--to-file RAW|DEVICE` instead of an image, the
 /// path is applied offline to a raw image file (created sparse when missing) or a block
 /// device, as `rbddiff apply` does: no cluster is needed.
+///
+/// From s3://BUCKET/PREFIX the files of the path stream with ranged reads (8 MiB, 4 in flight
+/// per file) into the merge; each file's length and snapshots are checked against its
+/// sidecar, its structure as it streams (`rbddiff verify s3://…` checks every byte).
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The backup directory.
+    /// The backup directory, or s3://BUCKET/PREFIX.
     dir: PathBuf,
     /// The target image: POOL/IMAGE (or give --to-file).
     #[arg(required_unless_present = "to_file", conflicts_with = "to_file")]
@@ -51,12 +55,20 @@ pub struct Args {
     cluster: super::RbdArgs,
     #[command(flatten)]
     wait: super::WaitArgs,
+    #[command(flatten)]
+    s3: super::S3Args,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(a: Args) -> Result<Status> {
+    let store = a.s3.store(&a.dir)?;
+    if store.is_some() && a.to_file.is_some() {
+        return Err(rbddiff::Error::invalid(
+            "--to-file restores from a directory (copy the archive there first)",
+        ));
+    }
     if let Some(target) = &a.to_file {
         let opts = FileRestoreOptions {
             image: a.from_image,
@@ -93,8 +105,9 @@ pub fn run(a: Args) -> Result<Status> {
         rbd: a.cluster.into(),
         wait: a.wait.get()?,
     };
-    let r = super::with_progress_on(&a.dir.to_string_lossy(), |p| {
-        restore(&a.dir, &image, &opts, p)
+    let r = super::with_progress_on(&a.dir.to_string_lossy(), |p| match &store {
+        Some(s) => rbddiff::archive::remote::restore(&**s, &image, &opts, p),
+        None => restore(&a.dir, &image, &opts, p),
     });
     let r = r?;
     super::print_report(a.json, &r, |out| {

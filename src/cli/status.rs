@@ -18,7 +18,7 @@ use super::Status;
 /// newest lineage (image id) counts. Also shows the outcome of each image's last backup.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The backup directory.
+    /// The backup directory, or s3://BUCKET/PREFIX.
     dir: PathBuf,
     /// The largest age: a number and a unit (s, m, h, d, w), e.g. 26h or 1d12h.
     #[arg(long, value_name = "DURATION", required_unless_present = "prometheus")]
@@ -33,6 +33,8 @@ pub struct Args {
     prometheus: Option<PathBuf>,
     #[command(flatten)]
     wait: super::WaitArgs,
+    #[command(flatten)]
+    s3: super::S3Args,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -45,7 +47,10 @@ pub fn run(a: Args) -> Result<Status> {
         prometheus: a.prometheus,
         wait: a.wait.get()?,
     };
-    let r = status(&a.dir, &opts)?;
+    let r = match a.s3.store(&a.dir)? {
+        Some(s) => rbddiff::archive::remote::status(&*s, &opts)?,
+        None => status(&a.dir, &opts)?,
+    };
     super::print_report(a.json, &r, |out| {
         if r.images.is_empty() {
             writeln!(out, "{}: no backups", a.dir.display())?;

@@ -68,6 +68,8 @@ pub struct Args {
     /// With --replica: the Ceph user on the destination cluster.
     #[arg(long, requires = "replica", value_name = "USER")]
     dst_id: Option<String>,
+    #[command(flatten)]
+    s3: super::S3Args,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -105,6 +107,31 @@ fn run_replica(a: Args) -> Result<Status> {
 pub fn run(a: Args) -> Result<Status> {
     if a.replica {
         return run_replica(a);
+    }
+    if let [one] = a.files.as_slice() {
+        if let Some(store) = a.s3.store(std::path::Path::new(one))? {
+            let r = rbddiff::archive::remote::verify(&*store, None)?;
+            super::print_report(a.json, &r, |out| {
+                for f in &r.files {
+                    match &f.problem {
+                        None => writeln!(out, "{}: ok ({} bytes)", f.file, f.bytes)?,
+                        Some(p) => writeln!(out, "{}: PROBLEM: {p}", f.file)?,
+                    }
+                }
+                writeln!(
+                    out,
+                    "{}: {} file(s), {} with problems",
+                    r.archive,
+                    r.files.len(),
+                    r.problems
+                )
+            })?;
+            return Ok(if r.problems == 0 {
+                Status::Ok
+            } else {
+                Status::Problems
+            });
+        }
     }
     let opts = VerifyOptions {
         full: a.full,

@@ -1,0 +1,306 @@
+#![cfg(feature = "s3")]
+//! Archive commands over the storage trait, offline: the in-memory object store and a
+//! directory store, with the fake rbd of tests/common/fakerbd.rs.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+
+use common::fakerbd::{restorable, restored, FakeCluster};
+use common::gen::Rng;
+use rbddiff::archive::lease::{acquire, holder, LockOptions};
+use rbddiff::archive::remote;
+use rbddiff::archive::store::{DirStore, FailPoint, ObjStore, S3Config, Store};
+use rbddiff::workflow::{BackupOptions, Rbd};
+use rbddiff::ErrorKind;
+
+fn opts(c: &FakeCluster) -> BackupOptions {
+    BackupOptions {
+        rbd: Rbd {
+            program: c.bin.join("rbd"),
+            ..Rbd::default()
+        },
+        ..BackupOptions::default()
+    }
+}
+
+/// Copies every object of `store` into the directory `dir`.
+fn download(store: &dyn Store, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for o in store.list("").unwrap() {
+        let mut b = Vec::new();
+        store
+            .reader(&o.name, o.size)
+            .unwrap()
+            .read_to_end(&mut b)
+            .unwrap();
+        std::fs::write(dir.join(&o.name), b).unwrap();
+    }
+}
+
+fn names(store: &dyn Store) -> Vec<String> {
+    store
+        .list("")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect()
+}
+
+#[test]
+fn backups_into_an_object_store_restore_every_snapshot() {
+    let t = tempfile::tempdir().unwrap();
+    let c = FakeCluster::new(&t.path().join("bin"), 1 << 20);
+    let store = ObjStore::memory(&S3Config::default()).unwrap();
+    let mut rng = Rng::new(7);
+    let mut snaps = Vec::new();
+    for k in 0..3 {
+        let mut o = opts(&c);
+        o.compress = (k == 2).then(Default::default);
+        let r = remote::backup("rbd/vm", &store, &o, false).unwrap();
+        assert_eq!(r.from_snap.is_none(), k == 0, "{r:?}");
+        assert!(r.file.starts_with("memory://archive/vm@"), "{}", r.file);
+        snaps.push(r.to_snap);
+        c.write(&mut rng);
+    }
+    // Nothing but the files, their sidecars and the catalog; no lock, no upload marker.
+    let n = names(&store);
+    assert_eq!(n.len(), 7, "{n:?}");
+    assert!(n.contains(&".rbddiff-catalog.json".to_string()));
+    let l = remote::list(&store, None).unwrap();
+    let got: Vec<&str> = l.images[0]
+        .snapshots
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(got, snaps.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(l.images[0].snapshots[0].time_from, "catalog");
+    let v = remote::verify(&store, None).unwrap();
+    assert_eq!((v.files.len(), v.problems), (3, 0), "{v:?}");
+    // The objects are an ordinary archive: every snapshot restores to what it held.
+    let dir = t.path().join("copy");
+    download(&store, &dir);
+    assert_eq!(restorable(&dir), snaps);
+    for s in &snaps {
+        assert_eq!(restored(&dir, t.path(), s), c.snap_sha256(s), "{s}");
+    }
+    // A damaged object is found by verify (same length: only the content tells).
+    let name = n.iter().find(|n| n.ends_with(".full.diff")).unwrap();
+    let mut b = store.read_small(name, 1 << 30).unwrap().unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 1;
+    store.put_small(name, &b).unwrap();
+    let v = remote::verify(&store, None).unwrap();
+    assert_eq!(v.problems, 1, "{v:?}");
+    // One byte more: its sidecar no longer describes it, and list says so.
+    b.push(0);
+    store.put_small(name, &b).unwrap();
+    let l = remote::list(&store, None).unwrap();
+    assert_eq!(l.images[0].unhealthy.len(), 1, "{:?}", l.images[0]);
+    assert!(l.images[0].snapshots.is_empty());
+}
+
+#[test]
+fn failed_uploads_leave_no_backup_and_remove_the_snapshot() {
+    let t = tempfile::tempdir().unwrap();
+    // A full diff of about 12 MiB: three parts of 5 MiB.
+    let c = FakeCluster::new(&t.path().join("bin"), 12 << 20);
+    let cfg = S3Config {
+        part_size: Some(5 << 20),
+        parts_in_flight: Some(2),
+        ..S3Config::default()
+    };
+    let store = ObjStore::memory(&cfg).unwrap();
+    for f in [FailPoint::Part(1), FailPoint::Complete] {
+        store.fail_at(Some(f));
+        let e = remote::backup("rbd/vm", &store, &opts(&c), false).unwrap_err();
+        assert!(e.to_string().contains("failed"), "{f:?}: {e}");
+        let n = names(&store);
+        assert_eq!(n, [".rbddiff-catalog.json"], "{f:?}");
+        assert!(c.snapshots().is_empty(), "{f:?}: {:?}", c.snapshots());
+        assert!(remote::list(&store, None).unwrap().images.is_empty());
+    }
+    store.fail_at(None);
+    let r = remote::backup("rbd/vm", &store, &opts(&c), false).unwrap();
+    assert!(r.file_bytes > 10 << 20, "{r:?}");
+    // The failures are recorded for status, the success after them too.
+    let cat = store
+        .read_small(".rbddiff-catalog.json", 1 << 20)
+        .unwrap()
+        .unwrap();
+    let cat: serde_json::Value = serde_json::from_slice(&cat).unwrap();
+    assert_eq!(cat["images"]["vm"]["last_ok"], true);
+    assert!(cat["images"]["vm"]["failure"].is_u64());
+}
+
+#[test]
+fn a_held_lock_refuses_a_backup_until_broken_or_expired() {
+    let t = tempfile::tempdir().unwrap();
+    let c = FakeCluster::new(&t.path().join("bin"), 1 << 20);
+    let store = ObjStore::memory(&S3Config::default()).unwrap();
+    let (other, _) = acquire(&store, &LockOptions::new("prune", None, false)).unwrap();
+    let e = remote::backup("rbd/vm", &store, &opts(&c), false).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Locked(_)), "{e}");
+    assert!(e.to_string().contains("prune"), "{e}");
+    assert!(c.snapshots().is_empty());
+    // --break-lock takes it, and the lock is gone afterwards.
+    remote::backup("rbd/vm", &store, &opts(&c), true).unwrap();
+    assert_eq!(holder(&store).unwrap(), None);
+    // An expired lease is broken without being asked.
+    let mut stale = other;
+    stale.expires = 1;
+    store
+        .put_small(".rbddiff-lock.json", &serde_json::to_vec(&stale).unwrap())
+        .unwrap();
+    remote::backup("rbd/vm", &store, &opts(&c), false).unwrap();
+    assert_eq!(
+        remote::list(&store, None).unwrap().images[0]
+            .snapshots
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn a_directory_store_writes_an_ordinary_archive() {
+    let t = tempfile::tempdir().unwrap();
+    let c = FakeCluster::new(&t.path().join("bin"), 1 << 20);
+    let dir = t.path().join("arch");
+    let store = DirStore::new(&dir);
+    let mut rng = Rng::new(3);
+    let mut snaps = Vec::new();
+    for _ in 0..2 {
+        snaps.push(
+            remote::backup("rbd/vm", &store, &opts(&c), false)
+                .unwrap()
+                .to_snap,
+        );
+        c.write(&mut rng);
+    }
+    // The directory commands read it as their own.
+    assert_eq!(restorable(&dir), snaps);
+    let l = rbddiff::archive::listing::list(&dir, None, None).unwrap();
+    assert_eq!(l.images[0].snapshots.len(), 2);
+    assert!(l.images[0].files.iter().all(|f| f.sums.as_str() == "ok"));
+    for s in &snaps {
+        assert_eq!(restored(&dir, t.path(), s), c.snap_sha256(s));
+    }
+    // A diff whose sidecar never came (a kill between the two commits) is removed by the
+    // next backup, under the lock.
+    let left = dir.join("vm@stray.full.diff");
+    std::fs::copy(dir.join(format!("vm@{}.full.diff", snaps[0])), &left).unwrap();
+    let r = remote::backup("rbd/vm", &store, &opts(&c), false).unwrap();
+    assert_eq!(r.cleaned, [left.display().to_string()]);
+    assert!(!left.exists());
+}
+
+#[test]
+fn prune_of_an_object_store_keeps_its_snapshots_restorable() {
+    let t = tempfile::tempdir().unwrap();
+    let c = FakeCluster::new(&t.path().join("bin"), 1 << 20);
+    let store = ObjStore::memory(&S3Config::default()).unwrap();
+    let mut rng = Rng::new(11);
+    let mut snaps = Vec::new();
+    for k in 0..5 {
+        let mut o = opts(&c);
+        o.compress = (k % 2 == 1).then(Default::default);
+        snaps.push(remote::backup("rbd/vm", &store, &o, false).unwrap().to_snap);
+        c.write(&mut rng);
+    }
+    let popts = |last| rbddiff::workflow::PruneOptions {
+        policy: rbddiff::archive::policy::Policy {
+            last,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // A failed upload of the merged file changes nothing.
+    let before = names(&store);
+    store.fail_at(Some(FailPoint::Complete));
+    assert!(remote::prune(&store, &popts(2), false, &mut |_, _| {}).is_err());
+    store.fail_at(None);
+    assert_eq!(names(&store), before);
+    let r = remote::prune(&store, &popts(2), false, &mut |_, _| {}).unwrap();
+    assert_eq!(r.kept_snapshots, snaps[3..]);
+    assert_eq!(r.merges.len(), 1, "{r:?}");
+    assert!(!r.deleted.is_empty());
+    let l = remote::list(&store, None).unwrap();
+    let kept: Vec<&str> = l.images[0]
+        .snapshots
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(kept, [snaps[3].as_str(), snaps[4].as_str()]);
+    assert_eq!(remote::verify(&store, None).unwrap().problems, 0);
+    let dir = t.path().join("copy");
+    download(&store, &dir);
+    for s in &snaps[3..] {
+        assert_eq!(restored(&dir, t.path(), s), c.snap_sha256(s), "{s}");
+    }
+    assert_eq!(holder(&store).unwrap(), None);
+}
+
+#[test]
+fn copy_directory_to_object_store_and_back_is_byte_identical() {
+    let t = tempfile::tempdir().unwrap();
+    let c = FakeCluster::new(&t.path().join("bin"), 1 << 20);
+    let src = t.path().join("src");
+    let mut rng = Rng::new(5);
+    // Written by the directory backup itself.
+    for k in 0..3 {
+        let mut o = opts(&c);
+        o.compress = (k == 1).then(Default::default);
+        rbddiff::workflow::backup("rbd/vm", &src, &o).unwrap();
+        c.write(&mut rng);
+    }
+    let store = ObjStore::memory(&S3Config::default()).unwrap();
+    let copts = remote::CopyOptions::default();
+    let r = remote::copy(&DirStore::new(&src), &store, &copts).unwrap();
+    assert_eq!((r.copied.len(), r.passed_over.len()), (3, 0), "{r:?}");
+    // Again: nothing to do.
+    let r = remote::copy(&DirStore::new(&src), &store, &copts).unwrap();
+    assert_eq!((r.copied.len(), r.present.len()), (0, 3), "{r:?}");
+    assert_eq!(
+        remote::list(&store, None).unwrap().images[0]
+            .snapshots
+            .len(),
+        3
+    );
+    let back = t.path().join("back");
+    let r = remote::copy(&store, &DirStore::new(&back), &copts).unwrap();
+    assert_eq!(r.copied.len(), 3);
+    let files = |d: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with("vm@")
+            })
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (files(&src), files(&back));
+    assert_eq!(a.len(), 6);
+    assert!(a == b, "the copies differ");
+    // The catalog went along: the snapshots' times are the backups'.
+    let l = rbddiff::archive::listing::list(&back, None, None).unwrap();
+    assert!(l.images[0]
+        .snapshots
+        .iter()
+        .all(|s| s.time_from == "catalog"));
+    // A different file of the same name at the destination stops the copy.
+    let name = &a[0].0;
+    let mut bad = a[0].1.clone();
+    bad.push(0);
+    store.put_small(name, &bad).unwrap();
+    assert!(remote::copy(&DirStore::new(&src), &store, &copts).is_err());
+}
