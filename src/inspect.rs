@@ -188,6 +188,7 @@ struct Seen {
 }
 
 impl Seen {
+    #[inline(always)]
     fn count(self, s: &mut DiffSummary, list: Option<&mut Vec<RecordInfo>>) {
         s.records = self.index + 1;
         match self.tag {
@@ -230,7 +231,14 @@ impl Seen {
 
 /// Walks one diff, filling a summary; stops at the first error (recorded in the summary).
 /// Payloads are left unread (a streamed one is skipped by the source).
-pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> DiffSummary {
+///
+/// Generic so that the walk of a diff's records compiles into one loop per driver (no call
+/// through a pointer per record); a `&mut dyn RecordSource` is accepted too.
+pub fn summarize<S: RecordSource + ?Sized>(
+    src: &mut S,
+    start: u64,
+    with_records: bool,
+) -> DiffSummary {
     let meta = src.metadata().clone();
     let mut s = DiffSummary {
         start,

@@ -249,6 +249,11 @@ impl<R: Read> Source<R> {
 
     /// Skips up to `n` bytes; returns how many were skipped (fewer at end of input).
     fn skip(&mut self, n: u64) -> io::Result<u64> {
+        if n <= (self.hi - self.lo) as u64 {
+            // Within the buffer (the payload of a small record).
+            self.consume(n as usize);
+            return Ok(n);
+        }
         let mut left = n;
         if let Some((_, len)) = self.seek {
             let buffered = (self.hi - self.lo) as u64;
@@ -601,6 +606,24 @@ impl<R: Read> DiffReader<R> {
     fn read_head(&mut self) -> Result<(bool, Result<Step>)> {
         let src = &mut self.body.src;
         let offset = src.pos;
+        // A whole `w`/`z` head in the buffer that passes every check: no grammar, no error.
+        let version = self.checker.version;
+        if let Some((t, e, declared, used)) = parse::data_head(version, src.avail()) {
+            if let Some(step) = self.checker.data_fast(t, e, declared) {
+                src.consume(used);
+                let trailing = if t == crate::format::tag::WRITE {
+                    e.len
+                } else {
+                    0
+                };
+                self.body.remaining = trailing;
+                self.body.rec_len = trailing;
+                self.body.rec_offset = offset;
+                self.body.rec_index = self.checker.index - 1;
+                self.body.rec_tag = t;
+                return Ok((false, Ok(step)));
+            }
+        }
         // An empty buffer cannot hold a head: refill before the first parse attempt.
         if src.avail().is_empty() && !src.refill_empty()? {
             return Err(eof_error(&self.checker, offset, src.avail()));
@@ -652,6 +675,7 @@ impl<R: Read> DiffReader<R> {
         }
     }
 
+    #[inline(always)]
     fn step(&mut self) -> Result<Option<(u64, Step)>> {
         if let Some((offset, checked)) = self.pending.take() {
             return checked.map(|step| Some((offset, step)));
@@ -659,7 +683,9 @@ impl<R: Read> DiffReader<R> {
         if self.done {
             return Ok(None);
         }
-        self.body.skip_rest()?;
+        if self.body.remaining > 0 {
+            self.body.skip_rest()?;
+        }
         let offset = self.body.src.pos;
         let step = self.read_head()?.1?;
         if step == Step::Meta {
@@ -744,6 +770,7 @@ impl<R: Read> RecordSource for DiffReader<R> {
             .unwrap_or(self.body.src.pos.saturating_add(self.body.remaining))
     }
 
+    #[inline]
     fn next_item(&mut self) -> Result<Option<Item<'_>>> {
         let r = self.step();
         let (offset, step) = match r {
