@@ -449,6 +449,7 @@ impl<'a> RecordSource for crate::slice::Records<'a> {
     fn position(&self) -> u64 {
         crate::slice::Records::offset(self)
     }
+    #[inline]
     fn next_item(&mut self) -> Result<Option<Item<'_>>> {
         let index = self.index();
         let Some(r) = self.next() else {
