@@ -857,7 +857,10 @@ pub fn check_sums_with(path: &Path, bytes: &[u8], digest: bool) -> Result<Vec<Mi
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = s.records.len().div_ceil(threads).max(1);
-    let found = std::thread::scope(|scope| {
+    // The whole-file sha256, when asked for, runs beside the CRC threads (it is sequential).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (found, sha) = std::thread::scope(|scope| {
+        let sha = digest.then(|| scope.spawn(|| sha256_hex(bytes, &stop)));
         let workers: Vec<_> = s
             .records
             .chunks(chunk)
@@ -871,16 +874,20 @@ pub fn check_sums_with(path: &Path, bytes: &[u8], digest: bool) -> Result<Vec<Mi
                 })
             })
             .collect();
-        workers
+        let failed = || Error::invalid("a checksum thread failed");
+        let found = workers
             .into_iter()
-            .map(|w| {
-                w.join()
-                    .map_err(|_| Error::invalid("a checksum thread failed"))
-            })
-            .collect::<Result<Vec<_>>>()
+            .map(|w| w.join().map_err(|_| failed()))
+            .collect::<Result<Vec<_>>>();
+        // The digest only matters when every CRC matched.
+        if !matches!(&found, Ok(f) if f.iter().all(Vec::is_empty)) || !out.is_empty() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let sha = sha.map(|t| t.join().map_err(|_| failed())).transpose();
+        Ok::<_, Error>((found?, sha?))
     })?;
     out.extend(found.into_iter().flatten());
-    if digest && out.is_empty() && hex(&Sha256::digest(bytes)) != s.sha256 {
+    if out.is_empty() && sha.is_some_and(|h| h != s.sha256) {
         out.push(Mismatch {
             offset: 0,
             record: None,
