@@ -233,12 +233,9 @@ impl Seen {
 /// Payloads are left unread (a streamed one is skipped by the source).
 ///
 /// Generic so that the walk of a diff's records compiles into one loop per driver (no call
-/// through a pointer per record); a `&mut dyn RecordSource` is accepted too.
-pub fn summarize<S: RecordSource + ?Sized>(
-    src: &mut S,
-    start: u64,
-    with_records: bool,
-) -> DiffSummary {
+/// through a pointer per record), and runs of small records are counted in bulk
+/// ([`RecordSource::skim_data`]).
+pub fn summarize<S: RecordSource>(src: &mut S, start: u64, with_records: bool) -> DiffSummary {
     let meta = src.metadata().clone();
     let mut s = DiffSummary {
         start,
@@ -263,6 +260,25 @@ pub fn summarize<S: RecordSource + ?Sized>(
     // slice driver reports it at the record itself).
     let mut held: Option<Seen> = None;
     loop {
+        src.skim_data(|pos, index, t, e| {
+            // Once one is handed out, the walk has moved past the held record.
+            if let Some(h) = held.take() {
+                h.count(&mut s, list.as_mut());
+            }
+            let tag = if t == crate::format::tag::WRITE {
+                'w'
+            } else {
+                'z'
+            };
+            let seen = Seen {
+                pos,
+                index,
+                tag,
+                ext: Some(e),
+                len: e.len,
+            };
+            seen.count(&mut s, list.as_mut());
+        });
         let item = match src.next_item() {
             Ok(Some(item)) => item,
             Ok(None) => break,

@@ -428,6 +428,20 @@ pub trait RecordSource {
     /// # Errors
     /// The first structural problem or I/O error; the source is finished after an error.
     fn next_item(&mut self) -> Result<Option<Item<'_>>>;
+
+    /// Walks, in one call, the `w` and `z` records that follow while the driver can hand
+    /// them out without a read, a check beyond the usual or an error (their heads and
+    /// payloads in its buffer): `f(offset, index, tag, extent)` for each, payloads skipped
+    /// (the unread rest of the current one first). Returns how many; 0 (the default) when
+    /// there are none, and [`RecordSource::next_item`] then takes the walk on. For walks
+    /// that count records rather than read them (`inspect`): a call per record, inlined.
+    fn skim_data<F: FnMut(u64, u64, u8, Extent)>(&mut self, f: F) -> u64
+    where
+        Self: Sized,
+    {
+        let _ = f;
+        0
+    }
 }
 
 impl<'a> RecordSource for crate::slice::Records<'a> {
@@ -769,6 +783,46 @@ impl<R: Read> RecordSource for DiffReader<R> {
             .as_ref()
             .map(|(o, _)| *o)
             .unwrap_or(self.body.src.pos.saturating_add(self.body.remaining))
+    }
+
+    #[inline]
+    fn skim_data<F: FnMut(u64, u64, u8, Extent)>(&mut self, mut f: F) -> u64 {
+        if self.pending.is_some() || self.done {
+            return 0;
+        }
+        let src = &mut self.body.src;
+        let left = self.body.remaining;
+        if left > 0 {
+            if left > (src.hi - src.lo) as u64 {
+                return 0;
+            }
+            src.consume(left as usize);
+            self.body.remaining = 0;
+        }
+        let version = self.checker.version;
+        let mut n = 0;
+        loop {
+            let avail = src.avail();
+            let Some((t, e, declared, used)) = parse::data_head(version, avail) else {
+                break;
+            };
+            let payload = if t == crate::format::tag::WRITE {
+                e.len
+            } else {
+                0
+            };
+            if payload > (avail.len() - used) as u64 {
+                break;
+            }
+            let offset = src.pos;
+            if self.checker.data_fast(t, e, declared).is_none() {
+                break;
+            }
+            src.consume(used + payload as usize);
+            f(offset, self.checker.index - 1, t, e);
+            n += 1;
+        }
+        n
     }
 
     #[inline]

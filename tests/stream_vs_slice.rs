@@ -177,6 +177,30 @@ fn dense(version: rbddiff::Version, n: u64) -> Vec<u8> {
     w.finish().unwrap()
 }
 
+/// `inspect` of a file (positioned reads, small records counted in bulk) reports what
+/// `inspect` of the same bytes through the slice driver does, with and without `--records`.
+fn assert_same_inspect(name: &str, bytes: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.diff");
+    std::fs::write(&path, bytes).unwrap();
+    let p = path.to_str().unwrap();
+    for with_records in [false, true] {
+        let want = rbddiff::inspect::inspect_bytes(p, bytes, with_records);
+        let got = rbddiff::inspect::inspect_file(p, with_records).unwrap();
+        assert_eq!(got, want, "{name}: inspect (records {with_records})");
+    }
+}
+
+#[test]
+fn dense_diffs_inspect_the_same_truncated_everywhere() {
+    for version in [rbddiff::Version::V1, rbddiff::Version::V2] {
+        let bytes = dense(version, 300);
+        for n in 0..=bytes.len() {
+            assert_same_inspect(&format!("{version}[..{n}]"), &bytes[..n]);
+        }
+    }
+}
+
 #[test]
 fn dense_diffs_truncated_everywhere_agree() {
     // Every truncation point, with the heads at every alignment of the positioned reads'
@@ -204,6 +228,7 @@ fn dense_diffs_across_many_refills_agree() {
     for version in [rbddiff::Version::V1, rbddiff::Version::V2] {
         let bytes = dense(version, 200_000);
         assert_same_file(&format!("dense {version}"), &bytes, 1);
+        assert_same_inspect(&format!("dense {version}"), &bytes);
         let mid = bytes.len() / 2;
         // The start of the record holding byte `mid`, from the slice driver.
         let d = rbddiff::DiffSlice::parse(&bytes).unwrap();
@@ -241,6 +266,7 @@ fn dense_diffs_across_many_refills_agree() {
             let out = slice_any(b, PayloadReads::All);
             assert!(out.error.is_some() || !out.warnings.is_empty(), "{what}");
             assert_same_file(&format!("dense {version}, {what}"), b, 2);
+            assert_same_inspect(&format!("dense {version}, {what}"), b);
         }
     }
 }
@@ -260,6 +286,7 @@ proptest! {
             d.apply(&mut bytes);
         }
         assert_same_file("dense", &bytes, seed);
+        assert_same_inspect("dense", &bytes);
         assert_same("dense", &bytes, &[(seed, max)]);
     }
 }
