@@ -94,6 +94,33 @@ impl Checker {
         Ok(step)
     }
 
+    /// [`Checker::head`] for a `w` or `z` head (from [`crate::parse::data_head`]) that passes
+    /// every check and gives no warning; `None`, with nothing changed, for anything else, so
+    /// that the caller takes the general path (which builds the error or warning).
+    #[inline(always)]
+    pub fn data_fast(&mut self, t: u8, e: Extent, declared: Option<u64>) -> Option<Step> {
+        let body = if t == tag::WRITE {
+            16u64.saturating_add(e.len)
+        } else {
+            16
+        };
+        let end = e.offset.checked_add(e.len)?;
+        let fits = self.meta.image_size.is_some_and(|size| end <= size);
+        let ok =
+            fits && e.len != 0 && e.offset >= self.prev_end && declared.map_or(true, |d| d == body);
+        if !ok {
+            return None;
+        }
+        self.in_data = true;
+        self.prev_end = end;
+        self.index += 1;
+        Some(if t == tag::WRITE {
+            Step::Write(e)
+        } else {
+            Step::Zero(e)
+        })
+    }
+
     fn check(&mut self, ph: &ParsedHead<'_>, offset: u64) -> Result<Step> {
         let head = &ph.head;
         let t = head.tag();

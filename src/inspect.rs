@@ -188,6 +188,7 @@ struct Seen {
 }
 
 impl Seen {
+    #[inline(always)]
     fn count(self, s: &mut DiffSummary, list: Option<&mut Vec<RecordInfo>>) {
         s.records = self.index + 1;
         match self.tag {
@@ -230,7 +231,11 @@ impl Seen {
 
 /// Walks one diff, filling a summary; stops at the first error (recorded in the summary).
 /// Payloads are left unread (a streamed one is skipped by the source).
-pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> DiffSummary {
+///
+/// Generic so that the walk of a diff's records compiles into one loop per driver (no call
+/// through a pointer per record), and runs of small records are counted in bulk
+/// ([`RecordSource::skim_data`]).
+pub fn summarize<S: RecordSource>(src: &mut S, start: u64, with_records: bool) -> DiffSummary {
     let meta = src.metadata().clone();
     let mut s = DiffSummary {
         start,
@@ -255,6 +260,25 @@ pub fn summarize(src: &mut dyn RecordSource, start: u64, with_records: bool) -> 
     // slice driver reports it at the record itself).
     let mut held: Option<Seen> = None;
     loop {
+        src.skim_data(|pos, index, t, e| {
+            // Once one is handed out, the walk has moved past the held record.
+            if let Some(h) = held.take() {
+                h.count(&mut s, list.as_mut());
+            }
+            let tag = if t == crate::format::tag::WRITE {
+                'w'
+            } else {
+                'z'
+            };
+            let seen = Seen {
+                pos,
+                index,
+                tag,
+                ext: Some(e),
+                len: e.len,
+            };
+            seen.count(&mut s, list.as_mut());
+        });
         let item = match src.next_item() {
             Ok(Some(item)) => item,
             Ok(None) => break,

@@ -280,3 +280,38 @@ pub(crate) fn image_banner(input: &[u8]) -> PResult<'_, ()> {
     }
     Ok((i, ()))
 }
+
+/// Bytes of a `w` or `z` head: tag, (v2: le64 length,) le64 offset, le64 length.
+pub(crate) const fn data_head_len(version: Version) -> usize {
+    match version {
+        Version::V1 => 17,
+        Version::V2 => 25,
+    }
+}
+
+/// A `w` or `z` head decoded straight from the bytes, for the records that make up nearly
+/// all of a diff: the tag, the extent, the v2 length field and the head's length. `None`
+/// when `input` starts with any other record or holds less than a whole head; the grammar
+/// above then decides (same result, and the only place errors are made).
+#[inline(always)]
+pub(crate) fn data_head(
+    version: Version,
+    input: &[u8],
+) -> Option<(u8, Extent, Option<u64>, usize)> {
+    let n = data_head_len(version);
+    let head = input.get(..n)?;
+    let t = head[0];
+    if t != tag::WRITE && t != tag::ZERO {
+        return None;
+    }
+    let le = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&head[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let (declared, at) = match version {
+        Version::V1 => (None, 1),
+        Version::V2 => (Some(le(1)), 9),
+    };
+    Some((t, Extent::new(le(at), le(at + 8)), declared, n))
+}

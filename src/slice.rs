@@ -187,9 +187,33 @@ impl<'a> Records<'a> {
         self.checker.ended
     }
 
+    #[inline(always)]
     fn step(&mut self) -> Result<(u64, Record<'a>)> {
         let rest = self.bytes.get(self.pos..).unwrap_or_default();
         let offset = self.offset();
+        // A `w`/`z` head that passes every check, with all of its payload present: no
+        // grammar, no error (anything else takes the general path below).
+        if let Some((t, e, declared, used)) = parse::data_head(self.checker.version, rest) {
+            let payload = if t == crate::format::tag::WRITE {
+                rest.get(used..)
+                    .and_then(|r| r.get(..usize::try_from(e.len).ok()?))
+            } else {
+                Some(&[][..])
+            };
+            if let Some(data) = payload {
+                if let Some(step) = self.checker.data_fast(t, e, declared) {
+                    self.pos += used + data.len();
+                    let rec = match step {
+                        Step::Write(e) => Record::Write {
+                            offset: e.offset,
+                            data,
+                        },
+                        _ => Record::Zero(e),
+                    };
+                    return Ok((offset, rec));
+                }
+            }
+        }
         let (next, ph) = head_at(&self.checker, rest, offset)?;
         let step = self.checker.head(&ph, offset)?;
         let head_len = rest.len() - next.len();
@@ -248,6 +272,7 @@ impl<'a> Records<'a> {
 impl<'a> Iterator for Records<'a> {
     type Item = Result<(u64, Record<'a>)>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
             return None;

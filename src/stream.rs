@@ -249,6 +249,11 @@ impl<R: Read> Source<R> {
 
     /// Skips up to `n` bytes; returns how many were skipped (fewer at end of input).
     fn skip(&mut self, n: u64) -> io::Result<u64> {
+        if n <= (self.hi - self.lo) as u64 {
+            // Within the buffer (the payload of a small record).
+            self.consume(n as usize);
+            return Ok(n);
+        }
         let mut left = n;
         if let Some((_, len)) = self.seek {
             let buffered = (self.hi - self.lo) as u64;
@@ -423,6 +428,20 @@ pub trait RecordSource {
     /// # Errors
     /// The first structural problem or I/O error; the source is finished after an error.
     fn next_item(&mut self) -> Result<Option<Item<'_>>>;
+
+    /// Walks, in one call, the `w` and `z` records that follow while the driver can hand
+    /// them out without a read, a check beyond the usual or an error (their heads and
+    /// payloads in its buffer): `f(offset, index, tag, extent)` for each, payloads skipped
+    /// (the unread rest of the current one first). Returns how many; 0 (the default) when
+    /// there are none, and [`RecordSource::next_item`] then takes the walk on. For walks
+    /// that count records rather than read them (`inspect`): a call per record, inlined.
+    fn skim_data<F: FnMut(u64, u64, u8, Extent)>(&mut self, f: F) -> u64
+    where
+        Self: Sized,
+    {
+        let _ = f;
+        0
+    }
 }
 
 impl<'a> RecordSource for crate::slice::Records<'a> {
@@ -444,6 +463,7 @@ impl<'a> RecordSource for crate::slice::Records<'a> {
     fn position(&self) -> u64 {
         crate::slice::Records::offset(self)
     }
+    #[inline]
     fn next_item(&mut self) -> Result<Option<Item<'_>>> {
         let index = self.index();
         let Some(r) = self.next() else {
@@ -601,6 +621,24 @@ impl<R: Read> DiffReader<R> {
     fn read_head(&mut self) -> Result<(bool, Result<Step>)> {
         let src = &mut self.body.src;
         let offset = src.pos;
+        // A whole `w`/`z` head in the buffer that passes every check: no grammar, no error.
+        let version = self.checker.version;
+        if let Some((t, e, declared, used)) = parse::data_head(version, src.avail()) {
+            if let Some(step) = self.checker.data_fast(t, e, declared) {
+                src.consume(used);
+                let trailing = if t == crate::format::tag::WRITE {
+                    e.len
+                } else {
+                    0
+                };
+                self.body.remaining = trailing;
+                self.body.rec_len = trailing;
+                self.body.rec_offset = offset;
+                self.body.rec_index = self.checker.index - 1;
+                self.body.rec_tag = t;
+                return Ok((false, Ok(step)));
+            }
+        }
         // An empty buffer cannot hold a head: refill before the first parse attempt.
         if src.avail().is_empty() && !src.refill_empty()? {
             return Err(eof_error(&self.checker, offset, src.avail()));
@@ -652,6 +690,7 @@ impl<R: Read> DiffReader<R> {
         }
     }
 
+    #[inline(always)]
     fn step(&mut self) -> Result<Option<(u64, Step)>> {
         if let Some((offset, checked)) = self.pending.take() {
             return checked.map(|step| Some((offset, step)));
@@ -659,7 +698,9 @@ impl<R: Read> DiffReader<R> {
         if self.done {
             return Ok(None);
         }
-        self.body.skip_rest()?;
+        if self.body.remaining > 0 {
+            self.body.skip_rest()?;
+        }
         let offset = self.body.src.pos;
         let step = self.read_head()?.1?;
         if step == Step::Meta {
@@ -744,6 +785,47 @@ impl<R: Read> RecordSource for DiffReader<R> {
             .unwrap_or(self.body.src.pos.saturating_add(self.body.remaining))
     }
 
+    #[inline]
+    fn skim_data<F: FnMut(u64, u64, u8, Extent)>(&mut self, mut f: F) -> u64 {
+        if self.pending.is_some() || self.done {
+            return 0;
+        }
+        let src = &mut self.body.src;
+        let left = self.body.remaining;
+        if left > 0 {
+            if left > (src.hi - src.lo) as u64 {
+                return 0;
+            }
+            src.consume(left as usize);
+            self.body.remaining = 0;
+        }
+        let version = self.checker.version;
+        let mut n = 0;
+        loop {
+            let avail = src.avail();
+            let Some((t, e, declared, used)) = parse::data_head(version, avail) else {
+                break;
+            };
+            let payload = if t == crate::format::tag::WRITE {
+                e.len
+            } else {
+                0
+            };
+            if payload > (avail.len() - used) as u64 {
+                break;
+            }
+            let offset = src.pos;
+            if self.checker.data_fast(t, e, declared).is_none() {
+                break;
+            }
+            src.consume(used + payload as usize);
+            f(offset, self.checker.index - 1, t, e);
+            n += 1;
+        }
+        n
+    }
+
+    #[inline]
     fn next_item(&mut self) -> Result<Option<Item<'_>>> {
         let r = self.step();
         let (offset, step) = match r {

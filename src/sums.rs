@@ -128,18 +128,48 @@ pub fn compute(bytes: &[u8]) -> Result<Sums> {
     compute_with_progress(bytes, &mut |_| {})
 }
 
-/// [`compute`], telling `progress` the bytes summed so far (CRCs and sha256 both: each run
-/// of records is hashed by both as the walk reaches it), never decreasing, last `bytes.len()`.
+/// [`compute`], telling `progress` the bytes summed so far (by their CRCs, as the walk
+/// reaches each run of records), never decreasing, last `bytes.len()`.
+///
+/// The whole-file sha256 (sequential by nature) is taken on a thread of its own while this
+/// one walks the records and takes the CRCs, so that the two use two cores.
 ///
 /// # Errors
 /// As [`compute`].
 pub fn compute_with_progress(bytes: &[u8], progress: &mut dyn FnMut(u64)) -> Result<Sums> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let sha = scope.spawn(|| sha256_hex(bytes, &stop));
+        let sums = compute_runs(bytes, progress);
+        if sums.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let sha = sha
+            .join()
+            .map_err(|_| Error::invalid("the sha256 thread failed"))?;
+        sums.map(|s| Sums { sha256: sha, ..s })
+    })
+}
+
+/// The sha256 of `bytes` in lowercase hex, fed in 1 MiB pieces; stops early (returning
+/// nothing useful) once `stop` is set.
+fn sha256_hex(bytes: &[u8], stop: &std::sync::atomic::AtomicBool) -> String {
+    let mut sha = Sha256::new();
+    for piece in bytes.chunks(1 << 20) {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return String::new();
+        }
+        sha.update(piece);
+    }
+    hex(&sha.finalize())
+}
+
+/// The sums of [`compute_with_progress`] without the sha256 (left empty).
+fn compute_runs(bytes: &[u8], progress: &mut dyn FnMut(u64)) -> Result<Sums> {
     let d = DiffSlice::parse(bytes)?;
     let len = bytes.len() as u64;
     let mut records = Vec::new();
-    let mut sha = Sha256::new();
-    // Bytes fed to `sha` so far: the runs tile the file in order, so each is fed as it is
-    // summed, and whatever no run covered is fed at the end.
+    // Bytes summed so far (for `progress`): the runs tile the file in order.
     let mut hashed = 0usize;
     // The run being summed, `(offset, tag of its first record, len, records)`, records
     // joined as [`joins`] says; each run's bytes are hashed once.
@@ -151,7 +181,6 @@ pub fn compute_with_progress(bytes: &[u8], progress: &mut dyn FnMut(u64)) -> Res
                 .unwrap_or(usize::MAX)
                 .min(bytes.len());
             if end > hashed {
-                sha.update(&bytes[hashed..end]);
                 hashed = end;
                 progress(end as u64);
             }
@@ -207,7 +236,6 @@ pub fn compute_with_progress(bytes: &[u8], progress: &mut dyn FnMut(u64)) -> Res
     close(&mut records, open, len);
     flush(&mut records, run);
     if hashed < bytes.len() {
-        sha.update(&bytes[hashed..]);
         progress(len);
     }
     let m = d.metadata();
@@ -216,7 +244,7 @@ pub fn compute_with_progress(bytes: &[u8], progress: &mut dyn FnMut(u64)) -> Res
         version: SUMS_VERSION,
         diff_version: d.version().to_string(),
         file_len: len,
-        sha256: hex(&sha.finalize()),
+        sha256: String::new(),
         from: m.from_snap.as_ref().map(|_| m.from_name()),
         to: m.to_snap.as_ref().map(|_| m.to_name()),
         size: m.image_size,
@@ -829,7 +857,10 @@ pub fn check_sums_with(path: &Path, bytes: &[u8], digest: bool) -> Result<Vec<Mi
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = s.records.len().div_ceil(threads).max(1);
-    let found = std::thread::scope(|scope| {
+    // The whole-file sha256, when asked for, runs beside the CRC threads (it is sequential).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (found, sha) = std::thread::scope(|scope| {
+        let sha = digest.then(|| scope.spawn(|| sha256_hex(bytes, &stop)));
         let workers: Vec<_> = s
             .records
             .chunks(chunk)
@@ -843,16 +874,20 @@ pub fn check_sums_with(path: &Path, bytes: &[u8], digest: bool) -> Result<Vec<Mi
                 })
             })
             .collect();
-        workers
+        let failed = || Error::invalid("a checksum thread failed");
+        let found = workers
             .into_iter()
-            .map(|w| {
-                w.join()
-                    .map_err(|_| Error::invalid("a checksum thread failed"))
-            })
-            .collect::<Result<Vec<_>>>()
+            .map(|w| w.join().map_err(|_| failed()))
+            .collect::<Result<Vec<_>>>();
+        // The digest only matters when every CRC matched.
+        if !matches!(&found, Ok(f) if f.iter().all(Vec::is_empty)) || !out.is_empty() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let sha = sha.map(|t| t.join().map_err(|_| failed())).transpose();
+        Ok::<_, Error>((found?, sha?))
     })?;
     out.extend(found.into_iter().flatten());
-    if digest && out.is_empty() && hex(&Sha256::digest(bytes)) != s.sha256 {
+    if out.is_empty() && sha.is_some_and(|h| h != s.sha256) {
         out.push(Mismatch {
             offset: 0,
             record: None,

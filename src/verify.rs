@@ -222,8 +222,8 @@ impl Notes {
 
 /// Structural check of one diff source; adds its findings to `out`. `at` is told the
 /// source's position after each record.
-fn walk(
-    src: &mut dyn RecordSource,
+fn walk<S: RecordSource + ?Sized>(
+    src: &mut S,
     file: &str,
     standalone: bool,
     at: &mut dyn FnMut(u64),
@@ -233,8 +233,8 @@ fn walk(
 }
 
 /// [`walk`], comparing every record with an archive's index on the way.
-fn walk_checked(
-    src: &mut dyn RecordSource,
+fn walk_checked<S: RecordSource + ?Sized>(
+    src: &mut S,
     file: &str,
     standalone: bool,
     at: &mut dyn FnMut(u64),

@@ -8,8 +8,8 @@ mod drivers;
 
 use std::path::PathBuf;
 
-use drivers::gen::{damage, image_spec, spec};
-use drivers::{slice_any, stream_any, PayloadReads, RandomReader};
+use drivers::gen::{damage, dense_spec, image_spec, spec};
+use drivers::{file_any, slice_any, stream_any, PayloadReads, RandomReader};
 use proptest::prelude::*;
 use rbddiff::WriteOptions;
 
@@ -142,6 +142,153 @@ fn streamed_sums_equal_file_sums() {
     }
     // Trailing bytes, unknown v2 records, duplicate metadata among them.
     assert!(valid >= 3, "only {valid} valid files in testdata/err");
+}
+
+/// [`assert_same`] for a file read with positioned reads (both ways of opening it), whole
+/// payloads and partial ones.
+fn assert_same_file(name: &str, bytes: &[u8], seed: u64) {
+    for reads in [PayloadReads::All, PayloadReads::Prefix(seed)] {
+        let want = slice_any(bytes, reads);
+        for borrowed in [false, true] {
+            let got = file_any(bytes, reads, borrowed);
+            assert_eq!(got, want, "{name}: file ({reads:?}, borrowed {borrowed})");
+        }
+    }
+}
+
+/// A fixed record-dense diff: `n` records of 1 to 48 bytes, some back to back.
+fn dense(version: rbddiff::Version, n: u64) -> Vec<u8> {
+    let meta = rbddiff::Metadata {
+        to_snap: Some(b"snap".to_vec()),
+        image_size: Some(n * 64),
+        ..Default::default()
+    };
+    let mut w = rbddiff::DiffWriter::new(Vec::new(), version, &meta).unwrap();
+    let mut at = 0;
+    for i in 0..n {
+        let len = 1 + (i * 7) % 48;
+        if i % 5 == 4 {
+            w.zero(rbddiff::Extent::new(at, len)).unwrap();
+        } else {
+            w.write_data(at, &vec![i as u8; len as usize]).unwrap();
+        }
+        at += len + i % 3;
+    }
+    w.finish().unwrap()
+}
+
+/// `inspect` of a file (positioned reads, small records counted in bulk) reports what
+/// `inspect` of the same bytes through the slice driver does, with and without `--records`.
+fn assert_same_inspect(name: &str, bytes: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.diff");
+    std::fs::write(&path, bytes).unwrap();
+    let p = path.to_str().unwrap();
+    for with_records in [false, true] {
+        let want = rbddiff::inspect::inspect_bytes(p, bytes, with_records);
+        let got = rbddiff::inspect::inspect_file(p, with_records).unwrap();
+        assert_eq!(got, want, "{name}: inspect (records {with_records})");
+    }
+}
+
+#[test]
+fn dense_diffs_inspect_the_same_truncated_everywhere() {
+    for version in [rbddiff::Version::V1, rbddiff::Version::V2] {
+        let bytes = dense(version, 300);
+        for n in 0..=bytes.len() {
+            assert_same_inspect(&format!("{version}[..{n}]"), &bytes[..n]);
+        }
+    }
+}
+
+#[test]
+fn dense_diffs_truncated_everywhere_agree() {
+    // Every truncation point, with the heads at every alignment of the positioned reads'
+    // refills (64 bytes at first, doubling).
+    for version in [rbddiff::Version::V1, rbddiff::Version::V2] {
+        let bytes = dense(version, 300);
+        assert!(slice_any(&bytes, PayloadReads::All).error.is_none());
+        for n in 0..=bytes.len() {
+            let cut = &bytes[..n];
+            let want = slice_any(cut, PayloadReads::All);
+            assert_eq!(
+                file_any(cut, PayloadReads::All, false),
+                want,
+                "{version}[..{n}]"
+            );
+            assert_eq!(stream_any(cut, PayloadReads::All, n as u64, 64 << 10), want);
+        }
+    }
+}
+
+#[test]
+fn dense_diffs_across_many_refills_agree() {
+    // Dozens of 64 KiB refills, and damage in the middle of them (each check of the fast path
+    // falls back to the grammar, which names the same record and byte).
+    for version in [rbddiff::Version::V1, rbddiff::Version::V2] {
+        let bytes = dense(version, 200_000);
+        assert_same_file(&format!("dense {version}"), &bytes, 1);
+        assert_same_inspect(&format!("dense {version}"), &bytes);
+        let mid = bytes.len() / 2;
+        // The start of the record holding byte `mid`, from the slice driver.
+        let d = rbddiff::DiffSlice::parse(&bytes).unwrap();
+        let rec = d
+            .records()
+            .map(|r| r.unwrap().0 as usize)
+            .find(|&o| o >= mid)
+            .unwrap();
+        let at = |k: usize| {
+            rec + 1
+                + if version == rbddiff::Version::V2 {
+                    8
+                } else {
+                    0
+                }
+                + k
+        };
+        let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut set = |what, i: usize, v: u64| {
+            let mut b = bytes.clone();
+            b[i..i + 8].copy_from_slice(&v.to_le_bytes());
+            cases.push((what, b));
+        };
+        set("zero length", at(8), 0);
+        set("out of order", at(0), 0);
+        set("past the size", at(0), u64::MAX / 2);
+        set("overflow", at(8), u64::MAX);
+        if version == rbddiff::Version::V2 {
+            set("length field", rec + 1, 3);
+        }
+        let mut tag = bytes.clone();
+        tag[rec] = b'Q';
+        cases.push(("unknown tag", tag));
+        for (what, b) in &cases {
+            let out = slice_any(b, PayloadReads::All);
+            assert!(out.error.is_some() || !out.warnings.is_empty(), "{what}");
+            assert_same_file(&format!("dense {version}, {what}"), b, 2);
+            assert_same_inspect(&format!("dense {version}, {what}"), b);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn dense_diffs_agree(
+        s in dense_spec(3000),
+        dmg in proptest::collection::vec(damage(), 0..3),
+        seed in any::<u64>(),
+        max in 1usize..100_000,
+    ) {
+        let mut bytes = s.encode(WriteOptions::default());
+        for d in &dmg {
+            d.apply(&mut bytes);
+        }
+        assert_same_file("dense", &bytes, seed);
+        assert_same_inspect("dense", &bytes);
+        assert_same("dense", &bytes, &[(seed, max)]);
+    }
 }
 
 proptest! {

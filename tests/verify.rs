@@ -285,6 +285,35 @@ fn digest_option_checks_sha256() {
     assert!(r.ok());
 }
 
+/// A sidecar whose CRCs match but whose whole-file sha256 does not: only `digest` finds it
+/// (the sha256 is taken beside the CRC threads), and names it.
+#[test]
+fn digest_option_finds_a_wrong_sha256() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = copy_to(dir.path(), &chains()[0].v1[0].path, "g.diff");
+    sums::write_sums_for(&p).unwrap();
+    let mut sm = read_sums(&p);
+    sm.sha256 = "0".repeat(64);
+    fs::write(sums_path(&p), sums::encode(&sm)).unwrap();
+    let run = |digest| {
+        let opts = VerifyOptions {
+            digest,
+            ..VerifyOptions::default()
+        };
+        verify(&[s(&p)], &opts).unwrap()
+    };
+    assert!(run(false).ok());
+    let r = run(true);
+    assert!(!r.ok());
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.check == "sums" && f.message.contains("sha256")),
+        "{:?}",
+        r.findings
+    );
+}
+
 fn run_ok(args: &[&str]) {
     let o = bin().args(args).output().unwrap();
     assert!(o.status.success(), "{args:?}: {o:?}");

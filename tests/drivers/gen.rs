@@ -158,6 +158,52 @@ pub fn spec() -> impl Strategy<Value = Spec> {
         })
 }
 
+/// A record-dense diff (v1 or v2): up to `max` small `w` records (1 to 48 bytes) and `z`
+/// records, often back to back, now and then an unknown v2 record: what the drivers' fast
+/// path for `w`/`z` heads decodes, with heads and payloads at every alignment of their
+/// buffer refills.
+pub fn dense_spec(max: usize) -> impl Strategy<Value = Spec> {
+    (
+        prop_oneof![Just(Version::V1), Just(Version::V2)],
+        name(),
+        proptest::collection::vec((any::<u8>(), 0..3u64, 1..49u64, any::<u8>()), 1..max),
+    )
+        .prop_map(|(version, to, raw)| {
+            let mut pos = 0;
+            let mut ops = Vec::new();
+            for (kind, gap, len, seed) in raw {
+                pos += gap;
+                match kind % 16 {
+                    15 if version == Version::V2 => ops.push(Op::Unknown {
+                        tag: b'X',
+                        data: pattern(seed, (len % 5) as usize),
+                    }),
+                    k if k % 4 == 3 => {
+                        ops.push(Op::Zero(Extent::new(pos, len)));
+                        pos += len;
+                    }
+                    _ => {
+                        ops.push(Op::Write {
+                            offset: pos,
+                            data: pattern(seed, len as usize),
+                        });
+                        pos += len;
+                    }
+                }
+            }
+            Spec {
+                version,
+                meta: Metadata {
+                    from_snap: None,
+                    to_snap: to,
+                    protected: None,
+                    image_size: Some(pos + 1),
+                },
+                ops,
+            }
+        })
+}
+
 /// Any v2 diff.
 pub fn spec_v2() -> impl Strategy<Value = Spec> {
     spec().prop_map(|mut s| {

@@ -321,6 +321,39 @@ pub fn stream_any(bytes: &[u8], reads: PayloadReads, seed: u64, max_read: usize)
     }
 }
 
+/// Whatever `bytes` holds (image stream or diff) written to a file and walked through the
+/// stream driver's positioned reads (`DiffReader::from_file`, `at_file` when `borrowed`, or
+/// `ImageReader::from_file`): refills that grow from a few heads to 64 KiB.
+pub fn file_any(bytes: &[u8], reads: PayloadReads, borrowed: bool) -> Outcome {
+    let mut f = tempfile::tempfile().unwrap();
+    io::Write::write_all(&mut f, bytes).unwrap();
+    io::Seek::seek(&mut f, io::SeekFrom::Start(0)).unwrap();
+    let len = bytes.len() as u64;
+    if bytes.starts_with(rbddiff::format::IMAGE_BANNER) {
+        return match ImageReader::from_file(f, len) {
+            Ok(img) => image_walk(img, reads),
+            Err(e) => Outcome {
+                error: Some(ErrSig::of(&e)),
+                ..Default::default()
+            },
+        };
+    }
+    let mut out = Outcome::default();
+    let walk = |d: &mut dyn RecordSource, out: &mut Outcome| {
+        out.events.push(header_ev(0, d));
+        walk_records(d, &mut Prefixes::new(reads), out);
+    };
+    let r = if borrowed {
+        DiffReader::at_file(&f, len).map(|mut d| walk(&mut d, &mut out))
+    } else {
+        DiffReader::from_file(f.try_clone().unwrap(), len).map(|mut d| walk(&mut d, &mut out))
+    };
+    if let Err(e) = r {
+        out.error = Some(ErrSig::of(&e));
+    }
+    out
+}
+
 /// A reader over bytes that returns random short reads of 1..=max bytes (seeded), and now
 /// and then an `Interrupted` error, as pipes and signals do.
 pub struct RandomReader<'a> {
