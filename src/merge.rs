@@ -790,9 +790,9 @@ fn next_seekable(cur: &mut Cursor<'_>, archive: Option<&ZstArchive<'_>>) -> Resu
         (Cursor::Slice { recs, base }, _) => next_record(recs, *base),
         (Cursor::File(r), _) => next_streamed(r),
         (Cursor::Index(c), Some(a)) => next_indexed(c, a),
-        (Cursor::Index(_), None) => Err(Error::invalid(
-            "internal: index cursor over a plain input",
-        )),
+        (Cursor::Index(_), None) => {
+            Err(Error::invalid("internal: index cursor over a plain input"))
+        }
         (Cursor::Stream, _) => Err(Error::invalid("internal: stream read out of turn")),
     }
 }
@@ -1252,8 +1252,7 @@ impl Plan {
             let archives: Vec<Option<&ZstArchive<'_>>> = shared.iter().map(archive_of).collect();
             std::thread::scope(|s| {
                 let (look, caps) = build_layers(shared, &self.sizes, |_| true)?;
-                let frames =
-                    Frames::ahead(s, &archives, look, caps, self.frame_budget, threads);
+                let frames = Frames::ahead(s, &archives, look, caps, self.frame_budget, threads);
                 self.sweep_to(Inputs::Shared(shared), w, stats, frames, progress)
             })?
         } else {

@@ -315,7 +315,9 @@ impl Frames {
             let src = frame.get((at - d_offset) as usize..).unwrap_or_default();
             let n = (src.len() as u64).min(len - done) as usize;
             if n == 0 {
-                return Err(Error::invalid("a frame is shorter than its seek table says"));
+                return Err(Error::invalid(
+                    "a frame is shorter than its seek table says",
+                ));
             }
             w.write_all(&src[..n])?;
             done += n as u64;
