@@ -42,7 +42,7 @@
 
 mod frames;
 mod oracle;
-pub use frames::FRAME_BUDGET;
+pub use frames::{frame_budget, FRAME_BUDGET_BASE, FRAME_BUDGET_PER_INPUT};
 #[doc(hidden)]
 pub use oracle::merge as merge_oracle;
 
@@ -507,8 +507,8 @@ pub struct Plan {
     warnings: Vec<Vec<InputWarning>>,
     all_warnings: Vec<InputWarning>,
     renames: Vec<Rename>,
-    /// Bytes of decompressed frames [`Plan::write`] caches.
-    frame_budget: usize,
+    /// Bytes of decompressed frames [`Plan::write`] caches (`None`: [`frame_budget`]).
+    frame_budget: Option<usize>,
 }
 
 /// Checks the chain on the headers of every input, then every record of every seekable input
@@ -570,7 +570,7 @@ pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
         all_warnings: warnings.concat(),
         warnings,
         renames,
-        frame_budget: FRAME_BUDGET,
+        frame_budget: None,
     })
 }
 
@@ -1247,16 +1247,20 @@ impl Plan {
         let ahead = threads > 1
             && !inputs.iter().any(MergeInput::is_stream)
             && inputs.iter().any(|m| archive_of(m).is_some());
+        let archives_n = inputs.iter().filter(|m| archive_of(m).is_some()).count();
+        let budget = self
+            .frame_budget
+            .unwrap_or_else(|| frame_budget(archives_n));
         let (w, mut stats) = if ahead {
             let shared: &[MergeInput<'_>] = inputs;
             let archives: Vec<Option<&ZstArchive<'_>>> = shared.iter().map(archive_of).collect();
             std::thread::scope(|s| {
                 let (look, caps) = build_layers(shared, &self.sizes, |_| true)?;
-                let frames = Frames::ahead(s, &archives, look, caps, self.frame_budget, threads);
+                let frames = Frames::ahead(s, &archives, look, caps, budget, threads);
                 self.sweep_to(Inputs::Shared(shared), w, stats, frames, progress)
             })?
         } else {
-            let frames = Frames::local(self.frame_budget);
+            let frames = Frames::local(budget);
             self.sweep_to(Inputs::Owned(inputs), w, stats, frames, progress)?
         };
         stats.input_bytes = inputs.iter().map(MergeInput::len).sum();
@@ -1270,10 +1274,10 @@ impl Plan {
     }
 
     /// Caps the bytes of decompressed frames that [`Plan::write`] caches for all archive
-    /// inputs together ([`FRAME_BUDGET`] by default; at least one frame is held). Frames
-    /// decompressed ahead of the writer, at most 4, come on top.
+    /// inputs together ([`frame_budget`] of their number by default; at least one frame is
+    /// held). Frames decompressed ahead of the writer, at most 4, come on top.
     pub fn set_frame_budget(&mut self, bytes: usize) {
-        self.frame_budget = bytes;
+        self.frame_budget = Some(bytes);
     }
 
     /// The sweep of [`Plan::write`]: the merged diff to `w`, its counts in `stats`.

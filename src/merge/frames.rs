@@ -17,7 +17,9 @@
 //! same policy and an empty window (least recently used).
 //!
 //! Memory: the cached frames (at most the budget, or one frame when a frame is larger), plus
-//! the frames decompressed ahead and not yet reached: at most [`DEPTH`] + 2.
+//! the frames decompressed ahead and not yet reached (at most [`DEPTH`] + 2) and [`SPARE`]
+//! buffers of evicted frames kept for the workers to decompress into (so that frame-sized
+//! buffers are reused, not allocated and faulted in again).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -30,15 +32,32 @@ use crate::error::{Error, Result};
 use crate::sweep::{sweep, Ext, Layers};
 use crate::zst::ZstArchive;
 
-/// Bytes of decompressed frames a merge caches by default, for all its archive inputs
-/// together (the frames decompressed ahead come on top: see the module documentation).
-pub const FRAME_BUDGET: usize = 32 << 20;
+/// Bytes of decompressed frames a merge caches by default: this, plus
+/// [`FRAME_BUDGET_PER_INPUT`] per archive input ([`frame_budget`]).
+pub const FRAME_BUDGET_BASE: usize = 16 << 20;
+
+/// What each archive input adds to the default frame budget.
+pub const FRAME_BUDGET_PER_INPUT: usize = 1 << 20;
+
+/// The bytes of decompressed frames a merge of `archives` archive inputs caches by default,
+/// for all of them together: [`FRAME_BUDGET_BASE`] + [`FRAME_BUDGET_PER_INPUT`] each (116 MiB
+/// for 100 archives). The frames decompressed ahead of the writer and the spare buffers come
+/// on top: at most 6 frames, 24 MiB at the default frame size.
+pub fn frame_budget(archives: usize) -> usize {
+    FRAME_BUDGET_BASE.saturating_add(archives.saturating_mul(FRAME_BUDGET_PER_INPUT))
+}
 
 /// Accesses the scheduler looks ahead to choose which frame to evict.
 pub const WINDOW: usize = 4096;
 
 /// Frames decompressed ahead and waiting for the writer.
 pub const DEPTH: usize = 2;
+
+/// Buffers of evicted frames kept for reuse.
+const SPARE: usize = 2;
+
+/// Frame-sized buffers to reuse.
+type Spare = Arc<Mutex<Vec<Vec<u8>>>>;
 
 /// Frame `.1` of input `.0`.
 type Key = (u32, u32);
@@ -129,15 +148,15 @@ impl Policy {
     }
 }
 
-/// The frames (index and length) that hold `len` bytes at `pos` of archive `a`.
-fn frames_of(a: &ZstArchive<'_>, pos: u64, len: u64, f: &mut dyn FnMut(u32, usize)) {
+/// Calls `f` with each frame that holds some of the `len` bytes at `pos` of archive `a`.
+fn frames_of(a: &ZstArchive<'_>, pos: u64, len: u64, f: &mut dyn FnMut(u32)) {
     let Some(mut i) = a.frame_of(pos) else { return };
     let end = pos.saturating_add(len);
     while let Some(fr) = a.frames().get(i) {
         if fr.d_offset >= end {
             break;
         }
-        f(i as u32, fr.d_len as usize);
+        f(i as u32);
         i += 1;
     }
 }
@@ -153,6 +172,7 @@ enum Mode {
 /// The writer's side: the cached frames of all archive inputs.
 pub(super) struct Frames {
     cache: HashMap<Key, Vec<u8>>,
+    spare: Spare,
     last: Option<Key>,
     mode: Mode,
     stop: Arc<AtomicBool>,
@@ -169,6 +189,7 @@ impl Frames {
     pub(super) fn local(budget: usize) -> Self {
         Frames {
             cache: HashMap::new(),
+            spare: Spare::default(),
             last: None,
             mode: Mode::Local(Box::new(Policy::new(budget)), None),
             stop: Arc::default(),
@@ -193,8 +214,10 @@ impl Frames {
         let (msg_tx, msg_rx) = sync_channel::<Msg>(DEPTH);
         let (job_tx, job_rx) = sync_channel::<(Key, SyncSender<Data>)>(DEPTH);
         let job_rx = Arc::new(Mutex::new(job_rx));
+        let spare = Spare::default();
         for _ in 0..threads.max(1) {
             let job_rx = job_rx.clone();
+            let spare = spare.clone();
             scope.spawn(move || {
                 let mut dctx = None;
                 loop {
@@ -203,7 +226,7 @@ impl Frames {
                         Err(_) => break,
                     };
                     let Ok(((i, f), tx)) = job else { break };
-                    let _ = tx.send(decode(archives, &mut dctx, i, f));
+                    let _ = tx.send(decode(archives, &mut dctx, i, f, take(&spare)));
                 }
             });
         }
@@ -231,6 +254,7 @@ impl Frames {
         });
         Frames {
             cache: HashMap::new(),
+            spare,
             last: None,
             mode: Mode::Ahead(msg_rx),
             stop,
@@ -246,14 +270,12 @@ impl Frames {
             Mode::Local(policy, dctx) if fresh => {
                 let len = a.frames().get(f as usize).map_or(0, |fr| fr.d_len as usize);
                 if let Some(evict) = policy.access(key, len, std::iter::empty()) {
-                    for k in &evict {
-                        self.cache.remove(k);
-                    }
+                    evict_all(&mut self.cache, &self.spare, &evict);
                     let dctx = match dctx {
                         Some(d) => d,
                         None => dctx.insert(zstd::bulk::Decompressor::new()?),
                     };
-                    let mut data = Vec::new();
+                    let mut data = take(&self.spare);
                     a.decode_frame(f as usize, dctx, &mut data)?;
                     self.cache.insert(key, data);
                 }
@@ -272,9 +294,7 @@ impl Frames {
                                 "internal: frame {f} of input {i} read out of the planned order"
                             )));
                         }
-                        for k in &evict {
-                            self.cache.remove(k);
-                        }
+                        evict_all(&mut self.cache, &self.spare, &evict);
                         let data = data.recv().map_err(|_| gone())??;
                         self.cache.insert(key, data);
                     }
@@ -326,12 +346,33 @@ impl Frames {
     }
 }
 
-/// Decompresses frame `f` of input `i` (a worker's job).
+/// A spare buffer, or a new one.
+fn take(spare: &Spare) -> Vec<u8> {
+    spare
+        .lock()
+        .ok()
+        .and_then(|mut s| s.pop())
+        .unwrap_or_default()
+}
+
+/// Drops `evict` from `cache`, keeping up to [`SPARE`] of their buffers.
+fn evict_all(cache: &mut HashMap<Key, Vec<u8>>, spare: &Spare, evict: &[Key]) {
+    for k in evict {
+        if let (Some(buf), Ok(mut s)) = (cache.remove(k), spare.lock()) {
+            if s.len() < SPARE {
+                s.push(buf);
+            }
+        }
+    }
+}
+
+/// Decompresses frame `f` of input `i` into `out` (a worker's job).
 fn decode(
     archives: &[Option<&ZstArchive<'_>>],
     dctx: &mut Option<zstd::bulk::Decompressor<'static>>,
     i: u32,
     f: u32,
+    mut out: Vec<u8>,
 ) -> Data {
     let a = archives
         .get(i as usize)
@@ -342,7 +383,6 @@ fn decode(
         Some(d) => d,
         None => dctx.insert(zstd::bulk::Decompressor::new()?),
     };
-    let mut out = Vec::new();
     a.decode_frame(f as usize, dctx, &mut out)?;
     Ok(out)
 }
@@ -403,7 +443,7 @@ impl Layers for Look<'_, '_> {
             return Ok(());
         };
         let mut keys = Vec::new();
-        frames_of(a, src, end - start, &mut |f, _| keys.push((i as u32, f)));
+        frames_of(a, src, end - start, &mut |f| keys.push((i as u32, f)));
         for key in keys {
             if self.last != Some(key) {
                 self.last = Some(key);
