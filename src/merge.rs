@@ -40,7 +40,9 @@
 //! (a frame holding only overwritten data is never read), and fails the merge likewise.
 //! [`merge_files_to`] writes a compressed archive directly (`merge … -o OUT.zst`).
 
+mod frames;
 mod oracle;
+pub use frames::{frame_budget, FRAME_BUDGET_BASE, FRAME_BUDGET_PER_INPUT};
 #[doc(hidden)]
 pub use oracle::merge as merge_oracle;
 
@@ -58,6 +60,7 @@ use crate::stream::{DiffReader, ItemKind, RecordSource};
 use crate::sweep::{sweep, Ext, Layers};
 use crate::write::DiffWriter;
 use crate::zst::{IndexedDiff, ZstArchive};
+use frames::Frames;
 
 /// Adjacent data pieces are joined into one `w` record up to this length (the default RBD
 /// object size, the largest record `rbd export-diff` writes for default images): `rbd
@@ -504,6 +507,8 @@ pub struct Plan {
     warnings: Vec<Vec<InputWarning>>,
     all_warnings: Vec<InputWarning>,
     renames: Vec<Rename>,
+    /// Bytes of decompressed frames [`Plan::write`] caches (`None`: [`frame_budget`]).
+    frame_budget: Option<usize>,
 }
 
 /// Checks the chain on the headers of every input, then every record of every seekable input
@@ -565,6 +570,7 @@ pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
         all_warnings: warnings.concat(),
         warnings,
         renames,
+        frame_budget: None,
     })
 }
 
@@ -655,6 +661,13 @@ impl<'a> Inputs<'_, 'a> {
         match self {
             Inputs::Shared(s) => &s[i],
             Inputs::Owned(s) => &s[i],
+        }
+    }
+
+    fn all(&self) -> &[MergeInput<'a>] {
+        match self {
+            Inputs::Shared(s) => s,
+            Inputs::Owned(s) => s,
         }
     }
 
@@ -749,18 +762,15 @@ impl<S: Sink> Layers for Sweep<'_, '_, S> {
         let i = *i;
         let name = self.inputs.get(i).name;
         let r = match cur {
-            Cursor::Grow(e) => Ok(e.take()),
-            Cursor::Slice { recs, base } => next_record(recs, *base),
-            Cursor::File(r) => next_streamed(r),
-            Cursor::Index(c) => match &self.inputs.get(i).source {
-                Source::Archive(a) => next_indexed(c, a),
-                _ => Err(Error::invalid("internal: index cursor over a plain input")),
-            },
             Cursor::Stream => match &mut self.inputs.get_mut(i)?.source {
                 Source::Stream(r) => next_streamed(r),
                 _ => Err(Error::invalid(
                     "internal: stream cursor over a seekable input",
                 )),
+            },
+            cur => match &self.inputs.get(i).source {
+                Source::Archive(a) => next_seekable(cur, Some(a)),
+                _ => next_seekable(cur, None),
             },
         };
         r.map_err(|e| e.with_file(name))
@@ -770,6 +780,20 @@ impl<S: Sink> Layers for Sweep<'_, '_, S> {
         let i = self.layers[k].0;
         self.sink
             .piece(&mut self.inputs, start, end, src.map(|s| (i, s)))
+    }
+}
+
+/// The next extent of a layer of a seekable input (`archive`: the input, for an index cursor).
+fn next_seekable(cur: &mut Cursor<'_>, archive: Option<&ZstArchive<'_>>) -> Result<Option<Ext>> {
+    match (cur, archive) {
+        (Cursor::Grow(e), _) => Ok(e.take()),
+        (Cursor::Slice { recs, base }, _) => next_record(recs, *base),
+        (Cursor::File(r), _) => next_streamed(r),
+        (Cursor::Index(c), Some(a)) => next_indexed(c, a),
+        (Cursor::Index(_), None) => {
+            Err(Error::invalid("internal: index cursor over a plain input"))
+        }
+        (Cursor::Stream, _) => Err(Error::invalid("internal: stream read out of turn")),
     }
 }
 
@@ -967,6 +991,8 @@ struct Writer<'p, W: Write> {
     buf: Vec<u8>,
     /// Each input's [`Block`] (empty until a short piece of a file is read).
     blocks: Vec<Block>,
+    /// The decompressed frames of the archive inputs.
+    frames: Frames,
     stats: MergeStats,
     tick: Ticker<'p>,
 }
@@ -1024,18 +1050,23 @@ impl<W: Write> Sink for Writer<'_, W> {
         };
         self.run = Run::Data(rs, e);
         self.pieces += 1;
-        let inp = inputs.get_mut(i)?;
         if self.blocks.len() <= i {
             self.blocks.resize_with(i + 1, Block::default);
         }
         let block = &mut self.blocks[i];
+        let mut from = From {
+            inputs,
+            i,
+            frames: &mut self.frames,
+            block,
+        };
         // No later piece can join a run this long: write it now, this piece straight through.
         if e - rs >= COALESCE_MAX || self.pieces >= 1024 {
             self.w.begin_data(Extent::new(rs, e - rs))?;
             self.w.get_mut().write_all(&self.buf)?;
             self.w.add_written(self.buf.len() as u64);
             self.buf.clear();
-            copy_piece(inp, at, e - s, &mut self.w, &mut self.buf, block)?;
+            copy_piece(&mut from, at, e - s, &mut self.w, &mut self.buf)?;
             self.buf.clear();
             self.run = Run::None;
             self.pieces = 0;
@@ -1044,24 +1075,33 @@ impl<W: Write> Sink for Writer<'_, W> {
             self.tick.set(self.stats.data_bytes);
             return Ok(());
         }
-        append_piece(inp, at, e - s, &mut self.buf, block)
+        append_piece(&mut from, at, e - s, &mut self.buf)
     }
 }
 
-/// Copies `len` payload bytes at `src` of `inp` to `w` (counted as written), through `chunk`
+/// Where [`Writer`] reads the payload of input `i`: the input, its [`Block`], the frames.
+struct From<'f, 'm, 'a> {
+    inputs: &'f mut Inputs<'m, 'a>,
+    i: usize,
+    frames: &'f mut Frames,
+    block: &'f mut Block,
+}
+
+/// Copies `len` payload bytes at `src` of `from` to `w` (counted as written), through `chunk`
 /// for files and streams: with `pread` from a file (faster than copying from a mapping,
 /// with no page-table work and no mapped page counted in the process's RSS), through
-/// the archive's frame cache, or read from a stream after skipping to `src`.
+/// the merge's frame cache for an archive, or read from a stream after skipping to `src`.
 fn copy_piece<W: Write>(
-    inp: &mut MergeInput<'_>,
+    from: &mut From<'_, '_, '_>,
     src: u64,
     len: u64,
     w: &mut DiffWriter<W>,
     chunk: &mut Vec<u8>,
-    block: &mut Block,
 ) -> Result<()> {
-    if let Source::Archive(a) = &mut inp.source {
-        a.copy_range(src, len, w.get_mut())
+    let inp = from.inputs.get(from.i);
+    if let Source::Archive(a) = &inp.source {
+        from.frames
+            .copy(a, from.i, src, len, w.get_mut())
             .map_err(|e| e.with_file(inp.name))?;
         w.add_written(len);
         return Ok(());
@@ -1070,7 +1110,7 @@ fn copy_piece<W: Write>(
     while left > 0 {
         let n = left.min(COPY_BUF as u64);
         chunk.clear();
-        append_piece(inp, at, n, chunk, block)?;
+        append_piece(from, at, n, chunk)?;
         w.get_mut().write_all(chunk)?;
         w.add_written(n);
         at += n;
@@ -1079,20 +1119,15 @@ fn copy_piece<W: Write>(
     Ok(())
 }
 
-/// Appends `len` payload bytes at `src` of `inp` to `buf` (a short piece of a file through
-/// `block`).
-fn append_piece(
-    inp: &mut MergeInput<'_>,
-    src: u64,
-    len: u64,
-    buf: &mut Vec<u8>,
-    block: &mut Block,
-) -> Result<()> {
+/// Appends `len` payload bytes at `src` of `from` to `buf` (a short piece of a file through
+/// its block).
+fn append_piece(from: &mut From<'_, '_, '_>, src: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
     use std::os::unix::fs::FileExt;
+    let inp = from.inputs.get(from.i);
     let name = inp.name;
     let outside = || Error::invalid("internal: payload range outside its input");
     let n = usize::try_from(len).map_err(|_| outside())?;
-    match &mut inp.source {
+    match &inp.source {
         Source::Bytes { bytes, file } => {
             let range = usize::try_from(src)
                 .ok()
@@ -1106,14 +1141,21 @@ fn append_piece(
                     buf.resize(old + n, 0);
                     f.read_exact_at(&mut buf[old..], src).map_err(io)?;
                 }
-                Some(f) => block
+                Some(f) => from
+                    .block
                     .append(f, bytes.len() as u64, src, n, buf)
                     .map_err(io)?,
                 None => buf.extend_from_slice(&bytes[range]),
             }
         }
-        Source::Archive(a) => a.copy_range(src, len, buf).map_err(|e| e.with_file(name))?,
-        Source::Stream(r) => {
+        Source::Archive(a) => from
+            .frames
+            .copy(a, from.i, src, len, buf)
+            .map_err(|e| e.with_file(name))?,
+        Source::Stream(_) => {
+            let Source::Stream(r) = &mut from.inputs.get_mut(from.i)?.source else {
+                return Err(outside());
+            };
             let pos = r.payload_pos();
             let skip = src.checked_sub(pos).ok_or_else(outside)?;
             let wrap = |e: Error| e.with_file(name);
@@ -1190,12 +1232,6 @@ impl Plan {
             return Err(Error::invalid("internal: plan written with other inputs"));
         }
         let before: u64 = inputs.iter().map(MergeInput::frames_decompressed).sum();
-        // Payloads are read in ascending order: an archive needs only the frame being read.
-        for inp in inputs.iter_mut() {
-            if let Source::Archive(a) = &mut inp.source {
-                a.set_cache_frames(1);
-            }
-        }
         let stats = MergeStats {
             inputs: self.inputs,
             from_snap: self.meta.from_snap.as_deref().map(lossy),
@@ -1204,18 +1240,68 @@ impl Plan {
             renames: self.renames.clone(),
             ..MergeStats::default()
         };
-        let (layers, caps) = build_layers(inputs, &self.sizes, |_| true)?;
+        let w = DiffWriter::new(out, version, &self.meta)?;
+        let threads = crate::parallel::default_threads();
+        // Without a stream the pieces are known ahead: frames are decompressed on other
+        // threads (see the `frames` module); else on this one.
+        let ahead = threads > 1
+            && !inputs.iter().any(MergeInput::is_stream)
+            && inputs.iter().any(|m| archive_of(m).is_some());
+        let archives_n = inputs.iter().filter(|m| archive_of(m).is_some()).count();
+        let budget = self
+            .frame_budget
+            .unwrap_or_else(|| frame_budget(archives_n));
+        let (w, mut stats) = if ahead {
+            let shared: &[MergeInput<'_>] = inputs;
+            let archives: Vec<Option<&ZstArchive<'_>>> = shared.iter().map(archive_of).collect();
+            std::thread::scope(|s| {
+                let (look, caps) = build_layers(shared, &self.sizes, |_| true)?;
+                let frames = Frames::ahead(s, &archives, look, caps, budget, threads);
+                self.sweep_to(Inputs::Shared(shared), w, stats, frames, progress)
+            })?
+        } else {
+            let frames = Frames::local(budget);
+            self.sweep_to(Inputs::Owned(inputs), w, stats, frames, progress)?
+        };
+        stats.input_bytes = inputs.iter().map(MergeInput::len).sum();
+        stats.records = stats.write_records + stats.zero_records;
+        stats.bytes_written = w.bytes_written() + 1;
+        let out = w.finish()?;
+        stats.bytes_saved = stats.input_bytes as i64 - stats.bytes_written as i64;
+        let after: u64 = inputs.iter().map(MergeInput::frames_decompressed).sum();
+        stats.frames_decompressed = after - before;
+        Ok((out, stats))
+    }
+
+    /// Caps the bytes of decompressed frames that [`Plan::write`] caches for all archive
+    /// inputs together ([`frame_budget`] of their number by default; at least one frame is
+    /// held). Frames decompressed ahead of the writer, at most 4, come on top.
+    pub fn set_frame_budget(&mut self, bytes: usize) {
+        self.frame_budget = Some(bytes);
+    }
+
+    /// The sweep of [`Plan::write`]: the merged diff to `w`, its counts in `stats`.
+    fn sweep_to<W: Write>(
+        &self,
+        inputs: Inputs<'_, '_>,
+        w: DiffWriter<W>,
+        stats: MergeStats,
+        frames: Frames,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<(DiffWriter<W>, MergeStats)> {
+        let (layers, caps) = build_layers(inputs.all(), &self.sizes, |_| true)?;
         let sink = Writer {
-            w: DiffWriter::new(out, version, &self.meta)?,
+            w,
             run: Run::None,
             pieces: 0,
             buf: Vec::new(),
             blocks: Vec::new(),
+            frames,
             stats,
             tick: Ticker::new(progress, self.data_bytes()),
         };
         let mut sw = Sweep {
-            inputs: Inputs::Owned(inputs),
+            inputs,
             layers,
             sink,
         };
@@ -1228,26 +1314,23 @@ impl Plan {
                 false => warnings.extend(seekable.iter().cloned()),
             }
         }
-        let Sweep { inputs, sink, .. } = sw;
         let Writer {
             w,
             mut stats,
             mut tick,
             ..
-        } = sink;
-        let Inputs::Owned(inputs) = inputs else {
-            return Err(Error::invalid("internal: inputs not owned"));
-        };
+        } = sw.sink;
         tick.finish();
         stats.warnings = warnings;
-        stats.input_bytes = inputs.iter().map(MergeInput::len).sum();
-        stats.records = stats.write_records + stats.zero_records;
-        stats.bytes_written = w.bytes_written() + 1;
-        let out = w.finish()?;
-        stats.bytes_saved = stats.input_bytes as i64 - stats.bytes_written as i64;
-        let after: u64 = inputs.iter().map(MergeInput::frames_decompressed).sum();
-        stats.frames_decompressed = after - before;
-        Ok((out, stats))
+        Ok((w, stats))
+    }
+}
+
+/// The archive of an input, if it is one.
+fn archive_of<'m, 'a>(m: &'m MergeInput<'a>) -> Option<&'m ZstArchive<'a>> {
+    match &m.source {
+        Source::Archive(a) => Some(a),
+        _ => None,
     }
 }
 

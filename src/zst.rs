@@ -1037,7 +1037,8 @@ pub struct ZstArchive<'a> {
     cache: Vec<(usize, Vec<u8>)>,
     /// Most frames kept in `cache` ([`CACHE_FRAMES`] unless set).
     cache_frames: usize,
-    decompressed: u64,
+    /// Frames decompressed so far, by [`ZstArchive::frame`] or [`ZstArchive::decode_frame`].
+    decompressed: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for ZstArchive<'_> {
@@ -1114,7 +1115,7 @@ impl<'a> ZstArchive<'a> {
             dctx: zstd::bulk::Decompressor::new()?,
             cache: Vec::new(),
             cache_frames: CACHE_FRAMES,
-            decompressed: 0,
+            decompressed: Default::default(),
         }))
     }
 
@@ -1151,7 +1152,28 @@ impl<'a> ZstArchive<'a> {
 
     /// Number of frames decompressed so far (cache misses).
     pub fn frames_decompressed(&self) -> u64 {
+        self.decompressed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Decompresses frame `i` into `out` with `dctx`, bypassing the cache: for readers that
+    /// keep frames themselves, on any thread (a merge decompresses ahead this way).
+    ///
+    /// # Errors
+    /// There is no frame `i`, or it is corrupt (the error names the frame and its offsets).
+    pub fn decode_frame(
+        &self,
+        i: usize,
+        dctx: &mut zstd::bulk::Decompressor<'static>,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let f = self
+            .frames
+            .get(i)
+            .ok_or_else(|| Error::invalid(format!("no zstd frame {i} in the archive")))?;
+        decompress_frame(dctx, self.bytes, i, f, out)?;
         self.decompressed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// The frame holding diff stream byte `pos`.
@@ -1178,7 +1200,7 @@ impl<'a> ZstArchive<'a> {
                 Vec::new()
             };
             decompress_frame(&mut self.dctx, self.bytes, i, &f, &mut data)?;
-            self.decompressed += 1;
+            *self.decompressed.get_mut() += 1;
             self.cache.push((i, data));
             while self.cache.len() > 1
                 && self.cache.iter().map(|(_, d)| d.capacity()).sum::<usize>() > CACHE_BYTES

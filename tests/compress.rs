@@ -1198,3 +1198,145 @@ proptest! {
         prop_assert_eq!(&decode_index(&encode_index_v1(&idx)).unwrap(), &idx);
     }
 }
+
+/// Merges in-memory archives `zs` (input `stream`, if any, read as a plain stream of
+/// `plains[stream]` instead) with a frame budget of `budget` bytes: the output and the frames
+/// decompressed.
+fn merge_budget(
+    zs: &[Vec<u8>],
+    plains: &[Vec<u8>],
+    stream: Option<usize>,
+    budget: Option<usize>,
+) -> (Vec<u8>, u64) {
+    use rbddiff::merge::{plan, MergeInput, MergeOptions};
+    let mut inputs: Vec<MergeInput<'_>> = zs
+        .iter()
+        .enumerate()
+        .map(|(i, z)| match stream {
+            Some(s) if s == i => MergeInput::stream("s", Box::new(&plains[i][..])).unwrap(),
+            _ => MergeInput::archive("z", ZstArchive::open(z).unwrap().unwrap()),
+        })
+        .collect();
+    let mut p = plan(&inputs, &MergeOptions::default()).unwrap();
+    if let Some(b) = budget {
+        p.set_frame_budget(b);
+    }
+    let (out, stats) = p
+        .write(&mut inputs, Vec::new(), Version::V1, &mut |_, _| {})
+        .unwrap();
+    (out, stats.frames_decompressed)
+}
+
+/// A chain of `n` diffs of 4 KiB records at scattered offsets of a 4 MiB range, so that the
+/// frames of every input are read in turns.
+fn interleaved_chain(n: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|k| {
+            let mut ops = vec![];
+            let mut pos = 0u64;
+            while pos < (4 << 20) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let gap = (x % 48) * 4096;
+                let op = match x % 7 {
+                    0 => Op::Zero(8192),
+                    _ => Op::Write(random_bytes(x, 4096)),
+                };
+                pos += gap + 4096 + u64::from(matches!(op, Op::Zero(_))) * 4096;
+                ops.push((gap, op));
+            }
+            build_named(k % 2 == 1, &ops, &format!("s{k}"), &format!("s{}", k + 1))
+        })
+        .collect()
+}
+
+/// The frames' cache is one for the whole merge, bounded in bytes: whatever the budget (one
+/// frame at a time, a few, the default), decompressed ahead (archives only) or on the writing
+/// thread (a stream among the inputs), the merge of interleaved archives is the plain merge;
+/// within the default budget each frame holding surviving data is decompressed once, and a
+/// budget of one frame decompresses some again.
+#[test]
+fn merge_of_interleaved_archives_within_any_frame_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let plains = interleaved_chain(6, 7);
+    let zs: Vec<Vec<u8>> = plains
+        .iter()
+        .map(|p| compress_file(dir.path(), p, &opts(16 << 10)))
+        .collect();
+    let refs: Vec<&[u8]> = plains.iter().map(Vec::as_slice).collect();
+    let want = merge_plain(&refs);
+    // The frames holding surviving bytes, from the plan's pieces.
+    let needed = {
+        use rbddiff::merge::{plan, MergeInput, MergeOptions};
+        let inputs: Vec<MergeInput<'_>> = zs
+            .iter()
+            .map(|z| MergeInput::archive("z", ZstArchive::open(z).unwrap().unwrap()))
+            .collect();
+        let p = plan(&inputs, &MergeOptions::default()).unwrap();
+        let mut set = std::collections::BTreeSet::new();
+        let archives: Vec<ZstArchive<'_>> = zs
+            .iter()
+            .map(|z| ZstArchive::open(z).unwrap().unwrap())
+            .collect();
+        p.pieces(&inputs, &mut |s, e, src| {
+            if let Some((i, at)) = src {
+                let (a, b) = (
+                    archives[i].frame_of(at),
+                    archives[i].frame_of(at + e - s - 1),
+                );
+                for f in a.unwrap()..=b.unwrap() {
+                    set.insert((i, f));
+                }
+            }
+        })
+        .unwrap();
+        set.len() as u64
+    };
+    assert!(zs
+        .iter()
+        .all(|z| ZstArchive::open(z).unwrap().unwrap().frames().len() > 4));
+    let (out, frames) = merge_budget(&zs, &plains, None, None);
+    assert!(out == want, "default budget, decompressed ahead");
+    assert_eq!(frames, needed);
+    let (out, frames) = merge_budget(&zs, &plains, None, Some(1));
+    assert!(out == want, "one frame at a time");
+    assert!(frames > needed, "{frames} {needed}");
+    for budget in [1, 40 << 10, 100 << 10] {
+        let (out, _) = merge_budget(&zs, &plains, None, Some(budget));
+        assert!(out == want, "budget {budget}, decompressed ahead");
+        let (out, _) = merge_budget(&zs, &plains, Some(2), Some(budget));
+        assert!(out == want, "budget {budget}, with a stream");
+    }
+    let (out, _) = merge_budget(&zs, &plains, Some(0), None);
+    assert!(out == want, "default budget, with a stream");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Random chains of archives with small frames, merged within a random frame budget,
+    /// with or without a stream input, give the plain merge.
+    #[test]
+    fn merge_of_archives_within_a_random_budget_is_the_plain_merge(
+        chain in prop::collection::vec(diff_strategy(), 1..5),
+        target in 1024u64..20000,
+        budget in prop_oneof![Just(1usize), 1usize..100000, Just(64usize << 20)],
+        stream in any::<Option<prop::sample::Index>>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let plains: Vec<Vec<u8>> = chain
+            .iter()
+            .enumerate()
+            .map(|(k, (v2, ops))| build_named(*v2, ops, &format!("s{k}"), &format!("s{}", k + 1)))
+            .collect();
+        let o = CompressOptions { level: 1, threads: 1, frame_target: target };
+        let zs: Vec<Vec<u8>> = plains.iter().map(|p| compress_file(dir.path(), p, &o)).collect();
+        let refs: Vec<&[u8]> = plains.iter().map(Vec::as_slice).collect();
+        let want = merge_plain(&refs);
+        let stream = stream.map(|s| s.index(plains.len()));
+        let (out, _) = merge_budget(&zs, &plains, stream, Some(budget));
+        prop_assert!(out == want);
+    }
+}
