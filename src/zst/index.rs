@@ -953,7 +953,7 @@ impl IndexWriter {
     pub fn new() -> Result<Self> {
         let mut enc = Encoder::new(INDEX_LEVEL)?;
         enc.set_parameter(CParameter::WindowLog(BLOCK_WINDOW_LOG))?;
-        enc.set_parameter(CParameter::ChecksumFlag(false))?;
+        enc.set_parameter(CParameter::ChecksumFlag(true))?;
         Ok(IndexWriter {
             enc,
             raw: Vec::with_capacity(BLOCK_BUF + MAX_RECORD),
