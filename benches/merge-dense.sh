@@ -46,7 +46,7 @@ peak_anon() {
     echo "$peak"
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 
 printf '%-4s %-11s %9s %9s %10s %9s %9s %9s %9s %9s\n' N records merge_s rss_MiB anon_MiB cat_s rbd_s rbd_MiB rbd/merge merge/cat
 for spec in $SIZES; do
