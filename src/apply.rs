@@ -712,13 +712,15 @@ fn open_group(path: &str, input: Input, watch: &Rc<Watch>) -> Result<Vec<Opened>
                 .ok()
                 .flatten()
                 .and_then(|a| match &a.index().diffs[..] {
-                    [d] => Some(
-                        d.records
-                            .iter()
-                            .filter(|r| r.tag == crate::format::tag::WRITE)
-                            .map(|r| r.len)
-                            .sum(),
-                    ),
+                    [_] => {
+                        let (mut c, mut n) = (a.diff_records(0), 0u64);
+                        while let Ok(Some(r)) = c.next(&a) {
+                            if r.tag == crate::format::tag::WRITE {
+                                n += r.len;
+                            }
+                        }
+                        Some(n)
+                    }
                     _ => None,
                 });
             stream(input.into_reader(), hint)

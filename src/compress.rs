@@ -20,10 +20,7 @@ use crate::input::{Input, Kind};
 use crate::parallel::{pipeline, Feeder, Pool};
 use crate::progress::Ticker;
 use crate::stream::{ItemKind, Payload, RecordSource, MAX_UNCONSUMED};
-use crate::zst::{
-    self, encode_index, encode_seek_table, index_frame, ArchiveIndex, FrameEntry, IndexRecord,
-    IndexedDiff,
-};
+use crate::zst::{self, encode_seek_table, ArchiveIndex, FrameEntry, IndexWriter, IndexedDiff};
 use crate::{DiffReader, DiffSlice, ImageReader, ImageSlice};
 
 /// Default frame-size target: 4 MiB of diff stream per frame.
@@ -212,25 +209,23 @@ fn head_len(v: Version, t: u8) -> u64 {
     }
 }
 
-/// Walks one diff, cutting frames and indexing its records.
-fn walk_diff(src: &mut dyn RecordSource, start: u64, cut: &Shared<'_, '_>) -> Result<IndexedDiff> {
+/// Walks one diff, cutting frames and indexing its records into `ix`.
+fn walk_diff(
+    src: &mut dyn RecordSource,
+    start: u64,
+    cut: &Shared<'_, '_>,
+    ix: &mut IndexWriter,
+) -> Result<IndexedDiff> {
     let version = src.version();
-    let mut records = Vec::new();
+    let first = ix.records();
     let mut count = 0;
     let mut scratch = Vec::new();
     let through = |pos: u64| cut.borrow_mut().through(pos);
     while let Some(item) = src.next_item()? {
         count = item.index + 1;
-        let (frame, frame_offset) = cut.borrow_mut().at_record(item.offset)?;
+        let (frame, _) = cut.borrow_mut().at_record(item.offset)?;
         let (t, offset, len) = zst::item_fields(&item.kind);
-        records.push(IndexRecord {
-            pos: item.offset,
-            tag: t,
-            offset,
-            len,
-            frame,
-            frame_offset,
-        });
+        ix.push(frame, item.offset, t, offset, len)?;
         let body_start = item.offset + head_len(version, t);
         match item.kind {
             ItemKind::Write {
@@ -268,18 +263,19 @@ fn walk_diff(src: &mut dyn RecordSource, start: u64, cut: &Shared<'_, '_>) -> Re
         warnings: src.warnings().to_vec(),
         record_count: count,
         end: src.position(),
-        records,
+        indexed: ix.records() - first,
     })
 }
 
-/// Walks the whole input, sending frames; returns the index.
+/// Walks the whole input, sending frames; returns the index header and its records.
 fn walk<'s>(
     kind: Kind,
     slice: Option<&'s [u8]>,
     stream: Option<Box<dyn Read + Send>>,
     opts: &CompressOptions,
     feed: &mut Feeder<Chunk<'s>>,
-) -> Result<ArchiveIndex> {
+) -> Result<(ArchiveIndex, IndexWriter)> {
+    let mut ix = IndexWriter::new()?;
     let streamed = stream.is_some();
     let cut: Shared<'s, '_> = Rc::new(RefCell::new(Cutter {
         target: opts.frame_target,
@@ -298,7 +294,7 @@ fn walk<'s>(
         // What is no known kind is parsed as a diff, whose banner error says what it is.
         (Some(b), _, Kind::DiffV1 | Kind::DiffV2 | Kind::Unknown) => {
             let d = DiffSlice::parse(b)?;
-            diffs.push(walk_diff(&mut d.records(), 0, &cut)?);
+            diffs.push(walk_diff(&mut d.records(), 0, &cut, &mut ix)?);
         }
         (Some(b), _, Kind::Image) => {
             let img = ImageSlice::parse(b)?;
@@ -306,12 +302,12 @@ fn walk<'s>(
             for d in img.diffs() {
                 let d = d?;
                 cut.borrow_mut().at_record(d.start_offset())?;
-                diffs.push(walk_diff(&mut d.records(), d.start_offset(), &cut)?);
+                diffs.push(walk_diff(&mut d.records(), d.start_offset(), &cut, &mut ix)?);
             }
         }
         (None, true, Kind::DiffV1 | Kind::DiffV2 | Kind::Unknown) => {
             let mut d = DiffReader::new(TeeReader(cut.clone()))?;
-            diffs.push(walk_diff(&mut d, 0, &cut)?);
+            diffs.push(walk_diff(&mut d, 0, &cut, &mut ix)?);
         }
         (None, true, Kind::Image) => {
             let mut img = ImageReader::new(TeeReader(cut.clone()))?;
@@ -319,7 +315,7 @@ fn walk<'s>(
             while let Some(d) = img.next_diff()? {
                 let start = d.start_offset();
                 cut.borrow_mut().at_record(start)?;
-                diffs.push(walk_diff(d, start, &cut)?);
+                diffs.push(walk_diff(d, start, &cut, &mut ix)?);
             }
         }
         _ => {
@@ -350,12 +346,13 @@ fn walk<'s>(
     let mut c = cut.borrow_mut();
     c.through(total)?;
     c.cut(total)?;
-    Ok(ArchiveIndex {
+    let index = ArchiveIndex {
         total_len: total,
         kind,
         image,
         diffs,
-    })
+    };
+    Ok((index, ix))
 }
 
 fn compressor(level: i32) -> Result<zstd::bulk::Compressor<'static>> {
@@ -631,7 +628,7 @@ fn compress_from(
     let mut frames: Vec<FrameEntry> = Vec::new();
     let (mut c_off, mut d_off) = (0u64, 0u64);
     let pool = Pool::default();
-    let index = pipeline(
+    let (index, ix) = pipeline(
         opts.threads,
         || {
             let mut c = compressor(level);
@@ -668,20 +665,21 @@ fn compress_from(
         },
     )?;
     tick.finish();
-    let idx = index_frame(&encode_index(&index));
+    let records = ix.records();
+    let idx_len = ix.finish(&index, frames.len(), out, true)?;
     let table = encode_seek_table(&frames);
-    out.write_all(&idx)?;
     out.write_all(&table)?;
     out.flush()?;
     Ok(Stats {
         diff_bytes: d_off,
-        compressed_bytes: c_off + idx.len() as u64 + table.len() as u64,
+        compressed_bytes: c_off + idx_len + table.len() as u64,
         frames: frames.len() as u64,
         records: index
             .diffs
             .iter()
-            .map(|d| d.metadata_records.len() as u64 + d.records.len() as u64)
-            .sum(),
+            .map(|d| d.metadata_records.len() as u64)
+            .sum::<u64>()
+            + records,
     })
 }
 

@@ -59,7 +59,7 @@ use crate::slice::{DiffSlice, Records};
 use crate::stream::{DiffReader, ItemKind, RecordSource};
 use crate::sweep::{sweep, Ext, Layers};
 use crate::write::DiffWriter;
-use crate::zst::{IndexedDiff, ZstArchive};
+use crate::zst::{IndexRecords, IndexedDiff, ZstArchive};
 use frames::Frames;
 
 /// Adjacent data pieces are joined into one `w` record up to this length (the default RBD
@@ -594,6 +594,7 @@ type Layer<'a> = (usize, Cursor<'a>);
 /// Position in an archive's record index.
 #[derive(Default)]
 struct IndexCursor {
+    recs: IndexRecords,
     k: usize,
     prev_end: u64,
     prev_pos: u64,
@@ -852,7 +853,7 @@ fn next_indexed(c: &mut IndexCursor, a: &ZstArchive<'_>) -> Result<Option<Ext>> 
         .first()
         .ok_or_else(|| Error::invalid("internal: archive without a diff"))?;
     let total = a.len();
-    let base = d.record_count.saturating_sub(d.records.len() as u64);
+    let base = d.first_indexed();
     let size = d
         .metadata
         .image_size
@@ -860,7 +861,8 @@ fn next_indexed(c: &mut IndexCursor, a: &ZstArchive<'_>) -> Result<Option<Ext>> 
     if c.k == 0 {
         c.prev_pos = d.start;
     }
-    while let Some(r) = d.records.get(c.k) {
+    while let Some(r) = c.recs.next(a)? {
+        let r = &r;
         let k = c.k;
         c.k += 1;
         let at = |kind: ErrorKind| Error::at(kind, r.pos, Some(base + k as u64));
@@ -898,7 +900,8 @@ fn next_indexed(c: &mut IndexCursor, a: &ZstArchive<'_>) -> Result<Option<Ext>> 
                 let mut src = None;
                 if r.tag == tag::WRITE {
                     let pos = d.payload_pos(r);
-                    let limit = d.records.get(k + 1).map_or(d.end, |n| n.pos).min(total);
+                    let next = c.recs.peek(a)?;
+                    let limit = next.map_or(d.end, |n| n.pos).min(total);
                     if pos.checked_add(r.len).filter(|&e| e <= limit).is_none() {
                         return Err(at(ErrorKind::Invalid(
                             "record index: payload runs past the next record".into(),

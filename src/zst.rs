@@ -16,9 +16,9 @@ use std::io::{self, Read, Write};
 
 use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
-use crate::error::{Error, ErrorKind, Result, Warning, WarningKind};
+use crate::error::{Error, ErrorKind, Result, Warning};
 use crate::format::Kind;
-use crate::format::{ImageHeader, Metadata, Version};
+use crate::format::{Metadata, Version};
 use crate::parallel::{pipeline, Pool};
 use crate::progress::Ticker;
 
@@ -28,14 +28,6 @@ pub const SEEK_TABLE_MAGIC: u32 = 0x184D_2A5E;
 pub const INDEX_FRAME_MAGIC: u32 = 0x184D_2A5C;
 /// Magic at the very end of a seekable zstd file.
 pub const SEEKABLE_MAGIC: u32 = 0x8F92_EAB1;
-/// Magic at the start of a version 1 record index body (fixed-width records, 33 bytes each;
-/// still read).
-const INDEX_MAGIC: &[u8; 8] = b"RBDZIDX1";
-/// Magic at the start of a version 2 record index body: the same content with each record
-/// delta-coded as varints, the whole compressed with zstd (see [`encode_index`]).
-const INDEX_MAGIC_V2: &[u8; 8] = b"RBDZIDX2";
-/// zstd level of a version 2 record index.
-const INDEX_LEVEL: i32 = 9;
 /// Size of the seek table footer.
 const FOOTER_LEN: usize = 9;
 /// Largest frame the random-access readers decompress whole: twice the largest frame target
@@ -144,597 +136,12 @@ pub fn parse_seek_table(bytes: &[u8]) -> Result<Option<(Vec<FrameEntry>, usize)>
     Ok(Some((frames, start)))
 }
 
-// ---------------------------------------------------------------------------------------------
-// Record index
+mod index;
 
-/// One record in the index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IndexRecord {
-    /// Byte offset of the record (its tag) in the diff stream.
-    pub pos: u64,
-    /// Tag byte (`w`, `z`, `e` or an unknown v2 tag).
-    pub tag: u8,
-    /// Image offset (`w`, `z`; 0 otherwise).
-    pub offset: u64,
-    /// Extent length (`w`, `z`), body length (unknown tags), 0 for `e`.
-    pub len: u64,
-    /// Frame holding the record's first byte.
-    pub frame: u32,
-    /// Offset of the record in that frame.
-    pub frame_offset: u32,
-}
-
-/// One diff of an archive, as indexed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IndexedDiff {
-    /// Offset of the banner in the diff stream.
-    pub start: u64,
-    /// Diff version.
-    pub version: Version,
-    /// Snapshot names, protection flag, image size.
-    pub metadata: Metadata,
-    /// Offset and tag of each metadata record.
-    pub metadata_records: Vec<(u64, u8)>,
-    /// Warnings found when the archive was written.
-    pub warnings: Vec<Warning>,
-    /// Number of records after the banner (`e` included).
-    pub record_count: u64,
-    /// Offset just past `e`.
-    pub end: u64,
-    /// Data records and `e`, in order.
-    pub records: Vec<IndexRecord>,
-}
-
-impl IndexedDiff {
-    /// Offset in the diff stream of the payload of a `w` record (or unknown record body).
-    pub fn payload_pos(&self, r: &IndexRecord) -> u64 {
-        match self.version {
-            Version::V1 => r.pos + 17,
-            Version::V2 => {
-                if r.tag == crate::format::tag::WRITE {
-                    r.pos + 25
-                } else {
-                    r.pos + 9
-                }
-            }
-        }
-    }
-}
-
-/// The record index of an archive.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ArchiveIndex {
-    /// Length of the decompressed stream.
-    pub total_len: u64,
-    /// What the decompressed stream is (`DiffV1`, `DiffV2` or `Image`).
-    pub kind: Kind,
-    /// Image header and its warnings (image streams).
-    pub image: Option<(ImageHeader, Vec<Warning>)>,
-    /// The diff (or each embedded diff).
-    pub diffs: Vec<IndexedDiff>,
-}
-
-struct Enc(Vec<u8>);
-
-impl Enc {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn var(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push(v as u8 | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
-    }
-    /// A signed difference (wrapping), zigzag-coded.
-    fn zz(&mut self, d: u64) {
-        let d = d as i64;
-        self.var(((d << 1) ^ (d >> 63)) as u64);
-    }
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn bytes(&mut self, b: &[u8]) {
-        self.u32(b.len() as u32);
-        self.0.extend_from_slice(b);
-    }
-    fn opt_u64(&mut self, v: Option<u64>) {
-        match v {
-            Some(v) => {
-                self.u8(1);
-                self.u64(v);
-            }
-            None => self.u8(0),
-        }
-    }
-    fn opt_bytes(&mut self, v: Option<&[u8]>) {
-        match v {
-            Some(v) => {
-                self.u8(1);
-                self.bytes(v);
-            }
-            None => self.u8(0),
-        }
-    }
-    fn warnings(&mut self, ws: &[Warning]) {
-        self.u32(ws.len() as u32);
-        for w in ws {
-            self.u64(w.offset);
-            self.opt_u64(w.record);
-            match &w.kind {
-                WarningKind::DuplicateMetadata { tag } => {
-                    self.u8(0);
-                    self.u32(u32::from(*tag));
-                }
-                WarningKind::LengthMismatch {
-                    tag,
-                    declared,
-                    expected,
-                } => {
-                    self.u8(1);
-                    self.u32(u32::from(*tag));
-                    self.u64(*declared);
-                    self.u64(*expected);
-                }
-                WarningKind::UnknownTagSkipped { tag, len } => {
-                    self.u8(2);
-                    self.u8(*tag);
-                    self.u64(*len);
-                }
-                WarningKind::TrailingBytes { len } => {
-                    self.u8(3);
-                    self.u64(*len);
-                }
-                WarningKind::MetaNotKept { pairs, bytes } => {
-                    self.u8(4);
-                    self.u64(*pairs);
-                    self.u64(*bytes);
-                }
-            }
-        }
-    }
-}
-
-struct Dec<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Dec<'a> {
-    fn err(&self) -> Error {
-        bad_archive(format!(
-            "record index ends early or is malformed at index byte {}",
-            self.pos
-        ))
-    }
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len());
-        let end = end.ok_or_else(|| self.err())?;
-        let s = &self.b[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Result<u32> {
-        let s = self.take(4)?;
-        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-    }
-    fn u64(&mut self) -> Result<u64> {
-        let s = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(s);
-        Ok(u64::from_le_bytes(a))
-    }
-    fn bytes(&mut self) -> Result<Vec<u8>> {
-        let n = self.u32()? as usize;
-        Ok(self.take(n)?.to_vec())
-    }
-    fn flag(&mut self) -> Result<bool> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(self.err()),
-        }
-    }
-    fn opt_u64(&mut self) -> Result<Option<u64>> {
-        Ok(if self.flag()? {
-            Some(self.u64()?)
-        } else {
-            None
-        })
-    }
-    fn opt_bytes(&mut self) -> Result<Option<Vec<u8>>> {
-        Ok(if self.flag()? {
-            Some(self.bytes()?)
-        } else {
-            None
-        })
-    }
-    /// A count of items of at least `min` bytes each, checked against what is left.
-    fn count(&mut self, min: usize) -> Result<usize> {
-        let n = self.u32()? as usize;
-        if n.saturating_mul(min) > self.b.len() - self.pos {
-            return Err(self.err());
-        }
-        Ok(n)
-    }
-    fn count64(&mut self, min: usize) -> Result<usize> {
-        let n = usize::try_from(self.u64()?).unwrap_or(usize::MAX);
-        if n.saturating_mul(min) > self.b.len() - self.pos {
-            return Err(self.err());
-        }
-        Ok(n)
-    }
-    fn var(&mut self) -> Result<u64> {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let b = self.u8()?;
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(self.err())
-    }
-    fn zz(&mut self) -> Result<u64> {
-        let v = self.var()?;
-        Ok(((v >> 1) as i64 ^ -((v & 1) as i64)) as u64)
-    }
-    fn ch(&mut self) -> Result<char> {
-        char::from_u32(self.u32()?).ok_or_else(|| self.err())
-    }
-    fn warnings(&mut self) -> Result<Vec<Warning>> {
-        let n = self.count(10)?;
-        let mut v = Vec::with_capacity(n);
-        for _ in 0..n {
-            let offset = self.u64()?;
-            let record = self.opt_u64()?;
-            let kind = match self.u8()? {
-                0 => WarningKind::DuplicateMetadata { tag: self.ch()? },
-                1 => WarningKind::LengthMismatch {
-                    tag: self.ch()?,
-                    declared: self.u64()?,
-                    expected: self.u64()?,
-                },
-                2 => WarningKind::UnknownTagSkipped {
-                    tag: self.u8()?,
-                    len: self.u64()?,
-                },
-                3 => WarningKind::TrailingBytes { len: self.u64()? },
-                4 => WarningKind::MetaNotKept {
-                    pairs: self.u64()?,
-                    bytes: self.u64()?,
-                },
-                _ => return Err(self.err()),
-            };
-            v.push(Warning {
-                offset,
-                record,
-                kind,
-            });
-        }
-        Ok(v)
-    }
-}
-
-/// Encodes the index into the body of its skippable frame (header not included), in
-/// version 2: after the magic, the decompressed stream's length, the length of the encoded
-/// content and the content compressed with zstd, then a CRC-32 of all that. The content is
-/// that of version 1, except that each record is delta-coded: its tag, then as varints its
-/// position relative to where the record before ends, its image offset relative to the end
-/// of the extent before (both zigzag-coded), its length, and its frame relative to the one
-/// before (times two, plus one when its offset in the frame follows, i.e. unless it is where
-/// the record before puts it). Record-dense diffs cost about a byte per record or less
-/// (version 1: 33 bytes per record, more than `zstd` makes of a diff of `z` records).
-pub fn encode_index(idx: &ArchiveIndex) -> Vec<u8> {
-    let content = encode_content(idx, true);
-    let z = zstd::bulk::compress(&content, INDEX_LEVEL).unwrap_or_default();
-    let mut e = Enc(Vec::with_capacity(z.len() + 32));
-    e.0.extend_from_slice(INDEX_MAGIC_V2);
-    e.u64(idx.total_len);
-    e.u64(content.len() as u64);
-    e.0.extend_from_slice(&z);
-    let crc = crc32fast::hash(&e.0);
-    e.u32(crc);
-    e.0
-}
-
-/// Encodes the index in version 1 (fixed-width records; what older versions wrote). For
-/// tests of the reader.
-#[doc(hidden)]
-pub fn encode_index_v1(idx: &ArchiveIndex) -> Vec<u8> {
-    let mut e = Enc(INDEX_MAGIC.to_vec());
-    e.0.extend_from_slice(&encode_content(idx, false));
-    let crc = crc32fast::hash(&e.0);
-    e.u32(crc);
-    e.0
-}
-
-/// Where the record after `r` starts when nothing lies between them (the delta base of
-/// version 2; any function would do, this one makes the deltas of plain diffs zero).
-fn next_pos(version: Version, r: &IndexRecord) -> u64 {
-    let head: u64 = match (version, r.tag) {
-        (_, crate::format::tag::END) => 1,
-        (Version::V1, _) => 17,
-        (Version::V2, crate::format::tag::WRITE | crate::format::tag::ZERO) => 25,
-        (Version::V2, _) => 9,
-    };
-    let body = match r.tag {
-        crate::format::tag::WRITE => r.len,
-        crate::format::tag::ZERO | crate::format::tag::END => 0,
-        _ => r.len,
-    };
-    r.pos.wrapping_add(head).wrapping_add(body)
-}
-
-/// The index content after the magic (without the checksum): records fixed-width
-/// (version 1) or delta-coded (`compact`, version 2).
-fn encode_content(idx: &ArchiveIndex, compact: bool) -> Vec<u8> {
-    let mut e = Enc(Vec::with_capacity(256));
-    e.u64(idx.total_len);
-    e.u8(match idx.kind {
-        Kind::DiffV1 => 1,
-        Kind::DiffV2 => 2,
-        _ => 3,
-    });
-    match &idx.image {
-        Some((h, w)) => {
-            e.u8(1);
-            e.opt_u64(h.order);
-            e.opt_u64(h.features);
-            e.opt_u64(h.stripe_unit);
-            e.opt_u64(h.stripe_count);
-            e.u32(h.meta.len() as u32);
-            for (k, v) in &h.meta {
-                e.bytes(k);
-                e.bytes(v);
-            }
-            e.u64(h.diff_count);
-            e.warnings(w);
-        }
-        None => e.u8(0),
-    }
-    e.u32(idx.diffs.len() as u32);
-    for d in &idx.diffs {
-        e.u64(d.start);
-        e.u8(match d.version {
-            Version::V1 => 1,
-            Version::V2 => 2,
-        });
-        let m = &d.metadata;
-        e.opt_bytes(m.from_snap.as_deref());
-        e.opt_bytes(m.to_snap.as_deref());
-        e.opt_u64(m.protected.map(u64::from));
-        e.opt_u64(m.image_size);
-        e.u32(d.metadata_records.len() as u32);
-        for &(pos, tag) in &d.metadata_records {
-            e.u64(pos);
-            e.u8(tag);
-        }
-        e.warnings(&d.warnings);
-        e.u64(d.record_count);
-        e.u64(d.end);
-        e.u64(d.records.len() as u64);
-        let mut prev: Option<&IndexRecord> = None;
-        let mut prev_end = 0u64;
-        for r in &d.records {
-            if !compact {
-                e.u64(r.pos);
-                e.u8(r.tag);
-                e.u64(r.offset);
-                e.u64(r.len);
-                e.u32(r.frame);
-                e.u32(r.frame_offset);
-                continue;
-            }
-            let (at, frame, in_frame) = match prev {
-                Some(p) => (
-                    next_pos(d.version, p),
-                    p.frame,
-                    p.frame_offset
-                        .wrapping_add(r.pos.wrapping_sub(p.pos) as u32),
-                ),
-                None => (d.start, 0, 0),
-            };
-            e.u8(r.tag);
-            e.zz(r.pos.wrapping_sub(at));
-            e.zz(r.offset.wrapping_sub(prev_end));
-            e.var(r.len);
-            let explicit = prev.is_none() || r.frame != frame || r.frame_offset != in_frame;
-            let fd = u64::from(r.frame.wrapping_sub(frame));
-            e.var(fd << 1 | u64::from(explicit));
-            if explicit {
-                e.var(u64::from(r.frame_offset));
-            }
-            if matches!(r.tag, crate::format::tag::WRITE | crate::format::tag::ZERO) {
-                prev_end = r.offset.wrapping_add(r.len);
-            }
-            prev = Some(r);
-        }
-    }
-    e.0
-}
-
-/// Decodes an index body written by [`encode_index`].
-///
-/// # Errors
-/// A wrong magic, a bad checksum or a malformed body.
-pub fn decode_index(body: &[u8]) -> Result<ArchiveIndex> {
-    let v2 = body.starts_with(INDEX_MAGIC_V2);
-    if body.len() < INDEX_MAGIC.len() + 4 || !(v2 || body.starts_with(INDEX_MAGIC)) {
-        return Err(bad_archive("record index has a wrong magic"));
-    }
-    let (data, crc) = body.split_at(body.len() - 4);
-    if crc32fast::hash(data).to_le_bytes() != crc {
-        return Err(bad_archive("record index checksum mismatch"));
-    }
-    if !v2 {
-        return decode_content(&data[INDEX_MAGIC.len()..], false);
-    }
-    let mut d = Dec {
-        b: data,
-        pos: INDEX_MAGIC_V2.len(),
-    };
-    let total = d.u64()?;
-    let raw_len = d.u64()?;
-    // A record takes at least 17 bytes of the stream and at most 41 of the content; the
-    // rest (headers, names, warnings) is at most what the stream holds. Checked before the
-    // content is decompressed into memory.
-    if raw_len > total.saturating_mul(3).saturating_add(1 << 20) {
-        return Err(bad_archive(format!(
-            "record index of {raw_len} bytes is too large for a stream of {total} bytes"
-        )));
-    }
-    let raw_len = usize::try_from(raw_len).map_err(|_| d.err())?;
-    // Decompressed as a stream into a buffer that grows with what really comes out: the
-    // length the index claims is never allocated up front.
-    let mut content = Vec::new();
-    zstd::stream::read::Decoder::with_buffer(&data[d.pos..])
-        .and_then(|dec| {
-            std::io::Read::take(dec, (raw_len as u64).saturating_add(1)).read_to_end(&mut content)
-        })
-        .map_err(|e| bad_archive(format!("record index does not decompress: {e}")))?;
-    if content.len() != raw_len {
-        return Err(bad_archive("record index is shorter than it says"));
-    }
-    let idx = decode_content(&content, true)?;
-    if idx.total_len != total {
-        return Err(bad_archive("record index lengths disagree"));
-    }
-    Ok(idx)
-}
-
-/// Decodes the content written by [`encode_content`].
-fn decode_content(data: &[u8], compact: bool) -> Result<ArchiveIndex> {
-    let mut d = Dec { b: data, pos: 0 };
-    let total_len = d.u64()?;
-    let kind = match d.u8()? {
-        1 => Kind::DiffV1,
-        2 => Kind::DiffV2,
-        3 => Kind::Image,
-        _ => return Err(d.err()),
-    };
-    let image = if d.flag()? {
-        let mut h = ImageHeader {
-            order: d.opt_u64()?,
-            features: d.opt_u64()?,
-            stripe_unit: d.opt_u64()?,
-            stripe_count: d.opt_u64()?,
-            ..Default::default()
-        };
-        let n = d.count(8)?;
-        for _ in 0..n {
-            let k = d.bytes()?;
-            let v = d.bytes()?;
-            h.meta.push((k, v));
-        }
-        h.diff_count = d.u64()?;
-        let w = d.warnings()?;
-        Some((h, w))
-    } else {
-        None
-    };
-    let nd = d.count(40)?;
-    let mut diffs = Vec::with_capacity(nd);
-    for _ in 0..nd {
-        let start = d.u64()?;
-        let version = match d.u8()? {
-            1 => Version::V1,
-            2 => Version::V2,
-            _ => return Err(d.err()),
-        };
-        let metadata = Metadata {
-            from_snap: d.opt_bytes()?,
-            to_snap: d.opt_bytes()?,
-            protected: d.opt_u64()?.map(|p| p != 0),
-            image_size: d.opt_u64()?,
-        };
-        let nm = d.count(9)?;
-        let mut metadata_records = Vec::with_capacity(nm);
-        for _ in 0..nm {
-            metadata_records.push((d.u64()?, d.u8()?));
-        }
-        let warnings = d.warnings()?;
-        let record_count = d.u64()?;
-        let end = d.u64()?;
-        let nr = d.count64(if compact { 5 } else { 33 })?;
-        let mut records: Vec<IndexRecord> = Vec::with_capacity(nr);
-        let mut prev_end = 0u64;
-        for _ in 0..nr {
-            if !compact {
-                records.push(IndexRecord {
-                    pos: d.u64()?,
-                    tag: d.u8()?,
-                    offset: d.u64()?,
-                    len: d.u64()?,
-                    frame: d.u32()?,
-                    frame_offset: d.u32()?,
-                });
-                continue;
-            }
-            let (at, frame, base) = match records.last() {
-                Some(p) => (next_pos(version, p), p.frame, Some((p.pos, p.frame_offset))),
-                None => (start, 0, None),
-            };
-            let tag = d.u8()?;
-            let pos = at.wrapping_add(d.zz()?);
-            let offset = prev_end.wrapping_add(d.zz()?);
-            let len = d.var()?;
-            let f = d.var()?;
-            let frame = frame.wrapping_add(u32::try_from(f >> 1).map_err(|_| d.err())?);
-            let frame_offset = match (f & 1, base) {
-                (0, Some((ppos, pfo))) => pfo.wrapping_add(pos.wrapping_sub(ppos) as u32),
-                (0, None) => return Err(d.err()),
-                _ => u32::try_from(d.var()?).map_err(|_| d.err())?,
-            };
-            if matches!(tag, crate::format::tag::WRITE | crate::format::tag::ZERO) {
-                prev_end = offset.wrapping_add(len);
-            }
-            records.push(IndexRecord {
-                pos,
-                tag,
-                offset,
-                len,
-                frame,
-                frame_offset,
-            });
-        }
-        diffs.push(IndexedDiff {
-            start,
-            version,
-            metadata,
-            metadata_records,
-            warnings,
-            record_count,
-            end,
-            records,
-        });
-    }
-    if d.pos != data.len() {
-        return Err(d.err());
-    }
-    Ok(ArchiveIndex {
-        total_len,
-        kind,
-        image,
-        diffs,
-    })
-}
-
-/// Wraps an index body into its skippable frame.
-pub fn index_frame(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 8);
-    out.extend_from_slice(&INDEX_FRAME_MAGIC.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(body);
-    out
-}
+pub use index::{
+    decode_index, encode_index, encode_index_v1, encode_index_v2, index_frame, ArchiveIndex,
+    DecodedIndex, IndexRecord, IndexRecords, IndexWriter, IndexedDiff, SPILL_AT,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -1031,6 +438,8 @@ pub struct ZstArchive<'a> {
     bytes: &'a [u8],
     frames: Vec<FrameEntry>,
     index: ArchiveIndex,
+    /// Where the records are: the block table (version 3), or the records decoded.
+    records: index::Records,
     dctx: zstd::bulk::Decompressor<'static>,
     /// Recently decompressed frames, most recent last (at most `cache_frames`, and
     /// [`CACHE_BYTES`] but for the newest).
@@ -1077,7 +486,7 @@ impl<'a> ZstArchive<'a> {
         }
         let body = &bytes[data_end + 8..seek_start];
         let total: u64 = frames.iter().map(|f| u64::from(f.d_len)).sum();
-        // Both versions of the index start with the stream length: checked against the seek
+        // Every version of the index starts with the stream length: checked against the seek
         // table before anything is decoded (it bounds what decoding may allocate).
         let declared = body.get(8..16).map(|b| {
             let mut a = [0u8; 8];
@@ -1090,16 +499,16 @@ impl<'a> ZstArchive<'a> {
                 declared.unwrap_or(0)
             )));
         }
-        let index = decode_index(body)?;
+        let (index, records) = index::parse_index(body, data_end + 8, &frames)?;
         if total != index.total_len {
             return Err(bad_archive(format!(
                 "seek table frames hold {total} bytes, the record index says {}",
                 index.total_len
             )));
         }
-        let nframes = frames.len() as u64;
-        for d in &index.diffs {
-            for r in &d.records {
+        if let index::Records::Decoded(diffs) = &records {
+            let nframes = frames.len() as u64;
+            for r in diffs.iter().flatten() {
                 if u64::from(r.frame) >= nframes.max(1) || r.pos >= total {
                     return Err(bad_archive(format!(
                         "record at diff stream byte {} points outside the archive",
@@ -1112,6 +521,7 @@ impl<'a> ZstArchive<'a> {
             bytes,
             frames,
             index,
+            records,
             dctx: zstd::bulk::Decompressor::new()?,
             cache: Vec::new(),
             cache_frames: CACHE_FRAMES,
@@ -1124,14 +534,45 @@ impl<'a> ZstArchive<'a> {
         &self.frames
     }
 
-    /// The record index.
+    /// The header of the record index (its records: [`ZstArchive::diff_records`]).
     pub fn index(&self) -> &ArchiveIndex {
         &self.index
     }
 
-    /// Every indexed record of every diff, in stream order.
-    pub fn records(&self) -> impl Iterator<Item = &IndexRecord> + '_ {
-        self.index.diffs.iter().flat_map(|d| d.records.iter())
+    /// A cursor over the indexed records of diff `diff` (see [`IndexRecords`]).
+    pub fn diff_records(&self, diff: usize) -> IndexRecords {
+        IndexRecords::new(diff)
+    }
+
+    /// The whole record index decoded into memory (about 40 bytes per record): for tests
+    /// and tools; readers walk [`ZstArchive::diff_records`].
+    ///
+    /// # Errors
+    /// The index is corrupt.
+    pub fn decoded_index(&self) -> Result<DecodedIndex> {
+        let mut records = Vec::with_capacity(self.index.diffs.len());
+        let view = self.view();
+        for i in 0..self.index.diffs.len() {
+            let mut c = IndexRecords::new(i);
+            let mut v = Vec::new();
+            while let Some(r) = c.read(&view)? {
+                v.push(r);
+            }
+            records.push(v);
+        }
+        Ok(DecodedIndex {
+            index: self.index.clone(),
+            records,
+        })
+    }
+
+    pub(crate) fn view(&self) -> index::View<'_> {
+        index::View {
+            bytes: self.bytes,
+            records: &self.records,
+            frames: &self.frames,
+            index: &self.index,
+        }
     }
 
     /// Length of the decompressed stream.
@@ -1290,16 +731,20 @@ impl Read for ArchivePayload<'_, '_> {
 pub struct ArchiveRecords<'s, 'a> {
     payload: ArchivePayload<'s, 'a>,
     diff: usize,
-    next: usize,
-    record_base: u64,
+    cursor: IndexRecords,
+    /// The record [`crate::RecordSource::next_item`] gives next (read ahead, so that
+    /// `position` can name it), or the error reading it gave.
+    ahead: Result<Option<IndexRecord>>,
+    next: u64,
 }
 
 impl<'a> ZstArchive<'a> {
     /// Diff `i` of the archive (0 for a plain diff; one per embedded diff of an image stream)
     /// as a record source.
     pub fn diff_source(&mut self, i: usize) -> Option<ArchiveRecords<'_, 'a>> {
-        let d = self.index.diffs.get(i)?;
-        let record_base = d.record_count - d.records.len() as u64;
+        let next = self.index.diffs.get(i)?.first_indexed();
+        let mut cursor = IndexRecords::new(i);
+        let ahead = cursor.next(self);
         Some(ArchiveRecords {
             payload: ArchivePayload {
                 arch: self,
@@ -1307,8 +752,9 @@ impl<'a> ZstArchive<'a> {
                 remaining: 0,
             },
             diff: i,
-            next: 0,
-            record_base,
+            cursor,
+            ahead,
+            next,
         })
     }
 }
@@ -1337,16 +783,18 @@ impl crate::RecordSource for ArchiveRecords<'_, '_> {
         0
     }
     fn position(&self) -> u64 {
-        let d = self.diff();
-        d.records.get(self.next).map_or(d.end, |r| r.pos)
+        match &self.ahead {
+            Ok(Some(r)) => r.pos,
+            _ => self.diff().end,
+        }
     }
     fn next_item(&mut self) -> Result<Option<crate::Item<'_>>> {
-        let d = &self.payload.arch.index.diffs[self.diff];
-        let Some(r) = d.records.get(self.next).copied() else {
+        let Some(r) = std::mem::replace(&mut self.ahead, Ok(None))? else {
             return Ok(None);
         };
-        let body = d.payload_pos(&r);
-        let index = self.record_base + self.next as u64;
+        self.ahead = self.cursor.next(self.payload.arch);
+        let body = self.payload.arch.index.diffs[self.diff].payload_pos(&r);
+        let index = self.next;
         self.next += 1;
         let extent = crate::Extent::new(r.offset, r.len);
         let kind = match r.tag {
@@ -1415,9 +863,10 @@ fn describe(r: &IndexRecord) -> String {
 /// the stream length. Warnings in the index are not compared (they are only reported).
 #[derive(Debug)]
 pub struct IndexCheck<'i> {
+    arch: &'i ZstArchive<'i>,
     index: &'i ArchiveIndex,
     frames: &'i [FrameEntry],
-    next: usize,
+    cursor: IndexRecords,
     count: u64,
     bad: Option<Error>,
 }
@@ -1426,9 +875,10 @@ impl<'i> IndexCheck<'i> {
     /// A check of `archive`'s index.
     pub fn new(archive: &'i ZstArchive<'_>) -> Self {
         IndexCheck {
+            arch: archive,
             index: &archive.index,
             frames: &archive.frames,
-            next: 0,
+            cursor: IndexRecords::new(0),
             count: 0,
             bad: None,
         }
@@ -1469,8 +919,11 @@ impl<'i> IndexCheck<'i> {
             frame: frame.map_or(u32::MAX, |f| f as u32),
             frame_offset: frame.map_or(0, |f| (item.offset - self.frames[f].d_offset) as u32),
         };
-        let want = self.diff().and_then(|d| d.records.get(self.next)).copied();
-        self.next += 1;
+        let want = match self.diff().map(|_| self.cursor.next(self.arch)) {
+            Some(Ok(w)) => w,
+            Some(Err(e)) => return self.fail(item.offset, Some(item.index), e.to_string()),
+            None => None,
+        };
         match want {
             Some(w) if w == got => {}
             Some(w) => self.fail(
@@ -1504,8 +957,7 @@ impl<'i> IndexCheck<'i> {
             )));
         };
         let end = src.position();
-        if self.next < d.records.len() {
-            let r = d.records[self.next];
+        if let Ok(Some(r)) = self.cursor.next(self.arch) {
             self.fail(
                 r.pos,
                 None,

@@ -106,8 +106,8 @@ fn check_archive(plain: &[u8], z: &[u8], dir: &Path) {
         assert_eq!(got_sums.compressed.unwrap().file_len, z.len() as u64);
         let diff = &a.index().diffs[0];
         assert_eq!(&diff.metadata, d.metadata());
-        let got: Vec<(u64, u8, Option<Extent>)> = diff
-            .records
+        let records = a.decoded_index().unwrap().records.remove(0);
+        let got: Vec<(u64, u8, Option<Extent>)> = records
             .iter()
             .map(|r| {
                 let ext = matches!(r.tag, b'w' | b'z').then(|| Extent::new(r.offset, r.len));
@@ -116,12 +116,7 @@ fn check_archive(plain: &[u8], z: &[u8], dir: &Path) {
             .collect();
         assert_eq!(got, want);
         // Payloads through random access, and frame/offset of every record.
-        for (r, (_, rec)) in diff
-            .records
-            .clone()
-            .iter()
-            .zip(d.records().map(|x| x.unwrap()))
-        {
+        for (r, (_, rec)) in records.iter().zip(d.records().map(|x| x.unwrap())) {
             let f = a.frames()[r.frame as usize];
             assert_eq!(f.d_offset + u64::from(r.frame_offset), r.pos);
             if let Record::Write { data, .. } = rec {
@@ -137,10 +132,11 @@ fn check_archive(plain: &[u8], z: &[u8], dir: &Path) {
     assert!(n >= 1);
     let mut starts = std::collections::BTreeSet::from([0u64]);
     let mut bodies = Vec::new();
-    for d in &a.index().diffs {
+    let decoded = a.decoded_index().unwrap();
+    for (d, recs) in decoded.index.diffs.iter().zip(&decoded.records) {
         starts.insert(d.start);
         starts.extend(d.metadata_records.iter().map(|&(p, _)| p));
-        for r in &d.records {
+        for r in recs {
             starts.insert(r.pos);
             if r.tag != b'z' && r.tag != b'e' {
                 bodies.push((d.payload_pos(r), d.payload_pos(r) + r.len));
@@ -649,7 +645,8 @@ fn archive_record_source_reads_only_the_frames_it_needs() {
     let z = compress_file(dir.path(), &plain, &opts(4096));
     let mut a = ZstArchive::open(&z).unwrap().unwrap();
     let diff = a.index().diffs[0].clone();
-    let w = diff.records.iter().rfind(|r| r.tag == b'w').unwrap();
+    let records = a.decoded_index().unwrap().records.remove(0);
+    let w = records.iter().rfind(|r| r.tag == b'w').unwrap();
     let (from, to) = (diff.payload_pos(w), diff.payload_pos(w) + w.len);
     let needed = a
         .frames()
@@ -873,8 +870,8 @@ fn merge_decompresses_only_frames_with_surviving_data() {
     let (out, frames, _) = merge_archives(&[&za, &zb_head]);
     assert_eq!(out, merge_plain(&[&a, &b_head]));
     let diff = &arch.index().diffs[0];
-    let surviving: std::collections::BTreeSet<usize> = diff
-        .records
+    let records = arch.decoded_index().unwrap().records.remove(0);
+    let surviving: std::collections::BTreeSet<usize> = records
         .iter()
         .filter(|r| r.tag == b'w' && r.offset + r.len > 4096)
         .flat_map(|r| {
@@ -886,15 +883,10 @@ fn merge_decompresses_only_frames_with_surviving_data() {
     assert_eq!(frames[0], surviving.len() as u64);
 
     // Corrupt a frame of A that holds payload bytes of record 2 and no record head.
-    let r2 = diff
-        .records
-        .iter()
-        .filter(|r| r.tag == b'w')
-        .nth(2)
-        .unwrap();
+    let r2 = records.iter().filter(|r| r.tag == b'w').nth(2).unwrap();
     let k = arch.frame_of(diff.payload_pos(r2) + r2.len / 2).unwrap();
     let f = arch.frames()[k];
-    let heads = diff.records.iter().map(|r| r.pos);
+    let heads = records.iter().map(|r| r.pos);
     assert!(!heads
         .chain(diff.metadata_records.iter().map(|m| m.0))
         .any(|p| (f.d_offset..f.d_offset + u64::from(f.d_len)).contains(&p)));
@@ -958,51 +950,53 @@ fn a_lying_record_index_is_found_and_not_used() {
     ops.extend(writes(4096, 8192, 8));
     let plain = build_named(true, &ops, "s0", "s1");
     let z = compress_file(d, &plain, &opts(4096));
-    let idx = ZstArchive::open(&z).unwrap().unwrap().index().clone();
-    let diff = &idx.diffs[0];
-    let base = diff.record_count - diff.records.len() as u64;
-    let ws: Vec<usize> = (0..diff.records.len())
-        .filter(|&k| diff.records[k].tag == b'w')
-        .collect();
-    let zk = diff.records.iter().position(|r| r.tag == b'z').unwrap();
+    let idx = ZstArchive::open(&z)
+        .unwrap()
+        .unwrap()
+        .decoded_index()
+        .unwrap();
+    let diff = &idx.index.diffs[0];
+    let recs = &idx.records[0];
+    let base = diff.first_indexed();
+    let ws: Vec<usize> = (0..recs.len()).filter(|&k| recs[k].tag == b'w').collect();
+    let zk = recs.iter().position(|r| r.tag == b'z').unwrap();
     let last_w = *ws.last().unwrap();
     // (name, alteration, first record that differs, if a record does)
-    type Alter = Box<dyn Fn(&mut rbddiff::zst::ArchiveIndex)>;
+    type Alter = Box<dyn Fn(&mut rbddiff::zst::DecodedIndex)>;
     let (a, b) = (ws[0], ws[1]);
     let variants: Vec<(&str, Alter, Option<usize>)> = vec![
         (
             "payload positions swapped",
             Box::new(move |i| {
-                let r = &mut i.diffs[0].records;
+                let r = &mut i.records[0];
                 let (pa, pb) = (r[a].pos, r[b].pos);
                 (r[a].pos, r[b].pos) = (pb, pa);
-                (r[a].frame, r[b].frame) = (r[b].frame, r[a].frame);
             }),
             Some(a),
         ),
         (
             "extent moved",
-            Box::new(move |i| i.diffs[0].records[last_w].offset += 1 << 20),
+            Box::new(move |i| i.records[0][last_w].offset += 1 << 20),
             Some(last_w),
         ),
         (
             "zero length changed",
-            Box::new(move |i| i.diffs[0].records[zk].len -= 4096),
+            Box::new(move |i| i.records[0][zk].len -= 4096),
             Some(zk),
         ),
         (
             "size changed",
-            Box::new(|i| i.diffs[0].metadata.image_size = Some(32 << 20)),
+            Box::new(|i| i.index.diffs[0].metadata.image_size = Some(32 << 20)),
             None,
         ),
         (
-            "frame offset changed",
-            Box::new(move |i| i.diffs[0].records[b].frame_offset += 1),
+            "position moved",
+            Box::new(move |i| i.records[0][b].pos += 1),
             Some(b),
         ),
         (
             "metadata record moved",
-            Box::new(|i| i.diffs[0].metadata_records[1].0 += 1),
+            Box::new(|i| i.index.diffs[0].metadata_records[1].0 += 1),
             None,
         ),
     ];
@@ -1047,7 +1041,7 @@ fn a_lying_record_index_is_found_and_not_used() {
         assert!(f.message.contains("record index"), "{name}: {f}");
         if let Some(k) = record {
             assert_eq!(f.record, Some(base + k as u64), "{name}: {f}");
-            assert_eq!(f.offset, Some(diff.records[k].pos), "{name}: {f}");
+            assert_eq!(f.offset, Some(recs[k].pos), "{name}: {f}");
         }
         let out = bin()
             .args(["verify", "--full", "--digest", "--require-sums"])
@@ -1069,33 +1063,43 @@ fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
-/// `z` with its record index rewritten in version 1 (fixed-width records), as older
-/// versions wrote it.
-fn with_v1_index(z: &[u8]) -> Vec<u8> {
-    use rbddiff::zst::{decode_index, encode_index_v1, index_frame, parse_seek_table};
+/// `z` with its record index rewritten in version 1 (fixed-width records) or 2 (one
+/// delta-coded stream), as older versions wrote it.
+fn with_old_index(z: &[u8], version: u8) -> Vec<u8> {
+    use rbddiff::zst::{
+        decode_index, encode_index_v1, encode_index_v2, index_frame, parse_seek_table,
+    };
     let (frames, seek_start) = parse_seek_table(z).unwrap().unwrap();
     let last = frames.last().unwrap();
     let data_end = (last.c_offset + u64::from(last.c_len)) as usize;
-    let idx = decode_index(&z[data_end + 8..seek_start]).unwrap();
-    [
-        &z[..data_end],
-        &index_frame(&encode_index_v1(&idx))[..],
-        &z[seek_start..],
-    ]
-    .concat()
+    let idx = decode_index(&z[data_end + 8..seek_start], &frames).unwrap();
+    let body = if version == 1 {
+        encode_index_v1(&idx)
+    } else {
+        encode_index_v2(&idx)
+    };
+    [&z[..data_end], &index_frame(&body)[..], &z[seek_start..]].concat()
 }
 
 #[test]
-fn archives_with_a_version_1_index_are_still_read() {
+fn archives_with_a_version_1_or_2_index_are_still_read() {
     let dir = tempfile::tempdir().unwrap();
-    for path in real_inputs() {
+    for (path, version) in real_inputs()
+        .into_iter()
+        .flat_map(|p| [(p.clone(), 1), (p, 2)])
+    {
         let plain = std::fs::read(&path).unwrap();
         let z = compress_file(dir.path(), &plain, &opts(4096));
-        let old = with_v1_index(&z);
+        let old = with_old_index(&z, version);
         assert_ne!(old, z, "{}", path.display());
+        let (a_old, a_new) = (
+            ZstArchive::open(&old).unwrap().unwrap(),
+            ZstArchive::open(&z).unwrap().unwrap(),
+        );
+        assert_eq!(a_old.index(), a_new.index(), "{}", path.display());
         assert_eq!(
-            ZstArchive::open(&old).unwrap().unwrap().index(),
-            ZstArchive::open(&z).unwrap().unwrap().index(),
+            a_old.decoded_index().unwrap(),
+            a_new.decoded_index().unwrap(),
             "{}",
             path.display()
         );
@@ -1156,20 +1160,144 @@ fn index_of_record_dense_diffs_stays_small() {
     }
 }
 
+/// A `z`-only diff of `n` records at random gaps and of random lengths (a record index that
+/// compresses badly).
+fn scattered(n: u64) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut exts = Vec::new();
+    let mut at = 0u64;
+    for _ in 0..n {
+        at += next() % (1 << 20);
+        let len = 1 + next() % (1 << 16);
+        exts.push(Extent::new(at, len));
+        at += len;
+    }
+    let meta = Metadata {
+        to_snap: Some(b"s".to_vec()),
+        image_size: Some(at),
+        ..Metadata::default()
+    };
+    let mut w = DiffWriter::new(Vec::new(), Version::V1, &meta).unwrap();
+    for e in exts {
+        w.zero(e).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+/// Length of the record index frame of an archive.
+fn index_len(z: &[u8]) -> u64 {
+    let (frames, seek_start) = rbddiff::zst::parse_seek_table(z).unwrap().unwrap();
+    let last = frames.last().unwrap();
+    seek_start as u64 - (last.c_offset + u64::from(last.c_len))
+}
+
+/// A record index larger than what the writer keeps in memory goes through its temporary
+/// file and reads back record for record, through every path that reads an archive.
+#[test]
+fn record_index_spilled_to_a_temporary_file_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = scattered(400_000);
+    let z = compress_file(dir.path(), &plain, &CompressOptions::default());
+    assert!(
+        index_len(&z) > rbddiff::zst::SPILL_AT as u64,
+        "index of {} bytes",
+        index_len(&z)
+    );
+    check_archive(&plain, &z, dir.path());
+    // Streamed input, the same archive.
+    let inp = Input::from_reader("-", Box::new(Cursor::new(plain.clone()))).unwrap();
+    let mut streamed = Vec::new();
+    compress(inp, &mut streamed, &CompressOptions::default()).unwrap();
+    assert_eq!(streamed, z);
+}
+
+/// A damaged block of the record index (the index checksum made to match) is an error naming
+/// the block when the records are walked, never a panic; verify reports it.
+#[test]
+fn damaged_record_index_block_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dense(200_000, None);
+    let z = compress_file(dir.path(), &plain, &opts(256 << 10));
+    let (frames, seek_start) = rbddiff::zst::parse_seek_table(&z).unwrap().unwrap();
+    let last = frames.last().unwrap();
+    let body_at = (last.c_offset + u64::from(last.c_len)) as usize + 8;
+    let head_len = u64::from_le_bytes(z[body_at + 24..body_at + 32].try_into().unwrap()) as usize;
+    let blocks_at = body_at + 32 + head_len;
+    let body_end = seek_start - 4;
+    assert!(body_end > blocks_at + 64, "blocks of {} bytes", body_end - blocks_at);
+    let mut damaged = 0;
+    for at in [blocks_at + 5, (blocks_at + body_end) / 2, body_end - 3] {
+        let mut bad = z.clone();
+        bad[at] ^= 0x21;
+        let crc = crc32fast::hash(&bad[body_at..body_end]);
+        bad[body_end..seek_start].copy_from_slice(&crc.to_le_bytes());
+        let mut a = ZstArchive::open(&bad).unwrap().expect("the header is intact");
+        let mut src = a.diff_source(0).unwrap();
+        let mut walked = Ok(());
+        loop {
+            match src.next_item() {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    walked = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(src);
+        let p = dir.path().join("bad.zst");
+        std::fs::write(&p, &bad).unwrap();
+        let r = rbddiff::verify::verify(&[s(&p)], &Default::default()).unwrap();
+        let Err(e) = walked else {
+            // Damage the block's own checksum does not catch gives records that verify
+            // finds wrong.
+            let want = ZstArchive::open(&z).unwrap().unwrap().decoded_index().unwrap();
+            if a.decoded_index().ok() != Some(want) {
+                assert!(!r.ok(), "byte {at}: {:?}", r.findings);
+            }
+            continue;
+        };
+        damaged += 1;
+        assert!(e.to_string().contains("record index block"), "byte {at}: {e}");
+        assert!(!r.ok(), "byte {at}: {:?}", r.findings);
+    }
+    assert!(damaged > 0);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
-    /// The version 2 index codes any index (even one no diff has: wrapping deltas, frames
-    /// going back, odd offsets in frames) and decodes it to the same records.
+    /// Every version of the index codes any records (even ones no diff has: wrapping deltas,
+    /// odd offsets in frames; version 3 derives a record's frame offset from its position, and
+    /// takes records in frame order) of one or two diffs, and decodes them to the same
+    /// records.
     #[test]
-    fn compact_index_codes_any_records(
+    fn index_codes_any_records(
         recs in prop::collection::vec(
             (any::<u64>(), prop_oneof![Just(b'w'), Just(b'z'), Just(b'e'), any::<u8>()],
-             any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>(), any::<bool>()),
+             any::<u64>(), any::<u64>(), 0u32..6, any::<u32>(), any::<bool>()),
             0..60),
+        frame_lens in prop::collection::vec(1u32..1 << 20, 6),
+        split in any::<prop::sample::Index>(),
         v2 in any::<bool>(),
     ) {
-        use rbddiff::zst::{decode_index, encode_index, encode_index_v1, ArchiveIndex, IndexRecord, IndexedDiff};
+        use rbddiff::zst::{
+            decode_index, encode_index, encode_index_v1, encode_index_v2, ArchiveIndex,
+            DecodedIndex, FrameEntry, IndexRecord, IndexedDiff,
+        };
+        let total = 1u64 << 40;
+        let mut frames = Vec::new();
+        let mut d_offset = 0;
+        for &d_len in &frame_lens {
+            frames.push(FrameEntry { c_offset: 0, c_len: 1, d_offset, d_len, checksum: 0 });
+            d_offset += u64::from(d_len);
+        }
         let mut pos = 100u64;
         let records: Vec<IndexRecord> = recs
             .iter()
@@ -1179,23 +1307,51 @@ proptest! {
                 IndexRecord { pos, tag, offset, len, frame, frame_offset }
             })
             .collect();
-        let idx = ArchiveIndex {
-            total_len: 1 << 40,
+        let at = split.index(records.len() + 1);
+        let diff = |n: usize| IndexedDiff {
+            start: 0,
+            version: if v2 { Version::V2 } else { Version::V1 },
+            metadata: Metadata::default(),
+            metadata_records: vec![(12, b's')],
+            warnings: Vec::new(),
+            record_count: n as u64 + 1,
+            end: 1 << 39,
+            indexed: n as u64,
+        };
+        let index = ArchiveIndex {
+            total_len: total,
             kind: if v2 { Kind::DiffV2 } else { Kind::DiffV1 },
             image: None,
-            diffs: vec![IndexedDiff {
-                start: 0,
-                version: if v2 { Version::V2 } else { Version::V1 },
-                metadata: Metadata::default(),
-                metadata_records: vec![(12, b's')],
-                warnings: Vec::new(),
-                record_count: records.len() as u64 + 1,
-                end: 1 << 39,
-                records,
-            }],
+            diffs: vec![diff(at), diff(records.len() - at)],
         };
-        prop_assert_eq!(&decode_index(&encode_index(&idx)).unwrap(), &idx);
-        prop_assert_eq!(&decode_index(&encode_index_v1(&idx)).unwrap(), &idx);
+        let idx = DecodedIndex {
+            index,
+            records: vec![records[..at].to_vec(), records[at..].to_vec()],
+        };
+        prop_assert_eq!(&decode_index(&encode_index_v1(&idx), &frames).unwrap(), &idx);
+        prop_assert_eq!(&decode_index(&encode_index_v2(&idx), &frames).unwrap(), &idx);
+        // Version 3: records in frame order, inside the stream, their offsets in frames
+        // following from their positions.
+        let mut v3 = idx.clone();
+        let mut frame_of: Vec<u32> = records.iter().map(|r| r.frame).collect();
+        frame_of.sort_unstable();
+        for (r, f) in v3.records.iter_mut().flatten().zip(frame_of) {
+            r.pos %= total;
+            r.frame = f;
+            r.frame_offset = r.pos.wrapping_sub(frames[f as usize].d_offset) as u32;
+        }
+        let body = encode_index(&v3, frames.len()).unwrap();
+        prop_assert_eq!(&decode_index(&body, &frames).unwrap(), &v3);
+        // Records out of frame order are refused.
+        let mut bad = v3.clone();
+        let flat = bad.records.concat();
+        let earlier = flat.iter().rev().skip(1).map(|r| r.frame).max().unwrap_or(0);
+        if let Some(r) = bad.records.iter_mut().flatten().last() {
+            r.frame = 0;
+        }
+        if earlier > 0 {
+            prop_assert!(encode_index(&bad, frames.len()).is_err());
+        }
     }
 }
 

@@ -236,8 +236,12 @@ fn an_archive_with_a_frame_too_large_is_read_as_a_stream() {
         .unwrap();
     assert!(o.status.success(), "{o:?}");
     let nbytes = std::fs::read(&normal).unwrap();
-    let mut idx = ZstArchive::open(&nbytes).unwrap().unwrap().index().clone();
-    for r in &mut idx.diffs[0].records {
+    let mut idx = ZstArchive::open(&nbytes)
+        .unwrap()
+        .unwrap()
+        .decoded_index()
+        .unwrap();
+    for r in &mut idx.records[0] {
         r.frame = 0;
         r.frame_offset = u32::try_from(r.pos).unwrap();
     }
@@ -249,7 +253,7 @@ fn an_archive_with_a_frame_too_large_is_read_as_a_stream() {
     let frame = c.compress(&plain).unwrap();
     let checksum = u32::from_le_bytes(frame[frame.len() - 4..].try_into().unwrap());
     let mut z = frame.clone();
-    z.extend_from_slice(&index_frame(&encode_index(&idx)));
+    z.extend_from_slice(&index_frame(&encode_index(&idx, 1).unwrap()));
     z.extend_from_slice(&encode_seek_table(&[FrameEntry {
         c_offset: 0,
         c_len: frame.len() as u32,

@@ -11,7 +11,7 @@ use crate::extent::{ExtentMap, Piece, MAX_INPUT};
 use crate::format::{tag, Metadata, Record, Version};
 use crate::progress::Ticker;
 use crate::write::DiffWriter;
-use crate::zst::IndexedDiff;
+use crate::zst::{IndexRecord, IndexedDiff};
 
 /// The merged extent map of a chain, ready to be written.
 #[derive(Debug)]
@@ -28,17 +28,20 @@ pub struct Plan {
 /// Adds the records of an archive's index to `map`, checking them as the record walk of a
 /// plain diff would (the index is checksummed, but may have been crafted): ascending,
 /// non-empty, inside the image size, payloads inside the stream, `e` present.
-fn insert_indexed(map: &mut ExtentMap, input: u32, d: &IndexedDiff, total: u64) -> Result<()> {
-    let size = d.metadata.image_size.ok_or_else(|| {
-        Error::at(
-            ErrorKind::MissingSize,
-            d.start,
-            Some(d.record_count.saturating_sub(d.records.len() as u64)),
-        )
-    })?;
-    let base = d.record_count.saturating_sub(d.records.len() as u64);
+fn insert_indexed(
+    map: &mut ExtentMap,
+    input: u32,
+    d: &IndexedDiff,
+    records: &[IndexRecord],
+    total: u64,
+) -> Result<()> {
+    let size = d
+        .metadata
+        .image_size
+        .ok_or_else(|| Error::at(ErrorKind::MissingSize, d.start, Some(d.first_indexed())))?;
+    let base = d.first_indexed();
     let (mut prev_end, mut prev_pos, mut ended) = (0u64, d.start, false);
-    for (k, r) in d.records.iter().enumerate() {
+    for (k, r) in records.iter().enumerate() {
         let at = |kind: ErrorKind| Error::at(kind, r.pos, Some(base + k as u64));
         if ended || r.pos < prev_pos || (k > 0 && r.pos == prev_pos) {
             return Err(at(ErrorKind::Invalid(
@@ -76,7 +79,7 @@ fn insert_indexed(map: &mut ExtentMap, input: u32, d: &IndexedDiff, total: u64) 
                     continue;
                 }
                 let src = d.payload_pos(r);
-                let limit = d.records.get(k + 1).map_or(d.end, |n| n.pos).min(total);
+                let limit = records.get(k + 1).map_or(d.end, |n| n.pos).min(total);
                 if src.checked_add(r.len).filter(|&e| e <= limit).is_none() {
                     return Err(at(ErrorKind::Invalid(
                         "record index: payload runs past the next record".into(),
@@ -169,7 +172,12 @@ pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
             }
             Parsed::Head(_) => return Err(Error::invalid("the oracle reads no streams")),
             Parsed::Index(d, total) => {
-                insert_indexed(&mut map, i as u32, d, *total).map_err(wrap)?;
+                let Source::Archive(a) = &inp.source else {
+                    return Err(Error::invalid("internal: indexed input is no archive"));
+                };
+                let records = a.decoded_index().map_err(wrap)?.records;
+                let records = records.first().map_or(&[][..], |r| &r[..]);
+                insert_indexed(&mut map, i as u32, d, records, *total).map_err(wrap)?;
                 warnings.extend(d.warnings.iter().map(|w| InputWarning::new(inp.name, w)));
             }
         }

@@ -69,16 +69,16 @@ pub fn restored_sha256(dir: &Path, image: &str, work: &Path) -> String {
 
 /// `z` with its record index changed by `f` (the index checksum recomputed, frames and seek
 /// table kept): an archive whose content is right but whose index lies.
-pub fn relabel(z: &[u8], f: impl FnOnce(&mut rbddiff::zst::ArchiveIndex)) -> Vec<u8> {
+pub fn relabel(z: &[u8], f: impl FnOnce(&mut rbddiff::zst::DecodedIndex)) -> Vec<u8> {
     use rbddiff::zst::{decode_index, encode_index, index_frame, parse_seek_table};
     let (frames, seek_start) = parse_seek_table(z).unwrap().unwrap();
     let last = frames.last().unwrap();
     let data_end = (last.c_offset + u64::from(last.c_len)) as usize;
-    let mut idx = decode_index(&z[data_end + 8..seek_start]).unwrap();
+    let mut idx = decode_index(&z[data_end + 8..seek_start], &frames).unwrap();
     f(&mut idx);
     [
         &z[..data_end],
-        &index_frame(&encode_index(&idx))[..],
+        &index_frame(&encode_index(&idx, frames.len()).unwrap())[..],
         &z[seek_start..],
     ]
     .concat()
