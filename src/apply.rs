@@ -42,9 +42,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::Metadata;
 use crate::input::{Input, Kind, Watch};
 use crate::output::AtomicFile;
+use crate::positioned::Positioned;
 use crate::progress::Ticker;
-use crate::slice::{DiffSlice, ImageSlice};
-use crate::stream::{DiffReader, Item, ItemKind, Payload, RecordSource};
+use crate::stream::{DiffReader, ImageReader, Item, ItemKind, Payload, RecordSource};
 
 /// Granularity of the all-zero check inside `w` payloads.
 pub const ZERO_BLOCK: u64 = 4096;
@@ -324,7 +324,7 @@ impl<'f> Applier<'f> {
     /// can), zero bytes written for unaligned edges or where `fallocate` is unsupported.
     ///
     /// `BLKZEROOUT` itself is not issued: rustix has no safe wrapper for it and a custom
-    /// ioctl needs `unsafe`, which the crate forbids outside the mmap in `input.rs`.
+    /// ioctl needs `unsafe`, which the crate forbids.
     fn zero_io(&mut self, off: u64, len: u64) -> Result<()> {
         let end = off + len;
         if self.use_fallocate {
@@ -510,11 +510,11 @@ fn name(n: &Option<Vec<u8>>) -> Option<String> {
     n.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
-/// An input diff: a mapped file (fully checked when opened), one diff embedded in a mapped
-/// image stream (at this byte offset), or a stream (stdin, pipes, zstd-compressed files),
+/// An input diff: a file (fully checked when opened), one diff embedded in an image stream
+/// in a file (at this byte offset), or a stream (stdin, pipes, zstd-compressed files),
 /// checked while it is applied.
 enum Src {
-    Mapped(Rc<Input>, Option<u64>),
+    File(Rc<Input>, Option<u64>),
     Stream(Box<DiffReader<Box<dyn Read>>>),
 }
 
@@ -574,20 +574,17 @@ impl RecordSource for Counted<'_, '_, '_> {
 }
 
 impl Opened {
-    /// The mapped diff (`None` for a stream).
-    fn slice(&self) -> Result<Option<DiffSlice<'_>>> {
-        let Src::Mapped(inp, at) = &self.src else {
+    /// The diff in a file, read with positioned reads (`None` for a stream).
+    fn reader(&self) -> Result<Option<DiffReader<&File>>> {
+        let Src::File(inp, at) = &self.src else {
             return Ok(None);
         };
-        let bytes = inp
-            .bytes()
-            .ok_or_else(|| Error::invalid("input is not mapped"))?;
+        let (f, len) = inp
+            .file()
+            .ok_or_else(|| Error::invalid("internal: input is not a file"))?;
         Ok(Some(match *at {
-            None => DiffSlice::parse(bytes)?,
-            Some(o) => {
-                let rest = usize::try_from(o).ok().and_then(|o| bytes.get(o..));
-                DiffSlice::parse_at(rest.unwrap_or_default(), o, false)?
-            }
+            None => DiffReader::at_file(f, len)?,
+            Some(o) => DiffReader::embedded_at(f, len, o)?,
         }))
     }
 
@@ -597,32 +594,22 @@ impl Opened {
         if self.payload_hint.is_some() {
             return self.payload_hint;
         }
-        let d = self.slice().ok()??;
+        let mut rd = self.reader().ok()??;
         let mut total = 0u64;
-        for r in d.records() {
-            if let (_, crate::Record::Write { data, .. }) = r.ok()? {
-                total += data.len() as u64;
+        while let Some(item) = rd.next_item().ok()? {
+            if let ItemKind::Write { extent, .. } = item.kind {
+                total += extent.len;
             }
         }
         Some(total)
     }
 
     fn apply(&mut self, ap: &mut Applier<'_>, tick: &mut Ticker<'_>) -> Result<()> {
-        if let Src::Mapped(inp, None) = &self.src {
-            if let (Some(f), Some(b)) = (inp.file(), inp.bytes()) {
-                // Payloads copied with pread through one buffer cost less than faulting the
-                // mapping in page by page (the records were checked through the mapping).
-                let mut rd = DiffReader::from_file(f.try_clone()?, b.len() as u64)?;
-                return ap.apply_source(&mut Counted {
-                    inner: &mut rd,
-                    pending: 0,
-                    tick,
-                });
-            }
-        }
-        if let Some(d) = self.slice()? {
+        if let Some(mut rd) = self.reader()? {
+            // Payloads are copied with pread through one buffer (the records were checked
+            // when the input was opened).
             return ap.apply_source(&mut Counted {
-                inner: &mut d.records(),
+                inner: &mut rd,
                 pending: 0,
                 tick,
             });
@@ -633,7 +620,7 @@ impl Opened {
                 pending: 0,
                 tick,
             }),
-            Src::Mapped(..) => Err(Error::invalid("internal: mapped input without a slice")),
+            Src::File(..) => Err(Error::invalid("internal: file input without a reader")),
         }
     }
 }
@@ -666,16 +653,19 @@ fn open_group(path: &str, input: Input, watch: &Rc<Watch>) -> Result<Vec<Opened>
             return stream(Box::new(z), None);
         }
         Kind::Image => {
-            let input = Rc::new(input.into_mapped()?);
-            let bytes = input.bytes().unwrap_or_default();
-            let img = ImageSlice::parse(bytes).map_err(wrap)?;
+            let input = Rc::new(input.into_seekable()?);
+            let (f, len) = input
+                .file()
+                .ok_or_else(|| Error::invalid("the image stream is empty").with_file(path))?;
+            let mut img = ImageReader::from_file(f.try_clone()?, len).map_err(wrap)?;
             let count = img.header().diff_count;
             let mut out = Vec::new();
-            for (k, d) in img.diffs().enumerate() {
-                let d = d.map_err(wrap)?;
+            // Every record of every embedded diff is checked here (heads only).
+            while let Some(d) = img.next_diff().map_err(wrap)? {
+                let k = out.len();
                 out.push(Opened {
                     meta: d.metadata().clone(),
-                    src: Src::Mapped(Rc::clone(&input), Some(d.start_offset())),
+                    src: Src::File(Rc::clone(&input), Some(d.start_offset())),
                     path: path.to_string(),
                     label: format!("{path} (diff {} of {count})", k + 1),
                     watch: Rc::clone(watch),
@@ -689,15 +679,15 @@ fn open_group(path: &str, input: Input, watch: &Rc<Watch>) -> Result<Vec<Opened>
         }
         Kind::DiffV1 | Kind::DiffV2 | Kind::Unknown => {}
     }
-    match input.bytes() {
-        Some(b) => {
-            let d = DiffSlice::parse(b).map_err(wrap)?;
-            // Check every record before anything is written (heads only: payload pages
-            // are not read).
-            d.end_offset().map_err(wrap)?;
+    match input.file() {
+        Some((f, len)) => {
+            let mut d = DiffReader::at_file(f, len).map_err(wrap)?;
+            // Check every record before anything is written (heads only: payloads are
+            // skipped unread).
+            while d.next_item().map_err(wrap)?.is_some() {}
             let meta = d.metadata().clone();
             Ok(vec![Opened {
-                src: Src::Mapped(Rc::new(input), None),
+                src: Src::File(Rc::new(input), None),
                 meta,
                 path: path.to_string(),
                 label: path.to_string(),
@@ -896,7 +886,7 @@ fn refuse_overlap(files: &[String], target: &Path, held: Option<&File>, sp: &Pat
 
 /// Applies `files` in order to `target`; see the module docs.
 ///
-/// Mapped files are fully checked (structure and chain links) before the first write, so bad
+/// Files are fully checked (structure and chain links) before the first write, so bad
 /// input leaves the target as it was. Streams (`-`, pipes, zstd-compressed files) are checked
 /// while they are applied: a bad one leaves the target "applying", and the same command with
 /// good input resumes it.
@@ -1021,9 +1011,9 @@ fn apply_files(
     for (f, group) in files.iter().zip(groups) {
         if opts.check_sums {
             match group.first().map(|o| &o.src) {
-                Some(Src::Mapped(inp, _)) if f != "-" && Path::new(f).is_file() => {
-                    let findings =
-                        crate::sums::check_sums(Path::new(f), inp.bytes().unwrap_or_default());
+                Some(Src::File(inp, _)) if f != "-" && Path::new(f).is_file() => {
+                    let raw = inp.raw().unwrap_or(Positioned::Mem(&[]));
+                    let findings = crate::sums::check_sums(Path::new(f), raw);
                     let findings = group[0].watch.check(findings)?;
                     if let Some(first) = findings.first() {
                         return Err(Error::invalid(format!(

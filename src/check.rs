@@ -107,7 +107,7 @@ impl Checker {
         let end = e.offset.checked_add(e.len)?;
         let fits = self.meta.image_size.is_some_and(|size| end <= size);
         let ok =
-            fits && e.len != 0 && e.offset >= self.prev_end && declared.map_or(true, |d| d == body);
+            fits && e.len != 0 && e.offset >= self.prev_end && declared.is_none_or(|d| d == body);
         if !ok {
             return None;
         }

@@ -1,6 +1,7 @@
 //! `rbddiff compress` / `decompress`: seekable zstd archives of diffs (see [`crate::zst`]).
 //!
-//! Compression walks the records once (zero-copy over a mapped file, or streamed), cuts the
+//! Compression walks the records once (record heads by positioned reads over a file, each
+//! frame read by the worker that compresses it; or streamed), cuts the
 //! byte stream into frames that start on record boundaries (a frame ends at the first record
 //! boundary after `frame_target` bytes; a payload longer than twice the target is split), and
 //! compresses the frames on `threads` workers with a bounded number of frames in flight, so
@@ -8,6 +9,7 @@
 //! record index and the seek table.
 
 use std::cell::RefCell;
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::rc::Rc;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -18,10 +20,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::{tag, Version};
 use crate::input::{Input, Kind};
 use crate::parallel::{pipeline, Feeder, Pool};
+use crate::positioned::Positioned;
 use crate::progress::Ticker;
 use crate::stream::{ItemKind, Payload, RecordSource, MAX_UNCONSUMED};
 use crate::zst::{self, encode_seek_table, ArchiveIndex, FrameEntry, IndexWriter, IndexedDiff};
-use crate::{DiffReader, DiffSlice, ImageReader, ImageSlice};
+use crate::{DiffReader, ImageReader};
 
 /// Default frame-size target: 4 MiB of diff stream per frame.
 pub const DEFAULT_FRAME_TARGET: u64 = 4 << 20;
@@ -68,17 +71,22 @@ pub struct Stats {
 // ---------------------------------------------------------------------------------------------
 // Frame cutting
 
-/// Bytes of one frame: borrowed from a mapped input, or captured from a stream.
+/// Bytes of one frame: a range of a file (read by the worker that compresses it, with
+/// `pread`), or captured from a stream.
 enum Chunk<'s> {
-    Borrowed(&'s [u8]),
+    At(&'s File, u64, usize),
     Owned(Vec<u8>),
 }
 
 impl Chunk<'_> {
-    fn bytes(&self) -> &[u8] {
+    /// The frame's bytes (a file's read into `scratch`).
+    fn bytes<'c>(&'c self, scratch: &'c mut Vec<u8>) -> Result<&'c [u8]> {
         match self {
-            Chunk::Borrowed(b) => b,
-            Chunk::Owned(v) => v,
+            Chunk::At(f, at, len) => {
+                let len_all = at.saturating_add(*len as u64);
+                Ok(Positioned::File(f, len_all).get(*at, *len, scratch)?)
+            }
+            Chunk::Owned(v) => Ok(v),
         }
     }
 }
@@ -89,7 +97,7 @@ const TEE_READ: usize = 1 << 20;
 
 /// Cuts the diff stream into frames on record boundaries (see the module docs).
 ///
-/// A mapped input is cut by offsets into its bytes. A streamed input is read through a
+/// A file is cut by offsets (each frame read by the worker that compresses it). A streamed input is read through a
 /// [`TeeReader`], which keeps the bytes of the current frame only: whatever the parser
 /// consumes in one step (the body of an unknown record it skips, bytes after `e`, a large
 /// metadata record), a frame is cut as soon as it reaches the cap, so the bytes held stay
@@ -99,7 +107,8 @@ struct Cutter<'s, 'f> {
     cap: u64,
     frame_start: u64,
     frames: u32,
-    slice: Option<&'s [u8]>,
+    /// The file and its length.
+    file: Option<(&'s File, u64)>,
     /// The streamed input, and the bytes read from it since `frame_start`.
     stream: Option<Box<dyn Read + Send>>,
     data: Vec<u8>,
@@ -142,12 +151,12 @@ impl<'s> Cutter<'s, '_> {
         if pos <= self.frame_start {
             return Ok(());
         }
-        let chunk = if let Some(b) = self.slice {
-            let (a, z) = (self.frame_start as usize, pos as usize);
-            Chunk::Borrowed(
-                b.get(a..z)
-                    .ok_or_else(|| Error::invalid("internal: frame outside the input"))?,
-            )
+        let chunk = if let Some((f, len)) = self.file {
+            let n = usize::try_from(pos - self.frame_start)
+                .ok()
+                .filter(|_| pos <= len)
+                .ok_or_else(|| Error::invalid("internal: frame outside the input"))?;
+            Chunk::At(f, self.frame_start, n)
         } else {
             let n = usize::try_from(pos - self.frame_start)
                 .ok()
@@ -218,6 +227,8 @@ fn walk_diff(
 ) -> Result<IndexedDiff> {
     let version = src.version();
     let first = ix.records();
+    // A file's payloads are not read here (the frames are read by the workers).
+    let positioned = cut.borrow().file.is_some();
     let mut count = 0;
     let mut scratch = Vec::new();
     let through = |pos: u64| cut.borrow_mut().through(pos);
@@ -232,6 +243,7 @@ fn walk_diff(
                 data: Payload::Bytes(_),
                 extent,
             } => through(body_start + extent.len)?,
+            ItemKind::Write { extent, .. } if positioned => through(body_start + extent.len)?,
             ItemKind::Write {
                 data: Payload::Stream(r),
                 ..
@@ -270,7 +282,7 @@ fn walk_diff(
 /// Walks the whole input, sending frames; returns the index header and its records.
 fn walk<'s>(
     kind: Kind,
-    slice: Option<&'s [u8]>,
+    file: Option<(&'s File, u64)>,
     stream: Option<Box<dyn Read + Send>>,
     opts: &CompressOptions,
     feed: &mut Feeder<Chunk<'s>>,
@@ -282,7 +294,7 @@ fn walk<'s>(
         cap: opts.frame_target * 2,
         frame_start: 0,
         frames: 0,
-        slice,
+        file,
         stream,
         data: Vec::new(),
         recent: vec![(0, 0)],
@@ -290,19 +302,19 @@ fn walk<'s>(
     }));
     let mut diffs = Vec::new();
     let mut image = None;
-    match (slice, streamed, kind) {
+    match (file, streamed, kind) {
         // What is no known kind is parsed as a diff, whose banner error says what it is.
-        (Some(b), _, Kind::DiffV1 | Kind::DiffV2 | Kind::Unknown) => {
-            let d = DiffSlice::parse(b)?;
-            diffs.push(walk_diff(&mut d.records(), 0, &cut, &mut ix)?);
+        (Some((f, len)), _, Kind::DiffV1 | Kind::DiffV2 | Kind::Unknown) => {
+            let mut d = DiffReader::at_file(f, len)?;
+            diffs.push(walk_diff(&mut d, 0, &cut, &mut ix)?);
         }
-        (Some(b), _, Kind::Image) => {
-            let img = ImageSlice::parse(b)?;
+        (Some((f, len)), _, Kind::Image) => {
+            let mut img = ImageReader::from_file(f.try_clone()?, len)?;
             image = Some((img.header().clone(), img.warnings().to_vec()));
-            for d in img.diffs() {
-                let d = d?;
-                cut.borrow_mut().at_record(d.start_offset())?;
-                diffs.push(walk_diff(&mut d.records(), d.start_offset(), &cut, &mut ix)?);
+            while let Some(d) = img.next_diff()? {
+                let start = d.start_offset();
+                cut.borrow_mut().at_record(start)?;
+                diffs.push(walk_diff(d, start, &cut, &mut ix)?);
             }
         }
         (None, true, Kind::DiffV1 | Kind::DiffV2 | Kind::Unknown) => {
@@ -324,8 +336,8 @@ fn walk<'s>(
             ))
         }
     }
-    let total = match slice {
-        Some(b) => b.len() as u64,
+    let total = match file {
+        Some((_, len)) => len,
         None => {
             // Bytes after the last embedded diff of an image stream are kept too (the
             // reader cuts frames as they come).
@@ -570,7 +582,7 @@ fn compress_one(
     Ok(stats)
 }
 
-/// Compresses a diff (v1, v2 or image stream; mapped or streamed) into a seekable, indexed
+/// Compresses a diff (v1, v2 or image stream; a file or a stream) into a seekable, indexed
 /// zstd archive written to `out`. The input is validated while walking; an invalid diff is
 /// an error (and `out` must then be discarded).
 ///
@@ -581,7 +593,7 @@ pub fn compress(input: Input, out: &mut dyn Write, opts: &CompressOptions) -> Re
 }
 
 /// [`compress`], reporting `(input bytes compressed, total)` to `progress` once per frame
-/// (see [`crate::progress`]; the total is known for a mapped, uncompressed input).
+/// (see [`crate::progress`]; the total is known for an uncompressed file).
 ///
 /// # Errors
 /// As [`compress`].
@@ -606,9 +618,9 @@ pub fn compress_with_progress(
     }
     let name = input.name().to_string();
     let kind = input.kind();
-    let r = if let Some(b) = input.bytes() {
-        let mut tick = Ticker::new(progress, b.len() as u64);
-        compress_from(kind, Some(b), None, out, opts, &mut tick)
+    let r = if let Some((f, len)) = input.file() {
+        let mut tick = Ticker::new(progress, len);
+        compress_from(kind, Some((f, len)), None, out, opts, &mut tick)
     } else {
         let mut tick = Ticker::new(progress, 0);
         compress_from(kind, None, Some(input.into_reader()), out, opts, &mut tick)
@@ -618,7 +630,7 @@ pub fn compress_with_progress(
 
 fn compress_from(
     kind: Kind,
-    slice: Option<&[u8]>,
+    file: Option<(&File, u64)>,
     stream: Option<Box<dyn Read + Send>>,
     out: &mut dyn Write,
     opts: &CompressOptions,
@@ -632,17 +644,18 @@ fn compress_from(
         opts.threads,
         || {
             let mut c = compressor(level);
+            let mut scratch = Vec::new();
             let pool = &pool;
             move |chunk: Chunk<'_>| -> Result<(Vec<u8>, u32)> {
                 let c = c.as_mut().map_err(|e| Error::invalid(e.to_string()))?;
-                let data = chunk.bytes();
+                let data = chunk.bytes(&mut scratch)?;
                 let mut z = pool.take();
                 z.reserve(zstd::zstd_safe::compress_bound(data.len()));
                 c.compress_to_buffer(data, &mut z)?;
                 Ok((z, data.len() as u32))
             }
         },
-        |feed| walk(kind, slice, stream, opts, feed),
+        |feed| walk(kind, file, stream, opts, feed),
         |(z, d_len)| {
             out.write_all(&z)?;
             let n = z.len();
@@ -685,7 +698,7 @@ fn compress_from(
 
 /// Decompresses any zstd input (an rbddiff archive or a file written by `zstd`) to `out`.
 ///
-/// An indexed archive in a mapped file is decompressed frame-parallel on `threads` workers;
+/// An indexed archive in a file is decompressed frame-parallel on `threads` workers;
 /// anything else is streamed. Every frame's content checksum is verified.
 ///
 /// # Errors
@@ -710,16 +723,16 @@ pub fn decompress_with_progress(
     if !input.is_compressed() {
         return Err(Error::invalid("not a zstd-compressed file").with_file(name));
     }
-    if let Some(raw) = input.raw_bytes() {
+    if let Some(raw) = input.raw() {
         if let Ok(Some((frames, _))) =
-            zst::parse_seek_table(raw).map(|t| t.filter(|(f, _)| zst::frames_fit(f)))
+            zst::seek_table(raw).map(|t| t.filter(|(f, _)| zst::frames_fit(f)))
         {
             let total = frames.iter().map(|f| u64::from(f.d_len)).sum();
             let mut tick = Ticker::new(progress, total);
             let total = zst::decompress_frames(&name, raw, &frames, out, threads, &mut tick)?;
             return Ok(Stats {
                 diff_bytes: total,
-                compressed_bytes: raw.len() as u64,
+                compressed_bytes: raw.len(),
                 frames: frames.len() as u64,
                 records: 0,
             });

@@ -171,13 +171,11 @@ fn ends(path: &str) -> Result<Ends> {
         .with_file(path));
     }
     let wrap = |e: Error| e.with_file(path);
-    let meta = if let Some(b) = input.bytes() {
-        crate::DiffSlice::parse(b).map_err(wrap)?.metadata().clone()
-    } else {
-        let raw = input.raw_bytes().unwrap_or(&[]);
-        let z = crate::zst::ZstdReader::new(raw).map_err(wrap)?;
-        crate::DiffReader::new(z).map_err(wrap)?.metadata().clone()
-    };
+    // Only the header is read (a compressed file is decompressed that far).
+    let meta = crate::DiffReader::new(input.into_reader())
+        .map_err(wrap)?
+        .metadata()
+        .clone();
     Ok((meta.from_snap, meta.to_snap))
 }
 

@@ -93,7 +93,7 @@ pub fn explode(
     let total = if inp.is_compressed() {
         0
     } else {
-        inp.bytes().map_or(0, |b| b.len() as u64)
+        inp.raw_len().unwrap_or(0)
     };
     std::fs::create_dir_all(dir).map_err(|e| Error::from(e).with_file(dir))?;
     let stem = image_stem(input);

@@ -1,39 +1,34 @@
-//! Opening inputs: files are memory-mapped (zero-copy), `-` is stdin (streamed); the kind of
-//! stream is detected by its first bytes, never by its name.
+//! Opening inputs: regular files are read with positioned reads (never mapped, so their
+//! pages do not count in the process's memory), `-` is stdin (streamed); the kind of stream
+//! is detected by its first bytes, never by its name.
 //!
 //! zstd-compressed inputs (rbddiff archives or files written by `zstd`) are read
 //! transparently: [`Input::kind`] is the kind of the decompressed content,
-//! [`Input::into_reader`] decompresses, [`Input::bytes`] is `None` (compressed bytes are
+//! [`Input::into_reader`] decompresses, [`Input::file`] is `None` (compressed bytes are
 //! never parsed as a diff) and [`Input::archive`] gives random access to an indexed archive.
 //!
-//! A mapped file truncated by another process while it is read does not kill the process
-//! with `SIGBUS`: the pages past its new end read as zeros, and [`Input::check_truncated`]
+//! A file truncated by another process while it is read ends early: [`Input::check_truncated`]
 //! (or a [`Watch`] taken before the input is handed on) turns the result into an error naming
-//! the file; no atomic output is committed after such a truncation.
+//! the file, whatever the reader made of the early end; no atomic output is committed then.
 
 use std::fs::File;
 use std::io::{self, Cursor, Read, Write};
 use std::path::Path;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Once;
-
-use memmap2::Mmap;
-
 use crate::error::{Error, ErrorKind, Result};
-
+use crate::positioned::Positioned;
 use crate::zst::{ZstArchive, ZstdReader};
 
 pub use crate::format::{sniff, Kind, ZSTD_MAGIC};
 
 enum Data {
-    /// The mapping and the file it maps.
-    Map(Mapped, File),
+    /// A regular file and its length when it was opened.
+    File(File, u64),
     Empty,
     Stream(Box<dyn Read + Send>),
 }
 
-/// An opened input: a memory-mapped file or a stream.
+/// An opened input: a regular file (read with positioned reads) or a stream.
 pub struct Input {
     name: String,
     kind: Kind,
@@ -47,175 +42,20 @@ impl std::fmt::Debug for Input {
     }
 }
 
-/// A read-only mapping of a whole file, registered with the `SIGBUS` guard below.
-///
-/// A file truncated by another process while it is mapped makes reads past its new end fault
-/// with `SIGBUS`, which kills the process. The guard's handler maps zero pages over the rest
-/// of a registered mapping instead and records it; [`Input::check_truncated`] then turns the
-/// result of the command into an error naming the file.
-struct Mapped {
-    map: Mmap,
-    /// Index in [`GUARDED`] (`None`: the table was full, the mapping is unguarded).
-    slot: Option<usize>,
-}
-
-impl std::ops::Deref for Mapped {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.map
-    }
-}
-
-impl AsRef<[u8]> for Mapped {
-    fn as_ref(&self) -> &[u8] {
-        &self.map
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // Unregistered before `map` is unmapped (fields drop after this).
-        if let Some(i) = self.slot {
-            GUARDED[i].end.store(0, Ordering::SeqCst);
-            GUARDED[i].start.store(0, Ordering::SeqCst);
-        }
-    }
-}
-
-/// One guarded mapping: `start..end` (0..0 when free) and whether a fault was repaired in it.
-struct Guarded {
-    start: AtomicUsize,
-    end: AtomicUsize,
-    hit: AtomicBool,
-}
-
-#[allow(clippy::declare_interior_mutable_const)]
-const FREE: Guarded = Guarded {
-    start: AtomicUsize::new(0),
-    end: AtomicUsize::new(0),
-    hit: AtomicBool::new(false),
-};
-
-/// The guarded mappings: a fixed table of atomics, which the signal handler can read.
-static GUARDED: [Guarded; 64] = [FREE; 64];
-/// Page size, read once before the handler is installed.
-static PAGE: AtomicUsize = AtomicUsize::new(0);
-static INSTALL: Once = Once::new();
-/// Set once any fault was repaired (for outputs: see [`any_truncated`]).
-static ANY_HIT: AtomicBool = AtomicBool::new(false);
-
-/// True when some input of this process was truncated while it was mapped: what was read
-/// from it past its new end were zeros, so nothing made from it may be committed.
-pub fn any_truncated() -> bool {
-    ANY_HIT.load(Ordering::SeqCst)
-}
-
-/// The `SIGBUS` action: repairs a fault inside a guarded mapping, else restores the default
-/// action (the fault then kills the process as it would have).
-#[allow(unsafe_code)]
-fn on_sigbus(addr: usize) {
-    let page = PAGE.load(Ordering::SeqCst).max(1);
-    for g in &GUARDED {
-        let (start, end) = (g.start.load(Ordering::SeqCst), g.end.load(Ordering::SeqCst));
-        if start <= addr && addr < end {
-            let from = addr & !(page - 1);
-            let len = end.next_multiple_of(page) - from;
-            // SAFETY: `from..from + len` lies inside a live read-only file mapping made by
-            // `map` (registered until it is unmapped, see `Mapped::drop`); replacing its pages
-            // past the file's new end with anonymous zero pages keeps every reference into it
-            // valid (same addresses, same protection). mmap is a plain system call here.
-            let r = unsafe {
-                rustix::mm::mmap_anonymous(
-                    from as *mut std::ffi::c_void,
-                    len,
-                    rustix::mm::ProtFlags::READ,
-                    rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::FIXED,
-                )
-            };
-            if r.is_ok() {
-                g.hit.store(true, Ordering::SeqCst);
-                ANY_HIT.store(true, Ordering::SeqCst);
-                return;
-            }
-        }
-    }
-    // Not a guarded mapping: the default action (the process dies, as without the guard).
-    // SAFETY: signal and raise are async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGBUS, libc::SIG_DFL);
-        libc::raise(libc::SIGBUS);
-    }
-}
-
-#[allow(unsafe_code)]
-fn install_guard() {
-    INSTALL.call_once(|| {
-        PAGE.store(rustix::param::page_size(), Ordering::SeqCst);
-        // SAFETY: resets SIGBUS to its default action before the guard is installed. The
-        // guard chains to the handler found here, and the standard library's (for stack
-        // overflows, which Linux reports as SIGSEGV) would reset SIGBUS to the default on the
-        // first fault, so that a second thread's fault would kill the process.
-        unsafe {
-            libc::signal(libc::SIGBUS, libc::SIG_DFL);
-        }
-        // SAFETY: the action is async-signal-safe: it reads and writes atomics of a static
-        // table, calls mmap, or resets the signal to its default action and raises it; it
-        // neither allocates, locks nor panics. For SIGBUS the kernel fills in `si_addr`, the
-        // faulting address, which the action reads.
-        let _ = unsafe {
-            signal_hook_registry::register_sigaction(libc::SIGBUS, |info| {
-                on_sigbus(info.si_addr() as usize)
-            })
-        };
-    });
-}
-
-/// Maps a whole file read-only and registers the mapping with the `SIGBUS` guard.
-///
-/// rbddiff never writes to its inputs and opens outputs as new files renamed into place; a
-/// file truncated by another process meanwhile reads as zeros past its new end (see
-/// [`Mapped`]), which [`Input::check_truncated`] reports.
-#[allow(unsafe_code)]
-fn map(file: &File) -> io::Result<Mapped> {
-    install_guard();
-    // SAFETY: the file is opened read-only; if it is truncated while mapped, the SIGBUS guard
-    // above replaces the pages past its end with zeros and records it.
-    let map = unsafe { Mmap::map(file) }?;
-    let (start, end) = (map.as_ptr() as usize, map.as_ptr() as usize + map.len());
-    let slot = GUARDED.iter().position(|g| {
-        g.start
-            .compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-    });
-    if let Some(i) = slot {
-        GUARDED[i].hit.store(false, Ordering::SeqCst);
-        GUARDED[i].end.store(end, Ordering::SeqCst);
-    }
-    Ok(Mapped { map, slot })
-}
-
-/// Watches a mapped input for truncation after it has been handed on (see
-/// [`Input::watch`]).
+/// Watches a file input for truncation after it has been handed on (see [`Input::watch`]).
 #[derive(Debug)]
 pub struct Watch {
     name: String,
-    /// The file and the length mapped.
+    /// The file and its length when it was opened.
     file: Option<(File, u64)>,
-    slot: Option<usize>,
 }
 
 impl Watch {
-    /// True when the file was truncated while it was mapped (a fault was repaired, or it is
-    /// now shorter than the mapping).
+    /// True when the file is now shorter than when it was opened.
     pub fn truncated(&self) -> bool {
-        let hit = self
-            .slot
-            .is_some_and(|i| GUARDED[i].hit.load(Ordering::SeqCst));
-        let shorter = self
-            .file
+        self.file
             .as_ref()
-            .is_some_and(|(f, len)| f.metadata().is_ok_and(|m| m.len() < *len));
-        hit || shorter
+            .is_some_and(|(f, len)| f.metadata().is_ok_and(|m| m.len() < *len))
     }
 
     /// `r`, or a truncation error naming the file when it was truncated while read (whatever
@@ -245,7 +85,7 @@ impl Input {
     /// Opens `path`; `-` means stdin.
     ///
     /// # Errors
-    /// The file cannot be opened, mapped or read.
+    /// The file cannot be opened or read.
     pub fn open(path: &str) -> Result<Input> {
         if path == "-" {
             return Self::from_reader("-", Box::new(io::stdin()));
@@ -257,25 +97,32 @@ impl Input {
             // Pipes, FIFOs and devices are streamed.
             return Self::from_reader(path, Box::new(file));
         }
-        if meta.len() == 0 {
+        Self::from_file(path, file, meta.len())
+    }
+
+    /// A regular file of `len` bytes, its kind told by its first bytes (by positioned reads:
+    /// the file's own offset stays at 0).
+    fn from_file(name: &str, file: File, len: u64) -> Result<Input> {
+        if len == 0 {
             return Ok(Input {
-                name: path.to_string(),
+                name: name.to_string(),
                 kind: Kind::Unknown,
                 data: Data::Empty,
                 compressed: false,
             });
         }
-        let m = map(&file).map_err(wrap)?;
-        let mut kind = sniff(&m);
+        let raw = Positioned::File(&file, len);
+        let (prefix, _) = prefix_of(name, raw.reader(0))?;
+        let mut kind = sniff(&prefix);
         let compressed = kind == Kind::Zstd;
         if compressed {
-            let z = ZstdReader::new(&m[..]).map_err(|e| e.with_file(path))?;
-            kind = sniff(&prefix_of(path, z)?.0);
+            let z = ZstdReader::new(raw.reader(0)).map_err(|e| e.with_file(name))?;
+            kind = sniff(&prefix_of(name, z)?.0);
         }
         Ok(Input {
-            name: path.to_string(),
+            name: name.to_string(),
             kind,
-            data: Data::Map(m, file),
+            data: Data::File(file, len),
             compressed,
         })
     }
@@ -303,49 +150,28 @@ impl Input {
         })
     }
 
-    /// Copies a stream into an anonymous temporary file (in `$TMPDIR`, removed when closed)
-    /// and maps it, so that callers needing random access can treat it as a file. Costs disk
-    /// space equal to the stream's length, no anonymous memory; refuses to fill the file
-    /// system (the last 5 % of it stays free).
+    /// Copies a stream into an anonymous temporary file (in `$TMPDIR`, removed when closed),
+    /// so that callers needing random access can treat it as a file. Costs disk space equal
+    /// to the stream's length, no memory; refuses to fill the file system (the last 5 % of
+    /// it stays free).
     ///
     /// # Errors
-    /// Creating, writing or mapping the temporary file, or reading `r`.
+    /// Creating, writing or reading the temporary file, or reading `r`.
     pub fn spill(name: &str, mut r: impl Read) -> Result<Input> {
         let mut f = Spill::new().map_err(|e| e.with_file(name))?;
         io::copy(&mut r, &mut f).map_err(|e| Error::from(e).with_file(name))?;
-        Self::map_spilled(name, f.file, f.written)
+        Self::from_file(name, f.file, f.written)
     }
 
-    /// Maps a spilled temporary file of `n` bytes.
-    fn map_spilled(name: &str, file: File, n: u64) -> Result<Input> {
-        let wrap = |e: io::Error| Error::from(e).with_file(name);
-        if n == 0 {
-            return Ok(Input {
-                name: name.to_string(),
-                kind: Kind::Unknown,
-                data: Data::Empty,
-                compressed: false,
-            });
-        }
-        let m = map(&file).map_err(wrap)?;
-        Ok(Input {
-            name: name.to_string(),
-            kind: sniff(&m),
-            data: Data::Map(m, file),
-            compressed: false,
-        })
-    }
-
-    /// This input with random access: a mapped plain file as is; a stream or a compressed
-    /// file decoded and spilled with [`Input::spill`].
+    /// This input with random access: a plain file as is; a stream or a compressed file
+    /// decoded and spilled with [`Input::spill`] (an indexed archive frame-parallel).
     ///
     /// # Errors
     /// As [`Input::spill`].
-    pub fn into_mapped(self) -> Result<Input> {
-        if let (true, Data::Map(m, _)) = (self.compressed, &self.data) {
-            // An archive in a mapped file is decompressed frame-parallel.
-            let raw: &[u8] = m.as_ref();
-            if let Ok(Some((frames, _))) = crate::zst::parse_seek_table(raw) {
+    pub fn into_seekable(self) -> Result<Input> {
+        if let (true, Data::File(f, len)) = (self.compressed, &self.data) {
+            let raw = Positioned::File(f, *len);
+            if let Ok(Some((frames, _))) = crate::zst::seek_table(raw) {
                 if crate::zst::frames_fit(&frames) {
                     let name = self.name.clone();
                     let mut f = Spill::new().map_err(|e| e.with_file(&name))?;
@@ -357,7 +183,7 @@ impl Input {
                     )
                     .map_err(|e| e.with_file(&name));
                     let n = self.check_truncated(n)?;
-                    return Self::map_spilled(&name, f.file, n);
+                    return Self::from_file(&name, f.file, n);
                 }
             }
         }
@@ -368,25 +194,20 @@ impl Input {
         Ok(self)
     }
 
-    /// A watch for truncation of this input's mapped file, usable after the input is
-    /// consumed (nothing to watch for a stream or an empty file).
+    /// A watch for truncation of this input's file, usable after the input is consumed
+    /// (nothing to watch for a stream or an empty file).
     pub fn watch(&self) -> Watch {
-        match &self.data {
-            Data::Map(m, f) => Watch {
-                name: self.name.clone(),
-                file: f.try_clone().ok().map(|f| (f, m.len() as u64)),
-                slot: m.slot,
-            },
-            _ => Watch {
-                name: self.name.clone(),
-                file: None,
-                slot: None,
+        Watch {
+            name: self.name.clone(),
+            file: match &self.data {
+                Data::File(f, len) => f.try_clone().ok().map(|f| (f, *len)),
+                _ => None,
             },
         }
     }
 
-    /// `r`, or a truncation error naming the file when the mapped file was truncated while it
-    /// was read (see [`Watch::check`]).
+    /// `r`, or a truncation error naming the file when the file was truncated while it was
+    /// read (see [`Watch::check`]).
     ///
     /// # Errors
     /// `r`'s error, or the truncation.
@@ -399,24 +220,31 @@ impl Input {
         self.compressed
     }
 
-    /// The raw (possibly compressed) bytes of a mapped file.
-    pub fn raw_bytes(&self) -> Option<&[u8]> {
+    /// The raw (possibly compressed) bytes of a regular file, to read at offsets.
+    pub fn raw(&self) -> Option<Positioned<'_>> {
         match &self.data {
-            Data::Map(m, _) => Some(m),
-            Data::Empty => Some(&[]),
+            Data::File(f, len) => Some(Positioned::File(f, *len)),
+            Data::Empty => Some(Positioned::Mem(&[])),
             Data::Stream(_) => None,
         }
     }
 
-    /// Random access to an indexed rbddiff archive in a mapped file (seek table and record
-    /// index parsed, nothing decompressed). `None` for anything else, including zstd files
+    /// Length of a regular file (possibly compressed) when it was opened.
+    pub fn raw_len(&self) -> Option<u64> {
+        self.raw().map(|r| r.len())
+    }
+
+    /// Random access to an indexed rbddiff archive in a regular file (seek table and record
+    /// index read, nothing decompressed). `None` for anything else, including zstd files
     /// without an index and compressed stdin: use [`Input::into_reader`] then.
     ///
     /// # Errors
     /// The archive's seek table or index is corrupt.
     pub fn archive(&self) -> Result<Option<ZstArchive<'_>>> {
         match (&self.data, self.compressed) {
-            (Data::Map(m, _), true) => ZstArchive::open(m).map_err(|e| e.with_file(&self.name)),
+            (Data::File(f, len), true) => {
+                ZstArchive::open_file(f, *len).map_err(|e| e.with_file(&self.name))
+            }
             _ => Ok(None),
         }
     }
@@ -431,44 +259,31 @@ impl Input {
         self.kind
     }
 
-    /// The whole content, when it is a mapped, uncompressed file.
-    pub fn bytes(&self) -> Option<&[u8]> {
-        if self.compressed {
-            return None;
-        }
-        match &self.data {
-            Data::Map(m, _) => Some(m),
-            Data::Empty => Some(&[]),
-            Data::Stream(_) => None,
-        }
-    }
-
-    /// The mapped file, when this input is a mapped, uncompressed file (for positioned reads:
-    /// its bytes are [`Input::bytes`]).
-    pub fn file(&self) -> Option<&File> {
+    /// The file and its length, when this input is an uncompressed regular file (not
+    /// empty): for positioned reads.
+    pub fn file(&self) -> Option<(&File, u64)> {
         match (&self.data, self.compressed) {
-            (Data::Map(_, f), false) => Some(f),
+            (Data::File(f, len), false) => Some((f, *len)),
             _ => None,
         }
     }
 
-    /// The file behind a mapped input, compressed or not (its raw bytes are
-    /// [`Input::raw_bytes`]).
-    pub fn mapped_file(&self) -> Option<&File> {
+    /// The file behind a regular file input, compressed or not, and its length.
+    pub fn raw_file(&self) -> Option<(&File, u64)> {
         match &self.data {
-            Data::Map(_, f) => Some(f),
+            Data::File(f, len) => Some((f, *len)),
             _ => None,
         }
     }
 
-    /// The content as a reader (a mapped file is read from memory; zstd is decompressed).
+    /// The content as a reader (a file is read from its start; zstd is decompressed).
     pub fn into_reader(self) -> Box<dyn Read + Send + 'static> {
         match self.data {
-            Data::Map(m, _) if self.compressed => match ZstdReader::new(Cursor::new(m)) {
+            Data::File(f, len) if self.compressed => match ZstdReader::new(f.take(len)) {
                 Ok(z) => Box::new(z),
                 Err(e) => Box::new(Failed(Some(e))),
             },
-            Data::Map(m, _) => Box::new(Cursor::new(m)),
+            Data::File(f, len) => Box::new(f.take(len)),
             Data::Empty => Box::new(io::empty()),
             Data::Stream(r) => r,
         }

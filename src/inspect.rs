@@ -388,7 +388,7 @@ fn finish(mut r: Report) -> Report {
     r
 }
 
-/// Inspects a diff or image stream held in memory (e.g. a mapped file). Never reads payloads.
+/// Inspects a diff or image stream held in memory. Never reads payloads.
 pub fn inspect_bytes(file: &str, bytes: &[u8], with_records: bool) -> Report {
     if crate::input::sniff(bytes) == Kind::Image {
         let img = match ImageSlice::parse(bytes) {
@@ -457,10 +457,8 @@ pub fn inspect_reader(file: &str, kind: Kind, r: impl Read, with_records: bool) 
     )
 }
 
-/// Inspects a regular file without mapping it: record heads are read in small pieces and
-/// payloads are seeked over, so the cost is O(records) with no page mapped (for files of
-/// large records this is cheaper than mapping, where every head costs a page fault and
-/// the pages mapped around it).
+/// Inspects a regular file by its path: record heads are read in small pieces and payloads
+/// are seeked over, so the cost is O(records) (and the access time is left as it is).
 ///
 /// # Errors
 /// The file cannot be opened or read.
@@ -584,7 +582,7 @@ pub fn inspect_archive(file: &str, a: &mut ZstArchive<'_>, with_records: bool) -
     finish(r)
 }
 
-/// Inspects an opened input: mapped files through the slice driver, indexed zstd archives
+/// Inspects an opened input: files by positioned reads of their record heads, indexed zstd archives
 /// through their record index, streams (and zstd files without an index) through the reader.
 pub fn inspect_input(input: Input, with_records: bool) -> Report {
     let name = input.name().to_string();
@@ -600,10 +598,20 @@ pub fn inspect_input(input: Input, with_records: bool) -> Report {
             return failed(&name, kind, e);
         }
     }
-    if let Some(b) = input.bytes() {
-        return inspect_bytes(&name, b, with_records);
-    }
     let kind = input.kind();
+    if let Some((f, len)) = input.file() {
+        // Record heads by positioned reads, payloads skipped unread.
+        if let Ok(f) = f.try_clone() {
+            return inspect_with(
+                &name,
+                kind,
+                with_records,
+                f,
+                |f| ImageReader::from_file(f, len),
+                |f| DiffReader::from_file(f, len),
+            );
+        }
+    }
     let compressed = input.is_compressed();
     let mut r = input.into_reader();
     let mut report = inspect_reader(&name, kind, &mut r, with_records);

@@ -13,7 +13,7 @@
 //!
 //! ## Examples
 //!
-//! Write a diff and parse it back (a real one would come from `rbd export-diff`, mapped with
+//! Write a diff and parse it back (a real one would come from `rbd export-diff`, opened with
 //! [`input::Input::open`]):
 //!
 //! ```
@@ -113,15 +113,17 @@
 //! ```
 //!
 //! ## Slice or stream?
-//! - [`DiffSlice`] / [`ImageSlice`]: over a `&[u8]` such as a memory-mapped file
-//!   ([`input::Input`]). Zero-copy: `w` payloads are borrowed sub-slices.
+//! - [`DiffSlice`] / [`ImageSlice`]: over a `&[u8]` in memory. Zero-copy: `w` payloads are
+//!   borrowed sub-slices.
 //! - [`DiffReader`] / [`ImageReader`]: over any [`std::io::Read`] (stdin, pipes, zstd). A payload
 //!   is handed out as a reader and never buffered whole.
 //!
 //! Both drivers run the same nom grammar and the same checks, and give the same records,
 //! errors and byte offsets. [`RecordSource`] lets code walk either. For a regular file whose
 //! records only need to be listed, [`DiffReader::from_file`] reads the heads with positioned
-//! reads and never reads a payload it is not asked for (`rbddiff inspect FILE` does this).
+//! reads and never reads a payload it is not asked for. Files are never memory-mapped: every
+//! command reads them this way ([`input::Input`]), so a file's pages never count in the
+//! process's RSS and a file truncated while it is read is an error naming it.
 //!
 //! ## Errors and warnings
 //!
@@ -153,7 +155,7 @@
 //! An unknown v2 record ends the header section: metadata after it is reported as
 //! metadata after data. In an image stream the embedded diffs must be v2, and bytes after
 //! the last diff are ignored, as `rbd import` does.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod apply;
@@ -176,6 +178,7 @@ pub mod nbd;
 pub mod output;
 mod parallel;
 mod parse;
+pub mod positioned;
 pub mod progress;
 pub mod rate;
 pub mod rbd;

@@ -72,13 +72,17 @@ pub const COPY_BUF: usize = 1 << 20;
 
 /// Where the payloads of a merge input come from.
 pub enum Source<'a> {
-    /// A whole diff in memory (typically a memory-mapped file), with the file it was mapped
-    /// from, if any: payloads are then read from the file with `pread`.
+    /// A whole diff in memory.
     Bytes {
         /// The whole diff.
         bytes: &'a [u8],
-        /// The file `bytes` maps.
-        file: Option<&'a File>,
+    },
+    /// A diff in a regular file: record heads and payloads are read with `pread`.
+    File {
+        /// The file.
+        file: &'a File,
+        /// Its length when it was opened.
+        len: u64,
     },
     /// An indexed archive ([`crate::zst`]): the plan is built from its record index without
     /// decompressing anything, and only the frames holding surviving payloads are
@@ -95,12 +99,8 @@ pub type StreamDiff<'a> = DiffReader<Box<dyn Read + Send + 'a>>;
 impl std::fmt::Debug for Source<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Source::Bytes { bytes, file } => write!(
-                f,
-                "Bytes({} bytes{})",
-                bytes.len(),
-                if file.is_some() { ", file" } else { "" }
-            ),
+            Source::Bytes { bytes } => write!(f, "Bytes({} bytes)", bytes.len()),
+            Source::File { len, .. } => write!(f, "File({len} bytes)"),
             Source::Archive(a) => write!(f, "{a:?}"),
             Source::Stream(_) => f.write_str("Stream"),
         }
@@ -121,18 +121,15 @@ impl<'a> MergeInput<'a> {
     pub fn bytes(name: &'a str, bytes: &'a [u8]) -> Self {
         MergeInput {
             name,
-            source: Source::Bytes { bytes, file: None },
+            source: Source::Bytes { bytes },
         }
     }
 
-    /// A diff mapped from `file` (payloads are read from the file with `pread`).
-    pub fn mapped(name: &'a str, bytes: &'a [u8], file: &'a File) -> Self {
+    /// The first `len` bytes of `file` (record heads and payloads are read with `pread`).
+    pub fn file(name: &'a str, file: &'a File, len: u64) -> Self {
         MergeInput {
             name,
-            source: Source::Bytes {
-                bytes,
-                file: Some(file),
-            },
+            source: Source::File { file, len },
         }
     }
 
@@ -160,14 +157,15 @@ impl<'a> MergeInput<'a> {
     pub fn frames_decompressed(&self) -> u64 {
         match &self.source {
             Source::Archive(a) => a.frames_decompressed(),
-            Source::Bytes { .. } | Source::Stream(_) => 0,
+            Source::Bytes { .. } | Source::File { .. } | Source::Stream(_) => 0,
         }
     }
 
     /// Length of the (decompressed) diff; for a stream, what was read of it so far.
     fn len(&self) -> u64 {
         match &self.source {
-            Source::Bytes { bytes, .. } => bytes.len() as u64,
+            Source::Bytes { bytes } => bytes.len() as u64,
+            Source::File { len, .. } => *len,
             Source::Archive(a) => a.len(),
             Source::Stream(r) => r.position(),
         }
@@ -312,6 +310,7 @@ impl std::fmt::Display for InputWarning {
 /// The headers of an input: a parsed diff in memory, an archive's index, or a stream's header.
 enum Parsed<'x> {
     Slice(DiffSlice<'x>),
+    File(Box<DiffReader<&'x File>>),
     Index(&'x IndexedDiff, u64),
     Head(&'x Metadata),
 }
@@ -320,6 +319,7 @@ impl Parsed<'_> {
     fn metadata(&self) -> &Metadata {
         match self {
             Parsed::Slice(d) => d.metadata(),
+            Parsed::File(r) => r.metadata(),
             Parsed::Index(d, _) => &d.metadata,
             Parsed::Head(m) => m,
         }
@@ -328,11 +328,17 @@ impl Parsed<'_> {
 
 fn parse_input<'x>(inp: &'x MergeInput<'_>) -> Result<Parsed<'x>> {
     match &inp.source {
-        Source::Bytes { bytes, .. } => {
+        Source::Bytes { bytes } => {
             if bytes.len() as u64 > MAX_SRC_OFFSET {
                 return Err(Error::invalid("input larger than 256 TiB"));
             }
             Ok(Parsed::Slice(DiffSlice::parse(bytes)?))
+        }
+        Source::File { file, len } => {
+            if *len > MAX_SRC_OFFSET {
+                return Err(Error::invalid("input larger than 256 TiB"));
+            }
+            Ok(Parsed::File(Box::new(DiffReader::at_file(file, *len)?)))
         }
         Source::Archive(a) => {
             let idx = a.index();
@@ -476,21 +482,23 @@ fn chain_order(metas: &[Option<&Metadata>]) -> Option<Vec<usize>> {
     Some(order)
 }
 
-/// The header of an opened input, read without spilling or consuming anything: mapped bytes
-/// are parsed in place, a mapped zstd file is decompressed only as far as its header. `None`
+/// The header of an opened input, read without spilling or consuming anything: a file's
+/// header by positioned reads, a zstd file decompressed only as far as its header. `None`
 /// for stdin and other streams (they can be read only once).
 ///
 /// # Errors
 /// The header is invalid.
 fn header_of(input: &Input) -> Result<Option<Metadata>> {
     let wrap = |e: Error| e.with_file(input.name());
-    if let Some(b) = input.bytes() {
-        return Ok(Some(DiffSlice::parse(b).map_err(wrap)?.metadata().clone()));
+    if let Some((f, len)) = input.file() {
+        let rd = DiffReader::at_file(f, len).map_err(wrap)?;
+        return Ok(Some(rd.metadata().clone()));
     }
-    let Some(raw) = input.raw_bytes() else {
+    let Some(raw) = input.raw() else {
         return Ok(None);
     };
-    let rd = DiffReader::new(crate::zst::ZstdReader::new(raw).map_err(wrap)?).map_err(wrap)?;
+    let z = crate::zst::ZstdReader::new(raw.reader(0)).map_err(wrap)?;
+    let rd = DiffReader::new(z).map_err(wrap)?;
     Ok(Some(rd.metadata().clone()))
 }
 
@@ -580,7 +588,7 @@ enum Cursor<'a> {
     Grow(Option<Ext>),
     /// The records of a diff in memory.
     Slice { recs: Records<'a>, base: usize },
-    /// The records of a file, their heads read with `pread` (the mapping is not touched).
+    /// The records of a file, their heads read with `pread`.
     File(Box<DiffReader<&'a File>>),
     /// The record index of an archive, checked as it is walked.
     Index(IndexCursor),
@@ -625,15 +633,12 @@ fn build_layers<'a>(
             caps.push(caps_after[i]);
         }
         let cursor = match &inp.source {
-            Source::Bytes {
-                bytes,
-                file: Some(f),
-            } => {
-                let f: &'a File = f;
-                let rd = DiffReader::at_file(f, bytes.len() as u64);
+            Source::File { file, len } => {
+                let f: &'a File = file;
+                let rd = DiffReader::at_file(f, *len);
                 Cursor::File(Box::new(rd.map_err(|e| e.with_file(inp.name))?))
             }
-            Source::Bytes { bytes, .. } => {
+            Source::Bytes { bytes } => {
                 let bytes: &'a [u8] = bytes;
                 let d = DiffSlice::parse(bytes).map_err(|e| e.with_file(inp.name))?;
                 Cursor::Slice {
@@ -743,7 +748,7 @@ impl<S> Sweep<'_, '_, S> {
         let ws: &[Warning] = match &inp.source {
             Source::Archive(a) => a.index().diffs.first().map_or(&[], |d| &d.warnings),
             Source::Stream(r) => r.warnings(),
-            Source::Bytes { .. } => self
+            Source::Bytes { .. } | Source::File { .. } => self
                 .layers
                 .iter()
                 .find_map(|(k, c)| match c {
@@ -935,7 +940,7 @@ const BLOCK_LEN: usize = 64 << 10;
 /// The last bytes read from a file input for its short pieces: a piece inside them is copied
 /// from here, else [`BLOCK_LEN`] bytes from the piece on are read with one `pread` (pieces
 /// of an input are read in ascending order, so record-dense inputs cost one system call per
-/// [`BLOCK_LEN`] bytes and no mapped page).
+/// [`BLOCK_LEN`] bytes).
 #[derive(Default)]
 struct Block {
     at: u64,
@@ -1091,8 +1096,8 @@ struct From<'f, 'm, 'a> {
 }
 
 /// Copies `len` payload bytes at `src` of `from` to `w` (counted as written), through `chunk`
-/// for files and streams: with `pread` from a file (faster than copying from a mapping,
-/// with no page-table work and no mapped page counted in the process's RSS), through
+/// for files and streams: with `pread` from a file (no page of the file counted in the
+/// process's RSS), through
 /// the merge's frame cache for an archive, or read from a stream after skipping to `src`.
 fn copy_piece<W: Write>(
     from: &mut From<'_, '_, '_>,
@@ -1131,24 +1136,25 @@ fn append_piece(from: &mut From<'_, '_, '_>, src: u64, len: u64, buf: &mut Vec<u
     let outside = || Error::invalid("internal: payload range outside its input");
     let n = usize::try_from(len).map_err(|_| outside())?;
     match &inp.source {
-        Source::Bytes { bytes, file } => {
+        Source::Bytes { bytes } => {
             let range = usize::try_from(src)
                 .ok()
                 .and_then(|a| Some(a..a.checked_add(n)?))
                 .filter(|r| r.end <= bytes.len())
                 .ok_or_else(outside)?;
+            buf.extend_from_slice(&bytes[range]);
+        }
+        Source::File { file, len: flen } => {
+            if src.checked_add(len).is_none_or(|e| e > *flen) {
+                return Err(outside());
+            }
             let io = |e: io::Error| Error::from(e).with_file(name);
-            match file {
-                Some(f) if n >= PREAD_MIN => {
-                    let old = buf.len();
-                    buf.resize(old + n, 0);
-                    f.read_exact_at(&mut buf[old..], src).map_err(io)?;
-                }
-                Some(f) => from
-                    .block
-                    .append(f, bytes.len() as u64, src, n, buf)
-                    .map_err(io)?,
-                None => buf.extend_from_slice(&bytes[range]),
+            if n >= PREAD_MIN {
+                let old = buf.len();
+                buf.resize(old + n, 0);
+                file.read_exact_at(&mut buf[old..], src).map_err(io)?;
+            } else {
+                from.block.append(file, *flen, src, n, buf).map_err(io)?;
             }
         }
         Source::Archive(a) => from
@@ -1355,11 +1361,11 @@ pub fn merge<W: Write>(
     Ok(stats)
 }
 
-/// Opens an input for merging: plain files are mapped; indexed archives ([`crate::zst`]) are
-/// mapped as they are (read through their index, see [`Source::Archive`]) once the index
-/// is checked against the record heads of the content; stdin, pipes, zstd files without an
-/// index and archives whose index does not match are decoded and spilled to an anonymous
-/// temporary file first ([`Input::into_mapped`]).
+/// Opens an input for merging: plain files as they are (read with `pread`); indexed archives
+/// ([`crate::zst`]) as they are (read through their index, see [`Source::Archive`]) once the
+/// index is checked against the record heads of the content; stdin, pipes, zstd files
+/// without an index and archives whose index does not match are decoded and spilled to an
+/// anonymous temporary file first ([`Input::into_seekable`]).
 ///
 /// # Errors
 /// Opening, reading or decompressing fails, or the input is an image export.
@@ -1385,7 +1391,7 @@ fn prepare(input: Input) -> Result<Input> {
     let input = if index_checked(&input) {
         input
     } else {
-        input.into_mapped()?
+        input.into_seekable()?
     };
     refuse_image(&input)?;
     if input.kind() == Kind::Zstd {
@@ -1400,14 +1406,14 @@ enum Held {
     Stream(Option<Box<dyn Read + Send>>),
 }
 
-/// A mapped plain file or an indexed archive whose index matches is kept for random access;
+/// A plain file or an indexed archive whose index matches is kept for random access;
 /// anything else is read as a stream (never spilled).
 fn hold(input: Input) -> Result<Held> {
     refuse_image(&input)?;
     if input.kind() == Kind::Zstd {
         return Err(Error::invalid("doubly compressed input").with_file(input.name()));
     }
-    if index_checked(&input) || input.bytes().is_some() {
+    if index_checked(&input) || input.file().is_some() {
         return Ok(Held::Seekable(input));
     }
     Ok(Held::Stream(Some(input.into_reader())))
@@ -1417,7 +1423,7 @@ fn hold(input: Input) -> Result<Held> {
 /// ([`ZstArchive::check_index`]: the frames holding record heads are read once). A damaged
 /// or lying index is not used: the archive is then read as a plain zstd stream.
 fn index_checked(input: &Input) -> bool {
-    let indexed = input.is_compressed() && input.raw_bytes().is_some_and(crate::zst::has_index);
+    let indexed = input.is_compressed() && input.raw().is_some_and(crate::zst::has_index);
     indexed && matches!(input.archive(), Ok(Some(a)) if a.check_index().is_ok())
 }
 
@@ -1430,13 +1436,12 @@ pub fn merge_input(input: &Input) -> Result<MergeInput<'_>> {
     if let Some(a) = input.archive()? {
         return Ok(MergeInput::archive(name, a));
     }
-    let bytes = input
-        .bytes()
-        .ok_or_else(|| Error::invalid("internal: input not mapped").with_file(name))?;
-    Ok(match input.file() {
-        Some(f) => MergeInput::mapped(name, bytes, f),
-        None => MergeInput::bytes(name, bytes),
-    })
+    match input.file() {
+        Some((f, len)) => Ok(MergeInput::file(name, f, len)),
+        // An empty file: parsed as it is (its error names the missing banner).
+        None if input.raw_len() == Some(0) => Ok(MergeInput::bytes(name, &[])),
+        None => Err(Error::invalid("internal: input not seekable").with_file(name)),
+    }
 }
 
 /// `rbddiff merge`: opens `paths` (at most one `-` = stdin), checks and plans the merge, then

@@ -200,13 +200,6 @@ impl AtomicFile {
         };
         let path = tmp.path().to_path_buf();
         let wrap = |e: io::Error| Error::from(e).with_file(&self.dest);
-        if crate::input::any_truncated() {
-            // What was read from that input past its new end were zeros.
-            return Err(Error::invalid(
-                "an input was truncated while it was being read; the output is not written",
-            )
-            .with_file(&self.dest));
-        }
         tmp.as_file().sync_all().map_err(wrap)?;
         let remove_stale = |side: &Path| match std::fs::remove_file(side) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::from(e).with_file(side)),

@@ -1,4 +1,4 @@
-//! Zero-copy driver over a byte slice (a memory-mapped file or a `Vec`).
+//! Zero-copy driver over a byte slice in memory.
 //!
 //! Payloads are borrowed sub-slices of the input; walking the records reads only the record
 //! heads, never the payload pages. Use [`crate::stream`] for pipes and stdin instead.

@@ -548,6 +548,17 @@ impl<'f> DiffReader<&'f std::fs::File> {
     pub fn at_file(file: &'f std::fs::File, len: u64) -> Result<Self> {
         Self::from_source(Source::positioned(file, len, file_ref_read_at), true)
     }
+
+    /// [`DiffReader::at_file`] for a diff embedded in an image stream at byte `start` of the
+    /// file (bytes after its `e` are the next diff's, not trailing bytes).
+    ///
+    /// # Errors
+    /// As [`DiffReader::new`].
+    pub fn embedded_at(file: &'f std::fs::File, len: u64, start: u64) -> Result<Self> {
+        let mut src = Source::positioned(file, len, file_ref_read_at);
+        src.pos = start;
+        Self::from_source(src, false)
+    }
 }
 
 #[cfg(unix)]

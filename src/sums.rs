@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::input::{Input, Kind};
 use crate::output::AtomicFile;
+use crate::positioned::{Positioned, READ_PIECE};
 use crate::slice::DiffSlice;
 use crate::stream::{ItemKind, RecordSource};
 use crate::zst::{ZstArchive, ZstdReader};
@@ -139,7 +140,7 @@ pub fn compute(bytes: &[u8]) -> Result<Sums> {
 pub fn compute_with_progress(bytes: &[u8], progress: &mut dyn FnMut(u64)) -> Result<Sums> {
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let sha = scope.spawn(|| sha256_hex(bytes, &stop));
+        let sha = scope.spawn(|| sha256_hex(bytes.into(), &stop));
         let sums = compute_runs(bytes, progress);
         if sums.is_err() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -147,21 +148,27 @@ pub fn compute_with_progress(bytes: &[u8], progress: &mut dyn FnMut(u64)) -> Res
         let sha = sha
             .join()
             .map_err(|_| Error::invalid("the sha256 thread failed"))?;
-        sums.map(|s| Sums { sha256: sha, ..s })
+        sums.map(|s| Sums {
+            sha256: sha.unwrap_or_default(),
+            ..s
+        })
     })
 }
 
-/// The sha256 of `bytes` in lowercase hex, fed in 1 MiB pieces; stops early (returning
-/// nothing useful) once `stop` is set.
-fn sha256_hex(bytes: &[u8], stop: &std::sync::atomic::AtomicBool) -> String {
+/// The sha256 of all of `bytes` in lowercase hex, read in pieces; `None` when it cannot be
+/// read or `stop` is set on the way.
+fn sha256_hex(bytes: Positioned<'_>, stop: &std::sync::atomic::AtomicBool) -> Option<String> {
     let mut sha = Sha256::new();
-    for piece in bytes.chunks(1 << 20) {
-        if stop.load(std::sync::atomic::Ordering::Relaxed) {
-            return String::new();
-        }
-        sha.update(piece);
-    }
-    hex(&sha.finalize())
+    bytes
+        .for_each(0, bytes.len(), &mut |piece| {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(std::io::Error::other("stopped"));
+            }
+            sha.update(piece);
+            Ok(())
+        })
+        .ok()?;
+    Some(hex(&sha.finalize()))
 }
 
 /// The sums of [`compute_with_progress`] without the sha256 (left empty).
@@ -333,23 +340,34 @@ impl<'b> Segments<'b> {
 ///
 /// # Errors
 /// The archive holds an image stream, the content is not a valid diff, or a frame is corrupt.
-pub fn compute_archive(raw: &[u8], a: &ZstArchive<'_>) -> Result<Sums> {
+pub fn compute_archive<'r>(raw: impl Into<Positioned<'r>>, a: &ZstArchive<'_>) -> Result<Sums> {
+    let raw = raw.into();
     if a.index().kind == Kind::Image {
         return Err(Error::invalid("sums are only kept for diffs"));
     }
-    let mut s = copy_with_sums(ZstdReader::new(raw)?, &mut std::io::sink())?;
-    s.compressed = Some(compressed_sums(raw));
+    let mut s = copy_with_sums(ZstdReader::new(raw.reader(0))?, &mut std::io::sink())?;
+    s.compressed = Some(compressed_sums(raw)?);
     Ok(s)
 }
 
-fn compressed_sums(raw: &[u8]) -> CompressedSums {
-    CompressedSums {
-        file_len: raw.len() as u64,
-        sha256: hex(&Sha256::digest(raw)),
-    }
+/// The sha256 of all of `raw`, read in pieces.
+fn sha256_of(raw: Positioned<'_>) -> std::io::Result<String> {
+    let mut sha = Sha256::new();
+    raw.for_each(0, raw.len(), &mut |b| {
+        sha.update(b);
+        Ok(())
+    })?;
+    Ok(hex(&sha.finalize()))
 }
 
-/// Computes the sums of an opened input: a plain diff in memory, an indexed archive through
+fn compressed_sums(raw: Positioned<'_>) -> Result<CompressedSums> {
+    Ok(CompressedSums {
+        file_len: raw.len(),
+        sha256: sha256_of(raw)?,
+    })
+}
+
+/// Computes the sums of an opened input: a plain diff as it is read once, an indexed archive through
 /// [`compute_archive`], any other zstd file as it is decompressed.
 ///
 /// # Errors
@@ -358,15 +376,22 @@ pub fn compute_input(input: Input) -> Result<Sums> {
     compute_input_with_progress(input, &mut |_| {})
 }
 
-/// [`compute_input`], telling `progress` the bytes of the file summed so far: as the walk
-/// goes for a plain diff ([`compute_with_progress`]), once at the end for a compressed one.
+/// [`compute_input`], telling `progress` the bytes of the file summed so far: as the file is
+/// read for a plain diff, once at the end for a compressed one.
 ///
 /// # Errors
 /// As [`compute_input`].
 pub fn compute_input_with_progress(input: Input, progress: &mut dyn FnMut(u64)) -> Result<Sums> {
     let name = input.name().to_string();
-    if let Some(b) = input.bytes() {
-        return compute_with_progress(b, progress).map_err(|e| e.with_file(&name));
+    if !input.is_compressed() {
+        // Read once, forward, through a small buffer ([`copy_with_sums`] gives what
+        // [`compute`] gives for the same bytes).
+        let r = Progress {
+            inner: input.into_reader(),
+            done: 0,
+            progress,
+        };
+        return copy_with_sums(r, &mut std::io::sink()).map_err(|e| e.with_file(&name));
     }
     let s = compute_compressed(input, &name)?;
     if let Some(c) = &s.compressed {
@@ -378,18 +403,34 @@ pub fn compute_input_with_progress(input: Input, progress: &mut dyn FnMut(u64)) 
 /// The sums of a compressed input (see [`compute_input`]).
 fn compute_compressed(input: Input, name: &str) -> Result<Sums> {
     let raw = input
-        .raw_bytes()
+        .raw()
         .ok_or_else(|| Error::invalid("sums need a regular file").with_file(name))?;
     if let Some(a) = input.archive()? {
         return compute_archive(raw, &a).map_err(|e| e.with_file(name));
     }
     // A zstd file without a (usable) index is summed as it decompresses: nothing is
     // spilled.
-    let compressed = compressed_sums(raw);
+    let compressed = compressed_sums(raw).map_err(|e| e.with_file(name))?;
     let mut s =
         copy_with_sums(input.into_reader(), &mut std::io::sink()).map_err(|e| e.with_file(name))?;
     s.compressed = Some(compressed);
     Ok(s)
+}
+
+/// A reader telling `progress` the bytes read through it so far.
+struct Progress<'p, R> {
+    inner: R,
+    done: u64,
+    progress: &'p mut dyn FnMut(u64),
+}
+
+impl<R: Read> Read for Progress<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        (self.progress)(self.done);
+        Ok(n)
+    }
 }
 
 /// Sums of a diff computed while its bytes stream past once (see [`copy_with_sums`]): bytes
@@ -832,28 +873,44 @@ fn len_mismatch(len: u64, recorded: u64) -> Mismatch {
     }
 }
 
-/// Checks `bytes` (the content of `path`) against `PATH.sums`: file length and every record
-/// CRC (the whole-file sha256 too when `digest`). Returns the mismatches (empty = all good).
+/// Checks `bytes` (the content of `path`, in memory or read at offsets) against `PATH.sums`:
+/// file length and every record CRC (the whole-file sha256 too when `digest`). Returns the
+/// mismatches (empty = all good).
 ///
 /// # Errors
 /// The sidecar is missing, unreadable, damaged, a symbolic link, not a regular file or
 /// larger than [`max_sidecar_len`] of the file.
-pub fn check_sums_with(path: &Path, bytes: &[u8], digest: bool) -> Result<Vec<Mismatch>> {
-    let s = load(path, max_sidecar_len(bytes.len() as u64))?;
+pub fn check_sums_with<'a>(
+    path: &Path,
+    bytes: impl Into<Positioned<'a>>,
+    digest: bool,
+) -> Result<Vec<Mismatch>> {
+    let bytes = bytes.into();
+    let len = bytes.len();
+    let s = load(path, max_sidecar_len(len))?;
     let mut out = Vec::new();
-    let len = bytes.len() as u64;
     if len != s.file_len {
         out.push(len_mismatch(len, s.file_len));
     }
     // The records are checked by as many threads as there are cores (in record order).
     let firsts = first_records(&s.records);
-    let bad = |i: usize, r: &RecordSum| {
-        let end = r.offset.saturating_add(r.len);
-        let part = bytes
-            .get(r.offset as usize..(end as usize).min(bytes.len()))
-            .unwrap_or_default();
-        (part.len() as u64 != r.len || crc32fast::hash(part) != r.crc32)
-            .then(|| crc_mismatch(firsts[i], r))
+    // A record's CRC, `None` when its bytes are not all there.
+    let crc = |r: &RecordSum, scratch: &mut Vec<u8>| -> Option<u32> {
+        if r.len <= READ_PIECE as u64 {
+            let part = bytes.get(r.offset, r.len as usize, scratch).ok()?;
+            return Some(crc32fast::hash(part));
+        }
+        let mut h = crc32fast::Hasher::new();
+        bytes
+            .for_each(r.offset, r.len, &mut |b| {
+                h.update(b);
+                Ok(())
+            })
+            .ok()?;
+        Some(h.finalize())
+    };
+    let bad = |i: usize, r: &RecordSum, scratch: &mut Vec<u8>| {
+        (crc(r, scratch) != Some(r.crc32)).then(|| crc_mismatch(firsts[i], r))
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = s.records.len().div_ceil(threads).max(1);
@@ -867,9 +924,10 @@ pub fn check_sums_with(path: &Path, bytes: &[u8], digest: bool) -> Result<Vec<Mi
             .enumerate()
             .map(|(k, recs)| {
                 scope.spawn(move || {
+                    let mut scratch = Vec::new();
                     recs.iter()
                         .enumerate()
-                        .filter_map(|(j, r)| bad(k * chunk + j, r))
+                        .filter_map(|(j, r)| bad(k * chunk + j, r, &mut scratch))
                         .collect::<Vec<_>>()
                 })
             })
@@ -887,7 +945,7 @@ pub fn check_sums_with(path: &Path, bytes: &[u8], digest: bool) -> Result<Vec<Mi
         Ok::<_, Error>((found?, sha?))
     })?;
     out.extend(found.into_iter().flatten());
-    if out.is_empty() && sha.is_some_and(|h| h != s.sha256) {
+    if out.is_empty() && sha.is_some_and(|h| h.as_ref() != Some(&s.sha256)) {
         out.push(Mismatch {
             offset: 0,
             record: None,
@@ -908,16 +966,21 @@ pub fn check_sums_with(path: &Path, bytes: &[u8], digest: bool) -> Result<Vec<Mi
 ///
 /// # Errors
 /// The sidecar is missing, unreadable or damaged.
-pub fn check_sums_compressed(path: &Path, raw: &[u8], digest: bool) -> Result<Vec<Mismatch>> {
+pub fn check_sums_compressed<'a>(
+    path: &Path,
+    raw: impl Into<Positioned<'a>>,
+    digest: bool,
+) -> Result<Vec<Mismatch>> {
+    let raw = raw.into();
     // The seek table gives the decompressed length (a lie is caught when decompressing).
-    let max = match crate::zst::parse_seek_table(raw) {
+    let max = match crate::zst::seek_table(raw) {
         Ok(Some((frames, _))) => max_sidecar_len(frames.iter().map(|f| u64::from(f.d_len)).sum()),
         _ => MAX_SIDECAR_UNINDEXED,
     };
     let s = load(path, max)?;
     let mut out = Vec::new();
     if let Some(c) = &s.compressed {
-        let len = raw.len() as u64;
+        let len = raw.len();
         if len != c.file_len {
             out.push(Mismatch {
                 message: format!(
@@ -926,7 +989,7 @@ pub fn check_sums_compressed(path: &Path, raw: &[u8], digest: bool) -> Result<Ve
                 ),
                 ..len_mismatch(len, c.file_len)
             });
-        } else if hex(&Sha256::digest(raw)) != c.sha256 {
+        } else if sha256_of(raw).ok().as_ref() != Some(&c.sha256) {
             out.push(Mismatch {
                 offset: 0,
                 record: None,
@@ -936,7 +999,7 @@ pub fn check_sums_compressed(path: &Path, raw: &[u8], digest: bool) -> Result<Ve
     }
     let bounds: Vec<(u64, char)> = s.records.iter().map(|r| (r.offset, r.tag)).collect();
     let mut seg = Segments::new(&bounds);
-    let read = ZstdReader::new(raw).and_then(|z| Ok(seg.feed_all(z)?));
+    let read = ZstdReader::new(raw.reader(0)).and_then(|z| Ok(seg.feed_all(z)?));
     let (len, failed_at) = (seg.pos, seg.i);
     let (got, sha) = match read {
         Ok(()) => seg.finish(),
@@ -986,7 +1049,7 @@ pub fn check_sums_compressed(path: &Path, raw: &[u8], digest: bool) -> Result<Ve
 ///
 /// # Errors
 /// As [`check_sums_with`].
-pub fn check_sums(path: &Path, bytes: &[u8]) -> Result<Vec<Mismatch>> {
+pub fn check_sums<'a>(path: &Path, bytes: impl Into<Positioned<'a>>) -> Result<Vec<Mismatch>> {
     check_sums_with(path, bytes, false)
 }
 

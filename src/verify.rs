@@ -2,8 +2,8 @@
 //! image. The result is a list of findings; "problems" make the command exit 1.
 //!
 //! - Structure: a full parse with every rule of the format core, `e` present, every `w`
-//!   payload fully present, no bytes after `e`. O(records) on a mapped file: payload pages are
-//!   not touched unless sums are checked.
+//!   payload fully present, no bytes after `e`. O(records) on a file: record heads are read
+//!   with positioned reads, payloads not at all unless sums are checked.
 //! - Chain: consecutive diffs must link (the `t` of one is the `f` of the next); `--full` asks
 //!   for a full diff first. A directory (held under a shared [`crate::dirlock`] lock while it
 //!   is read) is checked as a graph per image (the part of the names before `@`): every diff
@@ -33,9 +33,9 @@ use serde::Serialize;
 use crate::error::{Error, Result, WarningKind, MAX_WARNINGS};
 use crate::format::Metadata;
 use crate::input::{Input, Kind};
+use crate::positioned::Positioned;
 use crate::progress::Ticker;
-use crate::slice::{DiffSlice, ImageSlice};
-use crate::stream::{DiffReader, RecordSource};
+use crate::stream::{DiffReader, ImageReader, RecordSource};
 use crate::sums;
 use crate::zst::{IndexCheck, ZstArchive, ZstdReader};
 
@@ -310,7 +310,7 @@ fn check_opened(
             tick.set(base + p)
         }
     };
-    let len = input.raw_bytes().map(|b| b.len() as u64);
+    let len = input.raw_len();
     let kind = input.kind();
     let mut info = FileInfo {
         file: path.to_string(),
@@ -330,41 +330,48 @@ fn check_opened(
     };
     let mut findings = Notes::default();
     let mut meta = None;
-    // The input is closed (its mapping unmapped) once its records are checked, before the
-    // sums check below opens the file again: the file is never mapped twice.
-    let mut check = |input: Input| match (kind, input.bytes()) {
-        (Kind::Image, Some(b)) => match ImageSlice::parse(b) {
-            Ok(img) => {
-                let mut ok = true;
-                let mut prev: Option<Option<String>> = None;
-                for (k, d) in img.diffs().enumerate() {
-                    match d {
-                        Ok(d) => {
-                            let from = name(&d.metadata().from_snap);
-                            let to = name(&d.metadata().to_snap);
-                            if let Some(m) = embedded_link(k, prev.as_ref(), &from) {
-                                findings.push(Finding {
-                                    severity: Severity::Problem,
-                                    check: "chain",
-                                    file: path.to_string(),
-                                    offset: Some(d.start_offset()),
-                                    record: None,
-                                    message: m,
-                                });
+    // Record heads are read with positioned reads, payloads skipped unread; the input is
+    // closed once its records are checked, before the sums check below opens it again.
+    let mut check = |input: Input| match (kind, input.file()) {
+        (Kind::Image, Some((f, len))) => {
+            let img = f
+                .try_clone()
+                .map_err(Error::from)
+                .and_then(|f| ImageReader::from_file(f, len));
+            match img {
+                Ok(mut img) => {
+                    let mut ok = true;
+                    let mut prev: Option<Option<String>> = None;
+                    for k in 0.. {
+                        let d = match img.next_diff() {
+                            Ok(Some(d)) => d,
+                            Ok(None) => break,
+                            Err(e) => {
+                                ok = false;
+                                findings.push(problem("structure", path, &e));
+                                break;
                             }
-                            prev = Some(to);
-                            walk(&mut d.records(), path, false, &mut at, &mut findings);
+                        };
+                        let from = name(&d.metadata().from_snap);
+                        let to = name(&d.metadata().to_snap);
+                        if let Some(m) = embedded_link(k, prev.as_ref(), &from) {
+                            findings.push(Finding {
+                                severity: Severity::Problem,
+                                check: "chain",
+                                file: path.to_string(),
+                                offset: Some(d.start_offset()),
+                                record: None,
+                                message: m,
+                            });
                         }
-                        Err(e) => {
-                            ok = false;
-                            findings.push(problem("structure", path, &e));
-                        }
+                        prev = Some(to);
+                        walk(d, path, false, &mut at, &mut findings);
                     }
+                    info.valid = ok;
                 }
-                info.valid = ok;
+                Err(e) => findings.push(problem("structure", path, &e)),
             }
-            Err(e) => findings.push(problem("structure", path, &e)),
-        },
+        }
         (Kind::Zstd, _) => {
             let dec = crate::zst::ZstdReader::new(input.into_reader());
             match dec.and_then(DiffReader::new) {
@@ -375,16 +382,17 @@ fn check_opened(
                 Err(e) => findings.push(problem("structure", path, &e)),
             }
         }
-        (_, Some(b)) => match DiffSlice::parse(b) {
-            Ok(d) => {
-                walk(&mut d.records(), path, true, &mut at, &mut findings);
-                meta = Some(d.metadata().clone());
+        (_, Some((f, len))) => match DiffReader::at_file(f, len) {
+            Ok(mut rd) => {
+                walk(&mut rd, path, true, &mut at, &mut findings);
+                meta = Some(rd.metadata().clone());
             }
             Err(e) => findings.push(problem("structure", path, &e)),
         },
-        (_, None) if input.is_compressed() && input.raw_bytes().is_some() => {
-            let raw = input.raw_bytes().unwrap_or_default();
-            meta = check_archive(path, raw, &mut at, &mut findings);
+        (_, None) if input.is_compressed() && input.raw().is_some() => {
+            if let Some(raw) = input.raw() {
+                meta = check_archive(path, raw, &mut at, &mut findings);
+            }
         }
         (_, None) => match DiffReader::new(input.into_reader()) {
             Ok(mut rd) => {
@@ -418,8 +426,12 @@ fn check_opened(
         } else if sums::has_sums(p) {
             // Re-open: the checks above may have consumed a stream.
             let input = Input::open(path)?;
-            let checked = match (input.bytes(), input.raw_bytes()) {
-                (Some(b), _) => Some(sums::check_sums_with(p, b, opts.digest)),
+            let checked = match (input.file(), input.raw()) {
+                (Some((f, len)), _) => Some(sums::check_sums_with(
+                    p,
+                    Positioned::File(f, len),
+                    opts.digest,
+                )),
                 (None, Some(raw)) if input.is_compressed() => {
                     Some(sums::check_sums_compressed(p, raw, opts.digest))
                 }
@@ -478,16 +490,16 @@ fn check_opened(
     })
 }
 
-/// Structure of a compressed diff in a mapped file, streamed, with its findings added to
+/// Structure of a compressed diff in a file, streamed, with its findings added to
 /// `out`; for an rbddiff archive, its record index is compared with the content on the way
 /// (check `index`). Returns the diff's metadata when its header could be read.
 fn check_archive(
     path: &str,
-    raw: &[u8],
+    raw: Positioned<'_>,
     at: &mut dyn FnMut(u64),
     out: &mut Notes,
 ) -> Option<Metadata> {
-    let archive = ZstArchive::open(raw).unwrap_or_else(|e| {
+    let archive = ZstArchive::open_at(raw).unwrap_or_else(|e| {
         out.push(problem("index", path, &e));
         None
     });
@@ -497,7 +509,7 @@ fn check_archive(
         .filter(|a| a.index().kind != Kind::Image)
         .map(IndexCheck::new);
     let len = std::cell::Cell::new(0u64);
-    let counted = ZstdReader::new(raw).map(|inner| Counted { inner, n: &len });
+    let counted = ZstdReader::new(raw.reader(0)).map(|inner| Counted { inner, n: &len });
     match counted.and_then(DiffReader::new) {
         Ok(mut rd) => {
             let problems = out.problems;

@@ -20,6 +20,7 @@ use crate::error::{Error, ErrorKind, Result, Warning};
 use crate::format::Kind;
 use crate::format::{Metadata, Version};
 use crate::parallel::{pipeline, Pool};
+use crate::positioned::Positioned;
 use crate::progress::Ticker;
 
 /// Magic of the skippable frame holding the seek table (zstd seekable format).
@@ -86,12 +87,26 @@ fn bad_archive(msg: impl std::fmt::Display) -> Error {
 /// # Errors
 /// The footer is there but the table is inconsistent.
 pub fn parse_seek_table(bytes: &[u8]) -> Result<Option<(Vec<FrameEntry>, usize)>> {
-    let len = bytes.len();
-    if len < 8 + FOOTER_LEN || le32(bytes, len - 4) != Some(SEEKABLE_MAGIC) {
+    Ok(seek_table(Positioned::Mem(bytes))?.map(|(f, start)| (f, start as usize)))
+}
+
+/// [`parse_seek_table`] of bytes read at offsets (a file is read with two positioned reads:
+/// the footer, then the table it describes, which must lie within the file).
+///
+/// # Errors
+/// As [`parse_seek_table`], or reading fails.
+pub fn seek_table(raw: Positioned<'_>) -> Result<Option<(Vec<FrameEntry>, u64)>> {
+    let len = raw.len();
+    if len < (8 + FOOTER_LEN) as u64 {
         return Ok(None);
     }
-    let n = le32(bytes, len - FOOTER_LEN).unwrap_or(0) as usize;
-    let desc = bytes[len - 5];
+    let mut footer = [0u8; FOOTER_LEN];
+    raw.read_exact_at(&mut footer, len - FOOTER_LEN as u64)?;
+    if le32(&footer, 5) != Some(SEEKABLE_MAGIC) {
+        return Ok(None);
+    }
+    let n = le32(&footer, 0).unwrap_or(0) as usize;
+    let desc = footer[4];
     if desc & 0x7c != 0 {
         return Err(bad_archive("seek table descriptor has reserved bits set"));
     }
@@ -99,10 +114,12 @@ pub fn parse_seek_table(bytes: &[u8]) -> Result<Option<(Vec<FrameEntry>, usize)>
     let body = n
         .checked_mul(entry)
         .and_then(|x| x.checked_add(FOOTER_LEN))
-        .filter(|&b| b + 8 <= len)
+        .filter(|&b| (b + 8) as u64 <= len)
         .ok_or_else(|| bad_archive(format!("seek table of {n} frames larger than the file")))?;
-    let start = len - body - 8;
-    if le32(bytes, start) != Some(SEEK_TABLE_MAGIC) || le32(bytes, start + 4) != Some(body as u32) {
+    let start = len - body as u64 - 8;
+    let mut scratch = Vec::new();
+    let bytes = raw.get(start, body + 8, &mut scratch)?;
+    if le32(bytes, 0) != Some(SEEK_TABLE_MAGIC) || le32(bytes, 4) != Some(body as u32) {
         return Err(bad_archive(format!(
             "seek table frame header at byte {start} does not match its footer"
         )));
@@ -110,7 +127,7 @@ pub fn parse_seek_table(bytes: &[u8]) -> Result<Option<(Vec<FrameEntry>, usize)>
     let mut frames = Vec::with_capacity(n);
     let (mut c, mut d) = (0u64, 0u64);
     for i in 0..n {
-        let at = start + 8 + i * entry;
+        let at = 8 + i * entry;
         let c_len = le32(bytes, at).unwrap_or(0);
         let d_len = le32(bytes, at + 4).unwrap_or(0);
         let checksum = if entry == 12 {
@@ -128,7 +145,7 @@ pub fn parse_seek_table(bytes: &[u8]) -> Result<Option<(Vec<FrameEntry>, usize)>
         c += u64::from(c_len);
         d += u64::from(d_len);
     }
-    if c > start as u64 {
+    if c > start {
         return Err(bad_archive(format!(
             "seek table lists {c} compressed bytes but the frames end at byte {start}"
         )));
@@ -357,6 +374,18 @@ pub(crate) fn decompress_frame(
         .checked_add(f.c_len as usize)
         .and_then(|end| bytes.get(start..end))
         .ok_or_else(|| fail("frame runs past the end of the file"))?;
+    decompress_src(dctx, src, i, f, out)
+}
+
+/// Decompresses `src`, the compressed bytes of frame `i` (described by `f`), into `out`.
+fn decompress_src(
+    dctx: &mut zstd::bulk::Decompressor<'static>,
+    src: &[u8],
+    i: usize,
+    f: &FrameEntry,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let fail = |why: &str| corrupt_frame(Some(i as u64), f.c_offset, f.d_offset, why);
     out.clear();
     out.reserve(f.d_len as usize);
     let n = dctx
@@ -371,12 +400,40 @@ pub(crate) fn decompress_frame(
     Ok(())
 }
 
+/// [`decompress_frame`] of an archive read at offsets: a file's compressed frame is read into
+/// `scratch` first (its length bounded like its content, [`MAX_FRAME_LEN`]).
+pub(crate) fn decompress_at(
+    dctx: &mut zstd::bulk::Decompressor<'static>,
+    raw: Positioned<'_>,
+    i: usize,
+    f: &FrameEntry,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<()> {
+    if let Positioned::Mem(bytes) = raw {
+        return decompress_frame(dctx, bytes, i, f, out);
+    }
+    let fail = |why: &str| corrupt_frame(Some(i as u64), f.c_offset, f.d_offset, why);
+    if u64::from(f.d_len) > MAX_FRAME_LEN
+        || u64::from(f.c_len) > MAX_FRAME_LEN + (MAX_FRAME_LEN >> 7) + 4096
+    {
+        return Err(fail("frame larger than 64 MiB in the seek table"));
+    }
+    let src = raw
+        .get(f.c_offset, f.c_len as usize, scratch)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => fail("frame runs past the end of the file"),
+            _ => Error::from(e),
+        })?;
+    decompress_src(dctx, src, i, f, out)
+}
+
 /// Decompresses the frames of `raw` (the archive `name`) to `out` on `threads` workers, in
 /// order; returns the bytes written. An error of a frame names `name`, an error writing `out`
 /// names no file (the caller knows it).
 pub(crate) fn decompress_frames(
     name: &str,
-    raw: &[u8],
+    raw: Positioned<'_>,
     frames: &[FrameEntry],
     out: &mut dyn Write,
     threads: usize,
@@ -388,11 +445,13 @@ pub(crate) fn decompress_frames(
         threads,
         || {
             let mut d = zstd::bulk::Decompressor::new();
+            let mut scratch = Vec::new();
             let pool = &pool;
             move |(i, f): (usize, FrameEntry)| -> Result<Vec<u8>> {
                 let d = d.as_mut().map_err(|e| Error::invalid(e.to_string()))?;
                 let mut buf = pool.take();
-                decompress_frame(d, raw, i, &f, &mut buf).map_err(|e| e.with_file(name))?;
+                decompress_at(d, raw, i, &f, &mut buf, &mut scratch)
+                    .map_err(|e| e.with_file(name))?;
                 Ok(buf)
             }
         },
@@ -417,15 +476,17 @@ pub(crate) fn decompress_frames(
 
 /// True when `bytes` ends with a valid seek table preceded by an rbddiff record index frame
 /// (the index itself is decoded, and checked, by [`ZstArchive::open`]).
-pub fn has_index(bytes: &[u8]) -> bool {
-    let Ok(Some((frames, _))) = parse_seek_table(bytes) else {
+pub fn has_index<'a>(bytes: impl Into<Positioned<'a>>) -> bool {
+    let raw = bytes.into();
+    let Ok(Some((frames, _))) = seek_table(raw) else {
         return false;
     };
     if !frames_fit(&frames) {
         return false;
     }
     let data_end = frames.last().map_or(0, |f| f.c_offset + u64::from(f.c_len));
-    usize::try_from(data_end).is_ok_and(|at| le32(bytes, at) == Some(INDEX_FRAME_MAGIC))
+    let mut magic = [0u8; 4];
+    raw.read_exact_at(&mut magic, data_end).is_ok() && le32(&magic, 0) == Some(INDEX_FRAME_MAGIC)
 }
 
 /// True when every frame of a seek table may be decompressed whole ([`MAX_FRAME_LEN`]).
@@ -433,9 +494,11 @@ pub fn frames_fit(frames: &[FrameEntry]) -> bool {
     frames.iter().all(|f| u64::from(f.d_len) <= MAX_FRAME_LEN)
 }
 
-/// Random access to an indexed archive held in memory (e.g. a mapped file).
+/// Random access to an indexed archive in memory or in a file (read with positioned reads).
 pub struct ZstArchive<'a> {
-    bytes: &'a [u8],
+    raw: Positioned<'a>,
+    /// The compressed bytes of the frame being decompressed (read from a file).
+    scratch: Vec<u8>,
     frames: Vec<FrameEntry>,
     index: ArchiveIndex,
     /// Where the records are: the block table (version 3), or the records decoded.
@@ -467,24 +530,49 @@ impl<'a> ZstArchive<'a> {
     /// # Errors
     /// The seek table or index is present but corrupt or inconsistent.
     pub fn open(bytes: &'a [u8]) -> Result<Option<Self>> {
-        let Some((frames, seek_start)) = parse_seek_table(bytes)? else {
+        Self::open_at(Positioned::Mem(bytes))
+    }
+
+    /// [`ZstArchive::open`] over the first `len` bytes of `file`, read with positioned reads:
+    /// the seek table and the record index are read when it is opened, a frame's compressed
+    /// bytes when the frame is decompressed.
+    ///
+    /// # Errors
+    /// As [`ZstArchive::open`], or reading fails.
+    pub fn open_file(file: &'a std::fs::File, len: u64) -> Result<Option<Self>> {
+        Self::open_at(Positioned::File(file, len))
+    }
+
+    /// [`ZstArchive::open`] over bytes in memory or in a file.
+    ///
+    /// # Errors
+    /// As [`ZstArchive::open_file`].
+    pub fn open_at(raw: Positioned<'a>) -> Result<Option<Self>> {
+        let Some((frames, seek_start)) = seek_table(raw)? else {
             return Ok(None);
         };
         if !frames_fit(&frames) {
             return Ok(None);
         }
         let data_end = frames.last().map_or(0, |f| f.c_offset + u64::from(f.c_len));
-        let data_end = usize::try_from(data_end).unwrap_or(usize::MAX);
-        if data_end + 8 > seek_start || le32(bytes, data_end) != Some(INDEX_FRAME_MAGIC) {
+        let mut head = [0u8; 8];
+        if data_end.saturating_add(8) > seek_start
+            || raw.read_exact_at(&mut head, data_end).is_err()
+        {
             return Ok(None);
         }
-        let body_len = le32(bytes, data_end + 4).unwrap_or(0) as usize;
+        if le32(&head, 0) != Some(INDEX_FRAME_MAGIC) {
+            return Ok(None);
+        }
+        let body_len = u64::from(le32(&head, 4).unwrap_or(0));
         if data_end + 8 + body_len != seek_start {
             return Err(bad_archive(format!(
                 "record index frame at byte {data_end} does not end where the seek table starts"
             )));
         }
-        let body = &bytes[data_end + 8..seek_start];
+        // The index lies within the file (checked above): reading it allocates no more.
+        let mut scratch = Vec::new();
+        let body = raw.get(data_end + 8, body_len as usize, &mut scratch)?;
         let total: u64 = frames.iter().map(|f| u64::from(f.d_len)).sum();
         // Every version of the index starts with the stream length: checked against the seek
         // table before anything is decoded (it bounds what decoding may allocate).
@@ -499,7 +587,9 @@ impl<'a> ZstArchive<'a> {
                 declared.unwrap_or(0)
             )));
         }
-        let (index, records) = index::parse_index(body, data_end + 8, &frames)?;
+        let base = usize::try_from(data_end + 8)
+            .map_err(|_| bad_archive("record index beyond the addressable range"))?;
+        let (index, records) = index::parse_index(body, base, &frames)?;
         if total != index.total_len {
             return Err(bad_archive(format!(
                 "seek table frames hold {total} bytes, the record index says {}",
@@ -518,7 +608,8 @@ impl<'a> ZstArchive<'a> {
             }
         }
         Ok(Some(ZstArchive {
-            bytes,
+            raw,
+            scratch: Vec::new(),
             frames,
             index,
             records,
@@ -568,7 +659,7 @@ impl<'a> ZstArchive<'a> {
 
     pub(crate) fn view(&self) -> index::View<'_> {
         index::View {
-            bytes: self.bytes,
+            bytes: self.raw,
             records: &self.records,
             frames: &self.frames,
             index: &self.index,
@@ -611,7 +702,8 @@ impl<'a> ZstArchive<'a> {
             .frames
             .get(i)
             .ok_or_else(|| Error::invalid(format!("no zstd frame {i} in the archive")))?;
-        decompress_frame(dctx, self.bytes, i, f, out)?;
+        // A file's compressed frame is read into a buffer of this call's own (any thread).
+        decompress_at(dctx, self.raw, i, f, out, &mut Vec::new())?;
         self.decompressed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
@@ -640,7 +732,14 @@ impl<'a> ZstArchive<'a> {
             } else {
                 Vec::new()
             };
-            decompress_frame(&mut self.dctx, self.bytes, i, &f, &mut data)?;
+            decompress_at(
+                &mut self.dctx,
+                self.raw,
+                i,
+                &f,
+                &mut data,
+                &mut self.scratch,
+            )?;
             *self.decompressed.get_mut() += 1;
             self.cache.push((i, data));
             while self.cache.len() > 1
@@ -1002,7 +1101,8 @@ impl<'i> IndexCheck<'i> {
 /// The diff stream of an archive as a seekable reader, decompressing one frame at a time
 /// (for walking the record heads with [`crate::DiffReader::seekable`]).
 struct FrameReader<'a> {
-    bytes: &'a [u8],
+    raw: Positioned<'a>,
+    scratch: Vec<u8>,
     frames: &'a [FrameEntry],
     dctx: zstd::bulk::Decompressor<'static>,
     cur: Option<usize>,
@@ -1017,12 +1117,13 @@ impl Read for FrameReader<'_> {
         };
         if self.cur != Some(i) {
             self.cur = None;
-            decompress_frame(
+            decompress_at(
                 &mut self.dctx,
-                self.bytes,
+                self.raw,
                 i,
                 &self.frames[i],
                 &mut self.buf,
+                &mut self.scratch,
             )?;
             self.cur = Some(i);
         }
@@ -1056,7 +1157,8 @@ impl ZstArchive<'_> {
     /// index does not match (the error names the record and its offset).
     pub fn check_index(&self) -> Result<()> {
         let reader = FrameReader {
-            bytes: self.bytes,
+            raw: self.raw,
+            scratch: Vec::new(),
             frames: &self.frames,
             dctx: zstd::bulk::Decompressor::new()?,
             cur: None,

@@ -292,12 +292,13 @@ fn inspect_leaves_the_access_time_alone() {
     }
 }
 
-/// The release binary ships without debug info (`[profile.release]`): a few MB, not 35.
+/// The release binary ships without debug info (`[profile.release]`): about 14 MB with the
+/// object storage client (feature `s3`: object_store, reqwest, rustls), not 35 and more.
 #[test]
 #[cfg_attr(debug_assertions, ignore = "measures the release binary")]
 fn the_release_binary_is_small() {
     let len = std::fs::metadata(env!("CARGO_BIN_EXE_rbddiff"))
         .unwrap()
         .len();
-    assert!(len < 12 << 20, "rbddiff is {} MiB", len >> 20);
+    assert!(len < 20 << 20, "rbddiff is {} MiB", len >> 20);
 }

@@ -30,12 +30,12 @@ fn opts(frame_target: u64) -> CompressOptions {
     }
 }
 
-/// Compresses `bytes` through the mapped-file path.
+/// Compresses `bytes` through the file path (positioned reads).
 fn compress_file(dir: &Path, bytes: &[u8], o: &CompressOptions) -> Vec<u8> {
     let p = dir.join("in.diff");
     std::fs::write(&p, bytes).unwrap();
     let input = Input::open(p.to_str().unwrap()).unwrap();
-    assert!(input.bytes().is_some());
+    assert!(input.file().is_some());
     let mut out = Vec::new();
     compress(input, &mut out, o).unwrap();
     out
@@ -44,7 +44,7 @@ fn compress_file(dir: &Path, bytes: &[u8], o: &CompressOptions) -> Vec<u8> {
 /// Compresses `bytes` through the streaming path.
 fn compress_streamed(bytes: &[u8], o: &CompressOptions) -> Vec<u8> {
     let input = Input::from_reader("-", Box::new(Cursor::new(bytes.to_vec()))).unwrap();
-    assert!(input.bytes().is_none());
+    assert!(input.file().is_none());
     let mut out = Vec::new();
     compress(input, &mut out, o).unwrap();
     out
@@ -78,7 +78,7 @@ fn check_archive(plain: &[u8], z: &[u8], dir: &Path) {
     // Transparent input.
     let input = Input::open(zp.to_str().unwrap()).unwrap();
     assert!(input.is_compressed());
-    assert!(input.bytes().is_none());
+    assert!(input.file().is_none());
     assert_eq!(input.kind(), rbddiff::input::sniff(plain));
     let mut dec = Vec::new();
     input.into_reader().read_to_end(&mut dec).unwrap();
@@ -1230,14 +1230,20 @@ fn damaged_record_index_block_is_an_error() {
     let head_len = u64::from_le_bytes(z[body_at + 24..body_at + 32].try_into().unwrap()) as usize;
     let blocks_at = body_at + 32 + head_len;
     let body_end = seek_start - 4;
-    assert!(body_end > blocks_at + 64, "blocks of {} bytes", body_end - blocks_at);
+    assert!(
+        body_end > blocks_at + 64,
+        "blocks of {} bytes",
+        body_end - blocks_at
+    );
     let mut damaged = 0;
     for at in [blocks_at + 5, (blocks_at + body_end) / 2, body_end - 3] {
         let mut bad = z.clone();
         bad[at] ^= 0x21;
         let crc = crc32fast::hash(&bad[body_at..body_end]);
         bad[body_end..seek_start].copy_from_slice(&crc.to_le_bytes());
-        let mut a = ZstArchive::open(&bad).unwrap().expect("the header is intact");
+        let mut a = ZstArchive::open(&bad)
+            .unwrap()
+            .expect("the header is intact");
         let mut src = a.diff_source(0).unwrap();
         let mut walked = Ok(());
         loop {
@@ -1257,14 +1263,21 @@ fn damaged_record_index_block_is_an_error() {
         let Err(e) = walked else {
             // Damage the block's own checksum does not catch gives records that verify
             // finds wrong.
-            let want = ZstArchive::open(&z).unwrap().unwrap().decoded_index().unwrap();
+            let want = ZstArchive::open(&z)
+                .unwrap()
+                .unwrap()
+                .decoded_index()
+                .unwrap();
             if a.decoded_index().ok() != Some(want) {
                 assert!(!r.ok(), "byte {at}: {:?}", r.findings);
             }
             continue;
         };
         damaged += 1;
-        assert!(e.to_string().contains("record index block"), "byte {at}: {e}");
+        assert!(
+            e.to_string().contains("record index block"),
+            "byte {at}: {e}"
+        );
         assert!(!r.ok(), "byte {at}: {:?}", r.findings);
     }
     assert!(damaged > 0);

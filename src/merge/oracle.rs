@@ -12,6 +12,7 @@ use crate::format::{tag, Metadata, Record, Version};
 use crate::progress::Ticker;
 use crate::write::DiffWriter;
 use crate::zst::{IndexRecord, IndexedDiff};
+use crate::RecordSource;
 
 /// The merged extent map of a chain, ready to be written.
 #[derive(Debug)]
@@ -119,7 +120,7 @@ pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
             MAX_INPUT as usize + 1
         )));
     }
-    let parsed = inputs
+    let mut parsed = inputs
         .iter()
         .map(|inp| parse_input(inp).map_err(|e| e.with_file(inp.name)))
         .collect::<Result<Vec<_>>>()?;
@@ -131,7 +132,7 @@ pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
     let mut size: Option<u64> = None;
     let mut input_bytes = 0u64;
     let mut warnings = Vec::new();
-    for (i, (inp, d)) in inputs.iter().zip(&parsed).enumerate() {
+    for (i, (inp, d)) in inputs.iter().zip(parsed.iter_mut()).enumerate() {
         input_bytes += inp.len();
         let wrap = |e: Error| e.with_file(inp.name);
         // A missing `s` is reported by the record walk below.
@@ -169,6 +170,28 @@ pub fn plan(inputs: &[MergeInput<'_>], opts: &MergeOptions) -> Result<Plan> {
                         .iter()
                         .map(|w| InputWarning::new(inp.name, w)),
                 );
+            }
+            Parsed::File(rd) => {
+                let head = match rd.version() {
+                    crate::Version::V1 => 17,
+                    crate::Version::V2 => 25,
+                };
+                while let Some(item) = rd.next_item().map_err(wrap)? {
+                    match item.kind {
+                        crate::ItemKind::Write { extent: e, .. } => {
+                            let piece = Piece::Data {
+                                input: i as u32,
+                                src_offset: item.offset + head,
+                            };
+                            map.insert(e.offset, e.offset + e.len, piece);
+                        }
+                        crate::ItemKind::Zero(e) => {
+                            map.insert(e.offset, e.offset + e.len, Piece::Zero)
+                        }
+                        _ => {}
+                    }
+                }
+                warnings.extend(rd.warnings().iter().map(|w| InputWarning::new(inp.name, w)));
             }
             Parsed::Head(_) => return Err(Error::invalid("the oracle reads no streams")),
             Parsed::Index(d, total) => {
@@ -215,10 +238,9 @@ enum Run {
     Data(u64, u64),
 }
 
-/// Copies `len` payload bytes at `src` of `inp` to `out`: from the mapped bytes, with `pread`
-/// from the mapped file through `buf` (faster than copying from the mapping, with no
-/// page-table work for the payload pages, and measured no slower than `copy_file_range`,
-/// which ext4 without reflinks runs through splice), or through the archive's frame cache.
+/// Copies `len` payload bytes at `src` of `inp` to `out`: from the bytes in memory, with
+/// `pread` from the file through `buf` (measured no slower than `copy_file_range`, which ext4
+/// without reflinks runs through splice), or through the archive's frame cache.
 fn copy_piece<W: Write>(
     inp: &mut MergeInput<'_>,
     src: u64,
@@ -229,15 +251,8 @@ fn copy_piece<W: Write>(
     use std::os::unix::fs::FileExt;
     let MergeInput { name, source } = inp;
     match source {
-        Source::Bytes {
-            file: Some(f),
-            bytes,
-        } => {
-            if src
-                .checked_add(len)
-                .filter(|&e| e <= bytes.len() as u64)
-                .is_none()
-            {
+        Source::File { file: f, len: flen } => {
+            if src.checked_add(len).filter(|&e| e <= *flen).is_none() {
                 return Err(Error::invalid("internal: payload range outside its input"));
             }
             if buf.is_empty() {
@@ -255,7 +270,7 @@ fn copy_piece<W: Write>(
             }
             Ok(())
         }
-        Source::Bytes { bytes, file: None } => {
+        Source::Bytes { bytes } => {
             let data = usize::try_from(src)
                 .ok()
                 .zip(usize::try_from(src + len).ok())

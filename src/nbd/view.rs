@@ -47,7 +47,7 @@ pub struct ChainView {
     /// Name and file of each input (a zstd file without an index: its decompressed copy).
     files: Vec<(String, File)>,
     /// The seek table of each input read through its index (payload offsets are then
-    /// offsets in the decompressed diff stream); `None` for plain, mapped inputs.
+    /// offsets in the decompressed diff stream); `None` for plain files.
     frames: Vec<Option<Vec<FrameEntry>>>,
     map: Map,
     cache: Mutex<Cache>,
@@ -77,8 +77,8 @@ struct Cache {
 
 impl ChainView {
     /// Opens the chain `paths` (a full diff and the incrementals after it, in order; or any
-    /// chain whose merge is wanted): plain files are mapped, indexed archives read through
-    /// their index, other zstd files decompressed to a temporary file once.
+    /// chain whose merge is wanted): plain files are read with `pread`, indexed archives
+    /// through their index, other zstd files decompressed to a temporary file once.
     ///
     /// # Errors
     /// As [`crate::merge::open_input`] and [`crate::merge::plan`]: an input cannot be read or
@@ -130,8 +130,8 @@ impl ChainView {
         let files = inputs
             .iter()
             .map(|i| {
-                let f = i.mapped_file().ok_or_else(|| {
-                    Error::invalid("internal: input not mapped").with_file(i.name())
+                let (f, _) = i.raw_file().ok_or_else(|| {
+                    Error::invalid("internal: input not a file").with_file(i.name())
                 })?;
                 Ok((i.name().to_string(), f.try_clone()?))
             })

@@ -32,6 +32,7 @@ use zstd::stream::raw::{CParameter, DParameter, Decoder, Encoder, InBuffer, Oper
 use super::{bad_archive, FrameEntry};
 use crate::error::{Error, Result, Warning, WarningKind};
 use crate::format::{tag, ImageHeader, Kind, Metadata, Version};
+use crate::positioned::Positioned;
 
 /// Magic at the start of a version 1 record index body (fixed-width records, 33 bytes each;
 /// still read).
@@ -790,7 +791,7 @@ pub fn decode_index(body: &[u8], frames: &[FrameEntry]) -> Result<DecodedIndex> 
         Records::Decoded(r) => r,
         Records::Blocks(_) => {
             let view = View {
-                bytes: body,
+                bytes: body.into(),
                 records: &recs,
                 frames,
                 index: &index,
@@ -1115,8 +1116,8 @@ impl IndexWriter {
 
 /// What a cursor reads an index from.
 pub(crate) struct View<'x> {
-    /// The bytes the block table's offsets point into.
-    pub bytes: &'x [u8],
+    /// The bytes the block table's offsets point into (in memory or read at offsets).
+    pub bytes: Positioned<'x>,
     pub records: &'x Records,
     pub frames: &'x [FrameEntry],
     pub index: &'x ArchiveIndex,
@@ -1128,7 +1129,11 @@ struct BlockDec {
     buf: Vec<u8>,
     lo: usize,
     hi: usize,
-    /// The block's compressed bytes not yet decompressed.
+    /// Compressed bytes read from the archive and not yet decompressed (`inb[in_lo..in_hi]`).
+    inb: Vec<u8>,
+    in_lo: usize,
+    in_hi: usize,
+    /// The block's compressed bytes not yet read: `src..end` of the archive.
     src: usize,
     end: usize,
     /// The block's zstd frame has ended.
@@ -1147,6 +1152,9 @@ impl BlockDec {
             buf: vec![0; BLOCK_BUF],
             lo: 0,
             hi: 0,
+            inb: Vec::new(),
+            in_lo: 0,
+            in_hi: 0,
             src: 0,
             end: 0,
             done: true,
@@ -1165,25 +1173,31 @@ impl BlockDec {
         }
         (self.block, self.src, self.end, self.live) = (block, src, end, live);
         (self.lo, self.hi, self.done) = (0, 0, !live);
+        (self.in_lo, self.in_hi) = (0, 0);
         Ok(())
     }
 
     /// Decompresses until `need` bytes are buffered or the block ends.
-    fn ensure(&mut self, bytes: &[u8], need: usize) -> Result<()> {
+    fn ensure(&mut self, bytes: Positioned<'_>, need: usize) -> Result<()> {
         while self.hi - self.lo < need && !self.done {
             if self.lo > 0 {
                 self.buf.copy_within(self.lo..self.hi, 0);
                 (self.hi, self.lo) = (self.hi - self.lo, 0);
             }
-            let input = bytes
-                .get(self.src..self.end)
-                .ok_or_else(|| self.bad("lies outside the archive"))?;
-            let mut inb = InBuffer::around(input);
+            if self.in_lo == self.in_hi && self.src < self.end {
+                let n = (self.end - self.src).min(BLOCK_BUF);
+                self.inb.resize(BLOCK_BUF, 0);
+                bytes
+                    .read_exact_at(&mut self.inb[..n], self.src as u64)
+                    .map_err(|_| self.bad("lies outside the archive"))?;
+                (self.src, self.in_lo, self.in_hi) = (self.src + n, 0, n);
+            }
+            let mut inb = InBuffer::around(&self.inb[self.in_lo..self.in_hi]);
             let mut out = OutBuffer::around(&mut self.buf[self.hi..]);
             let hint = self.z.run(&mut inb, &mut out);
             let (used, made) = (inb.pos(), out.pos());
             let hint = hint.map_err(|e| self.bad(&format!("does not decompress: {e}")))?;
-            self.src += used;
+            self.in_lo += used;
             self.hi += made;
             if hint == 0 {
                 self.done = true;
@@ -1195,16 +1209,17 @@ impl BlockDec {
     }
 
     /// Checks that nothing follows the block's last record.
-    fn finish(&mut self, bytes: &[u8]) -> Result<()> {
+    fn finish(&mut self, bytes: Positioned<'_>) -> Result<()> {
+        let unread = self.src != self.end || self.in_lo != self.in_hi;
         if !self.live {
-            return if self.src == self.end {
+            return if !unread {
                 Ok(())
             } else {
                 Err(self.bad("holds bytes but no record"))
             };
         }
         self.ensure(bytes, 1)?;
-        if self.hi > self.lo || self.src != self.end {
+        if self.hi > self.lo || self.src != self.end || self.in_lo != self.in_hi {
             return Err(self.bad("holds more than its records"));
         }
         Ok(())
@@ -1319,7 +1334,7 @@ impl IndexRecords {
             None => self.dec.insert(Box::new(BlockDec::new()?)),
         };
         dec.begin(b, c0, c1, r1 > r0)?;
-        if c0 > v.bytes.len() || c1 > v.bytes.len() || c0 > c1 {
+        if c0 as u64 > v.bytes.len() || c1 as u64 > v.bytes.len() || c0 > c1 {
             return Err(dec.bad("lies outside the archive"));
         }
         (self.block_left, self.at, self.prev_end) = (r1 - r0, 0, 0);
