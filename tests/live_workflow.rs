@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::ceph::Cluster;
-use common::gen::{noise, Rng};
 use rbddiff::workflow::{backup, BackupOptions, Rbd};
 
 /// Runs `rbddiff ARGS` against the cluster (through `CEPH_CONF`).
@@ -68,45 +67,6 @@ fn listing(dir: &Path) -> BTreeSet<String> {
     }
 }
 
-/// Writes and zeroes random extents all over the image HEAD (through `rbd import-diff` of a
-/// diff to HEAD, which creates no snapshot); every call writes different data.
-fn write_data(cluster: &Cluster, image: &str) {
-    use std::io::Write;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEED: AtomicU64 = AtomicU64::new(1);
-    let spec = format!("rbd/{image}");
-    let info = cluster.rbd_ok(["info", "--format", "json", &spec]);
-    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    let size = info["size"].as_u64().unwrap();
-    let mut rng = Rng::new(SEED.fetch_add(1, Ordering::Relaxed));
-    let meta = rbddiff::Metadata {
-        image_size: Some(size),
-        ..rbddiff::Metadata::default()
-    };
-    let mut w = rbddiff::DiffWriter::new(Vec::new(), rbddiff::Version::V1, &meta).unwrap();
-    let blocks = size / 4096;
-    let mut at = rng.below(16);
-    while at < blocks {
-        let n = (1 + rng.below(16)).min(blocks - at);
-        if rng.below(5) == 0 {
-            w.zero(rbddiff::Extent::new(at * 4096, n * 4096)).unwrap();
-        } else {
-            let data = noise(rng.next(), (n * 4096) as usize);
-            w.write_data(at * 4096, &data).unwrap();
-        }
-        at += n + rng.below(64);
-    }
-    let diff = w.finish().unwrap();
-    let mut child = cluster
-        .rbd_command()
-        .args(["import-diff", "--no-progress", "-", &spec])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&diff).unwrap();
-    assert!(child.wait().unwrap().success(), "import-diff into {spec}");
-}
-
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -151,19 +111,19 @@ fn backup_restore_prune(cluster: &Cluster, root: &Path, compress: bool) -> (Stri
         ok(cluster, &args)
     };
 
-    write_data(cluster, &img);
+    cluster.write_noise(&img);
     let r1 = run_backup(Some("rbddiff-one"));
     assert_eq!(r1["from_snap"], serde_json::Value::Null);
     assert_eq!(r1["to_snap"], "rbddiff-one");
     assert!(r1["records"].as_u64().unwrap() > 3, "{r1}");
     assert_eq!(r1["compressed"], compress);
-    write_data(cluster, &img);
+    cluster.write_noise(&img);
     cluster.rbd_ok(["resize", "--no-progress", "--size", "12M", &spec]);
-    write_data(cluster, &img);
+    cluster.write_noise(&img);
     let r2 = run_backup(Some("rbddiff-two"));
     assert_eq!(r2["from_snap"], "rbddiff-one");
     assert_eq!(r2["image_size"], 12 << 20);
-    write_data(cluster, &img);
+    cluster.write_noise(&img);
     let r3 = run_backup(None);
     let s3 = r3["to_snap"].as_str().unwrap().to_string();
     // The default name: the archive's tag and the UTC time.
@@ -173,7 +133,7 @@ fn backup_restore_prune(cluster: &Cluster, root: &Path, compress: bool) -> (Stri
         "{s3}"
     );
     assert_eq!(r3["from_snap"], "rbddiff-two");
-    write_data(cluster, &img); // HEAD moves on; the backups hold the snapshots
+    cluster.write_noise(&img); // HEAD moves on; the backups hold the snapshots
 
     let f1 = format!("{img}@rbddiff-one.full.diff{z}");
     let f2 = format!("{img}@rbddiff-one..rbddiff-two.diff{z}");
@@ -278,7 +238,7 @@ fn keep_snaps_and_missing_previous(cluster: &Cluster, root: &Path, prev: &(Strin
             .collect()
     };
     let backup = |d: &str| {
-        write_data(cluster, img);
+        cluster.write_noise(img);
         ok(
             cluster,
             &["backup", &spec, d, "--keep-snaps", "1", "--json"],
@@ -385,7 +345,7 @@ fn keep_snaps_and_missing_previous(cluster: &Cluster, root: &Path, prev: &(Strin
     for s in ["rbddiff-two", p5s.as_str()] {
         cluster.rbd_ok(["snap", "rm", "--no-progress", &format!("{spec}@{s}")]);
     }
-    write_data(cluster, img);
+    cluster.write_noise(img);
     let r = ok(
         cluster,
         &["backup", &spec, &ds, "--snap", "rbddiff-five", "--json"],
@@ -430,7 +390,7 @@ fn failures_leave_nothing(cluster: &Cluster, root: &Path) {
     std::env::set_var("CEPH_CONF", cluster.conf());
     std::env::remove_var("CEPH_ARGS");
     let img = cluster.create_image("wff", 4 << 20);
-    write_data(cluster, &img);
+    cluster.write_noise(&img);
     let spec = format!("rbd/{img}");
     let cases = [
         ("cut", "rbd \"$@\" | head -c 3000", "truncated"),
@@ -472,9 +432,9 @@ fn incremental_onto_an_image_without_its_start(cluster: &Cluster, root: &Path) {
     let spec = format!("rbd/{img}");
     let dir = root.join("inc");
     let ds = dir.to_string_lossy().into_owned();
-    write_data(cluster, &img);
+    cluster.write_noise(&img);
     ok(cluster, &["backup", &spec, &ds, "--snap", "a"]);
-    write_data(cluster, &img);
+    cluster.write_noise(&img);
     ok(cluster, &["backup", &spec, &ds, "--snap", "b"]);
     let only = root.join("inc-only");
     fs::create_dir(&only).unwrap();
@@ -518,7 +478,7 @@ fn full_every_and_a_policy_prune(cluster: &Cluster, root: &Path) {
     let mut truth: Vec<String> = Vec::new();
     let mut fulls = Vec::new();
     for k in 0..22 {
-        write_data(cluster, &img);
+        cluster.write_noise(&img);
         let snap = format!("s{k}");
         let r = ok(
             cluster,

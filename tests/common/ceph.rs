@@ -234,6 +234,44 @@ impl Cluster {
         name
     }
 
+    /// Writes and zeroes random extents all over the image HEAD (through `rbd import-diff` of a
+    /// diff to HEAD, which creates no snapshot); every call writes different data.
+    pub fn write_noise(&self, image: &str) {
+        use std::io::Write;
+        static SEED: AtomicU64 = AtomicU64::new(1);
+        let spec = format!("rbd/{image}");
+        let info = self.rbd_ok(["info", "--format", "json", &spec]);
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        let size = info["size"].as_u64().unwrap();
+        let mut rng = super::gen::Rng::new(SEED.fetch_add(1, Ordering::Relaxed));
+        let meta = rbddiff::Metadata {
+            image_size: Some(size),
+            ..rbddiff::Metadata::default()
+        };
+        let mut w = rbddiff::DiffWriter::new(Vec::new(), rbddiff::Version::V1, &meta).unwrap();
+        let blocks = size / 4096;
+        let mut at = rng.below(16);
+        while at < blocks {
+            let n = (1 + rng.below(16)).min(blocks - at);
+            if rng.below(5) == 0 {
+                w.zero(rbddiff::Extent::new(at * 4096, n * 4096)).unwrap();
+            } else {
+                let data = super::gen::noise(rng.next(), (n * 4096) as usize);
+                w.write_data(at * 4096, &data).unwrap();
+            }
+            at += n + rng.below(64);
+        }
+        let diff = w.finish().unwrap();
+        let mut child = self
+            .rbd_command()
+            .args(["import-diff", "--no-progress", "-", &spec])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&diff).unwrap();
+        assert!(child.wait().unwrap().success(), "import-diff into {spec}");
+    }
+
     /// The cluster's ceph.conf (what `CEPH_CONF` must point at).
     pub fn conf(&self) -> &Path {
         &self.conf

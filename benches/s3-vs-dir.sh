@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Whole-process benchmark of archives on object storage: `backup` into a real radosgw
+# (s3://BUCKET/PREFIX) vs the same backup into a local directory, and `restore` from each,
+# with the client's peak RSS; `rbd export-diff` into a file and `rbd import-diff` of it are
+# the yardsticks. A throw-away cluster and gateway come from tests/harness/ceph-cluster.sh
+# (memstore OSD, 127.0.0.1), so the gateway's storage is memory and the directory is the
+# page cache: the ratios measure the client and the protocol, not a disk.
+#
+# Each row runs RUNS times (default 3), every run a full backup into a new directory or
+# prefix (plain, then --compress), and its restore into a new image; prints the median wall
+# time, the largest maxRSS (GNU time) and the ratios. Environment: SIZE_MIB (default 512),
+# DATA_PCT (default 50), RUNS, BENCH_DIR (default $TMPDIR or /tmp). Needs ceph-mon,
+# ceph-osd, ceph-common, radosgw, curl, python3 and GNU time.
+set -euo pipefail
+
+SIZE_MIB=${SIZE_MIB:-512}
+DATA_PCT=${DATA_PCT:-50}
+RUNS=${RUNS:-3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+(cd "$ROOT" && cargo build --release --quiet)
+BIN=$ROOT/target/release/rbddiff
+HARNESS=$ROOT/tests/harness/ceph-cluster.sh
+WORK=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/rbddiff-s3.XXXXXX")
+cleanup() {
+    bash "$HARNESS" stop "$WORK/ceph" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+cd "$WORK"
+
+echo "== cluster and gateway"
+eval "$(bash "$HARNESS" start "$WORK/ceph")"
+eval "$(bash "$HARNESS" rgw "$WORK/ceph")"
+export CEPH_CONF AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_ENDPOINT_URL AWS_REGION AWS_ALLOW_HTTP
+BUCKET=bench
+curl -s -S -f -X PUT --aws-sigv4 "aws:amz:$AWS_REGION:s3" \
+    --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+    -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "$AWS_ENDPOINT_URL/$BUCKET" >/dev/null
+
+echo "== a ${SIZE_MIB} MiB image, ~${DATA_PCT}% data in 4 MiB extents"
+head -c $((64 << 20)) /dev/urandom > pool
+truncate -s "${SIZE_MIB}M" raw.img
+awk -v n=$((SIZE_MIB / 4)) -v p="$DATA_PCT" \
+    'BEGIN { srand(7); for (i = 0; i < n; i++) if (rand() * 100 < p) print i }' > extents
+k=0
+while read -r blk; do
+    dd if=pool of=raw.img bs=4M count=1 skip=$((k % 16)) seek="$blk" conv=notrunc status=none
+    k=$((k + 1))
+done < extents
+rbd import --no-progress raw.img rbd/src
+rm -f raw.img pool
+rbd snap create rbd/src@base
+
+: > rows
+# measure LABEL CMD...: one run, wall seconds and maxRSS (KiB) appended to `rows`.
+measure() {
+    local label=$1
+    shift
+    /usr/bin/time -f '%e %M' -o t.txt "$@" >/dev/null
+    echo "$label $(cat t.txt)" >> rows
+}
+for i in $(seq "$RUNS"); do
+    echo "== run $i of $RUNS"
+    measure "rbd-export-diff" rbd export-diff --no-progress rbd/src@base "ref$i.diff"
+    measure "rbd-import-diff" sh -c "rbd create --size ${SIZE_MIB}M rbd/ref$i && rbd import-diff --no-progress ref$i.diff rbd/ref$i"
+    rm -f "ref$i.diff"
+    rbd rm --no-progress "rbd/ref$i" >/dev/null
+    for z in plain zst; do
+        flag=()
+        [ "$z" = zst ] && flag=(--compress)
+        measure "backup-dir-$z" "$BIN" backup rbd/src "dir-$z-$i" --snap "d$z$i" "${flag[@]}"
+        measure "backup-s3-$z" "$BIN" backup rbd/src "s3://$BUCKET/p-$z-$i" --snap "s$z$i" "${flag[@]}"
+        measure "restore-dir-$z" "$BIN" restore "dir-$z-$i" "rbd/rd$z$i" --create
+        measure "restore-s3-$z" "$BIN" restore "s3://$BUCKET/p-$z-$i" "rbd/rs$z$i" --create
+        a=$(rbd export --no-progress "rbd/rd$z$i" - | sha256sum)
+        b=$(rbd export --no-progress "rbd/rs$z$i" - | sha256sum)
+        c=$(rbd export --no-progress "rbd/src@d$z$i" - | sha256sum)
+        if [ "$a" != "$c" ] || [ "$b" != "$c" ]; then
+            echo "FAIL: a restored image differs from the source" >&2
+            exit 1
+        fi
+        rbd rm --no-progress "rbd/rd$z$i" >/dev/null
+        rbd rm --no-progress "rbd/rs$z$i" >/dev/null
+        rm -rf "dir-$z-$i"
+    done
+done
+
+python3 - "$SIZE_MIB" <<'PY'
+import statistics, sys
+size = int(sys.argv[1])
+rows = {}
+for line in open("rows"):
+    label, secs, rss = line.split()
+    rows.setdefault(label, []).append((float(secs), int(rss)))
+med = {k: statistics.median(s for s, _ in v) for k, v in rows.items()}
+rss = {k: max(r for _, r in v) / 1024 for k, v in rows.items()}
+print(f"\n{'':18} {'median s':>9} {'MiB/s':>7} {'maxRSS MiB':>11}")
+for k in rows:
+    print(f"{k:18} {med[k]:9.2f} {size / med[k]:7.0f} {rss[k]:11.1f}")
+print()
+for z in ("plain", "zst"):
+    print(f"backup  s3 / dir ({z}):  {med[f'backup-s3-{z}'] / med[f'backup-dir-{z}']:.2f}x")
+    print(f"restore s3 / dir ({z}):  {med[f'restore-s3-{z}'] / med[f'restore-dir-{z}']:.2f}x")
+print(f"backup dir / rbd export-diff:  {med['backup-dir-plain'] / med['rbd-export-diff']:.2f}x")
+print(f"backup s3 / rbd export-diff:   {med['backup-s3-plain'] / med['rbd-export-diff']:.2f}x")
+print(f"restore s3 / rbd import-diff:  {med['restore-s3-plain'] / med['rbd-import-diff']:.2f}x")
+PY
