@@ -52,6 +52,11 @@ rm -f raw.img pool
 rbd snap create rbd/src@base
 
 : > rows
+# rmimg SPEC: removes an image and its snapshots (import-diff leaves the end snapshot).
+rmimg() {
+    rbd snap purge --no-progress "$1" >/dev/null 2>&1 || true
+    rbd rm --no-progress "$1" >/dev/null
+}
 # measure LABEL CMD...: one run, wall seconds and maxRSS (KiB) appended to `rows`.
 measure() {
     local label=$1
@@ -64,7 +69,7 @@ for i in $(seq "$RUNS"); do
     measure "rbd-export-diff" rbd export-diff --no-progress rbd/src@base "ref$i.diff"
     measure "rbd-import-diff" sh -c "rbd create --size ${SIZE_MIB}M rbd/ref$i && rbd import-diff --no-progress ref$i.diff rbd/ref$i"
     rm -f "ref$i.diff"
-    rbd rm --no-progress "rbd/ref$i" >/dev/null
+    rmimg "rbd/ref$i"
     for z in plain zst; do
         flag=()
         [ "$z" = zst ] && flag=(--compress)
@@ -79,8 +84,8 @@ for i in $(seq "$RUNS"); do
             echo "FAIL: a restored image differs from the source" >&2
             exit 1
         fi
-        rbd rm --no-progress "rbd/rd$z$i" >/dev/null
-        rbd rm --no-progress "rbd/rs$z$i" >/dev/null
+        rmimg "rbd/rd$z$i"
+        rmimg "rbd/rs$z$i"
         rm -rf "dir-$z-$i"
     done
 done

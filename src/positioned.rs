@@ -1,6 +1,7 @@
 //! Bytes read at offsets: a slice in memory, or a regular file read with positioned reads
 //! (`pread`) into small buffers, so that a file's pages never count in the process's memory
-//! and a file truncated while it is read gives an error, not a fault.
+//! and a file truncated while it is read gives an error, not a fault; or any other source
+//! of [`ReadAt`] (an object in a store, read with ranged requests).
 
 use std::fs::File;
 use std::io;
@@ -8,13 +9,25 @@ use std::io;
 /// Largest piece read at once by [`Positioned::for_each`].
 pub const READ_PIECE: usize = 1 << 20;
 
-/// Bytes to read at offsets: borrowed from memory, or the first `len` bytes of a file.
+/// Bytes read at offsets from a source other than memory or a file.
+pub trait ReadAt: Sync + std::fmt::Debug {
+    /// Fills `buf` with the bytes at `at`, all of them (fewer are there: `UnexpectedEof`).
+    ///
+    /// # Errors
+    /// The range is not all there, or reading fails.
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()>;
+}
+
+/// Bytes to read at offsets: borrowed from memory, the first `len` bytes of a file, or of
+/// another [`ReadAt`] source.
 #[derive(Clone, Copy, Debug)]
 pub enum Positioned<'a> {
     /// Bytes in memory.
     Mem(&'a [u8]),
     /// A regular file of `len` bytes (its length when it was opened).
     File(&'a File, u64),
+    /// `len` bytes of another source.
+    Other(&'a dyn ReadAt, u64),
 }
 
 impl<'a> From<&'a [u8]> for Positioned<'a> {
@@ -49,7 +62,7 @@ impl<'a> Positioned<'a> {
     pub fn len(&self) -> u64 {
         match self {
             Positioned::Mem(b) => b.len() as u64,
-            Positioned::File(_, n) => *n,
+            Positioned::File(_, n) | Positioned::Other(_, n) => *n,
         }
     }
 
@@ -86,6 +99,7 @@ impl<'a> Positioned<'a> {
                 }
                 Ok(())
             }
+            Positioned::Other(r, _) => r.read_exact_at(buf, at),
         }
     }
 
@@ -106,7 +120,7 @@ impl<'a> Positioned<'a> {
                     .ok_or_else(|| short(at, len))?;
                 Ok(&b[at as usize..end as usize])
             }
-            Positioned::File(..) => {
+            Positioned::File(..) | Positioned::Other(..) => {
                 scratch.resize(len, 0);
                 self.read_exact_at(scratch, at)?;
                 Ok(scratch)
@@ -135,7 +149,7 @@ impl<'a> Positioned<'a> {
                     .chunks(READ_PIECE)
                     .try_for_each(f)
             }
-            Positioned::File(..) => {
+            Positioned::File(..) | Positioned::Other(..) => {
                 let mut buf = vec![0u8; (len as usize).min(READ_PIECE)];
                 let mut done = 0u64;
                 while done < len {

@@ -304,3 +304,59 @@ fn copy_directory_to_object_store_and_back_is_byte_identical() {
     store.put_small(name, &bad).unwrap();
     assert!(remote::copy(&DirStore::new(&src), &store, &copts).is_err());
 }
+
+/// A merge of indexed archives in an object store fetches their indexes and only the frames
+/// holding surviving data: a full of 32 MiB whose first 24 MiB a later file overwrites is
+/// read for about its last quarter.
+#[test]
+fn merges_of_archives_fetch_only_the_frames_they_need() {
+    let t = tempfile::tempdir().unwrap();
+    let c = FakeCluster::new(&t.path().join("bin"), 32 << 20);
+    let raw = c.bin.join("image.raw");
+    let store = ObjStore::memory(&S3Config::default()).unwrap();
+    let mut snaps = Vec::new();
+    let mut o = opts(&c);
+    o.compress = Some(Default::default());
+    // Incompressible data all over, then new data over the first 24 MiB, then a little.
+    for (k, range) in [(1u64, 0..32usize << 20), (2, 0..24 << 20), (3, 0..1 << 20)] {
+        let mut img = std::fs::read(&raw).unwrap();
+        img[range.clone()].copy_from_slice(&common::gen::noise(k, range.len()));
+        std::fs::write(&raw, img).unwrap();
+        snaps.push(remote::backup("rbd/vm", &store, &o, false).unwrap().to_snap);
+    }
+    let sizes: u64 = store
+        .list("")
+        .unwrap()
+        .iter()
+        .filter(|o| o.name.ends_with(".zst"))
+        .map(|o| o.size)
+        .sum();
+    let opts = rbddiff::workflow::PruneOptions {
+        policy: rbddiff::archive::policy::Policy {
+            last: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let before = store.bytes_fetched();
+    let r = remote::prune(&store, &opts, false, &mut |_, _| {}).unwrap();
+    let fetched = store.bytes_fetched() - before;
+    assert_eq!(r.kept_snapshots, snaps[2..]);
+    assert_eq!(r.merges.len(), 1, "{r:?}");
+    let out = r.merges[0].bytes.unwrap();
+    // The inputs but the full's dead frames (about 24 MiB), and the merged file read back.
+    assert!(
+        fetched < sizes + out - (16 << 20),
+        "fetched {fetched} bytes for inputs of {sizes} and an output of {out}"
+    );
+    assert!(
+        fetched >= out,
+        "the merged file is read back: {fetched} < {out}"
+    );
+    let dir = t.path().join("copy");
+    download(&store, &dir);
+    assert_eq!(
+        restored(&dir, t.path(), &snaps[2]),
+        c.snap_sha256(&snaps[2])
+    );
+}

@@ -8,9 +8,12 @@
 //!   snapshots, image size and length come from its sidecar (no download of the file); a
 //!   file whose sidecar is missing, damaged, or disagrees with its name or length is listed
 //!   as unhealthy.
-//! - `restore` streams the files of the chosen path with ranged reads, a few in flight
-//!   ([`super::store::READS_IN_FLIGHT`] per file), through the merge into
-//!   `rbd import-diff -`; each file's structure is checked as it streams.
+//! - `restore` (and prune's merges) read the files of the chosen path with ranged reads
+//!   through the merge into `rbd import-diff -` (or the new object): a plain file streams,
+//!   a few reads in flight ([`super::store::READS_IN_FLIGHT`] per file); an indexed `.zst`
+//!   is opened at offsets, so only its seek table, its index and the frames holding
+//!   surviving data are fetched (one read per frame, up to one per core in flight). Each
+//!   file's structure is checked as it is read.
 //! - `verify` reads every file once and checks it against its sidecar (length, sha256,
 //!   every record's CRC; for a `.zst`, the compressed file's digest too).
 //! - Runs that change the archive hold its lease lock ([`super::lease`]); under it they first
@@ -30,7 +33,7 @@ use super::lease::{with_lock, LockOptions};
 use super::listing::{ImageListing, Listing, Status, StatusOptions};
 use super::names::{default_snap_name, escape, file_name, is_candidate, unescape, MAX_IMAGE_NAME};
 use super::restore::{RestoreOptions, RestoreReport};
-use super::store::{ObjectInfo, Store};
+use super::store::{ObjectInfo, Store, StoreObject};
 use super::ChainFile;
 use crate::error::{Error, Result};
 use crate::rbd::{image_name, safe_arg};
@@ -443,16 +446,8 @@ pub fn restore(
     }
     let edges: Vec<&Edge> = choice.path.iter().map(|&i| &graph.edges[i]).collect();
     let names: Vec<String> = edges.iter().map(|e| e.file.name()).collect();
-    let mut streams = Vec::new();
-    for e in &edges {
-        let r = store.reader(&object_of(&e.file), e.bytes)?;
-        streams.push(crate::input::Input::from_reader(&e.file.name(), r)?.into_reader());
-    }
-    let mut inputs = names
-        .iter()
-        .zip(streams)
-        .map(|(n, r)| crate::merge::MergeInput::stream(n, r))
-        .collect::<Result<Vec<_>>>()?;
+    let objects = store_objects(store, &edges);
+    let mut inputs = merge_inputs(store, &edges, &objects, &names)?;
     let (stats, size, created) =
         super::restore::import_merged(&mut inputs, spec, &store.url(), opts, progress)?;
     drop(inputs);
@@ -469,6 +464,43 @@ pub fn restore(
         bytes: stats.bytes_written,
         records: stats.records,
     })
+}
+
+/// The objects of the files of `edges`, to read at offsets.
+fn store_objects<'s>(store: &'s dyn Store, edges: &[&Edge]) -> Vec<StoreObject<'s>> {
+    edges
+        .iter()
+        .map(|e| StoreObject::new(store, &object_of(&e.file), e.bytes))
+        .collect()
+}
+
+/// The merge's inputs for the files of `edges` (named `names`, their `objects`): an
+/// indexed archive is opened at offsets, so a merge fetches its seek table, its index and
+/// only the frames holding surviving data (one ranged read per frame, up to one per core in
+/// flight, see [`crate::merge`]); any other file streams through ranged reads of
+/// [`super::store::READ_SIZE`], [`super::store::READS_IN_FLIGHT`] at once.
+fn merge_inputs<'a>(
+    store: &dyn Store,
+    edges: &[&Edge],
+    objects: &'a [StoreObject<'a>],
+    names: &'a [String],
+) -> Result<Vec<crate::merge::MergeInput<'a>>> {
+    let mut inputs = Vec::with_capacity(edges.len());
+    for ((e, obj), name) in edges.iter().zip(objects).zip(names) {
+        let place = store.location(&object_of(&e.file));
+        if e.file.compressed {
+            let opened = crate::zst::ZstArchive::open_at(obj.positioned())
+                .map_err(|err| err.with_file(&place))?;
+            if let Some(a) = opened {
+                inputs.push(crate::merge::MergeInput::archive(name, a));
+                continue;
+            }
+        }
+        let r = store.reader(&object_of(&e.file), e.bytes)?;
+        let r = crate::input::Input::from_reader(name, r)?.into_reader();
+        inputs.push(crate::merge::MergeInput::stream(name, r)?);
+    }
+    Ok(inputs)
 }
 
 /// [`super::listing::list`] of `store` (every image, or only `image`); each file as its
@@ -795,21 +827,13 @@ fn merge_into(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64> {
     let names: Vec<String> = inputs.iter().map(|e| e.file.name()).collect();
-    let mut streams = Vec::new();
-    for e in inputs {
-        let r = store.reader(&object_of(&e.file), e.bytes)?;
-        streams.push(crate::input::Input::from_reader(&e.file.name(), r)?.into_reader());
-    }
+    let objects = store_objects(store, inputs);
+    let mut mi = merge_inputs(store, inputs, &objects, &names)?;
     let mut upload = store.put(out)?;
     let place = store.location(out);
     let (w, r) = crate::compress::pipe();
     let x = std::thread::scope(|s| -> Result<super::backup::Exported> {
         let producer = s.spawn(move || -> Result<()> {
-            let mut mi = names
-                .iter()
-                .zip(streams)
-                .map(|(n, r)| crate::merge::MergeInput::stream(n, r))
-                .collect::<Result<Vec<_>>>()?;
             let p = crate::merge::plan(&mi, &crate::merge::MergeOptions::default())?;
             let (mut w, _) = p.write(&mut mi, w, crate::Version::V1, &mut |_, _| {})?;
             std::io::Write::flush(&mut w)?;

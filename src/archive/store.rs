@@ -69,6 +69,14 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// The object is missing or cannot be read.
     fn read_range(&self, name: &str, range: Range<u64>) -> Result<Vec<u8>>;
+    /// [`Store::read_range`] of a range the caller knows lies within the object (an object
+    /// store then asks once, with no request for its length first).
+    ///
+    /// # Errors
+    /// The object cannot be read.
+    fn read_within(&self, name: &str, range: Range<u64>) -> Result<Vec<u8>> {
+        self.read_range(name, range)
+    }
     /// The whole object `name` when it exists and is at most `max` bytes.
     ///
     /// # Errors
@@ -285,6 +293,70 @@ impl<S: Store + ?Sized> Read for RangeReader<'_, S> {
         out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
         self.at += n;
         Ok(n)
+    }
+}
+
+/// The first `len` bytes of the object `name` of a store, read at offsets by ranged reads
+/// (one request per read): what lets an indexed archive in a store be opened as
+/// [`crate::zst::ZstArchive`] and only the frames a merge needs be fetched.
+pub struct StoreObject<'s> {
+    store: &'s dyn Store,
+    name: String,
+    len: u64,
+}
+
+impl std::fmt::Debug for StoreObject<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreObject({}, {} bytes)", self.name, self.len)
+    }
+}
+
+impl<'s> StoreObject<'s> {
+    /// The first `len` bytes of `name` in `store`.
+    pub fn new(store: &'s dyn Store, name: &str, len: u64) -> Self {
+        StoreObject {
+            store,
+            name: name.to_string(),
+            len,
+        }
+    }
+
+    /// The bytes, to read at offsets.
+    pub fn positioned(&self) -> crate::positioned::Positioned<'_> {
+        crate::positioned::Positioned::Other(self, self.len)
+    }
+}
+
+impl crate::positioned::ReadAt for StoreObject<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        let end = at
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.len)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{} bytes at byte {at} are past the end of {}",
+                        buf.len(),
+                        self.name
+                    ),
+                )
+            })?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let got = self
+            .store
+            .read_within(&self.name, at..end)
+            .map_err(io::Error::other)?;
+        if got.len() != buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} ends before byte {end}", self.name),
+            ));
+        }
+        buf.copy_from_slice(&got);
+        Ok(())
     }
 }
 
@@ -544,6 +616,8 @@ mod remote {
         part_size: usize,
         parts_in_flight: usize,
         fail: Arc<Mutex<Option<FailPoint>>>,
+        /// Bytes fetched by ranged reads so far.
+        fetched: Arc<std::sync::atomic::AtomicU64>,
     }
 
     fn os_err(e: object_store::Error, what: &str) -> Error {
@@ -640,7 +714,13 @@ mod remote {
                 part_size,
                 parts_in_flight: cfg.parts_in_flight.unwrap_or(PARTS_IN_FLIGHT).max(1),
                 fail: Arc::new(Mutex::new(None)),
+                fetched: Default::default(),
             })
+        }
+
+        /// Bytes fetched by ranged reads so far (what a restore or merge transferred).
+        pub fn bytes_fetched(&self) -> u64 {
+            self.fetched.load(std::sync::atomic::Ordering::Relaxed)
         }
 
         /// Makes the next matching operation fail (tests of the failure paths).
@@ -708,10 +788,13 @@ mod remote {
         fn get_range(&self, key: &Key, range: Range<u64>) -> Result<Vec<u8>> {
             let store = self.store.clone();
             let k = key.clone();
-            self.rt
+            let b = self
+                .rt
                 .block_on(async move { store.get_range(&k, range).await })
-                .map(|b| b.to_vec())
-                .map_err(|e| os_err(e, key.as_ref()))
+                .map_err(|e| os_err(e, key.as_ref()))?;
+            self.fetched
+                .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(b.to_vec())
         }
     }
 
@@ -762,6 +845,13 @@ mod remote {
             self.get_range(&key, range.start..end)
         }
 
+        fn read_within(&self, name: &str, range: Range<u64>) -> Result<Vec<u8>> {
+            if range.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.get_range(&self.key(name)?, range)
+        }
+
         fn read_small(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>> {
             let Some(info) = self.head(name)? else {
                 return Ok(None);
@@ -800,6 +890,7 @@ mod remote {
                 pending: VecDeque::new(),
                 buf: Vec::new(),
                 at: 0,
+                fetched: self.fetched.clone(),
             }))
         }
 
@@ -908,6 +999,7 @@ mod remote {
         pending: VecDeque<JoinHandle<object_store::Result<bytes::Bytes>>>,
         buf: Vec<u8>,
         at: usize,
+        fetched: Arc<std::sync::atomic::AtomicU64>,
     }
 
     impl Prefetch {
@@ -940,6 +1032,8 @@ mod remote {
                         format!("{} is shorter than {} bytes", self.key, self.len),
                     ));
                 }
+                self.fetched
+                    .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 self.buf = b.to_vec();
                 self.at = 0;
                 self.fill();

@@ -18,9 +18,11 @@ use super::Status;
 /// path is applied offline to a raw image file (created sparse when missing) or a block
 /// device, as `rbddiff apply` does: no cluster is needed.
 ///
-/// From s3://BUCKET/PREFIX the files of the path stream with ranged reads (8 MiB, 4 in flight
-/// per file) into the merge; each file's length and snapshots are checked against its
-/// sidecar, its structure as it streams (`rbddiff verify s3://…` checks every byte).
+/// From s3://BUCKET/PREFIX the files of the path are read with ranged reads into the merge:
+/// a plain file streams (8 MiB, 4 in flight per file); of a compressed, indexed file only the
+/// index and the frames holding surviving data are fetched. Each file's length and
+/// snapshots are checked against its sidecar, its structure as it is read (`rbddiff verify
+/// s3://…` checks every byte).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The backup directory, or s3://BUCKET/PREFIX.
