@@ -42,7 +42,7 @@
 
 mod frames;
 mod oracle;
-pub use frames::{frame_budget, FRAME_BUDGET_BASE, FRAME_BUDGET_PER_INPUT};
+pub use frames::{frame_budget, FRAME_BUDGET_BASE, FRAME_BUDGET_PER_INPUT, REMOTE_FETCHES};
 #[doc(hidden)]
 pub use oracle::merge as merge_oracle;
 
@@ -1250,9 +1250,16 @@ impl Plan {
             ..MergeStats::default()
         };
         let w = DiffWriter::new(out, version, &self.meta)?;
-        let threads = crate::parallel::default_threads();
         // Without a stream the pieces are known ahead: frames are decompressed on other
-        // threads (see the `frames` module); else on this one.
+        // threads (see the `frames` module); else on this one. Frames of an archive in a
+        // store are fetched by more requests at once than there are cores.
+        let remote = inputs
+            .iter()
+            .any(|m| archive_of(m).is_some_and(|a| a.is_remote()));
+        let (threads, depth) = match crate::parallel::default_threads() {
+            n if remote => (n.max(frames::REMOTE_FETCHES), frames::REMOTE_FETCHES),
+            n => (n, frames::DEPTH),
+        };
         let ahead = threads > 1
             && !inputs.iter().any(MergeInput::is_stream)
             && inputs.iter().any(|m| archive_of(m).is_some());
@@ -1265,7 +1272,7 @@ impl Plan {
             let archives: Vec<Option<&ZstArchive<'_>>> = shared.iter().map(archive_of).collect();
             std::thread::scope(|s| {
                 let (look, caps) = build_layers(shared, &self.sizes, |_| true)?;
-                let frames = Frames::ahead(s, &archives, look, caps, budget, threads);
+                let frames = Frames::ahead(s, &archives, look, caps, budget, (threads, depth));
                 self.sweep_to(Inputs::Shared(shared), w, stats, frames, progress)
             })?
         } else {

@@ -671,6 +671,12 @@ impl<'a> ZstArchive<'a> {
         self.index.total_len
     }
 
+    /// True when the archive is read from a source other than memory or a file (a store):
+    /// each frame read is then a request.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.raw, Positioned::Other(..))
+    }
+
     /// True when the decompressed stream is empty.
     pub fn is_empty(&self) -> bool {
         self.index.total_len == 0

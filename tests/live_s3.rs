@@ -18,7 +18,13 @@ use common::ceph::Cluster;
 use common::schema::check;
 
 fn main() {
+    // The replay targets' locks, in a directory of this test run.
+    std::env::set_var(
+        "RBDDIFF_LOCK_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-s3-locks"),
+    );
     common::live::main_gateway(&[
+        ("replay_from_s3", replay_from_s3),
         ("backup_prune_restore", backup_prune_restore),
         ("copy_dir_s3_dir", copy_dir_s3_dir),
         ("kill_during_upload", kill_during_upload),
@@ -473,5 +479,66 @@ fn concurrent_backups(cluster: Arc<Cluster>) {
     settled(&objs);
     assert_eq!(diffs(&objs).len(), 2, "{objs:?}");
     restore_check(c, &loc, "a3", &c.export_sha256(&format!("{spec}@a3")));
+    c.remove_image(&img);
+}
+
+/// `replay` from s3 into a second image (the backup cluster's side): a new image from the
+/// full and the incrementals (each checked by the sha256 of its snapshot), then only what
+/// is new; every snapshot of the replica equals the source's.
+fn replay_from_s3(cluster: Arc<Cluster>) {
+    let c = &*cluster;
+    let (img, spec) = image_with_data(c, "s3rp", 8);
+    let bucket = c.create_bucket("rp");
+    let loc = format!("s3://{bucket}/r");
+    for i in 0..3 {
+        if i > 0 {
+            c.write_noise(&img);
+        }
+        let snap = format!("r{i}");
+        let mut args = vec!["backup", &spec, &loc, "--snap", &snap];
+        if i == 1 {
+            args.push("--compress");
+        }
+        ok(c, &args, "backup");
+    }
+    let replica = c.unique_name("s3-replica");
+    let rspec = format!("rbd/{replica}");
+    let r = ok(
+        c,
+        &[
+            "replay",
+            &loc,
+            &rspec,
+            "--create",
+            "--from-image",
+            &img,
+            "--verify",
+            "full",
+        ],
+        "replay",
+    );
+    assert_eq!(r["imported"].as_array().unwrap().len(), 3, "{r}");
+    assert!(r["base"].is_null(), "{r}");
+    c.write_noise(&img);
+    ok(
+        c,
+        &["backup", &spec, &loc, "--snap", "r3", "--compress"],
+        "backup",
+    );
+    let r = ok(c, &["replay", &loc, &rspec, "--from-image", &img], "replay");
+    assert_eq!(r["base"], "r2", "{r}");
+    assert_eq!(r["imported"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["target"], "r3", "{r}");
+    // Up to date now.
+    let r = ok(c, &["replay", &loc, &rspec, "--from-image", &img], "replay");
+    assert!(r["imported"].as_array().unwrap().is_empty(), "{r}");
+    for s in ["r0", "r1", "r2", "r3"] {
+        assert_eq!(
+            c.export_sha256(&format!("{rspec}@{s}")),
+            c.export_sha256(&format!("{spec}@{s}")),
+            "replica snapshot {s}"
+        );
+    }
+    c.remove_image(&replica);
     c.remove_image(&img);
 }

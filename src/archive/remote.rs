@@ -12,7 +12,8 @@
 //!   through the merge into `rbd import-diff -` (or the new object): a plain file streams,
 //!   a few reads in flight ([`super::store::READS_IN_FLIGHT`] per file); an indexed `.zst`
 //!   is opened at offsets, so only its seek table, its index and the frames holding
-//!   surviving data are fetched (one read per frame, up to one per core in flight). Each
+//!   surviving data are fetched (one read per frame, 8 in flight:
+//!   [`crate::merge::REMOTE_FETCHES`]). Each
 //!   file's structure is checked as it is read.
 //! - `verify` reads every file once and checks it against its sidecar (length, sha256,
 //!   every record's CRC; for a `.zst`, the compressed file's digest too).
@@ -146,7 +147,11 @@ pub fn images_in(store: &dyn Store) -> Result<BTreeSet<String>> {
 }
 
 /// As [`super::pick_image`], for `store`.
-fn pick_image(store: &dyn Store, target: Option<&str>, given: Option<&str>) -> Result<String> {
+pub(crate) fn pick_image(
+    store: &dyn Store,
+    target: Option<&str>,
+    given: Option<&str>,
+) -> Result<String> {
     if let Some(g) = given {
         return Ok(g.to_string());
     }
@@ -394,7 +399,7 @@ fn backup_locked(
 }
 
 /// The newest lineage of `image` (with `to`, the newest holding it) and how many others.
-fn newest(store: &dyn Store, image: &str, to: Option<&str>) -> Result<(Graph, usize)> {
+pub(crate) fn newest(store: &dyn Store, image: &str, to: Option<&str>) -> Result<(Graph, usize)> {
     let cat = catalog::read_from(store)?;
     let mut all = lineages(store, image, &cat)?;
     let n = all.len().saturating_sub(1);
@@ -476,8 +481,8 @@ fn store_objects<'s>(store: &'s dyn Store, edges: &[&Edge]) -> Vec<StoreObject<'
 
 /// The merge's inputs for the files of `edges` (named `names`, their `objects`): an
 /// indexed archive is opened at offsets, so a merge fetches its seek table, its index and
-/// only the frames holding surviving data (one ranged read per frame, up to one per core in
-/// flight, see [`crate::merge`]); any other file streams through ranged reads of
+/// only the frames holding surviving data (one ranged read per frame,
+/// [`crate::merge::REMOTE_FETCHES`] in flight); any other file streams through ranged reads of
 /// [`super::store::READ_SIZE`], [`super::store::READS_IN_FLIGHT`] at once.
 fn merge_inputs<'a>(
     store: &dyn Store,
@@ -501,6 +506,65 @@ fn merge_inputs<'a>(
         inputs.push(crate::merge::MergeInput::stream(name, r)?);
     }
     Ok(inputs)
+}
+
+/// Calls `f` with a reader of the files of `edges` in `store`: the one file's bytes, or the
+/// files merged in one pass (on a thread of this call, read as [`merge_inputs`] says).
+/// An error of the merge wins over `f`'s (which then saw a truncated stream); a merge stopped
+/// because `f` gave up reading gives `f`'s.
+///
+/// # Errors
+/// A file cannot be read or does not merge, or `f` fails.
+pub(crate) fn with_merged<T>(
+    store: &dyn Store,
+    edges: &[&Edge],
+    f: impl FnOnce(Box<dyn Read + Send + '_>) -> Result<T>,
+) -> Result<T> {
+    if let [one] = edges {
+        let r = store.reader(&object_of(&one.file), one.bytes)?;
+        return f(crate::input::Input::from_reader(&one.file.name(), r)?.into_reader());
+    }
+    let names: Vec<String> = edges.iter().map(|e| e.file.name()).collect();
+    let objects = store_objects(store, edges);
+    let mut mi = merge_inputs(store, edges, &objects, &names)?;
+    let (w, r) = crate::compress::pipe();
+    std::thread::scope(|s| {
+        let producer = s.spawn(move || -> Result<()> {
+            let p = crate::merge::plan(&mi, &crate::merge::MergeOptions::default())?;
+            let (mut w, _) = p.write(&mut mi, w, crate::Version::V1, &mut |_, _| {})?;
+            std::io::Write::flush(&mut w)?;
+            Ok(())
+        });
+        let out = f(Box::new(r));
+        let produced = producer
+            .join()
+            .map_err(|_| Error::invalid("internal: merge thread panicked"))?;
+        match (out, produced) {
+            (Ok(v), Ok(())) => Ok(v),
+            (Err(e), Err(p))
+                if matches!(p.kind(), crate::ErrorKind::Io(x)
+                    if x.kind() == std::io::ErrorKind::BrokenPipe) =>
+            {
+                Err(e)
+            }
+            (_, Err(p)) => Err(p),
+            (Err(e), Ok(())) => Err(e),
+        }
+    })
+}
+
+/// The sums the sidecar of `e`'s object in `store` holds (none: it has no sidecar).
+///
+/// # Errors
+/// The sidecar cannot be read or decoded.
+pub(crate) fn sidecar_sums(store: &dyn Store, e: &Edge) -> Result<Option<Sums>> {
+    let name = sidecar(&object_of(&e.file));
+    match store.read_small(&name, MAX_SIDECAR)? {
+        None => Ok(None),
+        Some(b) => crate::sums::decode(&b)
+            .map(Some)
+            .map_err(|err| err.with_file(store.location(&name))),
+    }
 }
 
 /// [`super::listing::list`] of `store` (every image, or only `image`); each file as its
@@ -826,25 +890,10 @@ fn merge_into(
     compress: Option<&crate::compress::CompressOptions>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64> {
-    let names: Vec<String> = inputs.iter().map(|e| e.file.name()).collect();
-    let objects = store_objects(store, inputs);
-    let mut mi = merge_inputs(store, inputs, &objects, &names)?;
     let mut upload = store.put(out)?;
     let place = store.location(out);
-    let (w, r) = crate::compress::pipe();
-    let x = std::thread::scope(|s| -> Result<super::backup::Exported> {
-        let producer = s.spawn(move || -> Result<()> {
-            let p = crate::merge::plan(&mi, &crate::merge::MergeOptions::default())?;
-            let (mut w, _) = p.write(&mut mi, w, crate::Version::V1, &mut |_, _| {})?;
-            std::io::Write::flush(&mut w)?;
-            Ok(())
-        });
-        let x = super::backup::stream_checked(r, &mut *upload, compress, None);
-        let produced = producer
-            .join()
-            .map_err(|_| Error::invalid("internal: merge thread panicked"))?;
-        produced?;
-        x
+    let x = with_merged(store, inputs, |r| {
+        super::backup::stream_checked(r, &mut *upload, compress, None)
     })
     .map_err(|e| e.with_file(&place))?;
     progress(x.bytes, x.bytes);

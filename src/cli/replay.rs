@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use rbddiff::replicate::{replay, ReplayOptions, Verify};
+use rbddiff::replicate::{replay, replay_from_store, ReplayOptions, Verify};
 use rbddiff::Result;
 
 use super::Status;
@@ -17,9 +17,12 @@ use super::Status;
 /// export-diff between the same snapshots must hold the same bytes (--verify full compares
 /// the sha256 of the whole snapshot with the archive's). A failed import is rolled back to
 /// the snapshot before it. A full diff is never imported onto an image that holds data.
+///
+/// From s3://BUCKET/PREFIX the files are read with ranged reads, as `restore` reads them
+/// (only committed files: no lock is taken on the archive, the target image's is).
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The backup directory.
+    /// The backup directory, or s3://BUCKET/PREFIX.
     dir: PathBuf,
     /// The target image on the backup cluster: POOL/IMAGE.
     image: String,
@@ -54,6 +57,8 @@ pub struct Args {
     lock_dir: Option<PathBuf>,
     #[command(flatten)]
     wait: super::WaitArgs,
+    #[command(flatten)]
+    s3: super::S3Args,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -72,7 +77,10 @@ pub fn run(a: Args) -> Result<Status> {
         wait: a.wait.get()?,
         lock_dir: a.lock_dir,
     };
-    let r = replay(&a.dir, &a.image, &opts)?;
+    let r = match a.s3.store(&a.dir)? {
+        Some(store) => replay_from_store(&*store, &a.image, &opts)?,
+        None => replay(&a.dir, &a.image, &opts)?,
+    };
     super::print_report(a.json, &r, |out| {
         if r.imported.is_empty() {
             writeln!(out, "{}: up to date at '{}'", r.image, r.target)?;

@@ -17,9 +17,10 @@
 //! same policy and an empty window (least recently used).
 //!
 //! Memory: the cached frames (at most the budget, or one frame when a frame is larger), plus
-//! the frames decompressed ahead and not yet reached (at most [`DEPTH`] + 2) and [`SPARE`]
-//! buffers of evicted frames kept for the workers to decompress into (so that frame-sized
-//! buffers are reused, not allocated and faulted in again).
+//! the frames decompressed ahead and not yet reached (at most [`DEPTH`] + 2, or
+//! [`REMOTE_FETCHES`] + 2 when an archive is read from a store) and [`SPARE`] buffers of
+//! evicted frames kept for the workers to decompress into (so that frame-sized buffers are
+//! reused, not allocated and faulted in again).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -52,6 +53,10 @@ pub const WINDOW: usize = 4096;
 
 /// Frames decompressed ahead and waiting for the writer.
 pub const DEPTH: usize = 2;
+
+/// Frames fetched and decompressed at once, and how far ahead, when an archive is read from
+/// a store (each frame one ranged request, whose latency the parallel requests hide).
+pub const REMOTE_FETCHES: usize = 8;
 
 /// Buffers of evicted frames kept for reuse.
 const SPARE: usize = 2;
@@ -198,21 +203,22 @@ impl Frames {
 
     /// Frames decompressed ahead: starts, in `scope`, a scheduler thread running the sweep of
     /// `layers` (the same layers, cut at `caps`, that the writer sweeps) and `threads`
-    /// decompressing workers, for the archive inputs `archives` (by input).
+    /// decompressing workers, for the archive inputs `archives` (by input), at most `depth`
+    /// messages ahead of the writer.
     pub(super) fn ahead<'s, 'e, 'a: 's>(
         scope: &'s std::thread::Scope<'s, 'e>,
         archives: &'s [Option<&'s ZstArchive<'a>>],
         layers: Vec<Layer<'a>>,
         caps: Vec<u64>,
         budget: usize,
-        threads: usize,
+        (threads, depth): (usize, usize),
     ) -> Self
     where
         Layer<'a>: Send,
     {
         let stop = Arc::new(AtomicBool::new(false));
-        let (msg_tx, msg_rx) = sync_channel::<Msg>(DEPTH);
-        let (job_tx, job_rx) = sync_channel::<(Key, SyncSender<Data>)>(DEPTH);
+        let (msg_tx, msg_rx) = sync_channel::<Msg>(depth.max(1));
+        let (job_tx, job_rx) = sync_channel::<(Key, SyncSender<Data>)>(depth.max(1));
         let job_rx = Arc::new(Mutex::new(job_rx));
         let spare = Spare::default();
         for _ in 0..threads.max(1) {

@@ -42,7 +42,7 @@ use crate::rbd::{collect_stderr, is_broken_pipe, rbd_failed, Rbd};
 
 pub use check::{verify_replica, ReplicaOptions, ReplicaReport};
 pub use pool::{glob_match, sync_pool, PoolEntry, PoolReport};
-pub use replay::{plan_replay, replay, ReplayOptions, ReplayPlan, ReplayReport};
+pub use replay::{plan_replay, replay, replay_from_store, ReplayOptions, ReplayPlan, ReplayReport};
 pub use sync::{plan_sync, sync, sync_tag, SyncOptions, SyncReport};
 
 /// The directory of the destination images' locks when none is given:

@@ -9,9 +9,11 @@ use super::{
     compare_with_export, copy_checked, expect_names, full_diff_sha256, import_with, merged,
     require_same, roll_back_if_changed, sibling, undo_import, Checked, Imported, Sent, Verify,
 };
-use crate::archive::graph::{newest_lineage, Graph};
+use crate::archive::graph::{newest_lineage, Edge, Graph};
+use crate::archive::store::Store;
 use crate::error::{Error, Result};
 use crate::rbd::{image_name, safe_arg, Rbd};
+use crate::sums::Sums;
 
 /// Options of [`replay`].
 #[derive(Clone, Debug, Default)]
@@ -194,14 +196,69 @@ fn path_between(
 /// As [`plan_replay`]; no path of files from the base; a file does not match its sidecar;
 /// an `rbd` call fails; the replica check fails.
 pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayReport> {
+    replay_at(At::Dir(dir), spec, opts)
+}
+
+/// [`replay`] from an archive in `store` (object storage): the files are read with ranged
+/// reads (as `restore` reads them), each checked against its sidecar as it streams. No lock
+/// is taken on the archive (only committed files are read); the target image's is.
+///
+/// # Errors
+/// As [`replay`]; the store cannot be read.
+pub fn replay_from_store(
+    store: &dyn Store,
+    spec: &str,
+    opts: &ReplayOptions,
+) -> Result<ReplayReport> {
+    replay_at(At::Store(store), spec, opts)
+}
+
+/// Where the replayed archive lives.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Dir(&'a Path),
+    Store(&'a dyn Store),
+}
+
+impl At<'_> {
+    fn label(&self) -> String {
+        match self {
+            At::Dir(d) => d.display().to_string(),
+            At::Store(s) => s.url(),
+        }
+    }
+
+    /// The best path of `graph` to `to`: a directory's files are checked on the way; a
+    /// store's were checked against their sidecars when the graph was read, and their
+    /// content is checked as it streams.
+    fn choose(&self, graph: &Graph, to: &str) -> Result<crate::archive::graph::Choice> {
+        match self {
+            At::Dir(_) => graph.choose(Some(to)),
+            At::Store(_) => graph.choose_with(Some(to), &mut |_| Ok(())),
+        }
+        .map_err(|e| e.with_file(self.label()))
+    }
+}
+
+fn replay_at(at: At<'_>, spec: &str, opts: &ReplayOptions) -> Result<ReplayReport> {
     let name = image_name(spec)?;
     if let Some(i) = &opts.image {
         safe_arg("image name", i)?;
     }
-    if !dir.is_dir() {
-        return Err(Error::invalid("not a directory").with_file(dir));
-    }
-    let _lock = crate::dirlock::lock(dir, false, crate::dirlock::Command::Replay, opts.wait)?;
+    let _lock = match at {
+        At::Dir(dir) => {
+            if !dir.is_dir() {
+                return Err(Error::invalid("not a directory").with_file(dir));
+            }
+            Some(crate::dirlock::lock(
+                dir,
+                false,
+                crate::dirlock::Command::Replay,
+                opts.wait,
+            )?)
+        }
+        At::Store(_) => None,
+    };
     let _target_lock = super::lock_destination(
         &opts.rbd,
         spec,
@@ -209,12 +266,23 @@ pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepo
         crate::dirlock::Command::Replay,
         opts.wait,
     )?;
-    let image = crate::archive::pick_image(dir, Some(name), opts.image.as_deref())?;
-    let (graph, others) = newest_lineage(dir, &image, opts.to.as_deref())?;
+    let (image, (graph, others)) = match at {
+        At::Dir(dir) => {
+            let image = crate::archive::pick_image(dir, Some(name), opts.image.as_deref())?;
+            let g = newest_lineage(dir, &image, opts.to.as_deref())?;
+            (image, g)
+        }
+        At::Store(s) => {
+            use crate::archive::remote::{newest, pick_image};
+            let image = pick_image(s, Some(name), opts.image.as_deref())?;
+            let g = newest(s, &image, opts.to.as_deref())?;
+            (image, g)
+        }
+    };
     if graph.is_empty() {
         return Err(Error::invalid(format!(
             "{}: no backup files of {image}",
-            dir.display()
+            at.label()
         )));
     }
     let mut warnings = Vec::new();
@@ -275,7 +343,7 @@ pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepo
                 "{spec} has no snapshot restorable in {} (its snapshots: {}; the archive's: \
                  {}): a full diff imported onto an image holding data would leave stale \
                  blocks; give --reseed to rebuild it into a new image",
-                dir.display(),
+                at.label(),
                 list(&snaps.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>()),
                 list(&restorable)
             )));
@@ -285,19 +353,16 @@ pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepo
         Some(b) => path_between(&graph, b, &plan.target, &BTreeMap::new()).ok_or_else(|| {
             Error::invalid(format!(
                 "no files in {} lead from '{b}' to '{}'",
-                dir.display(),
+                at.label(),
                 plan.target
             ))
         })?,
         None => {
-            let choice = graph
-                .choose(Some(&plan.target))
-                .map_err(|e| e.with_file(dir))?;
+            let choice = at.choose(&graph, &plan.target)?;
             report.warnings.extend(choice.warnings);
             choice.path
         }
     };
-    let files: Vec<String> = path.iter().map(|&i| graph.edges[i].file.name()).collect();
     // An existing image without data or snapshots: its size, to empty it again should the
     // full import fail.
     let empty_size = match (&plan.base, fresh) {
@@ -309,16 +374,8 @@ pub fn replay(dir: &Path, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepo
         rbd.create(&into, size)?;
         report.created = into == spec;
     }
-    let src = (dir, image.as_str());
-    let r = import_steps(
-        rbd,
-        &into,
-        plan.base.as_deref(),
-        (&graph, src),
-        &path,
-        &files,
-        opts,
-    );
+    let src = (at, image.as_str());
+    let r = import_steps(rbd, &into, plan.base.as_deref(), (&graph, src), &path, opts);
     let imported = match r {
         Ok(v) => v,
         Err((done, e)) => {
@@ -372,34 +429,33 @@ fn import_steps(
     base: Option<&str>,
     (graph, src): (&Graph, Archive<'_>),
     path: &[usize],
-    files: &[String],
     opts: &ReplayOptions,
 ) -> StepsResult {
     let mut done = Vec::new();
-    let steps: Vec<(Option<String>, String, Vec<String>)> = if opts.squash {
+    let steps: Vec<(Option<String>, String, Vec<&Edge>)> = if opts.squash {
         let to = graph.edges[path[path.len() - 1]]
             .file
             .to
             .clone()
             .unwrap_or_default();
-        vec![(base.map(String::from), to, files.to_vec())]
+        let edges = path.iter().map(|&i| &graph.edges[i]).collect();
+        vec![(base.map(String::from), to, edges)]
     } else {
         path.iter()
-            .zip(files)
-            .map(|(&i, f)| {
-                let e = &graph.edges[i].file;
+            .map(|&i| {
+                let e = &graph.edges[i];
                 (
-                    e.from.clone(),
-                    e.to.clone().unwrap_or_default(),
-                    vec![f.clone()],
+                    e.file.from.clone(),
+                    e.file.to.clone().unwrap_or_default(),
+                    vec![e],
                 )
             })
             .collect()
     };
     // The snapshot the target is at before each step.
     let mut at = base.map(String::from);
-    for (from, to, files) in steps {
-        match import_one(rbd, into, from.as_deref(), &to, &files, src, opts) {
+    for (from, to, edges) in steps {
+        match import_one(rbd, into, from.as_deref(), &to, (graph, &edges), src, opts) {
             Ok(i) => done.push(i),
             Err(e) => {
                 let e = undo_import(rbd, into, at.as_deref(), &to, e);
@@ -411,31 +467,60 @@ fn import_steps(
     Ok(done)
 }
 
-/// A reader of what the step sends: the one file, or the files merged.
-fn stream_of(files: &[String]) -> Result<Box<dyn std::io::Read + Send>> {
-    Ok(match files {
-        [one] => crate::input::Input::open(one)?.into_reader(),
-        _ => Box::new(merged(files.to_vec())),
-    })
+/// Calls `f` with a reader of what a step sends: the one file of `edges`, or the files
+/// merged.
+fn with_stream<T>(
+    at: At<'_>,
+    edges: &[&Edge],
+    f: impl FnOnce(Box<dyn std::io::Read + Send + '_>) -> Result<T>,
+) -> Result<T> {
+    match at {
+        At::Dir(_) => f(match edges {
+            [one] => crate::input::Input::open(&one.file.name())?.into_reader(),
+            _ => Box::new(merged(edges.iter().map(|e| e.file.name()).collect())),
+        }),
+        At::Store(s) => crate::archive::remote::with_merged(s, edges, f),
+    }
 }
 
-/// One import: `files` (one file, or a chain merged) from `from` to `to`, and its check.
+/// The sums the sidecar of `e` holds (none: it has none).
+fn sidecar_of(at: At<'_>, e: &Edge) -> Result<Option<Sums>> {
+    match at {
+        At::Dir(_) => {
+            let side = crate::sums::sums_path(&e.file.path);
+            let text = match std::fs::read(&side) {
+                Ok(t) => t,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(err) => return Err(Error::from(err).with_file(&side)),
+            };
+            crate::sums::decode(&text)
+                .map(Some)
+                .map_err(|err| err.with_file(&side))
+        }
+        At::Store(s) => crate::archive::remote::sidecar_sums(s, e),
+    }
+}
+
+/// One import: the files of `edges` (one file, or a chain merged) from `from` to `to`, and
+/// its check.
 fn import_one(
     rbd: &Rbd,
     into: &str,
     from: Option<&str>,
     to: &str,
-    files: &[String],
+    (graph, edges): (&Graph, &[&Edge]),
     src: Archive<'_>,
     opts: &ReplayOptions,
 ) -> Result<Imported> {
+    let files: Vec<String> = edges.iter().map(|e| e.file.name()).collect();
     let what = files.join(" + ");
     let t0 = std::time::Instant::now();
     let sent: Sent = import_with(rbd, into, opts.limit_rate, |w| {
-        let sent = copy_checked(stream_of(files)?, w).map_err(|e| e.with_file(&what))?;
+        let sent =
+            with_stream(src.0, edges, |r| copy_checked(r, w)).map_err(|e| e.with_file(&what))?;
         expect_names(&sent, from, to, &what)?;
-        if let [one] = files {
-            check_sidecar(Path::new(one), &sent)?;
+        if let [one] = edges {
+            check_sidecar(sidecar_of(src.0, one)?, &sent, &what)?;
         }
         Ok(sent)
     })?;
@@ -447,7 +532,9 @@ fn import_one(
             sha256: None,
         },
         Verify::Diff => {
-            let c = compare_with_export(rbd, into, from, to, stream_of(files)?)?;
+            let c = with_stream(src.0, edges, |r| {
+                compare_with_export(rbd, into, from, to, r)
+            })?;
             require_same(&c, into, to)?;
             Checked {
                 mode: Verify::Diff,
@@ -456,7 +543,7 @@ fn import_one(
             }
         }
         Verify::Full => {
-            let want = archive_sha256(src, files, to)?;
+            let want = archive_sha256(src, graph, edges, to)?;
             let got = rbd.export_sha256(into, to)?;
             if want != got {
                 return Err(Error::invalid(format!(
@@ -474,48 +561,53 @@ fn import_one(
     Ok(Imported {
         from_snap: from.map(String::from),
         to_snap: to.to_string(),
-        files: files.to_vec(),
+        files,
         bytes: sent.sums.file_len,
         seconds,
         check,
     })
 }
 
-/// The archive directory and the image whose files are replayed.
-type Archive<'a> = (&'a Path, &'a str);
+/// Where the archive lives and the image whose files are replayed.
+type Archive<'a> = (At<'a>, &'a str);
 
-/// The sha256 of the image at snapshot `to` as the archive holds it: `files` when they start
-/// with a full diff, else the best path from a full diff to `to`, merged and laid out
-/// ([`full_diff_sha256`]).
-fn archive_sha256((dir, image): Archive<'_>, files: &[String], to: &str) -> Result<String> {
-    let first_full = match files.first() {
-        Some(f) => crate::archive::read_chain_file(f.into())?.from.is_none(),
-        None => false,
-    };
-    let full = if first_full {
-        files.to_vec()
-    } else {
-        crate::archive::restore::best_path(dir, image, Some(to))?.1
-    };
-    full_diff_sha256(merged(full))
+/// The sha256 of the image at snapshot `to` as the archive holds it: the files of `edges`
+/// when they start with a full diff, else the best path from a full diff to `to`, merged
+/// and laid out ([`full_diff_sha256`]).
+fn archive_sha256(
+    (at, image): Archive<'_>,
+    graph: &Graph,
+    edges: &[&Edge],
+    to: &str,
+) -> Result<String> {
+    if edges.first().is_some_and(|e| e.file.from.is_none()) {
+        return with_stream(at, edges, |r| full_diff_sha256(r));
+    }
+    match at {
+        At::Dir(dir) => {
+            let full = crate::archive::restore::best_path(dir, image, Some(to))?.1;
+            full_diff_sha256(merged(full))
+        }
+        At::Store(_) => {
+            let choice = at.choose(graph, to)?;
+            let full: Vec<&Edge> = choice.path.iter().map(|&i| &graph.edges[i]).collect();
+            with_stream(at, &full, |r| full_diff_sha256(r))
+        }
+    }
 }
 
-/// The stream read from `path` must be what its `.sums` sidecar describes (when it has one).
-fn check_sidecar(path: &Path, sent: &Sent) -> Result<()> {
-    let side = crate::sums::sums_path(path);
-    let text = match std::fs::read(&side) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::from(e).with_file(&side)),
+/// The stream read (`what`) must be what its `.sums` sidecar describes (when it has one).
+fn check_sidecar(want: Option<Sums>, sent: &Sent, what: &str) -> Result<()> {
+    let Some(want) = want else {
+        return Ok(());
     };
-    let want = crate::sums::decode(&text).map_err(|e| e.with_file(&side))?;
     if want.sha256 != sent.sums.sha256 || want.file_len != sent.sums.file_len {
         return Err(Error::invalid(format!(
             "the diff read ({} bytes, sha256 {}) is not what its sums sidecar describes ({} \
              bytes, sha256 {}): not imported",
             sent.sums.file_len, sent.sums.sha256, want.file_len, want.sha256
         ))
-        .with_file(path));
+        .with_file(what));
     }
     Ok(())
 }
