@@ -158,18 +158,20 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// The format core (src/core/) depends on nothing else in the crate; its modules keep
+// their old paths (`crate::format`, `rbddiff::slice`, ...).
+mod core;
+use self::core::{check, image, parse};
+pub use self::core::{error, format, slice, stream, write};
+
 pub mod apply;
 pub mod archive;
-mod check;
 pub mod compress;
 pub mod create;
 pub mod dirlist;
 pub mod dirlock;
-pub mod error;
 pub mod explode;
 pub mod extent;
-pub mod format;
-mod image;
 pub mod input;
 pub mod inspect;
 pub mod journal;
@@ -177,22 +179,18 @@ pub mod merge;
 pub mod nbd;
 pub mod output;
 mod parallel;
-mod parse;
 pub mod positioned;
 pub mod progress;
 pub mod rate;
 pub mod rbd;
 pub mod replicate;
 pub mod size;
-pub mod slice;
 pub mod smallfile;
-pub mod stream;
 pub mod sums;
 mod sweep;
 pub mod utc;
 pub mod verify;
 pub mod workflow;
-pub mod write;
 pub mod zst;
 
 pub use error::{Error, ErrorKind, Result, Warning, WarningKind};
