@@ -494,9 +494,70 @@ pub fn frames_fit(frames: &[FrameEntry]) -> bool {
     frames.iter().all(|f| u64::from(f.d_len) <= MAX_FRAME_LEN)
 }
 
+/// Reads of the record index of an archive in a store: its version 3 blocks are small
+/// (tens of bytes per frame), so each would cost a request; they are read through a few
+/// windows of [`INDEX_WINDOW`] bytes instead (the plan and the merge's sweeps walk the
+/// index at different places), at most [`INDEX_WINDOWS`] × [`INDEX_WINDOW`] bytes held.
+struct IndexWindows<'a> {
+    raw: Positioned<'a>,
+    /// The index frame's byte range.
+    range: std::ops::Range<u64>,
+    /// `(start, bytes)` of each window, most recently used last.
+    windows: std::sync::Mutex<Vec<(u64, Vec<u8>)>>,
+}
+
+/// Bytes of the record index read at once from a store ([`IndexWindows`]).
+const INDEX_WINDOW: usize = 1 << 20;
+/// Windows of the record index kept ([`IndexWindows`]).
+const INDEX_WINDOWS: usize = 4;
+
+impl std::fmt::Debug for IndexWindows<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IndexWindows({:?})", self.range)
+    }
+}
+
+impl crate::positioned::ReadAt for IndexWindows<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        let end = at.saturating_add(buf.len() as u64);
+        if at < self.range.start || end > self.range.end || buf.len() > INDEX_WINDOW {
+            return self.raw.read_exact_at(buf, at);
+        }
+        let mut ws = self
+            .windows
+            .lock()
+            .map_err(|_| io::Error::other("index windows poisoned"))?;
+        let hit = ws
+            .iter()
+            .position(|(s, b)| *s <= at && end <= s + b.len() as u64);
+        let k = match hit {
+            Some(k) => k,
+            None => {
+                let n = (self.range.end - at).min(INDEX_WINDOW as u64) as usize;
+                let mut b = if ws.len() >= INDEX_WINDOWS {
+                    ws.remove(0).1
+                } else {
+                    Vec::new()
+                };
+                b.resize(n, 0);
+                self.raw.read_exact_at(&mut b, at)?;
+                ws.push((at, b));
+                ws.len() - 1
+            }
+        };
+        let w = ws.remove(k);
+        let off = (at - w.0) as usize;
+        buf.copy_from_slice(&w.1[off..off + buf.len()]);
+        ws.push(w);
+        Ok(())
+    }
+}
+
 /// Random access to an indexed archive in memory or in a file (read with positioned reads).
 pub struct ZstArchive<'a> {
     raw: Positioned<'a>,
+    /// For an archive in a store: its record index read through windows.
+    index_windows: Option<Box<IndexWindows<'a>>>,
     /// The compressed bytes of the frame being decompressed (read from a file).
     scratch: Vec<u8>,
     frames: Vec<FrameEntry>,
@@ -607,8 +668,16 @@ impl<'a> ZstArchive<'a> {
                 }
             }
         }
+        let index_windows = matches!(raw, Positioned::Other(..)).then(|| {
+            Box::new(IndexWindows {
+                raw,
+                range: data_end..seek_start,
+                windows: Default::default(),
+            })
+        });
         Ok(Some(ZstArchive {
             raw,
+            index_windows,
             scratch: Vec::new(),
             frames,
             index,
@@ -659,7 +728,10 @@ impl<'a> ZstArchive<'a> {
 
     pub(crate) fn view(&self) -> index::View<'_> {
         index::View {
-            bytes: self.raw,
+            bytes: match &self.index_windows {
+                Some(w) => Positioned::Other(&**w, self.raw.len()),
+                None => self.raw,
+            },
             records: &self.records,
             frames: &self.frames,
             index: &self.index,

@@ -338,9 +338,13 @@ fn merges_of_archives_fetch_only_the_frames_they_need() {
         },
         ..Default::default()
     };
-    let before = store.bytes_fetched();
+    let (before, reads) = (store.bytes_fetched(), store.ranged_reads());
     let r = remote::prune(&store, &opts, false, &mut |_, _| {}).unwrap();
     let fetched = store.bytes_fetched() - before;
+    let reads = store.ranged_reads() - reads;
+    // At most one read per frame of the three archives (15) and a few to open each: the
+    // index is read through windows, not one request per block (per frame) and sweep.
+    assert!(reads <= 30, "{reads} ranged reads");
     assert_eq!(r.kept_snapshots, snaps[2..]);
     assert_eq!(r.merges.len(), 1, "{r:?}");
     let out = r.merges[0].bytes.unwrap();

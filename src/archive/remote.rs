@@ -12,7 +12,7 @@
 //!   through the merge into `rbd import-diff -` (or the new object): a plain file streams,
 //!   a few reads in flight ([`super::store::READS_IN_FLIGHT`] per file); an indexed `.zst`
 //!   is opened at offsets, so only its seek table, its index and the frames holding
-//!   surviving data are fetched (one read per frame, 8 in flight:
+//!   surviving data are fetched (one read per frame, 4 in flight:
 //!   [`crate::merge::REMOTE_FETCHES`]). Each
 //!   file's structure is checked as it is read.
 //! - `verify` reads every file once and checks it against its sidecar (length, sha256,

@@ -618,6 +618,8 @@ mod remote {
         fail: Arc<Mutex<Option<FailPoint>>>,
         /// Bytes fetched by ranged reads so far.
         fetched: Arc<std::sync::atomic::AtomicU64>,
+        /// Ranged reads made so far.
+        gets: Arc<std::sync::atomic::AtomicU64>,
     }
 
     fn os_err(e: object_store::Error, what: &str) -> Error {
@@ -715,12 +717,19 @@ mod remote {
                 parts_in_flight: cfg.parts_in_flight.unwrap_or(PARTS_IN_FLIGHT).max(1),
                 fail: Arc::new(Mutex::new(None)),
                 fetched: Default::default(),
+                gets: Default::default(),
             })
         }
 
         /// Bytes fetched by ranged reads so far (what a restore or merge transferred).
         pub fn bytes_fetched(&self) -> u64 {
             self.fetched.load(std::sync::atomic::Ordering::Relaxed)
+        }
+
+        /// Ranged reads made so far by [`Store::read_range`] and [`Store::read_within`]
+        /// (a streamed [`Store::reader`] is counted in bytes only).
+        pub fn ranged_reads(&self) -> u64 {
+            self.gets.load(std::sync::atomic::Ordering::Relaxed)
         }
 
         /// Makes the next matching operation fail (tests of the failure paths).
@@ -794,6 +803,7 @@ mod remote {
                 .map_err(|e| os_err(e, key.as_ref()))?;
             self.fetched
                 .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(b.to_vec())
         }
     }

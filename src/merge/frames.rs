@@ -56,7 +56,7 @@ pub const DEPTH: usize = 2;
 
 /// Frames fetched and decompressed at once, and how far ahead, when an archive is read from
 /// a store (each frame one ranged request, whose latency the parallel requests hide).
-pub const REMOTE_FETCHES: usize = 8;
+pub const REMOTE_FETCHES: usize = 4;
 
 /// Buffers of evicted frames kept for reuse.
 const SPARE: usize = 2;
