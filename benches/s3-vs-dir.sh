@@ -57,12 +57,28 @@ rmimg() {
     rbd snap purge --no-progress "$1" >/dev/null 2>&1 || true
     rbd rm --no-progress "$1" >/dev/null
 }
-# measure LABEL CMD...: one run, wall seconds and maxRSS (KiB) appended to `rows`.
+# measure LABEL CMD...: one run; wall seconds, the peak RSS (KiB) of the process itself
+# (its VmHWM, polled every 20 ms: rbd's own memory, a child's, is not in it) and that of the
+# whole tree (GNU time: the largest of the process and its children, rbd included) are
+# appended to `rows`.
 measure() {
-    local label=$1
+    local label=$1 pid hwm=0 v
     shift
-    /usr/bin/time -f '%e %M' -o t.txt "$@" >/dev/null
-    echo "$label $(cat t.txt)" >> rows
+    /usr/bin/time -f '%e %M' -o t.txt "$@" >/dev/null &
+    local timer=$! i
+    pid=
+    for i in $(seq 200); do
+        pid=$(pgrep -P "$timer" | head -1 || true)
+        [ -n "$pid" ] && break
+        sleep 0.005
+    done
+    while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do
+        v=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+        [ -n "$v" ] && hwm=$v
+        sleep 0.02
+    done
+    wait
+    echo "$label $(cat t.txt) $hwm" >> rows
 }
 for i in $(seq "$RUNS"); do
     echo "== run $i of $RUNS"
@@ -95,13 +111,14 @@ import statistics, sys
 size = int(sys.argv[1])
 rows = {}
 for line in open("rows"):
-    label, secs, rss = line.split()
-    rows.setdefault(label, []).append((float(secs), int(rss)))
-med = {k: statistics.median(s for s, _ in v) for k, v in rows.items()}
-rss = {k: max(r for _, r in v) / 1024 for k, v in rows.items()}
-print(f"\n{'':18} {'median s':>9} {'MiB/s':>7} {'maxRSS MiB':>11}")
+    label, secs, tree, own = line.split()
+    rows.setdefault(label, []).append((float(secs), int(tree), int(own)))
+med = {k: statistics.median(s for s, _, _ in v) for k, v in rows.items()}
+tree = {k: max(r for _, r, _ in v) / 1024 for k, v in rows.items()}
+own = {k: max(r for _, _, r in v) / 1024 for k, v in rows.items()}
+print(f"\n{'':18} {'median s':>9} {'MiB/s':>7} {'own peak MiB':>13} {'tree peak MiB':>14}")
 for k in rows:
-    print(f"{k:18} {med[k]:9.2f} {size / med[k]:7.0f} {rss[k]:11.1f}")
+    print(f"{k:18} {med[k]:9.2f} {size / med[k]:7.0f} {own[k]:13.1f} {tree[k]:14.1f}")
 print()
 for z in ("plain", "zst"):
     print(f"backup  s3 / dir ({z}):  {med[f'backup-s3-{z}'] / med[f'backup-dir-{z}']:.2f}x")

@@ -25,6 +25,7 @@ fn main() {
     );
     common::live::main_gateway(&[
         ("replay_from_s3", replay_from_s3),
+        ("sync_with_s3_archive", sync_with_s3_archive),
         ("backup_prune_restore", backup_prune_restore),
         ("copy_dir_s3_dir", copy_dir_s3_dir),
         ("kill_during_upload", kill_during_upload),
@@ -540,5 +541,38 @@ fn replay_from_s3(cluster: Arc<Cluster>) {
         );
     }
     c.remove_image(&replica);
+    c.remove_image(&img);
+}
+
+/// `sync --archive s3://…` (source and destination on this one cluster): each diff carried
+/// is also written into the archive, from which every snapshot then restores, equal to the
+/// source's and the destination's.
+fn sync_with_s3_archive(cluster: Arc<Cluster>) {
+    let c = &*cluster;
+    let (img, spec) = image_with_data(c, "s3sy", 8);
+    let dst = c.unique_name("s3-sync-dst");
+    let dspec = format!("rbd/{dst}");
+    let bucket = c.create_bucket("sy");
+    let loc = format!("s3://{bucket}/s");
+    let mut snaps = Vec::new();
+    for i in 0..2 {
+        if i > 0 {
+            c.write_noise(&img);
+        }
+        let r = ok(c, &["sync", &spec, &dspec, "--archive", &loc], "sync");
+        let file = r["archive_file"].as_str().unwrap();
+        assert!(file.starts_with(&format!("{loc}/{img}@")), "{r}");
+        assert_eq!(r["base"].is_null(), i == 0, "{r}");
+        snaps.push(r["imported"]["to_snap"].as_str().unwrap().to_string());
+    }
+    let objs = objects(c, &bucket, "s");
+    settled(&objs);
+    assert_eq!(diffs(&objs).len(), 2, "{objs:?}");
+    for s in &snaps {
+        let want = c.export_sha256(&format!("{spec}@{s}"));
+        assert_eq!(c.export_sha256(&format!("{dspec}@{s}")), want, "{s}");
+        restore_check(c, &loc, s, &want);
+    }
+    c.remove_image(&dst);
     c.remove_image(&img);
 }

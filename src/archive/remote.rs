@@ -398,6 +398,36 @@ fn backup_locked(
     }
 }
 
+/// The archive's id in `store` (made and recorded in its catalog when it has none).
+///
+/// # Errors
+/// The store cannot be read or written.
+pub(crate) fn archive_id(store: &dyn Store) -> Result<String> {
+    let cat = catalog::read_from(store)?;
+    if let Some(id) = cat.archive_id {
+        return Ok(id);
+    }
+    let id = catalog::new_id()?;
+    let present = present_in(store)?;
+    let cat = catalog::update_in(store, &present, |c| {
+        c.archive_id.get_or_insert_with(|| id.clone());
+    })?;
+    Ok(cat.archive_id.unwrap_or(id))
+}
+
+/// Records `record` for the file `name` in the catalog of `store` (before the file is
+/// committed, see the catalog's docs).
+///
+/// # Errors
+/// The store cannot be read or written.
+pub(crate) fn record_file(store: &dyn Store, name: &str, record: catalog::Record) -> Result<()> {
+    let present = present_in(store)?;
+    catalog::update_in(store, &present, |c| {
+        c.files.insert(name.to_string(), record);
+    })?;
+    Ok(())
+}
+
 /// The newest lineage of `image` (with `to`, the newest holding it) and how many others.
 pub(crate) fn newest(store: &dyn Store, image: &str, to: Option<&str>) -> Result<(Graph, usize)> {
     let cat = catalog::read_from(store)?;

@@ -185,12 +185,18 @@ impl S3Args {
         &self,
         loc: &std::path::Path,
     ) -> rbddiff::Result<Option<Box<dyn rbddiff::archive::store::Store>>> {
-        use rbddiff::archive::store::{open, Location, S3Config};
+        use rbddiff::archive::store::{open, Location};
         let l = Location::parse(&loc.to_string_lossy())?;
         if !l.is_remote() {
             return Ok(None);
         }
-        let cfg = S3Config {
+        open(&l, &self.config()).map(Some)
+    }
+
+    /// The configuration these flags give (the rest from the `AWS_*` variables).
+    pub fn config(&self) -> rbddiff::archive::store::S3Config {
+        use rbddiff::archive::store::S3Config;
+        S3Config {
             endpoint: self.s3_endpoint.clone(),
             region: self.s3_region.clone(),
             path_style: match (self.s3_path_style, self.s3_virtual_hosted) {
@@ -200,8 +206,7 @@ impl S3Args {
             },
             allow_http: self.s3_allow_http.then_some(true),
             ..S3Config::default()
-        };
-        open(&l, &cfg).map(Some)
+        }
     }
 }
 

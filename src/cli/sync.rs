@@ -91,8 +91,9 @@ pub struct Args {
     /// Keep every destination snapshot newer than the newest one's time minus DURATION.
     #[arg(long, value_name = "DURATION")]
     dst_keep_within: Option<String>,
-    /// Also write the diff carried into this backup directory (the same atomic, summed file
-    /// as `backup` writes; with --pool, into DIR/IMAGE).
+    /// Also write the diff carried into this backup directory or s3://BUCKET/PREFIX (the
+    /// same atomic, summed file as `backup` writes; on s3 streamed into a multipart upload
+    /// under the archive's lease lock; with --pool, into DIR/IMAGE).
     #[arg(long, value_name = "DIR")]
     archive: Option<std::path::PathBuf>,
     /// The directory of the destination images' locks: a second sync or replay into the
@@ -102,6 +103,8 @@ pub struct Args {
     lock_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     wait: super::WaitArgs,
+    #[command(flatten)]
+    s3: super::S3Args,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -146,6 +149,7 @@ pub fn run(a: Args) -> Result<Status> {
                 .transpose()?,
         },
         archive: a.archive,
+        s3: a.s3.config(),
         wait: a.wait.get()?,
         lock_dir: a.lock_dir,
     };

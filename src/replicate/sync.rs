@@ -40,8 +40,12 @@ pub struct SyncOptions {
     /// is always kept. An empty policy removes nothing. See `destination_snaps_to_remove`.
     pub dst_keep: Policy,
     /// Also write the diff carried into this archive (the same atomic, summed file as
-    /// `backup` writes; the snapshot names then carry the archive's tag).
+    /// `backup` writes; the snapshot names then carry the archive's tag): a directory, or
+    /// `s3://BUCKET/PREFIX` (streamed into a multipart upload, under the archive's lease
+    /// lock).
     pub archive: Option<std::path::PathBuf>,
+    /// How to reach an `s3://` archive (else the `AWS_*` variables).
+    pub s3: crate::archive::store::S3Config,
     /// How long to wait for another run's lock on the destination image or the archive
     /// (none: refuse at once).
     pub wait: Option<std::time::Duration>,
@@ -127,6 +131,30 @@ pub fn sync_tag(fsid: Option<&str>, dst_spec: &str) -> String {
 /// A destination with data but no snapshot in common; an `rbd` call fails; the stream is
 /// malformed; the replica check fails.
 pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncReport> {
+    use crate::archive::store::{open, Location};
+    let remote = match &opts.archive {
+        Some(a) => Some(Location::parse(&a.to_string_lossy())?).filter(Location::is_remote),
+        None => None,
+    };
+    match remote {
+        Some(loc) => {
+            let store = open(&loc, &opts.s3)?;
+            let lock = crate::archive::lease::LockOptions::new("sync", opts.wait, false);
+            crate::archive::lease::with_lock(&*store, &lock, |_| {
+                sync_into(src_spec, dst_spec, opts, Some(&*store))
+            })
+        }
+        None => sync_into(src_spec, dst_spec, opts, None),
+    }
+}
+
+/// [`sync`], with the archive in `store` when it is on object storage (locked by the caller).
+fn sync_into(
+    src_spec: &str,
+    dst_spec: &str,
+    opts: &SyncOptions,
+    store: Option<&dyn crate::archive::store::Store>,
+) -> Result<SyncReport> {
     image_name(src_spec)?;
     image_name(dst_spec)?;
     if let Some(s) = &opts.snap {
@@ -175,8 +203,16 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
         safe_arg("the newest common snapshot", b)?;
     }
     let image = image_name(src_spec)?;
-    let archive = match &opts.archive {
-        Some(dir) => Some(Archive::open(
+    let archive = match (&opts.archive, store) {
+        (Some(_), Some(s)) => Some(Archive::open_store(
+            s,
+            src_spec,
+            image,
+            src,
+            base.as_deref(),
+            &mut warnings,
+        )?),
+        (Some(dir), None) => Some(Archive::open(
             dir,
             src_spec,
             image,
@@ -185,7 +221,7 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
             opts.wait,
             &mut warnings,
         )?),
-        None => None,
+        (None, _) => None,
     };
     let tag = match &archive {
         Some(a) => a.id.clone(),
@@ -300,7 +336,7 @@ fn carry(
         let stderr = collect_stderr(&mut child);
         let copied = match child.stdout.take() {
             Some(out) => match archive.as_mut() {
-                Some(a) => copy_checked(out, &mut Tee(w, &mut a.output)),
+                Some(a) => copy_checked(out, &mut Tee(w, &mut a.sink)),
                 None => copy_checked(out, w),
             },
             None => Err(Error::invalid("internal: no pipe from rbd")),
@@ -396,24 +432,96 @@ impl Write for Tee<'_> {
 }
 
 /// The archive a sync also writes into, locked for the run.
-struct Archive {
-    dir: PathBuf,
+struct Archive<'s> {
+    place: Place<'s>,
     id: String,
     image_id: Option<String>,
     fsid: Option<String>,
     rbd_version: Option<String>,
-    lock: crate::dirlock::DirLock,
+}
+
+/// Where the archive is: a directory (locked here), or a store (locked by the caller).
+enum Place<'s> {
+    Dir {
+        dir: PathBuf,
+        _lock: crate::dirlock::DirLock,
+    },
+    Store(&'s dyn crate::archive::store::Store),
 }
 
 /// The file being written into the archive.
-struct Writing {
-    path: PathBuf,
-    output: Output,
+struct Writing<'s> {
+    name: String,
+    place: Place<'s>,
+    sink: Sink<'s>,
     sums: Option<crate::sums::Sums>,
-    _lock: crate::dirlock::DirLock,
 }
 
-impl Archive {
+/// Where a [`Writing`]'s bytes go: a temporary file beside the target, or an upload.
+enum Sink<'s> {
+    File(Output),
+    Upload(Box<dyn crate::archive::store::Upload + 's>),
+}
+
+impl Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::File(o) => o.write(buf),
+            Sink::Upload(u) => u.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::File(o) => o.flush(),
+            Sink::Upload(u) => u.flush(),
+        }
+    }
+}
+
+/// The warning for an incremental written into an archive that cannot restore its base.
+fn unrestorable(place: &str, b: &str) -> String {
+    format!(
+        "{place} cannot restore '{b}': the incremental written there is not restorable until \
+         it can (back up a full diff)"
+    )
+}
+
+impl<'s> Archive<'s> {
+    /// [`Archive::open`] of an archive in `store` (object storage).
+    fn open_store(
+        store: &'s dyn crate::archive::store::Store,
+        src_spec: &str,
+        image: &str,
+        src: &Rbd,
+        base: Option<&str>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Archive<'s>> {
+        let id = crate::archive::remote::archive_id(store)?;
+        let image_id = src.image_id(src_spec)?;
+        if let Some(b) = base {
+            let cat = catalog::read_from(store)?;
+            let ok = crate::archive::remote::lineages(store, image, &cat)?
+                .into_iter()
+                .find(|l| l.image_id == image_id)
+                .is_some_and(|l| {
+                    l.graph
+                        .restorable(&Default::default())
+                        .iter()
+                        .any(|r| r.0 == b)
+                });
+            if !ok {
+                warnings.push(unrestorable(&store.url(), b));
+            }
+        }
+        Ok(Archive {
+            place: Place::Store(store),
+            id,
+            image_id,
+            fsid: src.fsid()?,
+            rbd_version: src.version()?,
+        })
+    }
+
     /// Opens (creates) and locks the archive `dir`; says in `warnings` when it cannot
     /// restore `base`, so that the file written will not be restorable.
     fn open(
@@ -424,7 +532,7 @@ impl Archive {
         base: Option<&str>,
         wait: Option<std::time::Duration>,
         warnings: &mut Vec<String>,
-    ) -> Result<Archive> {
+    ) -> Result<Archive<'s>> {
         std::fs::create_dir_all(dir).map_err(|e| Error::from(e).with_file(dir))?;
         let lock = crate::dirlock::lock(dir, true, crate::dirlock::Command::Sync, wait)?;
         let id = crate::archive::catalog::archive_id(dir)?;
@@ -440,66 +548,88 @@ impl Archive {
                     .any(|r| r.0 == b)
             });
             if !ok {
-                warnings.push(format!(
-                    "{} cannot restore '{b}': the incremental written there is not restorable \
-                     until it can (back up a full diff)",
-                    dir.display()
-                ));
+                warnings.push(unrestorable(&dir.display().to_string(), b));
             }
         }
         Ok(Archive {
-            dir: dir.to_path_buf(),
+            place: Place::Dir {
+                dir: dir.to_path_buf(),
+                _lock: lock,
+            },
             id,
             image_id,
             fsid: src.fsid()?,
             rbd_version: src.version()?,
-            lock,
         })
     }
 
     /// Starts the file of the diff from `base` to `snap` (recorded in the catalog first).
-    fn start(self, image: &str, base: Option<&str>, snap: &str) -> Result<Writing> {
+    fn start(self, image: &str, base: Option<&str>, snap: &str) -> Result<Writing<'s>> {
         let name = file_name(image, base, snap, false);
-        let path = self.dir.join(&name);
-        if path.exists() {
-            return Err(Error::invalid("output exists").with_file(&path));
-        }
-        let output = Output::create_like(&path.to_string_lossy(), false, None)?;
-        catalog::record(
-            &self.dir,
-            &name,
-            catalog::Record {
-                image_id: self.image_id.clone(),
-                time: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()
-                    .map(|d| d.as_secs()),
-                fsid: self.fsid.clone(),
-                rbd_version: self.rbd_version.clone(),
-            },
-        )?;
+        let record = catalog::Record {
+            image_id: self.image_id.clone(),
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs()),
+            fsid: self.fsid.clone(),
+            rbd_version: self.rbd_version.clone(),
+        };
+        let sink = match &self.place {
+            Place::Dir { dir, .. } => {
+                let path = dir.join(&name);
+                if path.exists() {
+                    return Err(Error::invalid("output exists").with_file(&path));
+                }
+                let output = Output::create_like(&path.to_string_lossy(), false, None)?;
+                catalog::record(dir, &name, record)?;
+                Sink::File(output)
+            }
+            Place::Store(store) => {
+                if store.head(&name)?.is_some() {
+                    return Err(Error::invalid("output exists").with_file(store.location(&name)));
+                }
+                crate::archive::remote::record_file(*store, &name, record)?;
+                Sink::Upload(store.put(&name)?)
+            }
+        };
         Ok(Writing {
-            path,
-            output,
+            name,
+            place: self.place,
+            sink,
             sums: None,
-            _lock: self.lock,
         })
     }
 }
 
-impl Writing {
-    /// Commits the file and writes its sidecar; returns its path.
+impl Writing<'_> {
+    /// Commits the file and writes its sidecar (last); returns its location.
     fn commit(self) -> Result<String> {
         let sums = self
             .sums
             .ok_or_else(|| Error::invalid("internal: no sums of the archived diff"))?;
-        self.output.commit()?;
-        if let Err(e) = crate::sums::write_sums(&self.path, &sums) {
-            let _ = std::fs::remove_file(&self.path);
-            let _ = std::fs::remove_file(crate::sums::sums_path(&self.path));
-            return Err(e);
+        match (self.sink, &self.place) {
+            (Sink::File(output), Place::Dir { dir, .. }) => {
+                let path = dir.join(&self.name);
+                output.commit()?;
+                if let Err(e) = crate::sums::write_sums(&path, &sums) {
+                    let _ = std::fs::remove_file(&path);
+                    let _ = std::fs::remove_file(crate::sums::sums_path(&path));
+                    return Err(e);
+                }
+                Ok(path.display().to_string())
+            }
+            (Sink::Upload(upload), Place::Store(store)) => {
+                upload.commit()?;
+                let side = format!("{}{}", self.name, crate::output::SIDECAR_SUFFIX);
+                if let Err(e) = store.put_small(&side, &crate::sums::encode(&sums)) {
+                    let _ = store.delete(&self.name);
+                    return Err(e);
+                }
+                Ok(store.location(&self.name))
+            }
+            _ => Err(Error::invalid("internal: archive sink and place disagree")),
         }
-        Ok(self.path.display().to_string())
     }
 }
 
