@@ -910,16 +910,34 @@ pub fn apply_chain_with_progress(
 ) -> Result<ApplyReport> {
     // A directory stands for its diff files in chain order (see [`crate::dirlist`]).
     let x = crate::dirlist::expand_chain(paths)?;
-    let mut report = apply_files(&x.files, target, opts, progress)?;
+    let mut report = apply_files(&x.files, target, opts, progress, None)?;
     report.skipped = x.skipped;
     Ok(report)
 }
 
+/// [`apply_chain_with_progress`] of one diff already opened (e.g. a stream merged from an
+/// archive in a store, named by `input`'s name): applied as a stream (`-`) is, checked while
+/// it is applied, and resumed by the same diff given again.
+///
+/// # Errors
+/// As [`apply_chain`].
+pub fn apply_input_with_progress(
+    input: Input,
+    target: &Path,
+    opts: &ApplyOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ApplyReport> {
+    let files = [input.name().to_string()];
+    apply_files(&files, target, opts, progress, Some(input))
+}
+
+/// Applies `files`; `given` is the input of the file of its name, already opened.
 fn apply_files(
     files: &[String],
     target: &Path,
     opts: &ApplyOptions,
     progress: &mut dyn FnMut(u64, u64),
+    mut given: Option<Input>,
 ) -> Result<ApplyReport> {
     if files.is_empty() {
         return Err(Error::invalid("no diff given"));
@@ -999,7 +1017,14 @@ fn apply_files(
     let mut groups = Vec::with_capacity(files.len());
     let mut errors = Vec::new();
     for f in files {
-        match open_inputs(f) {
+        let opened = match given.take_if(|i| i.name() == f) {
+            Some(input) => {
+                let watch = Rc::new(input.watch());
+                watch.check(open_group(f, input, &watch))
+            }
+            None => open_inputs(f),
+        };
+        match opened {
             Ok(g) => groups.push(g),
             Err(e) => errors.push(e.with_file(f)),
         }

@@ -329,6 +329,22 @@ fn copy_dir_s3_dir(cluster: Arc<Cluster>) {
     settled(&objs);
     assert_eq!(diffs(&objs).len(), 3, "{objs:?}");
     restore_check(c, &loc, "c2", &sha);
+    // Offline, into a raw image file: the same bytes as `rbd export` of each snapshot.
+    for s in ["c1", "c2"] {
+        let raw = root.path().join(format!("{s}.raw"));
+        let rs = raw.to_string_lossy().into_owned();
+        let r = ok(
+            c,
+            &["restore", &loc, "--to-file", &rs, "--to", s],
+            "restore",
+        );
+        assert_eq!(r["snap"], s, "{r}");
+        assert_eq!(
+            common::manifest::sha256_file(&raw),
+            c.export_sha256(&format!("{spec}@{s}")),
+            "restore --to-file of {s} from {loc}"
+        );
+    }
 
     let back = root.path().join("back");
     let bs = back.to_string_lossy().into_owned();

@@ -501,6 +501,66 @@ pub fn restore(
     })
 }
 
+/// [`super::restore::restore_to_file`] from `store`: the files of the path are read as
+/// [`restore`] reads them, merged in one pass, and applied to the raw image file or block
+/// device `target` as a stream is ([`crate::apply::apply_input_with_progress`]: checked as
+/// it is applied; an interrupted restore is finished by the same command). No lock is taken
+/// on the archive.
+///
+/// # Errors
+/// As [`super::restore::restore_to_file`]; the store cannot be read.
+pub fn restore_to_file(
+    store: &dyn Store,
+    target: &std::path::Path,
+    opts: &super::restore::FileRestoreOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<super::restore::FileRestoreReport> {
+    if let Some(i) = &opts.image {
+        safe_arg("image name", i)?;
+    }
+    let image = pick_image(store, None, opts.image.as_deref())?;
+    let (graph, others) = newest(store, &image, opts.snap.as_deref())?;
+    if graph.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no backup files of {image}",
+            store.url()
+        )));
+    }
+    let mut choice = graph
+        .choose_with(opts.snap.as_deref(), &mut |_| Ok(()))
+        .map_err(|e| e.with_file(store.url()))?;
+    if others > 0 {
+        choice.warnings.push(format!(
+            "{others} other lineage(s) of {image} (files of another image id, see `list`) \
+             were not used"
+        ));
+    }
+    let edges: Vec<&Edge> = choice.path.iter().map(|&i| &graph.edges[i]).collect();
+    let names: Vec<String> = edges.iter().map(|e| e.file.name()).collect();
+    let created = !target.exists();
+    let aopts = crate::apply::ApplyOptions {
+        create: created,
+        force: opts.force,
+        check_sums: false,
+        state_file: opts.state_file.clone(),
+    };
+    let label = names.join(" + ");
+    let apply = with_merged(store, &edges, |r| {
+        let input = crate::input::Input::from_reader(&label, r)?;
+        crate::apply::apply_input_with_progress(input, target, &aopts, progress)
+    })?;
+    Ok(super::restore::FileRestoreReport {
+        image,
+        snap: choice.target,
+        files: names,
+        bytes_read: choice.bytes,
+        passed_over: choice.passed_over,
+        warnings: choice.warnings,
+        created,
+        apply,
+    })
+}
+
 /// The objects of the files of `edges`, to read at offsets.
 fn store_objects<'s>(store: &'s dyn Store, edges: &[&Edge]) -> Vec<StoreObject<'s>> {
     edges
@@ -548,7 +608,7 @@ fn merge_inputs<'a>(
 pub(crate) fn with_merged<T>(
     store: &dyn Store,
     edges: &[&Edge],
-    f: impl FnOnce(Box<dyn Read + Send + '_>) -> Result<T>,
+    f: impl FnOnce(Box<dyn Read + Send>) -> Result<T>,
 ) -> Result<T> {
     if let [one] = edges {
         let r = store.reader(&object_of(&one.file), one.bytes)?;

@@ -18,7 +18,8 @@ use super::Status;
 /// path is applied offline to a raw image file (created sparse when missing) or a block
 /// device, as `rbddiff apply` does: no cluster is needed.
 ///
-/// From s3://BUCKET/PREFIX the files of the path are read with ranged reads into the merge:
+/// From s3://BUCKET/PREFIX (into an image or, with --to-file, a file or device) the files
+/// of the path are read with ranged reads into the merge:
 /// a plain file streams (8 MiB, 4 in flight per file); of a compressed, indexed file only the
 /// index and the frames holding surviving data are fetched. Each file's length and
 /// snapshots are checked against its sidecar, its structure as it is read (`rbddiff verify
@@ -66,11 +67,6 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<Status> {
     let store = a.s3.store(&a.dir)?;
-    if store.is_some() && a.to_file.is_some() {
-        return Err(rbddiff::Error::invalid(
-            "--to-file restores from a directory (copy the archive there first)",
-        ));
-    }
     if let Some(target) = &a.to_file {
         let opts = FileRestoreOptions {
             image: a.from_image,
@@ -79,8 +75,9 @@ pub fn run(a: Args) -> Result<Status> {
             state_file: a.state_file,
             wait: a.wait.get()?,
         };
-        let r = super::with_progress_on(&a.dir.to_string_lossy(), |p| {
-            restore_to_file(&a.dir, target, &opts, p)
+        let r = super::with_progress_on(&a.dir.to_string_lossy(), |p| match &store {
+            Some(s) => rbddiff::archive::remote::restore_to_file(&**s, target, &opts, p),
+            None => restore_to_file(&a.dir, target, &opts, p),
         })?;
         super::print_report(a.json, &r, |out| {
             writeln!(

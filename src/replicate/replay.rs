@@ -472,7 +472,7 @@ fn import_steps(
 fn with_stream<T>(
     at: At<'_>,
     edges: &[&Edge],
-    f: impl FnOnce(Box<dyn std::io::Read + Send + '_>) -> Result<T>,
+    f: impl FnOnce(Box<dyn std::io::Read + Send>) -> Result<T>,
 ) -> Result<T> {
     match at {
         At::Dir(_) => f(match edges {
@@ -581,7 +581,7 @@ fn archive_sha256(
     to: &str,
 ) -> Result<String> {
     if edges.first().is_some_and(|e| e.file.from.is_none()) {
-        return with_stream(at, edges, |r| full_diff_sha256(r));
+        return with_stream(at, edges, full_diff_sha256);
     }
     match at {
         At::Dir(dir) => {
@@ -591,7 +591,7 @@ fn archive_sha256(
         At::Store(_) => {
             let choice = at.choose(graph, to)?;
             let full: Vec<&Edge> = choice.path.iter().map(|&i| &graph.edges[i]).collect();
-            with_stream(at, &full, |r| full_diff_sha256(r))
+            with_stream(at, &full, full_diff_sha256)
         }
     }
 }
