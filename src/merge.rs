@@ -28,8 +28,10 @@
 //! and a 64 KiB block for its short payload pieces (no page of the file is mapped or counted
 //! in the process's RSS); a 64 KiB read buffer for a stream (and for a zstd stream, the
 //! decoder's window: up to 8 MiB at the levels `rbddiff compress` and `zstd` use); for an
-//! archive its record index (in memory since it was opened) and one decompressed frame (4 MiB
-//! at the default frame size).
+//! archive, a cursor over its record index (a version 3 index is decoded block by block as
+//! the sweep goes: about 16 bytes per frame stay in memory) and its share of the merge's one
+//! frame cache, bounded in bytes for the whole merge ([`frame_budget`]: 16 MiB + 1 MiB per
+//! archive input; the `frames` module), filled ahead of the writer on the other cores.
 //!
 //! Checks: [`plan`] checks the chain on the headers of every input, then walks the record
 //! heads of every seekable input (a dry run of the same sweep: O(records) time, O(inputs)

@@ -80,32 +80,9 @@ fn fails(cluster: &Cluster, args: &[&str]) -> String {
     err
 }
 
-/// A signed GET of `query` on `bucket` (curl's SigV4); the XML answer.
+/// A signed GET of `query` on `bucket`; the XML answer.
 fn s3_get(cluster: &Cluster, bucket: &str, query: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-s", "-S", "-f", "--aws-sigv4"])
-        .arg(format!("aws:amz:{}:s3", cluster.s3_var("AWS_REGION")))
-        .arg("--user")
-        .arg(format!(
-            "{}:{}",
-            cluster.s3_var("AWS_ACCESS_KEY_ID"),
-            cluster.s3_var("AWS_SECRET_ACCESS_KEY")
-        ))
-        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-        .arg(format!(
-            "{}/{bucket}?{query}",
-            cluster.s3_var("AWS_ENDPOINT_URL")
-        ))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run curl");
-    assert!(
-        out.status.success(),
-        "GET {bucket}?{query} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cluster.s3_request("GET", &format!("{bucket}?{query}"))
 }
 
 /// The text of every `<tag>…</tag>` in `xml`, in order.

@@ -444,6 +444,36 @@ pub(crate) fn newest(store: &dyn Store, image: &str, to: Option<&str>) -> Result
     })
 }
 
+/// The newest lineage of `image` in `store` (with `to`, the newest holding it) and the best
+/// path in it to `to` (default: the newest restorable snapshot). Each file was checked
+/// against its sidecar when the graph was read; its structure is checked as it streams.
+///
+/// # Errors
+/// No file of `image`; no healthy path to `to`.
+fn path_to(
+    store: &dyn Store,
+    image: &str,
+    to: Option<&str>,
+) -> Result<(Graph, super::graph::Choice)> {
+    let (graph, others) = newest(store, image, to)?;
+    if graph.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no backup files of {image}",
+            store.url()
+        )));
+    }
+    let mut choice = graph
+        .choose_with(to, &mut |_| Ok(()))
+        .map_err(|e| e.with_file(store.url()))?;
+    if others > 0 {
+        choice.warnings.push(format!(
+            "{others} other lineage(s) of {image} (files of another image id, see `list`) \
+             were not used"
+        ));
+    }
+    Ok((graph, choice))
+}
+
 /// [`super::restore::restore`] from `store`: the files of the path stream with ranged
 /// reads through the merge into `rbd import-diff -`. No lock is taken (only committed files
 /// are read).
@@ -461,24 +491,7 @@ pub fn restore(
         safe_arg("image name", i)?;
     }
     let image = pick_image(store, Some(image_name(spec)?), opts.image.as_deref())?;
-    let (graph, others) = newest(store, &image, opts.to.as_deref())?;
-    if graph.is_empty() {
-        return Err(Error::invalid(format!(
-            "{}: no backup files of {image}",
-            store.url()
-        )));
-    }
-    // Each file was checked against its sidecar when the graph was read; its structure is
-    // checked as it streams.
-    let mut choice = graph
-        .choose_with(opts.to.as_deref(), &mut |_| Ok(()))
-        .map_err(|e| e.with_file(store.url()))?;
-    if others > 0 {
-        choice.warnings.push(format!(
-            "{others} other lineage(s) of {image} (files of another image id, see `list`) \
-             were not used"
-        ));
-    }
+    let (graph, choice) = path_to(store, &image, opts.to.as_deref())?;
     let edges: Vec<&Edge> = choice.path.iter().map(|&i| &graph.edges[i]).collect();
     let names: Vec<String> = edges.iter().map(|e| e.file.name()).collect();
     let objects = store_objects(store, &edges);
@@ -519,22 +532,7 @@ pub fn restore_to_file(
         safe_arg("image name", i)?;
     }
     let image = pick_image(store, None, opts.image.as_deref())?;
-    let (graph, others) = newest(store, &image, opts.snap.as_deref())?;
-    if graph.is_empty() {
-        return Err(Error::invalid(format!(
-            "{}: no backup files of {image}",
-            store.url()
-        )));
-    }
-    let mut choice = graph
-        .choose_with(opts.snap.as_deref(), &mut |_| Ok(()))
-        .map_err(|e| e.with_file(store.url()))?;
-    if others > 0 {
-        choice.warnings.push(format!(
-            "{others} other lineage(s) of {image} (files of another image id, see `list`) \
-             were not used"
-        ));
-    }
+    let (graph, choice) = path_to(store, &image, opts.snap.as_deref())?;
     let edges: Vec<&Edge> = choice.path.iter().map(|&i| &graph.edges[i]).collect();
     let names: Vec<String> = edges.iter().map(|e| e.file.name()).collect();
     let created = !target.exists();

@@ -210,8 +210,15 @@ impl Cluster {
     /// signed `PUT` from curl. Panics on failure.
     pub fn create_bucket(&self, prefix: &str) -> String {
         let name = self.unique_name(prefix).to_lowercase();
+        self.s3_request("PUT", &name);
+        name
+    }
+
+    /// A signed request (curl's SigV4) `METHOD ENDPOINT/path` to the gateway; its answer.
+    /// Panics unless it succeeds.
+    pub fn s3_request(&self, method: &str, path: &str) -> String {
         let out = Command::new("curl")
-            .args(["-s", "-S", "-f", "-X", "PUT", "--aws-sigv4"])
+            .args(["-s", "-S", "-f", "-X", method, "--aws-sigv4"])
             .arg(format!("aws:amz:{}:s3", self.s3_var("AWS_REGION")))
             .arg("--user")
             .arg(format!(
@@ -221,17 +228,17 @@ impl Cluster {
             ))
             // curl 7.88 signs wrongly without it, and the gateway answers SignatureDoesNotMatch.
             .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-            .arg(format!("{}/{name}", self.s3_var("AWS_ENDPOINT_URL")))
+            .arg(format!("{}/{path}", self.s3_var("AWS_ENDPOINT_URL")))
             .stdin(Stdio::null())
             .output()
             .expect("run curl");
         assert!(
             out.status.success(),
-            "create bucket {name} failed ({}): {}",
+            "{method} {path} failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        name
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Writes and zeroes random extents all over the image HEAD (through `rbd import-diff` of a
