@@ -282,18 +282,18 @@ fn show_secs(secs: u64) -> String {
     out
 }
 
-/// [`backup`], with `dir` locked.
-fn backup_locked(
-    spec: &str,
-    image: &str,
-    dir: &Path,
+/// Refuses what must not reach `rbd` or the file names: a hostile end snapshot in a header of
+/// the files a backup may start from (`restorable`, of `graph`), a bad `--snap`; and bad
+/// `--full-every` / `--full-after` values.
+///
+/// # Errors
+/// As said.
+pub(crate) fn check_names(
+    graph: &Graph,
+    restorable: &[(String, u64, Vec<usize>)],
     opts: &BackupOptions,
-) -> Result<BackupReport> {
-    let cleaned = finish_pending(dir, image)?;
-    let graph = crate::archive::graph::discover(dir, image)?;
-    let restorable = graph.restorable(&Default::default());
-    // Names from headers may go to `rbd export-diff`: a hostile one is refused before rbd runs.
-    for (s, _, path) in &restorable {
+) -> Result<()> {
+    for (s, _, path) in restorable {
         let last = path.last().map(|&i| &graph.edges[i].file);
         if let (Err(e), Some(f)) = (safe_arg("the end snapshot in the header", s), last) {
             return Err(e.with_file(&f.path));
@@ -311,6 +311,20 @@ fn backup_locked(
     if opts.full_after.is_some_and(|d| d.as_secs() == 0) {
         return Err(Error::invalid("--full-after must be longer than 0 s"));
     }
+    Ok(())
+}
+
+/// [`backup`], with `dir` locked.
+fn backup_locked(
+    spec: &str,
+    image: &str,
+    dir: &Path,
+    opts: &BackupOptions,
+) -> Result<BackupReport> {
+    let cleaned = finish_pending(dir, image)?;
+    let graph = crate::archive::graph::discover(dir, image)?;
+    let restorable = graph.restorable(&Default::default());
+    check_names(&graph, &restorable, opts)?;
     let rbd = &opts.rbd;
     let snaps = rbd.snapshots(spec)?;
     // Made once per archive (after rbd has found the image): it tags the snapshot names.

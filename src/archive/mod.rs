@@ -218,10 +218,22 @@ fn order_chain(files: Vec<ChainFile>) -> Result<Vec<ChainFile>> {
 /// # Errors
 /// `dir` has no backup files, or files of several images and neither says which.
 pub(crate) fn pick_image(dir: &Path, target: Option<&str>, given: Option<&str>) -> Result<String> {
-    if let Some(g) = given {
-        return Ok(g.to_string());
+    match given {
+        Some(g) => Ok(g.to_string()),
+        None => pick_of(names::images_in(dir)?, &dir.display().to_string(), target),
     }
-    let images = names::images_in(dir)?;
+}
+
+/// [`pick_image`] among `images`, those of the archive at `place` (named in errors): the only
+/// one, else `target` when it is one of them.
+///
+/// # Errors
+/// No image; several, and `target` is none of them.
+pub(crate) fn pick_of(
+    images: std::collections::BTreeSet<String>,
+    place: &str,
+    target: Option<&str>,
+) -> Result<String> {
     if images.len() == 1 {
         return Ok(images.into_iter().next().unwrap_or_default());
     }
@@ -230,13 +242,11 @@ pub(crate) fn pick_image(dir: &Path, target: Option<&str>, given: Option<&str>) 
     }
     if images.is_empty() {
         return Err(Error::invalid(format!(
-            "{}: no backup files (IMAGE@….diff[.zst])",
-            dir.display()
+            "{place}: no backup files (IMAGE@….diff[.zst])"
         )));
     }
     Err(Error::invalid(format!(
-        "{} holds backups of several images ({}): choose one with --image",
-        dir.display(),
+        "{place} holds backups of several images ({}): choose one with --image",
         images.into_iter().collect::<Vec<_>>().join(", ")
     )))
 }

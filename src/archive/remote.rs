@@ -152,27 +152,10 @@ pub(crate) fn pick_image(
     target: Option<&str>,
     given: Option<&str>,
 ) -> Result<String> {
-    if let Some(g) = given {
-        return Ok(g.to_string());
+    match given {
+        Some(g) => Ok(g.to_string()),
+        None => super::pick_of(images_in(store)?, &store.url(), target),
     }
-    let images = images_in(store)?;
-    if images.len() == 1 {
-        return Ok(images.into_iter().next().unwrap_or_default());
-    }
-    if let Some(t) = target.filter(|t| images.contains(*t)) {
-        return Ok(t.to_string());
-    }
-    if images.is_empty() {
-        return Err(Error::invalid(format!(
-            "{}: no backup files (IMAGE@….diff[.zst])",
-            store.url()
-        )));
-    }
-    Err(Error::invalid(format!(
-        "{} holds backups of several images ({}): choose one with --image",
-        store.url(),
-        images.into_iter().collect::<Vec<_>>().join(", ")
-    )))
 }
 
 /// Removes what killed runs left of `image` in `store`: unfinished uploads, files whose
@@ -261,24 +244,7 @@ fn backup_locked(
 ) -> Result<BackupReport> {
     let cleaned = clean(store, image)?;
     let all = graph_of(store, image)?;
-    for (s, _, path) in &all.restorable(&Default::default()) {
-        let last = path.last().map(|&i| &all.edges[i].file);
-        if let (Err(e), Some(f)) = (safe_arg("the end snapshot in the header", s), last) {
-            return Err(e.with_file(&f.path));
-        }
-    }
-    if let Some(s) = &opts.snap {
-        safe_arg("snapshot name", s)?;
-        if s.contains(['/', '@']) || s.starts_with('.') {
-            return Err(Error::invalid(format!("bad snapshot name '{s}'")));
-        }
-    }
-    if opts.full_every == Some(0) {
-        return Err(Error::invalid("--full-every must be at least 1"));
-    }
-    if opts.full_after.is_some_and(|d| d.as_secs() == 0) {
-        return Err(Error::invalid("--full-after must be longer than 0 s"));
-    }
+    super::backup::check_names(&all, &all.restorable(&Default::default()), opts)?;
     let rbd = &opts.rbd;
     let snaps = rbd.snapshots(spec)?;
     let present = present_in(store)?;
