@@ -766,7 +766,9 @@ impl<'a> ZstArchive<'a> {
     }
 
     /// Decompresses frame `i` into `out` with `dctx`, bypassing the cache: for readers that
-    /// keep frames themselves, on any thread (a merge decompresses ahead this way).
+    /// keep frames themselves, on any thread (a merge decompresses ahead this way). A file's
+    /// (or a store's) compressed frame is read into `scratch` first: keep it for the next
+    /// call, so that frame-sized buffers are not allocated again for every frame.
     ///
     /// # Errors
     /// There is no frame `i`, or it is corrupt (the error names the frame and its offsets).
@@ -775,13 +777,13 @@ impl<'a> ZstArchive<'a> {
         i: usize,
         dctx: &mut zstd::bulk::Decompressor<'static>,
         out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
     ) -> Result<()> {
         let f = self
             .frames
             .get(i)
             .ok_or_else(|| Error::invalid(format!("no zstd frame {i} in the archive")))?;
-        // A file's compressed frame is read into a buffer of this call's own (any thread).
-        decompress_at(dctx, self.raw, i, f, out, &mut Vec::new())?;
+        decompress_at(dctx, self.raw, i, f, out, scratch)?;
         self.decompressed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())

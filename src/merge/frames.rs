@@ -171,7 +171,7 @@ enum Mode {
     /// From the scheduler's messages.
     Ahead(Receiver<Msg>),
     /// Decompressed here.
-    Local(Box<Policy>, Option<zstd::bulk::Decompressor<'static>>),
+    Local(Box<Policy>, Option<Decoder>),
 }
 
 /// The writer's side: the cached frames of all archive inputs.
@@ -277,12 +277,13 @@ impl Frames {
                 let len = a.frames().get(f as usize).map_or(0, |fr| fr.d_len as usize);
                 if let Some(evict) = policy.access(key, len, std::iter::empty()) {
                     evict_all(&mut self.cache, &self.spare, &evict);
-                    let dctx = match dctx {
+                    let (dctx, scratch) = match dctx {
                         Some(d) => d,
-                        None => dctx.insert(zstd::bulk::Decompressor::new()?),
+                        None => dctx.insert((zstd::bulk::Decompressor::new()?, Vec::new())),
                     };
                     let mut data = take(&self.spare);
-                    a.decode_frame(f as usize, dctx, &mut data)?;
+                    a.decode_frame(f as usize, dctx, &mut data, scratch)?;
+                    fit(&mut data);
                     self.cache.insert(key, data);
                 }
             }
@@ -373,9 +374,21 @@ fn evict_all(cache: &mut HashMap<Key, Vec<u8>>, spare: &Spare, evict: &[Key]) {
 }
 
 /// Decompresses frame `f` of input `i` into `out` (a worker's job).
+/// Gives back what a reused buffer holds beyond its frame: the cache counts frames by their
+/// length, so a small frame decompressed into a large spare buffer must not keep it.
+fn fit(data: &mut Vec<u8>) {
+    if data.capacity() > 2 * data.len() + (64 << 10) {
+        data.shrink_to_fit();
+    }
+}
+
+/// A decompressing thread's state: its zstd context and the buffer compressed frames are
+/// read into (kept from frame to frame).
+type Decoder = (zstd::bulk::Decompressor<'static>, Vec<u8>);
+
 fn decode(
     archives: &[Option<&ZstArchive<'_>>],
-    dctx: &mut Option<zstd::bulk::Decompressor<'static>>,
+    dctx: &mut Option<Decoder>,
     i: u32,
     f: u32,
     mut out: Vec<u8>,
@@ -385,11 +398,12 @@ fn decode(
         .copied()
         .flatten()
         .ok_or_else(|| Error::invalid("internal: frame of an input that is no archive"))?;
-    let dctx = match dctx {
+    let (dctx, scratch) = match dctx {
         Some(d) => d,
-        None => dctx.insert(zstd::bulk::Decompressor::new()?),
+        None => dctx.insert((zstd::bulk::Decompressor::new()?, Vec::new())),
     };
-    a.decode_frame(f as usize, dctx, &mut out)?;
+    a.decode_frame(f as usize, dctx, &mut out, scratch)?;
+    fit(&mut out);
     Ok(out)
 }
 

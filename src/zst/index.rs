@@ -55,6 +55,9 @@ pub const SPILL_AT: usize = 1 << 20;
 /// Coded records the writer buffers before it feeds them to the block's compressor, and
 /// the reader's buffer of decoded block bytes.
 const BLOCK_BUF: usize = 64 << 10;
+/// The reader's buffers of a block's compressed and decoded bytes (a merge of many archives
+/// keeps a cursor or two per archive open).
+const READ_BUF: usize = 16 << 10;
 /// Most bytes one coded record takes (tag and three varints).
 const MAX_RECORD: usize = 31;
 
@@ -1149,7 +1152,7 @@ impl BlockDec {
         z.set_parameter(DParameter::WindowLogMax(BLOCK_WINDOW_LOG_MAX))?;
         Ok(BlockDec {
             z,
-            buf: vec![0; BLOCK_BUF],
+            buf: vec![0; READ_BUF],
             lo: 0,
             hi: 0,
             inb: Vec::new(),
@@ -1185,8 +1188,8 @@ impl BlockDec {
                 (self.hi, self.lo) = (self.hi - self.lo, 0);
             }
             if self.in_lo == self.in_hi && self.src < self.end {
-                let n = (self.end - self.src).min(BLOCK_BUF);
-                self.inb.resize(BLOCK_BUF, 0);
+                let n = (self.end - self.src).min(READ_BUF);
+                self.inb.resize(READ_BUF, 0);
                 bytes
                     .read_exact_at(&mut self.inb[..n], self.src as u64)
                     .map_err(|_| self.bad("lies outside the archive"))?;
