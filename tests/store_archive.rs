@@ -78,6 +78,31 @@ fn backups_into_an_object_store_restore_every_snapshot() {
     assert_eq!(l.images[0].snapshots[0].time_from, "catalog");
     let v = remote::verify(&store, None).unwrap();
     assert_eq!((v.files.len(), v.problems), (3, 0), "{v:?}");
+    // Restored offline straight from the store, each snapshot is what the image held; an
+    // interrupted restore is finished by the same call.
+    for s in &snaps {
+        let raw = t.path().join(format!("{s}.raw"));
+        let fopts = rbddiff::workflow::FileRestoreOptions {
+            snap: Some(s.clone()),
+            ..Default::default()
+        };
+        let r = remote::restore_to_file(&store, &raw, &fopts, &mut |_, _| {}).unwrap();
+        assert!(r.created && r.snap == *s, "{r:?}");
+        assert_eq!(common::manifest::sha256_file(&raw), c.snap_sha256(s), "{s}");
+        let again = remote::restore_to_file(&store, &raw, &fopts, &mut |_, _| {}).unwrap();
+        assert!(!again.created, "{again:?}");
+        assert_eq!(common::manifest::sha256_file(&raw), c.snap_sha256(s), "{s}");
+    }
+    assert!(remote::restore_to_file(
+        &store,
+        &t.path().join("none.raw"),
+        &rbddiff::workflow::FileRestoreOptions {
+            snap: Some("no-such-snapshot".into()),
+            ..Default::default()
+        },
+        &mut |_, _| {}
+    )
+    .is_err());
     // The objects are an ordinary archive: every snapshot restores to what it held.
     let dir = t.path().join("copy");
     download(&store, &dir);

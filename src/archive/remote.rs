@@ -565,7 +565,7 @@ fn merge_inputs<'a>(
 /// Calls `f` with a reader of the files of `edges` in `store`: the one file's bytes, or the
 /// files merged in one pass (on a thread of this call, read as [`merge_inputs`] says).
 /// An error of the merge wins over `f`'s (which then saw a truncated stream); a merge stopped
-/// because `f` gave up reading gives `f`'s.
+/// because `f` stopped reading gives what `f` gave (e.g. an apply with nothing left to do).
 ///
 /// # Errors
 /// A file cannot be read or does not merge, or `f` fails.
@@ -593,14 +593,15 @@ pub(crate) fn with_merged<T>(
         let produced = producer
             .join()
             .map_err(|_| Error::invalid("internal: merge thread panicked"))?;
+        let stopped = |p: &Error| {
+            matches!(p.kind(), crate::ErrorKind::Io(x)
+                if x.kind() == std::io::ErrorKind::BrokenPipe)
+        };
         match (out, produced) {
             (Ok(v), Ok(())) => Ok(v),
-            (Err(e), Err(p))
-                if matches!(p.kind(), crate::ErrorKind::Io(x)
-                    if x.kind() == std::io::ErrorKind::BrokenPipe) =>
-            {
-                Err(e)
-            }
+            // `f` stopped reading (done, or failed): the merge's broken pipe says nothing.
+            (Ok(v), Err(p)) if stopped(&p) => Ok(v),
+            (Err(e), Err(p)) if stopped(&p) => Err(e),
             (_, Err(p)) => Err(p),
             (Err(e), Ok(())) => Err(e),
         }
