@@ -496,6 +496,9 @@ impl<'s> Archive<'s> {
         base: Option<&str>,
         warnings: &mut Vec<String>,
     ) -> Result<Archive<'s>> {
+        // What killed runs left (an upload's marker, a file without its sidecar) goes first,
+        // as a backup does.
+        crate::archive::remote::clean(store, image)?;
         let id = crate::archive::remote::archive_id(store)?;
         let image_id = src.image_id(src_spec)?;
         if let Some(b) = base {
