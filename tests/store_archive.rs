@@ -77,7 +77,8 @@ fn backups_into_an_object_store_restore_every_snapshot() {
     assert_eq!(got, snaps.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(l.images[0].snapshots[0].time_from, "catalog");
     let v = remote::verify(&store, None).unwrap();
-    assert_eq!((v.files.len(), v.problems), (3, 0), "{v:?}");
+    assert_eq!((v.files.len(), v.findings.len()), (3, 0), "{v:?}");
+    assert!(v.files.iter().all(|f| f.valid && f.sums == "ok"), "{v:?}");
     // Restored offline straight from the store, each snapshot is what the image held; an
     // interrupted restore is finished by the same call.
     for s in &snaps {
@@ -117,7 +118,13 @@ fn backups_into_an_object_store_restore_every_snapshot() {
     b[at] ^= 1;
     store.put_small(name, &b).unwrap();
     let v = remote::verify(&store, None).unwrap();
-    assert_eq!(v.problems, 1, "{v:?}");
+    assert_eq!(v.findings.len(), 1, "{v:?}");
+    assert_eq!((v.findings[0].check, v.ok()), ("sums", false), "{v:?}");
+    assert_eq!(
+        v.files.iter().filter(|f| f.sums == "mismatch").count(),
+        1,
+        "{v:?}"
+    );
     // One byte more: its sidecar no longer describes it, and list says so.
     b.push(0);
     store.put_small(name, &b).unwrap();
@@ -257,7 +264,7 @@ fn prune_of_an_object_store_keeps_its_snapshots_restorable() {
         .map(|s| s.name.as_str())
         .collect();
     assert_eq!(kept, [snaps[3].as_str(), snaps[4].as_str()]);
-    assert_eq!(remote::verify(&store, None).unwrap().problems, 0);
+    assert!(remote::verify(&store, None).unwrap().ok());
     let dir = t.path().join("copy");
     download(&store, &dir);
     for s in &snaps[3..] {

@@ -659,61 +659,85 @@ pub fn status(store: &dyn Store, opts: &StatusOptions) -> Result<Status> {
     super::listing::status_of(l, &store.url(), opts)
 }
 
-/// One file checked by [`verify`].
-#[derive(Clone, Debug, Serialize)]
-pub struct FileCheck {
-    /// The file.
-    pub file: String,
-    /// Its length.
-    pub bytes: u64,
-    /// `ok`, or what is wrong.
-    pub problem: Option<String>,
-}
-
-/// What [`verify`] found.
-#[derive(Clone, Debug, Serialize)]
-pub struct ArchiveCheck {
-    /// The archive.
-    pub archive: String,
-    /// Every file of every image (or of the image asked for), by name.
-    pub files: Vec<FileCheck>,
-    /// Files with a problem.
-    pub problems: usize,
-}
-
 /// Reads every file of `store` (or of `image`) once and checks it against its sidecar:
 /// structure, length, sha256 and every record's CRC (for a `.zst` also the compressed
-/// file's length and digest).
+/// file's length and digest). The report has the shape of a directory's
+/// ([`crate::verify::VerifyReport`]): each file with what its sidecar says of it, and a
+/// finding for each problem (`sums` for a missing, damaged or disagreeing sidecar or
+/// content that differs from it, `structure` for content that does not parse).
 ///
 /// # Errors
 /// The store cannot be listed.
-pub fn verify(store: &dyn Store, image: Option<&str>) -> Result<ArchiveCheck> {
+pub fn verify(store: &dyn Store, image: Option<&str>) -> Result<crate::verify::VerifyReport> {
+    use crate::verify::{FileInfo, Finding, Severity};
     let images: Vec<String> = match image {
         Some(i) => vec![i.to_string()],
         None => images_in(store)?.into_iter().collect(),
     };
-    let mut files = Vec::new();
+    let mut report = crate::verify::VerifyReport::default();
     for i in images {
         for o in store.list(&escape(&i))? {
             if !is_candidate(&o.name, &i) {
                 continue;
             }
-            let problem = read_sidecar(store, &o, &i)
-                .and_then(|s| check_content(store, &o, &s).map_err(|e| e.to_string()))
-                .err();
-            files.push(FileCheck {
-                file: store.location(&o.name),
-                bytes: o.size,
-                problem,
-            });
+            let place = store.location(&o.name);
+            let mut info = FileInfo {
+                file: place.clone(),
+                kind: "unknown".into(),
+                from_snap: None,
+                to_snap: None,
+                image_size: None,
+                valid: false,
+                sums: "damaged",
+            };
+            let found = match read_sidecar(store, &o, &i) {
+                Err(reason) => {
+                    info.sums = if reason.starts_with("no .sums") {
+                        "absent"
+                    } else {
+                        "damaged"
+                    };
+                    Some(("sums", None, None, reason))
+                }
+                Ok(s) => {
+                    info.kind = format!("diff {}", s.diff_version);
+                    (info.from_snap, info.to_snap, info.image_size) =
+                        (s.from.clone(), s.to.clone(), s.size);
+                    match check_content(store, &o, &s) {
+                        Ok(()) => {
+                            (info.valid, info.sums) = (true, "ok");
+                            None
+                        }
+                        Err(Bad::Differs(what)) => {
+                            (info.valid, info.sums) = (true, "mismatch");
+                            Some((
+                                "sums",
+                                None,
+                                None,
+                                format!("{what} differs from its sidecar"),
+                            ))
+                        }
+                        Err(Bad::Invalid(e)) => {
+                            info.sums = "skipped";
+                            Some(("structure", e.offset(), e.record(), e.kind().to_string()))
+                        }
+                    }
+                }
+            };
+            if let Some((check, offset, record, message)) = found {
+                report.findings.push(Finding {
+                    severity: Severity::Problem,
+                    check,
+                    file: place,
+                    offset,
+                    record,
+                    message,
+                });
+            }
+            report.files.push(info);
         }
     }
-    let problems = files.iter().filter(|f| f.problem.is_some()).count();
-    Ok(ArchiveCheck {
-        archive: store.url(),
-        files,
-        problems,
-    })
+    Ok(report)
 }
 
 /// Passes what it reads on, digesting it.
@@ -733,8 +757,31 @@ impl<R: Read> Read for Digest<R> {
     }
 }
 
+/// Why a file does not pass [`verify`].
+enum Bad {
+    /// It cannot be read, or its content does not parse.
+    Invalid(Error),
+    /// It parses, but this differs from its sidecar.
+    Differs(&'static str),
+}
+
+impl From<Error> for Bad {
+    fn from(e: Error) -> Self {
+        Bad::Invalid(e)
+    }
+}
+
+/// [`check_content`], any difference an error naming the object.
+fn check_object(store: &dyn Store, o: &ObjectInfo, want: &Sums) -> Result<()> {
+    check_content(store, o, want).map_err(|b| match b {
+        Bad::Invalid(e) => e,
+        Bad::Differs(what) => Error::invalid(format!("{what} differs from its sidecar"))
+            .with_file(store.location(&o.name)),
+    })
+}
+
 /// Streams `o` and compares it with its sidecar `want`.
-fn check_content(store: &dyn Store, o: &ObjectInfo, want: &Sums) -> Result<()> {
+fn check_content(store: &dyn Store, o: &ObjectInfo, want: &Sums) -> std::result::Result<(), Bad> {
     use sha2::Digest as _;
     let place = store.location(&o.name);
     let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, String)>(1);
@@ -757,21 +804,18 @@ fn check_content(store: &dyn Store, o: &ObjectInfo, want: &Sums) -> Result<()> {
     let (raw_len, raw_sha) = rx
         .recv()
         .map_err(|_| Error::invalid("internal: no digest").with_file(&place))?;
-    let bad = |what: &str| {
-        Err(Error::invalid(format!("{what} differs from its sidecar")).with_file(&place))
-    };
     if got.file_len != want.file_len {
-        return bad("the diff's length");
+        return Err(Bad::Differs("the diff's length"));
     }
     if got.records != want.records {
-        return bad("a record's checksum");
+        return Err(Bad::Differs("a record's checksum"));
     }
     if got.sha256 != want.sha256 {
-        return bad("the diff's sha256");
+        return Err(Bad::Differs("the diff's sha256"));
     }
     if let Some(c) = &want.compressed {
         if c.file_len != raw_len || c.sha256 != raw_sha {
-            return bad("the compressed file's digest");
+            return Err(Bad::Differs("the compressed file's digest"));
         }
     }
     Ok(())
@@ -906,7 +950,7 @@ fn prune_locked(
             })?;
             let s = read_sidecar(store, &o, &image)
                 .map_err(|e| Error::invalid(e).with_file(store.location(&out)))?;
-            check_content(store, &o, &s)?;
+            check_object(store, &o, &s)?;
             if s.from != m.from || s.to.as_deref() != Some(m.to.as_str()) {
                 return Err(
                     Error::invalid("the merged file runs between other snapshots")
@@ -1070,7 +1114,7 @@ fn copy_locked(src: &dyn Store, dst: &dyn Store, opts: &CopyOptions) -> Result<C
             let checked = dst
                 .head(&o.name)?
                 .ok_or_else(|| Error::invalid("the copy is gone").with_file(dst.location(&o.name)))
-                .and_then(|info| check_content(dst, &info, &sums))
+                .and_then(|info| check_object(dst, &info, &sums))
                 .and_then(|()| dst.put_small(&sc, &text));
             if let Err(e) = checked {
                 let _ = dst.delete(&sc);

@@ -11,7 +11,9 @@ use super::Status;
 /// Check diffs: structure, chain links, checksum sidecars, or the result against a raw image.
 ///
 /// Exit status: 0 all good, 1 problems found (each listed), 2 could not run.
-/// Several files (or a directory) are checked as one chain.
+/// Several files (or a directory) are checked as one chain. An archive on object storage
+/// (one argument, s3://BUCKET/PREFIX) has every file read once and checked against its
+/// sidecar (structure, length, sha256, every record's CRC), with the same report.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Diff files or directories (`-` for stdin). A directory stands for its diff files;
@@ -108,31 +110,11 @@ pub fn run(a: Args) -> Result<Status> {
     if a.replica {
         return run_replica(a);
     }
-    if let [one] = a.files.as_slice() {
-        if let Some(store) = a.s3.store(std::path::Path::new(one))? {
-            let r = rbddiff::archive::remote::verify(&*store, None)?;
-            super::print_report(a.json, &r, |out| {
-                for f in &r.files {
-                    match &f.problem {
-                        None => writeln!(out, "{}: ok ({} bytes)", f.file, f.bytes)?,
-                        Some(p) => writeln!(out, "{}: PROBLEM: {p}", f.file)?,
-                    }
-                }
-                writeln!(
-                    out,
-                    "{}: {} file(s), {} with problems",
-                    r.archive,
-                    r.files.len(),
-                    r.problems
-                )
-            })?;
-            return Ok(if r.problems == 0 {
-                Status::Ok
-            } else {
-                Status::Problems
-            });
-        }
-    }
+    // An archive on object storage: every file against its sidecar, the same report.
+    let store = match a.files.as_slice() {
+        [one] => a.s3.store(std::path::Path::new(one))?,
+        _ => None,
+    };
     let opts = VerifyOptions {
         full: a.full,
         write_sums: a.write_sums,
@@ -142,9 +124,12 @@ pub fn run(a: Args) -> Result<Status> {
         against: a.against,
         wait: a.wait.get()?,
     };
-    let r = super::with_progress_on(super::first(&a.files), |p| {
-        verify_with_progress(&a.files, &opts, p)
-    });
+    let r = match &store {
+        Some(s) => rbddiff::archive::remote::verify(&**s, None),
+        None => super::with_progress_on(super::first(&a.files), |p| {
+            verify_with_progress(&a.files, &opts, p)
+        }),
+    };
     let r = r?;
     super::note_skipped(&r.skipped)?;
     super::print_report(a.json, &r, |out| {
