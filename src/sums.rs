@@ -140,7 +140,7 @@ pub fn compute(bytes: &[u8]) -> Result<Sums> {
 pub fn compute_with_progress(bytes: &[u8], progress: &mut dyn FnMut(u64)) -> Result<Sums> {
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let sha = scope.spawn(|| sha256_hex(bytes.into(), &stop));
+        let sha = scope.spawn(|| sha256_hex(bytes.into(), &stop).ok());
         let sums = compute_runs(bytes, progress);
         if sums.is_err() {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -155,20 +155,21 @@ pub fn compute_with_progress(bytes: &[u8], progress: &mut dyn FnMut(u64)) -> Res
     })
 }
 
-/// The sha256 of all of `bytes` in lowercase hex, read in pieces; `None` when it cannot be
-/// read or `stop` is set on the way.
-fn sha256_hex(bytes: Positioned<'_>, stop: &std::sync::atomic::AtomicBool) -> Option<String> {
+/// The sha256 of all of `bytes` in lowercase hex, read in pieces, unless a read fails or
+/// `stop` is set on the way.
+fn sha256_hex(
+    bytes: Positioned<'_>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<String> {
     let mut sha = Sha256::new();
-    bytes
-        .for_each(0, bytes.len(), &mut |piece| {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(std::io::Error::other("stopped"));
-            }
-            sha.update(piece);
-            Ok(())
-        })
-        .ok()?;
-    Some(hex(&sha.finalize()))
+    bytes.for_each(0, bytes.len(), &mut |piece| {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("stopped"));
+        }
+        sha.update(piece);
+        Ok(())
+    })?;
+    Ok(hex(&sha.finalize()))
 }
 
 /// The sums of [`compute_with_progress`] without the sha256 (left empty).
@@ -352,12 +353,7 @@ pub fn compute_archive<'r>(raw: impl Into<Positioned<'r>>, a: &ZstArchive<'_>) -
 
 /// The sha256 of all of `raw`, read in pieces.
 fn sha256_of(raw: Positioned<'_>) -> std::io::Result<String> {
-    let mut sha = Sha256::new();
-    raw.for_each(0, raw.len(), &mut |b| {
-        sha.update(b);
-        Ok(())
-    })?;
-    Ok(hex(&sha.finalize()))
+    sha256_hex(raw, &std::sync::atomic::AtomicBool::new(false))
 }
 
 fn compressed_sums(raw: Positioned<'_>) -> Result<CompressedSums> {
@@ -917,7 +913,7 @@ pub fn check_sums_with<'a>(
     // The whole-file sha256, when asked for, runs beside the CRC threads (it is sequential).
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (found, sha) = std::thread::scope(|scope| {
-        let sha = digest.then(|| scope.spawn(|| sha256_hex(bytes, &stop)));
+        let sha = digest.then(|| scope.spawn(|| sha256_hex(bytes, &stop).ok()));
         let workers: Vec<_> = s
             .records
             .chunks(chunk)
