@@ -61,6 +61,9 @@ fn object_of(f: &ChainFile) -> String {
         .unwrap_or_default()
 }
 
+/// Why a file without its sidecar is no backup (see [`read_sidecar`]).
+const NO_SIDECAR: &str = "no .sums sidecar (an upload that never finished)";
+
 /// The sidecar of the object `o`, checked against its name and length.
 fn read_sidecar(
     store: &dyn Store,
@@ -70,7 +73,7 @@ fn read_sidecar(
     let bytes = store
         .read_small(&sidecar(&o.name), MAX_SIDECAR)
         .map_err(|e| e.to_string())?
-        .ok_or("no .sums sidecar (an upload that never finished)")?;
+        .ok_or(NO_SIDECAR)?;
     let s = crate::sums::decode(&bytes).map_err(|e| e.to_string())?;
     let len = s.compressed.as_ref().map_or(s.file_len, |c| c.file_len);
     if len != o.size {
@@ -183,7 +186,7 @@ pub fn clean(store: &dyn Store, image: &str) -> Result<Vec<String>> {
 }
 
 /// Whether an object of this name exists, for the catalog's clean-up of its records.
-fn present_in(store: &dyn Store) -> Result<impl Fn(&str) -> bool> {
+pub(crate) fn present_in(store: &dyn Store) -> Result<impl Fn(&str) -> bool> {
     let names: BTreeSet<String> = store.list("")?.into_iter().map(|o| o.name).collect();
     Ok(move |n: &str| names.contains(n))
 }
@@ -248,17 +251,7 @@ fn backup_locked(
     let rbd = &opts.rbd;
     let snaps = rbd.snapshots(spec)?;
     let present = present_in(store)?;
-    let mut cat = catalog::read_from(store)?;
-    let archive_id = match cat.archive_id.clone() {
-        Some(id) => id,
-        None => {
-            let id = catalog::new_id()?;
-            cat = catalog::update_in(store, &present, |c| {
-                c.archive_id.get_or_insert_with(|| id.clone());
-            })?;
-            id
-        }
-    };
+    let (archive_id, cat) = archive_id(store, &present)?;
     let snap = match &opts.snap {
         Some(s) => s.clone(),
         None => default_snap_name(&archive_id),
@@ -289,18 +282,13 @@ fn backup_locked(
     if store.head(&name)?.is_some() {
         return Err(Error::invalid("output exists").with_file(&place));
     }
-    // Recorded before the file is committed (see the catalog's docs).
-    catalog::update_in(store, &present, |c| {
-        c.files.insert(
-            name.clone(),
-            catalog::Record {
-                image_id: image_id.clone(),
-                time: Some(now()),
-                fsid: fsid.clone(),
-                rbd_version: rbd_version.clone(),
-            },
-        );
-    })?;
+    let record = catalog::Record {
+        image_id: image_id.clone(),
+        time: Some(now()),
+        fsid: fsid.clone(),
+        rbd_version: rbd_version.clone(),
+    };
+    record_file(store, &present, &name, record)?;
     // Started first: a store that cannot be written is found before the snapshot is made.
     let mut upload = store.put(&name)?;
     let snap_spec = format!("{spec}@{snap}");
@@ -364,31 +352,38 @@ fn backup_locked(
     }
 }
 
-/// The archive's id in `store` (made and recorded in its catalog when it has none).
+/// The archive's id in `store` (made and recorded in its catalog when it has none), and the
+/// catalog; `present` tells the objects there (records of others are dropped on a write).
 ///
 /// # Errors
 /// The store cannot be read or written.
-pub(crate) fn archive_id(store: &dyn Store) -> Result<String> {
+pub(crate) fn archive_id(
+    store: &dyn Store,
+    present: &dyn Fn(&str) -> bool,
+) -> Result<(String, Catalog)> {
     let cat = catalog::read_from(store)?;
-    if let Some(id) = cat.archive_id {
-        return Ok(id);
+    if let Some(id) = cat.archive_id.clone() {
+        return Ok((id, cat));
     }
     let id = catalog::new_id()?;
-    let present = present_in(store)?;
-    let cat = catalog::update_in(store, &present, |c| {
+    let cat = catalog::update_in(store, present, |c| {
         c.archive_id.get_or_insert_with(|| id.clone());
     })?;
-    Ok(cat.archive_id.unwrap_or(id))
+    Ok((cat.archive_id.clone().unwrap_or(id), cat))
 }
 
-/// Records `record` for the file `name` in the catalog of `store` (before the file is
-/// committed, see the catalog's docs).
+/// Records `record` for the file `name` in the catalog of `store`, before the file is
+/// committed (see the catalog's docs); `present` as for [`archive_id`].
 ///
 /// # Errors
 /// The store cannot be read or written.
-pub(crate) fn record_file(store: &dyn Store, name: &str, record: catalog::Record) -> Result<()> {
-    let present = present_in(store)?;
-    catalog::update_in(store, &present, |c| {
+pub(crate) fn record_file(
+    store: &dyn Store,
+    present: &dyn Fn(&str) -> bool,
+    name: &str,
+    record: catalog::Record,
+) -> Result<()> {
+    catalog::update_in(store, present, |c| {
         c.files.insert(name.to_string(), record);
     })?;
     Ok(())
@@ -546,20 +541,30 @@ fn merge_inputs<'a>(
 ) -> Result<Vec<crate::merge::MergeInput<'a>>> {
     let mut inputs = Vec::with_capacity(edges.len());
     for ((e, obj), name) in edges.iter().zip(objects).zip(names) {
-        let place = store.location(&object_of(&e.file));
         if e.file.compressed {
             let opened = crate::zst::ZstArchive::open_at(obj.positioned())
-                .map_err(|err| err.with_file(&place))?;
+                .map_err(|err| err.with_file(store.location(&object_of(&e.file))))?;
             if let Some(a) = opened {
                 inputs.push(crate::merge::MergeInput::archive(name, a));
                 continue;
             }
         }
-        let r = store.reader(&object_of(&e.file), e.bytes)?;
-        let r = crate::input::Input::from_reader(name, r)?.into_reader();
-        inputs.push(crate::merge::MergeInput::stream(name, r)?);
+        inputs.push(crate::merge::MergeInput::stream(
+            name,
+            stream_of(store, e)?,
+        )?);
     }
     Ok(inputs)
+}
+
+/// The content of the file of `e`, read forward through ranged reads (decompressed when it
+/// is compressed).
+///
+/// # Errors
+/// The object cannot be read.
+fn stream_of(store: &dyn Store, e: &Edge) -> Result<Box<dyn Read + Send>> {
+    let r = store.reader(&object_of(&e.file), e.bytes)?;
+    Ok(crate::input::Input::from_reader(&e.file.name(), r)?.into_reader())
 }
 
 /// Calls `f` with a reader of the files of `edges` in `store`: the one file's bytes, or the
@@ -575,8 +580,7 @@ pub(crate) fn with_merged<T>(
     f: impl FnOnce(Box<dyn Read + Send>) -> Result<T>,
 ) -> Result<T> {
     if let [one] = edges {
-        let r = store.reader(&object_of(&one.file), one.bytes)?;
-        return f(crate::input::Input::from_reader(&one.file.name(), r)?.into_reader());
+        return f(stream_of(store, one)?);
     }
     let names: Vec<String> = edges.iter().map(|e| e.file.name()).collect();
     let objects = store_objects(store, edges);
@@ -692,7 +696,7 @@ pub fn verify(store: &dyn Store, image: Option<&str>) -> Result<crate::verify::V
             };
             let found = match read_sidecar(store, &o, &i) {
                 Err(reason) => {
-                    info.sums = if reason.starts_with("no .sums") {
+                    info.sums = if reason == NO_SIDECAR {
                         "absent"
                     } else {
                         "damaged"

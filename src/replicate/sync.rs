@@ -478,12 +478,31 @@ impl Write for Sink<'_> {
     }
 }
 
-/// The warning for an incremental written into an archive that cannot restore its base.
-fn unrestorable(place: &str, b: &str) -> String {
-    format!(
-        "{place} cannot restore '{b}': the incremental written there is not restorable until \
-         it can (back up a full diff)"
-    )
+/// Says in `warnings` when the archive at `place`, holding `lineages` of the image, cannot
+/// restore `base` in the lineage of `image_id`: the incremental written there is then not
+/// restorable until it can.
+fn warn_unrestorable(
+    lineages: Vec<crate::archive::graph::Lineage>,
+    image_id: &Option<String>,
+    place: &str,
+    base: &str,
+    warnings: &mut Vec<String>,
+) {
+    let ok = lineages
+        .into_iter()
+        .find(|l| l.image_id == *image_id)
+        .is_some_and(|l| {
+            l.graph
+                .restorable(&Default::default())
+                .iter()
+                .any(|r| r.0 == base)
+        });
+    if !ok {
+        warnings.push(format!(
+            "{place} cannot restore '{base}': the incremental written there is not restorable \
+             until it can (back up a full diff)"
+        ));
+    }
 }
 
 impl<'s> Archive<'s> {
@@ -498,23 +517,13 @@ impl<'s> Archive<'s> {
     ) -> Result<Archive<'s>> {
         // What killed runs left (an upload's marker, a file without its sidecar) goes first,
         // as a backup does.
-        crate::archive::remote::clean(store, image)?;
-        let id = crate::archive::remote::archive_id(store)?;
+        use crate::archive::remote;
+        remote::clean(store, image)?;
+        let (id, cat) = remote::archive_id(store, &remote::present_in(store)?)?;
         let image_id = src.image_id(src_spec)?;
         if let Some(b) = base {
-            let cat = catalog::read_from(store)?;
-            let ok = crate::archive::remote::lineages(store, image, &cat)?
-                .into_iter()
-                .find(|l| l.image_id == image_id)
-                .is_some_and(|l| {
-                    l.graph
-                        .restorable(&Default::default())
-                        .iter()
-                        .any(|r| r.0 == b)
-                });
-            if !ok {
-                warnings.push(unrestorable(&store.url(), b));
-            }
+            let lineages = remote::lineages(store, image, &cat)?;
+            warn_unrestorable(lineages, &image_id, &store.url(), b, warnings);
         }
         Ok(Archive {
             place: Place::Store(store),
@@ -541,18 +550,8 @@ impl<'s> Archive<'s> {
         let id = crate::archive::catalog::archive_id(dir)?;
         let image_id = src.image_id(src_spec)?;
         if let Some(b) = base {
-            let lineage = crate::archive::graph::lineages(dir, image)?
-                .into_iter()
-                .find(|l| l.image_id == image_id);
-            let ok = lineage.is_some_and(|l| {
-                l.graph
-                    .restorable(&Default::default())
-                    .iter()
-                    .any(|r| r.0 == b)
-            });
-            if !ok {
-                warnings.push(unrestorable(&dir.display().to_string(), b));
-            }
+            let lineages = crate::archive::graph::lineages(dir, image)?;
+            warn_unrestorable(lineages, &image_id, &dir.display().to_string(), b, warnings);
         }
         Ok(Archive {
             place: Place::Dir {
@@ -592,7 +591,8 @@ impl<'s> Archive<'s> {
                 if store.head(&name)?.is_some() {
                     return Err(Error::invalid("output exists").with_file(store.location(&name)));
                 }
-                crate::archive::remote::record_file(*store, &name, record)?;
+                let present = crate::archive::remote::present_in(*store)?;
+                crate::archive::remote::record_file(*store, &present, &name, record)?;
                 Sink::Upload(store.put(&name)?)
             }
         };
