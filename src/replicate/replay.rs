@@ -374,8 +374,7 @@ fn replay_at(at: At<'_>, spec: &str, opts: &ReplayOptions) -> Result<ReplayRepor
         rbd.create(&into, size)?;
         report.created = into == spec;
     }
-    let src = (at, image.as_str());
-    let r = import_steps(rbd, &into, plan.base.as_deref(), (&graph, src), &path, opts);
+    let r = import_steps(rbd, &into, plan.base.as_deref(), (&graph, at), &path, opts);
     let imported = match r {
         Ok(v) => v,
         Err((done, e)) => {
@@ -427,7 +426,7 @@ fn import_steps(
     rbd: &Rbd,
     into: &str,
     base: Option<&str>,
-    (graph, src): (&Graph, Archive<'_>),
+    (graph, archive): (&Graph, At<'_>),
     path: &[usize],
     opts: &ReplayOptions,
 ) -> StepsResult {
@@ -455,7 +454,15 @@ fn import_steps(
     // The snapshot the target is at before each step.
     let mut at = base.map(String::from);
     for (from, to, edges) in steps {
-        match import_one(rbd, into, from.as_deref(), &to, (graph, &edges), src, opts) {
+        match import_one(
+            rbd,
+            into,
+            from.as_deref(),
+            &to,
+            (graph, &edges),
+            archive,
+            opts,
+        ) {
             Ok(i) => done.push(i),
             Err(e) => {
                 let e = undo_import(rbd, into, at.as_deref(), &to, e);
@@ -509,7 +516,7 @@ fn import_one(
     from: Option<&str>,
     to: &str,
     (graph, edges): (&Graph, &[&Edge]),
-    src: Archive<'_>,
+    at: At<'_>,
     opts: &ReplayOptions,
 ) -> Result<Imported> {
     let files: Vec<String> = edges.iter().map(|e| e.file.name()).collect();
@@ -517,10 +524,10 @@ fn import_one(
     let t0 = std::time::Instant::now();
     let sent: Sent = import_with(rbd, into, opts.limit_rate, |w| {
         let sent =
-            with_stream(src.0, edges, |r| copy_checked(r, w)).map_err(|e| e.with_file(&what))?;
+            with_stream(at, edges, |r| copy_checked(r, w)).map_err(|e| e.with_file(&what))?;
         expect_names(&sent, from, to, &what)?;
         if let [one] = edges {
-            check_sidecar(sidecar_of(src.0, one)?, &sent, &what)?;
+            check_sidecar(sidecar_of(at, one)?, &sent, &what)?;
         }
         Ok(sent)
     })?;
@@ -532,9 +539,7 @@ fn import_one(
             sha256: None,
         },
         Verify::Diff => {
-            let c = with_stream(src.0, edges, |r| {
-                compare_with_export(rbd, into, from, to, r)
-            })?;
+            let c = with_stream(at, edges, |r| compare_with_export(rbd, into, from, to, r))?;
             require_same(&c, into, to)?;
             Checked {
                 mode: Verify::Diff,
@@ -543,7 +548,7 @@ fn import_one(
             }
         }
         Verify::Full => {
-            let want = archive_sha256(src, graph, edges, to)?;
+            let want = archive_sha256(at, graph, edges, to)?;
             let got = rbd.export_sha256(into, to)?;
             if want != got {
                 return Err(Error::invalid(format!(
@@ -568,32 +573,16 @@ fn import_one(
     })
 }
 
-/// Where the archive lives and the image whose files are replayed.
-type Archive<'a> = (At<'a>, &'a str);
-
 /// The sha256 of the image at snapshot `to` as the archive holds it: the files of `edges`
-/// when they start with a full diff, else the best path from a full diff to `to`, merged
-/// and laid out ([`full_diff_sha256`]).
-fn archive_sha256(
-    (at, image): Archive<'_>,
-    graph: &Graph,
-    edges: &[&Edge],
-    to: &str,
-) -> Result<String> {
+/// when they start with a full diff, else the best path of `graph` from a full diff to
+/// `to`, merged and laid out ([`full_diff_sha256`]).
+fn archive_sha256(at: At<'_>, graph: &Graph, edges: &[&Edge], to: &str) -> Result<String> {
     if edges.first().is_some_and(|e| e.file.from.is_none()) {
         return with_stream(at, edges, full_diff_sha256);
     }
-    match at {
-        At::Dir(dir) => {
-            let full = crate::archive::restore::best_path(dir, image, Some(to))?.1;
-            full_diff_sha256(merged(full))
-        }
-        At::Store(_) => {
-            let choice = at.choose(graph, to)?;
-            let full: Vec<&Edge> = choice.path.iter().map(|&i| &graph.edges[i]).collect();
-            with_stream(at, &full, full_diff_sha256)
-        }
-    }
+    let choice = at.choose(graph, to)?;
+    let full: Vec<&Edge> = choice.path.iter().map(|&i| &graph.edges[i]).collect();
+    with_stream(at, &full, full_diff_sha256)
 }
 
 /// The stream read (`what`) must be what its `.sums` sidecar describes (when it has one).
