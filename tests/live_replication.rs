@@ -19,12 +19,7 @@ use rbddiff::replicate::{sync, SyncOptions};
 use rbddiff::workflow::Rbd;
 
 fn main() {
-    // The destination images' locks of every run, the library's and the binary's, in a
-    // directory of this test run.
-    std::env::set_var(
-        "RBDDIFF_LOCK_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-replication-locks"),
-    );
+    common::lock_dir_for_this_run("live-replication-locks");
     common::live::main2(&[
         ("sync_chain", sync_chain),
         ("backup_then_replay", backup_then_replay),
@@ -71,15 +66,7 @@ fn ok(args: &[&str]) -> serde_json::Value {
 
 /// Exit status 2; the message on stderr.
 fn fails(args: &[&str]) -> String {
-    let out = rbddiff(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "rbddiff {} should fail: {err}",
-        args.join(" ")
-    );
-    err
+    common::exit_2(&rbddiff(args), args)
 }
 
 fn conf(c: &Cluster) -> String {

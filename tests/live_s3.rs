@@ -18,11 +18,7 @@ use common::ceph::Cluster;
 use common::schema::check;
 
 fn main() {
-    // The replay targets' locks, in a directory of this test run.
-    std::env::set_var(
-        "RBDDIFF_LOCK_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-s3-locks"),
-    );
+    common::lock_dir_for_this_run("live-s3-locks");
     common::live::main_gateway(&[
         ("replay_from_s3", replay_from_s3),
         ("sync_with_s3_archive", sync_with_s3_archive),
@@ -69,15 +65,7 @@ fn ok(cluster: &Cluster, args: &[&str], section: &str) -> serde_json::Value {
 
 /// Exit status 2; the message on stderr.
 fn fails(cluster: &Cluster, args: &[&str]) -> String {
-    let out = rbddiff(cluster, args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "rbddiff {} should fail with 2: {err}",
-        args.join(" ")
-    );
-    err
+    common::exit_2(&rbddiff(cluster, args), args)
 }
 
 /// A signed GET of `query` on `bucket`; the XML answer.

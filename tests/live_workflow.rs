@@ -45,15 +45,7 @@ fn ok(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
 
 /// Exit status 2 and the message on stderr.
 fn fails(cluster: &Cluster, args: &[&str]) -> String {
-    let out = rbddiff(cluster, args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "rbddiff {} should fail with 2: {err}",
-        args.join(" ")
-    );
-    err
+    common::exit_2(&rbddiff(cluster, args), args)
 }
 
 /// Names of the files in `dir` but its lock file (empty when it does not exist).

@@ -27,6 +27,28 @@ pub fn skipped(why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
 }
 
+/// The stderr of `rbddiff ARGS`, whose run `out` must have exited with status 2 (an error).
+pub fn exit_2(out: &std::process::Output, args: &[&str]) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "rbddiff {} should fail with 2: {err}",
+        args.join(" ")
+    );
+    err
+}
+
+/// Points `RBDDIFF_LOCK_DIR` (the target images' locks of `sync` and `replay`, the
+/// library's and the binary's) at a directory `name` of this test run. Call it first in
+/// `main`, before any thread starts.
+pub fn lock_dir_for_this_run(name: &str) {
+    std::env::set_var(
+        "RBDDIFF_LOCK_DIR",
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name),
+    );
+}
+
 /// [`skipped`] for a check that needs the `rbd` binary: a failure with
 /// `RBDDIFF_REQUIRE_CEPH=1`.
 pub fn skipped_without_rbd() {
