@@ -396,3 +396,179 @@ fn merges_of_archives_fetch_only_the_frames_they_need() {
         c.snap_sha256(&snaps[2])
     );
 }
+
+/// Three backups of `c`'s image into `store` (the second compressed), the image written
+/// between them: the snapshots, oldest first.
+fn three_backups(c: &FakeCluster, store: &dyn Store) -> Vec<String> {
+    let mut rng = Rng::new(11);
+    (0..3)
+        .map(|k| {
+            if k > 0 {
+                c.write(&mut rng);
+            }
+            let mut o = opts(c);
+            o.compress = (k == 1).then(Default::default);
+            remote::backup("rbd/vm", store, &o, false).unwrap().to_snap
+        })
+        .collect()
+}
+
+#[test]
+fn restore_from_an_object_store_into_an_image() {
+    use rbddiff::workflow::RestoreOptions;
+    let t = tempfile::tempdir().unwrap();
+    let c = FakeCluster::new(&t.path().join("bin"), 1 << 20);
+    let store = ObjStore::memory(&S3Config::default()).unwrap();
+    let snaps = three_backups(&c, &store);
+    let ropts = |to: &str, create: bool| RestoreOptions {
+        image: Some("vm".into()),
+        to: Some(to.into()),
+        create,
+        rbd: opts(&c).rbd,
+        ..RestoreOptions::default()
+    };
+    // Each snapshot into a new image: the bytes the image held, and the snapshot made.
+    for (k, s) in snaps.iter().enumerate() {
+        let name = format!("r{k}");
+        let r = remote::restore(&store, &format!("rbd/{name}"), &ropts(s, true), &mut |_, _| {})
+            .unwrap();
+        assert!(r.created, "{r:?}");
+        assert_eq!(r.files.len(), k + 1, "{r:?}");
+        assert_eq!(r.to_snap.as_deref(), Some(s.as_str()), "{r:?}");
+        assert_eq!(c.image_sha256(&name), c.snap_sha256(s), "{s}");
+        assert_eq!(c.snaps_of(&name), [s.clone()]);
+    }
+    // rbd refuses an end snapshot the image has: the restore fails, the image stays as it was.
+    let e = remote::restore(&store, "rbd/r2", &ropts(&snaps[2], true), &mut |_, _| {})
+        .unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    assert_eq!(c.image_sha256("r2"), c.snap_sha256(&snaps[2]));
+    // Without --create a missing image is not made.
+    let e = remote::restore(&store, "rbd/none", &ropts(&snaps[0], false), &mut |_, _| {})
+        .unwrap_err();
+    assert!(e.to_string().contains("import-diff"), "{e}");
+    assert!(!c.has_image("none"));
+    // A damaged file (same length: only its content tells) fails the restore, and the image
+    // made for it is removed again.
+    let names = names(&store);
+    let last = names
+        .iter()
+        .find(|n| n.ends_with(&format!("..{}.diff", snaps[2])))
+        .unwrap();
+    let mut b = store.read_small(last, 1 << 30).unwrap().unwrap();
+    let at = b.len() - 40;
+    b[at] ^= 0x10;
+    store.put_small(last, &b).unwrap();
+    let r = remote::restore(&store, "rbd/bad", &ropts(&snaps[2], true), &mut |_, _| {});
+    assert!(!c.has_image("bad"), "{r:?}");
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("damaged") && e.contains(last.as_str()), "{e}");
+}
+
+#[test]
+fn replay_from_an_object_store_brings_an_image_up_to_date() {
+    use rbddiff::replicate::{replay_from_store, ReplayOptions, Verify};
+    let t = tempfile::tempdir().unwrap();
+    let c = FakeCluster::new(&t.path().join("bin"), 1 << 20);
+    let store = ObjStore::memory(&S3Config::default()).unwrap();
+    let snaps = three_backups(&c, &store);
+    let ropts = |to: Option<&String>, verify: Verify| ReplayOptions {
+        image: Some("vm".into()),
+        to: to.cloned(),
+        create: true,
+        verify,
+        rbd: opts(&c).rbd,
+        lock_dir: Some(t.path().join("locks")),
+        ..ReplayOptions::default()
+    };
+    // A new image up to the second snapshot: the full, then the incremental.
+    let r = replay_from_store(&store, "rbd/copy", &ropts(Some(&snaps[1]), Verify::Diff)).unwrap();
+    assert!(r.created && r.base.is_none(), "{r:?}");
+    assert_eq!(r.imported.len(), 2, "{r:?}");
+    assert_eq!(c.snaps_of("copy"), snaps[..2]);
+    assert_eq!(c.image_sha256("copy"), c.snap_sha256(&snaps[1]));
+    // Then on from there, checked by a full export; then nothing left to do.
+    let r = replay_from_store(&store, "rbd/copy", &ropts(None, Verify::Full)).unwrap();
+    assert_eq!(r.base.as_deref(), Some(snaps[1].as_str()), "{r:?}");
+    assert_eq!(r.imported.len(), 1, "{r:?}");
+    assert_eq!(c.snaps_of("copy"), snaps);
+    assert_eq!(c.image_sha256("copy"), c.snap_sha256(&snaps[2]));
+    let r = replay_from_store(&store, "rbd/copy", &ropts(None, Verify::Diff)).unwrap();
+    assert!(r.imported.is_empty(), "{r:?}");
+    // Data written on the replica since its snapshot is rolled back before the import.
+    let mut rng = Rng::new(3);
+    c.write(&mut rng);
+    let snap4 = remote::backup("rbd/vm", &store, &opts(&c), false)
+        .unwrap()
+        .to_snap;
+    std::fs::write(
+        c.image_dir("copy").join("image.raw"),
+        common::gen::noise(9, 1 << 20),
+    )
+    .unwrap();
+    let r = replay_from_store(&store, "rbd/copy", &ropts(None, Verify::Full)).unwrap();
+    assert!(!r.warnings.is_empty(), "{r:?}");
+    assert_eq!(c.image_sha256("copy"), c.snap_sha256(&snap4));
+    // A damaged file: the replay onto a new image fails and removes it.
+    let names = names(&store);
+    let f = names
+        .iter()
+        .find(|n| n.ends_with(".full.diff"))
+        .unwrap();
+    let mut b = store.read_small(f, 1 << 30).unwrap().unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 1;
+    store.put_small(f, &b).unwrap();
+    let e = replay_from_store(&store, "rbd/fresh", &ropts(None, Verify::Diff)).unwrap_err();
+    assert!(!c.has_image("fresh"), "{e}");
+    assert!(e.to_string().contains("damaged"), "{e}");
+}
+
+#[test]
+fn sync_writes_each_diff_into_an_object_store_archive() {
+    use rbddiff::replicate::{sync_with_store, SyncOptions};
+    let t = tempfile::tempdir().unwrap();
+    let c = FakeCluster::new(&t.path().join("bin"), 1 << 20);
+    let store = ObjStore::memory(&S3Config::default()).unwrap();
+    let so = SyncOptions {
+        src: opts(&c).rbd,
+        dst: opts(&c).rbd,
+        lock_dir: Some(t.path().join("locks")),
+        ..SyncOptions::default()
+    };
+    let mut rng = Rng::new(5);
+    let mut snaps = Vec::new();
+    for k in 0..2 {
+        if k > 0 {
+            c.write(&mut rng);
+        }
+        let r = sync_with_store("rbd/vm", "rbd/dst", &so, &store).unwrap();
+        assert_eq!(r.base.is_none(), k == 0, "{r:?}");
+        let file = r.archive_file.clone().unwrap();
+        assert!(file.starts_with("memory://archive/vm@"), "{file}");
+        snaps.push(r.imported.to_snap.clone());
+    }
+    assert_eq!(c.snaps_of("dst"), snaps);
+    assert_eq!(c.image_sha256("dst"), c.snap_sha256(&snaps[1]));
+    // The archive holds both diffs with their sidecars, verified and restorable, and no lock.
+    let v = remote::verify(&store, None).unwrap();
+    assert_eq!((v.files.len(), v.findings.len()), (2, 0), "{v:?}");
+    assert_eq!(holder(&store).unwrap(), None);
+    for s in &snaps {
+        let raw = t.path().join(format!("{s}.raw"));
+        let fopts = rbddiff::workflow::FileRestoreOptions {
+            snap: Some(s.clone()),
+            ..Default::default()
+        };
+        remote::restore_to_file(&store, &raw, &fopts, &mut |_, _| {}).unwrap();
+        assert_eq!(common::manifest::sha256_file(&raw), c.snap_sha256(s), "{s}");
+    }
+    // A held lock refuses the sync before any snapshot is made.
+    let before = c.snapshots();
+    let _held = acquire(&store, &LockOptions::new("prune", None, false)).unwrap();
+    c.write(&mut rng);
+    let e = sync_with_store("rbd/vm", "rbd/dst", &so, &store).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Locked(_)), "{e}");
+    assert_eq!(c.snapshots(), before);
+    assert_eq!(c.snaps_of("dst"), snaps);
+}

@@ -564,7 +564,61 @@ fn merge_inputs<'a>(
 /// The object cannot be read.
 fn stream_of(store: &dyn Store, e: &Edge) -> Result<Box<dyn Read + Send>> {
     let r = store.reader(&object_of(&e.file), e.bytes)?;
+    let r: Box<dyn Read + Send> = match sidecar_sums(store, e)? {
+        Some(s) => {
+            let (len, sha) = match s.compressed {
+                Some(c) => (c.file_len, c.sha256),
+                None => (s.file_len, s.sha256),
+            };
+            Box::new(SumChecked {
+                inner: Digest {
+                    inner: r,
+                    sha: <sha2::Sha256 as sha2::Digest>::new(),
+                    len: 0,
+                },
+                want: Some((len, sha)),
+                name: e.file.name(),
+            })
+        }
+        None => r,
+    };
     Ok(crate::input::Input::from_reader(&e.file.name(), r)?.into_reader())
+}
+
+/// A whole file read forward whose end is an error unless its length and sha256 are those
+/// of its sidecar: a damaged file fails the merge before the `e` record of its output, so
+/// that `rbd import-diff` sees a cut stream and makes no snapshot (the structure of every
+/// file is checked as it is parsed, the content of a plain file only so).
+struct SumChecked {
+    inner: Digest<Box<dyn Read + Send>>,
+    /// The length and sha256 of the sidecar (none once compared).
+    want: Option<(u64, String)>,
+    name: String,
+}
+
+impl Read for SumChecked {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.read(buf)?;
+        let want = match self.want.take() {
+            Some(w) if n == 0 && !buf.is_empty() => w,
+            w => {
+                self.want = w;
+                return Ok(n);
+            }
+        };
+        let sha = crate::sums::hex(&std::mem::take(&mut self.inner.sha).finalize());
+        if (self.inner.len, sha) != want {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{}: damaged: its {} bytes are not the ones its sidecar sums",
+                    self.name, self.inner.len
+                ),
+            ));
+        }
+        Ok(0)
+    }
 }
 
 /// Calls `f` with a reader of the files of `edges` in `store`: the one file's bytes, or the
@@ -844,9 +898,8 @@ impl Drop for DigestSend {
         // What the reader did not need (a compressed file's seek table) is digested too.
         let _ = std::io::copy(&mut self.inner, &mut std::io::sink());
         let sha = std::mem::take(&mut self.inner.sha).finalize();
-        let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
         if let Some(tx) = self.tx.take() {
-            let _ = tx.try_send((self.inner.len, hex));
+            let _ = tx.try_send((self.inner.len, crate::sums::hex(&sha)));
         }
     }
 }

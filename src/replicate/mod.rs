@@ -43,7 +43,7 @@ use crate::rbd::{collect_stderr, is_broken_pipe, rbd_failed, Rbd};
 pub use check::{verify_replica, ReplicaOptions, ReplicaReport};
 pub use pool::{glob_match, sync_pool, PoolEntry, PoolReport};
 pub use replay::{plan_replay, replay, replay_from_store, ReplayOptions, ReplayPlan, ReplayReport};
-pub use sync::{plan_sync, sync, sync_tag, SyncOptions, SyncReport};
+pub use sync::{plan_sync, sync, sync_tag, sync_with_store, SyncOptions, SyncReport};
 
 /// The directory of the destination images' locks when none is given:
 /// `$RBDDIFF_LOCK_DIR`, else `$XDG_STATE_HOME/rbddiff/locks`, else

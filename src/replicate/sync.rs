@@ -137,15 +137,26 @@ pub fn sync(src_spec: &str, dst_spec: &str, opts: &SyncOptions) -> Result<SyncRe
         None => None,
     };
     match remote {
-        Some(loc) => {
-            let store = open(&loc, &opts.s3)?;
-            let lock = crate::archive::lease::LockOptions::new("sync", opts.wait, false);
-            crate::archive::lease::with_lock(&*store, &lock, |_| {
-                sync_into(src_spec, dst_spec, opts, Some(&*store))
-            })
-        }
+        Some(loc) => sync_with_store(src_spec, dst_spec, opts, &*open(&loc, &opts.s3)?),
         None => sync_into(src_spec, dst_spec, opts, None),
     }
+}
+
+/// [`sync`] that also writes the diff into the archive in `store` (object storage; its lease
+/// lock is taken for the run), whatever `opts.archive` says.
+///
+/// # Errors
+/// As [`sync`]; the archive's lock is held by another run.
+pub fn sync_with_store(
+    src_spec: &str,
+    dst_spec: &str,
+    opts: &SyncOptions,
+    store: &dyn crate::archive::store::Store,
+) -> Result<SyncReport> {
+    let lock = crate::archive::lease::LockOptions::new("sync", opts.wait, false);
+    crate::archive::lease::with_lock(store, &lock, |_| {
+        sync_into(src_spec, dst_spec, opts, Some(store))
+    })
 }
 
 /// [`sync`], with the archive in `store` when it is on object storage (locked by the caller).
@@ -204,7 +215,7 @@ fn sync_into(
     }
     let image = image_name(src_spec)?;
     let archive = match (&opts.archive, store) {
-        (Some(_), Some(s)) => Some(Archive::open_store(
+        (_, Some(s)) => Some(Archive::open_store(
             s,
             src_spec,
             image,
