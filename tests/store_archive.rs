@@ -430,22 +430,26 @@ fn restore_from_an_object_store_into_an_image() {
     // Each snapshot into a new image: the bytes the image held, and the snapshot made.
     for (k, s) in snaps.iter().enumerate() {
         let name = format!("r{k}");
-        let r = remote::restore(&store, &format!("rbd/{name}"), &ropts(s, true), &mut |_, _| {})
-            .unwrap();
+        let r = remote::restore(
+            &store,
+            &format!("rbd/{name}"),
+            &ropts(s, true),
+            &mut |_, _| {},
+        )
+        .unwrap();
         assert!(r.created, "{r:?}");
         assert_eq!(r.files.len(), k + 1, "{r:?}");
         assert_eq!(r.to_snap.as_deref(), Some(s.as_str()), "{r:?}");
         assert_eq!(c.image_sha256(&name), c.snap_sha256(s), "{s}");
-        assert_eq!(c.snaps_of(&name), [s.clone()]);
+        assert_eq!(c.snaps_of(&name), std::slice::from_ref(s));
     }
     // rbd refuses an end snapshot the image has: the restore fails, the image stays as it was.
-    let e = remote::restore(&store, "rbd/r2", &ropts(&snaps[2], true), &mut |_, _| {})
-        .unwrap_err();
+    let e = remote::restore(&store, "rbd/r2", &ropts(&snaps[2], true), &mut |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("already exists"), "{e}");
     assert_eq!(c.image_sha256("r2"), c.snap_sha256(&snaps[2]));
     // Without --create a missing image is not made.
-    let e = remote::restore(&store, "rbd/none", &ropts(&snaps[0], false), &mut |_, _| {})
-        .unwrap_err();
+    let e =
+        remote::restore(&store, "rbd/none", &ropts(&snaps[0], false), &mut |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("import-diff"), "{e}");
     assert!(!c.has_image("none"));
     // A damaged file (same length: only its content tells) fails the restore, and the image
@@ -511,10 +515,7 @@ fn replay_from_an_object_store_brings_an_image_up_to_date() {
     assert_eq!(c.image_sha256("copy"), c.snap_sha256(&snap4));
     // A damaged file: the replay onto a new image fails and removes it.
     let names = names(&store);
-    let f = names
-        .iter()
-        .find(|n| n.ends_with(".full.diff"))
-        .unwrap();
+    let f = names.iter().find(|n| n.ends_with(".full.diff")).unwrap();
     let mut b = store.read_small(f, 1 << 30).unwrap().unwrap();
     let at = b.len() / 2;
     b[at] ^= 1;
