@@ -187,9 +187,47 @@ struct Seen {
     len: u64,
 }
 
+/// The counts of a [`DiffSummary`], kept in locals while the records are walked.
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    records: u64,
+    writes: u64,
+    write_bytes: u64,
+    zeros: u64,
+    zero_bytes: u64,
+    unknown: u64,
+    first_offset: Option<u64>,
+    last_end: Option<u64>,
+    covered_bytes: u64,
+    covered_ranges: u64,
+}
+
+impl Tally {
+    fn store(self, s: &mut DiffSummary) {
+        s.records = self.records;
+        s.writes = self.writes;
+        s.write_bytes = self.write_bytes;
+        s.zeros = self.zeros;
+        s.zero_bytes = self.zero_bytes;
+        s.unknown = self.unknown;
+        s.first_offset = self.first_offset;
+        s.last_end = self.last_end;
+        s.covered_bytes = self.covered_bytes;
+        s.covered_ranges = self.covered_ranges;
+    }
+}
+
+/// Where a walk counts: the tally, and the ranges and records when they are asked for.
+struct Counts {
+    tally: Tally,
+    covered: Option<Vec<Extent>>,
+    list: Option<Vec<RecordInfo>>,
+}
+
 impl Seen {
     #[inline(always)]
-    fn count(self, s: &mut DiffSummary, list: Option<&mut Vec<RecordInfo>>) {
+    fn count(self, c: &mut Counts) {
+        let s = &mut c.tally;
         s.records = self.index + 1;
         match self.tag {
             'w' => {
@@ -211,14 +249,14 @@ impl Seen {
             if !joined {
                 s.covered_ranges += 1;
             }
-            if let Some(c) = s.covered.as_mut() {
-                match c.last_mut() {
+            if let Some(cov) = c.covered.as_mut() {
+                match cov.last_mut() {
                     Some(last) if joined => last.len += e.len,
-                    _ => c.push(e),
+                    _ => cov.push(e),
                 }
             }
         }
-        if let Some(list) = list {
+        if let Some(list) = c.list.as_mut() {
             list.push(RecordInfo {
                 pos: self.pos,
                 tag: self.tag,
@@ -239,13 +277,18 @@ pub fn summarize<S: RecordSource>(src: &mut S, start: u64, with_records: bool) -
     let meta = src.metadata().clone();
     let mut s = DiffSummary {
         start,
-        records: src.metadata_records().len() as u64,
         version: Some(src.version()),
-        covered: with_records.then(Vec::new),
         ..Default::default()
     };
-    let mut list = with_records.then(Vec::new);
-    if let Some(list) = list.as_mut() {
+    let mut c = Counts {
+        tally: Tally {
+            records: src.metadata_records().len() as u64,
+            ..Tally::default()
+        },
+        covered: with_records.then(Vec::new),
+        list: with_records.then(Vec::new),
+    };
+    if let Some(list) = c.list.as_mut() {
         for &(pos, tag) in src.metadata_records() {
             list.push(RecordInfo {
                 pos,
@@ -263,7 +306,7 @@ pub fn summarize<S: RecordSource>(src: &mut S, start: u64, with_records: bool) -
         src.skim_data(|pos, index, t, e| {
             // Once one is handed out, the walk has moved past the held record.
             if let Some(h) = held.take() {
-                h.count(&mut s, list.as_mut());
+                h.count(&mut c);
             }
             let tag = if t == crate::format::tag::WRITE {
                 'w'
@@ -277,7 +320,7 @@ pub fn summarize<S: RecordSource>(src: &mut S, start: u64, with_records: bool) -
                 ext: Some(e),
                 len: e.len,
             };
-            seen.count(&mut s, list.as_mut());
+            seen.count(&mut c);
         });
         let item = match src.next_item() {
             Ok(Some(item)) => item,
@@ -291,7 +334,7 @@ pub fn summarize<S: RecordSource>(src: &mut S, start: u64, with_records: bool) -
             }
         };
         if let Some(h) = held.take() {
-            h.count(&mut s, list.as_mut());
+            h.count(&mut c);
         }
         let (pos, index) = (item.offset, item.index);
         let (tag, ext, len) = match item.kind {
@@ -317,15 +360,18 @@ pub fn summarize<S: RecordSource>(src: &mut S, start: u64, with_records: bool) -
         if tag == 'w' {
             held = Some(seen);
         } else {
-            seen.count(&mut s, list.as_mut());
+            seen.count(&mut c);
         }
         if tag == 'e' {
             s.end = Some(src.position());
         }
     }
     if let Some(h) = held.take() {
-        h.count(&mut s, list.as_mut());
+        h.count(&mut c);
     }
+    c.tally.store(&mut s);
+    s.covered = c.covered;
+    s.record_list = c.list;
     let meta_now = src.metadata();
     let meta = if meta_now.image_size.is_some() {
         meta_now.clone()
@@ -338,7 +384,6 @@ pub fn summarize<S: RecordSource>(src: &mut S, start: u64, with_records: bool) -
     s.image_size = meta.image_size;
     s.warnings = src.warnings().to_vec();
     s.more_warnings = src.more_warnings();
-    s.record_list = list;
     s
 }
 

@@ -45,6 +45,39 @@ pub(crate) fn more_warnings(n: u64) -> String {
     format!("and {n} more warnings of these kinds (not listed)")
 }
 
+/// The checks of [`Checker::data_fast`] over a run of `w`/`z` records, its state in locals.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Run {
+    prev_end: u64,
+    /// Index of the next record.
+    pub index: u64,
+    size: Option<u64>,
+}
+
+impl Run {
+    /// Advances past a `w` or `z` head that passes every check and gives no warning; false,
+    /// with nothing changed, for anything else.
+    #[inline(always)]
+    pub fn step(&mut self, t: u8, e: Extent, declared: Option<u64>) -> bool {
+        let body = if t == tag::WRITE {
+            16u64.saturating_add(e.len)
+        } else {
+            16
+        };
+        let Some(end) = e.offset.checked_add(e.len) else {
+            return false;
+        };
+        let fits = self.size.is_some_and(|size| end <= size);
+        let ok =
+            fits && e.len != 0 && e.offset >= self.prev_end && declared.is_none_or(|d| d == body);
+        if ok {
+            self.prev_end = end;
+            self.index += 1;
+        }
+        ok
+    }
+}
+
 /// Validation state of one diff stream.
 #[derive(Debug, Clone)]
 pub(crate) struct Checker {
@@ -99,21 +132,11 @@ impl Checker {
     /// that the caller takes the general path (which builds the error or warning).
     #[inline(always)]
     pub fn data_fast(&mut self, t: u8, e: Extent, declared: Option<u64>) -> Option<Step> {
-        let body = if t == tag::WRITE {
-            16u64.saturating_add(e.len)
-        } else {
-            16
-        };
-        let end = e.offset.checked_add(e.len)?;
-        let fits = self.meta.image_size.is_some_and(|size| end <= size);
-        let ok =
-            fits && e.len != 0 && e.offset >= self.prev_end && declared.is_none_or(|d| d == body);
-        if !ok {
+        let mut run = self.run();
+        if !run.step(t, e, declared) {
             return None;
         }
-        self.in_data = true;
-        self.prev_end = end;
-        self.index += 1;
+        self.end_run(run);
         Some(if t == tag::WRITE {
             Step::Write(e)
         } else {
@@ -121,6 +144,25 @@ impl Checker {
         })
     }
 
+    /// What [`Checker::data_fast`] checks against, to walk a run of records in locals.
+    #[inline(always)]
+    pub fn run(&self) -> Run {
+        Run {
+            prev_end: self.prev_end,
+            index: self.index,
+            size: self.meta.image_size,
+        }
+    }
+
+    /// Takes back the state of a run (its records passed [`Run::step`]).
+    #[inline(always)]
+    pub fn end_run(&mut self, run: Run) {
+        if run.index != self.index {
+            self.in_data = true;
+            self.prev_end = run.prev_end;
+            self.index = run.index;
+        }
+    }
     fn check(&mut self, ph: &ParsedHead<'_>, offset: u64) -> Result<Step> {
         let head = &ph.head;
         let t = head.tag();

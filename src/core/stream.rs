@@ -811,28 +811,28 @@ impl<R: Read> RecordSource for DiffReader<R> {
             self.body.remaining = 0;
         }
         let version = self.checker.version;
-        let mut n = 0;
-        loop {
-            let avail = src.avail();
-            let Some((t, e, declared, used)) = parse::data_head(version, avail) else {
-                break;
-            };
+        // The walk keeps its state in locals and writes it back once.
+        let mut run = self.checker.run();
+        let (avail, base) = (src.avail(), src.pos);
+        let (mut at, mut n) = (0usize, 0);
+        while let Some((t, e, declared, used)) = avail
+            .get(at..)
+            .and_then(|rest| parse::data_head(version, rest))
+        {
             let payload = if t == crate::format::tag::WRITE {
                 e.len
             } else {
                 0
             };
-            if payload > (avail.len() - used) as u64 {
+            if payload > (avail.len() - at - used) as u64 || !run.step(t, e, declared) {
                 break;
             }
-            let offset = src.pos;
-            if self.checker.data_fast(t, e, declared).is_none() {
-                break;
-            }
-            src.consume(used + payload as usize);
-            f(offset, self.checker.index - 1, t, e);
+            f(base + at as u64, run.index - 1, t, e);
+            at += used + payload as usize;
             n += 1;
         }
+        src.consume(at);
+        self.checker.end_run(run);
         n
     }
 
