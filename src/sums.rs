@@ -102,6 +102,10 @@ pub struct Sums {
     /// fields then describe the decompressed diff stream (offsets, lengths, CRCs, digest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compressed: Option<CompressedSums>,
+    /// The walk that took these sums found the diff valid, without a warning: bytes that
+    /// match them need no walk of their own (absent in older sidecars: false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clean: bool,
     /// sha256 of this document (see the module docs).
     pub self_sha256: String,
 }
@@ -247,6 +251,7 @@ fn compute_runs(bytes: &[u8], progress: &mut dyn FnMut(u64)) -> Result<Sums> {
         progress(len);
     }
     let m = d.metadata();
+    let clean = recs.warnings().is_empty() && recs.more_warnings() == 0;
     Ok(Sums {
         format: FORMAT.into(),
         version: SUMS_VERSION,
@@ -258,6 +263,7 @@ fn compute_runs(bytes: &[u8], progress: &mut dyn FnMut(u64)) -> Result<Sums> {
         size: m.image_size,
         records,
         compressed: None,
+        clean,
         self_sha256: ZERO_HEX.into(),
     })
 }
@@ -593,7 +599,7 @@ pub fn copy_with_sums(src: impl Read, out: &mut dyn Write) -> Result<Sums> {
         out,
         sums: &sums,
     };
-    let (version, meta) = {
+    let (version, meta, clean) = {
         let mut rd = crate::DiffReader::new(&mut tee)?;
         for &(offset, tag) in rd.metadata_records() {
             sums.borrow_mut().record(offset, tag as char, None);
@@ -607,7 +613,8 @@ pub fn copy_with_sums(src: impl Read, out: &mut dyn Write) -> Result<Sums> {
             let end = rd.position();
             sums.borrow_mut().record(offset, tag, Some(end));
         }
-        (rd.version(), rd.metadata().clone())
+        let clean = rd.warnings().is_empty() && rd.more_warnings() == 0;
+        (rd.version(), rd.metadata().clone(), clean)
     };
     std::io::copy(&mut tee, &mut std::io::sink())?;
     let (records, sha256, len) = sums.into_inner().finish();
@@ -622,6 +629,7 @@ pub fn copy_with_sums(src: impl Read, out: &mut dyn Write) -> Result<Sums> {
         size: meta.image_size,
         records,
         compressed: None,
+        clean,
         self_sha256: ZERO_HEX.into(),
     })
 }
@@ -883,8 +891,25 @@ pub fn check_sums_with<'a>(
     digest: bool,
 ) -> Result<Vec<Mismatch>> {
     let bytes = bytes.into();
+    let s = load(path, max_sidecar_len(bytes.len()))?;
+    check_against(&s, bytes, digest)
+}
+
+/// The sidecar of `path` (a plain diff of `len` bytes) when it was taken from a clean walk
+/// ([`Sums::clean`]) and names its snapshots as they are (UTF-8): bytes that match it are
+/// the bytes that walk found valid. `None` for any other sidecar, or none.
+pub fn clean_sums(path: &Path, len: u64) -> Option<Sums> {
+    let s = load(path, max_sidecar_len(len)).ok()?;
+    let plain = |n: &Option<String>| n.as_ref().is_none_or(|n| !n.contains('\u{fffd}'));
+    (s.clean && s.compressed.is_none() && plain(&s.from) && plain(&s.to)).then_some(s)
+}
+
+/// [`check_sums_with`] against the sums `s` already read.
+///
+/// # Errors
+/// A checksum thread fails.
+pub fn check_against(s: &Sums, bytes: Positioned<'_>, digest: bool) -> Result<Vec<Mismatch>> {
     let len = bytes.len();
-    let s = load(path, max_sidecar_len(len))?;
     let mut out = Vec::new();
     if len != s.file_len {
         out.push(len_mismatch(len, s.file_len));

@@ -625,3 +625,65 @@ fn sidecar_whose_first_entry_is_not_the_banner() {
     let f = r.findings.iter().find(|f| f.check == "sums").unwrap();
     assert_eq!(f.record, None);
 }
+
+/// A sidecar taken from a walk that found nothing stands for that walk: a file whose bytes
+/// match it is reported valid, with the snapshots and size the walk gives, without being
+/// walked again. A diff with a note (Ceph 16's v2 `p` length) gets a sidecar without that
+/// mark, so it is walked and its note reported; so is a file with an older sidecar.
+#[test]
+fn a_sidecar_from_a_clean_walk_stands_for_the_walk() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = &chains()[0];
+    let p = copy_to(dir.path(), &c.v1[1].path, "g.diff");
+    let walked = one(&p);
+    assert_eq!(walked.files[0].sums, "absent");
+    sums::write_sums_for(&p).unwrap();
+    assert!(read_sums(&p).clean);
+    let fast = one(&p);
+    assert!(fast.ok(), "{:?}", fast.findings);
+    let (a, b) = (&walked.files[0], &fast.files[0]);
+    assert_eq!(b.sums, "ok");
+    assert_eq!(
+        (&a.from_snap, &a.to_snap, a.image_size, a.valid),
+        (&b.from_snap, &b.to_snap, b.image_size, b.valid)
+    );
+    assert!(a.from_snap.is_some() && a.image_size.is_some(), "{a:?}");
+    // The mark is what is trusted: set on the sidecar of a diff with a note, the note is
+    // not looked for (the bytes match); without it, the diff is walked.
+    let v2 = chains()
+        .into_iter()
+        .flat_map(|c| c.v2)
+        .find(|d| d.rel.contains("imgstriped"))
+        .unwrap();
+    let q = copy_to(dir.path(), &v2.path, "n.diff");
+    sums::write_sums_for(&q).unwrap();
+    let mut sm = read_sums(&q);
+    assert!(!sm.clean, "{}", v2.rel);
+    let r = one(&q);
+    assert_eq!(r.files[0].sums, "ok");
+    assert!(r.findings.iter().any(|f| f.check == "structure"), "{r:?}");
+    sm.clean = true;
+    fs::write(sums_path(&q), sums::encode(&sm)).unwrap();
+    let r = one(&q);
+    assert_eq!(r.files[0].sums, "ok");
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
+    // An older sidecar (no mark) of a clean diff: walked, same report.
+    let mut sm = read_sums(&p);
+    sm.clean = false;
+    fs::write(sums_path(&p), sums::encode(&sm)).unwrap();
+    assert!(!String::from_utf8(fs::read(sums_path(&p)).unwrap())
+        .unwrap()
+        .contains("clean"));
+    let old = one(&p);
+    assert!(old.ok() && old.files[0].sums == "ok", "{:?}", old.findings);
+    // A flipped byte under a clean sidecar is found and pinned as before.
+    sums::write_sums_for(&p).unwrap();
+    let mut bytes = fs::read(&p).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 4;
+    fs::write(&p, &bytes).unwrap();
+    let r = one(&p);
+    assert!(!r.ok());
+    assert_eq!(r.files[0].sums, "mismatch");
+    assert!(r.findings.iter().any(|f| f.check == "sums" && f.offset.is_some()), "{r:?}");
+}
