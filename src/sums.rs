@@ -8,6 +8,10 @@
 //! metadata records, data records, `e`, trailing bytes), so every byte is covered by exactly
 //! one CRC and a flipped byte is pinned to its record, or its run of records. The sidecar ends with `self_sha256`, a sha256 of the sidecar's own bytes
 //! (taken with that value set to 64 zeros), so bit rot in the sidecar is caught too.
+//! `clean: true` says that the walk that took the sums found the diff valid without a
+//! warning: `verify` then takes a plain file whose bytes match the sidecar as valid without
+//! walking it again (the sidecar is not signed: whoever can rewrite it can rewrite the
+//! CRCs too).
 //!
 //! For a zstd-compressed file the sums cover the uncompressed diff stream (offsets, lengths,
 //! CRCs and sha256 are those of the decompressed diff, so the same sidecar content describes
