@@ -226,7 +226,7 @@ struct Counts {
 
 impl Seen {
     #[inline(always)]
-    fn count(self, c: &mut Counts) {
+    fn count<const LIST: bool>(self, c: &mut Counts) {
         let s = &mut c.tally;
         s.records = self.index + 1;
         match self.tag {
@@ -249,14 +249,14 @@ impl Seen {
             if !joined {
                 s.covered_ranges += 1;
             }
-            if let Some(cov) = c.covered.as_mut() {
+            if let (true, Some(cov)) = (LIST, c.covered.as_mut()) {
                 match cov.last_mut() {
                     Some(last) if joined => last.len += e.len,
                     _ => cov.push(e),
                 }
             }
         }
-        if let Some(list) = c.list.as_mut() {
+        if let (true, Some(list)) = (LIST, c.list.as_mut()) {
             list.push(RecordInfo {
                 pos: self.pos,
                 tag: self.tag,
@@ -274,6 +274,17 @@ impl Seen {
 /// through a pointer per record), and runs of small records are counted in bulk
 /// ([`RecordSource::skim_data`]).
 pub fn summarize<S: RecordSource>(src: &mut S, start: u64, with_records: bool) -> DiffSummary {
+    // One loop each: the walk for the counts alone has no per-record test of the lists.
+    if with_records {
+        walk::<S, true>(src, start)
+    } else {
+        walk::<S, false>(src, start)
+    }
+}
+
+/// [`summarize`], with every record and range listed when `LIST`.
+fn walk<S: RecordSource, const LIST: bool>(src: &mut S, start: u64) -> DiffSummary {
+    let with_records = LIST;
     let meta = src.metadata().clone();
     let mut s = DiffSummary {
         start,
@@ -306,7 +317,7 @@ pub fn summarize<S: RecordSource>(src: &mut S, start: u64, with_records: bool) -
         src.skim_data(|pos, index, t, e| {
             // Once one is handed out, the walk has moved past the held record.
             if let Some(h) = held.take() {
-                h.count(&mut c);
+                h.count::<LIST>(&mut c);
             }
             let tag = if t == crate::format::tag::WRITE {
                 'w'
@@ -320,7 +331,7 @@ pub fn summarize<S: RecordSource>(src: &mut S, start: u64, with_records: bool) -
                 ext: Some(e),
                 len: e.len,
             };
-            seen.count(&mut c);
+            seen.count::<LIST>(&mut c);
         });
         let item = match src.next_item() {
             Ok(Some(item)) => item,
@@ -334,7 +345,7 @@ pub fn summarize<S: RecordSource>(src: &mut S, start: u64, with_records: bool) -
             }
         };
         if let Some(h) = held.take() {
-            h.count(&mut c);
+            h.count::<LIST>(&mut c);
         }
         let (pos, index) = (item.offset, item.index);
         let (tag, ext, len) = match item.kind {
@@ -360,14 +371,14 @@ pub fn summarize<S: RecordSource>(src: &mut S, start: u64, with_records: bool) -
         if tag == 'w' {
             held = Some(seen);
         } else {
-            seen.count(&mut c);
+            seen.count::<LIST>(&mut c);
         }
         if tag == 'e' {
             s.end = Some(src.position());
         }
     }
     if let Some(h) = held.take() {
-        h.count(&mut c);
+        h.count::<LIST>(&mut c);
     }
     c.tally.store(&mut s);
     s.covered = c.covered;
