@@ -452,8 +452,11 @@ struct StreamSums {
     /// CRC of the open record over `open.0..crc_pos`.
     crc: crc32fast::Hasher,
     crc_pos: u64,
-    /// Bytes `crc_pos..fed`, not yet assigned to a record.
+    /// Bytes `crc_pos..fed`, not yet assigned to a record: `held[held_lo..]` (bytes taken
+    /// are dropped from the front only once they are most of the buffer, so that taking
+    /// them record by record moves nothing).
     held: Vec<u8>,
+    held_lo: usize,
     /// The run of closed records the open one may join (see [`joins`]):
     /// `(offset, tag, len, records)`, its CRC before the open record (`before`) and with the
     /// open record's bytes so far (`group`), so that joining costs no CRC combination.
@@ -472,6 +475,7 @@ impl StreamSums {
             crc: crc32fast::Hasher::new(),
             crc_pos: 0,
             held: Vec::new(),
+            held_lo: 0,
             run: None,
             before: crc32fast::Hasher::new(),
             group: crc32fast::Hasher::new(),
@@ -490,22 +494,31 @@ impl StreamSums {
         self.sha.update(data);
         self.fed += data.len() as u64;
         self.after_end();
-        if self.held.is_empty() {
+        if self.held_lo == self.held.len() {
             let n = self.room().min(data.len() as u64) as usize;
             self.crc.update(&data[..n]);
             self.group.update(&data[..n]);
             self.crc_pos += n as u64;
             data = &data[n..];
         }
+        if self.held_lo > 0 && self.held_lo * 2 >= self.held.len() {
+            self.held.drain(..self.held_lo);
+            self.held_lo = 0;
+        }
         self.held.extend_from_slice(data);
     }
 
     /// Moves `n` held bytes into the open record's CRC.
     fn take_held(&mut self, n: usize) {
-        let n = n.min(self.held.len());
-        self.crc.update(&self.held[..n]);
-        self.group.update(&self.held[..n]);
-        self.held.drain(..n);
+        let lo = self.held_lo;
+        let n = n.min(self.held.len() - lo);
+        self.crc.update(&self.held[lo..lo + n]);
+        self.group.update(&self.held[lo..lo + n]);
+        self.held_lo += n;
+        if self.held_lo == self.held.len() {
+            self.held.clear();
+            self.held_lo = 0;
+        }
         self.crc_pos += n as u64;
     }
 
@@ -565,7 +578,7 @@ impl StreamSums {
 
     /// Closes the last record.
     fn finish(mut self) -> (Vec<RecordSum>, String, u64) {
-        let n = self.held.len();
+        let n = self.held.len() - self.held_lo;
         self.take_held(n);
         self.close();
         let group = std::mem::replace(&mut self.group, crc32fast::Hasher::new());
