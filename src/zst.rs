@@ -564,7 +564,9 @@ pub struct ZstArchive<'a> {
     index: ArchiveIndex,
     /// Where the records are: the block table (version 3), or the records decoded.
     records: index::Records,
-    dctx: zstd::bulk::Decompressor<'static>,
+    /// Made when this archive first decompresses a frame itself ([`ZstArchive::frame`]): a
+    /// merge decompresses with its own contexts, and holds many archives.
+    dctx: Option<zstd::bulk::Decompressor<'static>>,
     /// Recently decompressed frames, most recent last (at most `cache_frames`, and
     /// [`CACHE_BYTES`] but for the newest).
     cache: Vec<(usize, Vec<u8>)>,
@@ -682,7 +684,7 @@ impl<'a> ZstArchive<'a> {
             frames,
             index,
             records,
-            dctx: zstd::bulk::Decompressor::new()?,
+            dctx: None,
             cache: Vec::new(),
             cache_frames: CACHE_FRAMES,
             decompressed: Default::default(),
@@ -812,14 +814,11 @@ impl<'a> ZstArchive<'a> {
             } else {
                 Vec::new()
             };
-            decompress_at(
-                &mut self.dctx,
-                self.raw,
-                i,
-                &f,
-                &mut data,
-                &mut self.scratch,
-            )?;
+            let dctx = match &mut self.dctx {
+                Some(d) => d,
+                None => self.dctx.insert(zstd::bulk::Decompressor::new()?),
+            };
+            decompress_at(dctx, self.raw, i, &f, &mut data, &mut self.scratch)?;
             *self.decompressed.get_mut() += 1;
             self.cache.push((i, data));
             while self.cache.len() > 1
