@@ -685,5 +685,10 @@ fn a_sidecar_from_a_clean_walk_stands_for_the_walk() {
     let r = one(&p);
     assert!(!r.ok());
     assert_eq!(r.files[0].sums, "mismatch");
-    assert!(r.findings.iter().any(|f| f.check == "sums" && f.offset.is_some()), "{r:?}");
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.check == "sums" && f.offset.is_some()),
+        "{r:?}"
+    );
 }
