@@ -121,6 +121,9 @@ impl<'a> Positioned<'a> {
                 Ok(&b[at as usize..end as usize])
             }
             Positioned::File(..) | Positioned::Other(..) => {
+                // Grown exactly: a scratch buffer kept for the next read stays its size.
+                scratch.clear();
+                scratch.reserve_exact(len);
                 scratch.resize(len, 0);
                 self.read_exact_at(scratch, at)?;
                 Ok(scratch)

@@ -387,7 +387,9 @@ fn decompress_src(
 ) -> Result<()> {
     let fail = |why: &str| corrupt_frame(Some(i as u64), f.c_offset, f.d_offset, why);
     out.clear();
-    out.reserve(f.d_len as usize);
+    // Exactly: a cache counts frames by their length, and a reused buffer grown by
+    // doubling would hold up to twice it.
+    out.reserve_exact(f.d_len as usize);
     let n = dctx
         .decompress_to_buffer(src, out)
         .map_err(|e| fail(&e.to_string()))?;

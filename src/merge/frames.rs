@@ -377,7 +377,7 @@ fn evict_all(cache: &mut HashMap<Key, Vec<u8>>, spare: &Spare, evict: &[Key]) {
 /// Gives back what a reused buffer holds beyond its frame: the cache counts frames by their
 /// length, so a small frame decompressed into a large spare buffer must not keep it.
 fn fit(data: &mut Vec<u8>) {
-    if data.capacity() > 2 * data.len() + (64 << 10) {
+    if data.capacity() > data.len() + data.len() / 8 + (64 << 10) {
         data.shrink_to_fit();
     }
 }
