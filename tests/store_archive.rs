@@ -253,6 +253,18 @@ fn prune_of_an_object_store_keeps_its_snapshots_restorable() {
     assert!(remote::prune(&store, &popts(2), false, &mut |_, _| {}).is_err());
     store.fail_at(None);
     assert_eq!(names(&store), before);
+    // A damaged input (same length: only its content tells) fails the merge: nothing is
+    // deleted, and no merged file is left.
+    let full = before.iter().find(|n| n.ends_with(".full.diff")).unwrap();
+    let good = store.read_small(full, 1 << 30).unwrap().unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 8;
+    store.put_small(full, &bad).unwrap();
+    let e = remote::prune(&store, &popts(2), false, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("damaged"), "{e}");
+    assert_eq!(names(&store), before);
+    store.put_small(full, &good).unwrap();
     let r = remote::prune(&store, &popts(2), false, &mut |_, _| {}).unwrap();
     assert_eq!(r.kept_snapshots, snaps[3..]);
     assert_eq!(r.merges.len(), 1, "{r:?}");
