@@ -39,6 +39,17 @@ fn download(store: &dyn Store, dir: &Path) {
     }
 }
 
+/// Flips bits of the byte `back` bytes before the end of object `name` (same length: only
+/// its content tells); returns the object's bytes as they were.
+fn damage(store: &dyn Store, name: &str, back: usize) -> Vec<u8> {
+    let good = store.read_small(name, 1 << 30).unwrap().unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() - back;
+    bad[at] ^= 0x18;
+    store.put_small(name, &bad).unwrap();
+    good
+}
+
 fn names(store: &dyn Store) -> Vec<String> {
     store
         .list("")
@@ -256,11 +267,7 @@ fn prune_of_an_object_store_keeps_its_snapshots_restorable() {
     // A damaged input (same length: only its content tells) fails the merge: nothing is
     // deleted, and no merged file is left.
     let full = before.iter().find(|n| n.ends_with(".full.diff")).unwrap();
-    let good = store.read_small(full, 1 << 30).unwrap().unwrap();
-    let mut bad = good.clone();
-    let at = bad.len() / 2;
-    bad[at] ^= 8;
-    store.put_small(full, &bad).unwrap();
+    let good = damage(&store, full, 1000);
     let e = remote::prune(&store, &popts(2), false, &mut |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("damaged"), "{e}");
     assert_eq!(names(&store), before);
@@ -471,10 +478,7 @@ fn restore_from_an_object_store_into_an_image() {
         .iter()
         .find(|n| n.ends_with(&format!("..{}.diff", snaps[2])))
         .unwrap();
-    let mut b = store.read_small(last, 1 << 30).unwrap().unwrap();
-    let at = b.len() - 40;
-    b[at] ^= 0x10;
-    store.put_small(last, &b).unwrap();
+    damage(&store, last, 40);
     let r = remote::restore(&store, "rbd/bad", &ropts(&snaps[2], true), &mut |_, _| {});
     assert!(!c.has_image("bad"), "{r:?}");
     let e = r.unwrap_err().to_string();
@@ -528,10 +532,7 @@ fn replay_from_an_object_store_brings_an_image_up_to_date() {
     // A damaged file: the replay onto a new image fails and removes it.
     let names = names(&store);
     let f = names.iter().find(|n| n.ends_with(".full.diff")).unwrap();
-    let mut b = store.read_small(f, 1 << 30).unwrap().unwrap();
-    let at = b.len() / 2;
-    b[at] ^= 1;
-    store.put_small(f, &b).unwrap();
+    damage(&store, f, 1000);
     let e = replay_from_store(&store, "rbd/fresh", &ropts(None, Verify::Diff)).unwrap_err();
     assert!(!c.has_image("fresh"), "{e}");
     assert!(e.to_string().contains("damaged"), "{e}");
