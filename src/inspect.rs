@@ -537,14 +537,29 @@ pub fn inspect_file(path: &str, with_records: bool) -> crate::Result<Report> {
     // Only the heads are read: no read-ahead of payloads (matters when the file is not
     // cached). A hint only; a failure changes nothing but speed.
     let _ = rustix::fs::fadvise(&f, 0, 0, rustix::fs::Advice::Random);
-    Ok(inspect_with(
-        path,
-        kind,
-        with_records,
-        f,
-        |f| ImageReader::from_file(f, len),
-        |f| DiffReader::from_file(f, len),
-    ))
+    if kind == Kind::Image {
+        return Ok(inspect_with(
+            path,
+            kind,
+            with_records,
+            f,
+            |f| ImageReader::from_file(f, len),
+            |f| DiffReader::from_file(f, len),
+        ));
+    }
+    // A diff: read ahead on another thread while its records are dense
+    // ([`crate::readahead`]).
+    Ok(std::thread::scope(|scope| {
+        let r = crate::readahead::ReadAhead::new(&f, len, scope);
+        inspect_with(
+            path,
+            kind,
+            with_records,
+            r,
+            |_| Err(Error::invalid("internal: an image read as a diff")),
+            |r| DiffReader::read_at_with(r, len, crate::readahead::ReadAhead::read_at),
+        )
+    }))
 }
 
 /// Opens `path` for reading without updating its access time when the file allows it (the

@@ -183,6 +183,7 @@ pub mod positioned;
 pub mod progress;
 pub mod rate;
 pub mod rbd;
+mod readahead;
 pub mod replicate;
 pub mod size;
 pub mod smallfile;

@@ -36,7 +36,7 @@ const BIG_SKIP: u64 = 8 * 1024;
 
 /// Reads from a positioned input at an absolute offset; the `u64` is where the input's
 /// own cursor is, so that a plain `Seek` input seeks only when it has to.
-type ReadAtFn<R> = fn(&mut R, &mut [u8], u64, &mut u64) -> io::Result<usize>;
+pub(crate) type ReadAtFn<R> = fn(&mut R, &mut [u8], u64, &mut u64) -> io::Result<usize>;
 
 fn seek_read<R: Read + Seek>(
     r: &mut R,
@@ -525,6 +525,17 @@ impl<R: Read> DiffReader<R> {
         R: Seek,
     {
         Self::from_source(Source::seekable(inner, len), true)
+    }
+}
+
+impl<R: Read> DiffReader<R> {
+    /// [`DiffReader::seekable`] for an input of `len` bytes that `read_at` reads at offsets
+    /// (its `u64` argument is the input's own cursor, for it to keep).
+    ///
+    /// # Errors
+    /// As [`DiffReader::new`].
+    pub(crate) fn read_at_with(inner: R, len: u64, read_at: ReadAtFn<R>) -> Result<Self> {
+        Self::from_source(Source::positioned(inner, len, read_at), true)
     }
 }
 
