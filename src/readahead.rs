@@ -19,6 +19,9 @@ const PIECE: usize = 256 << 10;
 const DEPTH: usize = 2;
 /// A read at least this long that starts where the one before ended marks a dense walk.
 const DENSE: usize = 16 << 10;
+/// Files shorter than this are not read ahead: the thread and the copies cost more than they
+/// save (measured on 17 MB of `z` records: 7.3 ms instead of 6.0).
+const MIN_FILE: u64 = 64 << 20;
 
 type Piece = io::Result<(u64, Vec<u8>)>;
 
@@ -36,6 +39,10 @@ pub(crate) struct ReadAhead<'s, 'e> {
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Where the last read ended.
     last_end: u64,
+    /// Shorter files are not read ahead ([`MIN_FILE`]).
+    min_file: u64,
+    /// Pieces taken from the thread so far.
+    taken: u64,
 }
 
 impl<'s, 'e> ReadAhead<'s, 'e> {
@@ -50,6 +57,8 @@ impl<'s, 'e> ReadAhead<'s, 'e> {
             ahead: None,
             spare: Arc::default(),
             last_end: u64::MAX,
+            min_file: MIN_FILE,
+            taken: 0,
         }
     }
 
@@ -120,9 +129,14 @@ impl<'s, 'e> ReadAhead<'s, 'e> {
                         }
                     }
                     self.piece_at = p_at;
+                    self.taken += 1;
                 }
                 Some(_) => self.stop(),
-                None if contiguous && dst.len() >= DENSE && at < self.len => {
+                None if contiguous
+                    && dst.len() >= DENSE
+                    && at < self.len
+                    && self.len >= self.min_file =>
+                {
                     self.start(at);
                     self.piece_at = at;
                 }
@@ -176,6 +190,7 @@ mod tests {
         let len = data.len() as u64;
         std::thread::scope(|s| {
             let mut r = ReadAhead::new(&f, len, s);
+            r.min_file = 0;
             let mut at = 0u64;
             let mut buf = vec![0u8; 64 << 10];
             let mut step = 0u64;
@@ -196,6 +211,8 @@ mod tests {
             }
             assert_eq!(r.read(&mut buf, len).unwrap(), 0);
             assert!(step > 40);
+            // It did read ahead, and it also read straight after each jump.
+            assert!(r.taken >= 5, "{}", r.taken);
         });
     }
 }
