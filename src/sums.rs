@@ -255,7 +255,8 @@ fn compute_runs(bytes: &[u8], progress: &mut dyn FnMut(u64)) -> Result<Sums> {
         progress(len);
     }
     let m = d.metadata();
-    let clean = recs.warnings().is_empty() && recs.more_warnings() == 0;
+    // Bytes after `e` are trailing bytes: not clean, whatever the walk said.
+    let clean = recs.warnings().is_empty() && recs.more_warnings() == 0 && end == len;
     Ok(Sums {
         format: FORMAT.into(),
         version: SUMS_VERSION,
@@ -635,6 +636,7 @@ pub fn copy_with_sums(src: impl Read, out: &mut dyn Write) -> Result<Sums> {
     };
     std::io::copy(&mut tee, &mut std::io::sink())?;
     let (records, sha256, len) = sums.into_inner().finish();
+    let clean = clean && !records.iter().any(|r| r.tag == '-');
     Ok(Sums {
         format: FORMAT.into(),
         version: SUMS_VERSION,

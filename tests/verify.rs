@@ -667,6 +667,14 @@ fn a_sidecar_from_a_clean_walk_stands_for_the_walk() {
     let r = one(&q);
     assert_eq!(r.files[0].sums, "ok");
     assert!(r.findings.is_empty(), "{:?}", r.findings);
+    // Bytes after `e` are never clean, wherever the sums come from.
+    let mut trailing = fs::read(&p).unwrap();
+    trailing.extend_from_slice(b"junk");
+    let t = sums::compute(&trailing).unwrap();
+    assert!(!t.clean);
+    let mut copy = Vec::new();
+    let t = sums::copy_with_sums(&trailing[..], &mut copy).unwrap();
+    assert!(!t.clean);
     // An older sidecar (no mark) of a clean diff: walked, same report.
     let mut sm = read_sums(&p);
     sm.clean = false;

@@ -163,6 +163,7 @@ impl Checker {
             self.index = run.index;
         }
     }
+
     fn check(&mut self, ph: &ParsedHead<'_>, offset: u64) -> Result<Step> {
         let head = &ph.head;
         let t = head.tag();
