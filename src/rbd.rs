@@ -369,7 +369,7 @@ impl Rbd {
             return Err(rbd_failed(&format!("rbd export {s}"), &err));
         }
         read?;
-        Ok(sha.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        Ok(crate::sums::hex(&sha.finalize()))
     }
 }
 

@@ -184,7 +184,7 @@ pub(crate) fn new_id() -> Result<String> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .map_err(|e| Error::from(e).with_file("/dev/urandom"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::sums::hex(&bytes))
 }
 
 /// Records the outcome of a backup in `c` (see [`record_outcome`]).

@@ -61,8 +61,7 @@ fn snap_part(name: &str) -> String {
     }
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(name.as_bytes());
-    let hex: String = h[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}~{hex}", &e[..cut])
+    format!("{}~{}", &e[..cut], crate::sums::hex(&h[..8]))
 }
 
 /// The conventional file name of a diff of `image` from `from` (none: full) to `to`: names

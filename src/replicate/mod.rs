@@ -446,7 +446,7 @@ pub fn full_diff_sha256(src: impl Read) -> Result<String> {
         }
     }
     zero_to(&mut sha, &mut pos, size);
-    Ok(sha.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::sums::hex(&sha.finalize()))
 }
 
 /// Makes the destination's HEAD equal to its snapshot `base` again when it differs (a

@@ -115,7 +115,7 @@ pub fn plan_sync(src: &[(u64, String)], dst: &[(u64, String)]) -> Result<Option<
 pub fn sync_tag(fsid: Option<&str>, dst_spec: &str) -> String {
     use sha2::{Digest, Sha256};
     let h = Sha256::digest(format!("sync:{}:{dst_spec}", fsid.unwrap_or("")).as_bytes());
-    h.iter().map(|b| format!("{b:02x}")).collect()
+    crate::sums::hex(&h)
 }
 
 /// Syncs `src_spec` to `dst_spec` (both `POOL/IMAGE`, on the clusters of `opts.src` and
