@@ -447,11 +447,8 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RestoreReport> {
-    image_name(spec)?;
-    if let Some(i) = &opts.image {
-        safe_arg("image name", i)?;
-    }
-    let image = pick_image(store, Some(image_name(spec)?), opts.image.as_deref())?;
+    let target = super::restore::checked_names(spec, opts)?;
+    let image = pick_image(store, Some(target), opts.image.as_deref())?;
     let (graph, choice) = path_to(store, &image, opts.to.as_deref())?;
     let edges: Vec<&Edge> = choice.path.iter().map(|&i| &graph.edges[i]).collect();
     let names: Vec<String> = edges.iter().map(|e| e.file.name()).collect();

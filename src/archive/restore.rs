@@ -65,6 +65,19 @@ pub struct RestoreReport {
     pub records: u64,
 }
 
+/// The name of the target image `spec`, once it and the image asked for are known to be
+/// safe to pass to `rbd`.
+///
+/// # Errors
+/// Either could be taken for an option, or `spec` is not an image.
+pub(crate) fn checked_names<'s>(spec: &'s str, opts: &RestoreOptions) -> Result<&'s str> {
+    let target = image_name(spec)?;
+    if let Some(i) = &opts.image {
+        safe_arg("image name", i)?;
+    }
+    Ok(target)
+}
+
 /// Restores a snapshot of the archive `dir` into `spec` (`POOL/IMAGE`): takes the path of
 /// healthy files with the fewest bytes from a full diff to `opts.to` (default: the newest
 /// restorable snapshot), verifying each file of it (structure, sums sidecar where present)
@@ -84,15 +97,12 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RestoreReport> {
-    image_name(spec)?;
-    if let Some(i) = &opts.image {
-        safe_arg("image name", i)?;
-    }
+    let target = checked_names(spec, opts)?;
     if !dir.is_dir() {
         return Err(Error::invalid("not a directory").with_file(dir));
     }
     let _lock = crate::dirlock::lock(dir, false, Command::Restore, opts.wait)?;
-    let src_image = pick_image(dir, Some(image_name(spec)?), opts.image.as_deref())?;
+    let src_image = pick_image(dir, Some(target), opts.image.as_deref())?;
     let (choice, names) = best_path(dir, &src_image, opts.to.as_deref())?;
     let opened = names
         .iter()
