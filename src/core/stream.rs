@@ -526,9 +526,7 @@ impl<R: Read> DiffReader<R> {
     {
         Self::from_source(Source::seekable(inner, len), true)
     }
-}
 
-impl<R: Read> DiffReader<R> {
     /// [`DiffReader::seekable`] for an input of `len` bytes that `read_at` reads at offsets
     /// (its `u64` argument is the input's own cursor, for it to keep).
     ///

@@ -145,19 +145,9 @@ echo "fake rbd: unexpected call: $*" >&2; exit 1
         fs::write(&p, img).unwrap();
     }
 
-    /// The snapshots on the cluster (not removed), as `(id, name)`, oldest first.
+    /// The snapshots of `rbd/vm` (not removed), as `(id, name)`, oldest first.
     pub fn snapshots(&self) -> Vec<(u64, String)> {
-        let mut v: Vec<(u64, String)> = fs::read_dir(self.bin.join("snaps"))
-            .unwrap()
-            .filter_map(|e| {
-                let n = e.unwrap().file_name().to_string_lossy().into_owned();
-                let name = n.strip_suffix(".id")?.to_string();
-                let id = fs::read_to_string(self.bin.join("snaps").join(&n)).ok()?;
-                Some((id.trim().parse().ok()?, name))
-            })
-            .collect();
-        v.sort();
-        v
+        self.snap_ids("vm")
     }
 
     /// The sha256 of the image as snapshot `name` holds it.
@@ -185,20 +175,25 @@ echo "fake rbd: unexpected call: $*" >&2; exit 1
 
     /// The snapshot names of image `rbd/NAME` (not removed), oldest first.
     pub fn snaps_of(&self, name: &str) -> Vec<String> {
+        self.snap_ids(name).into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// The snapshots of image `rbd/NAME` (not removed), as `(id, name)`, oldest first.
+    fn snap_ids(&self, name: &str) -> Vec<(u64, String)> {
         let dir = self.image_dir(name).join("snaps");
-        let mut v: Vec<(u64, String)> = fs::read_dir(dir)
+        let mut v: Vec<(u64, String)> = fs::read_dir(&dir)
             .map(|d| {
                 d.filter_map(|e| {
                     let n = e.ok()?.file_name().to_string_lossy().into_owned();
                     let snap = n.strip_suffix(".id")?.to_string();
-                    let id = fs::read_to_string(self.image_dir(name).join("snaps").join(&n));
-                    Some((id.ok()?.trim().parse().ok()?, snap))
+                    let id = fs::read_to_string(dir.join(&n)).ok()?;
+                    Some((id.trim().parse().ok()?, snap))
                 })
                 .collect()
             })
             .unwrap_or_default();
         v.sort();
-        v.into_iter().map(|(_, n)| n).collect()
+        v
     }
 
     /// `rbddiff ARGS` with this cluster's `rbd` first on `PATH`.
