@@ -3,7 +3,9 @@
 # 16-byte `w` records with every 16th a `z`, and `z` records only), 10^7 records by default:
 #   - `inspect` vs `cat FILE > /dev/null` (page cache warm);
 #   - `verify --write-sums` and `verify` vs `cat`, with the sidecar's size;
-#   - `compress` vs `zstd -3 -T2` (time and size), and `inspect` of the archive.
+#   - `compress` vs `zstd -3 -T2` (time and size), and `inspect` of the archive;
+#   - then RECORDS/25 records at random places (`z` of random lengths, and 512-byte `w`):
+#     archive size vs `zstd -3`, `inspect` of the diff and of the archive vs `cat`.
 # Reports wall time and peak RssAnon / RssFile (sampled from /proc) of each command.
 #
 # usage: benches/dense-records.sh [WORKDIR]   (default target/bench-records; ~1 GB free)
@@ -82,6 +84,25 @@ for mix in w z; do
     note="$(stat -c %s "$dir/a.zst") bytes, $(ratio "$(stat -c %s "$dir/a.zst")" "$(stat -c %s "$dir/ref.zst")")x zstd; time $(ratio "$(best "$BIN" compress --quiet --no-progress -f "$f" -o "$dir/a.zst")" "$zstd_s")x zstd"
     line compress "$BIN" compress --quiet --no-progress -f "$f" -o "$dir/a.zst"
     note=
+    line "inspect .zst" "$BIN" inspect "$dir/a.zst"
+    rm -rf "$dir"
+done
+
+# Heads at random places (index blocks that compress badly are left out of the archive's
+# index): archive size vs `zstd -3`, and `inspect` of the archive vs of the diff.
+for mix in scattered scattered-w; do
+    dir=$WORK/$mix
+    rm -rf "$dir"
+    n=$((RECORDS / 25))
+    "$SYNTH" "$dir" 1 "$n" "$mix" >/dev/null
+    f=$dir/d00.diff
+    cat "$f" >/dev/null
+    zstd -3 -T2 -q -f "$f" -o "$dir/ref.zst"
+    "$BIN" compress --quiet --no-progress -f "$f" -o "$dir/a.zst"
+    printf '%-12s %-22s %s\n' "$mix" "$n records" "$(stat -c %s "$f") bytes; zstd -3 $(stat -c %s "$dir/ref.zst"); archive $(stat -c %s "$dir/a.zst") ($(ratio "$(stat -c %s "$dir/a.zst")" "$(stat -c %s "$dir/ref.zst")")x zstd)"
+    note=
+    cat_s=$(best sh -c "cat '$f' > /dev/null")
+    line inspect "$BIN" inspect "$f"
     line "inspect .zst" "$BIN" inspect "$dir/a.zst"
     rm -rf "$dir"
 done

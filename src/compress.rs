@@ -91,6 +91,12 @@ impl Chunk<'_> {
     }
 }
 
+/// A frame whose records' payloads are under this many times their heads' bytes is mostly
+/// heads: it is compressed with a window of 2^[`zst::HEADS_WINDOW_LOG`] bytes, so that a
+/// reader can walk its heads in little memory if its index block is left out (see
+/// `zst::index`).
+const HEADS_DENSE: u64 = 64;
+
 /// Largest read a [`TeeReader`] passes to its input at once, so that the bytes held for the
 /// current frame never exceed the frame cap by more than this.
 const TEE_READ: usize = 1 << 20;
@@ -115,7 +121,11 @@ struct Cutter<'s, 'f> {
     /// `(start, number)` of the frames cut since the frame holding the last indexed record
     /// (that one included).
     recent: Vec<(u64, u32)>,
-    feed: &'f mut Feeder<Chunk<'s>>,
+    /// Bytes of the heads and of the payloads of the records that start in the current
+    /// frame.
+    heads: u64,
+    payload: u64,
+    feed: &'f mut Feeder<(Chunk<'s>, bool)>,
 }
 
 type Shared<'s, 'f> = Rc<RefCell<Cutter<'s, 'f>>>;
@@ -168,7 +178,9 @@ impl<'s> Cutter<'s, '_> {
             self.data.truncate(n);
             Chunk::Owned(std::mem::replace(&mut self.data, rest))
         };
-        self.feed.send(chunk)?;
+        let dense = self.heads > 0 && self.payload < self.heads.saturating_mul(HEADS_DENSE);
+        self.feed.send((chunk, dense))?;
+        (self.heads, self.payload) = (0, 0);
         self.frame_start = pos;
         self.frames += 1;
         self.recent.push((pos, self.frames));
@@ -226,6 +238,7 @@ fn walk_diff(
     ix: &mut IndexWriter,
 ) -> Result<IndexedDiff> {
     let version = src.version();
+    ix.set_version(version);
     let first = ix.records();
     // A file's payloads are not read here (the frames are read by the workers).
     let positioned = cut.borrow().file.is_some();
@@ -237,6 +250,15 @@ fn walk_diff(
         let (frame, _) = cut.borrow_mut().at_record(item.offset)?;
         let (t, offset, len) = zst::item_fields(&item.kind);
         ix.push(frame, item.offset, t, offset, len)?;
+        {
+            let mut c = cut.borrow_mut();
+            c.heads += head_len(version, t);
+            c.payload += if t == tag::ZERO || t == tag::END {
+                0
+            } else {
+                len
+            };
+        }
         let body_start = item.offset + head_len(version, t);
         match item.kind {
             ItemKind::Write {
@@ -285,7 +307,7 @@ fn walk<'s>(
     file: Option<(&'s File, u64)>,
     stream: Option<Box<dyn Read + Send>>,
     opts: &CompressOptions,
-    feed: &mut Feeder<Chunk<'s>>,
+    feed: &mut Feeder<(Chunk<'s>, bool)>,
 ) -> Result<(ArchiveIndex, IndexWriter)> {
     let mut ix = IndexWriter::new()?;
     let streamed = stream.is_some();
@@ -298,6 +320,8 @@ fn walk<'s>(
         stream,
         data: Vec::new(),
         recent: vec![(0, 0)],
+        heads: 0,
+        payload: 0,
         feed,
     }));
     let mut diffs = Vec::new();
@@ -639,6 +663,8 @@ fn compress_from(
     let level = opts.level;
     let mut frames: Vec<FrameEntry> = Vec::new();
     let (mut c_off, mut d_off) = (0u64, 0u64);
+    // Frames compressed with the small window of heads ([`HEADS_DENSE`]).
+    let mut heads = Vec::new();
     let pool = Pool::default();
     let (index, ix) = pipeline(
         opts.threads,
@@ -646,17 +672,21 @@ fn compress_from(
             let mut c = compressor(level);
             let mut scratch = Vec::new();
             let pool = &pool;
-            move |chunk: Chunk<'_>| -> Result<(Vec<u8>, u32)> {
+            move |(chunk, dense): (Chunk<'_>, bool)| -> Result<(Vec<u8>, u32, bool)> {
                 let c = c.as_mut().map_err(|e| Error::invalid(e.to_string()))?;
                 let data = chunk.bytes(&mut scratch)?;
                 let mut z = pool.take();
                 z.reserve(zstd::zstd_safe::compress_bound(data.len()));
+                // 0: the level's own window.
+                let window = if dense { zst::HEADS_WINDOW_LOG } else { 0 };
+                c.set_parameter(CParameter::WindowLog(window))?;
                 c.compress_to_buffer(data, &mut z)?;
-                Ok((z, data.len() as u32))
+                Ok((z, data.len() as u32, dense))
             }
         },
         |feed| walk(kind, file, stream, opts, feed),
-        |(z, d_len)| {
+        |(z, d_len, dense)| {
+            heads.push(dense);
             out.write_all(&z)?;
             let n = z.len();
             let checksum = match z.get(n.saturating_sub(4)..) {
@@ -679,6 +709,8 @@ fn compress_from(
     )?;
     tick.finish();
     let records = ix.records();
+    let mut ix = ix;
+    ix.leave_out(&frames, &heads)?;
     let idx_len = ix.finish(&index, frames.len(), out, true)?;
     let table = encode_seek_table(&frames);
     out.write_all(&table)?;

@@ -630,7 +630,8 @@ fn inspect_with<R: Read>(
     }
 }
 
-/// Inspects an indexed zstd archive from its record index alone: no frame is decompressed.
+/// Inspects an indexed zstd archive from its record index: no frame is decompressed but those
+/// whose index block is left out (frames of little but heads, read for their heads).
 pub fn inspect_archive(file: &str, a: &mut ZstArchive<'_>, with_records: bool) -> Report {
     let idx = a.index();
     let mut r = Report {

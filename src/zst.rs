@@ -157,7 +157,7 @@ mod index;
 
 pub use index::{
     decode_index, encode_index, encode_index_v1, encode_index_v2, index_frame, ArchiveIndex,
-    DecodedIndex, IndexRecord, IndexRecords, IndexWriter, IndexedDiff, SPILL_AT,
+    DecodedIndex, IndexRecord, IndexRecords, IndexWriter, IndexedDiff, HEADS_WINDOW_LOG, SPILL_AT,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -736,6 +736,7 @@ impl<'a> ZstArchive<'a> {
                 Some(w) => Positioned::Other(&**w, self.raw.len()),
                 None => self.raw,
             },
+            data: Some(self.raw),
             records: &self.records,
             frames: &self.frames,
             index: &self.index,

@@ -1066,13 +1066,15 @@ fn s(p: &Path) -> String {
 /// `z` with its record index rewritten in version 1 (fixed-width records) or 2 (one
 /// delta-coded stream), as older versions wrote it.
 fn with_old_index(z: &[u8], version: u8) -> Vec<u8> {
-    use rbddiff::zst::{
-        decode_index, encode_index_v1, encode_index_v2, index_frame, parse_seek_table,
-    };
+    use rbddiff::zst::{encode_index_v1, encode_index_v2, index_frame, parse_seek_table};
     let (frames, seek_start) = parse_seek_table(z).unwrap().unwrap();
     let last = frames.last().unwrap();
     let data_end = (last.c_offset + u64::from(last.c_len)) as usize;
-    let idx = decode_index(&z[data_end + 8..seek_start], &frames).unwrap();
+    let idx = ZstArchive::open(z)
+        .unwrap()
+        .unwrap()
+        .decoded_index()
+        .unwrap();
     let body = if version == 1 {
         encode_index_v1(&idx)
     } else {
@@ -1146,6 +1148,13 @@ fn index_of_record_dense_diffs_stays_small() {
     for (what, plain) in [
         ("z records", dense(200_000, None)),
         ("512-byte records", dense(100_000, Some(512))),
+        // Heads that compress badly: their blocks are left out of the index.
+        ("z records at random places", scattered(200_000)),
+        (
+            "512-byte records at random places",
+            scattered_mix(100_000, 1, 0),
+        ),
+        ("a mix at random places", scattered_mix(100_000, 3, 0)),
     ] {
         let z = compress_file(dir.path(), &plain, &CompressOptions::default());
         let reference = zstd::bulk::compress(&plain, 3).unwrap();
@@ -1163,6 +1172,13 @@ fn index_of_record_dense_diffs_stays_small() {
 /// A `z`-only diff of `n` records at random gaps and of random lengths (a record index that
 /// compresses badly).
 fn scattered(n: u64) -> Vec<u8> {
+    scattered_mix(n, 0, 0)
+}
+
+/// `n` records at random gaps and of random lengths, `z` records but every `w_every`th a
+/// `w` of `w_len` bytes (half noise, half zeros), then `tail` writes of 4 KiB of noise at
+/// random gaps (records whose index costs little next to their payload).
+fn scattered_mix(n: u64, w_every: u64, tail: u64) -> Vec<u8> {
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
         x ^= x << 13;
@@ -1172,10 +1188,15 @@ fn scattered(n: u64) -> Vec<u8> {
     };
     let mut exts = Vec::new();
     let mut at = 0u64;
-    for _ in 0..n {
+    for i in 0..n + tail {
         at += next() % (1 << 20);
-        let len = 1 + next() % (1 << 16);
-        exts.push(Extent::new(at, len));
+        let write = i >= n || (w_every > 0 && i % w_every == 0);
+        let len = match (i >= n, write) {
+            (true, _) => 4096,
+            (false, true) => w_len_of(w_every),
+            (false, false) => 1 + next() % (1 << 16),
+        };
+        exts.push((Extent::new(at, len), write, next()));
         at += len;
     }
     let meta = Metadata {
@@ -1184,10 +1205,36 @@ fn scattered(n: u64) -> Vec<u8> {
         ..Metadata::default()
     };
     let mut w = DiffWriter::new(Vec::new(), Version::V1, &meta).unwrap();
-    for e in exts {
-        w.zero(e).unwrap();
+    for (e, write, seed) in exts {
+        if write {
+            let mut data = random_bytes(seed, e.len as usize);
+            if e.len < 4096 {
+                data[e.len as usize / 2..].fill(0);
+            }
+            w.write_data(e.offset, &data).unwrap();
+        } else {
+            w.zero(e).unwrap();
+        }
     }
     w.finish().unwrap()
+}
+
+/// The length of the `w` records of [`scattered_mix`].
+fn w_len_of(w_every: u64) -> u64 {
+    if w_every == 1 {
+        512
+    } else {
+        256
+    }
+}
+
+/// True when the archive's record index leaves blocks out (version 4: their records are
+/// read from the heads in the data frames).
+fn leaves_blocks_out(z: &[u8]) -> bool {
+    let (frames, _) = rbddiff::zst::parse_seek_table(z).unwrap().unwrap();
+    let last = frames.last().unwrap();
+    let at = (last.c_offset + u64::from(last.c_len)) as usize;
+    z.get(at + 8..at + 16) == Some(&b"RBDZIDX4"[..])
 }
 
 /// Length of the record index frame of an archive.
@@ -1198,17 +1245,19 @@ fn index_len(z: &[u8]) -> u64 {
 }
 
 /// A record index larger than what the writer keeps in memory goes through its temporary
-/// file and reads back record for record, through every path that reads an archive.
+/// file and reads back record for record, through every path that reads an archive: the
+/// blocks of 400,000 `z` records at random places (about 2.3 MB) are stored while the diff
+/// is walked, then left out, and those of the 4 KiB writes after them are kept.
 #[test]
 fn record_index_spilled_to_a_temporary_file_reads_back() {
     let dir = tempfile::tempdir().unwrap();
-    let plain = scattered(400_000);
+    let plain = scattered_mix(400_000, 0, 20_000);
     let z = compress_file(dir.path(), &plain, &CompressOptions::default());
-    assert!(
-        index_len(&z) > rbddiff::zst::SPILL_AT as u64,
-        "index of {} bytes",
-        index_len(&z)
-    );
+    assert!(leaves_blocks_out(&z));
+    let reference = zstd::bulk::compress(&plain, 3).unwrap();
+    assert!(z.len() as f64 <= reference.len() as f64 * 1.02);
+    // The writes' blocks are kept: the index holds about 6 bytes for each of them.
+    assert!(index_len(&z) > 60_000, "index of {} bytes", index_len(&z));
     check_archive(&plain, &z, dir.path());
     // Streamed input, the same archive.
     let inp = Input::from_reader("-", Box::new(Cursor::new(plain.clone()))).unwrap();
@@ -1508,4 +1557,91 @@ proptest! {
         let (out, _) = merge_budget(&zs, &plains, stream, Some(budget));
         prop_assert!(out == want);
     }
+}
+
+/// `n` records at random places from `seed`: `z` records, and `w` records (of up to 300
+/// bytes, noise or zeros) where `writes`; v2 when `v2`.
+fn scattered_seeded(seed: u64, n: usize, writes: bool, v2: bool) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut ops = Vec::with_capacity(n);
+    for _ in 0..n {
+        let gap = next() % 1500;
+        let op = if writes && next() % 3 == 0 {
+            let len = 1 + (next() % 300) as usize;
+            if next() % 2 == 0 {
+                Op::Write(random_bytes(next(), len))
+            } else {
+                Op::Write(vec![0; len])
+            }
+        } else {
+            Op::Zero(1 + next() % 1000)
+        };
+        ops.push((gap, op));
+    }
+    build(v2, &ops)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// Archives whose index leaves blocks out (their records read from the frames' heads)
+    /// round-trip, index every record where the slice driver finds it, and merge as the
+    /// plain diffs do, at any frame size.
+    #[test]
+    fn archives_with_blocks_left_out_read_as_the_plain_diffs(
+        seed in any::<u64>(),
+        n in 3000usize..6000,
+        writes in any::<bool>(),
+        v2 in any::<bool>(),
+        target in 8192u64..65536,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = scattered_seeded(seed, n, writes, v2);
+        let o = CompressOptions { level: 3, threads: 2, frame_target: target };
+        let z = compress_file(dir.path(), &plain, &o);
+        prop_assert!(leaves_blocks_out(&z));
+        prop_assert_eq!(&z, &compress_streamed(&plain, &o));
+        check_archive(&plain, &z, dir.path());
+        let want = inspect_json(Input::from_reader("-", Box::new(Cursor::new(plain.clone()))).unwrap(), true);
+        let zp = dir.path().join("a.zst");
+        prop_assert_eq!(inspect_json(Input::open(zp.to_str().unwrap()).unwrap(), true), want);
+        // A merge over two such archives equals the merge of the plain diffs.
+        let next = build_named(v2, &[(7, Op::Zero(100)), (10_000, Op::Write(vec![7; 5000]))], "b", "c");
+        let zn = compress_file(dir.path(), &next, &o);
+        let (p1, p2) = (dir.path().join("p1.zst"), dir.path().join("p2.zst"));
+        std::fs::write(&p1, &z).unwrap();
+        std::fs::write(&p2, &zn).unwrap();
+        let (merged, _, _) = merge_archives(&[&p1, &p2]);
+        prop_assert_eq!(merged, merge_plain(&[&plain, &next]));
+    }
+}
+
+/// A damaged data frame of an archive whose index leaves its block out is an error naming
+/// the frame when its records are walked, never a panic; `verify` reports the archive.
+#[test]
+fn damaged_frame_of_a_block_left_out_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = scattered(50_000);
+    let o = CompressOptions {
+        frame_target: 64 << 10,
+        ..CompressOptions::default()
+    };
+    let mut z = compress_file(dir.path(), &plain, &o);
+    assert!(leaves_blocks_out(&z));
+    let f = ZstArchive::open(&z).unwrap().unwrap().frames()[3];
+    z[(f.c_offset + u64::from(f.c_len) / 2) as usize] ^= 0x5a;
+    let zp = dir.path().join("d.zst");
+    std::fs::write(&zp, &z).unwrap();
+    let out = run(bin().arg("inspect").arg(&zp));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("frame 3"), "{err}");
+    let out = run(bin().args(["verify", "--quiet"]).arg(&zp));
+    assert_ne!(out.status.code(), Some(0));
 }

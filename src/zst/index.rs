@@ -21,6 +21,18 @@
 //! its image offset relative to the end of the extent before and its length: about a byte per
 //! record or less for record-dense diffs once compressed.
 //!
+//! Version 4 is version 3 where a block may be *left out*: when it would cost more than 1/64
+//! of its data frame's compressed bytes (and at least 512 bytes), and the frame was
+//! compressed with a window of 2^[`HEADS_WINDOW_LOG`] bytes (as `compress` does for frames
+//! whose payloads are under 64 times their heads). Such a frame holds little but record
+//! heads, which zstd compresses there as well as the block would, so keeping both would store
+//! them twice (heads at random offsets and lengths made archives 1.85× `zstd`'s size). Its
+//! table entry then says where the block's first record starts in the frame, and a cursor
+//! reads the records from the heads there, decompressing the frame as a stream (a decoder of
+//! that 256 KiB window while it is in such a block; a larger window is refused). A block is
+//! left out only when its records follow each other with nothing between them and none after
+//! an `e`. An archive with no block left out is written in version 3.
+//!
 //! Versions 1 (fixed-width records, 33 bytes each) and 2 (the whole index delta-coded as one
 //! zstd stream) are still read; their records are decoded into memory when the archive is
 //! opened (about 40 bytes per record: compressing such an archive again writes version 3).
@@ -43,6 +55,22 @@ const INDEX_MAGIC_V2: &[u8; 8] = b"RBDZIDX2";
 /// Magic at the start of a version 3 record index body: one block of records per data frame
 /// (see the module docs).
 const INDEX_MAGIC_V3: &[u8; 8] = b"RBDZIDX3";
+/// Magic at the start of a version 4 record index body: version 3 where a block may be left
+/// out, its records then read from the heads in its data frame (see the module docs).
+const INDEX_MAGIC_V4: &[u8; 8] = b"RBDZIDX4";
+/// A block is left out when it would cost more than 1/`ELIDE_RATIO` of its data frame's
+/// compressed bytes: the frame then holds little but heads (small `z` or `w` records), which
+/// the frame already compresses as well as the block would.
+const ELIDE_RATIO: u64 = 64;
+/// Blocks shorter than this are always kept: what leaving them out saves is less than the
+/// archive's own overhead, and `inspect` of a small archive reads its index alone.
+const ELIDE_MIN: u64 = 512;
+/// zstd window (log2) of a data frame that holds mostly heads: only such a frame's block is
+/// left out, and a reader walking its heads holds a decoder of this window (256 KiB) and
+/// accepts no larger one.
+pub const HEADS_WINDOW_LOG: u32 = 18;
+/// The reader's buffer of a data frame's compressed bytes when it reads the frame's heads.
+const FRAME_READ_BUF: usize = 64 << 10;
 /// zstd level of the index header and blocks.
 const INDEX_LEVEL: i32 = 9;
 /// zstd window of an index block (log2): a reader's window is at most this. A merge keeps
@@ -630,7 +658,7 @@ fn decode_records(
 /// Checks the magic and checksum of an index body; returns its version (1, 2 or 3) and the
 /// body without its checksum.
 fn check_body(body: &[u8]) -> Result<(u8, &[u8])> {
-    let version = [INDEX_MAGIC, INDEX_MAGIC_V2, INDEX_MAGIC_V3]
+    let version = [INDEX_MAGIC, INDEX_MAGIC_V2, INDEX_MAGIC_V3, INDEX_MAGIC_V4]
         .iter()
         .position(|m| body.starts_with(&m[..]))
         .filter(|_| body.len() >= INDEX_MAGIC.len() + 4)
@@ -663,6 +691,9 @@ pub(crate) struct Blocks {
     /// For each block: where it ends (relative to `at`) and how many records come before
     /// its end (cumulative).
     ends: Vec<(u64, u64)>,
+    /// Version 4, for each block: 0 when it is written, else 1 + the offset in its data frame
+    /// of its first record's head (the records are read from the frame). Empty in version 3.
+    heads: Vec<u32>,
 }
 
 impl Blocks {
@@ -675,6 +706,11 @@ impl Blocks {
             .unwrap_or((0, 0));
         let abs = |c: u64| usize::try_from(c).ok()?.checked_add(self.at);
         Some((abs(c_start)?, abs(c_end)?, r_start, r_end))
+    }
+
+    /// Where block `b`'s records start in its data frame when the block is left out.
+    fn heads_at(&self, b: usize) -> Option<u32> {
+        self.heads.get(b).and_then(|&h| h.checked_sub(1))
     }
 }
 
@@ -755,11 +791,24 @@ pub(crate) fn parse_index(
         )));
     }
     let mut ends = Vec::with_capacity(nb);
+    let mut heads = Vec::with_capacity(if version == 4 { nb } else { 0 });
     let (mut c_end, mut r_end) = (0u64, 0u64);
-    for _ in 0..nb {
-        c_end = c_end.checked_add(c.var()?).ok_or_else(|| c.err())?;
-        r_end = r_end.checked_add(c.var()?).ok_or_else(|| c.err())?;
+    for f in frames {
+        let (c_len, n) = (c.var()?, c.var()?);
+        c_end = c_end.checked_add(c_len).ok_or_else(|| c.err())?;
+        r_end = r_end.checked_add(n).ok_or_else(|| c.err())?;
         ends.push((c_end, r_end));
+        if version == 4 {
+            let h = c.var()?;
+            // A block left out takes no bytes, holds records, and they start in its frame.
+            if h != 0 && (c_len != 0 || n == 0 || h > u64::from(f.d_len)) {
+                return Err(bad_archive(format!(
+                    "record index block {} is left out but does not say where its records are",
+                    ends.len() - 1
+                )));
+            }
+            heads.push(h as u32);
+        }
     }
     if c.pos != content.len() {
         return Err(c.err());
@@ -782,6 +831,7 @@ pub(crate) fn parse_index(
     let blocks = Blocks {
         at: base + d.pos,
         ends,
+        heads,
     };
     Ok((idx, Records::Blocks(blocks)))
 }
@@ -790,7 +840,8 @@ pub(crate) fn parse_index(
 /// its archive (a record's frame and offset in it follow from them in version 3).
 ///
 /// # Errors
-/// A wrong magic, a bad checksum or a malformed body.
+/// A wrong magic, a bad checksum or a malformed body; a version 4 index that leaves blocks
+/// out (their records are in the data frames: [`super::ZstArchive::decoded_index`]).
 pub fn decode_index(body: &[u8], frames: &[FrameEntry]) -> Result<DecodedIndex> {
     let (index, recs) = parse_index(body, 0, frames)?;
     let records = match recs {
@@ -798,6 +849,7 @@ pub fn decode_index(body: &[u8], frames: &[FrameEntry]) -> Result<DecodedIndex> 
         Records::Blocks(_) => {
             let view = View {
                 bytes: body.into(),
+                data: None,
                 records: &recs,
                 frames,
                 index: &index,
@@ -903,22 +955,45 @@ impl Store {
         Ok(())
     }
 
-    /// Copies everything stored to `out`, adding it to `crc`.
-    fn copy_to(self, out: &mut dyn Write, crc: &mut crc32fast::Hasher) -> Result<()> {
-        let Some(mut f) = self.file else {
-            crc.update(&self.mem);
-            out.write_all(&self.mem)?;
-            return Ok(());
-        };
-        f.seek(io::SeekFrom::Start(0))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut left = self.len;
-        while left > 0 {
-            let n = (buf.len() as u64).min(left) as usize;
-            f.read_exact(&mut buf[..n])?;
-            crc.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
-            left -= n as u64;
+    /// Copies what is stored to `out`, adding it to `crc`: the blocks of `table` in turn
+    /// (their lengths add up to what is stored), but those left out.
+    fn copy_to(
+        self,
+        table: &[Block],
+        out: &mut dyn Write,
+        crc: &mut crc32fast::Hasher,
+    ) -> Result<()> {
+        let mut f = self.file;
+        if let Some(f) = &mut f {
+            f.seek(io::SeekFrom::Start(0))?;
+        }
+        let mut buf = vec![0u8; if f.is_some() { 1 << 20 } else { 0 }];
+        let mut at = 0usize;
+        for b in table {
+            let len = usize::try_from(b.c_len).map_err(|_| Error::invalid("index too large"))?;
+            match &mut f {
+                None => {
+                    let bytes = self.mem.get(at..at + len).unwrap_or_default();
+                    if b.heads == 0 {
+                        crc.update(bytes);
+                        out.write_all(bytes)?;
+                    }
+                }
+                Some(f) if b.heads != 0 => {
+                    f.seek(io::SeekFrom::Current(len as i64))?;
+                }
+                Some(f) => {
+                    let mut left = len;
+                    while left > 0 {
+                        let n = buf.len().min(left);
+                        f.read_exact(&mut buf[..n])?;
+                        crc.update(&buf[..n]);
+                        out.write_all(&buf[..n])?;
+                        left -= n;
+                    }
+                }
+            }
+            at += len;
         }
         Ok(())
     }
@@ -940,10 +1015,34 @@ pub struct IndexWriter {
     /// Delta bases: where the record after the last one starts, where its extent ended.
     at: u64,
     prev_end: u64,
-    /// Compressed length and record count of each finished block.
-    table: Vec<(u64, u64)>,
+    /// Each finished block.
+    table: Vec<Block>,
     store: Store,
     records: u64,
+    /// The version of the diff being indexed, when told ([`IndexWriter::set_version`]):
+    /// blocks may then be left out ([`IndexWriter::leave_out`]).
+    version: Option<Version>,
+    /// The current block: where its first record starts, and whether its records follow
+    /// each other with nothing between them and no `e` before the last (they can then be
+    /// read from the frame's heads).
+    first: u64,
+    heads_ok: bool,
+    /// Where the record after the last one pushed starts, as its head and body say.
+    next: u64,
+    ended: bool,
+}
+
+/// One finished block of an [`IndexWriter`].
+#[derive(Clone, Copy, Debug)]
+struct Block {
+    c_len: u64,
+    count: u64,
+    /// Diff stream offset of its first record, and whether its records can be read from
+    /// the frame's heads instead.
+    first: u64,
+    heads_ok: bool,
+    /// Once left out: 1 + the offset of the first record in its frame (0: written).
+    heads: u32,
 }
 
 impl std::fmt::Debug for IndexWriter {
@@ -977,7 +1076,21 @@ impl IndexWriter {
                 len: 0,
             },
             records: 0,
+            version: None,
+            first: 0,
+            heads_ok: true,
+            next: 0,
+            ended: false,
         })
+    }
+
+    /// Says that the records pushed from now on are of a diff of `version`: blocks of such
+    /// records may be left out ([`IndexWriter::leave_out`]).
+    pub fn set_version(&mut self, version: Version) {
+        if self.version.is_some_and(|v| v != version) {
+            self.heads_ok = false;
+        }
+        self.version = Some(version);
     }
 
     /// Records pushed so far.
@@ -1008,6 +1121,25 @@ impl IndexWriter {
         while self.block < frame {
             self.end_block()?;
         }
+        // Records whose heads follow each other can be read back from the frame.
+        if self.count == 0 {
+            self.first = pos;
+        } else if self.ended || pos != self.next {
+            self.heads_ok = false;
+        }
+        let rec = IndexRecord {
+            pos,
+            tag: tag_byte,
+            offset,
+            len,
+            frame: 0,
+            frame_offset: 0,
+        };
+        match self.version {
+            Some(v) => self.next = next_pos_v2(v, &rec),
+            None => self.heads_ok = false,
+        }
+        self.ended |= tag_byte == tag::END;
         let mut e = Enc(std::mem::take(&mut self.raw));
         e.u8(tag_byte);
         e.zz(pos.wrapping_sub(self.at));
@@ -1056,10 +1188,52 @@ impl IndexWriter {
         if self.count > 0 {
             self.feed(true)?;
         }
-        self.table.push((self.c_len, self.count));
+        self.table.push(Block {
+            c_len: self.c_len,
+            count: self.count,
+            first: self.first,
+            heads_ok: self.heads_ok && self.count > 0,
+            heads: 0,
+        });
         self.block += 1;
         (self.count, self.c_len, self.at, self.prev_end) = (0, 0, 0, 0);
+        (self.heads_ok, self.ended) = (self.version.is_some(), false);
         Ok(())
+    }
+
+    /// Leaves out the blocks of [`ELIDE_MIN`] bytes or more that would cost more than
+    /// 1/[`ELIDE_RATIO`] of their data frame's compressed bytes, when their records can be read from the frame's heads
+    /// (readers then do): `frames` are the archive's data frames, all pushed, and
+    /// `small_window` tells those compressed with a window of at most 2^[`HEADS_WINDOW_LOG`]
+    /// bytes (only their blocks are left out). Returns how many blocks are left out.
+    ///
+    /// # Errors
+    /// As [`IndexWriter::finish`].
+    pub fn leave_out(&mut self, frames: &[FrameEntry], small_window: &[bool]) -> Result<usize> {
+        while self.table.len() < frames.len() {
+            self.end_block()?;
+        }
+        let mut n = 0;
+        for ((b, f), _) in self
+            .table
+            .iter_mut()
+            .zip(frames)
+            .zip(small_window)
+            .filter(|x| *x.1)
+        {
+            let in_frame = b
+                .first
+                .checked_sub(f.d_offset)
+                .filter(|&o| o < u64::from(f.d_len));
+            if let (true, Some(o)) = (b.heads_ok, in_frame) {
+                if b.c_len >= ELIDE_MIN && b.c_len.saturating_mul(ELIDE_RATIO) > u64::from(f.c_len)
+                {
+                    b.heads = o as u32 + 1;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// Writes the index of an archive of `frames` data frames with the header `idx` (each
@@ -1085,20 +1259,29 @@ impl IndexWriter {
                 self.block
             )));
         }
+        // Version 3 unless a block is left out (older readers still read the archive then).
+        let v4 = self.table.iter().any(|b| b.heads != 0);
         let mut e = Enc(encode_content(idx, &[], Coding::Blocks));
         e.u64(self.table.len() as u64);
-        for &(c, n) in &self.table {
+        let mut written = 0;
+        for b in &self.table {
+            let c = if b.heads == 0 { b.c_len } else { 0 };
+            written += c;
             e.var(c);
-            e.var(n);
+            e.var(b.count);
+            if v4 {
+                e.var(u64::from(b.heads));
+            }
         }
         let head = zstd::bulk::compress(&e.0, INDEX_LEVEL)?;
         let mut pre = Enc(Vec::with_capacity(head.len() + 32));
-        pre.0.extend_from_slice(INDEX_MAGIC_V3);
+        pre.0
+            .extend_from_slice(if v4 { INDEX_MAGIC_V4 } else { INDEX_MAGIC_V3 });
         pre.u64(idx.total_len);
         pre.u64(e.0.len() as u64);
         pre.u64(head.len() as u64);
         pre.0.extend_from_slice(&head);
-        let body = pre.0.len() as u64 + self.store.len + 4;
+        let body = pre.0.len() as u64 + written + 4;
         let body32 = u32::try_from(body).map_err(|_| {
             Error::invalid(format!(
                 "record index of {body} bytes is larger than a zstd skippable frame holds"
@@ -1111,7 +1294,7 @@ impl IndexWriter {
         let mut crc = crc32fast::Hasher::new();
         crc.update(&pre.0);
         out.write_all(&pre.0)?;
-        self.store.copy_to(out, &mut crc)?;
+        self.store.copy_to(&self.table, out, &mut crc)?;
         out.write_all(&crc.finalize().to_le_bytes())?;
         Ok(body + if framed { 8 } else { 0 })
     }
@@ -1124,6 +1307,9 @@ impl IndexWriter {
 pub(crate) struct View<'x> {
     /// The bytes the block table's offsets point into (in memory or read at offsets).
     pub bytes: Positioned<'x>,
+    /// The archive's data frames, when they can be read (records of blocks left out are
+    /// read from their heads there).
+    pub data: Option<Positioned<'x>>,
     pub records: &'x Records,
     pub frames: &'x [FrameEntry],
     pub index: &'x ArchiveIndex,
@@ -1147,12 +1333,28 @@ struct BlockDec {
     block: usize,
     /// The block holds records (an empty one has no zstd frame).
     live: bool,
+    /// Compressed bytes read at once.
+    read_len: usize,
+    /// Frames follow each other in `src..end` (data frames): one ending is not the end.
+    multi: bool,
+    /// For data frames: where the first starts, compressed and in the diff stream.
+    frame_at: (u64, u64),
 }
 
 impl BlockDec {
+    /// A decoder of index blocks.
     fn new() -> Result<Self> {
+        Self::with(BLOCK_WINDOW_LOG_MAX, READ_BUF, false)
+    }
+
+    /// A decoder of data frames, to read their heads.
+    fn frames() -> Result<Self> {
+        Self::with(HEADS_WINDOW_LOG, FRAME_READ_BUF, true)
+    }
+
+    fn with(window_log_max: u32, read_len: usize, multi: bool) -> Result<Self> {
         let mut z = Decoder::new()?;
-        z.set_parameter(DParameter::WindowLogMax(BLOCK_WINDOW_LOG_MAX))?;
+        z.set_parameter(DParameter::WindowLogMax(window_log_max))?;
         Ok(BlockDec {
             z,
             buf: vec![0; READ_BUF],
@@ -1166,10 +1368,17 @@ impl BlockDec {
             done: true,
             block: 0,
             live: false,
+            read_len,
+            multi,
+            frame_at: (0, 0),
         })
     }
 
     fn bad(&self, why: &str) -> Error {
+        if self.multi {
+            let (c, d) = self.frame_at;
+            return super::corrupt_frame(Some(self.block as u64), c, d, why);
+        }
         bad_archive(format!("record index block {} {why}", self.block))
     }
 
@@ -1191,8 +1400,8 @@ impl BlockDec {
                 (self.hi, self.lo) = (self.hi - self.lo, 0);
             }
             if self.in_lo == self.in_hi && self.src < self.end {
-                let n = (self.end - self.src).min(READ_BUF);
-                self.inb.resize(READ_BUF, 0);
+                let n = (self.end - self.src).min(self.read_len);
+                self.inb.resize(self.read_len, 0);
                 bytes
                     .read_exact_at(&mut self.inb[..n], self.src as u64)
                     .map_err(|_| self.bad("lies outside the archive"))?;
@@ -1206,7 +1415,8 @@ impl BlockDec {
             self.in_lo += used;
             self.hi += made;
             if hint == 0 {
-                self.done = true;
+                // Data frames go on into the next one (the decoder starts it by itself).
+                self.done = !self.multi || (self.src == self.end && self.in_lo == self.in_hi);
             } else if used == 0 && made == 0 {
                 return Err(self.bad("ends early"));
             }
@@ -1232,6 +1442,30 @@ impl BlockDec {
     }
 }
 
+/// Most bytes of a data record's head (a v2 `w` or `z`).
+const MAX_DATA_HEAD: usize = 25;
+
+/// Passes `n` decompressed bytes of a frame decoder (the diff stream offset it is at is
+/// `h.1`).
+fn skip_decoded(h: &mut (Box<BlockDec>, u64), data: Positioned<'_>, mut n: u64) -> Result<()> {
+    while n > 0 {
+        if h.0.lo == h.0.hi {
+            h.0.ensure(data, 1)?;
+            if h.0.lo == h.0.hi {
+                return Err(bad_archive(format!(
+                    "zstd frame {} ends inside a record its index lists",
+                    h.0.block
+                )));
+            }
+        }
+        let k = ((h.0.hi - h.0.lo) as u64).min(n);
+        h.0.lo += k as usize;
+        h.1 += k;
+        n -= k;
+    }
+    Ok(())
+}
+
 /// A cursor over the records of one diff of an archive's index, decoding them as they are
 /// asked for (see the module docs): memory does not grow with the records. Each call takes
 /// the archive the cursor was made for.
@@ -1249,6 +1483,9 @@ pub struct IndexRecords {
     at: u64,
     prev_end: u64,
     ahead: Option<IndexRecord>,
+    /// In a block left out: the decoder of its data frame, and the diff stream offset of
+    /// the next byte it gives.
+    heads: Option<(Box<BlockDec>, u64)>,
 }
 
 impl std::fmt::Debug for IndexRecords {
@@ -1339,12 +1576,103 @@ impl IndexRecords {
             Some(d) => d,
             None => self.dec.insert(Box::new(BlockDec::new()?)),
         };
-        dec.begin(b, c0, c1, r1 > r0)?;
+        dec.begin(b, c0, c1, r1 > r0 && blocks.heads_at(b).is_none())?;
         if c0 as u64 > v.bytes.len() || c1 as u64 > v.bytes.len() || c0 > c1 {
             return Err(dec.bad("lies outside the archive"));
         }
         (self.block_left, self.at, self.prev_end) = (r1 - r0, 0, 0);
+        match blocks.heads_at(b) {
+            Some(o) => self.enter_frame(v, b, o),
+            None => {
+                // The frame decoder (a window of the data's size) is not kept for long.
+                self.heads = None;
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves to the first record of block `b`, left out: `o` bytes into data frame `b`.
+    fn enter_frame(&mut self, v: &View<'_>, b: usize, o: u32) -> Result<()> {
+        let data = v
+            .data
+            .ok_or_else(|| bad_archive("record index block left out, and no frames to read"))?;
+        let f = v
+            .frames
+            .get(b)
+            .ok_or_else(|| bad_archive(format!("record index block {b} has no frame")))?;
+        // A head that starts near the frame's end goes on into the next frame.
+        let end = v.frames.get(b + 1).unwrap_or(f);
+        let end = end.c_offset.saturating_add(u64::from(end.c_len));
+        let (c0, c1) = (usize::try_from(f.c_offset), usize::try_from(end));
+        let (Ok(c0), Ok(c1)) = (c0, c1) else {
+            return Err(bad_archive(format!(
+                "zstd frame {b} lies outside the archive"
+            )));
+        };
+        if end > data.len() {
+            return Err(bad_archive(format!(
+                "zstd frame {b} lies outside the archive"
+            )));
+        }
+        let (mut dec, _) = match self.heads.take() {
+            Some(h) => h,
+            None => (Box::new(BlockDec::frames()?), 0),
+        };
+        dec.begin(b, c0, c1, true)?;
+        dec.frame_at = (f.c_offset, f.d_offset);
+        let mut h = (dec, f.d_offset);
+        skip_decoded(&mut h, data, u64::from(o))?;
+        self.heads = Some(h);
         Ok(())
+    }
+
+    /// Reads the next record of a block left out from its frame's heads.
+    fn decode_head(&mut self, v: &View<'_>, version: Version) -> Result<IndexRecord> {
+        let (Some(h), Some(data)) = (self.heads.as_mut(), v.data) else {
+            return Err(bad_archive("internal: no frame decoder"));
+        };
+        let block = h.0.block;
+        h.0.ensure(data, MAX_DATA_HEAD)?;
+        let avail = &h.0.buf[h.0.lo..h.0.hi];
+        use crate::parse::Head;
+        let fields = match crate::parse::record_head(version, avail) {
+            Ok((rest, ph)) => {
+                let used = avail.len() - rest.len();
+                match ph.head {
+                    Head::Write(e) => Ok((used, tag::WRITE, e.offset, e.len)),
+                    Head::Zero(e) => Ok((used, tag::ZERO, e.offset, e.len)),
+                    Head::Unknown { tag, len } => Ok((used, tag, 0, len)),
+                    Head::End => Ok((used, tag::END, 0, 0)),
+                    _ => Err("hold a metadata record"),
+                }
+            }
+            Err(_) => Err("do not parse"),
+        };
+        let (used, tag_byte, offset, len) =
+            fields.map_err(|why| h.0.bad(&format!("its record heads {why}")))?;
+        let pos = h.1;
+        h.0.lo += used;
+        h.1 += used as u64;
+        self.block_left -= 1;
+        // The payload is decompressed only when another record of the block follows it.
+        if self.block_left > 0 {
+            let body = if tag_byte == tag::ZERO { 0 } else { len };
+            skip_decoded(h, data, body)?;
+        }
+        if pos >= v.index.total_len {
+            return Err(bad_archive(format!(
+                "record at diff stream byte {pos} points outside the archive"
+            )));
+        }
+        let d_offset = v.frames.get(block).map_or(0, |f| f.d_offset);
+        Ok(IndexRecord {
+            pos,
+            tag: tag_byte,
+            offset,
+            len,
+            frame: block as u32,
+            frame_offset: pos.wrapping_sub(d_offset) as u32,
+        })
     }
 
     /// Decodes the next record of the blocks.
@@ -1358,6 +1686,14 @@ impl IndexRecords {
                 None => 0,
             };
             self.enter(v, blocks, next)?;
+        }
+        if self.heads.is_some() {
+            let version = v
+                .index
+                .diffs
+                .get(self.diff)
+                .map_or(Version::V1, |d| d.version);
+            return self.decode_head(v, version);
         }
         let dec = self
             .dec

@@ -70,11 +70,15 @@ pub fn restored_sha256(dir: &Path, image: &str, work: &Path) -> String {
 /// `z` with its record index changed by `f` (the index checksum recomputed, frames and seek
 /// table kept): an archive whose content is right but whose index lies.
 pub fn relabel(z: &[u8], f: impl FnOnce(&mut rbddiff::zst::DecodedIndex)) -> Vec<u8> {
-    use rbddiff::zst::{decode_index, encode_index, index_frame, parse_seek_table};
+    use rbddiff::zst::{encode_index, index_frame, parse_seek_table};
     let (frames, seek_start) = parse_seek_table(z).unwrap().unwrap();
     let last = frames.last().unwrap();
     let data_end = (last.c_offset + u64::from(last.c_len)) as usize;
-    let mut idx = decode_index(&z[data_end + 8..seek_start], &frames).unwrap();
+    let mut idx = rbddiff::zst::ZstArchive::open(z)
+        .unwrap()
+        .unwrap()
+        .decoded_index()
+        .unwrap();
     f(&mut idx);
     [
         &z[..data_end],
