@@ -1201,8 +1201,8 @@ impl IndexWriter {
         Ok(())
     }
 
-    /// Leaves out the blocks of [`ELIDE_MIN`] bytes or more that would cost more than
-    /// 1/[`ELIDE_RATIO`] of their data frame's compressed bytes, when their records can be read from the frame's heads
+    /// Leaves out the blocks of 512 bytes or more that would cost more than 1/64 of their
+    /// data frame's compressed bytes, when their records can be read from the frame's heads
     /// (readers then do): `frames` are the archive's data frames, all pushed, and
     /// `small_window` tells those compressed with a window of at most 2^[`HEADS_WINDOW_LOG`]
     /// bytes (only their blocks are left out). Returns how many blocks are left out.
